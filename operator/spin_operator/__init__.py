@@ -1,0 +1,1 @@
+"""spinrun's Kubernetes operator (kopf): drives SpinRuns through the plan as Jobs."""

