@@ -577,6 +577,7 @@ class IterationStatus(Model):
     """Progress of one iteration."""
 
     iteration: int = Field(..., description="Iteration index.")
+    generation: int | None = Field(None, description="Spec generation the iteration started under; its steps keep those settings.")
     steps: list[StepStatus] = Field(default_factory=list, description="Steps started so far.")
     metrics: dict[str, float] = Field(default_factory=dict, description="A few metrics (reward margin, accuracy, exact match).")
 
