@@ -7,9 +7,9 @@ Defaults follow the SPIN paper (see SPIN.md): zephyr-style recipe, 4-step schedu
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "spin.dev"
@@ -42,8 +42,49 @@ BUILTIN_MODELS = ("smollm2-135m-instruct", "tiny-random-llama")
 BUILTIN_TASKS = ("addition-3digit", "addition-2digit", "reverse-words")
 
 
+#: Largest seed: numpy (used by transformers' set_seed) accepts 0..2**32-1.
+MAX_SEED = 2**32 - 1
+
+# Patterns in the RE2 subset that both pydantic and the kube-apiserver understand.
+#: A run name: a DNS-1035 label, because the training Service is named after the run.
+RUN_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+#: A DNS-1123 subdomain: names of Secrets, PVCs, StorageClasses, ServiceAccounts, ...
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+#: A label value (the Kueue queue name is copied into a label).
+LABEL_VALUE_PATTERN = r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$"
+#: A Hugging Face Hub repository id: `name` or `namespace/name`.
+HUB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$"
+#: A Kubernetes resource quantity (the apimachinery regular expression).
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+
+
 def _cel(rule: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"rule": rule, "message": message, **extra}
+
+
+def _int_to_str(value: Any) -> Any:
+    """Let YAML integers stand for strings where Kubernetes does too (`cpu: 8`)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+#: A resource quantity such as `8`, `500m` or `64Gi`; YAML integers are accepted.
+Quantity = Annotated[
+    str,
+    BeforeValidator(_int_to_str),
+    Field(max_length=64, pattern=QUANTITY_PATTERN),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "x-kubernetes-int-or-string": True,
+            "pattern": QUANTITY_PATTERN,
+            "maxLength": 64,
+        }
+    ),
+]
 
 
 class Model(BaseModel):
@@ -54,6 +95,7 @@ class Model(BaseModel):
         populate_by_name=True,
         extra="forbid",
         validate_default=True,
+        allow_inf_nan=False,
     )
 
     def dump(self) -> dict[str, Any]:
@@ -84,7 +126,10 @@ class ModelSource(Model):
     )
 
     hub: str | None = Field(
-        None, max_length=256, description="Hugging Face Hub model id, e.g. HuggingFaceH4/zephyr-7b-sft-full."
+        None,
+        max_length=256,
+        pattern=HUB_ID_PATTERN,
+        description="Hugging Face Hub model id, e.g. HuggingFaceH4/zephyr-7b-sft-full.",
     )
     revision: str | None = Field(None, max_length=128, description="Hub revision (branch, tag or commit).")
     path: str | None = Field(
@@ -127,7 +172,7 @@ class BuiltinTask(Model):
     )
     train_size: int = Field(200, ge=1, le=1_000_000, description="Number of training prompts.")
     test_size: int = Field(50, ge=1, le=100_000, description="Number of held-out prompts.")
-    seed: int = Field(0, ge=0, description="Seed of the task's example generator.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the task's example generator.")
 
 
 class Dataset(Model):
@@ -145,7 +190,9 @@ class Dataset(Model):
         }
     )
 
-    hub: str | None = Field(None, max_length=256, description="Hub dataset id, e.g. HuggingFaceH4/ultrachat_200k.")
+    hub: str | None = Field(
+        None, max_length=256, pattern=HUB_ID_PATTERN, description="Hub dataset id, e.g. HuggingFaceH4/ultrachat_200k."
+    )
     split: str = Field("train_sft", max_length=64, description="Training split of the hub dataset.")
     test_split: str | None = Field(
         "test_sft", max_length=64, description="Held-out split of the hub dataset; if absent, testSize rows are held out from the training split."
@@ -158,10 +205,20 @@ class Dataset(Model):
     response_field: str = Field("response", max_length=64, description="Column holding the real answer (prompt/response format).")
     messages_field: str = Field("messages", max_length=64, description="Column holding the conversation (messages format); the first user and assistant turns are used.")
     max_samples: int | None = Field(
-        50_000, ge=1, description="Training prompts sampled (seeded) from the split; the paper used 50k."
+        50_000,
+        ge=1,
+        le=1_000_000_000,
+        description="Training prompts sampled (seeded) from the split (hub or path); the paper used 50k. "
+        "Built-in tasks use builtin.trainSize instead.",
     )
-    test_size: int = Field(500, ge=0, le=1_000_000, description="Held-out rows (the paper used 500).")
-    seed: int = Field(42, ge=0, description="Seed of the prompt sampling and shuffling.")
+    test_size: int = Field(
+        500,
+        ge=0,
+        le=1_000_000,
+        description="Held-out rows (the paper used 500): the first rows of testSplit, or rows held out from the "
+        "training split when there is no testSplit. Built-in tasks use builtin.testSize instead.",
+    )
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="Seed of the prompt sampling and shuffling.")
 
     @model_validator(mode="after")
     def _one_source(self) -> Dataset:
@@ -186,7 +243,9 @@ class SyntheticData(Model):
     )
 
     iteration: int = Field(..., ge=0, lt=MAX_ITERATIONS, description="The iteration this data belongs to.")
-    hub: str | None = Field(None, max_length=256, description="Hub dataset id, e.g. UCLA-AGI/SPIN_iter0.")
+    hub: str | None = Field(
+        None, max_length=256, pattern=HUB_ID_PATTERN, description="Hub dataset id, e.g. UCLA-AGI/SPIN_iter0."
+    )
     split: str = Field("train", max_length=64, description="Split of the hub dataset.")
     test_split: str | None = Field("test", max_length=64, description="Held-out split of the hub dataset.")
     path: str | None = Field(
@@ -224,8 +283,10 @@ def paper_schedule() -> list[ScheduleEntry]:
 class Resources(Model):
     """Container resource requests and limits (Kubernetes quantities as strings)."""
 
-    requests: dict[str, str] = Field(default_factory=dict, description="Resource requests, e.g. {cpu: '8', memory: 64Gi}.")
-    limits: dict[str, str] = Field(default_factory=dict, description="Resource limits.")
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict, description="Resource requests, e.g. {cpu: 8, memory: 64Gi}."
+    )
+    limits: dict[str, Quantity] = Field(default_factory=dict, description="Resource limits, e.g. {memory: 64Gi}.")
 
 
 class Generation(Model):
@@ -240,7 +301,7 @@ class Generation(Model):
     decoding: Literal["greedy", "sample"] = Field("greedy", description="Greedy decoding (the paper's HF path) or sampling.")
     temperature: float = Field(1.0, gt=0, le=10, description="Sampling temperature (decoding: sample).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (decoding: sample).")
-    seed: int = Field(42, ge=0, description="Seed of sampling and of the prompt shuffle.")
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="Seed of sampling and of the prompt shuffle.")
     max_new_tokens: int = Field(256, ge=1, le=32768, description="Longest generated answer in tokens.")
     batch_size: int = Field(64, ge=1, le=4096, description="Prompts per batch (transformers engine).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
@@ -250,7 +311,9 @@ class Generation(Model):
     parallelism: int | None = Field(None, ge=1, le=MAX_SHARDS, description="Shards running at once in a cluster (default: all).")
     tensor_parallel_size: int = Field(1, ge=1, le=64, description="GPUs per vLLM engine (= GPUs per generation pod).")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may take.")
-    max_model_len: int | None = Field(None, ge=64, description="vLLM max model length (default: the model's).")
+    max_model_len: int | None = Field(
+        None, ge=64, le=1_048_576, description="vLLM max model length (default: the model's)."
+    )
     resources: Resources = Field(default_factory=Resources, description="Resources of each generation pod (GPUs are added from tensorParallelSize).")
 
 
@@ -280,6 +343,14 @@ class Lora(Model):
 class Training(Model):
     """The SPIN training step (TRL DPOTrainer with chosen = real, rejected = generated)."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel("self.maxPromptLength < self.maxLength", "maxPromptLength must be smaller than maxLength"),
+            ]
+        }
+    )
+
     loss_type: Literal["sigmoid", "hinge"] = Field("sigmoid", description="SPIN loss: sigmoid (−log σ(t)) or hinge (max(0, 1−t)).")
     optimizer: Literal["rmsprop", "adamw_torch", "adamw_torch_fused", "sgd", "adafactor"] = Field(
         "rmsprop", description="Optimizer (transformers `optim` name); the paper used RMSProp."
@@ -300,9 +371,11 @@ class Training(Model):
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = Field(
         "auto", description="auto = flash_attention_2 when installed on GPU, else sdpa."
     )
-    seed: int = Field(42, ge=0, description="Training seed (also the seed of the data-window shuffle).")
-    logging_steps: int = Field(10, ge=1, description="Log metrics every this many steps.")
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="Training seed (also the seed of the data-window shuffle).")
+    logging_steps: int = Field(10, ge=1, le=1_000_000, description="Log metrics every this many steps.")
+    max_steps: int | None = Field(
+        None, ge=1, le=1_000_000_000, description="Stop after this many optimizer steps (overrides epochs)."
+    )
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=lambda: ["tensorboard"], max_length=3, description="Where training logs go besides metrics.json."
     )
@@ -350,15 +423,26 @@ class LmEval(Model):
         max_length=64,
         description="Tasks and shots; the default is the paper's (ARC 25, HellaSwag 10, MMLU 5, TruthfulQA 0, Winogrande 5, GSM8k 5).",
     )
-    batch_size: str = Field("auto", max_length=16, description="lm-eval batch size.")
-    limit: int | None = Field(None, ge=1, description="Examples per task (for smoke tests).")
+    batch_size: Annotated[
+        str,
+        BeforeValidator(_int_to_str),
+        WithJsonSchema(
+            {
+                "anyOf": [{"type": "integer"}, {"type": "string"}],
+                "x-kubernetes-int-or-string": True,
+                "pattern": r"^(auto(:[0-9]+)?|[0-9]+)$",
+                "maxLength": 16,
+            }
+        ),
+    ] = Field("auto", max_length=16, pattern=r"^(auto(:[0-9]+)?|[0-9]+)$", description="lm-eval batch size: a number, auto or auto:N.")
+    limit: int | None = Field(None, ge=1, le=1_000_000_000, description="Examples per task (for smoke tests).")
 
 
 class Evaluation(Model):
     """Held-out metrics after each iteration."""
 
     enabled: bool = Field(True, description="Run the evaluate step after training.")
-    max_samples: int | None = Field(None, ge=1, description="Held-out rows used (default: all).")
+    max_samples: int | None = Field(None, ge=1, le=1_000_000_000, description="Held-out rows used (default: all).")
     exact_match: bool = Field(True, description="For built-in tasks, greedy exact-match accuracy of the new model.")
     lm_eval: LmEval = Field(default_factory=LmEval, description="lm-evaluation-harness settings.")
 
@@ -370,7 +454,9 @@ class NewClaim(Model):
     """A PersistentVolumeClaim the operator creates for the run."""
 
     size: str = Field("500Gi", max_length=32, pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|K|M|G|T|P)?$", description="Requested storage size.")
-    storage_class_name: str | None = Field(None, max_length=253, description="StorageClass (default: the cluster's).")
+    storage_class_name: str | None = Field(
+        None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="StorageClass (default: the cluster's)."
+    )
     access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod", "ReadOnlyMany"]] = Field(
         default_factory=lambda: ["ReadWriteMany"], min_length=1, max_length=4, description="Access modes; multi-node runs need ReadWriteMany."
     )
@@ -383,11 +469,14 @@ class Storage(Model):
         json_schema_extra={
             "x-kubernetes-validations": [
                 _cel("has(self.existingClaim) != has(self.newClaim)", "must set exactly one of existingClaim or newClaim"),
+                _cel("!self.subPath.matches('(^|/)[.][.](/|$)')", "subPath must not contain '..'"),
             ]
         }
     )
 
-    existing_claim: str | None = Field(None, max_length=253, description="Name of an existing PVC.")
+    existing_claim: str | None = Field(
+        None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Name of an existing PVC."
+    )
     new_claim: NewClaim | None = Field(None, description="Create a PVC with these settings.")
     sub_path: str = Field("runs", max_length=253, pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$", description="Folder on the volume holding run directories.")
 
@@ -403,16 +492,25 @@ class Storage(Model):
 class Images(Model):
     """Container images of the steps; unset = the operator's defaults (Helm values)."""
 
-    generator: str | None = Field(None, max_length=512, description="Image of generation pods (vLLM + spinrun).")
-    trainer: str | None = Field(None, max_length=512, description="Image of convert, train and evaluate pods (PyTorch, DeepSpeed + spinrun).")
+    generator: str | None = Field(
+        None, max_length=512, pattern=r"^\S+$", description="Image of generation pods (vLLM + spinrun)."
+    )
+    trainer: str | None = Field(
+        None,
+        max_length=512,
+        pattern=r"^\S+$",
+        description="Image of convert, train and evaluate pods (PyTorch, DeepSpeed + spinrun).",
+    )
     pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(None, description="Image pull policy.")
 
 
 class SecretKeyRef(Model):
     """A key of a Secret, passed to pods only as a secretKeyRef."""
 
-    name: str = Field(..., min_length=1, max_length=253, description="Secret name.")
-    key: str = Field("token", min_length=1, max_length=253, description="Key inside the Secret.")
+    name: str = Field(..., min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Secret name.")
+    key: str = Field(
+        "token", min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Key inside the Secret."
+    )
 
 
 class EnvVar(Model):
@@ -425,7 +523,7 @@ class EnvVar(Model):
 class LocalObjectReference(Model):
     """A reference by name, e.g. an image pull Secret."""
 
-    name: str = Field(..., min_length=1, max_length=253, description="Object name.")
+    name: str = Field(..., min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Object name.")
 
 
 class Toleration(Model):
@@ -435,7 +533,9 @@ class Toleration(Model):
     operator: Literal["Exists", "Equal"] | None = Field(None, description="Exists or Equal.")
     value: str | None = Field(None, max_length=253, description="Taint value.")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(None, description="Taint effect.")
-    toleration_seconds: int | None = Field(None, description="How long a NoExecute taint is tolerated.")
+    toleration_seconds: int | None = Field(
+        None, ge=-(2**63), le=2**63 - 1, description="How long a NoExecute taint is tolerated."
+    )
 
 
 # --------------------------------------------------------------------------- spec
@@ -457,6 +557,21 @@ class SpinRunSpec(Model):
                 _cel(
                     "!has(self.syntheticData) || self.syntheticData.all(d, d.iteration < self.iterations)",
                     "syntheticData[].iteration must be smaller than iterations",
+                ),
+                _cel(
+                    "!has(self.syntheticData) || "
+                    "self.syntheticData.all(d, self.syntheticData.filter(e, e.iteration == d.iteration).size() == 1)",
+                    "syntheticData must list each iteration at most once",
+                ),
+                _cel(
+                    "!has(self.training) || !has(self.training.nodes) || self.training.nodes <= 1 || "
+                    "!has(self.storage) || !has(self.storage.newClaim) || !has(self.storage.newClaim.accessModes) || "
+                    "'ReadWriteMany' in self.storage.newClaim.accessModes",
+                    "training.nodes > 1 must use storage.newClaim.accessModes including ReadWriteMany",
+                ),
+                _cel(
+                    "has(self.storage) == has(oldSelf.storage)",
+                    "storage is immutable: must not be added or removed after creation",
                 ),
             ]
         }
@@ -502,13 +617,29 @@ class SpinRunSpec(Model):
     env: list[EnvVar] = Field(default_factory=list, max_length=64, description="Extra environment variables of every step.")
     suspend: bool = Field(False, description="Pause the run: active Jobs are suspended; resuming continues from the last completed step.")
     backoff_limit: int = Field(2, ge=0, le=100, description="Retries of each step (each shard for generation) before the run fails.")
-    active_deadline_seconds: int | None = Field(None, ge=1, description="Fail the run (DeadlineExceeded) after this many seconds.")
-    ttl_seconds_after_finished: int | None = Field(None, ge=0, description="Delete the run's Jobs this long after it finished (results stay on the volume).")
-    queue_name: str | None = Field(None, max_length=253, description="Kueue LocalQueue; copied to children as kueue.x-k8s.io/queue-name.")
+    active_deadline_seconds: int | None = Field(
+        None, ge=1, le=2**63 - 1, description="Fail the run (DeadlineExceeded) after this many seconds."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        None,
+        ge=0,
+        le=2**31 - 1,
+        description="Delete the run's Jobs this long after it finished (results stay on the volume).",
+    )
+    queue_name: str | None = Field(
+        None,
+        max_length=63,
+        pattern=LABEL_VALUE_PATTERN,
+        description="Kueue LocalQueue; copied to children as the label kueue.x-k8s.io/queue-name (a label value).",
+    )
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector of every pod.")
     tolerations: list[Toleration] = Field(default_factory=list, max_length=64, description="Tolerations of every pod.")
-    priority_class_name: str | None = Field(None, max_length=253, description="PriorityClass of every pod.")
-    service_account_name: str | None = Field(None, max_length=253, description="ServiceAccount of every pod.")
+    priority_class_name: str | None = Field(
+        None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="PriorityClass of every pod."
+    )
+    service_account_name: str | None = Field(
+        None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="ServiceAccount of every pod."
+    )
     image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list, max_length=16, description="Pull secrets of every pod.")
 
     @model_validator(mode="after")
@@ -524,17 +655,21 @@ class SpinRunSpec(Model):
                     f"syntheticData iteration {d.iteration} must be smaller than iterations ({self.iterations})"
                 )
             if d.iteration in seen:
-                raise ValueError(f"syntheticData lists iteration {d.iteration} twice: give each iteration once")
+                raise ValueError(f"syntheticData must list each iteration at most once (iteration {d.iteration} twice)")
             seen.add(d.iteration)
         for e in self.env:
             if e.name in RESERVED_ENV:
                 raise ValueError(
-                    f"env {e.name} is set by torchrun, the Job controller or hfTokenSecret: remove it from env"
+                    f"env must not set {e.name}: torchrun, the Job controller or hfTokenSecret sets it; "
+                    "remove it from env"
                 )
         if self.training.nodes > 1 and self.storage.new_claim is not None:
             modes = self.storage.new_claim.access_modes
             if "ReadWriteMany" not in modes:
-                raise ValueError("training.nodes > 1 needs storage.newClaim.accessModes to include ReadWriteMany")
+                raise ValueError(
+                    "training.nodes > 1 must use storage.newClaim.accessModes including ReadWriteMany "
+                    "(every node reads and writes the run volume)"
+                )
         return self
 
 
@@ -594,7 +729,9 @@ class SpinRunStatus(Model):
     current_iteration: int | None = Field(None, description="Iteration in progress.")
     completed_iterations: int = Field(0, description="Iterations finished.")
     last_checkpoint: Checkpoint | None = Field(None, description="Newest trained checkpoint.")
-    iterations: list[IterationStatus] = Field(default_factory=list, description="Per-iteration progress (bounded).")
+    iterations: list[IterationStatus] = Field(
+        default_factory=list, max_length=MAX_ITERATIONS, description="Per-iteration progress (one entry per iteration)."
+    )
     conditions: list[Condition] = Field(default_factory=list, description="Complete, Failed, Suspended, Progressing.")
     start_time: str | None = Field(None, description="When the run started.")
     completion_time: str | None = Field(None, description="When the run finished.")
@@ -609,10 +746,10 @@ class ObjectMeta(Model):
         ...,
         min_length=1,
         max_length=MAX_RUN_NAME_LENGTH,
-        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
-        description="Run name (DNS label, at most 40 characters so child names fit 63).",
+        pattern=RUN_NAME_PATTERN,
+        description="Run name: a DNS label starting with a letter, at most 40 characters so child names fit 63.",
     )
-    namespace: str | None = Field(None, description="Namespace.")
+    namespace: str | None = Field(None, max_length=63, description="Namespace.")
 
 
 class SpinRun(Model):

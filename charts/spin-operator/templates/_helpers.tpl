@@ -1,0 +1,133 @@
+{{/*
+Names, labels and shared RBAC rules of the spin-operator chart (the conventions of the
+KubeRay and Kubeflow Trainer charts: name/fullname/chart helpers, standard labels).
+*/}}
+
+{{/* The chart name, or nameOverride. */}}
+{{- define "spin-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The prefix of every object name: fullnameOverride, or "<release>-<chart>" (just the release
+name when it already contains the chart name), cut to 63 characters.
+*/}}
+{{- define "spin-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of cluster-scoped objects (ClusterRole, ClusterRoleBinding): the full name plus the
+release namespace, so that releases in two namespaces do not collide.
+*/}}
+{{- define "spin-operator.clusterName" -}}
+{{- printf "%s-%s" (include "spin-operator.fullname" .) .Release.Namespace | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* "name-version" as used by the helm.sh/chart label. */}}
+{{- define "spin-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels of every object. */}}
+{{- define "spin-operator.labels" -}}
+helm.sh/chart: {{ include "spin-operator.chart" . }}
+{{ include "spin-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: spinrun
+{{- end }}
+
+{{/* Labels that select the operator pod (never change them: Deployment selectors are immutable). */}}
+{{- define "spin-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "spin-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{/* The operator's ServiceAccount name. */}}
+{{- define "spin-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "spin-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name must name an existing ServiceAccount when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+An image reference from {repository, tag}: tag defaults to the chart's appVersion; a tag of
+the form sha256:... is a digest (repository@sha256:...).
+Usage: include "spin-operator.image" (dict "image" .Values.images.trainer "root" .)
+*/}}
+{{- define "spin-operator.image" -}}
+{{- $tag := default .root.Chart.AppVersion .image.tag | toString }}
+{{- if hasPrefix "sha256:" $tag }}
+{{- printf "%s@%s" .image.repository $tag }}
+{{- else }}
+{{- printf "%s:%s" .image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{/* True (non-empty) when the operator watches all namespaces. */}}
+{{- define "spin-operator.clusterWide" -}}
+{{- if not .Values.watchNamespaces }}true{{ end }}
+{{- end }}
+
+{{/*
+The rules of the objects the operator manages inside a watched namespace. Exactly the calls
+the operator makes (kopf included); tests/chart/test_chart.py checks them against the
+requests recorded in the operator's end-to-end tests. No Secrets: pods get the HF token
+through a secretKeyRef, which the kubelet resolves, not the operator.
+*/}}
+{{- define "spin-operator.namespacedRules" -}}
+# SpinRuns: kopf lists/watches them and patches finalizers and its progress annotations.
+- apiGroups: ["spin.dev"]
+  resources: ["spinruns"]
+  verbs: ["get", "list", "watch", "patch", "update"]
+# The reconcile writes status through the status subresource.
+- apiGroups: ["spin.dev"]
+  resources: ["spinruns/status"]
+  verbs: ["get", "patch", "update"]
+# Children carry ownerReferences with blockOwnerDeletion (kopf.adopt): clusters with the
+# OwnerReferencesPermissionEnforcement admission plugin require update on the owner's finalizers.
+- apiGroups: ["spin.dev"]
+  resources: ["spinruns/finalizers"]
+  verbs: ["update"]
+# Generation, convert, training and evaluation Jobs (patched to suspend/resume them).
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch", "create", "delete", "patch"]
+# The training headless Service, the run's PVC and its ConfigMap (the resolved spec).
+- apiGroups: [""]
+  resources: ["services", "persistentvolumeclaims", "configmaps"]
+  verbs: ["get", "list", "create", "delete"]
+# Events about SpinRuns (kopf posts core/v1 events; the client may use events.k8s.io).
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- if .Values.pytorchjob.enabled }}
+# Training as a Kubeflow PyTorchJob (spec.training.launcher: pytorchjob).
+- apiGroups: ["kubeflow.org"]
+  resources: ["pytorchjobs"]
+  verbs: ["get", "list", "watch", "create", "delete", "patch"]
+{{- end }}
+{{- end }}
+
+{{/* Cluster-scoped rules every mode needs: kopf scans CRDs to find SpinRun's (and PyTorchJob's) API. */}}
+{{- define "spin-operator.crdRules" -}}
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["get", "list", "watch"]
+{{- end }}

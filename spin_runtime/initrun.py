@@ -1,0 +1,72 @@
+"""`spin init-run`: copy the spec a cluster pod was given (a mounted ConfigMap) into the run
+directory, so every step reads the same `spec.json` as with the local runner.
+
+The operator runs it as the init container of every step's pod; it is idempotent (the spec
+is replaced atomically, outputs are never touched).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from spin_runtime import rundir
+from spin_runtime.errors import SpinError
+from spin_runtime.spec import SpinRun
+
+
+def init_from_file(spec_file: Path, run_dir: Path) -> SpinRun:
+    """Validate the SpinRun stored in `spec_file` (JSON or YAML) and store it as
+    `<run_dir>/spec.json`; returns the run."""
+    path = Path(spec_file)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise SpinError(f"{path}: spec file not found; mount the run's ConfigMap there or fix --spec") from e
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        import yaml
+
+        data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise SpinError(f"{path}: expected a SpinRun object, got {type(data).__name__}")
+    data.pop("status", None)
+    run = SpinRun.model_validate(data)
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    rundir.init_run(Path(run_dir), run)
+    return run
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+    """Register `spin init-run` on the `spin` CLI's subparsers."""
+    p = sub.add_parser("init-run", help="store a SpinRun spec file as <run-dir>/spec.json (cluster init step)")
+    p.add_argument("--spec", required=True, help="SpinRun file (JSON or YAML), e.g. /etc/spin/spec.json")
+    p.add_argument("--run-dir", required=True, help="run directory to initialise")
+    p.set_defaults(func=_cmd)
+    return p
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    run = init_from_file(Path(args.spec), Path(args.run_dir))
+    print(f"{args.run_dir}: spec of {run.metadata.name} stored")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m spin_runtime.initrun --spec FILE --run-dir DIR`."""
+    parser = argparse.ArgumentParser(prog="spin init-run")
+    parser.add_argument("--spec", required=True)
+    parser.add_argument("--run-dir", required=True)
+    args = parser.parse_args(argv)
+    try:
+        return _cmd(args)
+    except SpinError as e:
+        print(f"spin init-run: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

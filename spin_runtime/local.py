@@ -1,0 +1,106 @@
+"""The local driver: `spin run FILE` executes the plan's steps as processes on this machine,
+in order, skipping steps whose markers exist, so a crashed or interrupted run resumes.
+
+It runs exactly the command lines the operator puts into Kubernetes Jobs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from spin_runtime import plan, rundir
+from spin_runtime.spec import SpinRun
+
+
+def step_command(step: plan.Step, run_dir: Path, spec_gpus: int = 0) -> list[str]:
+    """The process to start for a step: `spin <step> ...` through this Python, wrapped in
+    torchrun when training should use several local GPUs."""
+    argv = step.argv(str(run_dir))
+    base = [sys.executable, "-m", "spin_runtime.cli", *argv[1:]]
+    if step.name == "train" and spec_gpus > 1:
+        return [
+            sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc-per-node", str(spec_gpus), "-m", "spin_runtime.cli", *argv[1:],
+        ]  # fmt: skip
+    return base
+
+
+def _local_gpus(run: SpinRun) -> int:
+    wanted = run.spec.training.gpus_per_node
+    if wanted <= 1:
+        return 0
+    try:
+        import torch
+
+        return min(wanted, torch.cuda.device_count())
+    except ImportError:
+        return 0
+
+
+def _fmt_seconds(s: float) -> str:
+    m, sec = divmod(int(round(s)), 60)
+    return f"{m}m{sec:02d}s" if m else f"{sec}s"
+
+
+def run_local(run: SpinRun, run_dir: Path) -> int:
+    """Run (or resume) a SpinRun in `run_dir`; returns the process exit code."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rundir.init_run(run_dir, run)
+    steps = plan.all_steps(run.spec)
+    gpus = _local_gpus(run)
+    started = time.monotonic()
+    done_before = sum(rundir.is_done(run_dir, s) for s in steps)
+    print(f"spin run {run.metadata.name}: {len(steps)} steps in {run_dir}"
+          + (f" ({done_before} already done, resuming)" if done_before else ""), flush=True)
+    for n, step in enumerate(steps, 1):
+        label = f"[{n}/{len(steps)}] iteration {step.iteration} · {step.key.split('/', 1)[1]}"
+        if rundir.is_done(run_dir, step):
+            print(f"{label}: done earlier, skipped", flush=True)
+            continue
+        print(f"{label} ...", flush=True)
+        t0 = time.monotonic()
+        proc = subprocess.Popen(step_command(step, run_dir, gpus), env=os.environ.copy())
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:
+            proc.wait()
+            print(f"\ninterrupted during {step.key}: finished steps keep their markers; "
+                  f"rerun `spin run` with the same --run-dir to resume", file=sys.stderr)
+            return 130
+        if code != 0:
+            print(f"{label}: failed (exit {code}); fix the problem and rerun to resume from this step",
+                  file=sys.stderr)
+            return code
+        print(f"{label}: done in {_fmt_seconds(time.monotonic() - t0)}", flush=True)
+
+    from spin_runtime.report import summary_table, write_report
+
+    report = write_report(run_dir)
+    print(f"\nrun complete in {_fmt_seconds(time.monotonic() - started)}; report: {report}")
+    print(summary_table(run_dir))
+    return 0
+
+
+def status_text(run_dir: Path) -> str:
+    """Where a run directory stands: per iteration, which steps are done."""
+    run_dir = Path(run_dir)
+    run = rundir.load_run(run_dir)
+    lines = [f"run {run.metadata.name} in {run_dir}"]
+    last_ckpt = None
+    for k in plan.iterations(run.spec):
+        steps = plan.steps_for_iteration(run.spec, k)
+        done = [s for s in steps if rundir.is_done(run_dir, s)]
+        state = "done" if len(done) == len(steps) else ("in progress" if done else "pending")
+        names = ", ".join(
+            f"{s.key.split('/', 1)[1]}{' ✓' if rundir.is_done(run_dir, s) else ''}" for s in steps
+        )
+        lines.append(f"  iteration {k}: {state:<11} {names}")
+        if any(s.name == "train" for s in done):
+            last_ckpt = run_dir / plan.model_dir(k)
+    lines.append(f"  last checkpoint: {last_ckpt or 'none yet'}")
+    return "\n".join(lines)
