@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished steps keep their markers; rerun to resume", file=sys.stderr)
         return 130
-    except Exception as e:  # noqa: BLE001 - one readable line for users, traceback on demand
+    except Exception as e:  # one readable line for users; SPIN_DEBUG=1 for the traceback
         from spin_runtime.errors import SpinError
 
         if isinstance(e, SpinError) and not os.environ.get("SPIN_DEBUG"):

@@ -113,7 +113,7 @@ def _plot(run_dir: Path, metrics: dict[int, dict[str, Any]], out: Path) -> list[
         keys = [(key, title) for key, title in keys if any(key in e for e in evals.values())]
         fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.6), squeeze=False)
         xs = sorted(evals)
-        for ax, (key, title) in zip(axes[0], keys):
+        for ax, (key, title) in zip(axes[0], keys, strict=True):
             ys = [evals[k].get(key, float("nan")) for k in xs]
             labels = [f"iter{k}" for k in xs]
             if key == "exact_match":
