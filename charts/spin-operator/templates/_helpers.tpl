@@ -83,51 +83,56 @@ Usage: include "spin-operator.image" (dict "image" .Values.images.trainer "root"
 {{- end }}
 
 {{/*
-The rules of the objects the operator manages inside a watched namespace. Exactly the calls
-the operator makes (kopf included); tests/chart/test_chart.py checks them against the
-requests recorded in the operator's end-to-end tests. No Secrets: pods get the HF token
-through a secretKeyRef, which the kubelet resolves, not the operator.
+The rules of the objects the operator manages inside a watched namespace: exactly the calls
+the operator makes (operator/spin_operator/handlers.py and kopf itself), verb by verb;
+tests/chart/test_chart.py replays the requests recorded by the operator's e2e tests against
+them. No Secrets: pods get the HF token through a secretKeyRef, resolved by the kubelet.
 */}}
 {{- define "spin-operator.namespacedRules" -}}
-# SpinRuns: kopf lists/watches them and patches finalizers and its progress annotations.
+# SpinRuns: kopf lists/watches them and patches its progress annotations; the reconcile
+# re-reads a run before acting on it.
 - apiGroups: ["spin.dev"]
   resources: ["spinruns"]
-  verbs: ["get", "list", "watch", "patch", "update"]
-# The reconcile writes status through the status subresource.
+  verbs: ["get", "list", "watch", "patch"]
+# The reconcile writes status (merge patch on the status subresource).
 - apiGroups: ["spin.dev"]
   resources: ["spinruns/status"]
-  verbs: ["get", "patch", "update"]
-# Children carry ownerReferences with blockOwnerDeletion (kopf.adopt): clusters with the
-# OwnerReferencesPermissionEnforcement admission plugin require update on the owner's finalizers.
+  verbs: ["patch"]
+# Children carry ownerReferences with blockOwnerDeletion: clusters with the
+# OwnerReferencesPermissionEnforcement admission plugin require update on the owner's
+# finalizers to create them (no API call uses it).
 - apiGroups: ["spin.dev"]
   resources: ["spinruns/finalizers"]
   verbs: ["update"]
-# Generation, convert, training and evaluation Jobs (patched to suspend/resume them).
+# Step Jobs: created, watched (kopf index + events), patched to suspend/resume, deleted to retry.
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "delete", "patch"]
-# The training headless Service, the run's PVC and its ConfigMap (the resolved spec).
+  verbs: ["list", "watch", "create", "patch", "delete"]
+# The run's PVC and its per-iteration spec ConfigMaps (kopf indexes; garbage-collected with
+# the SpinRun through ownerReferences, never deleted by the operator).
 - apiGroups: [""]
-  resources: ["services", "persistentvolumeclaims", "configmaps"]
-  verbs: ["get", "list", "create", "delete"]
-# Events about SpinRuns (kopf posts core/v1 events; the client may use events.k8s.io).
+  resources: ["persistentvolumeclaims", "configmaps"]
+  verbs: ["list", "watch", "create"]
+# The training Job's headless Service (recreated with the Job on retry).
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["list", "watch", "create", "delete"]
+# Events about SpinRuns (kopf posts core/v1 Events).
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
-- apiGroups: ["events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- if .Values.pytorchjob.enabled }}
-# Training as a Kubeflow PyTorchJob (spec.training.launcher: pytorchjob).
+# Training as a Kubeflow PyTorchJob (spec.training.launcher: pytorchjob): listed by run label,
+# created, patched to suspend/resume, deleted to retry.
 - apiGroups: ["kubeflow.org"]
   resources: ["pytorchjobs"]
-  verbs: ["get", "list", "watch", "create", "delete", "patch"]
+  verbs: ["list", "create", "patch", "delete"]
 {{- end }}
 {{- end }}
 
-{{/* Cluster-scoped rules every mode needs: kopf scans CRDs to find SpinRun's (and PyTorchJob's) API. */}}
+{{/* Cluster-scoped rules every mode needs: kopf lists and watches CRDs to find the SpinRun API. */}}
 {{- define "spin-operator.crdRules" -}}
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 {{- end }}
