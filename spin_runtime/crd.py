@@ -107,6 +107,12 @@ def _resolve(node: dict[str, Any], defs: dict[str, Any], where: str) -> dict[str
         node = merged
 
 
+def _rule(rule: dict[str, Any]) -> dict[str, Any]:
+    """A CEL rule with `rule` first, then `message`, then anything else."""
+    head = {k: rule[k] for k in ("rule", "message") if k in rule}
+    return {**head, **{k: v for k, v in rule.items() if k not in head}}
+
+
 def _convert(node: dict[str, Any], defs: dict[str, Any], where: str, *, defaults: bool) -> dict[str, Any]:
     """One schema node in structural form (recursively)."""
     node = _resolve(node, defs, where)
@@ -135,6 +141,8 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], where: str, *, defaults
         elif key == "additionalProperties":
             if isinstance(value, dict):  # a map; `false` (extra=forbid) is pruning's job in Kubernetes
                 out["additionalProperties"] = _convert(value, defs, f"{where}{{}}", defaults=defaults)
+        elif key == XVAL:
+            out[XVAL] = [_rule(r) for r in value]
         elif key in _ORDER:
             out[key] = value
         else:
@@ -206,7 +214,14 @@ HEADER = (
 )
 
 
+class _Dumper(yaml.SafeDumper):
+    """Writes repeated sub-objects in full instead of as YAML anchors and aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def crd_yaml() -> str:
     """The CRD as YAML, with a header saying where it comes from."""
-    body = yaml.safe_dump(crd_dict(), sort_keys=False, width=100, allow_unicode=True)
+    body = yaml.dump(crd_dict(), Dumper=_Dumper, sort_keys=False, width=100, allow_unicode=True)
     return HEADER + body

@@ -58,16 +58,51 @@ HUB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$"
 QUANTITY_PATTERN = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
+STORAGE_SIZE_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|K|M|G|T|P)?$"
+SUB_PATH_PATTERN = r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+IMAGE_PATTERN = r"^[^\t\n\f\r ]+$"
+LM_EVAL_BATCH_PATTERN = r"^(auto(:[1-9][0-9]*)?|[1-9][0-9]*)$"
+
+#: What each pattern means, in words (error messages and the spec reference use these).
+PATTERN_HINTS: dict[str, str] = {
+    RUN_NAME_PATTERN: "a DNS label: lowercase letters, digits and '-', starting with a letter "
+    "and ending with a letter or digit",
+    DNS_SUBDOMAIN_PATTERN: "a Kubernetes object name: lowercase letters, digits, '-' and '.', "
+    "starting and ending with a letter or digit",
+    LABEL_VALUE_PATTERN: "a label value: letters, digits, '-', '_' and '.', starting and ending with a letter or digit",
+    HUB_ID_PATTERN: "a Hugging Face Hub id, 'name' or 'namespace/name' (letters, digits, '.', '_' and '-')",
+    QUANTITY_PATTERN: "a Kubernetes quantity such as 8, 500m or 64Gi",
+    STORAGE_SIZE_PATTERN: "a storage size such as 500Gi or 2Ti",
+    SUB_PATH_PATTERN: "a relative folder: segments of letters, digits, '.', '_' and '-' separated by '/'",
+    ENV_NAME_PATTERN: "an environment variable name: letters, digits and '_', not starting with a digit",
+    SECRET_KEY_PATTERN: "a Secret key: letters, digits, '-', '_' and '.'",
+    IMAGE_PATTERN: "an image reference without spaces",
+    LM_EVAL_BATCH_PATTERN: "a number, auto or auto:N",
+}
 
 
 def _cel(rule: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"rule": rule, "message": message, **extra}
 
 
+def _empty_to_none(value: Any) -> Any:
+    """'' stands for "none" where the default is not none: a null would be pruned and
+    defaulted by the kube-apiserver, so null cannot say "none" in a cluster."""
+    return None if value == "" else value
+
+
+#: An optional name whose default is set; '' (or, in Python, None) means "none".
+OptionalName = Annotated[str | None, BeforeValidator(_empty_to_none)]
+
+
 def _int_to_str(value: Any) -> Any:
     """Let YAML integers stand for strings where Kubernetes does too (`cpu: 8`)."""
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
+    if isinstance(value, float):
+        raise ValueError(f"must be a Kubernetes quantity such as 8, '0.5' or 500m (got {value}: quote it)")
     return value
 
 
@@ -194,8 +229,10 @@ class Dataset(Model):
         None, max_length=256, pattern=HUB_ID_PATTERN, description="Hub dataset id, e.g. HuggingFaceH4/ultrachat_200k."
     )
     split: str = Field("train_sft", max_length=64, description="Training split of the hub dataset.")
-    test_split: str | None = Field(
-        "test_sft", max_length=64, description="Held-out split of the hub dataset; if absent, testSize rows are held out from the training split."
+    test_split: OptionalName = Field(
+        "test_sft",
+        max_length=64,
+        description="Held-out split of the hub dataset; '' = none: testSize rows are held out from the training split.",
     )
     path: str | None = Field(
         None, max_length=1024, description="Local JSONL or parquet file (messages, or prompt/response columns)."
@@ -208,8 +245,8 @@ class Dataset(Model):
         50_000,
         ge=1,
         le=1_000_000_000,
-        description="Training prompts sampled (seeded) from the split (hub or path); the paper used 50k. "
-        "Built-in tasks use builtin.trainSize instead.",
+        description="Training prompts sampled (seeded) from the split (hub or path); the paper used 50k. A number "
+        "at least the split's size uses every row. Built-in tasks use builtin.trainSize instead.",
     )
     test_size: int = Field(
         500,
@@ -247,7 +284,9 @@ class SyntheticData(Model):
         None, max_length=256, pattern=HUB_ID_PATTERN, description="Hub dataset id, e.g. UCLA-AGI/SPIN_iter0."
     )
     split: str = Field("train", max_length=64, description="Split of the hub dataset.")
-    test_split: str | None = Field("test", max_length=64, description="Held-out split of the hub dataset.")
+    test_split: OptionalName = Field(
+        "test", max_length=64, description="Held-out split of the hub dataset; '' = none (no held-out rows)."
+    )
     path: str | None = Field(
         None, max_length=1024, description="Local parquet/JSONL file or a folder with train/test files."
     )
@@ -317,11 +356,20 @@ class Generation(Model):
     resources: Resources = Field(default_factory=Resources, description="Resources of each generation pod (GPUs are added from tensorParallelSize).")
 
 
+def _zero_stage(value: Any) -> Any:
+    """A ZeRO stage is an integer: refuse true and 3.0, which equal 1 and 3 in Python."""
+    if isinstance(value, (bool, float)):
+        raise ValueError(f"must be one of 0, 1, 2, 3 (got {str(value).lower()})")
+    return value
+
+
 class DeepSpeed(Model):
     """DeepSpeed ZeRO settings for GPU training."""
 
     enabled: bool = Field(True, description="Use DeepSpeed on GPUs (ignored on CPU).")
-    stage: Literal[0, 1, 2, 3] = Field(3, description="ZeRO stage; the paper used 3.")
+    stage: Annotated[Literal[0, 1, 2, 3], BeforeValidator(_zero_stage)] = Field(
+        3, description="ZeRO stage; the paper used 3."
+    )
     offload_params: bool = Field(False, description="Offload parameters to CPU (ZeRO-3; used for 70B).")
     offload_optimizer: bool = Field(False, description="Offload optimizer state to CPU.")
 
@@ -430,11 +478,12 @@ class LmEval(Model):
             {
                 "anyOf": [{"type": "integer"}, {"type": "string"}],
                 "x-kubernetes-int-or-string": True,
-                "pattern": r"^(auto(:[0-9]+)?|[0-9]+)$",
+                "minimum": 1,
+                "pattern": LM_EVAL_BATCH_PATTERN,
                 "maxLength": 16,
             }
         ),
-    ] = Field("auto", max_length=16, pattern=r"^(auto(:[0-9]+)?|[0-9]+)$", description="lm-eval batch size: a number, auto or auto:N.")
+    ] = Field("auto", max_length=16, pattern=LM_EVAL_BATCH_PATTERN, description="lm-eval batch size: a number, auto or auto:N.")
     limit: int | None = Field(None, ge=1, le=1_000_000_000, description="Examples per task (for smoke tests).")
 
 
@@ -453,7 +502,7 @@ class Evaluation(Model):
 class NewClaim(Model):
     """A PersistentVolumeClaim the operator creates for the run."""
 
-    size: str = Field("500Gi", max_length=32, pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|K|M|G|T|P)?$", description="Requested storage size.")
+    size: str = Field("500Gi", max_length=32, pattern=STORAGE_SIZE_PATTERN, description="Requested storage size.")
     storage_class_name: str | None = Field(
         None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="StorageClass (default: the cluster's)."
     )
@@ -478,7 +527,7 @@ class Storage(Model):
         None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Name of an existing PVC."
     )
     new_claim: NewClaim | None = Field(None, description="Create a PVC with these settings.")
-    sub_path: str = Field("runs", max_length=253, pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$", description="Folder on the volume holding run directories.")
+    sub_path: str = Field("runs", max_length=253, pattern=SUB_PATH_PATTERN, description="Folder on the volume holding run directories.")
 
     @model_validator(mode="after")
     def _one_kind(self) -> Storage:
@@ -493,12 +542,12 @@ class Images(Model):
     """Container images of the steps; unset = the operator's defaults (Helm values)."""
 
     generator: str | None = Field(
-        None, max_length=512, pattern=r"^\S+$", description="Image of generation pods (vLLM + spinrun)."
+        None, max_length=512, pattern=IMAGE_PATTERN, description="Image of generation pods (vLLM + spinrun)."
     )
     trainer: str | None = Field(
         None,
         max_length=512,
-        pattern=r"^\S+$",
+        pattern=IMAGE_PATTERN,
         description="Image of convert, train and evaluate pods (PyTorch, DeepSpeed + spinrun).",
     )
     pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(None, description="Image pull policy.")
@@ -509,14 +558,14 @@ class SecretKeyRef(Model):
 
     name: str = Field(..., min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Secret name.")
     key: str = Field(
-        "token", min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Key inside the Secret."
+        "token", min_length=1, max_length=253, pattern=SECRET_KEY_PATTERN, description="Key inside the Secret."
     )
 
 
 class EnvVar(Model):
     """A plain environment variable for every step's container."""
 
-    name: str = Field(..., min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Variable name.")
+    name: str = Field(..., min_length=1, max_length=128, pattern=ENV_NAME_PATTERN, description="Variable name.")
     value: str = Field("", max_length=4096, description="Value (literal; never interpreted by a shell).")
 
 

@@ -1,0 +1,279 @@
+"""The generated CRD: in sync with the chart, structural, and refusing what the models refuse
+(checked with jsonschema and the CEL rules evaluated by cel-python)."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import celpy
+import kubernetes_validate
+import pytest
+import yaml
+
+from spin_runtime.crd import PRINTER_COLUMNS, crd_dict, crd_yaml
+from spin_runtime.spec import SpinRun
+from spin_runtime.validation import SpecError, validate_data
+from tests import crd_check
+
+REPO = Path(__file__).resolve().parents[1]
+CRD_FILE = REPO / "charts" / "spin-operator" / "crds" / "spinruns.spin.dev.yaml"
+EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+XVAL = "x-kubernetes-validations"
+
+
+def _nodes(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every schema node with its path."""
+    yield path or "<root>", node
+    for name, sub in node.get("properties", {}).items():
+        yield from _nodes(sub, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        yield from _nodes(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from _nodes(node["additionalProperties"], f"{path}{{}}")
+
+
+openapi_schema = crd_check.schema  # generated once for the whole module
+
+
+@functools.cache
+def _crd() -> dict[str, Any]:
+    return crd_dict()
+
+
+def _base() -> dict[str, Any]:
+    return yaml.safe_load((REPO / "examples" / "spinrun-local.yaml").read_text())
+
+
+# --------------------------------------------------------------------------- the file
+
+
+def test_committed_crd_matches_the_generator() -> None:
+    assert CRD_FILE.read_text(encoding="utf-8") == crd_yaml(), "run `make crd` (spin crd > chart file)"
+
+
+def test_crd_yaml_parses_back_to_crd_dict() -> None:
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    assert yaml.load(crd_yaml(), Loader=loader) == _crd()
+
+
+def test_crd_is_a_valid_custom_resource_definition() -> None:
+    kubernetes_validate.validate(_crd(), "1.30", strict=True)
+
+
+def test_names_version_and_status_subresource() -> None:
+    crd = _crd()
+    assert crd["metadata"]["name"] == "spinruns.spin.dev"
+    names = crd["spec"]["names"]
+    assert (names["kind"], names["plural"], names["singular"]) == ("SpinRun", "spinruns", "spinrun")
+    assert names["shortNames"] == ["spin"]
+    assert names["categories"] == ["spinrun", "ml"]
+    (version,) = crd["spec"]["versions"]
+    assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
+    assert version["subresources"] == {"status": {}}
+
+
+def test_printer_columns() -> None:
+    columns = _crd()["spec"]["versions"][0]["additionalPrinterColumns"]
+    assert [(c["name"], c["jsonPath"], c.get("priority", 0)) for c in columns] == [
+        ("Phase", ".status.phase", 0),
+        ("Iteration", ".status.currentIteration", 0),
+        ("Max", ".spec.iterations", 0),
+        ("Checkpoint", ".status.lastCheckpoint.path", 0),
+        ("Age", ".metadata.creationTimestamp", 0),
+        ("Reason", ".status.reason", 1),
+        ("Message", ".status.message", 1),
+    ]
+    assert not any("conditions" in c["jsonPath"] for c in PRINTER_COLUMNS)
+
+
+# --------------------------------------------------------------------------- structural
+
+
+def test_schema_is_structural() -> None:
+    schema = openapi_schema()
+    assert schema["properties"]["metadata"] == {"type": "object"}
+    for path, node in _nodes(schema):
+        for key in ("$ref", "$defs", "title", "const", "nullable", "allOf", "oneOf", "not"):
+            assert key not in node, f"{path}: {key}"
+        if node.get("x-kubernetes-int-or-string"):
+            assert node.get("anyOf") == [{"type": "integer"}, {"type": "string"}], path
+        else:
+            assert "anyOf" not in node, path
+            assert node.get("type") in ("object", "array", "string", "integer", "number", "boolean"), path
+        assert "default" not in node or node["default"] is not None, path
+        for key in ("exclusiveMinimum", "exclusiveMaximum"):
+            assert node.get(key, True) is True, f"{path}: {key} must be a boolean (OpenAPI 3.0)"
+        if "additionalProperties" in node:
+            assert isinstance(node["additionalProperties"], dict), path
+            assert "properties" not in node, path
+        if node.get("type") == "array":
+            assert isinstance(node.get("items"), dict), path
+
+
+def test_optional_fields_keep_their_non_null_branch_and_bounds() -> None:
+    spec = openapi_schema()["properties"]["spec"]["properties"]
+    assert spec["startCheckpoint"]["type"] == "object"
+    assert spec["generation"]["properties"]["parallelism"] == {
+        "description": "Shards running at once in a cluster (default: all).",
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 1024,
+    }
+    assert spec["generation"]["properties"]["temperature"]["exclusiveMinimum"] is True
+    assert spec["startIteration"]["maximum"] == 63  # lt=64 on an integer
+    assert spec["training"]["properties"]["deepspeed"]["properties"]["stage"]["enum"] == [0, 1, 2, 3]
+    assert spec["training"]["properties"]["deepspeed"]["properties"]["stage"]["type"] == "integer"
+    assert spec["nodeSelector"]["additionalProperties"] == {"type": "string"}
+
+
+def test_every_property_has_a_description() -> None:
+    missing = [
+        path
+        for path, node in _nodes(openapi_schema())
+        if not node.get("description") and not path.endswith(("[]", "{}", ".metadata"))
+    ]
+    assert missing == []
+
+
+def test_descriptions_come_from_the_models() -> None:
+    training = openapi_schema()["properties"]["spec"]["properties"]["training"]
+    field = SpinRun.model_fields["spec"].annotation.model_fields["training"]
+    assert training["description"] == field.description
+    assert training["properties"]["lossType"]["description"].startswith("SPIN loss")
+
+
+def test_defaults_satisfy_their_own_schema() -> None:
+    for path, node in _nodes(openapi_schema()):
+        if "default" in node:
+            rest = {k: v for k, v in node.items() if k != "default"}
+            errors = list(crd_check._Validator(rest).iter_errors(node["default"]))
+            assert not errors, f"{path}: default {node['default']!r}: {errors[0].message}"
+
+
+def test_status_preserves_unknown_fields_and_has_no_defaults() -> None:
+    status = openapi_schema()["properties"]["status"]
+    assert status["x-kubernetes-preserve-unknown-fields"] is True
+    assert not [p for p, n in _nodes(status) if "default" in n]
+
+
+# --------------------------------------------------------------------------- CEL
+
+
+def _rules() -> list[tuple[str, dict[str, Any], dict[str, str]]]:
+    return [(path, node, rule) for path, node in _nodes(openapi_schema()) for rule in node.get(XVAL, [])]
+
+
+def test_every_rule_compiles_and_says_must() -> None:
+    env = celpy.Environment()
+    for path, _, rule in _rules():
+        env.compile(rule["rule"])
+        assert "must" in rule["message"], f"{path}: {rule['message']}"
+
+
+def test_rules_only_read_bounded_values() -> None:
+    """The apiserver estimates CEL cost from maxItems/maxLength: every list and string a
+    rule reads (and everything under `self` for equality rules) needs a bound."""
+
+    def bounded(node: dict[str, Any]) -> bool:
+        if node.get("type") == "array":
+            return "maxItems" in node
+        if node.get("type") == "string":
+            return "maxLength" in node or "enum" in node
+        return True
+
+    for path, node, rule in _rules():
+        if path == "<root>":
+            continue  # metadata.name: only size() and one regular expression
+        if re.search(r"\bself == oldSelf\b", rule["rule"]):
+            unbounded = [p for p, n in _nodes(node, path) if not bounded(n)]
+            assert unbounded == [], f"{rule['rule']}: {unbounded}"
+            continue
+        for ref in re.findall(r"self((?:\.\w+)+)", rule["rule"]):
+            target = node
+            for name in ref.strip(".").split("."):
+                target = target.get("properties", {}).get(name, {})
+            assert bounded(target), f"{path}: {rule['rule']} reads unbounded {ref}"
+            for sub_path, sub in _nodes(target.get("items", {}), ref):
+                assert bounded(sub), f"{path}: {rule['rule']} iterates unbounded {sub_path}"
+
+
+def test_examples_and_defaults_are_admitted() -> None:
+    for example in EXAMPLES:
+        assert crd_check.admission_problems(yaml.safe_load(example.read_text())) == [], example.name
+    minimal = {"apiVersion": "spin.dev/v1alpha1", "kind": "SpinRun", "metadata": {"name": "r"}}
+    assert crd_check.admission_problems(minimal) == []
+    full = SpinRun.model_validate(minimal).dump()
+    assert crd_check.admission_problems(full) == []
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(doc: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node = doc
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+
+    return mutate
+
+
+CEL_CASES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
+    ("storage with both kinds", _set("spec.storage", {"existingClaim": "pvc", "newClaim": {}}), "exactly one of existingClaim or newClaim"),
+    ("storage with neither kind", _set("spec.storage", {"subPath": "runs"}), "exactly one of existingClaim or newClaim"),
+    ("storage subPath with ..", _set("spec.storage.subPath", "runs/../etc"), "must not contain '..'"),
+    ("model with no source", _set("spec.model", {}), "exactly one of hub, path or builtin"),
+    ("model with two sources", _set("spec.model", {"hub": "a/b", "path": "/m"}), "exactly one of hub, path or builtin"),
+    ("gguf without path", _set("spec.model", {"hub": "a/b", "ggufFile": "m.gguf"}), "ggufFile must be used together with path"),
+    ("dataset with two sources", _set("spec.dataset", {"hub": "a/b", "path": "/d.jsonl"}), "exactly one of hub, path or builtin"),
+    ("synthetic data with two sources", _set("spec.syntheticData", [{"iteration": 0, "hub": "a/b", "path": "/d"}]), "exactly one of hub or path"),
+    ("reserved env", _set("spec.env", [{"name": "MASTER_ADDR", "value": "x"}]), "env must not set"),
+    ("reserved env HF_TOKEN", _set("spec.env", [{"name": "HF_TOKEN", "value": "x"}]), "env must not set"),
+    ("start iteration at the end", _set("spec.startIteration", 2), "startIteration must be smaller than iterations"),
+    ("synthetic data past the end", _set("spec.syntheticData", [{"iteration": 2, "hub": "a/b"}]), "smaller than iterations"),
+    ("synthetic data twice", _set("spec.syntheticData", [{"iteration": 0, "hub": "a/b"}, {"iteration": 0, "path": "/d"}]), "at most once"),
+    ("multi-node on a single-node volume", lambda d: (_set("spec.training.nodes", 2)(d), _set("spec.storage", {"newClaim": {"accessModes": ["ReadWriteOnce"]}})(d)), "ReadWriteMany"),
+    ("prompt as long as the sequence", _set("spec.training.maxPromptLength", 128), "maxPromptLength must be smaller than maxLength"),
+    ("name too long", _set("metadata.name", "r" * 41), "at most 40 characters"),
+    ("name starting with a digit", _set("metadata.name", "1run"), "DNS label that starts with a letter"),
+    ("name with a dot", _set("metadata.name", "run.one"), "DNS label that starts with a letter"),
+]
+
+
+@pytest.mark.parametrize(("mutate", "message"), [c[1:] for c in CEL_CASES], ids=[c[0] for c in CEL_CASES])
+def test_cel_rule_refuses_what_the_model_refuses(mutate: Callable[[dict[str, Any]], None], message: str) -> None:
+    doc = _base()
+    assert crd_check.admission_problems(doc) == []
+    mutate(doc)
+    problems = crd_check.admission_problems(doc)
+    assert any(message in p for p in problems), problems
+    with pytest.raises(SpecError):
+        validate_data(doc)
+
+
+def test_storage_is_immutable_but_other_fields_may_change() -> None:
+    old = _base()
+    new = copy.deepcopy(old)
+    new["spec"]["iterations"] = 3
+    new["spec"]["schedule"].append({"learningRate": 1e-6})
+    assert crd_check.admission_problems(new, old=old) == []
+
+    changed = copy.deepcopy(old)
+    changed["spec"]["storage"] = {"newClaim": {"size": "1Ti"}}
+    assert any("storage is immutable" in p for p in crd_check.admission_problems(changed, old=old))
+    assert crd_check.admission_problems(changed) == []  # a create has no oldSelf
+
+    removed = copy.deepcopy(old)
+    del removed["spec"]["storage"]
+    assert any("must not be added or removed" in p for p in crd_check.admission_problems(removed, old=old))
+    assert any("must not be added or removed" in p for p in crd_check.admission_problems(old, old=removed))
+
+
+def test_unknown_fields_are_refused_like_kubectl_strict_validation() -> None:
+    doc = _base()
+    doc["spec"]["trainig"] = {}
+    assert crd_check.admission_problems(doc)
