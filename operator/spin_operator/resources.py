@@ -172,12 +172,9 @@ def metadata(
     lab = labels(run.name, iteration, step)
     if queue_name:
         lab[LABEL_QUEUE] = queue_name
-    meta: dict[str, Any] = {
-        "name": name,
-        "namespace": run.namespace,
-        "labels": lab,
-        "ownerReferences": [owner_reference(run)],
-    }
+    meta: dict[str, Any] = {"name": name, "namespace": run.namespace, "labels": lab}
+    if run.uid:  # unknown when rendering offline (`spin render`): no reference then
+        meta["ownerReferences"] = [owner_reference(run)]
     if annotations:
         meta["annotations"] = dict(annotations)
     return meta
@@ -271,7 +268,7 @@ def init_container(ctx: BuildContext, image: str, pull_policy: str) -> dict[str,
             "--run-dir",
             run_dir(ctx.run.name, ctx.spec),
         ],
-        "env": env_vars(ctx),
+        "env": [{"name": "HOME", "value": "/tmp"}],
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
         "securityContext": container_security_context(),
         "volumeMounts": _mounts(),

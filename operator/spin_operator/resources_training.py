@@ -20,7 +20,6 @@ from spin_operator.resources import (
     MANAGED_BY,
     MASTER_PORT,
     BuildContext,
-    step_images,
     container_resources,
     job,
     job_name,
@@ -28,6 +27,7 @@ from spin_operator.resources import (
     metadata,
     pod_template,
     run_dir,
+    step_images,
 )
 
 PYTORCHJOB_API_VERSION = "kubeflow.org/v1"

@@ -1,0 +1,256 @@
+"""Generation benchmark: spinrun's transformers engine against the original SPIN approach.
+
+The baseline reproduces the original `spin/generate.py` HF path: prompt
+`### Instruction: {q}\\n\\n### Response: ` without special tokens, left padding to a multiple
+of 8, pad = eos, `model.generate` greedy in batches of 8, fp32, EOS text removed and leading
+whitespace stripped. spinrun's engine answers the same prompts in the same format (fp32 and
+bf16). Results go to `benchmarks/results/generate.{json,md}`.
+
+    .venv/bin/python benchmarks/bench_generate.py            # both prompt sets
+    .venv/bin/python benchmarks/bench_generate.py --sets mixed --limit 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+#: 64 short instructions of mixed kinds (facts, lists, explanations, writing, arithmetic):
+#: answers range from a few tokens to more than 64, as in real SFT prompts.
+MIXED_PROMPTS = [
+    "What is the capital of France?",
+    "Name three primary colors.",
+    "Write a haiku about autumn leaves.",
+    "Explain photosynthesis in one sentence.",
+    "Give two tips for better sleep.",
+    "What is 12 times 12?",
+    "Translate 'good morning' into Spanish.",
+    "Describe a cat in five words.",
+    "Why is the sky blue?",
+    "List four planets of the solar system.",
+    "What does a compiler do?",
+    "Write a short thank-you note to a teacher.",
+    "Suggest a name for a friendly robot.",
+    "What is the boiling point of water in Celsius?",
+    "Summarize the plot of Cinderella in two sentences.",
+    "How do I make a cup of tea?",
+    "What is the largest ocean on Earth?",
+    "Give an example of a renewable energy source.",
+    "Write a limerick about a lazy dog.",
+    "Explain what a prime number is.",
+    "What are the three states of matter?",
+    "Recommend a good habit for students.",
+    "Who wrote Romeo and Juliet?",
+    "Describe the taste of a lemon.",
+    "What is machine learning?",
+    "Give three synonyms for happy.",
+    "How many days are in a leap year?",
+    "Write one sentence about the ocean.",
+    "What is the difference between weather and climate?",
+    "Name a famous painting.",
+    "Explain gravity to a child.",
+    "What should I pack for a beach trip?",
+    "What is the square root of 81?",
+    "Write a motivational quote.",
+    "How does a rainbow form?",
+    "List three fruits that are red.",
+    "What is the main function of the heart?",
+    "Write a two-line poem about coffee.",
+    "Why do we need sleep?",
+    "What is an adjective? Give an example.",
+    "Describe your ideal weekend.",
+    "What is the tallest mountain in the world?",
+    "Give a tip for learning a new language.",
+    "What is the freezing point of water in Fahrenheit?",
+    "Explain what the internet is in simple words.",
+    "Name two animals that live in the desert.",
+    "Write a short story opening about a lost key.",
+    "What causes the seasons on Earth?",
+    "How can I save money on groceries?",
+    "What is the chemical symbol for gold?",
+    "Give a fun fact about octopuses.",
+    "What is a healthy breakfast?",
+    "Explain what recycling means.",
+    "What is 15 plus 27?",
+    "Write a polite way to decline an invitation.",
+    "Why do leaves change color in the fall?",
+    "Name three musical instruments.",
+    "What is the purpose of a museum?",
+    "Describe a sunset in one sentence.",
+    "How do bees make honey?",
+    "What is the opposite of ancient?",
+    "Give two reasons to exercise regularly.",
+    "What language is spoken in Brazil?",
+    "Write a riddle and its answer.",
+]
+
+
+def addition_prompts(n: int) -> list[str]:
+    """The first n training prompts of the built-in 3-digit addition task."""
+    from spin_runtime.spec import BuiltinTask
+    from spin_runtime.tasks import make_examples
+
+    train, _ = make_examples(BuiltinTask(name="addition-3digit", train_size=n, test_size=1))
+    return [e.prompt for e in train]
+
+
+def count_tokens(ids: list[int], eos_id: int) -> int:
+    """Generated tokens up to and including the first EOS (padding after it not counted)."""
+    return ids.index(eos_id) + 1 if eos_id in ids else len(ids)
+
+
+def original_spin_generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int = 8) -> tuple[list[str], int, float]:
+    """The original SPIN HF path (spin/generate.py): returns texts, new tokens, seconds."""
+    strings = ["### Instruction: " + q + "\n\n### Response: " for q in prompts]
+    tokenizer.padding_side = "left"
+    batches = [
+        tokenizer(
+            strings[i : i + batch_size],
+            return_tensors="pt",
+            padding="longest",
+            truncation=False,
+            pad_to_multiple_of=8,
+            add_special_tokens=False,
+        )
+        for i in range(0, len(strings), batch_size)
+    ]
+    texts: list[str] = []
+    tokens = 0
+    start = time.perf_counter()
+    for enc in batches:
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.eos_token_id, do_sample=False)
+        new = [o[len(i) :] for i, o in zip(enc["input_ids"], out)]
+        tokens += sum(count_tokens(n.tolist(), tokenizer.eos_token_id) for n in new)
+        texts += [t.replace(tokenizer.eos_token, "").lstrip() for t in tokenizer.batch_decode(new)]
+    return texts, tokens, time.perf_counter() - start
+
+
+def spinrun_generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int) -> tuple[list[str], int, float]:
+    """spinrun's transformers engine in the instruction format, greedy."""
+    from spin_runtime.generate import GenerationStats, transformers_generate
+    from spin_runtime.spec import Generation
+
+    gen = Generation(
+        engine="transformers", prompt_format="instruction", decoding="greedy", max_new_tokens=max_new_tokens, batch_size=batch_size
+    )
+    stats = GenerationStats()
+    texts = transformers_generate(model, tokenizer, prompts, gen, progress=False, stats=stats)
+    return texts, stats.new_tokens, stats.seconds
+
+
+def run_set(name: str, prompts: list[str], path: str, max_new_tokens: int, batch_size: int) -> dict[str, Any]:
+    import torch
+
+    from spin_runtime import models
+
+    tokenizer = models.load_tokenizer(path, padding_side="left")
+    tokenizer.pad_token = tokenizer.eos_token
+    rows: list[dict[str, Any]] = []
+    base_texts: list[str] = []
+    for label, dtype, fn in (
+        ("original SPIN (HF generate, batch 8, fp32)", torch.float32, "baseline"),
+        (f"spinrun transformers (batch {batch_size}, fp32)", torch.float32, "ours"),
+        (f"spinrun transformers (batch {batch_size}, bf16)", torch.bfloat16, "ours"),
+    ):
+        model = models.load_model(path, dtype=dtype).eval()
+        if fn == "baseline":
+            texts, tokens, seconds = original_spin_generate(model, tokenizer, prompts, max_new_tokens)
+            base_texts = texts
+        else:
+            texts, tokens, seconds = spinrun_generate(model, tokenizer, prompts, max_new_tokens, batch_size)
+        same = sum(a == b for a, b in zip(texts, base_texts))
+        same20 = sum(a[:20] == b[:20] for a, b in zip(texts, base_texts))
+        rows.append(
+            {
+                "setting": label,
+                "dtype": str(dtype).removeprefix("torch."),
+                "new_tokens": tokens,
+                "seconds": round(seconds, 2),
+                "tokens_per_second": round(tokens / seconds, 1),
+                "same_text_as_baseline": same,
+                "same_first_20_chars": same20,
+            }
+        )
+        print(f"[{name}] {label}: {tokens} tokens in {seconds:.1f} s = {tokens / seconds:.1f} tok/s, same text {same}/{len(prompts)}", flush=True)
+        del model
+    base = rows[0]["tokens_per_second"]
+    for r in rows:
+        r["x_baseline"] = round(r["tokens_per_second"] / base, 2)
+    return {"prompt_set": name, "prompts": len(prompts), "max_new_tokens": max_new_tokens, "results": rows}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "# Generation benchmark",
+        "",
+        f"Model: SmolLM2-135M-Instruct (builtin), CPU threads: {report['threads']}, torch {report['torch']}, "
+        f"transformers {report['transformers']}. Command: `{report['command']}`.",
+        "All settings use the original's instruction prompt, greedy decoding; the baseline reproduces the",
+        "original SPIN HF path (batch 8, left padding to a multiple of 8, pad = eos). Same-text counts compare",
+        "with the baseline's texts. Baseline and candidates ran in the same process, one after another.",
+        "",
+    ]
+    for s in report["sets"]:
+        lines += [
+            f"## {s['prompt_set']} prompts ({s['prompts']}, ≤ {s['max_new_tokens']} new tokens)",
+            "",
+            "| setting | new tokens | s | tok/s | × baseline | same text | same first 20 chars |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in s["results"]:
+            lines.append(
+                f"| {r['setting']} | {r['new_tokens']} | {r['seconds']} | {r['tokens_per_second']} | {r['x_baseline']} | "
+                f"{r['same_text_as_baseline']}/{s['prompts']} | {r['same_first_20_chars']}/{s['prompts']} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", default="mixed,addition", help="comma-separated prompt sets: mixed, addition")
+    parser.add_argument("--limit", type=int, default=64, help="prompts per set")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64, help="batch size of spinrun's engine")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    import torch
+    import transformers
+
+    sys.path.insert(0, str(REPO))
+    from spin_runtime import models
+    from spin_runtime.rundir import atomic_write_json, atomic_write_text
+    from spin_runtime.spec import ModelSource
+
+    path = models.resolve_source(ModelSource(builtin="smollm2-135m-instruct"))
+    sets = {"mixed": MIXED_PROMPTS[: args.limit], "addition": addition_prompts(args.limit)}
+    report: dict[str, Any] = {
+        "command": " ".join(["benchmarks/bench_generate.py", *(argv if argv is not None else sys.argv[1:])]),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "sets": [run_set(name, sets[name], path, args.max_new_tokens, args.batch_size) for name in args.sets.split(",")],
+    }
+    atomic_write_json(args.out / "generate.json", report)
+    atomic_write_text(args.out / "generate.md", markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

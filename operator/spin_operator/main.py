@@ -1,0 +1,58 @@
+"""`spin-operator`: run the kopf operator standalone (one replica, no peering) with a liveness
+endpoint and Prometheus metrics. Namespaces come from --namespace/--all-namespaces or the
+WATCH_NAMESPACES env var (comma-separated; empty = all)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import kopf
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="spin-operator", description="The spinrun operator (SpinRun → Jobs).")
+    p.add_argument("-n", "--namespace", action="append", default=[], help="namespace to watch (repeatable; globs allowed)")
+    p.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (cluster-wide RBAC)")
+    p.add_argument("--metrics-port", type=int, default=int(os.environ.get("SPIN_METRICS_PORT", "8080")),
+                   help="Prometheus /metrics port (0 disables; default 8080)")
+    p.add_argument("--liveness", default=os.environ.get("SPIN_LIVENESS", "http://0.0.0.0:8081/healthz"),
+                   help="kopf liveness endpoint (default http://0.0.0.0:8081/healthz)")
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def namespaces_from(args: argparse.Namespace, env: dict[str, str] | os._Environ[str]) -> tuple[bool, list[str]]:
+    """(cluster-wide?, namespaces) from the flags, else WATCH_NAMESPACES."""
+    if args.all_namespaces:
+        return True, []
+    if args.namespace:
+        return False, list(args.namespace)
+    listed = [n.strip() for n in env.get("WATCH_NAMESPACES", "").split(",") if n.strip()]
+    return (not listed), listed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `spin-operator` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    clusterwide, namespaces = namespaces_from(args, os.environ)
+
+    from spin_operator import handlers, metrics  # registers the handlers
+
+    handlers.api_client()  # fail fast with a clear error if no cluster config is found
+    metrics.serve(args.metrics_port)
+    kopf.run(
+        standalone=True,
+        clusterwide=clusterwide,
+        namespaces=namespaces,
+        liveness_endpoint=args.liveness or None,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

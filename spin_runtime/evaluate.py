@@ -1,0 +1,298 @@
+"""`spin evaluate`: held-out metrics of iteration k's model against its opponent (the iteration's
+start model) on `iter-<k>/data/test.parquet`.
+
+For every held-out pair: the summed log-prob of the real and of the generated answer (prompt
+tokens masked, fp32) under the new model and under the opponent; from them SPIN's implicit
+rewards β·(log πθ − log π_ref), the reward margin and accuracy. For built-in tasks (rows with an
+`answer`), greedy exact match of the new model — and of the start model on the run's first
+iteration (`baseline_exact_match`). Optionally lm-evaluation-harness scores ("lm_eval").
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from spin_runtime import models, plan, rundir, tasks
+from spin_runtime.errors import DataError
+from spin_runtime.spec import SpinRunSpec
+from spin_runtime.train import prepare_rows, read_pairs
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+#: Pairs (2 sequences each) per forward when scoring log-probs.
+LOGP_BATCH_PAIRS = 4
+#: Prompts per batch when generating for exact match.
+GENERATE_BATCH = 16
+#: Bounds of the new-token budget of exact-match generation (answers of built-in tasks are short).
+MIN_NEW_TOKENS, MAX_NEW_TOKENS = 24, 64
+
+
+def _log(msg: str) -> None:
+    print(f"spin evaluate: {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+@dataclass(frozen=True)
+class EncodedPair:
+    """Token ids of one held-out pair: the shared prompt and the two answers (template tokens
+    of the assistant turn included, as TRL trains on them)."""
+
+    prompt: list[int]
+    real: list[int]
+    generated: list[int]
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _ids(out: Any) -> list[int]:
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+def encode_pairs(
+    tok: PreTrainedTokenizerBase, rows: Sequence[dict[str, Any]], max_prompt_length: int, max_length: int
+) -> list[EncodedPair]:
+    """Tokenize pairs the way training does: chat template, prompt cut from the left to
+    `max_prompt_length`, answers from where prompt and prompt+answer diverge, prompt+answer cut
+    to `max_length` (keep start)."""
+    prepared = prepare_rows(rows, tok, max_prompt_length)
+    out: list[EncodedPair] = []
+    for r in prepared:
+        prompt = _ids(tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True))
+        full_real = _ids(tok.apply_chat_template(r["prompt"] + r["chosen"], tokenize=True))
+        full_gen = _ids(tok.apply_chat_template(r["prompt"] + r["rejected"], tokenize=True))
+        cut = min(_common_prefix(prompt, full_real), _common_prefix(prompt, full_gen))
+        prompt = prompt[:cut]
+        keep = max(0, max_length - len(prompt))
+        out.append(EncodedPair(prompt, full_real[cut:][:keep], full_gen[cut:][:keep]))
+    return out
+
+
+def answer_logps(model: PreTrainedModel, sequences: Sequence[tuple[list[int], list[int]]], pad_id: int) -> list[float]:
+    """Summed log-probs (fp32) of each answer given its prompt: (prompt ids, answer ids) pairs,
+    scored in length-sorted, right-padded batches."""
+    import torch
+
+    device = next(model.parameters()).device
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]) + len(sequences[i][1]))
+    result = [0.0] * len(sequences)
+    batch = 2 * LOGP_BATCH_PAIRS
+    with torch.inference_mode():
+        for start in range(0, len(order), batch):
+            idx = order[start : start + batch]
+            seqs = [sequences[i][0] + sequences[i][1] for i in idx]
+            width = max(len(s) for s in seqs)
+            ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+            attn = torch.zeros((len(seqs), width), dtype=torch.long)
+            mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+            for row, i in enumerate(idx):
+                p, a = sequences[i]
+                ids[row, : len(p) + len(a)] = torch.tensor(p + a)
+                attn[row, : len(p) + len(a)] = 1
+                mask[row, len(p) : len(p) + len(a)] = True
+            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits[:, :-1].float()
+            logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
+            sums = (logp * mask[:, 1:].to(device)).sum(dim=1).cpu().tolist()
+            for row, i in enumerate(idx):
+                result[i] = float(sums[row])
+    return result
+
+
+def pair_logps(model: PreTrainedModel, pairs: Sequence[EncodedPair], pad_id: int) -> tuple[list[float], list[float]]:
+    """(log p(real|x), log p(generated|x)) of every pair under `model`."""
+    seqs = [(p.prompt, p.real) for p in pairs] + [(p.prompt, p.generated) for p in pairs]
+    scores = answer_logps(model, seqs, pad_id)
+    return scores[: len(pairs)], scores[len(pairs) :]
+
+
+def _mean(xs: Sequence[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def reward_metrics(
+    policy_real: Sequence[float],
+    policy_generated: Sequence[float],
+    ref_real: Sequence[float],
+    ref_generated: Sequence[float],
+    beta: float,
+) -> dict[str, Any]:
+    """SPIN's held-out reward statistics: rewards β·(log πθ − log π_ref) of real and generated
+    answers, margin = reward(real) − reward(generated), accuracy = share of positive margins."""
+    r_real = [beta * (p - r) for p, r in zip(policy_real, ref_real, strict=True)]
+    r_gen = [beta * (p - r) for p, r in zip(policy_generated, ref_generated, strict=True)]
+    margins = [a - b for a, b in zip(r_real, r_gen, strict=True)]
+    return {
+        "samples": len(margins),
+        "beta": beta,
+        "logp_real": _mean(policy_real),
+        "logp_generated": _mean(policy_generated),
+        "opponent_logp_real": _mean(ref_real),
+        "opponent_logp_generated": _mean(ref_generated),
+        "reward_real": _mean(r_real),
+        "reward_generated": _mean(r_gen),
+        "reward_margin": _mean(margins),
+        "reward_accuracy": _mean([1.0 if m > 0 else 0.0 for m in margins]),
+    }
+
+
+# --------------------------------------------------------------------------- exact match
+
+
+def task_name(spec: SpinRunSpec, prompt: str) -> str | None:
+    """The built-in task a held-out prompt belongs to (the spec's task, else recognised)."""
+    if spec.dataset.builtin is not None:
+        return spec.dataset.builtin.name
+    return tasks.task_name_of_prompt(prompt)
+
+
+def new_token_budget(tok: PreTrainedTokenizerBase, reals: Sequence[str]) -> int:
+    """Greedy generation budget: the longest real answer plus slack, within [24, 64] tokens."""
+    longest = max((len(tok(r, add_special_tokens=False)["input_ids"]) for r in reals), default=0)
+    return max(MIN_NEW_TOKENS, min(MAX_NEW_TOKENS, longest + 8))
+
+
+def generate_answers(
+    model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: Sequence[str], max_new_tokens: int
+) -> list[str]:
+    """Greedy answers to `prompts` through the chat template, batched with left padding."""
+    import torch
+
+    device = next(model.parameters()).device
+    tok.padding_side = "left"
+    out: list[str] = []
+    with torch.inference_mode():
+        for start in range(0, len(prompts), GENERATE_BATCH):
+            convs = [[{"role": "user", "content": p}] for p in prompts[start : start + GENERATE_BATCH]]
+            enc = tok.apply_chat_template(
+                convs, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
+            )
+            enc = {k: v.to(device) for k, v in enc.items()}
+            gen = model.generate(
+                **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
+            )
+            new = gen[:, enc["input_ids"].shape[1] :]
+            out += tok.batch_decode(new, skip_special_tokens=True)
+    return out
+
+
+def exact_match(
+    model: PreTrainedModel, tok: PreTrainedTokenizerBase, spec: SpinRunSpec, rows: Sequence[dict[str, Any]]
+) -> float | None:
+    """Share of built-in rows (answer not null) whose greedy answer scores as correct."""
+    scored = [r for r in rows if r.get("answer") is not None and task_name(spec, r["prompt"])]
+    if not scored:
+        return None
+    answers = generate_answers(model, tok, [r["prompt"] for r in scored], new_token_budget(tok, [r["real"] for r in scored]))
+    hits = [tasks.score(task_name(spec, r["prompt"]) or "", text, str(r["answer"])) for r, text in zip(scored, answers, strict=True)]
+    return sum(hits) / len(hits)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _finite_or_none(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
+
+
+def run_evaluate(run_dir: Path, iteration: int, force: bool = False) -> dict[str, Any] | None:
+    """Evaluate iteration k unless its marker exists (or `force`); returns the "eval" metrics."""
+    import torch
+
+    run_dir = Path(run_dir)
+    run = rundir.load_run(run_dir)
+    spec = run.spec
+    k = iteration
+    step = plan.Step(k, "evaluate")
+    if rundir.is_done(run_dir, step):
+        if not force:
+            _log(f"iteration {k}: already evaluated ({step.marker} exists); use --force to redo")
+            return None
+        rundir.clear_marker(run_dir, run, step)
+    t0 = time.perf_counter()
+    if spec.evaluation.lm_eval.enabled:
+        from spin_runtime import lm_eval
+
+        if lm_eval.find_executable() is None:  # fail before spending time on the other metrics
+            raise lm_eval.LmEvalError(f"evaluation.lmEval.enabled needs the lm_eval command: {lm_eval.INSTALL_HINT}")
+    test_path = run_dir / plan.data_path(k, "test")
+    if not test_path.exists():
+        raise DataError(f"{test_path}: held-out data not found; run `spin convert --run-dir {run_dir} --iteration {k}` first")
+    rows = read_pairs(test_path)
+    if spec.evaluation.max_samples is not None:
+        rows = rows[: spec.evaluation.max_samples]
+    if not rows:
+        raise DataError(f"{test_path}: no held-out rows to evaluate")
+
+    new_path = run_dir / plan.model_dir(k)
+    models.check_checkpoint(new_path)
+    start_path = models.resolve(plan.start_model(spec, k), run_dir)
+    on_gpu = models.gpu_available()
+    device = "cuda" if on_gpu else "cpu"
+    dtype = models.resolve_dtype("auto", on_gpu)
+    beta = plan.hparams(spec, k).beta
+
+    tok = models.load_tokenizer(str(new_path), padding_side="right")
+    pairs = encode_pairs(tok, rows, spec.training.max_prompt_length, spec.training.max_length)
+    do_exact = spec.evaluation.exact_match and any(r.get("answer") is not None for r in rows)
+
+    policy = models.load_model(str(new_path), dtype=dtype, device=device)
+    policy.eval()
+    pol_real, pol_gen = pair_logps(policy, pairs, tok.pad_token_id)
+    em = exact_match(policy, tok, spec, rows) if do_exact else None
+    del policy
+
+    opponent = models.load_model(start_path, dtype=dtype, device=device)
+    opponent.eval()
+    opp_tok = models.load_tokenizer(start_path, padding_side="right")
+    ref_real, ref_gen = pair_logps(opponent, pairs, opp_tok.pad_token_id)
+    baseline = exact_match(opponent, opp_tok, spec, rows) if do_exact and k == spec.start_iteration else None
+    del opponent
+    if on_gpu:
+        torch.cuda.empty_cache()
+
+    metrics = reward_metrics(pol_real, pol_gen, ref_real, ref_gen, beta)
+    metrics.update(
+        {
+            "model": plan.model_dir(k),
+            "opponent": plan.start_model(spec, k).describe(),
+            "seconds": time.perf_counter() - t0,
+        }
+    )
+    if em is not None:
+        metrics["exact_match"] = em
+        metrics["exact_match_samples"] = sum(1 for r in rows if r.get("answer") is not None)
+    if baseline is not None:
+        metrics["baseline_exact_match"] = baseline
+    metrics = _finite_or_none(metrics)
+    rundir.update_metrics(run_dir, k, "eval", metrics)
+
+    if spec.evaluation.lm_eval.enabled:
+        from spin_runtime import lm_eval
+
+        scores = lm_eval.run_lm_eval(
+            new_path, spec.evaluation.lm_eval, run_dir / plan.iter_dir(k) / "lm_eval", device=device
+        )
+        rundir.update_metrics(run_dir, k, "lm_eval", scores)
+
+    rundir.mark_done(run_dir, run, step, {"samples": metrics["samples"]})
+    em_text = f", exact match {em:.3f}" if em is not None else ""
+    _log(
+        f"iteration {k}: margin {metrics['reward_margin']:.4f}, accuracy {metrics['reward_accuracy']:.3f}"
+        f"{em_text} on {metrics['samples']} held-out pairs"
+    )
+    return metrics

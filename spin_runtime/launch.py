@@ -1,0 +1,127 @@
+"""Command lines that start a `spin <step>` on N nodes × G processes per node: torchrun (the
+default) or `accelerate launch`. Pure; the operator's Job builder and the local driver put
+them into pods/processes.
+
+The node rank is not part of the command: torchrun reads it from `PET_NODE_RANK` (set per pod,
+e.g. from the Indexed Job's completion index), so every pod of a training Job runs the same
+argv. DeepSpeed comes from the spec through `spin train` itself (DPOConfig), not the launcher.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from spin_runtime.errors import SpinError
+from spin_runtime.spec import Training
+
+#: Environment variable torchrun reads as --node_rank (torchrun maps PET_<OPTION> to options).
+NODE_RANK_ENV = "PET_NODE_RANK"
+#: Module run by every worker process.
+CLI_MODULE = "spin_runtime.cli"
+DEFAULT_MASTER_PORT = 29500
+
+
+class LaunchError(SpinError):
+    """A launcher command line cannot be built from the given topology."""
+
+
+def _check(nnodes: int, nproc_per_node: int, master_addr: str, master_port: int) -> None:
+    if nnodes < 1:
+        raise LaunchError(f"nnodes must be at least 1 (got {nnodes}); set training.nodes")
+    if nproc_per_node < 1:
+        raise LaunchError(f"nproc_per_node must be at least 1 (got {nproc_per_node})")
+    if not master_addr or any(c.isspace() for c in master_addr):
+        raise LaunchError(f"master address {master_addr!r} must be a host name or IP without spaces")
+    if not 1 <= master_port <= 65535:
+        raise LaunchError(f"master port {master_port} must be within 1..65535")
+
+
+def module_args(step_argv: Sequence[str]) -> list[str]:
+    """`["spin", "train", ...]` → `["-m", "spin_runtime.cli", "train", ...]` (each worker runs
+    the CLI module; there is no `spin` script path to hand to a launcher)."""
+    if not step_argv or step_argv[0] != "spin":
+        raise LaunchError(f"a step command must start with 'spin' (got {list(step_argv)[:2]})")
+    return ["-m", CLI_MODULE, *step_argv[1:]]
+
+
+def procs_per_node(training: Training) -> int:
+    """Worker processes per training pod: one per GPU, one on CPU-only pods."""
+    return max(1, training.gpus_per_node)
+
+
+def torchrun_argv(
+    nnodes: int,
+    nproc_per_node: int,
+    master_addr: str,
+    master_port: int,
+    step_argv: Sequence[str],
+) -> list[str]:
+    """`torchrun --nnodes N --nproc_per_node G --master_addr A --master_port P --max_restarts 0
+    -m spin_runtime.cli <step> ...`; the node rank comes from $PET_NODE_RANK. Restarts are
+    left to Kubernetes (the Job's backoffLimit), where a rerun resumes from the markers."""
+    _check(nnodes, nproc_per_node, master_addr, master_port)
+    return [
+        "torchrun",
+        "--nnodes",
+        str(nnodes),
+        "--nproc_per_node",
+        str(nproc_per_node),
+        "--master_addr",
+        master_addr,
+        "--master_port",
+        str(master_port),
+        "--max_restarts",
+        "0",
+        *module_args(step_argv),
+    ]
+
+
+def accelerate_argv(
+    nnodes: int,
+    nproc_per_node: int,
+    master_addr: str,
+    master_port: int,
+    step_argv: Sequence[str],
+    *,
+    gpu: bool = True,
+    machine_rank: str = f"$({NODE_RANK_ENV})",
+) -> list[str]:
+    """The same launch through `accelerate launch` (static rendezvous, one machine per pod).
+
+    accelerate takes the node rank as an argument: the default `$(PET_NODE_RANK)` is expanded
+    by Kubernetes from the container's declared environment (no shell involved)."""
+    _check(nnodes, nproc_per_node, master_addr, master_port)
+    argv = [
+        "accelerate",
+        "launch",
+        "--num_machines",
+        str(nnodes),
+        "--num_processes",
+        str(nnodes * nproc_per_node),
+        "--machine_rank",
+        machine_rank,
+        "--main_process_ip",
+        master_addr,
+        "--main_process_port",
+        str(master_port),
+        "--rdzv_backend",
+        "static",
+        "--max_restarts",
+        "0",
+    ]
+    if not gpu:
+        argv.append("--cpu")
+    elif nnodes * nproc_per_node > 1:
+        argv.append("--multi_gpu")
+    return [*argv, *module_args(step_argv)]
+
+
+def training_argv(
+    training: Training, master_addr: str, step_argv: Sequence[str], master_port: int = DEFAULT_MASTER_PORT
+) -> list[str]:
+    """The command of every training pod: `spin train` itself for one process in total, else
+    torchrun over `training.nodes` × `procs_per_node`."""
+    nproc = procs_per_node(training)
+    if training.nodes == 1 and nproc == 1:
+        return list(step_argv)
+    return torchrun_argv(training.nodes, nproc, master_addr, master_port, step_argv)

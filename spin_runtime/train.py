@@ -1,0 +1,452 @@
+"""`spin train`: one SPIN iteration with TRL's `DPOTrainer` (chosen = real, rejected = generated,
+`ref_model=None` so TRL reloads the iteration's saved start model as the frozen opponent).
+
+Reads the data window of iteration k, trains, saves the checkpoint atomically to
+`iter-<k>/model`, writes metrics.json's "train" section and then the step's marker. Under
+torchrun (WORLD_SIZE > 1) every rank trains; only global rank 0 writes the checkpoint, the
+metrics and the marker. A killed run leaves no marker and no model folder; a rerun starts clean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import resource
+import shutil
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from spin_runtime import models, plan, rundir
+from spin_runtime import train_config as tc
+from spin_runtime.errors import DataError, ModelError
+from spin_runtime.spec import SpinRun, SpinRunSpec
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase, TrainerCallback
+    from trl import DPOTrainer
+
+REQUIRED_COLUMNS = ("prompt", "real", "generated")
+SCRATCH = ".train-scratch"
+DEEPSPEED_FILE = "deepspeed.json"
+#: Files the Trainer writes next to the weights that a checkpoint must not carry (pickles).
+_DROP_FROM_CHECKPOINT = ("training_args.bin",)
+
+
+def _log(msg: str) -> None:
+    print(f"spin train: {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _read_parquet_pairs(path: Path) -> list[dict[str, Any]]:
+    import pandas as pd
+
+    try:
+        frame = pd.read_parquet(path)
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: file not found") from e
+    except Exception as e:  # pyarrow raises many kinds for a corrupt file
+        raise DataError(f"{path}: not a readable parquet file ({e}); rerun `spin convert` for this iteration") from e
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; expected id, prompt, real, generated[, answer]")
+    rows: list[dict[str, Any]] = []
+    for i, rec in enumerate(frame.to_dict("records")):
+        row = {k: (None if _is_null(v) else v) for k, v in rec.items()}
+        for col in REQUIRED_COLUMNS:
+            if not isinstance(row.get(col), str):
+                raise DataError(f"{path}: row {i} has no text in column {col!r}")
+        row.setdefault("id", str(i))
+        rows.append(row)
+    return rows
+
+
+def _is_null(value: Any) -> bool:
+    try:
+        import pandas as pd
+
+        return value is None or (not isinstance(value, (list, dict, str)) and bool(pd.isna(value)))
+    except (TypeError, ValueError):
+        return False
+
+
+def read_pairs(path: Path) -> list[dict[str, Any]]:
+    """Rows (id, prompt, real, generated, answer) of a converted parquet file; uses
+    `convert.read_pairs` when that module provides it."""
+    try:
+        from spin_runtime.convert import read_pairs as convert_read_pairs  # type: ignore[attr-defined]
+    except ImportError:
+        return _read_parquet_pairs(Path(path))
+    return [dict(r) for r in convert_read_pairs(Path(path))]
+
+
+def _synthetic_train_rows(spec: SpinRunSpec, j: int) -> list[dict[str, Any]] | None:
+    source = plan.synthetic_data_for(spec, j)
+    if source is None:
+        return None
+    try:
+        from spin_runtime.data import load_synthetic  # type: ignore[attr-defined]
+    except ImportError as e:
+        raise DataError(
+            f"syntheticData of iteration {j} is needed by the data window but spin_runtime.data.load_synthetic "
+            "is unavailable"
+        ) from e
+    train_rows, _ = load_synthetic(source)
+    return [dict(r) for r in train_rows]
+
+
+def window_rows(run_dir: Path, spec: SpinRunSpec, k: int) -> list[dict[str, Any]]:
+    """The training rows of iteration k's data window (SPIN: syn(k−1) ∪ syn(k)), each tagged
+    with the iteration it comes from, in file order (shuffle with `train_config.shuffled`)."""
+    window = plan.data_window(spec, k)
+    if not window:
+        raise DataError(f"iteration {k} has no data window: check dataWindow, startIteration and syntheticData")
+    rows: list[dict[str, Any]] = []
+    for j in window:
+        path = Path(run_dir) / plan.data_path(j, "train")
+        part: list[dict[str, Any]] | None
+        if path.exists():
+            part = read_pairs(path)
+        elif j < spec.start_iteration:
+            part = _synthetic_train_rows(spec, j)
+        else:
+            part = None
+        if part is None:
+            raise DataError(
+                f"{path}: training data of iteration {j} not found (iteration {k} trains on iterations "
+                f"{', '.join(map(str, window))}); run `spin convert --run-dir {run_dir} --iteration {j}` first"
+            )
+        rows += [{**r, "iteration": j} for r in part]
+    if not rows:
+        raise DataError(f"iteration {k}: the data window {window} holds no rows")
+    return rows
+
+
+def _template_ids(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
+    out = tok.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
+    if isinstance(out, Mapping):  # transformers 5 returns a BatchEncoding
+        out = out["input_ids"]
+    return list(out)
+
+
+def truncate_prompt(tok: PreTrainedTokenizerBase, prompt: str, max_prompt_length: int, overhead: int) -> str:
+    """The prompt, cut from the left so that its chat-template rendering (with the generation
+    prompt) has at most `max_prompt_length` tokens."""
+
+    def encode(s: str) -> list[int]:
+        return list(tok(s, add_special_tokens=False)["input_ids"])
+
+    def decode(ids: list[int]) -> str:
+        return tok.decode(ids, skip_special_tokens=False)
+
+    text = tc.truncate_left(prompt, max_prompt_length, encode, decode, overhead)
+    if text is prompt:
+        return prompt
+    # the template can merge tokens at the boundary: check and trim further if needed
+    for _ in range(4):
+        excess = len(_template_ids(tok, [{"role": "user", "content": text}], True)) - max_prompt_length
+        if excess <= 0:
+            break
+        ids = encode(text)
+        text = decode(ids[min(len(ids) - 1, excess) :])
+    return text
+
+
+def prepare_rows(
+    rows: Sequence[dict[str, Any]], tok: PreTrainedTokenizerBase, max_prompt_length: int
+) -> list[dict[str, Any]]:
+    """TRL conversational rows (prompt/chosen/rejected) with prompts truncated from the left to
+    `max_prompt_length` template tokens, plus the pair's approximate token length."""
+    overhead = len(_template_ids(tok, [{"role": "user", "content": ""}], True))
+    prompts = [r["prompt"] for r in rows]
+    enc = tok(prompts, add_special_tokens=False)["input_ids"]
+    answers = tok([r["real"] for r in rows] + [r["generated"] for r in rows], add_special_tokens=False)["input_ids"]
+    n = len(rows)
+    out: list[dict[str, Any]] = []
+    for i, r in enumerate(rows):
+        prompt = r["prompt"]
+        prompt_len = len(enc[i]) + overhead
+        if prompt_len > max_prompt_length:
+            prompt = truncate_prompt(tok, prompt, max_prompt_length, overhead)
+            prompt_len = max_prompt_length
+        row = tc.conversational_row(prompt, r["real"], r["generated"])
+        row["id"] = str(r.get("id", i))
+        row[tc.LENGTH_COLUMN] = prompt_len + max(len(answers[i]), len(answers[n + i])) + 2
+        out.append(row)
+    return out
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def distributed_env() -> tuple[int, int]:
+    """(global rank, world size) from torchrun's environment; (0, 1) without torchrun."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def training_on_gpu(spec: SpinRunSpec) -> bool:
+    """Train on GPUs when CUDA is usable and the spec asks for GPUs."""
+    return spec.training.gpus_per_node > 0 and models.gpu_available()
+
+
+@dataclass
+class TrainSetup:
+    """What `build_trainer` resolved for iteration k."""
+
+    run: SpinRun
+    run_dir: Path
+    iteration: int
+    start_path: str
+    on_gpu: bool
+    rank: int
+    world_size: int
+    scratch: Path
+    samples: int
+    setup_seconds: float = 0.0
+
+
+def _check_chat_template(tok: PreTrainedTokenizerBase, path: str) -> None:
+    if not getattr(tok, "chat_template", None):
+        raise ModelError(
+            f"{path}: the tokenizer has no chat template; SPIN trains on the chat format: add a "
+            "chat_template.jinja to the model folder (or use a chat/instruct model)"
+        )
+
+
+def build_trainer(
+    run_dir: Path, iteration: int, callbacks: Sequence[TrainerCallback] = ()
+) -> tuple[DPOTrainer, TrainSetup]:
+    """A ready `DPOTrainer` for iteration k of the run in `run_dir`, and what it resolved.
+
+    The policy is loaded from the start model's saved folder by path and `ref_model=None`,
+    so TRL reloads that same folder as the frozen opponent (or precomputes its log-probs)."""
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    run = rundir.load_run(run_dir)
+    spec = run.spec
+    k = iteration
+    rank, world = distributed_env()
+    on_gpu = training_on_gpu(spec)
+    start_path = models.resolve(plan.start_model(spec, k), run_dir)
+    tok = models.load_tokenizer(start_path, padding_side="right")
+    _check_chat_template(tok, start_path)
+
+    rows = tc.shuffled(window_rows(run_dir, spec, k), spec.training.seed)
+    prepared = prepare_rows(rows, tok, spec.training.max_prompt_length)
+
+    it_dir = run_dir / plan.iter_dir(k)
+    scratch = it_dir / SCRATCH
+    attn = models.resolve_attn_implementation(spec.training.attn_implementation, on_gpu)
+    ds_path: str | None = None
+    if tc.uses_deepspeed(spec.training, on_gpu):
+        ds_file = it_dir / DEEPSPEED_FILE
+        # every rank writes the same content atomically: the config must exist before DPOConfig
+        rundir.atomic_write_json(ds_file, tc.deepspeed_config(spec.training.deepspeed))
+        ds_path = str(ds_file)
+
+    from accelerate import PartialState
+    from datasets import Dataset, load_from_disk
+    from trl import DPOConfig, DPOTrainer
+
+    kwargs = tc.dpo_config_kwargs(
+        spec,
+        k,
+        on_gpu=on_gpu,
+        output_dir=str(scratch / "trainer"),
+        attn_implementation=attn,
+        deepspeed_path=ds_path,
+        world_size=world,
+    )
+    if "activation_checkpointing" in {f.name for f in dataclasses.fields(DPOConfig)}:
+        # transformers 5 renamed it; passing the old name only warns
+        kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
+    args = DPOConfig(**kwargs)  # sets up torch.distributed under torchrun
+
+    # Rank 0 clears what a killed attempt left and stores the window on the run volume, so
+    # every rank shares one dataset cache (TRL's reference log-probs are cached beside it).
+    state = PartialState()
+    window_dir = scratch / "window"
+    with state.main_process_first():
+        if state.is_main_process:
+            shutil.rmtree(scratch, ignore_errors=True)
+            shutil.rmtree(run_dir / plan.logs_dir(k), ignore_errors=True)
+            Dataset.from_list(prepared).save_to_disk(str(window_dir))
+    dataset = load_from_disk(str(window_dir))
+
+    all_callbacks: list[Any] = list(callbacks)
+    if "tensorboard" in spec.training.report_to:
+        from transformers.integrations import TensorBoardCallback
+
+        tb = TensorBoardCallback()
+        tb.logging_dir = str(run_dir / plan.logs_dir(k))
+        all_callbacks.insert(0, tb)
+
+    peft_config = None
+    if spec.training.lora.enabled:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(**tc.lora_kwargs(spec.training.lora))
+
+    trainer = DPOTrainer(
+        model=start_path,
+        ref_model=None,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tok,
+        peft_config=peft_config,
+        callbacks=all_callbacks,
+    )
+    setup = TrainSetup(
+        run=run,
+        run_dir=run_dir,
+        iteration=k,
+        start_path=start_path,
+        on_gpu=on_gpu,
+        rank=rank,
+        world_size=world,
+        scratch=scratch,
+        samples=len(prepared),
+        setup_seconds=time.perf_counter() - t0,
+    )
+    return trainer, setup
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def _tidy_checkpoint(folder: Path) -> None:
+    """Drop pickles the Trainer writes beside the weights and re-enable the KV cache that
+    gradient checkpointing turned off (the next iteration generates with this model)."""
+    for name in _DROP_FROM_CHECKPOINT:
+        with contextlib.suppress(FileNotFoundError):
+            (folder / name).unlink()
+    config = folder / "config.json"
+    if config.exists():
+        data = json.loads(config.read_text(encoding="utf-8"))
+        if data.get("use_cache") is False:
+            data["use_cache"] = True
+            rundir.atomic_write_json(config, data)
+
+
+def _merge_lora(setup: TrainSetup, adapter_dir: Path, out: Path, tok: Any) -> None:
+    """Fold the trained adapters into the start model, so the next iteration starts from (and
+    plays against) a plain checkpoint; the adapters are kept in `adapter/`."""
+    import torch
+    from peft import PeftModel
+
+    base = models.load_model(setup.start_path, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    shutil.copytree(adapter_dir, out / "adapter")
+
+
+def save_checkpoint(trainer: DPOTrainer, setup: TrainSetup) -> Path:
+    """Save the trained model (safetensors + tokenizer with its chat template) atomically to
+    `iter-<k>/model`. All ranks take part (ZeRO-3 gathers weights); only rank 0 writes."""
+    final = setup.run_dir / plan.model_dir(setup.iteration)
+    lora = setup.run.spec.training.lora.enabled
+    main = trainer.accelerator.is_main_process
+    if not main:
+        trainer.save_model(str(setup.scratch / f"save-rank{setup.rank}"))
+    else:
+        with rundir.atomic_dir(final) as tmp:
+            if lora:
+                adapter_dir = setup.scratch / "adapter"
+                trainer.save_model(str(adapter_dir))
+                _merge_lora(setup, adapter_dir, tmp, trainer.processing_class)
+            else:
+                trainer.save_model(str(tmp))
+            trainer.processing_class.save_pretrained(str(tmp))
+            _tidy_checkpoint(tmp)
+            models.check_checkpoint(tmp)
+    trainer.accelerator.wait_for_everyone()
+    return final
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def train_metrics(trainer: DPOTrainer, setup: TrainSetup) -> dict[str, Any]:
+    """metrics.json "train" section: per-logging-step history and the run summary."""
+    spec = setup.run.spec
+    hp = plan.hparams(spec, setup.iteration)
+    history = tc.history_from_log(trainer.state.log_history)
+    summary = tc.train_summary(trainer.state.log_history, history, tokens=float(getattr(trainer, "_total_train_tokens", 0)))
+    summary.update(
+        {
+            "samples": setup.samples,
+            "train_samples": setup.samples,
+            "window": list(hp.window),
+            "learning_rate": hp.learning_rate,
+            "beta": hp.beta,
+            "epochs": hp.epochs,
+            "loss_type": hp.loss_type,
+            "start_model": hp.start_model,
+            "precision": tc.resolved_precision(spec.training.precision, setup.on_gpu),
+            "device": "gpu" if setup.on_gpu else "cpu",
+            "world_size": setup.world_size,
+            "precompute_ref_log_probs": spec.training.precompute_ref_log_probs,
+            "gradient_checkpointing": spec.training.gradient_checkpointing,
+            "group_by_length": tc.group_by_length(spec.training),
+            "lora": spec.training.lora.enabled,
+            "deepspeed": tc.uses_deepspeed(spec.training, setup.on_gpu),
+            "setup_seconds": setup.setup_seconds,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        }
+    )
+    return {"history": history, "summary": summary}
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def run_train(
+    run_dir: Path,
+    iteration: int,
+    force: bool = False,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> dict[str, Any] | None:
+    """Train iteration k unless its marker exists (or `force`); returns the "train" metrics
+    on rank 0 (None when skipped). `callbacks` are extra Trainer callbacks (tests, tools)."""
+    run_dir = Path(run_dir)
+    run = rundir.load_run(run_dir)
+    step = plan.Step(iteration, "train")
+    rank, _ = distributed_env()
+    if rundir.is_done(run_dir, step):
+        if not force:
+            _log(f"iteration {iteration}: already trained ({step.marker} exists); use --force to retrain")
+            return None
+        if rank == 0:
+            rundir.clear_marker(run_dir, run, step)
+
+    trainer, setup = build_trainer(run_dir, iteration, callbacks)
+    if setup.rank == 0:
+        hp = plan.hparams(run.spec, iteration)
+        _log(
+            f"iteration {iteration}: {setup.samples} pairs from iterations {list(hp.window)}, lr {hp.learning_rate:g}, "
+            f"β {hp.beta:g}, {hp.loss_type} loss, opponent {hp.start_model}, world size {setup.world_size}"
+        )
+    trainer.train()
+    final = save_checkpoint(trainer, setup)
+    metrics: dict[str, Any] | None = None
+    if trainer.accelerator.is_main_process:
+        metrics = train_metrics(trainer, setup)
+        rundir.update_metrics(run_dir, iteration, "train", metrics)
+        shutil.rmtree(setup.scratch, ignore_errors=True)
+        rundir.mark_done(
+            run_dir,
+            run,
+            step,
+            {"model": plan.model_dir(iteration), "steps": metrics["summary"]["steps"]},
+        )
+        _log(f"iteration {iteration}: saved {final} ({metrics['summary']['steps']} steps)")
+    trainer.accelerator.wait_for_everyone()
+    return metrics

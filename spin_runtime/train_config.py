@@ -1,0 +1,307 @@
+"""Pure builders of the SPIN training step: the TRL `DPOConfig` arguments, the DeepSpeed
+config, the LoRA arguments, the conversational rows and the metrics history.
+
+SPIN maps onto TRL's `DPOTrainer` exactly (SPIN.md): prompt = user turn, chosen = real
+answer, rejected = generated answer, `ref_model=None` (the iteration's start model is the
+frozen opponent). Nothing here imports torch or TRL; `train.py` does the I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from spin_runtime import plan
+from spin_runtime.errors import SpinError
+from spin_runtime.spec import DeepSpeed, Lora, SpinRunSpec, Training
+
+#: TRL metric names and their SPIN names (real = chosen, generated = rejected).
+SPIN_ALIASES: dict[str, str] = {
+    "rewards/chosen": "rewards/real",
+    "rewards/rejected": "rewards/generated",
+    "logps/chosen": "logps/real",
+    "logps/rejected": "logps/generated",
+    "logits/chosen": "logits/real",
+    "logits/rejected": "logits/generated",
+}
+
+#: Per-logging-step keys kept in metrics.json (besides step and epoch) when TRL logs them.
+HISTORY_KEYS: tuple[str, ...] = (
+    "loss",
+    "learning_rate",
+    "grad_norm",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+    "logits/chosen",
+    "logits/rejected",
+    "entropy",
+    "mean_token_accuracy",
+    "num_tokens",
+)
+
+#: Name of the column holding each pair's approximate token length (length-grouped batches).
+LENGTH_COLUMN = "length"
+
+
+class TrainConfigError(SpinError):
+    """The spec asks for a training set-up that cannot run here (the message names the field)."""
+
+
+# --------------------------------------------------------------------------- precision
+
+
+def precision_kwargs(precision: str, on_gpu: bool) -> dict[str, Any]:
+    """`DPOConfig` precision flags: bf16 mixed precision on GPU by default, fp32 on CPU.
+
+    `training.precision: bf16` on CPU runs the forward and backward under bf16 autocast with
+    fp32 master weights (the tiny SPIN learning rates would vanish in bf16 weights)."""
+    resolved = precision if precision != "auto" else ("bf16" if on_gpu else "fp32")
+    if resolved == "fp16" and not on_gpu:
+        raise TrainConfigError("training.precision fp16 needs a GPU: use bf16 or fp32 on CPU")
+    flags: dict[str, Any] = {"bf16": resolved == "bf16", "fp16": resolved == "fp16"}
+    if not on_gpu:
+        flags["use_cpu"] = True
+    return flags
+
+
+def resolved_precision(precision: str, on_gpu: bool) -> str:
+    """The precision actually used: bf16/fp16/fp32 (auto = bf16 on GPU, fp32 on CPU)."""
+    return precision if precision != "auto" else ("bf16" if on_gpu else "fp32")
+
+
+# --------------------------------------------------------------------------- deepspeed
+
+
+def uses_deepspeed(training: Training, on_gpu: bool) -> bool:
+    """DeepSpeed runs only on GPUs and when `training.deepspeed.enabled`."""
+    return on_gpu and training.deepspeed.enabled
+
+
+def deepspeed_config(ds: DeepSpeed) -> dict[str, Any]:
+    """A DeepSpeed ZeRO config for the HF Trainer: "auto" values are filled from the
+    `DPOConfig` (batch sizes, accumulation, clipping, precision), and ZeRO-3 gathers 16-bit
+    weights on save so the checkpoint is one consolidated safetensors model."""
+    if ds.offload_params and ds.stage != 3:
+        raise TrainConfigError(
+            f"training.deepspeed.offloadParams needs ZeRO stage 3 (got stage {ds.stage}): set stage: 3 or offloadParams: false"
+        )
+    zero: dict[str, Any] = {
+        "stage": ds.stage,
+        "overlap_comm": True,
+        "contiguous_gradients": True,
+        "reduce_bucket_size": "auto",
+    }
+    if ds.stage == 3:
+        zero.update(
+            {
+                "stage3_prefetch_bucket_size": "auto",
+                "stage3_param_persistence_threshold": "auto",
+                "stage3_max_live_parameters": 1_000_000_000,
+                "stage3_max_reuse_distance": 1_000_000_000,
+                "stage3_gather_16bit_weights_on_model_save": True,
+            }
+        )
+    if ds.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": "auto",
+        "train_batch_size": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "bf16": {"enabled": "auto"},
+        "fp16": {"enabled": "auto"},
+        "zero_optimization": zero,
+        "steps_per_print": 1_000_000,
+        "wall_clock_breakdown": False,
+    }
+    if ds.offload_optimizer:
+        # The optimizer is the Trainer's (RMSProp by default), not DeepSpeed's CPU Adam.
+        config["zero_force_ds_cpu_optimizer"] = False
+    return config
+
+
+# --------------------------------------------------------------------------- DPOConfig
+
+
+def group_by_length(training: Training) -> bool:
+    """Whether batches are grouped by length (less padding); off unless the spec enables it."""
+    return bool(getattr(training, "group_by_length", False))
+
+
+def dpo_config_kwargs(
+    spec: SpinRunSpec,
+    k: int,
+    *,
+    on_gpu: bool,
+    output_dir: str,
+    attn_implementation: str,
+    deepspeed_path: str | None = None,
+    world_size: int = 1,
+) -> dict[str, Any]:
+    """Keyword arguments of TRL's `DPOConfig` for iteration k (schedule entry k: lr, β,
+    epochs; the rest from `spec.training`). TensorBoard is attached by `train.py`."""
+    t = spec.training
+    hp = plan.hparams(spec, k)
+    if deepspeed_path is not None and not on_gpu:
+        raise TrainConfigError("DeepSpeed runs only on GPUs here: set training.deepspeed.enabled: false on CPU")
+    kwargs: dict[str, Any] = {
+        "output_dir": output_dir,
+        "learning_rate": hp.learning_rate,
+        "beta": hp.beta,
+        "loss_type": [hp.loss_type],
+        "num_train_epochs": hp.epochs,
+        "max_steps": t.max_steps if t.max_steps is not None else -1,
+        "optim": t.optimizer,
+        "lr_scheduler_type": t.lr_scheduler,
+        # transformers 5 reads a float below 1 as a ratio of the total steps (1.0 would mean one step).
+        "warmup_steps": min(t.warmup_ratio, 0.999999),
+        "per_device_train_batch_size": t.per_device_batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "gradient_checkpointing": t.gradient_checkpointing,
+        "max_length": t.max_length,
+        "truncation_mode": "keep_start",
+        "precompute_ref_log_probs": t.precompute_ref_log_probs,
+        "seed": t.seed,
+        "data_seed": t.seed,
+        "logging_strategy": "steps",
+        "logging_steps": t.logging_steps,
+        "logging_first_step": True,
+        "report_to": [r for r in t.report_to if r != "tensorboard"] or "none",
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "disable_dropout": True,
+        "dataloader_num_workers": 0,
+        "ddp_find_unused_parameters": False,
+        "model_init_kwargs": {"dtype": "float32", "attn_implementation": attn_implementation},
+        **precision_kwargs(t.precision, on_gpu),
+    }
+    if not on_gpu and world_size > 1:
+        kwargs["ddp_backend"] = "gloo"
+    if deepspeed_path is not None:
+        kwargs["deepspeed"] = deepspeed_path
+    if group_by_length(t):
+        kwargs.update(
+            {
+                "train_sampling_strategy": "group_by_length",
+                "length_column_name": LENGTH_COLUMN,
+                # keep the length column until the sampler has read it; the collator ignores it
+                "remove_unused_columns": False,
+            }
+        )
+    return kwargs
+
+
+def lora_kwargs(lora: Lora) -> dict[str, Any]:
+    """Keyword arguments of `peft.LoraConfig` (causal LM adapters on `lora.targetModules`)."""
+    if "lm_head" in lora.target_modules:
+        raise TrainConfigError(
+            "training.lora.targetModules must not include lm_head: TRL computes log-probs from lm_head.weight directly"
+        )
+    return {
+        "r": lora.r,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": lora.dropout,
+        "target_modules": list(lora.target_modules),
+        "task_type": "CAUSAL_LM",
+        "bias": "none",
+    }
+
+
+# --------------------------------------------------------------------------- data
+
+
+def conversational_row(prompt: str, real: str, generated: str) -> dict[str, list[dict[str, str]]]:
+    """One SPIN pair as a TRL conversational preference row (chosen = real, rejected = generated)."""
+    return {
+        "prompt": [{"role": "user", "content": prompt}],
+        "chosen": [{"role": "assistant", "content": real}],
+        "rejected": [{"role": "assistant", "content": generated}],
+    }
+
+
+def truncate_left(
+    text: str,
+    max_tokens: int,
+    encode: Callable[[str], list[int]],
+    decode: Callable[[list[int]], str],
+    overhead: int = 0,
+) -> str:
+    """Keep the last tokens of `text` so that `overhead` (chat-template tokens) + its tokens fit
+    in `max_tokens` — the original SPIN truncated prompts from the left."""
+    ids = encode(text)
+    budget = max(1, max_tokens - overhead)
+    if len(ids) <= budget:
+        return text
+    return decode(ids[-budget:])
+
+
+def shuffled(rows: Sequence[Mapping[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """The window's rows shuffled with `training.seed` (the paper shuffled syn(k−1) ∪ syn(k) with 42)."""
+    out = [dict(r) for r in rows]
+    random.Random(seed).shuffle(out)
+    return out
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def history_from_log(log_history: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per-logging-step entries of the Trainer's `log_history` (those with a loss), with the
+    SPIN names of TRL's chosen/rejected metrics added."""
+    history: list[dict[str, Any]] = []
+    for entry in log_history:
+        if "loss" not in entry or "train_runtime" in entry:
+            continue
+        row: dict[str, Any] = {"step": int(entry.get("step", 0)), "epoch": _finite(entry.get("epoch"))}
+        for key in HISTORY_KEYS:
+            if key in entry:
+                row[key] = _finite(entry[key])
+        for trl_name, spin_name in SPIN_ALIASES.items():
+            if trl_name in row:
+                row[spin_name] = row[trl_name]
+        history.append(row)
+    return history
+
+
+def train_summary(
+    log_history: Iterable[Mapping[str, Any]],
+    history: Sequence[Mapping[str, Any]],
+    tokens: float | None = None,
+) -> dict[str, Any]:
+    """Run totals: steps, runtime, samples/s and tokens/s. `tokens` counts the non-padding
+    tokens of the policy batches over all ranks (default: the last logged `num_tokens`)."""
+    final: Mapping[str, Any] = {}
+    for entry in log_history:
+        if "train_runtime" in entry:
+            final = entry
+    runtime = _finite(final.get("train_runtime")) or 0.0
+    if tokens is None:
+        tokens = max((float(h.get("num_tokens") or 0.0) for h in history), default=0.0)
+    summary: dict[str, Any] = {
+        "steps": int(final.get("step", history[-1]["step"] if history else 0)),
+        "train_runtime": runtime,
+        "train_samples_per_second": _finite(final.get("train_samples_per_second")),
+        "train_steps_per_second": _finite(final.get("train_steps_per_second")),
+        "tokens": int(tokens),
+        "tokens_per_second": tokens / runtime if runtime > 0 else None,
+        "final_loss": history[-1].get("loss") if history else None,
+        "final_margin": history[-1].get("rewards/margins") if history else None,
+        "mean_train_loss": _finite(final.get("train_loss")),
+    }
+    return summary

@@ -1,0 +1,716 @@
+"""End-to-end harness: kmock's Kubernetes emulator in a thread, the real operator (kopf) in a
+thread (or a subprocess), and a fake kubelet + Job controller that runs Jobs.
+
+The kubelet has two modes:
+- `instant`: every pod "succeeds" at once; it stores the spec like the init container would
+  (`spin init-run`, from the Job's ConfigMap) and writes the step's markers itself;
+- `real`: it runs each pod's init container and container argv as local processes (`spin` /
+  `torchrun` from this venv, /data mapped to a temp dir, one process per index with
+  JOB_COMPLETION_INDEX set) and reports their exit codes.
+Either way it writes Job status back (active/succeeded/failed, completedIndexes,
+failedIndexes, conditions) honouring suspend, backoffLimit and backoffLimitPerIndex, and can
+inject failures per (job suffix, index).
+
+Every request the operator makes is recorded (method, path, verb, resource, subresource) from
+kmock's request log, told apart from the harness's by User-Agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import attrs
+import kmock
+import yaml
+from typing_extensions import override
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from spin_runtime.spec import GROUP, PLURAL, VERSION
+
+HARNESS_AGENT = "spin-e2e-harness"
+VENV_BIN = Path(sys.executable).parent
+MERGE = "application/merge-patch+json"
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --------------------------------------------------------------------------- emulator
+
+
+@attrs.define(kw_only=True)
+class SpinEmulator(kmock.KubernetesEmulator):
+    """kmock's emulator plus the bits of API-server behaviour the operator relies on:
+    `generateName` (kopf's events) and uid/resourceVersion/creationTimestamp on create."""
+
+    @override
+    async def _handle(self, request: Any) -> Any:
+        if request.action is not None and request.action.value == "CREATE" and isinstance(request.data, dict):
+            meta = request.data.setdefault("metadata", {})
+            if not meta.get("name") and meta.get("generateName"):
+                meta["name"] = f"{meta['generateName']}{uuid.uuid4().hex[:10]}"
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta.setdefault("resourceVersion", "1")
+            meta.setdefault("creationTimestamp", now_iso())
+        return await super()._handle(request)
+
+
+class Emulator:
+    """kmock's KubernetesEmulator served on a local port from its own thread and loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.stopping: asyncio.Event | None = None
+        self.mock: SpinEmulator | None = None
+        self.url = ""
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="kmock", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._serve())
+        except BaseException as e:  # surfaced by start()
+            self.error = e
+            self.ready.set()
+
+    async def _serve(self) -> None:
+        self.stopping = asyncio.Event()
+        mock = SpinEmulator()
+        mock.resources.load_bundled()
+        mock.resources[f"{GROUP}/{VERSION}/{PLURAL}"] = kmock.ResourceInfo(
+            kind="SpinRun", singular="spinrun", namespaced=True, shortnames={"spin"}, subresources={"status"},
+            verbs={"list", "watch", "get", "create", "update", "patch", "delete"},
+        )
+        async with mock, kmock.Server(mock) as server:
+            self.mock = mock
+            self.url = str(server.url).rstrip("/")
+            self.ready.set()
+            await self.stopping.wait()
+
+    def start(self) -> Emulator:
+        self.thread.start()
+        self.ready.wait(30)
+        if self.error or not self.url:
+            raise RuntimeError(f"kmock did not start: {self.error!r}")
+        return self
+
+    def stop(self) -> None:
+        if self.stopping is not None:
+            self.loop.call_soon_threadsafe(self.stopping.set)
+        self.thread.join(10)
+
+    def kubeconfig(self, path: Path) -> Path:
+        cfg = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "kmock", "cluster": {"server": self.url}}],
+            "users": [{"name": "kmock", "user": {"token": "kmock"}}],
+            "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
+            "current-context": "kmock",
+        }
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    def requests(self, exclude_agent: str = HARNESS_AGENT) -> list[dict[str, Any]]:
+        """The requests not made by the harness: {method, path, verb, resource, subresource, agent}."""
+        assert self.mock is not None
+        out = []
+        for r in list(self.mock._requests):
+            agent = r.headers.get("User-Agent", "")
+            if agent.startswith(exclude_agent):
+                continue
+            res = r.resource
+            verb = _verb(r)
+            out.append({
+                "method": str(r.method.value if hasattr(r.method, "value") else r.method),
+                "path": r.url.path,
+                "verb": verb,
+                "group": getattr(res, "group", None),
+                "resource": getattr(res, "plural", None),
+                "subresource": r.subresource,
+                "namespace": r.namespace,
+                "agent": agent.split("/")[0],
+            })
+        return out
+
+
+def _verb(r: Any) -> str:
+    """The RBAC verb of a request (get for non-resource URLs such as discovery)."""
+    if getattr(r.resource, "plural", None) is None:
+        return str(getattr(r.method, "value", r.method)).lower()
+    action = r.action.value.lower() if r.action is not None else ""
+    return {"fetch": "get", "update": "patch"}.get(action, action or str(getattr(r.method, "value", r.method)).lower())
+
+
+def harness_client(url: str) -> client.ApiClient:
+    cfg = client.Configuration(host=url)
+    cfg.api_key = {"authorization": "Bearer kmock"}
+    api = client.ApiClient(cfg)
+    api.user_agent = HARNESS_AGENT
+    return api
+
+
+# --------------------------------------------------------------------------- operator
+
+
+class OperatorThread:
+    """The real operator (kopf + handlers) in a thread with its own event loop."""
+
+    def __init__(self, kubeconfig: Path, namespace: str | None = None) -> None:
+        self.kubeconfig = kubeconfig
+        self.namespace = namespace
+        self.thread: threading.Thread | None = None
+        self.stop_flag = threading.Event()
+        self.ready_flag = threading.Event()
+        self.error: BaseException | None = None
+
+    def start(self) -> OperatorThread:
+        import kubernetes.config.kube_config as kc
+
+        os.environ["KUBECONFIG"] = str(self.kubeconfig)
+        kc.KUBE_CONFIG_DEFAULT_LOCATION = str(self.kubeconfig)
+        import kopf
+
+        from spin_operator import handlers
+
+        handlers.reset_api_client()
+        handlers._runs.clear()
+
+        def run() -> None:
+            try:
+                asyncio.run(
+                    kopf.operator(
+                        standalone=True,
+                        clusterwide=self.namespace is None,
+                        namespaces=[self.namespace] if self.namespace else (),
+                        ready_flag=self.ready_flag,
+                        stop_flag=self.stop_flag,
+                    )
+                )
+            except BaseException as e:
+                self.error = e
+
+        self.thread = threading.Thread(target=run, name="operator", daemon=True)
+        self.thread.start()
+        if not self.ready_flag.wait(30):
+            raise RuntimeError(f"operator not ready: {self.error!r}")
+        return self
+
+    def stop(self) -> None:
+        self.stop_flag.set()
+        if self.thread is not None:
+            self.thread.join(30)
+            assert not self.thread.is_alive(), "operator did not stop within 30 s"
+
+
+# --------------------------------------------------------------------------- kubelet
+
+
+@dataclass
+class PodRun:
+    """One index of one Job attempt."""
+
+    index: int
+    failures: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    phase: str = "pending"  # pending → running → succeeded | failed | retry
+    log: Path | None = None
+
+
+@dataclass
+class JobRun:
+    name: str
+    namespace: str
+    uid: str
+    pods: dict[int, PodRun] = field(default_factory=dict)
+    start: str = ""
+
+
+class Kubelet:
+    """Plays kubelet + Job controller for every Job in the emulator."""
+
+    def __init__(
+        self,
+        url: str,
+        data_root: Path,
+        *,
+        mode: str = "instant",
+        markers: bool = True,
+        poll: float = 0.05,
+        failures: dict[tuple[str, int], int] | None = None,
+        step_seconds: float = 0.0,
+    ) -> None:
+        self.api = harness_client(url)
+        self.batch = client.BatchV1Api(self.api)
+        self.core = client.CoreV1Api(self.api)
+        self.data_root = Path(data_root)
+        self.mode = mode
+        self.markers = markers
+        self.poll = poll
+        #: (job-name suffix like "it0-gen", index) → how many times that pod fails first.
+        self.failures = dict(failures or {})
+        self.step_seconds = step_seconds
+        self.jobs: dict[str, JobRun] = {}
+        #: Job-name suffixes (e.g. "it0-train") whose pods stay running until removed.
+        self.hold: set[str] = set()
+        self.done_at: dict[str, float] = {}  # job name → monotonic time its terminal status was written
+        self.created_at: dict[str, float] = {}  # job name → monotonic time first seen
+        self.pod_starts: list[tuple[str, int]] = []  # (job, index) for each pod start
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="kubelet", daemon=True)
+        self.errors: list[str] = []
+
+    def start(self, watch: bool = False) -> Kubelet:
+        """Start polling Jobs (or, with `watch`, following a watch stream: cheaper at scale)."""
+        if watch:
+            self.thread = threading.Thread(target=self._watch_loop, name="kubelet", daemon=True)
+        self.thread.start()
+        return self
+
+    def _watch_loop(self) -> None:
+        asyncio.run(self._watch())
+
+    async def _watch(self) -> None:
+        """Follow `GET /apis/batch/v1/jobs?watch=true` line by line (aiohttp, like kopf)."""
+        import aiohttp
+
+        url = f"{self.api.configuration.host}/apis/batch/v1/jobs"
+        async with aiohttp.ClientSession(headers={"User-Agent": HARNESS_AGENT}) as session:
+            while not self._stop.is_set():
+                try:
+                    async with session.get(url, params={"watch": "true"}, timeout=aiohttp.ClientTimeout(sock_read=1)) as resp:
+                        async for line in resp.content:
+                            if self._stop.is_set():
+                                return
+                            if not line.strip():
+                                continue
+                            ev = json.loads(line)
+                            if ev.get("type") in ("ADDED", "MODIFIED"):
+                                self._tick(ev["object"])
+                except (asyncio.TimeoutError, aiohttp.ClientError):
+                    continue
+                except Exception as e:
+                    self.errors.append(repr(e))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(30)
+        for jr in self.jobs.values():
+            for p in jr.pods.values():
+                if p.proc and p.proc.poll() is None:
+                    p.proc.kill()
+
+    # -- loop
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                items = self.batch.list_job_for_all_namespaces(_preload_content=False)
+                jobs = json.loads(items.data).get("items") or []
+                for job in jobs:
+                    self._tick(job)
+            except Exception as e:  # keep playing; tests assert on errors
+                self.errors.append(repr(e))
+            self._stop.wait(self.poll)
+
+    def _tick(self, job: dict[str, Any]) -> None:
+        meta, spec, status = job["metadata"], job["spec"], job.get("status") or {}
+        name, ns = meta["name"], meta["namespace"]
+        if any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in status.get("conditions") or []):
+            return
+        key = f"{ns}/{name}"
+        jr = self.jobs.get(key)
+        uid = meta.get("uid") or ""
+        if jr is None or jr.uid != uid:  # new Job, or recreated under the same name
+            jr = self.jobs[key] = JobRun(name, ns, uid, start=now_iso())
+            self.created_at.setdefault(name, time.monotonic())
+        if spec.get("suspend"):
+            self._suspend(jr, status)
+            return
+        if self._suffix(name) in self.hold:  # the test keeps this Job "running"
+            if not status.get("active"):
+                self._patch(name, ns, {"status": {"startTime": jr.start, "active": 1}})
+            return
+        n = int(spec.get("completions") or 1)
+        indexed = spec.get("completionMode") == "Indexed"
+        per_index = spec.get("backoffLimitPerIndex")
+        job_limit = spec.get("backoffLimit", 6 if per_index is None else None)
+        parallelism = int(spec.get("parallelism") or n)
+        for i in range(n):
+            jr.pods.setdefault(i, PodRun(i))
+        # advance pods
+        for pod in jr.pods.values():
+            if pod.phase == "running":
+                self._poll(job, jr, pod)
+        running = sum(p.phase == "running" for p in jr.pods.values())
+        for pod in sorted(jr.pods.values(), key=lambda p: p.index):
+            if running >= parallelism:
+                break
+            if pod.phase in ("pending", "retry"):
+                over = per_index is not None and pod.failures > int(per_index)
+                if not over:
+                    self._start(job, jr, pod)
+                    running += 1
+                    if pod.phase == "running":
+                        self._poll(job, jr, pod)
+        # status
+        succeeded = [p.index for p in jr.pods.values() if p.phase == "succeeded"]
+        failed_idx = [p.index for p in jr.pods.values() if per_index is not None and p.failures > int(per_index)]
+        total_failures = sum(p.failures for p in jr.pods.values())
+        active = sum(p.phase == "running" for p in jr.pods.values())
+        st: dict[str, Any] = {"startTime": jr.start, "active": active, "succeeded": len(succeeded), "failed": total_failures}
+        if indexed:
+            st["completedIndexes"] = _ranges(succeeded)
+            if per_index is not None:
+                st["failedIndexes"] = _ranges(failed_idx)
+        conds: list[dict[str, Any]] = []
+        if failed_idx and per_index is not None:
+            conds = [{"type": "Failed", "status": "True", "reason": "FailedIndexes", "message": "Job has failed indexes",
+                      "lastTransitionTime": now_iso()}]
+        elif per_index is None and job_limit is not None and total_failures > int(job_limit):
+            conds = [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                      "message": "Job has reached the specified backoff limit", "lastTransitionTime": now_iso()}]
+        elif len(succeeded) == n:
+            conds = [{"type": "Complete", "status": "True", "reason": "", "message": "", "lastTransitionTime": now_iso()}]
+            st["completionTime"] = now_iso()
+        if conds:
+            st["conditions"] = conds
+            st["active"] = 0
+            for p in jr.pods.values():
+                if p.proc and p.proc.poll() is None:
+                    p.proc.kill()
+        if st != job.get("status"):
+            self._patch(name, ns, {"status": st})
+        if conds:
+            self.done_at[name] = time.monotonic()
+
+    def _patch(self, name: str, ns: str, body: dict[str, Any]) -> None:
+        try:
+            self.batch.patch_namespaced_job_status(name, ns, body, _content_type=MERGE, _preload_content=False)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    def _suspend(self, jr: JobRun, status: dict[str, Any]) -> None:
+        for p in jr.pods.values():
+            if p.phase == "running":
+                if p.proc and p.proc.poll() is None:
+                    p.proc.kill()
+                p.phase = "pending"  # a suspended Job's pods are deleted; they start over on resume
+        if status.get("active") or not any(c.get("type") == "Suspended" for c in status.get("conditions") or []):
+            self._patch(jr.name, jr.namespace, {"status": {"active": 0, "conditions": [
+                {"type": "Suspended", "status": "True", "reason": "JobSuspended", "lastTransitionTime": now_iso()}]}})
+
+    # -- pods
+    def _suffix(self, name: str) -> str:
+        parts = name.split("-")
+        return "-".join(parts[-2:])
+
+    def _start(self, job: dict[str, Any], jr: JobRun, pod: PodRun) -> None:
+        self.pod_starts.append((jr.name, pod.index))
+        inject = self.failures.get((self._suffix(jr.name), pod.index), 0)
+        if inject > 0:
+            self.failures[(self._suffix(jr.name), pod.index)] = inject - 1
+            pod.failures += 1
+            pod.phase = "retry"
+            return
+        if self.mode == "instant":
+            if self.step_seconds:
+                time.sleep(self.step_seconds)
+            self._instant(job, pod.index)
+            pod.phase = "succeeded"
+            return
+        pod.phase = "running"
+        pod.proc, pod.log = self._spawn(job, pod.index)
+
+    def _poll(self, job: dict[str, Any], jr: JobRun, pod: PodRun) -> None:
+        if pod.proc is None:
+            return
+        rc = pod.proc.poll()
+        if rc is None:
+            return
+        if rc == 0:
+            pod.phase = "succeeded"
+        else:
+            pod.failures += 1
+            pod.phase = "retry"
+            if pod.log is not None:
+                self.errors.append(f"{jr.name}[{pod.index}] exited {rc}: {pod.log.read_text()[-2000:]}")
+
+    # -- instant mode
+    def _spec_of(self, job: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        pod = job["spec"]["template"]["spec"]
+        cm_name = next(v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v)
+        cm = self.core.read_namespaced_config_map(cm_name, job["metadata"]["namespace"], _preload_content=False)
+        data = json.loads(json.loads(cm.data)["data"]["spec.json"])
+        cmd = pod["containers"][0]["command"]
+        run_dir = cmd[cmd.index("--run-dir") + 1]
+        return data, run_dir
+
+    def local_path(self, path: str) -> Path:
+        return self.data_root / path.removeprefix("/data/").lstrip("/")
+
+    def _instant(self, job: dict[str, Any], index: int) -> None:
+        if not self.markers:
+            return
+        from spin_runtime import plan, rundir
+        from spin_runtime.spec import SpinRun
+
+        data, run_dir = self._spec_of(job)
+        local = self.local_path(run_dir)
+        run = SpinRun.model_validate(data)
+        rundir.init_run(local, run)
+        lab = job["metadata"]["labels"]
+        k, step = int(lab["spin.dev/iteration"]), lab["spin.dev/step"]
+        if step == "generate":
+            s = plan.Step(k, "generate", index, run.spec.generation.shards)
+        else:
+            s = plan.Step(k, step)  # type: ignore[arg-type]
+        if step == "train" and index != 0:
+            return
+        rundir.mark_done(local, run, s, {"by": "harness"})
+
+    # -- real mode
+    def _spawn(self, job: dict[str, Any], index: int) -> tuple[subprocess.Popen[bytes], Path]:
+        pod = job["spec"]["template"]["spec"]
+        data, _ = self._spec_of(job)
+        work = Path(tempfile.mkdtemp(prefix=f"{job['metadata']['name']}-{index}-", dir=self.data_root))
+        spec_file = work / "spec.json"
+        spec_file.write_text(json.dumps(data))
+        log = work / "log.txt"
+        port = _free_port_for(job["metadata"]["name"])
+        cmds = [self._argv(c["command"], spec_file, port) for c in pod.get("initContainers", []) + pod["containers"]]
+        env = dict(os.environ)
+        for c in pod["containers"]:
+            for e in c.get("env") or []:
+                if "value" in e:
+                    env[e["name"]] = self._map(e["value"])
+                elif "fieldRef" in (e.get("valueFrom") or {}):
+                    env[e["name"]] = str(index)
+        env["HOME"] = str(work)
+        env["XDG_CACHE_HOME"] = str(work / ".cache")
+        env.pop("HF_HOME", None)
+        env["JOB_COMPLETION_INDEX"] = str(index)
+        script = " && ".join(" ".join(_quote(a) for a in cmd) for cmd in cmds)
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(["/bin/sh", "-c", script], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=work)
+        return proc, log
+
+    def _map(self, value: str) -> str:
+        return str(self.local_path(value)) if value.startswith("/data") else value
+
+    def _argv(self, cmd: list[str], spec_file: Path, port: int) -> list[str]:
+        out = []
+        for a in cmd:
+            if a == "/etc/spin/spec.json":
+                a = str(spec_file)
+            out.append(self._map(a))
+        if out[:2] == ["spin", "init-run"]:
+            return [sys.executable, "-m", "spin_runtime.initrun", *out[2:]]
+        if out[0] == "spin":
+            return [str(VENV_BIN / "spin"), *out[1:]]
+        if out[0] == "torchrun":
+            out = [str(VENV_BIN / "torchrun"), *out[1:]]
+            if "--master-addr" in out:
+                out[out.index("--master-addr") + 1] = "127.0.0.1"
+                out[out.index("--master-port") + 1] = str(port)
+        return out
+
+
+_ports: dict[str, int] = {}
+
+
+def _free_port_for(name: str) -> int:
+    if name not in _ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            _ports[name] = s.getsockname()[1]
+    return _ports[name]
+
+
+def _quote(a: str) -> str:
+    import shlex
+
+    return shlex.quote(a)
+
+
+def _ranges(idx: list[int]) -> str:
+    """Kubernetes' compressed index list, e.g. [0,1,2,5] → "0-2,5"."""
+    out = []
+    for _, grp in itertools.groupby(enumerate(sorted(idx)), lambda t: t[1] - t[0]):
+        g = [v for _, v in grp]
+        out.append(f"{g[0]}-{g[-1]}" if len(g) > 1 else str(g[0]))
+    return ",".join(out)
+
+
+# --------------------------------------------------------------------------- cluster helper
+
+
+class Cluster:
+    """Emulator + kubelet + operator, with helpers to create and watch SpinRuns."""
+
+    def __init__(self, tmp: Path, *, mode: str = "instant", failures: dict[tuple[str, int], int] | None = None,
+                 namespace: str = "e2e", markers: bool = True) -> None:
+        self.tmp = Path(tmp)
+        self.namespace = namespace
+        self.emulator = Emulator().start()
+        self.kubeconfig = self.emulator.kubeconfig(self.tmp / "kubeconfig.yaml")
+        self.api = harness_client(self.emulator.url)
+        self.custom = client.CustomObjectsApi(self.api)
+        (self.tmp / "data").mkdir(exist_ok=True)
+        self.kubelet = Kubelet(self.emulator.url, self.tmp / "data", mode=mode, failures=failures, markers=markers).start()
+        self.operator: OperatorThread | None = None
+
+    def start_operator(self) -> OperatorThread:
+        self.operator = OperatorThread(self.kubeconfig).start()
+        return self.operator
+
+    def stop_operator(self) -> None:
+        if self.operator is not None:
+            self.operator.stop()
+            self.operator = None
+
+    def close(self) -> None:
+        self.stop_operator()
+        self.kubelet.stop()
+        self.emulator.stop()
+
+    # -- SpinRuns
+    def create_run(self, body: dict[str, Any]) -> dict[str, Any]:
+        body = json.loads(json.dumps(body))
+        meta = body["metadata"]
+        meta["namespace"] = self.namespace
+        meta.setdefault("uid", str(uuid.uuid4()))
+        meta.setdefault("generation", 1)
+        meta.setdefault("resourceVersion", "1")
+        meta.setdefault("creationTimestamp", now_iso())
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
+
+    def get_run(self, name: str) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
+        """A spec change as the API server applies it: generation + 1."""
+        gen = int(self.get_run(name)["metadata"].get("generation") or 1)
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, name,
+            {"metadata": {"generation": gen + 1, "resourceVersion": str(gen + 1)}, "spec": spec}, _content_type=MERGE,
+        )
+
+    def delete_run(self, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+
+    def collect_garbage(self, owner_uid: str) -> list[str]:
+        """Delete what the garbage collector would: objects owned by `owner_uid` (kmock has no GC)."""
+        core, batch = client.CoreV1Api(self.api), client.BatchV1Api(self.api)
+        gone = []
+        kinds = [
+            (batch.list_namespaced_job, batch.delete_namespaced_job),
+            (core.list_namespaced_config_map, core.delete_namespaced_config_map),
+            (core.list_namespaced_service, core.delete_namespaced_service),
+            (core.list_namespaced_persistent_volume_claim, core.delete_namespaced_persistent_volume_claim),
+        ]
+        for lister, deleter in kinds:
+            items = json.loads(lister(self.namespace, _preload_content=False).data)["items"]
+            for o in items:
+                if any(r.get("uid") == owner_uid for r in o["metadata"].get("ownerReferences") or []):
+                    deleter(o["metadata"]["name"], self.namespace, _preload_content=False)
+                    gone.append(o["metadata"]["name"])
+        return gone
+
+    def wait(self, pred: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            try:
+                last = pred()
+            except ApiException:
+                last = None
+            if last:
+                return last
+            time.sleep(0.05)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}; kubelet errors: {self.kubelet.errors[-3:]}")
+
+    def wait_phase(self, name: str, phases: tuple[str, ...] | str, timeout: float = 60) -> dict[str, Any]:
+        phases = (phases,) if isinstance(phases, str) else phases
+        return self.wait(lambda: (r := self.get_run(name)) and (r.get("status") or {}).get("phase") in phases and r,
+                         timeout, f"{name} phase in {phases}")
+
+    def jobs(self) -> dict[str, dict[str, Any]]:
+        out = client.BatchV1Api(self.api).list_namespaced_job(self.namespace, _preload_content=False)
+        return {j["metadata"]["name"]: j for j in json.loads(out.data)["items"]}
+
+    def events(self, name: str) -> list[tuple[str, str, str]]:
+        out = client.CoreV1Api(self.api).list_namespaced_event(self.namespace, _preload_content=False)
+        items = json.loads(out.data)["items"]
+        return [(e.get("type"), e.get("reason"), e.get("message")) for e in items
+                if (e.get("involvedObject") or {}).get("name") == name and (e.get("involvedObject") or {}).get("kind") == "SpinRun"]
+
+    def job_creations(self) -> list[str]:
+        """Names of Jobs in every successful-looking operator create request, in order."""
+        assert self.emulator.mock is not None
+        out = []
+        for r in list(self.emulator.mock._requests):
+            if r.headers.get("User-Agent", "").startswith(HARNESS_AGENT):
+                continue
+            if r.action is not None and r.action.value == "CREATE" and getattr(r.resource, "plural", None) == "jobs":
+                out.append((r.data or {}).get("metadata", {}).get("name"))
+        return out
+
+
+@contextlib.contextmanager
+def cluster(tmp: Path, **kw: Any) -> Iterator[Cluster]:
+    c = Cluster(tmp, **kw)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def summarize_requests(requests: list[dict[str, Any]]) -> dict[str, Any]:
+    """The recorded-requests document the chart's RBAC test reads (format 1):
+
+    {"format": 1,
+     "requests": [{"apiGroup": "batch", "resource": "jobs", "subresource": null,
+                   "verb": "create", "clusterWide": false, "count": 31}, ...],
+     "nonResourceURLs": [{"path": "/apis", "verb": "get", "count": 9}, ...]}
+
+    `clusterWide` is true when some request of that kind had no namespace in its URL
+    (list/watch across namespaces needs a ClusterRole)."""
+    counts: dict[tuple[Any, ...], list[int]] = {}
+    paths: dict[tuple[str, str], int] = {}
+    for r in requests:
+        if r["resource"] is None:
+            paths[(r["path"], r["verb"])] = paths.get((r["path"], r["verb"]), 0) + 1
+            continue
+        key = (r["group"] or "", r["resource"], r["subresource"], r["verb"])
+        entry = counts.setdefault(key, [0, 0])
+        entry[0] += 1
+        entry[1] += int(r["namespace"] is None)
+    return {
+        "format": 1,
+        "requests": [
+            {"apiGroup": g, "resource": res, "subresource": sub, "verb": v, "clusterWide": bool(cw), "count": n}
+            for (g, res, sub, v), (n, cw) in sorted(counts.items(), key=lambda kv: tuple(str(x) for x in kv[0]))
+        ],
+        "nonResourceURLs": [{"path": p, "verb": v, "count": n} for (p, v), n in sorted(paths.items())],
+    }

@@ -1,0 +1,118 @@
+"""A tiny in-memory cluster for driving `reconcile` in tests: applies its actions to a dict of
+objects and lets a test complete or fail Jobs, with a controllable clock."""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from spin_operator import resources as res
+from spin_operator.reconcile import Create, Decision, Delete, Observed, PatchJob, reconcile, rfc3339
+
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+
+
+class Sim:
+    """Holds one SpinRun body and its children; `tick()` runs one reconcile and applies it."""
+
+    def __init__(self, body: dict[str, Any], now: datetime = T0) -> None:
+        self.body = body
+        self.now = now
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.decisions: list[Decision] = []
+        self.pytorchjob_crd: bool | None = None
+
+    # -- cluster view
+    def kind(self, kind: str) -> list[dict[str, Any]]:
+        return [o for (k, _), o in sorted(self.objects.items()) if k == kind]
+
+    def job(self, name: str) -> dict[str, Any]:
+        return self.objects[("Job", name)]
+
+    def observed(self) -> Observed:
+        name = self.body["metadata"]["name"]
+        return Observed.from_objects(
+            name,
+            jobs=self.kind("Job") + self.kind("PyTorchJob"),
+            config_maps=self.kind("ConfigMap"),
+            services=self.kind("Service"),
+            pvcs=self.kind("PersistentVolumeClaim"),
+            pytorchjob_crd=self.pytorchjob_crd,
+        )
+
+    @property
+    def status(self) -> dict[str, Any]:
+        return self.body.get("status") or {}
+
+    # -- reconcile
+    def tick(self, seconds: float = 1.0) -> Decision:
+        d = reconcile(self.body, self.observed(), self.now)
+        for a in d.actions:
+            if isinstance(a, Create):
+                key = (a.obj["kind"], a.name)
+                if key not in self.objects:  # 409 otherwise
+                    self.objects[key] = copy.deepcopy(a.obj)
+            elif isinstance(a, Delete):
+                self.objects.pop((a.kind, a.name), None)
+            elif isinstance(a, PatchJob):
+                obj = self.objects[(a.kind, a.name)]
+                patch = a.patch()
+                ann = obj["metadata"].setdefault("annotations", {})
+                for k, v in patch["metadata"]["annotations"].items():
+                    if v is None:
+                        ann.pop(k, None)
+                    else:
+                        ann[k] = v
+                obj["spec"]["suspend"] = a.suspend
+        self.body["status"] = copy.deepcopy(d.status)
+        self.decisions.append(d)
+        self.now += timedelta(seconds=seconds)
+        return d
+
+    # -- the "kubelet"
+    def finish(self, name: str, *, ok: bool = True, failed_indexes: str = "", reason: str = "BackoffLimitExceeded") -> None:
+        obj = self.job(name)
+        ctype = "Complete" if ok else "Failed"
+        status: dict[str, Any] = {
+            "startTime": rfc3339(self.now),
+            "conditions": [{"type": ctype, "status": "True", "reason": "" if ok else reason, "message": "" if ok else "pod failed"}],
+        }
+        if ok:
+            status["completionTime"] = rfc3339(self.now)
+            status["succeeded"] = obj["spec"].get("completions", 1)
+        else:
+            status["failed"] = 1
+            if failed_indexes:
+                status["failedIndexes"] = failed_indexes
+        obj["status"] = status
+
+    def running(self, name: str) -> None:
+        self.job(name)["status"] = {"active": 1, "startTime": rfc3339(self.now)}
+
+    def set_spec(self, patch: dict[str, Any]) -> None:
+        from tests.operator.fixtures import deep_merge
+
+        self.body["spec"] = deep_merge(self.body["spec"], patch)
+        self.body["metadata"]["generation"] = int(self.body["metadata"].get("generation", 1)) + 1
+
+    def jobs(self) -> list[str]:
+        return [o["metadata"]["name"] for o in self.kind("Job")]
+
+    def run_to_end(self, limit: int = 200) -> None:
+        """Complete whatever Job is unfinished until the run is terminal."""
+        for _ in range(limit):
+            if self.status.get("phase") in ("Complete", "Failed"):
+                return
+            for o in self.kind("Job"):
+                if not o.get("status", {}).get("conditions"):
+                    self.finish(o["metadata"]["name"])
+            self.tick()
+        raise AssertionError(f"run did not finish: {self.status}")
+
+
+def annotation(obj: dict[str, Any], key: str) -> str | None:
+    return (obj["metadata"].get("annotations") or {}).get(key)
+
+
+__all__ = ["T0", "Sim", "annotation", "res"]

@@ -1,0 +1,444 @@
+"""Every decision of `reconcile`, driven through a small in-memory cluster (sim.py): no
+server, no kopf, a fixed clock."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from spin_operator import resources as res
+from spin_operator.reconcile import Create, Delete, JobState, Observed, PatchJob, is_terminal, reconcile
+from tests.operator.fixtures import make_body
+from tests.operator.sim import T0, Sim, annotation
+
+
+def cond(status: dict, ctype: str) -> dict:
+    return next(c for c in status["conditions"] if c["type"] == ctype)
+
+
+def reasons(sim: Sim) -> list[str]:
+    return [r for d in sim.decisions for (_, r, _) in d.events]
+
+
+# --------------------------------------------------------------------------- start
+
+
+def test_first_pass_creates_claim_spec_and_generation_job() -> None:
+    sim = Sim(make_body())
+    d = sim.tick()
+    assert [(type(a).__name__, getattr(a, "kind", ""), getattr(a, "name", "")) for a in d.actions] == [
+        ("Create", "PersistentVolumeClaim", "demo-data"),
+        ("Create", "ConfigMap", "demo-it0-spec"),
+        ("Create", "Job", "demo-it0-gen"),
+    ]
+    st = sim.status
+    assert st["phase"] == "Generating"
+    assert st["currentIteration"] == 0 and st["completedIterations"] == 0
+    assert st["startTime"] == "2026-01-01T12:00:00Z"
+    assert st["observedGeneration"] == 1
+    assert st["iterations"] == [
+        {"iteration": 0, "generation": 1, "steps": [
+            {"step": "generate", "jobName": "demo-it0-gen", "retries": 0, "startTime": "2026-01-01T12:00:00Z"}]}
+    ]
+    assert cond(st, "Progressing")["status"] == "True"
+    assert [e[1] for e in d.events] == ["Started", "IterationStarted", "StepStarted"]
+
+
+def test_second_pass_with_nothing_new_is_a_no_op() -> None:
+    sim = Sim(make_body())
+    sim.tick()
+    before = dict(sim.status)
+    d = sim.tick()
+    assert d.actions == [] and d.events == []
+    assert d.status == before
+
+
+def test_existing_claim_creates_no_pvc() -> None:
+    sim = Sim(make_body(spec={"storage": {"newClaim": None, "existingClaim": "shared"}}))
+    sim.body["spec"]["storage"].pop("newClaim")
+    d = sim.tick()
+    assert "PersistentVolumeClaim" not in [a.kind for a in d.actions if isinstance(a, Create)]
+
+
+# --------------------------------------------------------------------------- happy path
+
+
+def test_two_iterations_walk_every_phase_to_complete() -> None:
+    sim = Sim(make_body())
+    phases = []
+    sim.tick()
+    order = ["gen", "convert", "train", "eval"]
+    for k in range(2):
+        for s in order:
+            phases.append(sim.status["phase"])
+            sim.finish(f"demo-it{k}-{s}")
+            sim.tick()
+    assert phases == ["Generating", "Converting", "Training", "Evaluating"] * 2
+    st = sim.status
+    assert st["phase"] == "Complete" and st["reason"] == "RunCompleted"
+    assert st["completedIterations"] == 2 and st["currentIteration"] == 1
+    assert st["lastCheckpoint"]["path"] == "/data/runs/demo/iter-1/model"
+    assert st["lastCheckpoint"]["iteration"] == 1
+    assert cond(st, "Complete")["status"] == "True"
+    assert cond(st, "Progressing")["status"] == "False"
+    assert st["completionTime"]
+    assert reasons(sim).count("IterationCompleted") == 2 and reasons(sim).count("RunCompleted") == 1
+    assert reasons(sim).count("StepSucceeded") == 8
+    assert [s["step"] for s in st["iterations"][1]["steps"]] == ["generate", "convert", "train", "evaluate"]
+    assert all(s["completionTime"] for it in st["iterations"] for s in it["steps"])
+
+
+def test_next_step_starts_in_the_same_pass_as_the_previous_one_completes() -> None:
+    sim = Sim(make_body())
+    sim.tick()
+    sim.finish("demo-it0-gen")
+    d = sim.tick()
+    assert d.creates() == ["demo-it0-convert"]
+
+
+def test_last_checkpoint_is_set_only_after_training_succeeds() -> None:
+    sim = Sim(make_body())
+    sim.tick()
+    for s in ("gen", "convert"):
+        sim.finish(f"demo-it0-{s}")
+        sim.tick()
+    assert "lastCheckpoint" not in sim.status
+    sim.running("demo-it0-train")
+    sim.tick()
+    assert "lastCheckpoint" not in sim.status
+    sim.finish("demo-it0-train")
+    sim.tick()
+    assert sim.status["lastCheckpoint"]["path"] == "/data/runs/demo/iter-0/model"
+
+
+def test_synthetic_data_iteration_starts_with_convert_and_no_eval() -> None:
+    sim = Sim(make_body(spec={"syntheticData": [{"iteration": 0, "hub": "UCLA-AGI/SPIN_iter0"}], "evaluation": {"enabled": False}}))
+    d = sim.tick()
+    assert d.creates()[-1] == "demo-it0-convert"
+    sim.run_to_end()
+    assert "demo-it0-gen" not in sim.jobs() and "demo-it1-gen" in sim.jobs()
+    assert not any(n.endswith("-eval") for n in sim.jobs())
+
+
+def test_start_iteration_skips_earlier_iterations() -> None:
+    sim = Sim(make_body(spec={"iterations": 3, "startIteration": 2}))
+    sim.run_to_end()
+    assert sim.status["completedIterations"] == 1
+    assert all(n.startswith("demo-it2-") for n in sim.jobs())
+
+
+# --------------------------------------------------------------------------- deleted children
+
+
+def test_done_job_deleted_later_is_not_recreated() -> None:
+    sim = Sim(make_body())
+    sim.tick()
+    sim.finish("demo-it0-gen")
+    sim.tick()
+    del sim.objects[("Job", "demo-it0-gen")]  # TTL controller or a human
+    d = sim.tick()
+    assert "demo-it0-gen" not in d.creates()
+    assert sim.status["phase"] == "Converting"
+
+
+def test_unfinished_job_deleted_by_hand_is_recreated_with_the_same_attempt() -> None:
+    sim = Sim(make_body())
+    sim.tick()
+    sim.running("demo-it0-gen")
+    sim.tick()
+    del sim.objects[("Job", "demo-it0-gen")]
+    d = sim.tick()
+    assert d.creates() == ["demo-it0-gen"]
+    assert annotation(sim.job("demo-it0-gen"), res.ANNOTATION_ATTEMPT) == "0"
+
+
+def test_deleted_spec_config_map_is_recreated() -> None:
+    sim = Sim(make_body())
+    sim.tick()
+    del sim.objects[("ConfigMap", "demo-it0-spec")]
+    d = sim.tick()
+    assert d.creates() == ["demo-it0-spec"]
+
+
+# --------------------------------------------------------------------------- retries & failures
+
+
+def _to_convert(sim: Sim) -> None:
+    sim.tick()
+    sim.finish("demo-it0-gen")
+    sim.tick()
+
+
+def test_failed_step_is_retried_as_a_new_attempt() -> None:
+    sim = Sim(make_body())
+    _to_convert(sim)
+    sim.finish("demo-it0-convert", ok=False)
+    d = sim.tick()
+    assert d.actions[0] == Delete("Job", "demo-it0-convert", "batch/v1")
+    assert isinstance(d.actions[1], Create) and d.actions[1].name == "demo-it0-convert"
+    assert annotation(sim.job("demo-it0-convert"), res.ANNOTATION_ATTEMPT) == "1"
+    step = sim.status["iterations"][0]["steps"][1]
+    assert step["retries"] == 1
+    assert ("Warning", "StepRetrying") in [(t, r) for t, r, _ in d.events]
+    assert sim.status["phase"] == "Converting"
+
+
+def test_a_failed_job_still_listed_after_its_retry_is_not_counted_twice() -> None:
+    sim = Sim(make_body())
+    _to_convert(sim)
+    sim.finish("demo-it0-convert", ok=False)
+    stale = dict(sim.job("demo-it0-convert"))
+    sim.tick()
+    sim.objects[("Job", "demo-it0-convert")] = stale  # the watch index lags: old attempt seen again
+    d = sim.tick()
+    assert sim.status["iterations"][0]["steps"][1]["retries"] == 1
+    assert d.deletes() == ["demo-it0-convert"] and d.creates() == ["demo-it0-convert"]
+    assert "StepRetrying" not in [r for _, r, _ in d.events]
+
+
+def test_step_failing_past_backoff_limit_fails_the_run() -> None:
+    sim = Sim(make_body(spec={"backoffLimit": 1}))
+    _to_convert(sim)
+    sim.tick()
+    for _ in range(2):
+        sim.finish("demo-it0-convert", ok=False)
+        sim.tick()
+    st = sim.status
+    assert st["phase"] == "Failed" and st["reason"] == "StepFailed"
+    assert "convert of iteration 0 failed 2 time(s)" in st["message"]
+    assert "backoffLimit (1)" in st["message"]
+    assert cond(st, "Failed")["status"] == "True" and cond(st, "Failed")["reason"] == "StepFailed"
+    assert st["iterations"][0]["steps"][1]["retries"] == 1
+    assert st["completionTime"]
+
+
+def test_backoff_limit_zero_fails_on_first_failure() -> None:
+    sim = Sim(make_body(spec={"backoffLimit": 0}))
+    _to_convert(sim)
+    sim.finish("demo-it0-convert", ok=False)
+    sim.tick()
+    assert sim.status["phase"] == "Failed"
+
+
+def test_failed_generation_job_fails_the_run_naming_the_shard() -> None:
+    sim = Sim(make_body())
+    sim.tick()
+    sim.finish("demo-it0-gen", ok=False, failed_indexes="1", reason="FailedIndexes")
+    d = sim.tick()
+    st = sim.status
+    assert st["phase"] == "Failed" and st["reason"] == "StepFailed"
+    assert "generate of iteration 0 failed: shard 1" in st["message"]
+    assert d.creates() == []
+
+
+def test_status_lagging_behind_the_jobs_attempt_catches_up() -> None:
+    sim = Sim(make_body())
+    _to_convert(sim)
+    sim.job("demo-it0-convert")["metadata"]["annotations"][res.ANNOTATION_ATTEMPT] = "2"
+    sim.running("demo-it0-convert")
+    sim.tick()
+    assert sim.status["iterations"][0]["steps"][1]["retries"] == 2
+
+
+# --------------------------------------------------------------------------- terminal
+
+
+def test_complete_is_sticky_even_when_children_vanish() -> None:
+    sim = Sim(make_body())
+    sim.run_to_end()
+    sim.objects.clear()
+    for _ in range(3):
+        d = sim.tick()
+        assert d.actions == [] and d.events == []
+    assert sim.status["phase"] == "Complete"
+
+
+def test_failed_is_sticky_across_spec_changes() -> None:
+    sim = Sim(make_body(spec={"backoffLimit": 0}))
+    _to_convert(sim)
+    sim.finish("demo-it0-convert", ok=False)
+    sim.tick()
+    sim.set_spec({"backoffLimit": 5})
+    d = sim.tick()
+    assert d.creates() == [] and sim.status["phase"] == "Failed"
+    assert sim.status["observedGeneration"] == 2
+
+
+def test_ttl_deletes_jobs_after_completion_plus_ttl() -> None:
+    sim = Sim(make_body(spec={"ttlSecondsAfterFinished": 60}))
+    sim.run_to_end()
+    assert sim.decisions[-1].requeue_after == 60
+    d = sim.tick(10)
+    assert d.deletes() == [] and 49 <= (d.requeue_after or 0) <= 60
+    sim.now = T0 + timedelta(hours=1)
+    d = sim.tick()
+    assert sorted(d.deletes()) == sorted(f"demo-it{k}-{s}" for k in range(2) for s in ("gen", "convert", "train", "eval"))
+    assert [r for _, r, _ in d.events] == ["TTLExpired"]
+    d = sim.tick()
+    assert d.actions == [] and d.events == []
+    assert sim.status["phase"] == "Complete"
+
+
+def test_deadline_fails_the_run_and_stops_active_jobs() -> None:
+    sim = Sim(make_body(spec={"activeDeadlineSeconds": 100}))
+    d = sim.tick()
+    assert d.requeue_after == 100
+    sim.running("demo-it0-gen")
+    sim.now = T0 + timedelta(seconds=101)
+    d = sim.tick()
+    st = sim.status
+    assert st["phase"] == "Failed" and st["reason"] == "DeadlineExceeded"
+    assert "activeDeadlineSeconds (100s) in iteration 0, step generate" in st["message"]
+    assert cond(st, "Failed")["reason"] == "DeadlineExceeded"
+    assert d.deletes() == ["demo-it0-gen"]
+    assert ("Warning", "DeadlineExceeded") in [(t, r) for t, r, _ in d.events]
+
+
+# --------------------------------------------------------------------------- suspend
+
+
+def test_suspend_suspends_active_jobs_and_resume_unsuspends_them() -> None:
+    sim = Sim(make_body())
+    sim.tick()
+    sim.running("demo-it0-gen")
+    sim.set_spec({"suspend": True})
+    d = sim.tick()
+    assert d.actions == [PatchJob("demo-it0-gen", True)]
+    st = sim.status
+    assert st["phase"] == "Suspended" and cond(st, "Suspended")["status"] == "True"
+    assert annotation(sim.job("demo-it0-gen"), res.ANNOTATION_SUSPENDED_BY) == "spinrun"
+    assert sim.tick().actions == []  # idempotent
+    sim.set_spec({"suspend": False})
+    d = sim.tick()
+    assert d.actions == [PatchJob("demo-it0-gen", False)]
+    assert sim.status["phase"] == "Generating" and cond(sim.status, "Suspended")["reason"] == "Resumed"
+    assert [r for _, r, _ in d.events] == ["Resumed"]
+
+
+def test_jobs_created_while_suspended_start_suspended() -> None:
+    sim = Sim(make_body(spec={"suspend": True}))
+    sim.tick()
+    job = sim.job("demo-it0-gen")
+    assert job["spec"]["suspend"] is True
+    assert sim.status["phase"] == "Suspended"
+    sim.finish("demo-it0-gen")  # finished before the suspension took effect
+    sim.tick()
+    assert sim.job("demo-it0-convert")["spec"]["suspend"] is True
+
+
+def test_resume_leaves_jobs_suspended_by_kueue_alone() -> None:
+    sim = Sim(make_body(spec={"queueName": "q"}))
+    sim.tick()
+    sim.job("demo-it0-gen")["spec"]["suspend"] = True  # Kueue has not admitted it yet
+    d = sim.tick()
+    assert d.actions == []
+    assert sim.job("demo-it0-gen")["metadata"]["labels"][res.LABEL_QUEUE] == "q"
+
+
+# --------------------------------------------------------------------------- spec changes
+
+
+def test_spec_change_applies_from_the_next_iteration() -> None:
+    sim = Sim(make_body())
+    _to_convert(sim)
+    sim.set_spec({"generation": {"shards": 4}, "backoffLimit": 0})
+    sim.finish("demo-it0-convert", ok=False)
+    d = sim.tick()
+    # iteration 0 keeps its pinned spec (backoffLimit 2): retried, not failed
+    assert d.creates() == ["demo-it0-convert"] and sim.status["phase"] == "Converting"
+    assert sim.status["observedGeneration"] == 2
+    sim.run_to_end()  # it1 starts under generation 2
+    gen1 = sim.job("demo-it1-gen")
+    assert gen1["spec"]["completions"] == 4
+    assert annotation(gen1, res.ANNOTATION_GENERATION) == "2"
+    assert sim.job("demo-it0-gen")["spec"]["completions"] == 2
+    its = sim.status["iterations"]
+    assert [it["generation"] for it in its] == [1, 2]
+
+
+def test_invalid_spec_reports_validation_failed_until_fixed() -> None:
+    sim = Sim(make_body(spec={"training": {"maxLength": 32, "maxPromptLength": 64}}))
+    d = sim.tick()
+    st = sim.status
+    assert d.actions == []
+    assert st["phase"] == "Failed" and st["reason"] == "ValidationFailed"
+    assert cond(st, "ValidationFailed")["status"] == "True"
+    assert "maxPromptLength (64) must be smaller than maxLength (32)" in st["message"]
+    assert not is_terminal(st)
+    assert sim.tick().events == []  # reported once
+    sim.set_spec({"training": {"maxLength": 128}})
+    d = sim.tick()
+    assert d.creates()[-1] == "demo-it0-gen"
+    assert cond(sim.status, "ValidationFailed")["status"] == "False"
+    assert sim.status["phase"] == "Generating"
+
+
+def test_iteration_history_is_bounded_and_still_completes() -> None:
+    sim = Sim(make_body(spec={"iterations": 24, "evaluation": {"enabled": False}, "generation": {"shards": 1}}))
+    sim.run_to_end(limit=400)
+    st = sim.status
+    assert st["phase"] == "Complete" and st["completedIterations"] == 24
+    assert len(st["iterations"]) == 20 and st["iterations"][0]["iteration"] == 4
+
+
+# --------------------------------------------------------------------------- training launchers
+
+
+def test_multi_node_training_creates_headless_service_with_the_job() -> None:
+    sim = Sim(make_body(spec={"training": {"nodes": 2}, "storage": {"newClaim": {"accessModes": ["ReadWriteMany"]}}}))
+    _to_convert(sim)
+    sim.finish("demo-it0-convert")
+    d = sim.tick()
+    assert [(a.kind, a.name) for a in d.actions if isinstance(a, Create)] == [("Service", "demo-it0-train"), ("Job", "demo-it0-train")]
+    del sim.objects[("Service", "demo-it0-train")]
+    assert sim.tick().creates() == ["demo-it0-train"]  # the Service again
+
+
+def test_pytorchjob_launcher_without_crd_reports_a_clear_condition() -> None:
+    sim = Sim(make_body(spec={"training": {"launcher": "pytorchjob"}}))
+    sim.pytorchjob_crd = False
+    _to_convert(sim)
+    sim.finish("demo-it0-convert")
+    d = sim.tick()
+    assert d.creates() == []
+    pc = cond(sim.status, "Progressing")
+    assert pc["status"] == "False" and pc["reason"] == "LauncherUnavailable"
+    assert "install the Kubeflow training operator" in pc["message"]
+    sim.pytorchjob_crd = True
+    d = sim.tick()
+    assert [a.kind for a in d.actions if isinstance(a, Create)] == ["PyTorchJob"]
+
+
+def test_pytorchjob_status_is_read() -> None:
+    obj = {"kind": "PyTorchJob", "apiVersion": "kubeflow.org/v1",
+           "metadata": {"name": "x", "labels": {res.LABEL_ITERATION: "1", res.LABEL_STEP: "train"}},
+           "spec": {"runPolicy": {"suspend": True}},
+           "status": {"conditions": [{"type": "Succeeded", "status": "True"}]}}
+    js = JobState.from_object(obj)
+    assert js.complete and js.suspended and js.iteration == 1 and js.kind == "PyTorchJob"
+
+
+# --------------------------------------------------------------------------- observation
+
+
+def test_observed_keeps_only_this_runs_children() -> None:
+    mine = {"metadata": {"name": "demo-it0-gen", "labels": res.labels("demo", 0, "generate")}}
+    other = {"metadata": {"name": "other-it0-gen", "labels": res.labels("other", 0, "generate")}}
+    foreign = {"metadata": {"name": "demo-x", "labels": {res.LABEL_RUN: "demo"}}}
+    gone = {"metadata": {"name": "demo-it1-gen", "labels": res.labels("demo"), "deletionTimestamp": "x"}}
+    obs = Observed.from_objects("demo", jobs=[mine, other, foreign, gone])
+    assert list(obs.jobs) == ["demo-it0-gen"]
+
+
+def test_kopf_bookkeeping_in_status_is_dropped() -> None:
+    body = make_body()
+    body["status"] = {"kopf": {"progress": {}}, "phase": "Pending"}
+    d = reconcile(body, Observed(), T0)
+    assert "kopf" not in d.status
+
+
+@pytest.mark.parametrize("bad", [{"iterations": 0}, {"generation": {"shards": 0}}, {"unknownField": 1}])
+def test_specs_failing_pydantic_never_create_children(bad: dict) -> None:
+    d = reconcile(make_body(spec=bad), Observed(), T0)
+    assert d.actions == [] and d.status["reason"] == "ValidationFailed"

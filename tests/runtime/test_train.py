@@ -1,0 +1,238 @@
+"""`spin train`: checkpoint, metrics and marker written in that order; interrupted runs leave
+nothing behind and rerun cleanly; broken inputs are refused naming the file; the pure
+builders (DPOConfig arguments, DeepSpeed, LoRA, metrics history)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from spin_runtime import plan
+from spin_runtime import train_config as tc
+from spin_runtime.errors import DataError, ModelError
+from spin_runtime.spec import DeepSpeed, Lora, SpinRunSpec
+from spin_runtime.train import run_train
+from tests.runtime.train_helpers import (
+    addition_rows,
+    make_run,
+    one_thread,  # noqa: F401 - fixture
+    weights,
+    write_pairs,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _iteration1(run_dir: Path, model_dir: Path, **training: Any) -> None:
+    make_run(run_dir, model_dir, training=training, schedule=[{"learningRate": 1e-4, "beta": 0.1}])
+    shutil.copytree(model_dir, run_dir / plan.model_dir(0))
+    write_pairs(run_dir, 0, "train", addition_rows(2, 0))
+    write_pairs(run_dir, 1, "train", addition_rows(2, 1))
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_train_writes_checkpoint_then_metrics_then_marker(tmp_path: Path, tiny_model_dir: Path) -> None:
+    run_dir = tmp_path / "run"
+    make_run(run_dir, tiny_model_dir, training={"reportTo": ["tensorboard"]})
+    write_pairs(run_dir, 0, "train", addition_rows(4, 0))
+    metrics = run_train(run_dir, 0)
+
+    marker = run_dir / plan.Step(0, "train").marker
+    model = run_dir / plan.model_dir(0)
+    assert marker.exists()
+    assert json.loads(marker.read_text())["model"] == "iter-0/model"
+    names = set(_files(model))
+    assert {"model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja"} <= names
+    assert "training_args.bin" not in names
+    assert json.loads((model / "config.json").read_text())["use_cache"] is True
+    assert not (run_dir / plan.iter_dir(0) / ".train-scratch").exists()
+    assert list((run_dir / plan.logs_dir(0)).glob("events.out.tfevents.*")), "TensorBoard logs in iter-0/logs"
+
+    stored = json.loads((run_dir / plan.metrics_path(0)).read_text())["train"]
+    assert stored == json.loads(json.dumps(metrics))
+    history, summary = stored["history"], stored["summary"]
+    assert [h["step"] for h in history] == [1, 2]
+    for h in history:
+        for key in ("loss", "learning_rate", "epoch", "rewards/chosen", "rewards/rejected", "rewards/accuracies",
+                    "rewards/margins", "logps/chosen", "logps/rejected"):  # fmt: skip
+            assert isinstance(h[key], float), key
+        assert h["rewards/real"] == h["rewards/chosen"] and h["logps/generated"] == h["logps/rejected"]
+    assert summary["steps"] == 2 and summary["samples"] == 4 and summary["window"] == [0]
+    assert summary["tokens"] > 0 and summary["tokens_per_second"] > 0 and summary["train_runtime"] > 0
+    assert (summary["learning_rate"], summary["beta"], summary["loss_type"]) == (5e-7, 0.1, "sigmoid")
+    assert summary["precision"] == "fp32" and summary["device"] == "cpu" and summary["world_size"] == 1
+
+    before = _files(model)
+    assert run_train(run_dir, 0) is None, "a finished step is skipped"
+    assert _files(model) == before
+
+
+class _Crash(TrainerCallback):
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == 1:
+            raise RuntimeError("killed after step 1")
+
+
+def test_interrupted_training_leaves_no_marker_and_rerun_starts_clean(tmp_path: Path, tiny_model_dir: Path) -> None:
+    run_dir = tmp_path / "run"
+    _iteration1(run_dir, tiny_model_dir)
+    start = run_dir / plan.model_dir(0)
+    start_files = _files(start)
+
+    with pytest.raises(RuntimeError, match="killed after step 1"):
+        run_train(run_dir, 1, callbacks=[_Crash()])
+    assert not (run_dir / plan.Step(1, "train").marker).exists()
+    assert not (run_dir / plan.model_dir(1)).exists()
+    assert not (run_dir / plan.metrics_path(1)).exists()
+    assert _files(start) == start_files, "the previous iteration's checkpoint is untouched"
+
+    metrics = run_train(run_dir, 1)
+    assert metrics is not None and metrics["summary"]["steps"] == 2
+    assert (run_dir / plan.Step(1, "train").marker).exists()
+    trained = weights(run_dir / plan.model_dir(1))
+    assert any(not torch.equal(trained[k], v) for k, v in weights(start).items())
+    assert _files(start) == start_files
+
+
+def test_start_checkpoint_without_weights_is_refused_with_the_file_name(tmp_path: Path, tiny_model_dir: Path) -> None:
+    run_dir = tmp_path / "run"
+    _iteration1(run_dir, tiny_model_dir)
+    (run_dir / plan.model_dir(0) / "model.safetensors").unlink()
+    with pytest.raises(ModelError, match=r"iter-0/model: checkpoint has no weights \(expected one of model\.safetensors"):
+        run_train(run_dir, 1)
+    assert not (run_dir / plan.Step(1, "train").marker).exists()
+
+
+def test_missing_window_data_names_the_file_and_the_step_to_run(tmp_path: Path, tiny_model_dir: Path) -> None:
+    run_dir = tmp_path / "run"
+    _iteration1(run_dir, tiny_model_dir)
+    (run_dir / plan.data_path(0, "train")).unlink()
+    with pytest.raises(DataError, match=r"iter-0/data/train\.parquet: training data of iteration 0 not found.*spin convert"):
+        run_train(run_dir, 1)
+
+
+def test_corrupt_parquet_is_refused_with_the_file_name(tmp_path: Path, tiny_model_dir: Path) -> None:
+    run_dir = tmp_path / "run"
+    make_run(run_dir, tiny_model_dir)
+    path = run_dir / plan.data_path(0, "train")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(DataError, match=r"iter-0/data/train\.parquet"):
+        run_train(run_dir, 0)
+
+
+def test_lora_with_bf16_autocast_on_cpu_saves_a_merged_plain_checkpoint(tmp_path: Path, tiny_model_dir: Path) -> None:
+    run_dir = tmp_path / "run"
+    _iteration1(
+        run_dir,
+        tiny_model_dir,
+        precision="bf16",
+        lora={"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0, "targetModules": ["q_proj", "v_proj"]},
+        lrScheduler="constant",
+        warmupRatio=0.0,
+    )
+    metrics = run_train(run_dir, 1)
+    assert metrics is not None
+    assert metrics["summary"]["precision"] == "bf16" and metrics["summary"]["lora"] is True
+    model = run_dir / plan.model_dir(1)
+    merged = weights(model)
+    assert not any("lora" in k for k in merged), "the next iteration needs a plain checkpoint"
+    assert (model / "adapter" / "adapter_config.json").exists()
+    start = weights(run_dir / plan.model_dir(0))
+    assert set(merged) == set(start)
+    changed = {k for k in start if not torch.equal(merged[k], start[k])}
+    assert changed and all(("q_proj" in k or "v_proj" in k) for k in changed)
+    assert merged[next(iter(changed))].dtype == torch.float32
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def test_cpu_defaults_are_fp32_with_use_cpu_and_gpu_defaults_bf16() -> None:
+    assert tc.precision_kwargs("auto", on_gpu=False) == {"bf16": False, "fp16": False, "use_cpu": True}
+    assert tc.precision_kwargs("auto", on_gpu=True) == {"bf16": True, "fp16": False}
+    assert tc.precision_kwargs("bf16", on_gpu=False) == {"bf16": True, "fp16": False, "use_cpu": True}
+    assert tc.precision_kwargs("fp32", on_gpu=True) == {"bf16": False, "fp16": False}
+    with pytest.raises(tc.TrainConfigError, match="training.precision fp16 needs a GPU"):
+        tc.precision_kwargs("fp16", on_gpu=False)
+
+
+def test_deepspeed_zero3_config_uses_auto_values_and_gathers_16bit_weights_on_save() -> None:
+    cfg = tc.deepspeed_config(DeepSpeed())
+    zero = cfg["zero_optimization"]
+    assert zero["stage"] == 3 and zero["stage3_gather_16bit_weights_on_model_save"] is True
+    assert "offload_param" not in zero and "offload_optimizer" not in zero
+    for key in ("train_micro_batch_size_per_gpu", "train_batch_size", "gradient_accumulation_steps", "gradient_clipping"):
+        assert cfg[key] == "auto"
+    assert cfg["bf16"] == {"enabled": "auto"}
+    off = tc.deepspeed_config(DeepSpeed(offload_params=True, offload_optimizer=True))
+    assert off["zero_optimization"]["offload_param"]["device"] == "cpu"
+    assert off["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert off["zero_force_ds_cpu_optimizer"] is False
+    two = tc.deepspeed_config(DeepSpeed(stage=2))["zero_optimization"]
+    assert two["stage"] == 2 and not any(k.startswith("stage3") for k in two)
+    with pytest.raises(tc.TrainConfigError, match="offloadParams needs ZeRO stage 3"):
+        tc.deepspeed_config(DeepSpeed(stage=2, offload_params=True))
+
+
+def test_deepspeed_only_on_gpu_and_multi_process_cpu_uses_gloo() -> None:
+    spec = SpinRunSpec()
+    assert tc.uses_deepspeed(spec.training, on_gpu=True)
+    assert not tc.uses_deepspeed(spec.training, on_gpu=False)
+    kw = tc.dpo_config_kwargs(spec, 0, on_gpu=True, output_dir="o", attn_implementation="sdpa", deepspeed_path="ds.json")
+    assert kw["deepspeed"] == "ds.json" and "use_cpu" not in kw
+    with pytest.raises(tc.TrainConfigError, match="DeepSpeed runs only on GPUs"):
+        tc.dpo_config_kwargs(spec, 0, on_gpu=False, output_dir="o", attn_implementation="sdpa", deepspeed_path="ds.json")
+    cpu2 = tc.dpo_config_kwargs(spec, 0, on_gpu=False, output_dir="o", attn_implementation="sdpa", world_size=2)
+    assert cpu2["ddp_backend"] == "gloo" and cpu2["use_cpu"] is True
+    assert cpu2["save_strategy"] == "no" and cpu2["report_to"] == "none"
+    assert cpu2["model_init_kwargs"] == {"dtype": "float32", "attn_implementation": "sdpa"}
+    steps = SpinRunSpec.model_validate({"training": {"maxSteps": 7, "warmupRatio": 1.0}})
+    kw = tc.dpo_config_kwargs(steps, 0, on_gpu=False, output_dir="o", attn_implementation="eager")
+    assert kw["max_steps"] == 7 and 0.99 < kw["warmup_steps"] < 1
+
+
+def test_lora_arguments_and_lm_head_refused() -> None:
+    kw = tc.lora_kwargs(Lora(enabled=True, r=8, alpha=16, dropout=0.1, target_modules=["q_proj"]))
+    assert kw == {"r": 8, "lora_alpha": 16, "lora_dropout": 0.1, "target_modules": ["q_proj"], "task_type": "CAUSAL_LM", "bias": "none"}
+    with pytest.raises(tc.TrainConfigError, match="lm_head"):
+        tc.lora_kwargs(Lora(enabled=True, target_modules=["q_proj", "lm_head"]))
+
+
+def test_history_keeps_logged_steps_with_spin_names_and_the_summary_the_totals() -> None:
+    log = [
+        {"loss": 0.69, "rewards/chosen": 0.0, "rewards/rejected": 0.0, "logps/chosen": -5.0, "num_tokens": 100.0, "step": 1, "epoch": 0.5},
+        {"loss": 0.5, "rewards/chosen": 0.2, "rewards/rejected": -0.1, "rewards/margins": 0.3, "step": 2, "epoch": 1.0, "num_tokens": 200.0},
+        {"train_runtime": 4.0, "train_loss": 0.6, "train_samples_per_second": 2.0, "step": 2, "epoch": 1.0},
+    ]  # fmt: skip
+    history = tc.history_from_log(log)
+    assert [h["step"] for h in history] == [1, 2]
+    assert history[0]["rewards/real"] == 0.0 and history[0]["logps/real"] == -5.0
+    assert history[1]["rewards/generated"] == -0.1
+    summary = tc.train_summary(log, history)
+    assert summary["steps"] == 2 and summary["tokens"] == 200 and summary["tokens_per_second"] == 50.0
+    assert summary["final_loss"] == 0.5 and summary["final_margin"] == 0.3 and summary["mean_train_loss"] == 0.6
+
+
+def test_rows_map_real_to_chosen_and_generated_to_rejected() -> None:
+    row = tc.conversational_row("q?", "real answer", "generated answer")
+    assert row == {
+        "prompt": [{"role": "user", "content": "q?"}],
+        "chosen": [{"role": "assistant", "content": "real answer"}],
+        "rejected": [{"role": "assistant", "content": "generated answer"}],
+    }
+    rows = [{"id": str(i)} for i in range(20)]
+    assert tc.shuffled(rows, 42) == tc.shuffled(rows, 42) != rows
+    assert sorted(r["id"] for r in tc.shuffled(rows, 42)) == sorted(r["id"] for r in rows)
