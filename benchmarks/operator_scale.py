@@ -58,7 +58,7 @@ def main() -> int:
     kubeconfig = emu.kubeconfig(tmp / "kubeconfig.yaml")
     kubelet = Kubelet(emu.url, tmp / "data", mode="instant", markers=False).start(watch=True)
     env = dict(os.environ, KUBECONFIG=str(kubeconfig), SPIN_RESYNC_SECONDS="60")
-    log = open(tmp / "operator.log", "wb")
+    log = open(tmp / "operator.log", "wb")  # noqa: SIM115 - lives as long as the operator process
     op = subprocess.Popen(
         [str(Path(sys.executable).parent / "spin-operator"), "--all-namespaces", "--metrics-port", "0", "--liveness", ""],
         env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -92,7 +92,7 @@ def main() -> int:
     delays = []
     for i in range(args.runs):
         seq = [f"r{i:04d}-it{k}-{s}" for k in range(args.iterations) for s in order]
-        for prev, nxt in zip(seq, seq[1:]):
+        for prev, nxt in zip(seq, seq[1:], strict=False):
             if prev in kubelet.done_at and nxt in kubelet.created_at:
                 delays.append(kubelet.created_at[nxt] - kubelet.done_at[prev])
     reqs = emu.requests()

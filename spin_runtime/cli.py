@@ -170,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file")
     s.set_defaults(func=_cmd_plan)
 
+    from spin_runtime.initrun import add_parser as add_init_run
+
+    add_init_run(sub)
+
     s = sub.add_parser("crd", help="print the SpinRun CustomResourceDefinition")
     s.set_defaults(func=_cmd_crd)
 

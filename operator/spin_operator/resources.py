@@ -38,7 +38,7 @@ SPEC_KEY = "spec.json"
 MASTER_PORT = 29500
 GPU_RESOURCE = "nvidia.com/gpu"
 #: The uid/gid the spinrun images run as (non-root); the volume is group-writable through fsGroup.
-POD_UID = 1000
+POD_UID = 65532  # the uid the images create (images/*.Dockerfile)
 
 #: Job-name suffix of each step.
 STEP_SUFFIX: dict[str, str] = {"generate": "gen", "convert": "convert", "train": "train", "evaluate": "eval"}
@@ -50,8 +50,8 @@ STEP_PHASE: dict[str, str] = {
     "evaluate": "Evaluating",
 }
 
-DEFAULT_GENERATOR_IMAGE = "ghcr.io/spinrun/spin-generator:0.1.0"
-DEFAULT_TRAINER_IMAGE = "ghcr.io/spinrun/spin-trainer:0.1.0"
+DEFAULT_GENERATOR_IMAGE = "spinrun/spinrun-generator:0.1.0"
+DEFAULT_TRAINER_IMAGE = "spinrun/spinrun-trainer:0.1.0"
 
 
 @dataclass(frozen=True)

@@ -38,9 +38,9 @@ from typing import Any
 import attrs
 import kmock
 import yaml
-from typing_extensions import override
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from typing_extensions import override
 
 from spin_runtime.spec import GROUP, PLURAL, VERSION
 
@@ -70,7 +70,13 @@ class SpinEmulator(kmock.KubernetesEmulator):
             meta.setdefault("uid", str(uuid.uuid4()))
             meta.setdefault("resourceVersion", "1")
             meta.setdefault("creationTimestamp", now_iso())
+        elif request.action is not None and request.action.value == "UPDATE" and isinstance(request.data, dict):
+            # every write gets a new resourceVersion, as on a real API server (kopf relies on it)
+            request.data.setdefault("metadata", {})["resourceVersion"] = str(next(_rv))
         return await super()._handle(request)
+
+
+_rv = itertools.count(1000)
 
 
 class Emulator:
@@ -190,7 +196,6 @@ class OperatorThread:
         os.environ["KUBECONFIG"] = str(self.kubeconfig)
         kc.KUBE_CONFIG_DEFAULT_LOCATION = str(self.kubeconfig)
         import kopf
-
         from spin_operator import handlers
 
         handlers.reset_api_client()
@@ -481,10 +486,8 @@ class Kubelet:
         rundir.init_run(local, run)
         lab = job["metadata"]["labels"]
         k, step = int(lab["spin.dev/iteration"]), lab["spin.dev/step"]
-        if step == "generate":
-            s = plan.Step(k, "generate", index, run.spec.generation.shards)
-        else:
-            s = plan.Step(k, step)  # type: ignore[arg-type]
+        shards = run.spec.generation.shards
+        s = plan.Step(k, "generate", index, shards) if step == "generate" else plan.Step(k, step)  # type: ignore[arg-type]
         if step == "train" and index != 0:
             return
         rundir.mark_done(local, run, s, {"by": "harness"})

@@ -6,9 +6,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-
 from spin_operator import resources as res
 from spin_operator.reconcile import Create, Delete, JobState, Observed, PatchJob, is_terminal, reconcile
+
 from tests.operator.fixtures import make_body
 from tests.operator.sim import T0, Sim, annotation
 
