@@ -13,7 +13,6 @@ bf16). Results go to `benchmarks/results/generate.{json,md}`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -132,7 +131,7 @@ def original_spin_generate(model: Any, tokenizer: Any, prompts: list[str], max_n
     start = time.perf_counter()
     for enc in batches:
         out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.eos_token_id, do_sample=False)
-        new = [o[len(i) :] for i, o in zip(enc["input_ids"], out)]
+        new = [o[len(i) :] for i, o in zip(enc["input_ids"], out, strict=True)]
         tokens += sum(count_tokens(n.tolist(), tokenizer.eos_token_id) for n in new)
         texts += [t.replace(tokenizer.eos_token, "").lstrip() for t in tokenizer.batch_decode(new)]
     return texts, tokens, time.perf_counter() - start
@@ -171,8 +170,8 @@ def run_set(name: str, prompts: list[str], path: str, max_new_tokens: int, batch
             base_texts = texts
         else:
             texts, tokens, seconds = spinrun_generate(model, tokenizer, prompts, max_new_tokens, batch_size)
-        same = sum(a == b for a, b in zip(texts, base_texts))
-        same20 = sum(a[:20] == b[:20] for a, b in zip(texts, base_texts))
+        same = sum(a == b for a, b in zip(texts, base_texts, strict=True))
+        same20 = sum(a[:20] == b[:20] for a, b in zip(texts, base_texts, strict=True))
         rows.append(
             {
                 "setting": label,

@@ -81,7 +81,7 @@ def _read_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 
     try:
         table = pq.read_table(path)
-    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for corrupt files
+    except Exception as e:  # pyarrow raises several types for corrupt files
         raise DataError(f"{path}: unreadable parquet file ({e}); rewrite or replace it") from e
     for i, record in enumerate(table.to_pylist(), start=1):
         yield f"row {i}", record
@@ -308,7 +308,7 @@ def _load_hub_split(hub: str, split: str, revision: str | None = None) -> list[t
         raise DataError(f"dataset {hub}: the `datasets` package is needed for hub data (pip install datasets)") from e
     try:
         ds = datasets.load_dataset(hub, split=split, revision=revision)
-    except Exception as e:  # noqa: BLE001 - network, auth and missing-split errors all land here
+    except Exception as e:  # network, auth and missing-split errors all land here
         raise DataError(f"dataset {hub} split {split!r}: cannot load ({e}); check the id, split and HF_TOKEN") from e
     return [(f"row {i + 1}", dict(rec)) for i, rec in enumerate(ds)]
 

@@ -194,18 +194,19 @@ class _Sampler:
     """Picks the next token: argmax (greedy) or temperature/top-p sampling with a seeded generator."""
 
     def __init__(self, gen: Generation) -> None:
-        import torch
-
         self.greedy = gen.decoding == "greedy"
         self.temperature = gen.temperature
         self.top_p = gen.top_p
-        self.generator = torch.Generator().manual_seed(gen.seed)
+        self.seed = gen.seed
+        self.generator: torch.Generator | None = None
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         import torch
 
         if self.greedy:
             return logits.argmax(dim=-1)
+        if self.generator is None or self.generator.device != logits.device:
+            self.generator = torch.Generator(device=logits.device).manual_seed(self.seed)
         probs = torch.softmax(logits.float() / self.temperature, dim=-1)
         if self.top_p < 1.0:
             sorted_p, sorted_i = probs.sort(dim=-1, descending=True)
@@ -329,8 +330,6 @@ def transformers_generate(
     stop_ids = stop_token_ids(tokenizer, getattr(getattr(model, "generation_config", None), "eos_token_id", None))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stop_ids), 0)
     sampler = _Sampler(gen)
-    if gen.decoding == "sample":
-        torch.manual_seed(gen.seed)
     answers: list[str] = [""] * len(prompts)
     bar = tqdm(total=len(prompts), unit="prompt", desc="generate", disable=not progress, dynamic_ncols=True)
     start = time.perf_counter()
@@ -355,7 +354,7 @@ def transformers_generate(
                     sampler=sampler,
                     on_step=on_step,
                 )
-                for i, ids in zip(idx, new):
+                for i, ids in zip(idx, new, strict=True):
                     answers[i] = clean_answer(tokenizer.decode(ids, skip_special_tokens=True), tokenizer.eos_token)
     finally:
         bar.close()

@@ -77,6 +77,11 @@ def _is_null(value: Any) -> bool:
         return False
 
 
+def _as_dict(row: Any) -> dict[str, Any]:
+    """A row as a plain dict (rows of data.py/convert.py are dataclasses with `to_dict`)."""
+    return row.to_dict() if hasattr(row, "to_dict") else dict(row)
+
+
 def read_pairs(path: Path) -> list[dict[str, Any]]:
     """Rows (id, prompt, real, generated, answer) of a converted parquet file; uses
     `convert.read_pairs` when that module provides it."""
@@ -84,7 +89,7 @@ def read_pairs(path: Path) -> list[dict[str, Any]]:
         from spin_runtime.convert import read_pairs as convert_read_pairs  # type: ignore[attr-defined]
     except ImportError:
         return _read_parquet_pairs(Path(path))
-    return [dict(r) for r in convert_read_pairs(Path(path))]
+    return [_as_dict(r) for r in convert_read_pairs(Path(path))]
 
 
 def _synthetic_train_rows(spec: SpinRunSpec, j: int) -> list[dict[str, Any]] | None:
@@ -99,7 +104,7 @@ def _synthetic_train_rows(spec: SpinRunSpec, j: int) -> list[dict[str, Any]] | N
             "is unavailable"
         ) from e
     train_rows, _ = load_synthetic(source)
-    return [dict(r) for r in train_rows]
+    return [_as_dict(r) for r in train_rows]
 
 
 def window_rows(run_dir: Path, spec: SpinRunSpec, k: int) -> list[dict[str, Any]]:
@@ -196,6 +201,29 @@ def training_on_gpu(spec: SpinRunSpec) -> bool:
     return spec.training.gpus_per_node > 0 and models.gpu_available()
 
 
+def cpu_flags() -> set[str]:
+    """The CPU feature flags of this machine (empty when /proc/cpuinfo is unreadable)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def _warn_slow_bf16(spec: SpinRunSpec, on_gpu: bool) -> None:
+    if on_gpu or tc.resolved_precision(spec.training.precision, on_gpu) != "bf16":
+        return
+    flags = cpu_flags()
+    if flags and not tc.cpu_has_native_bf16(flags):
+        _log(
+            "warning: training.precision bf16 on a CPU without AVX512-BF16/AMX: bf16 matmuls run far slower "
+            "than fp32 here; set training.precision: fp32 (or auto)"
+        )
+
+
 @dataclass
 class TrainSetup:
     """What `build_trainer` resolved for iteration k."""
@@ -234,6 +262,8 @@ def build_trainer(
     k = iteration
     rank, world = distributed_env()
     on_gpu = training_on_gpu(spec)
+    if rank == 0:
+        _warn_slow_bf16(spec, on_gpu)
     start_path = models.resolve(plan.start_model(spec, k), run_dir)
     tok = models.load_tokenizer(start_path, padding_side="right")
     _check_chat_template(tok, start_path)

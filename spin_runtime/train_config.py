@@ -70,6 +70,16 @@ def precision_kwargs(precision: str, on_gpu: bool) -> dict[str, Any]:
     return flags
 
 
+#: CPU flags (as /proc/cpuinfo spells them) with native bf16 matrix instructions.
+NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_native_bf16(flags: Iterable[str]) -> bool:
+    """True when the CPU multiplies bf16 natively; without it torch's bf16 matmul falls back to
+    a path ~100× slower than fp32 (measured on an AVX2-only EPYC: 0.7 vs 46 GFLOP/s)."""
+    return any(f in NATIVE_BF16_CPU_FLAGS for f in flags)
+
+
 def resolved_precision(precision: str, on_gpu: bool) -> str:
     """The precision actually used: bf16/fp16/fp32 (auto = bf16 on GPU, fp32 on CPU)."""
     return precision if precision != "auto" else ("bf16" if on_gpu else "fp32")

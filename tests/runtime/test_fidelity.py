@@ -206,3 +206,30 @@ def test_prompts_are_truncated_from_the_left_to_max_prompt_length(tiny_model_dir
     assert prompt.endswith("THE END") and not prompt.startswith("w0 ")
     short = [{"id": "b", "prompt": "What is 1 + 1?", "real": "2", "generated": "3"}]
     assert prepare_rows(short, tok, 40)[0]["prompt"][0]["content"] == "What is 1 + 1?"
+
+
+def test_window_before_start_iteration_comes_from_the_given_synthetic_data(tmp_path: Path, tiny_model_dir: Path) -> None:
+    published = tmp_path / "SPIN_iter0.jsonl"
+    pairs = addition_rows(2, 0)
+    published.write_text(
+        "\n".join(
+            json.dumps(
+                {
+                    "real": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["real"]}],
+                    "generated": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["generated"]}],
+                }
+            )
+            for r in pairs
+        )
+    )
+    run_dir = tmp_path / "run"
+    make_run(run_dir, tiny_model_dir, start_iteration=1)
+    spec = SpinRunSpec.model_validate(
+        {**json.loads((run_dir / "spec.json").read_text())["spec"], "syntheticData": [{"iteration": 0, "path": str(published)}]}
+    )
+    write_pairs(run_dir, 1, "train", addition_rows(3, 1))
+    rows = window_rows(run_dir, spec, 1)
+    assert [r["iteration"] for r in rows] == [0, 0, 1, 1, 1]
+    assert [(r["prompt"], r["real"], r["generated"]) for r in rows[:2]] == [
+        (r["prompt"], r["real"], r["generated"]) for r in pairs
+    ]

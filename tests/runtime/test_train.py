@@ -236,3 +236,9 @@ def test_rows_map_real_to_chosen_and_generated_to_rejected() -> None:
     rows = [{"id": str(i)} for i in range(20)]
     assert tc.shuffled(rows, 42) == tc.shuffled(rows, 42) != rows
     assert sorted(r["id"] for r in tc.shuffled(rows, 42)) == sorted(r["id"] for r in rows)
+
+
+def test_native_bf16_is_recognised_from_cpu_flags() -> None:
+    assert not tc.cpu_has_native_bf16({"avx2", "fma", "avx512f"})
+    assert tc.cpu_has_native_bf16({"avx512f", "avx512_bf16"})
+    assert tc.cpu_has_native_bf16({"amx_tile", "amx_bf16"})

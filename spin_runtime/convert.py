@@ -1,0 +1,252 @@
+"""The convert step: gather an iteration's generated shards (or import its pre-generated
+syntheticData) into `iter-<k>/data/{train,test}.parquet` with columns
+`id, prompt, real, generated, answer`, dropping exact duplicates and counting what it did.
+
+Also `read_pairs`, the reader training and evaluation use for those parquet files.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spin_runtime import plan, rundir
+from spin_runtime.data import PairRow, load_synthetic
+from spin_runtime.errors import DataError
+from spin_runtime.spec import SpinRunSpec
+
+#: Columns of the converted parquet files, in order.
+COLUMNS = ("id", "prompt", "real", "generated", "answer")
+#: Keys every shard line must have (`answer` may be null).
+SHARD_KEYS = ("id", "split", "prompt", "real", "generated", "answer")
+SPLITS = ("train", "test")
+
+
+@dataclass
+class ConvertCounts:
+    """What convert read and wrote (stored in the marker and metrics.json's "convert")."""
+
+    source: str = ""
+    rows_read: int = 0
+    duplicates_dropped: int = 0
+    train_rows: int = 0
+    test_rows: int = 0
+    empty_generated: int = 0
+    shards: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def shard_files(k: int, shards: int) -> list[str]:
+    """Relative paths of iteration k's n shard files."""
+    return [plan.shard_path(k, i, shards) for i in range(shards)]
+
+
+def missing_shards_message(run_dir: Path, k: int, shards: int, missing: Sequence[int]) -> str:
+    """The error for absent shard files: which files, and the commands that produce them."""
+    names = ", ".join(Path(plan.shard_path(k, i, shards)).name for i in missing)
+    commands = "; ".join(
+        f"`spin generate --run-dir {run_dir} --iteration {k} --shard {i} --shards {shards}`" for i in missing[:4]
+    )
+    more = f" (and {len(missing) - 4} more)" if len(missing) > 4 else ""
+    return f"iteration {k}: missing shard files {names} in {Path(run_dir) / plan.iter_dir(k) / 'generated'}: rerun {commands}{more}"
+
+
+def parse_shard_line(line: str, where: str) -> tuple[str, PairRow]:
+    """(split, pair) of one shard line, or a DataError saying what is wrong there."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from e
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    missing = [k for k in SHARD_KEYS if k not in record]
+    if missing:
+        raise DataError(f"{where}: missing key{'s' if len(missing) > 1 else ''} {', '.join(repr(k) for k in missing)}")
+    for key in ("id", "prompt", "real", "generated"):
+        if not isinstance(record[key], str):
+            raise DataError(f"{where}: {key!r} must be a string, got {type(record[key]).__name__}")
+    for key in ("id", "prompt", "real"):
+        if not record[key].strip():
+            raise DataError(f"{where}: {key!r} is empty")
+    if record["split"] not in SPLITS:
+        raise DataError(f"{where}: 'split' must be train or test, got {record['split']!r}")
+    answer = record["answer"]
+    if answer is not None and not isinstance(answer, str):
+        raise DataError(f"{where}: 'answer' must be a string or null, got {type(answer).__name__}")
+    return record["split"], PairRow(
+        id=record["id"], prompt=record["prompt"], real=record["real"], generated=record["generated"], answer=answer
+    )
+
+
+def read_shard(path: Path) -> list[tuple[str, PairRow, str]]:
+    """(split, pair, location) of every line of a shard file; blank lines are skipped."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: unreadable shard file ({e})") from e
+    out: list[tuple[str, PairRow, str]] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path} line {lineno}"
+        split, row = parse_shard_line(line, where)
+        out.append((split, row, where))
+    return out
+
+
+def natural_key(text: str) -> tuple[Any, ...]:
+    """Sort key comparing digit runs as numbers ("train:10" after "train:9")."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", text) if p)
+
+
+def dedupe(items: Iterable[tuple[str, PairRow, str]]) -> tuple[dict[str, list[PairRow]], int]:
+    """Rows per split without exact duplicates (same split, prompt, real and generated; the
+    first is kept) and the number dropped; two different rows under one id are an error."""
+    seen: set[tuple[str, str, str, str]] = set()
+    by_id: dict[str, tuple[tuple[str, str, str, str], str]] = {}
+    out: dict[str, list[PairRow]] = {s: [] for s in SPLITS}
+    dropped = 0
+    for split, row, where in items:
+        key = (split, row.prompt, row.real, row.generated)
+        if key in seen:
+            dropped += 1
+            continue
+        if row.id in by_id and by_id[row.id][0] != key:
+            raise DataError(
+                f"{where}: id {row.id!r} also appears at {by_id[row.id][1]} with different content; "
+                "a shard holds output of another run or spec: rerun its generate step with --force"
+            )
+        seen.add(key)
+        by_id[row.id] = (key, where)
+        out[split].append(row)
+    for rows in out.values():
+        rows.sort(key=lambda r: natural_key(r.id))
+    return out, dropped
+
+
+# --------------------------------------------------------------------------- parquet
+
+
+def _table(rows: Sequence[PairRow]) -> Any:
+    import pyarrow as pa
+
+    schema = pa.schema([(c, pa.string()) for c in COLUMNS])
+    return pa.Table.from_pylist([{c: getattr(r, c) for c in COLUMNS} for r in rows], schema=schema)
+
+
+def write_pairs(path: Path, rows: Sequence[PairRow]) -> None:
+    """Write pairs as parquet atomically (temporary file in the same folder, then rename)."""
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(_table(rows), buf)
+    rundir.atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def read_pairs(path: Path) -> list[dict[str, Any]]:
+    """Rows (`id, prompt, real, generated, answer`) of a converted parquet file; a missing,
+    truncated or corrupt file, or one without the pair columns, is a DataError naming it."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: data file not found; run `spin convert` for its iteration first")
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for damaged files
+        raise DataError(
+            f"{path}: unreadable parquet (truncated or corrupt: {e}); rerun `spin convert --force` for its iteration"
+        ) from e
+    missing = [c for c in ("prompt", "real", "generated") if c not in table.column_names]
+    if missing:
+        raise DataError(f"{path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}; not a converted SPIN data file")
+    rows = table.to_pylist()
+    for r in rows:
+        r.setdefault("id", None)
+        r.setdefault("answer", None)
+    return rows
+
+
+# --------------------------------------------------------------------------- the step
+
+
+def _gather_shards(run_dir: Path, k: int, shards: int) -> tuple[list[tuple[str, PairRow, str]], int]:
+    """Every line of iteration k's shard files, checked against their generate markers;
+    also returns how many generated answers are empty."""
+    paths = [Path(run_dir) / p for p in shard_files(k, shards)]
+    missing = [i for i, p in enumerate(paths) if not p.is_file()]
+    if missing:
+        raise DataError(missing_shards_message(run_dir, k, shards, missing))
+    items: list[tuple[str, PairRow, str]] = []
+    for i, path in enumerate(paths):
+        lines = read_shard(path)
+        marker = Path(run_dir) / plan.Step(k, "generate", i, shards).marker
+        if marker.is_file():
+            expected = rundir.read_json(marker).get("rows")
+            if isinstance(expected, int) and expected != len(lines):
+                raise DataError(
+                    f"{path}: holds {len(lines)} rows but its generate step wrote {expected}: the file was changed "
+                    f"or truncated; rerun `spin generate --run-dir {run_dir} --iteration {k} --shard {i} --shards {shards} --force`"
+                )
+        items += lines
+    return items, sum(1 for _, r, _ in items if not r.generated.strip())
+
+
+def convert_iteration(spec: SpinRunSpec, run_dir: Path, k: int) -> tuple[dict[str, list[PairRow]], ConvertCounts]:
+    """Rows of iteration k per split (deduplicated) and the counts; nothing is written."""
+    counts = ConvertCounts()
+    synthetic = plan.synthetic_data_for(spec, k)
+    if synthetic is not None:
+        train, test = load_synthetic(synthetic)
+        items = [("train", r, "") for r in train] + [("test", r, "") for r in test]
+        counts.source = f"syntheticData {synthetic.hub or synthetic.path}"
+        counts.empty_generated = sum(1 for _, r, _ in items if not r.generated.strip())
+    else:
+        n = spec.generation.shards
+        items, counts.empty_generated = _gather_shards(run_dir, k, n)
+        counts.source = f"{n} generated shard{'s' if n > 1 else ''}"
+        counts.shards = n
+    counts.rows_read = len(items)
+    by_split, counts.duplicates_dropped = dedupe(items)
+    counts.train_rows, counts.test_rows = len(by_split["train"]), len(by_split["test"])
+    if not by_split["train"]:
+        raise DataError(f"iteration {k}: no training rows in {counts.source}; check the data and rerun generation")
+    return by_split, counts
+
+
+def run_convert(run_dir: Path, iteration: int, force: bool = False) -> dict[str, Any]:
+    """Write iteration k's train/test parquet from its shards or syntheticData, record the
+    counts in metrics.json ("convert") and the marker. Skipped when the marker exists,
+    unless `force`. Returns the counts."""
+    run_dir = Path(run_dir)
+    run = rundir.load_run(run_dir)
+    step = plan.Step(iteration, "convert")
+    if rundir.is_done(run_dir, step) and not force:
+        print(f"{step.key}: already done; pass --force to convert again")
+        return {}
+    if force:
+        rundir.clear_marker(run_dir, run, step)
+    by_split, counts = convert_iteration(run.spec, run_dir, iteration)
+    for split in SPLITS:
+        write_pairs(run_dir / plan.data_path(iteration, split), by_split[split])  # type: ignore[arg-type]
+    info = counts.as_dict()
+    rundir.update_metrics(run_dir, iteration, "convert", info)
+    rundir.mark_done(run_dir, run, step, info)
+    notes = f", {counts.duplicates_dropped} duplicates dropped" if counts.duplicates_dropped else ""
+    if counts.empty_generated:
+        notes += f", {counts.empty_generated} empty generated answers kept"
+    print(
+        f"{step.key}: {counts.rows_read} rows from {counts.source} → "
+        f"{counts.train_rows} train, {counts.test_rows} test{notes}"
+    )
+    return info

@@ -1,0 +1,193 @@
+"""`spin evaluate`: held-out log-probs of real and generated answers under the new model and its
+opponent, SPIN reward margin/accuracy, exact match on built-in rows (and the start model's on
+the first iteration), and the lm-evaluation-harness command lines.
+
+lm-eval itself is not installed in the test environment: its tests check the commands built,
+the parsing of its results JSON, and the wiring through a stand-in `lm_eval` script."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from spin_runtime import evaluate, plan
+from spin_runtime import lm_eval as lme
+from spin_runtime.evaluate import run_evaluate
+from spin_runtime.spec import LmEval, LmEvalTask, SpinRunSpec
+from tests.runtime.train_helpers import (
+    addition_rows,
+    answer_logp,
+    make_run,
+    one_thread,  # noqa: F401 - fixture
+    perturbed_copy,
+    write_pairs,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """Stands in for a trained iteration: the tiny model with moved weights."""
+    return perturbed_copy(tiny_model_dir, tmp_path_factory.mktemp("trained") / "model", seed=3, scale=0.02)
+
+
+def _rows() -> list[dict]:
+    rows = addition_rows(6, 0, seed=7)
+    rows[1]["answer"] = None  # a row without ground truth (not a built-in task row)
+    return rows
+
+
+def _run(run_dir: Path, model: Path, trained: Path, k: int = 0, **evaluation: object) -> list[dict]:
+    # prompts short enough not to be cut (the independent recomputation does not cut them)
+    training = {"maxLength": 128, "maxPromptLength": 96}
+    make_run(run_dir, model, training=training, evaluation={"maxSamples": 5, **evaluation})
+    if k > 0:
+        shutil.copytree(model, run_dir / plan.model_dir(k - 1))
+    shutil.copytree(trained, run_dir / plan.model_dir(k))
+    rows = _rows()
+    write_pairs(run_dir, k, "test", rows)
+    return rows[:5]
+
+
+def test_evaluate_writes_finite_reward_metrics_and_exact_match_then_marker(
+    tmp_path: Path, tiny_model_dir: Path, trained: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    rows = _run(run_dir, tiny_model_dir, trained)
+    metrics = run_evaluate(run_dir, 0)
+    assert metrics is not None
+    assert (run_dir / plan.Step(0, "evaluate").marker).exists()
+    stored = json.loads((run_dir / plan.metrics_path(0)).read_text())["eval"]
+    assert stored == json.loads(json.dumps(metrics))
+
+    keys = ("logp_real", "logp_generated", "opponent_logp_real", "opponent_logp_generated",
+            "reward_real", "reward_generated", "reward_margin", "reward_accuracy")  # fmt: skip
+    for key in keys:
+        assert isinstance(stored[key], float) and math.isfinite(stored[key]), key
+    assert stored["samples"] == 5 and stored["beta"] == 0.1
+    assert 0.0 <= stored["reward_accuracy"] <= 1.0
+    beta = stored["beta"]
+    assert stored["reward_real"] == pytest.approx(beta * (stored["logp_real"] - stored["opponent_logp_real"]), rel=1e-6)
+    assert stored["reward_margin"] == pytest.approx(stored["reward_real"] - stored["reward_generated"], rel=1e-6)
+
+    # the log-probs are sums over the answer tokens only (independent recomputation)
+    tok = AutoTokenizer.from_pretrained(trained)
+    model = AutoModelForCausalLM.from_pretrained(trained).eval()
+    expected = sum(answer_logp(model, tok, r["prompt"], r["real"]) for r in rows) / len(rows)
+    assert stored["logp_real"] == pytest.approx(expected, rel=1e-5)
+
+    # exact match on the 4 rows (of the first 5) that carry an answer, for the new and the start model
+    assert stored["exact_match_samples"] == 4
+    assert 0.0 <= stored["exact_match"] <= 1.0
+    assert 0.0 <= stored["baseline_exact_match"] <= 1.0
+    assert run_evaluate(run_dir, 0) is None, "a finished step is skipped"
+
+
+def test_later_iterations_have_no_baseline_row(tmp_path: Path, tiny_model_dir: Path, trained: Path) -> None:
+    run_dir = tmp_path / "run"
+    _run(run_dir, tiny_model_dir, trained, k=1, exactMatch=False)
+    metrics = run_evaluate(run_dir, 1)
+    assert metrics is not None
+    assert metrics["opponent"] == "<run>/iter-0/model"
+    assert "baseline_exact_match" not in metrics and "exact_match" not in metrics
+
+
+def test_exact_match_scores_only_rows_with_an_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = _rows()
+    spec = SpinRunSpec()
+
+    def fake_generate(model: object, tok: object, prompts: list[str], max_new_tokens: int) -> list[str]:
+        by_prompt = {r["prompt"]: r for r in rows}
+        return [by_prompt[p]["real"] if i % 2 == 0 else "no idea" for i, p in enumerate(prompts)]
+
+    monkeypatch.setattr(evaluate, "generate_answers", fake_generate)
+    monkeypatch.setattr(evaluate, "new_token_budget", lambda tok, reals: 24)
+    # 5 rows with answers: correct at positions 0, 2, 4 of those
+    assert evaluate.exact_match(None, None, spec, rows) == pytest.approx(3 / 5)
+    assert evaluate.exact_match(None, None, spec, [{**r, "answer": None} for r in rows]) is None
+
+
+def test_lm_eval_enabled_without_the_package_fails_first_and_says_what_to_install(
+    tmp_path: Path, tiny_model_dir: Path, trained: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = tmp_path / "run"
+    _run(run_dir, tiny_model_dir, trained, lmEval={"enabled": True})
+    monkeypatch.setattr(lme, "find_executable", lambda: None)
+    with pytest.raises(lme.LmEvalError, match=r"pip install 'spinrun\[evaluate\]'"):
+        run_evaluate(run_dir, 0)
+    assert not (run_dir / plan.Step(0, "evaluate").marker).exists()
+    assert not (run_dir / plan.metrics_path(0)).exists()
+
+
+# --------------------------------------------------------------------------- lm-eval
+
+
+def test_lm_eval_commands_one_per_shot_count_with_the_papers_shots() -> None:
+    cmds = lme.lm_eval_commands("/runs/r/iter-1/model", LmEval(enabled=True), "/runs/r/iter-1/lm_eval")
+    assert len(cmds) == 4
+    assert cmds[0] == [
+        "lm_eval", "--model", "hf",
+        "--model_args", "pretrained=/runs/r/iter-1/model,dtype=bfloat16",
+        "--tasks", "arc_challenge",
+        "--num_fewshot", "25",
+        "--batch_size", "auto",
+        "--output_path", "/runs/r/iter-1/lm_eval/shots-25",
+    ]  # fmt: skip
+    by_shots = {c[c.index("--num_fewshot") + 1]: c[c.index("--tasks") + 1] for c in cmds}
+    assert by_shots == {"25": "arc_challenge", "10": "hellaswag", "5": "mmlu,winogrande,gsm8k", "0": "truthfulqa_mc2"}
+    small = LmEval(enabled=True, tasks=[LmEvalTask(name="gsm8k", num_fewshot=5)], limit=10, batch_size="8")
+    (cmd,) = lme.lm_eval_commands("m", small, "out", device="cuda")
+    assert cmd[cmd.index("--limit") + 1] == "10" and cmd[cmd.index("--device") + 1] == "cuda"
+    assert cmd[cmd.index("--batch_size") + 1] == "8"
+    with pytest.raises(lme.LmEvalError, match="cannot carry a path with ','"):
+        lme.lm_eval_commands("/runs/a,b/model", small, "out")
+
+
+RESULTS = {
+    "results": {
+        "arc_challenge": {"alias": "arc_challenge", "acc,none": 0.6, "acc_stderr,none": 0.01, "acc_norm,none": 0.65},
+        "gsm8k": {"alias": "gsm8k", "exact_match,strict-match": 0.35, "exact_match,flexible-extract": 0.37},
+    },
+    "n-shot": {"arc_challenge": 25, "gsm8k": 5},
+}
+
+
+def test_lm_eval_results_json_is_parsed_into_scores() -> None:
+    tasks = lme.parse_results(RESULTS)
+    assert tasks["arc_challenge"]["score"] == 0.65 and tasks["arc_challenge"]["score_metric"] == "acc_norm,none"
+    assert tasks["gsm8k"]["score"] == 0.35 and tasks["gsm8k"]["num_fewshot"] == 5
+    assert "alias" not in tasks["arc_challenge"]["metrics"]
+    summary = lme.summarize(tasks, ["arc_challenge", "gsm8k", "mmlu"])
+    assert summary["average"] == pytest.approx(0.5) and summary["scored_tasks"] == 2
+    with pytest.raises(lme.LmEvalError, match="no 'results'"):
+        lme.parse_results({})
+
+
+def test_lm_eval_runner_stores_scores_through_a_stand_in_command(
+    tmp_path: Path, tiny_model_dir: Path, trained: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = tmp_path / "lm_eval"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import json, pathlib, sys\n"
+        "out = pathlib.Path(sys.argv[sys.argv.index('--output_path') + 1]) / 'model'\n"
+        "out.mkdir(parents=True)\n"
+        f"(out / 'results_2026.json').write_text(json.dumps({RESULTS!r}))\n"
+    )
+    script.chmod(0o755)
+    monkeypatch.setattr(lme, "find_executable", lambda: str(script))
+    run_dir = tmp_path / "run"
+    tasks = [{"name": "arc_challenge", "numFewshot": 25}, {"name": "gsm8k", "numFewshot": 5}]
+    _run(run_dir, tiny_model_dir, trained, exactMatch=False, lmEval={"enabled": True, "tasks": tasks})
+    run_evaluate(run_dir, 0)
+    stored = json.loads((run_dir / plan.metrics_path(0)).read_text())
+    assert stored["lm_eval"]["tasks"]["arc_challenge"]["score"] == 0.65
+    assert stored["lm_eval"]["average"] == pytest.approx((0.65 + 0.35) / 2)
+    assert "eval" in stored and (run_dir / plan.Step(0, "evaluate").marker).exists()
