@@ -22,7 +22,7 @@ from kubernetes.client.exceptions import ApiException
 
 from spin_operator import metrics
 from spin_operator import resources as res
-from spin_operator.reconcile import Create, Decision, Delete, Observed, PatchJob, is_terminal, reconcile
+from spin_operator.reconcile import Create, Decision, Delete, JobState, Observed, PatchJob, is_terminal, reconcile
 from spin_operator.resources_training import PYTORCHJOB_GROUP, PYTORCHJOB_KIND, PYTORCHJOB_PLURAL
 from spin_runtime.spec import GROUP, PLURAL, VERSION
 
@@ -50,8 +50,12 @@ def api_client() -> client.ApiClient:
             config.load_kube_config()
         cfg = client.Configuration.get_default_copy()
         cfg.connection_pool_maxsize = 32
-        _api = client.ApiClient(cfg)
-        _api.user_agent = USER_AGENT
+        api = client.ApiClient(cfg)
+        api.user_agent = USER_AGENT
+        # kubernetes.client imports its API modules lazily, ~1 s of CPU under the GIL on the
+        # first reconcile (every handler stalls behind it): import them now, at start-up.
+        _ = (client.BatchV1Api, client.CoreV1Api, client.CustomObjectsApi)
+        _api = api
     return _api
 
 
@@ -165,6 +169,10 @@ class RunState:
 
 _runs: dict[tuple[str, str], RunState] = {}
 
+#: The last state of each owned Job that led to (or came from) a reconcile, keyed by
+#: (namespace, job name): Job events that change nothing the reconcile reads are dropped.
+_job_seen: dict[tuple[str, str], JobState] = {}
+
 
 def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
     """Merge patch turning `old` into `new` at the top level (removed keys become null)."""
@@ -220,16 +228,21 @@ async def _reconcile_locked(namespace: str, name: str, indexes: Indexes, logger:
     if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
         return
     old_status = dict(body.get("status") or {})
+    defaults = res.OperatorDefaults.from_env()
     crd: bool | None = None
     extra: list[dict[str, Any]] = []
-    if ((body.get("spec") or {}).get("training") or {}).get("launcher") == "pytorchjob":
+    launcher = ((body.get("spec") or {}).get("training") or {}).get("launcher")
+    if launcher == "pytorchjob" and defaults.pytorchjob_enabled is not False:  # disabled: no RBAC to list them
         crd, extra = await asyncio.to_thread(list_pytorchjobs, namespace, name)
     observed = indexes.observed(namespace, name, extra, crd)
-    decision = reconcile(body, observed, datetime.now(timezone.utc), res.OperatorDefaults.from_env())
+    decision = reconcile(body, observed, datetime.now(timezone.utc), defaults)
     error: Exception | None = None
     for action in decision.actions:
         try:
             await asyncio.to_thread(execute, namespace, action)
+            if isinstance(action, Create) and action.kind == "Job":
+                # Its ADDED event will bring nothing this reconcile did not already account for.
+                _job_seen[(namespace, action.name)] = JobState.from_object(action.obj)
         except ApiException as e:
             error = e
             metrics.RECONCILE_ERRORS.inc()
@@ -265,7 +278,10 @@ async def _write_status(
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    """Our own annotation prefix for kopf's bookkeeping; only warnings as kopf's own events."""
+    """Our own annotation prefix for kopf's bookkeeping; only warnings as kopf's own events.
+    Per-process state starts empty (an operator restarted in the same process, as in tests)."""
+    _runs.clear()
+    _job_seen.clear()
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")
     settings.persistence.finalizer = f"{GROUP}/finalizer"
@@ -308,12 +324,31 @@ def _indexes(kw: Mapping[str, Any]) -> Indexes:
     return Indexes(kw.get("spin_jobs"), kw.get("spin_configmaps"), kw.get("spin_services"), kw.get("spin_pvcs"))
 
 
-@kopf.on.create(*SPINRUNS)
-@kopf.on.resume(*SPINRUNS)
-@kopf.on.update(*SPINRUNS)
-async def spinrun_changed(namespace: str, name: str, logger: Any, **kw: Any) -> None:
-    """A SpinRun appeared, changed, or the operator (re)started."""
+# One handler per cause, each with its own id: kopf keys its progress annotations by handler
+# id, and one function stacked under create/resume/update registers three handlers sharing
+# the id "spinrun_changed".
+
+
+@kopf.on.create(*SPINRUNS, id="spinrun-created")
+async def spinrun_created(namespace: str, name: str, logger: Any, **kw: Any) -> None:
+    """A SpinRun appeared."""
     await reconcile_run(namespace, name, _indexes(kw), logger)
+
+
+@kopf.on.resume(*SPINRUNS, id="spinrun-resumed")
+async def spinrun_resumed(namespace: str, name: str, logger: Any, **kw: Any) -> None:
+    """The operator (re)started and found this SpinRun."""
+    await reconcile_run(namespace, name, _indexes(kw), logger)
+
+
+@kopf.on.update(*SPINRUNS, id="spinrun-updated", field="spec")
+async def spinrun_updated(namespace: str, name: str, logger: Any, **kw: Any) -> None:
+    """The spec changed (suspend, iterations, ...); metadata-only changes need no reconcile."""
+    await reconcile_run(namespace, name, _indexes(kw), logger)
+
+
+#: Kept for callers of the old single handler.
+spinrun_changed = spinrun_updated
 
 
 @kopf.timer(*SPINRUNS, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
@@ -327,16 +362,36 @@ async def spinrun_resync(namespace: str, name: str, status: Mapping[str, Any], s
     await reconcile_run(namespace, name, _indexes(kw), logger)
 
 
+def job_event_is_news(namespace: str, event_type: str | None, body: Mapping[str, Any]) -> bool:
+    """Whether a Job event may change a reconcile's outcome: a deletion, or a state (conditions,
+    counts, suspension, attempt, ...) other than the one last seen for that Job. The echo of a
+    Job we just created, and status updates that change nothing we read, are dropped."""
+    key = (namespace, str((body.get("metadata") or {}).get("name")))
+    if event_type == "DELETED":
+        _job_seen.pop(key, None)
+        return True
+    state = JobState.from_object(body)
+    if _job_seen.get(key) == state:
+        return False
+    _job_seen[key] = state
+    return True
+
+
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
-async def owned_job_event(namespace: str, labels: Mapping[str, str], logger: Any, **kw: Any) -> None:
-    """A Job of a SpinRun changed: re-evaluate its owner."""
+async def owned_job_event(
+    namespace: str, labels: Mapping[str, str], logger: Any, body: kopf.Body, type: str | None = None, **kw: Any
+) -> None:
+    """A Job of a SpinRun changed: re-evaluate its owner (unless nothing it reads changed)."""
     key = _owner_key(namespace, labels)
-    if key is not None:
-        await reconcile_run(key[0], key[1], _indexes(kw), logger)
+    if key is None or not job_event_is_news(namespace, type, body):
+        return
+    await reconcile_run(key[0], key[1], _indexes(kw), logger)
 
 
 @kopf.on.delete(*SPINRUNS, optional=True)
 def spinrun_deleted(namespace: str, name: str, **_: Any) -> None:
     """Children go with the SpinRun through their ownerReferences; forget our state."""
     _runs.pop((namespace, name), None)
+    for key in [k for k in _job_seen if k[0] == namespace and k[1].startswith(f"{name}-it")]:
+        del _job_seen[key]
     metrics.forget((namespace, name))

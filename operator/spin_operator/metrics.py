@@ -68,7 +68,10 @@ def observe(key: tuple[str, str], old: Mapping[str, Any], new: Mapping[str, Any]
                     STEP_SECONDS.labels(step=step).observe(max((end - start).total_seconds(), 0.0))
 
 
-def serve(port: int) -> None:
-    """Expose /metrics on 0.0.0.0:port (0 = disabled)."""
-    if port:
-        start_http_server(port)
+def serve(port: int, addr: str = "0.0.0.0") -> Any:
+    """Expose /metrics on addr:port from a daemon thread; 0 = disabled (returns None). Returns
+    the HTTP server (`.shutdown()` stops it)."""
+    if not port:
+        return None
+    server, _thread = start_http_server(port, addr=addr)
+    return server

@@ -612,6 +612,16 @@ def _ensure_service(p: _Pass, ctx: res.BuildContext) -> None:
 def _start(p: _Pass, spec_k: SpinRunSpec, ctx: res.BuildContext, step: str, entry: dict[str, Any], *, restart: bool) -> None:
     """Create the step's objects (Job, plus Service/PyTorchJob for training)."""
     k = ctx.iteration
+    if step == "train" and spec_k.training.launcher == "pytorchjob" and p.defaults.pytorchjob_enabled is False:
+        msg = (
+            "training.launcher is pytorchjob but this operator was installed without PyTorchJob support "
+            "(Helm value pytorchjob.enabled=false, env SPIN_PYTORCHJOB_ENABLED=false): ask the cluster admin to "
+            "enable it (needs the Kubeflow training operator) or set training.launcher: indexedjob"
+        )
+        p.phase("Training", "LauncherDisabled", msg)
+        if p.cond("Progressing", False, "LauncherDisabled", msg):
+            p.event("Warning", "LauncherDisabled", msg)
+        return
     if step == "train" and spec_k.training.launcher == "pytorchjob" and p.observed.pytorchjob_crd is False:
         msg = (
             "training.launcher is pytorchjob but kubeflow.org/v1 PyTorchJob is not served by this cluster: "

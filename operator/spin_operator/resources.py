@@ -61,16 +61,33 @@ class OperatorDefaults:
     generator_image: str = DEFAULT_GENERATOR_IMAGE
     trainer_image: str = DEFAULT_TRAINER_IMAGE
     pull_policy: str = "IfNotPresent"
+    #: Whether this deployment may create Kubeflow PyTorchJobs (Helm `pytorchjob.enabled`, which
+    #: also grants the RBAC). None (env unset, e.g. run locally) = decide by whether the CRD is served.
+    pytorchjob_enabled: bool | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorDefaults:
-        """Read SPIN_GENERATOR_IMAGE, SPIN_TRAINER_IMAGE and SPIN_IMAGE_PULL_POLICY."""
+        """Read SPIN_GENERATOR_IMAGE, SPIN_TRAINER_IMAGE, SPIN_IMAGE_PULL_POLICY and
+        SPIN_PYTORCHJOB_ENABLED (true/false; unset or empty = not configured)."""
         env = os.environ if env is None else env
         return cls(
             generator_image=env.get("SPIN_GENERATOR_IMAGE") or DEFAULT_GENERATOR_IMAGE,
             trainer_image=env.get("SPIN_TRAINER_IMAGE") or DEFAULT_TRAINER_IMAGE,
             pull_policy=env.get("SPIN_IMAGE_PULL_POLICY") or "IfNotPresent",
+            pytorchjob_enabled=_env_flag(env.get("SPIN_PYTORCHJOB_ENABLED")),
         )
+
+
+def _env_flag(value: str | None) -> bool | None:
+    """"true"/"1"/"yes"/"on" → True, "false"/"0"/"no"/"off" → False, unset/empty → None."""
+    v = (value or "").strip().lower()
+    if not v:
+        return None
+    if v in ("true", "1", "yes", "on"):
+        return True
+    if v in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"SPIN_PYTORCHJOB_ENABLED must be true or false, not {value!r}")
 
 
 @dataclass(frozen=True)

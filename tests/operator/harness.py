@@ -179,6 +179,7 @@ class SpinEmulator(kmock.KubernetesEmulator, FastMatching):
 _rv = itertools.count(1000)
 
 
+
 class Emulator:
     """kmock's KubernetesEmulator served on a local port from its own thread and loop."""
 
@@ -300,6 +301,7 @@ class OperatorThread:
 
         handlers.reset_api_client()
         handlers._runs.clear()
+        handlers._job_seen.clear()
 
         def run() -> None:
             try:

@@ -1,0 +1,254 @@
+"""`spin-operator`'s entry point and metrics, and operator settings read from the environment:
+argument parsing, the wiring of main() into kopf, the Prometheus endpoint, the PyTorchJob
+switch of the Helm chart, and the filter that drops Job events carrying nothing new. Fast: no
+cluster, no kopf loop."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import urllib.request
+from typing import Any
+
+import kopf
+import pytest
+from prometheus_client import REGISTRY
+from spin_operator import handlers, metrics
+from spin_operator import main as main_mod
+from spin_operator import resources as res
+from spin_operator.reconcile import Create, reconcile
+
+from tests.operator.fixtures import make_body
+from tests.operator.sim import Sim
+
+# --------------------------------------------------------------------------- arguments
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    return main_mod.build_parser().parse_args(list(argv))
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        (["--all-namespaces"], {"WATCH_NAMESPACES": "a"}, (True, [])),
+        (["-A"], {}, (True, [])),
+        (["--namespace", "a", "-n", "b"], {"WATCH_NAMESPACES": "c"}, (False, ["a", "b"])),
+        ([], {"WATCH_NAMESPACES": " x, y ,,"}, (False, ["x", "y"])),
+        ([], {"WATCH_NAMESPACES": ""}, (True, [])),
+        ([], {}, (True, [])),
+    ],
+)
+def test_namespaces_come_from_the_flags_else_watch_namespaces(argv: list[str], env: dict[str, str], expected: Any) -> None:
+    assert main_mod.namespaces_from(parse(*argv), env) == expected
+
+
+def test_metrics_port_and_liveness_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SPIN_METRICS_PORT", raising=False)
+    monkeypatch.delenv("SPIN_LIVENESS", raising=False)
+    args = parse()
+    assert args.metrics_port == 8080 and args.liveness == "http://0.0.0.0:8081/healthz" and not args.verbose
+    args = parse("--metrics-port", "0", "--liveness", "", "--verbose")
+    assert args.metrics_port == 0 and args.liveness == "" and args.verbose
+    monkeypatch.setenv("SPIN_METRICS_PORT", "9100")
+    assert parse().metrics_port == 9100
+    with pytest.raises(SystemExit):
+        parse("--metrics-port", "many")
+
+
+def test_main_wires_flags_into_kopf(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: dict[str, Any] = {}
+    monkeypatch.setattr(handlers, "api_client", lambda: calls.setdefault("api_client", True))
+    monkeypatch.setattr(metrics, "serve", lambda port: calls.setdefault("metrics_port", port))
+    monkeypatch.setattr(kopf, "run", lambda **kw: calls.setdefault("kopf", kw))
+    assert main_mod.main(["--namespace", "team-a", "--metrics-port", "0", "--liveness", ""]) == 0
+    assert calls["api_client"] is True  # fails fast without a cluster config
+    assert calls["metrics_port"] == 0
+    assert calls["kopf"] == {"standalone": True, "clusterwide": False, "namespaces": ["team-a"], "liveness_endpoint": None}
+
+    calls.clear()
+    assert main_mod.main(["--all-namespaces", "--metrics-port", "9101"]) == 0
+    assert calls["metrics_port"] == 9101
+    assert calls["kopf"]["clusterwide"] is True and calls["kopf"]["namespaces"] == []
+    assert calls["kopf"]["liveness_endpoint"] == "http://0.0.0.0:8081/healthz"
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def step(name: str, start: str | None = None, end: str | None = None, retries: int = 0) -> dict[str, Any]:
+    s: dict[str, Any] = {"step": name, "retries": retries}
+    if start:
+        s["startTime"] = start
+    if end:
+        s["completionTime"] = end
+    return s
+
+
+def test_metrics_follow_status_transitions() -> None:
+    key = ("metrics-test", "run-a")
+    iterations0 = sample("spinrun_iterations_completed_total")
+    retries0 = sample("spinrun_step_retries_total", step="train")
+    gen0 = sample("spinrun_step_duration_seconds_count", step="generate")
+    old = {"phase": "Generating", "iterations": [{"iteration": 0, "steps": [step("generate", "2026-01-01T00:00:00Z")]}]}
+    new = {
+        "phase": "Training",
+        "completedIterations": 1,
+        "iterations": [{"iteration": 0, "steps": [
+            step("generate", "2026-01-01T00:00:00Z", "2026-01-01T00:00:42Z"),
+            step("train", "2026-01-01T00:01:00Z", retries=2),
+        ]}],
+    }
+    metrics.observe(key, {}, old)
+    assert sample("spinrun_runs", phase="Generating") >= 1
+    metrics.observe(key, old, new)
+    assert sample("spinrun_iterations_completed_total") == iterations0 + 1
+    assert sample("spinrun_step_retries_total", step="train") == retries0 + 2
+    assert sample("spinrun_step_duration_seconds_count", step="generate") == gen0 + 1
+    training = sample("spinrun_runs", phase="Training")
+    assert training >= 1
+    metrics.observe(key, new, new)  # no transition: nothing counted twice
+    assert sample("spinrun_iterations_completed_total") == iterations0 + 1
+    assert sample("spinrun_step_retries_total", step="train") == retries0 + 2
+    metrics.forget(key)
+    assert sample("spinrun_runs", phase="Training") == training - 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_metrics_endpoint_serves_gauges_and_counters() -> None:
+    assert metrics.serve(0) is None  # --metrics-port 0: no endpoint
+    metrics.observe(("metrics-test", "run-b"), {}, {"phase": "Complete", "completedIterations": 0})
+    metrics.API_REQUESTS.labels(verb="get", resource="spinruns").inc()
+    server = metrics.serve(_free_port(), addr="127.0.0.1")
+    try:
+        port = server.server_address[1]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            assert resp.status == 200
+            text = resp.read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
+        metrics.forget(("metrics-test", "run-b"))
+    for phase in metrics.PHASES:
+        assert f'spinrun_runs{{phase="{phase}"}}' in text
+    assert 'spinrun_api_requests_total{resource="spinruns",verb="get"}' in text
+    for name in ("spinrun_iterations_completed_total", "spinrun_reconcile_duration_seconds_bucket",
+                 "spinrun_reconcile_errors_total", "spinrun_step_duration_seconds"):
+        assert name in text
+
+
+# --------------------------------------------------------------------------- PyTorchJob switch (Helm)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("true", True), ("True", True), ("1", True), ("false", False), ("FALSE", False), ("0", False), ("", None), (None, None)],
+)
+def test_pytorchjob_switch_is_read_from_the_environment(value: str | None, expected: bool | None) -> None:
+    env = {} if value is None else {"SPIN_PYTORCHJOB_ENABLED": value}
+    assert res.OperatorDefaults.from_env(env).pytorchjob_enabled is expected
+
+
+def test_pytorchjob_switch_rejects_nonsense() -> None:
+    with pytest.raises(ValueError, match="SPIN_PYTORCHJOB_ENABLED"):
+        res.OperatorDefaults.from_env({"SPIN_PYTORCHJOB_ENABLED": "maybe"})
+
+
+def test_disabled_pytorchjob_launcher_gets_a_clear_condition_and_no_pytorchjob() -> None:
+    disabled = res.OperatorDefaults(pytorchjob_enabled=False)
+    sim = Sim(make_body(spec={"training": {"launcher": "pytorchjob"}}))
+    sim.tick()
+    sim.finish("demo-it0-gen")
+    sim.tick()
+    sim.finish("demo-it0-convert")
+    sim.pytorchjob_crd = True  # served by the cluster, but this deployment may not create them
+    d = reconcile(sim.body, sim.observed(), sim.now, disabled)
+    assert not [a for a in d.actions if isinstance(a, Create) and a.kind == "PyTorchJob"]
+    pc = next(c for c in d.status["conditions"] if c["type"] == "Progressing")
+    assert pc["status"] == "False" and pc["reason"] == "LauncherDisabled"
+    assert "pytorchjob.enabled=false" in pc["message"] and "indexedjob" in pc["message"]
+    assert d.status["reason"] == "LauncherDisabled"
+    assert [(t, r) for t, r, _ in d.events if r == "LauncherDisabled"] == [("Warning", "LauncherDisabled")]
+    sim.body["status"] = d.status
+    again = reconcile(sim.body, sim.observed(), sim.now, disabled)
+    assert not [r for _, r, _ in again.events if r == "LauncherDisabled"]  # the event only on the transition
+    enabled = reconcile(sim.body, sim.observed(), sim.now, res.OperatorDefaults(pytorchjob_enabled=True))
+    assert [a.kind for a in enabled.actions if isinstance(a, Create)] == ["PyTorchJob"]
+
+
+# --------------------------------------------------------------------------- Job event filter
+
+
+def job(name: str, **status: Any) -> dict[str, Any]:
+    return {"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": name, "labels": {res.LABEL_RUN: "r", res.LABEL_ITERATION: "0", res.LABEL_STEP: "convert"}},
+            "spec": {}, "status": status}
+
+
+def test_job_events_that_change_nothing_read_by_the_reconcile_are_dropped() -> None:
+    handlers._job_seen.clear()
+    assert handlers.job_event_is_news("ns", "ADDED", job("r-it0-convert"))
+    assert not handlers.job_event_is_news("ns", "MODIFIED", job("r-it0-convert"))  # e.g. a label-only change
+    assert handlers.job_event_is_news("ns", "MODIFIED", job("r-it0-convert", active=1))
+    done = job("r-it0-convert", succeeded=1, conditions=[{"type": "Complete", "status": "True"}])
+    assert handlers.job_event_is_news("ns", "MODIFIED", done)
+    assert not handlers.job_event_is_news("ns", "MODIFIED", done)
+    assert handlers.job_event_is_news("other", "MODIFIED", done)  # keyed by namespace too
+    assert handlers.job_event_is_news("ns", "DELETED", done)  # a deletion is always news
+    assert handlers.job_event_is_news("ns", "ADDED", done)  # ... and forgets the Job
+    handlers._job_seen.clear()
+
+
+# --------------------------------------------------------------------------- the harness's emulator
+
+
+def test_emulator_fast_matching_agrees_with_kmocks_scan() -> None:
+    """tests/operator/harness.py decides reaction membership from the filter chain (O(1)) instead
+    of kmock's scan of the request log (O(log)); both must agree, including for test-added
+    reactions, and a history-dependent one (a slice) must still fire only as often as it says."""
+    import json as _json
+
+    from kubernetes import client
+
+    from tests.operator.harness import Emulator, _filter_chain_contains, harness_client
+
+    emu = Emulator().start()
+    try:
+        assert emu.mock is not None
+        emu.mock["get", "/api/v1/namespaces/x/configmaps/teapot"][:1] << 418  # history-dependent: fires once
+        core = client.CoreV1Api(harness_client(emu.url))
+        cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "teapot", "namespace": "x"}, "data": {"a": "1"}}
+        core.create_namespaced_config_map("x", cm, _preload_content=False)
+        statuses = []
+        for _ in range(3):
+            try:
+                statuses.append(core.read_namespaced_config_map("teapot", "x", _preload_content=False).status)
+            except client.ApiException as e:
+                statuses.append(e.status)
+        assert statuses == [418, 200, 200]
+        got = _json.loads(core.read_namespaced_config_map("teapot", "x", _preload_content=False).data)
+        assert got["data"] == {"a": "1"}
+        core.patch_namespaced_config_map("teapot", "x", {"data": {"a": "2"}}, _preload_content=False)
+        core.delete_namespaced_config_map("teapot", "x", _preload_content=False)
+        with pytest.raises(client.ApiException) as gone:
+            core.read_namespaced_config_map("teapot", "x", _preload_content=False)
+        assert gone.value.status == 404
+        decided = 0
+        for request in list(emu.mock._requests):
+            for payload in emu.mock._payloads:
+                fast = _filter_chain_contains(payload._source, request)
+                if fast is not None:
+                    decided += 1
+                    assert fast == (request in payload._source), (request, payload)
+        assert decided > 0
+    finally:
+        emu.stop()
