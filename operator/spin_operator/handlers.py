@@ -173,6 +173,25 @@ _runs: dict[tuple[str, str], RunState] = {}
 #: (namespace, job name): Job events that change nothing the reconcile reads are dropped.
 _job_seen: dict[tuple[str, str], JobState] = {}
 
+#: Jobs this operator created that kopf's index has not shown yet ("expectations", as
+#: Kubernetes controllers keep them), keyed by (namespace, run) → job name → (time, body).
+#: Under load the index lags behind the API server; without these a reconcile in that gap
+#: would create the same Job again (answered 409) and announce its step twice.
+_expected_jobs: dict[tuple[str, str], dict[str, tuple[float, dict[str, Any]]]] = {}
+EXPECTATION_TTL_SECONDS = 300.0
+
+
+def pending_created_jobs(key: tuple[str, str], indexed: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
+    """Jobs created by this process and not yet in the index (expired ones are forgotten)."""
+    expected = _expected_jobs.get(key)
+    if not expected:
+        return []
+    seen = {(j.get("metadata") or {}).get("name") for j in indexed}
+    for job_name, (created, _) in list(expected.items()):
+        if job_name in seen or now - created > EXPECTATION_TTL_SECONDS:
+            del expected[job_name]
+    return [body for _, body in expected.values()]
+
 
 def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
     """Merge patch turning `old` into `new` at the top level (removed keys become null)."""
@@ -198,9 +217,10 @@ class Indexes:
         def values(index: Any) -> list[dict[str, Any]]:
             return list(index.get(key, [])) if index is not None else []
 
+        jobs = values(self.jobs)
         return Observed.from_objects(
             name,
-            jobs=values(self.jobs) + extra_jobs,
+            jobs=jobs + pending_created_jobs(key, jobs, time.monotonic()) + extra_jobs,
             config_maps=values(self.config_maps),
             services=values(self.services),
             pvcs=values(self.pvcs),
@@ -243,6 +263,9 @@ async def _reconcile_locked(namespace: str, name: str, indexes: Indexes, logger:
             if isinstance(action, Create) and action.kind == "Job":
                 # Its ADDED event will bring nothing this reconcile did not already account for.
                 _job_seen[(namespace, action.name)] = JobState.from_object(action.obj)
+                _expected_jobs.setdefault((namespace, name), {})[action.name] = (time.monotonic(), action.obj)
+            elif isinstance(action, Delete) and action.kind == "Job":
+                _expected_jobs.get((namespace, name), {}).pop(action.name, None)
         except ApiException as e:
             error = e
             metrics.RECONCILE_ERRORS.inc()
@@ -282,6 +305,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     Per-process state starts empty (an operator restarted in the same process, as in tests)."""
     _runs.clear()
     _job_seen.clear()
+    _expected_jobs.clear()
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")
     settings.persistence.finalizer = f"{GROUP}/finalizer"

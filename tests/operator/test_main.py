@@ -252,3 +252,17 @@ def test_emulator_fast_matching_agrees_with_kmocks_scan() -> None:
         assert decided > 0
     finally:
         emu.stop()
+
+
+def test_created_jobs_count_as_observed_until_the_index_shows_them():
+    from spin_operator import handlers
+
+    key = ("ns", "run")
+    handlers._expected_jobs.clear()
+    job = {"metadata": {"name": "run-it0-gen"}}
+    handlers._expected_jobs[key] = {"run-it0-gen": (100.0, job)}
+    assert handlers.pending_created_jobs(key, [], now=101.0) == [job]
+    assert handlers.pending_created_jobs(key, [job], now=102.0) == []  # the index caught up
+    assert handlers._expected_jobs[key] == {}
+    handlers._expected_jobs[key] = {"run-it0-gen": (100.0, job)}
+    assert handlers.pending_created_jobs(key, [], now=100.0 + handlers.EXPECTATION_TTL_SECONDS + 1) == []
