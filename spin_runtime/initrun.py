@@ -35,7 +35,10 @@ def init_from_file(spec_file: Path, run_dir: Path) -> SpinRun:
         raise SpinError(f"{path}: expected a SpinRun object, got {type(data).__name__}")
     data.pop("status", None)
     run = SpinRun.model_validate(data)
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    try:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise rundir.write_error(Path(run_dir), e) from e
     rundir.init_run(Path(run_dir), run)
     return run
 

@@ -71,6 +71,14 @@ def check_checkpoint(path: Path) -> None:
         raise ModelError(f"{path}: not an HF model folder (config.json is missing)")
     if not has_weights(path):
         raise ModelError(f"{path}: checkpoint has no weights (expected one of {', '.join(WEIGHT_FILES)})")
+    for weights in sorted(path.glob("*.safetensors")):  # the header only: cheap, catches truncation
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(weights), framework="np"):
+                pass
+        except (SafetensorError, OSError) as e:
+            raise ModelError(f"{weights}: unreadable weights ({e}): the checkpoint is truncated or corrupt") from e
 
 
 def _save_with_template(model: PreTrainedModel, tok: PreTrainedTokenizerBase, out: Path) -> None:

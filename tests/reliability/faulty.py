@@ -226,59 +226,118 @@ def plan_of(c: Cluster) -> FaultPlan:
 # --------------------------------------------------------------------------- operator process
 
 
-class OperatorProcess:
-    """`spin-operator --all-namespaces` in a subprocess, pointed at the emulator."""
+class Zygote:
+    """tests/reliability/zygote.py in a subprocess: forks warmed-up operator processes."""
 
-    def __init__(self, c: Cluster, log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self) -> None:
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        self.proc = subprocess.Popen([str(VENV_BIN / "python"), "-m", "tests.reliability.zygote"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=env, cwd=Path(__file__).resolve().parents[2])
+        ready = self._read()
+        assert ready.get("ready"), ready
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"the operator zygote exited ({self.proc.poll()})")
+        return dict(json.loads(line))
+
+    def ask(self, **cmd: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+class OperatorProcess:
+    """`spin-operator --all-namespaces` in a process of its own, pointed at the emulator: a
+    fresh subprocess, or a fork of a warmed-up `Zygote` (same program, no import time)."""
+
+    def __init__(self, c: Cluster, log: Path, env: dict[str, str] | None = None, zygote: Zygote | None = None) -> None:
         self.c = c
         self.log = log
         self.env = env or {}
+        self.zygote = zygote
         self.proc: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None
+        self.returncode: int | None = None
         self.starts = 0
 
     def _spinrun_watches(self) -> int:
         return sum(1 for r in self.c.emulator.requests() if r["resource"] == "spinruns" and r["verb"] == "watch")
 
+    def _argv(self) -> list[str]:
+        return ["--all-namespaces", "--metrics-port", "0", "--liveness", "",
+                *(["--verbose"] if os.environ.get("SPIN_RELIABILITY_DEBUG") else [])]
+
     def start(self, timeout: float = 60) -> OperatorProcess:
-        assert self.proc is None or self.proc.poll() is not None, "already running"
-        env = dict(os.environ)
-        env.update({"KUBECONFIG": str(self.c.kubeconfig), "SPIN_METRICS_PORT": "0", "SPIN_LIVENESS": "",
-                    "PYTHONUNBUFFERED": "1", **self.env})
+        assert not self.alive(), "already running"
+        env = {"KUBECONFIG": str(self.c.kubeconfig), "SPIN_METRICS_PORT": "0", "SPIN_LIVENESS": "", "PYTHONUNBUFFERED": "1",
+               **self.env}
         before = self._spinrun_watches()
         with open(self.log, "ab") as out:
             out.write(f"\n===== start {self.starts} =====\n".encode())
-            self.proc = subprocess.Popen(
-                [str(VENV_BIN / "spin-operator"), "--all-namespaces", "--metrics-port", "0", "--liveness", "",
-                 *(["--verbose"] if os.environ.get("SPIN_RELIABILITY_DEBUG") else [])],
-                stdout=out, stderr=subprocess.STDOUT, env=env,
-            )
+        self.returncode = None
+        if self.zygote is not None:
+            self.proc = None
+            self.pid = int(self.zygote.ask(op="start", argv=self._argv(), env=env, log=str(self.log))["pid"])
+        else:
+            with open(self.log, "ab") as out:
+                self.proc = subprocess.Popen([str(VENV_BIN / "spin-operator"), *self._argv()],
+                                             stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env})
+            self.pid = self.proc.pid
         self.starts += 1
         deadline = time.monotonic() + timeout
         while self._spinrun_watches() <= before:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"operator exited {self.proc.returncode}: {self.tail()}")
+            if not self.alive():
+                raise AssertionError(f"operator exited {self.returncode}: {self.tail()}")
             if time.monotonic() > deadline:
                 raise AssertionError(f"operator not watching SpinRuns after {timeout}s: {self.tail()}")
             time.sleep(0.05)
         return self
 
+    def _wait(self, timeout: float) -> int | None:
+        if self.pid is None:
+            return self.returncode
+        if self.returncode is None:
+            if self.proc is not None:
+                try:
+                    self.returncode = self.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    return None
+            else:
+                assert self.zygote is not None
+                self.returncode = self.zygote.ask(op="wait", pid=self.pid, timeout=timeout)["exit"]
+        return self.returncode
+
+    def alive(self) -> bool:
+        return self.pid is not None and self._wait(0) is None
+
     def kill(self) -> None:
         """SIGKILL: no cleanup, no last status write."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        if self.alive():
+            assert self.pid is not None
+            os.kill(self.pid, signal.SIGKILL)
+            self._wait(10)
 
     def stop(self) -> None:
         """SIGTERM, as Kubernetes stops a pod; SIGKILL after 20 s."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
+        if self.alive():
+            assert self.pid is not None
+            os.kill(self.pid, signal.SIGTERM)
+            if self._wait(20) is None:
                 self.kill()
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     def tail(self, n: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
@@ -290,8 +349,9 @@ class OperatorProcess:
 
 
 @contextlib.contextmanager
-def operator_process(c: Cluster, log: Path, env: dict[str, str] | None = None) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(c, log, env)
+def operator_process(c: Cluster, log: Path, env: dict[str, str] | None = None,
+                     zygote: Zygote | None = None) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(c, log, env, zygote)
     try:
         yield op
     finally:

@@ -15,7 +15,7 @@ from kubernetes import client
 from tests.operator.harness import Cluster
 from tests.operator.test_e2e import run_body
 from tests.reliability.conftest import Tally
-from tests.reliability.faulty import Fault, FaultPlan, faulty_cluster, operator_process, plan_of
+from tests.reliability.faulty import Fault, FaultPlan, Zygote, faulty_cluster, operator_process, plan_of
 
 pytestmark = pytest.mark.e2e
 
@@ -43,8 +43,8 @@ def owned_children(c: Cluster) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def test_child_job_deleted_by_hand_is_recreated_only_when_its_step_is_not_done(tmp_path: Path, tally: Tally) -> None:
-    with faulty_cluster(tmp_path) as c, operator_process(c, tmp_path / "operator.log") as op:
+def test_child_job_deleted_by_hand_is_recreated_only_when_its_step_is_not_done(tmp_path: Path, tally: Tally, zygote: Zygote) -> None:
+    with faulty_cluster(tmp_path) as c, operator_process(c, tmp_path / "operator.log", zygote=zygote) as op:
         c.kubelet.hold.add("it0-convert")
         op.start()
         c.create_run(run_body())
@@ -53,7 +53,8 @@ def test_child_job_deleted_by_hand_is_recreated_only_when_its_step_is_not_done(t
 
         delete_job(c, "e2e-it0-gen")  # done: must stay deleted
         delete_job(c, "e2e-it0-convert")  # running: must come back, once
-        c.wait(lambda: c.job_creations().count("e2e-it0-convert") == 2, 30, "the running step's Job recreated")
+        plan = plan_of(c)
+        c.wait(lambda: plan.admitted_creates().count("e2e-it0-convert") == 2, 30, "the running step's Job recreated")
         time.sleep(1.0)
         assert "e2e-it0-gen" not in c.jobs(), "a finished step's Job was recreated"
         c.kubelet.hold.clear()
@@ -64,8 +65,8 @@ def test_child_job_deleted_by_hand_is_recreated_only_when_its_step_is_not_done(t
         time.sleep(1.5)
         assert "e2e-it1-train" not in c.jobs()
 
-        creations = Counter(c.job_creations())
-        assert creations == Counter({**{n: 1 for n in ALL_JOBS}, "e2e-it0-convert": 2}), creations
+        created = Counter(plan.admitted_creates())
+        assert created == Counter({**{n: 1 for n in ALL_JOBS}, "e2e-it0-convert": 2}), created
         starts = Counter(c.kubelet.pod_starts)
         assert starts[("e2e-it0-gen", 0)] == starts[("e2e-it0-gen", 1)] == 1, "generation ran again"
         st = c.get_run("e2e")["status"]
@@ -77,8 +78,8 @@ def test_child_job_deleted_by_hand_is_recreated_only_when_its_step_is_not_done(t
         tally.add("observed.steps_recomputed", sum(n - 1 for n in starts.values() if n > 1))
 
 
-def test_spinrun_deleted_mid_run_stops_the_operator_cleanly(tmp_path: Path, tally: Tally) -> None:
-    with faulty_cluster(tmp_path) as c, operator_process(c, tmp_path / "operator.log") as op:
+def test_spinrun_deleted_mid_run_stops_the_operator_cleanly(tmp_path: Path, tally: Tally, zygote: Zygote) -> None:
+    with faulty_cluster(tmp_path) as c, operator_process(c, tmp_path / "operator.log", zygote=zygote) as op:
         c.kubelet.hold.add("it0-train")
         op.start()
         c.create_run(run_body())
@@ -106,7 +107,7 @@ def test_spinrun_deleted_mid_run_stops_the_operator_cleanly(tmp_path: Path, tall
         assert op.errors() == [], op.tail()
         assert not no_secret_requests(c)
         op.stop()
-        assert op.proc is not None and op.proc.returncode == 0, op.tail()
+        assert op.returncode == 0, op.tail()
         tally.add("faults.spinrun_deleted_mid_run", 1)
         tally.add("observed.jobs_created_after_deletion", len(c.job_creations()) - before)
 
@@ -127,11 +128,10 @@ def api_fault_plan() -> FaultPlan:
         Fault("error", action="create", resource="persistentvolumeclaims", status=500, times=1),
         Fault("error", action="update", resource="spinruns", subresource="status", status=409, times=3),
         Fault("error", action="update", resource="spinruns", subresource="status", status=500, times=2),
-        Fault("error", action="fetch", resource="spinruns", status=503, times=2),
         Fault("error", action="update", resource="spinruns", subresource=None, status=500, times=2, agent="kopf"),
         Fault("error", action="list", resource="jobs", status=500, times=2, agent="kopf"),
         Fault("error", action="list", resource="spinruns", status=502, times=1, agent="kopf"),
-        Fault("error", action="create", resource="events", status=500, times=3),
+        Fault("error", action="create", resource="events", status=500, times=1),
         Fault("expire", action="watch", resource="spinruns", times=2),
         Fault("expire", action="watch", resource="jobs", times=1),
         Fault("drop", action="watch", resource="jobs", times=3, after=1.0),
@@ -156,10 +156,11 @@ def test_api_errors_and_broken_watches_do_not_stop_the_run_or_duplicate_jobs(tmp
         admitted = Counter(plan.admitted_creates("jobs"))
         assert admitted == Counter(ALL_JOBS), admitted
         assert sorted(c.jobs()) == ALL_JOBS
-        attempts = Counter(plan.create_attempts("jobs"))
         conflicts = [a for a in plan.answers if a.action == "create" and a.resource == "jobs" and a.status == 409]
-        # every extra attempt is the retry of a create the operator was told failed
-        assert sum(attempts.values()) - len(ALL_JOBS) == 2 + 2 == len(conflicts) + 2, attempts
+        # every create beyond the one that stored a Job was refused (an injected error, or 409
+        # AlreadyExists for a retry of a create the operator was told had failed)
+        extra = [a for a in plan.answers if a.action == "create" and a.resource == "jobs" and not a.applied]
+        assert all(a.fault == "error" or a.status == 409 for a in extra), extra
         starts = Counter(c.kubelet.pod_starts)
         assert all(n == 1 for n in starts.values()), starts
         run_dir = tmp_path / "data" / "runs" / "e2e"
@@ -181,8 +182,26 @@ def test_api_errors_and_broken_watches_do_not_stop_the_run_or_duplicate_jobs(tmp
         tally.add("observed.create_retries_answered_409", len(conflicts))
 
 
-def _unused(plan: FaultPlan) -> list[Any]:
-    return [f for f in plan.faults if f.injected < f.times]
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG (operator/spin_operator/handlers.py, not ours to edit): an ApiException while reading the SpinRun "
+    "(get_spinrun) is not turned into kopf.TemporaryError, so kopf applies its default 60 s backoff to the "
+    "create/resume/update handler and to the resync timer: one 503 stalls a run for up to a minute"))
+def test_one_503_on_reading_the_spinrun_is_retried_within_seconds(tmp_path: Path, tally: Tally) -> None:
+    plan = FaultPlan()
+    plan.add(Fault("error", action="fetch", resource="spinruns", status=503, times=1, agent="spin-operator"))
+    with faulty_cluster(tmp_path, plan) as c, operator_process(c, tmp_path / "operator.log") as op:
+        op.start()
+        c.create_run(run_body())
+        backoff = "will try again in 60 seconds"
+
+        def progressed_or_backed_off() -> bool:
+            phase = (c.get_run("e2e").get("status") or {}).get("phase")
+            return phase == "Generating" or backoff in op.tail(100_000)
+
+        c.wait(progressed_or_backed_off, 30, "the run to start or the operator to back off")
+        tally.add("faults.api_503_on_read", plan.injected())
+        assert backoff not in op.tail(100_000), "a 503 on GET spinrun is retried only after kopf's 60 s default backoff"
+        assert c.get_run("e2e")["status"]["phase"] == "Generating"
 
 
 def test_fault_plan_counts_only_operator_requests(tmp_path: Path) -> None:

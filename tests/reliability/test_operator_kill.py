@@ -24,6 +24,7 @@ from tests.reliability.conftest import Tally
 from tests.reliability.faulty import (
     Fault,
     OperatorProcess,
+    Zygote,
     changed_files,
     faulty_cluster,
     operator_process,
@@ -55,18 +56,20 @@ def restart_and_settle(c, op: OperatorProcess) -> None:  # type: ignore[no-untyp
 
 
 @pytest.mark.parametrize("phase", list(PHASES))
-def test_operator_killed_mid_step_and_at_the_boundary_of_every_phase(phase: str, tmp_path: Path, tally: Tally) -> None:
+def test_operator_killed_mid_step_and_at_the_boundary_of_every_phase(
+    phase: str, tmp_path: Path, tally: Tally, zygote: Zygote
+) -> None:
     suffix = PHASES[phase]
     run_dir = tmp_path / "data" / "runs" / "e2e"
     snapshots: list[dict[str, tuple[str, int]]] = []
-    with faulty_cluster(tmp_path) as c, operator_process(c, tmp_path / "operator.log") as op:
+    with faulty_cluster(tmp_path) as c, operator_process(c, tmp_path / "operator.log", zygote=zygote) as op:
         plan = plan_of(c)
         c.kubelet.hold |= {f"it0-{suffix}", f"it1-{suffix}"}
         op.start()
         c.create_run(run_body())
         for k in (0, 1):
             job = f"e2e-it{k}-{suffix}"
-            c.wait(lambda: job in c.jobs(), 60, job)
+            c.wait(lambda job=job: job in c.jobs(), 60, job)
             c.wait_phase("e2e", phase, 30)
             creations = c.job_creations()
 
@@ -81,14 +84,14 @@ def test_operator_killed_mid_step_and_at_the_boundary_of_every_phase(phase: str,
                 # boundary: the operator acts on the completion, dies before its status write
                 held = plan.add(Fault("hang", action="update", resource="spinruns", subresource="status", agent="spin-operator"))
                 c.kubelet.hold.discard(f"it{k}-{suffix}")
-                c.wait(lambda: held.injected > 0, 60, "the status write after the step completed")
+                c.wait(lambda held=held: held.injected > 0, 60, "the status write after the step completed")
                 op.kill()
                 held.release()
             else:
                 # boundary passed while the operator is down
                 op.kill()
                 c.kubelet.hold.discard(f"it{k}-{suffix}")
-                c.wait(lambda: job in c.kubelet.done_at, 30, f"{job} to finish while the operator is down")
+                c.wait(lambda job=job: job in c.kubelet.done_at, 30, f"{job} to finish while the operator is down")
             snapshots.append(run_dir_snapshot(run_dir))
             restart_and_settle(c, op)
 
@@ -97,10 +100,16 @@ def test_operator_killed_mid_step_and_at_the_boundary_of_every_phase(phase: str,
         assert st["phase"] == "Complete", (st, op.tail())
         assert st["completedIterations"] == 2
 
-        creations = c.job_creations()
-        dupes = {n: k for n, k in Counter(creations).items() if k > 1}
+        # Jobs the server created for the operator, per name (from the emulator's answers), and
+        # the operator's create requests per name (from its request log)
+        admitted = Counter(plan.admitted_creates("jobs"))
+        dupes = {n: k for n, k in admitted.items() if k > 1}
         assert not dupes, f"Jobs created more than once: {dupes}"
-        assert sorted(creations) == sorted(f"e2e-it{k}-{s}" for k in range(2) for s in PHASES.values())
+        assert sorted(admitted) == sorted(f"e2e-it{k}-{s}" for k in range(2) for s in PHASES.values())
+        requests = Counter(c.job_creations())
+        resent = [a for a in plan.answers if a.action == "create" and a.resource == "jobs" and not a.applied]
+        assert all(a.status == 409 for a in resent), resent  # a re-sent create never made a second Job
+        assert sum(requests.values()) == len(admitted) + len(resent)
         starts = Counter(c.kubelet.pod_starts)
         rerun = {pod: n for pod, n in starts.items() if n > 1}
         assert not rerun, f"pods of finished steps ran again: {rerun}"
@@ -115,6 +124,7 @@ def test_operator_killed_mid_step_and_at_the_boundary_of_every_phase(phase: str,
         tally.add("faults.operator_sigkill", 4)
         tally.add("faults.status_write_lost", 1)
         tally.add("observed.duplicate_job_creations", sum(n - 1 for n in dupes.values()))
+        tally.add("observed.job_create_requests_resent_answered_409", len(resent))
         tally.add("observed.steps_recomputed", sum(n - 1 for n in rerun.values()))
         tally.add("observed.files_changed_after_kill", len(lost))
         tally.add("observed.files_checked", sum(len(s) for s in snapshots))
