@@ -366,6 +366,17 @@ def _zero_stage(value: Any) -> Any:
 class DeepSpeed(Model):
     """DeepSpeed ZeRO settings for GPU training."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "!(has(self.offloadParams) && self.offloadParams) || !has(self.stage) || self.stage == 3",
+                    "offloadParams must be used with stage 3 (ZeRO offloads parameters only at stage 3)",
+                ),
+            ]
+        }
+    )
+
     enabled: bool = Field(True, description="Use DeepSpeed on GPUs (ignored on CPU).")
     stage: Annotated[Literal[0, 1, 2, 3], BeforeValidator(_zero_stage)] = Field(
         3, description="ZeRO stage; the paper used 3."
@@ -373,19 +384,44 @@ class DeepSpeed(Model):
     offload_params: bool = Field(False, description="Offload parameters to CPU (ZeRO-3; used for 70B).")
     offload_optimizer: bool = Field(False, description="Offload optimizer state to CPU.")
 
+    @model_validator(mode="after")
+    def _offload_needs_stage3(self) -> DeepSpeed:
+        if self.offload_params and self.stage != 3:
+            raise ValueError("offloadParams must be used with stage 3 (ZeRO offloads parameters only at stage 3)")
+        return self
+
 
 class Lora(Model):
     """Optional LoRA adapters (PEFT) instead of full fine-tuning."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "!has(self.targetModules) || !self.targetModules.exists(m, m == 'lm_head')",
+                    "targetModules must not include lm_head (its weights are tied to the embeddings; adapt attention/MLP modules)",
+                ),
+            ]
+        }
+    )
 
     enabled: bool = Field(False, description="Train LoRA adapters; the frozen base acts as the opponent.")
     r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
     alpha: int = Field(32, ge=1, le=4096, description="LoRA alpha.")
     dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
-    target_modules: list[str] = Field(
+    target_modules: list[Annotated[str, Field(max_length=128)]] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
         max_length=64,
         description="Module names that get adapters.",
     )
+
+    @model_validator(mode="after")
+    def _no_lm_head(self) -> Lora:
+        if "lm_head" in self.target_modules:
+            raise ValueError(
+                "targetModules must not include lm_head (its weights are tied to the embeddings; adapt attention/MLP modules)"
+            )
+        return self
 
 
 class Training(Model):
@@ -395,6 +431,10 @@ class Training(Model):
         json_schema_extra={
             "x-kubernetes-validations": [
                 _cel("self.maxPromptLength < self.maxLength", "maxPromptLength must be smaller than maxLength"),
+                _cel(
+                    "!(has(self.precision) && self.precision == 'fp16') || !has(self.gpusPerNode) || self.gpusPerNode > 0",
+                    "precision fp16 must be used with GPUs (gpusPerNode > 0): use bf16 or fp32 on CPU",
+                ),
             ]
         }
     )
@@ -442,6 +482,8 @@ class Training(Model):
             raise ValueError(
                 f"maxPromptLength ({self.max_prompt_length}) must be smaller than maxLength ({self.max_length})"
             )
+        if self.precision == "fp16" and self.gpus_per_node == 0:
+            raise ValueError("precision fp16 must be used with GPUs (gpusPerNode > 0): use bf16 or fp32 on CPU")
         return self
 
 

@@ -244,7 +244,11 @@ async def reconcile_run(namespace: str, name: str, indexes: Indexes, logger: log
 
 
 async def _reconcile_locked(namespace: str, name: str, indexes: Indexes, logger: logging.Logger | logging.LoggerAdapter) -> None:
-    body = await asyncio.to_thread(get_spinrun, namespace, name)
+    try:
+        body = await asyncio.to_thread(get_spinrun, namespace, name)
+    except ApiException as e:  # 5xx/429 bursts: retry soon, not after kopf's 60 s default
+        metrics.RECONCILE_ERRORS.inc()
+        raise kopf.TemporaryError(f"reading SpinRun {namespace}/{name} failed: {e.status} {e.reason}", delay=2) from e
     if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
         return
     old_status = dict(body.get("status") or {})

@@ -182,10 +182,6 @@ def test_api_errors_and_broken_watches_do_not_stop_the_run_or_duplicate_jobs(tmp
         tally.add("observed.create_retries_answered_409", len(conflicts))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (operator/spin_operator/handlers.py, not ours to edit): an ApiException while reading the SpinRun "
-    "(get_spinrun) is not turned into kopf.TemporaryError, so kopf applies its default 60 s backoff to the "
-    "create/resume/update handler and to the resync timer: one 503 stalls a run for up to a minute"))
 def test_one_503_on_reading_the_spinrun_is_retried_within_seconds(tmp_path: Path, tally: Tally) -> None:
     plan = FaultPlan()
     plan.add(Fault("error", action="fetch", resource="spinruns", status=503, times=1, agent="spin-operator"))
