@@ -59,7 +59,7 @@ def sft(
     losses: list[float] = []
     t0 = time.time()
     tokens = 0
-    for step in range(total):
+    for _ in range(total):
         if len(order) < batch_size:
             fresh = list(range(len(encoded)))
             rng.shuffle(fresh)
