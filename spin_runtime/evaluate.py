@@ -192,14 +192,15 @@ def generate_answers(
 
 def exact_match(
     model: PreTrainedModel, tok: PreTrainedTokenizerBase, spec: SpinRunSpec, rows: Sequence[dict[str, Any]]
-) -> float | None:
-    """Share of built-in rows (answer not null) whose greedy answer scores as correct."""
+) -> tuple[float, int] | None:
+    """(share correct, rows scored) over the built-in rows (answer not null, task known) whose
+    greedy answer scores as correct; None when there are no such rows."""
     scored = [r for r in rows if r.get("answer") is not None and task_name(spec, r["prompt"])]
     if not scored:
         return None
     answers = generate_answers(model, tok, [r["prompt"] for r in scored], new_token_budget(tok, [r["real"] for r in scored]))
     hits = [tasks.score(task_name(spec, r["prompt"]) or "", text, str(r["answer"])) for r, text in zip(scored, answers, strict=True)]
-    return sum(hits) / len(hits)
+    return sum(hits) / len(hits), len(hits)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -274,10 +275,9 @@ def run_evaluate(run_dir: Path, iteration: int, force: bool = False) -> dict[str
         }
     )
     if em is not None:
-        metrics["exact_match"] = em
-        metrics["exact_match_samples"] = sum(1 for r in rows if r.get("answer") is not None)
+        metrics["exact_match"], metrics["exact_match_samples"] = em
     if baseline is not None:
-        metrics["baseline_exact_match"] = baseline
+        metrics["baseline_exact_match"] = baseline[0]
     metrics = _finite_or_none(metrics)
     rundir.update_metrics(run_dir, k, "eval", metrics)
 
@@ -285,12 +285,16 @@ def run_evaluate(run_dir: Path, iteration: int, force: bool = False) -> dict[str
         from spin_runtime import lm_eval
 
         scores = lm_eval.run_lm_eval(
-            new_path, spec.evaluation.lm_eval, run_dir / plan.iter_dir(k) / "lm_eval", device=device
+            new_path,
+            spec.evaluation.lm_eval,
+            run_dir / plan.iter_dir(k) / "lm_eval",
+            dtype="bfloat16" if on_gpu else "float32",
+            device=device,
         )
         rundir.update_metrics(run_dir, k, "lm_eval", scores)
 
     rundir.mark_done(run_dir, run, step, {"samples": metrics["samples"]})
-    em_text = f", exact match {em:.3f}" if em is not None else ""
+    em_text = f", exact match {em[0]:.3f}" if em is not None else ""
     _log(
         f"iteration {k}: margin {metrics['reward_margin']:.4f}, accuracy {metrics['reward_accuracy']:.3f}"
         f"{em_text} on {metrics['samples']} held-out pairs"

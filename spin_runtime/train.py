@@ -152,7 +152,7 @@ def truncate_prompt(tok: PreTrainedTokenizerBase, prompt: str, max_prompt_length
         return tok.decode(ids, skip_special_tokens=False)
 
     text = tc.truncate_left(prompt, max_prompt_length, encode, decode, overhead)
-    if text is prompt:
+    if text == prompt:
         return prompt
     # the template can merge tokens at the boundary: check and trim further if needed
     for _ in range(4):

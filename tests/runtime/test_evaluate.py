@@ -110,7 +110,8 @@ def test_exact_match_scores_only_rows_with_an_answer(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(evaluate, "generate_answers", fake_generate)
     monkeypatch.setattr(evaluate, "new_token_budget", lambda tok, reals: 24)
     # 5 rows with answers: correct at positions 0, 2, 4 of those
-    assert evaluate.exact_match(None, None, spec, rows) == pytest.approx(3 / 5)
+    score, n = evaluate.exact_match(None, None, spec, rows)
+    assert (score, n) == (pytest.approx(3 / 5), 5)
     assert evaluate.exact_match(None, None, spec, [{**r, "answer": None} for r in rows]) is None
 
 

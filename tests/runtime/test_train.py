@@ -183,8 +183,11 @@ def test_deepspeed_zero3_config_uses_auto_values_and_gathers_16bit_weights_on_sa
     assert off["zero_force_ds_cpu_optimizer"] is False
     two = tc.deepspeed_config(DeepSpeed(stage=2))["zero_optimization"]
     assert two["stage"] == 2 and not any(k.startswith("stage3") for k in two)
+    # the spec refuses it; the builder refuses it too when handed an unvalidated object
+    with pytest.raises(ValueError, match="stage 3"):
+        DeepSpeed(stage=2, offload_params=True)
     with pytest.raises(tc.TrainConfigError, match="offloadParams needs ZeRO stage 3"):
-        tc.deepspeed_config(DeepSpeed(stage=2, offload_params=True))
+        tc.deepspeed_config(DeepSpeed.model_construct(stage=2, offload_params=True, offload_optimizer=False))
 
 
 def test_deepspeed_only_on_gpu_and_multi_process_cpu_uses_gloo() -> None:
@@ -207,8 +210,11 @@ def test_deepspeed_only_on_gpu_and_multi_process_cpu_uses_gloo() -> None:
 def test_lora_arguments_and_lm_head_refused() -> None:
     kw = tc.lora_kwargs(Lora(enabled=True, r=8, alpha=16, dropout=0.1, target_modules=["q_proj"]))
     assert kw == {"r": 8, "lora_alpha": 16, "lora_dropout": 0.1, "target_modules": ["q_proj"], "task_type": "CAUSAL_LM", "bias": "none"}
+    with pytest.raises(ValueError, match="lm_head"):
+        Lora(enabled=True, target_modules=["q_proj", "lm_head"])
+    unvalidated = Lora.model_construct(enabled=True, r=8, alpha=16, dropout=0.0, target_modules=["q_proj", "lm_head"])
     with pytest.raises(tc.TrainConfigError, match="lm_head"):
-        tc.lora_kwargs(Lora(enabled=True, target_modules=["q_proj", "lm_head"]))
+        tc.lora_kwargs(unvalidated)
 
 
 def test_history_keeps_logged_steps_with_spin_names_and_the_summary_the_totals() -> None:
@@ -242,3 +248,26 @@ def test_native_bf16_is_recognised_from_cpu_flags() -> None:
     assert not tc.cpu_has_native_bf16({"avx2", "fma", "avx512f"})
     assert tc.cpu_has_native_bf16({"avx512f", "avx512_bf16"})
     assert tc.cpu_has_native_bf16({"amx_tile", "amx_bf16"})
+
+
+def test_length_grouped_batches_when_enabled(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runtime side of `training.groupByLength` (the spec field is read with getattr until it exists)."""
+    from spin_runtime.train import build_trainer
+
+    monkeypatch.setattr(tc, "group_by_length", lambda training: True)
+    run_dir = tmp_path / "run"
+    make_run(run_dir, tiny_model_dir, training={"maxLength": 256, "maxPromptLength": 96})
+    rows = addition_rows(8, 0)
+    for i, r in enumerate(rows):
+        r["real"] += " because" * ((i * 7) % 30)
+    write_pairs(run_dir, 0, "train", rows)
+    trainer, _ = build_trainer(run_dir, 0)
+    lengths = trainer.train_dataset[tc.LENGTH_COLUMN]
+    order = list(trainer._get_train_sampler(trainer.train_dataset))
+    assert sorted(order) == list(range(8))
+    # HF's LengthGroupedSampler: shuffled mega-batches (here one batch of 2 pairs each, the data
+    # being small) sorted by length, the longest batch first
+    got = [lengths[i] for i in order]
+    assert got[0] == max(lengths)
+    assert all(got[i] >= got[i + 1] for i in range(0, 8, 2))
+    assert trainer.args.remove_unused_columns is False
