@@ -124,4 +124,16 @@ def training_argv(
     nproc = procs_per_node(training)
     if training.nodes == 1 and nproc == 1:
         return list(step_argv)
+    if training.nodes == 1:
+        return standalone_argv(nproc, step_argv)
     return torchrun_argv(training.nodes, nproc, master_addr, master_port, step_argv)
+
+
+def standalone_argv(nproc_per_node: int, step_argv: Sequence[str]) -> list[str]:
+    """One node, several processes: `torchrun --standalone` (a local rendezvous, no Service)."""
+    if nproc_per_node < 1:
+        raise LaunchError(f"nproc_per_node must be at least 1 (got {nproc_per_node})")
+    return [
+        "torchrun", "--standalone", "--nnodes", "1", "--nproc_per_node", str(nproc_per_node),
+        "--max_restarts", "0", *module_args(step_argv),
+    ]  # fmt: skip

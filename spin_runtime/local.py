@@ -12,21 +12,18 @@ import sys
 import time
 from pathlib import Path
 
-from spin_runtime import plan, rundir
+from spin_runtime import launch, plan, rundir
 from spin_runtime.spec import SpinRun
 
 
 def step_command(step: plan.Step, run_dir: Path, spec_gpus: int = 0) -> list[str]:
     """The process to start for a step: `spin <step> ...` through this Python, wrapped in
-    torchrun when training should use several local GPUs."""
+    `torchrun --standalone` when training should use several local GPUs."""
     argv = step.argv(str(run_dir))
-    base = [sys.executable, "-m", "spin_runtime.cli", *argv[1:]]
     if step.name == "train" and spec_gpus > 1:
-        return [
-            sys.executable, "-m", "torch.distributed.run", "--standalone",
-            "--nproc-per-node", str(spec_gpus), "-m", "spin_runtime.cli", *argv[1:],
-        ]  # fmt: skip
-    return base
+        launcher = launch.standalone_argv(spec_gpus, argv)
+        return [sys.executable, "-m", "torch.distributed.run", *launcher[1:]]
+    return [sys.executable, *launch.module_args(argv)]
 
 
 def _local_gpus(run: SpinRun) -> int:

@@ -29,6 +29,8 @@ from spin_operator.resources import (
     run_dir,
     step_images,
 )
+from spin_runtime.launch import training_argv
+from spin_runtime.plan import Step
 
 PYTORCHJOB_API_VERSION = "kubeflow.org/v1"
 PYTORCHJOB_KIND = "PyTorchJob"
@@ -61,25 +63,10 @@ def master_address(ctx: BuildContext) -> str:
 
 
 def train_command(ctx: BuildContext) -> list[str]:
-    """The container argv: plain `spin train` on one CPU node, torchrun otherwise."""
-    tr = ctx.spec.training
-    if tr.nodes == 1 and tr.gpus_per_node == 0:
-        return ["spin", "train", "--run-dir", run_dir(ctx.run.name, ctx.spec), "--iteration", str(ctx.iteration)]
-    nproc = str(max(tr.gpus_per_node, 1))
-    if tr.nodes == 1:
-        return ["torchrun", "--standalone", "--nnodes", "1", "--nproc-per-node", nproc, *train_module_args(ctx)]
-    return [
-        "torchrun",
-        "--nnodes",
-        str(tr.nodes),
-        "--nproc-per-node",
-        nproc,
-        "--master-addr",
-        master_address(ctx),
-        "--master-port",
-        str(MASTER_PORT),
-        *train_module_args(ctx),
-    ]
+    """The container argv: plain `spin train` for one process in total, torchrun otherwise
+    (built by spin_runtime.launch, the one place launcher command lines are made)."""
+    step_argv = Step(ctx.iteration, "train").argv(run_dir(ctx.run.name, ctx.spec))
+    return training_argv(ctx.spec.training, master_address(ctx), step_argv, master_port=MASTER_PORT)
 
 
 def headless_service(ctx: BuildContext) -> dict[str, Any]:
