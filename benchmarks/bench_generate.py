@@ -17,6 +17,8 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +99,16 @@ MIXED_PROMPTS = [
 ]
 
 
+def native_bf16() -> bool:
+    """True when this CPU has bf16 dot-product instructions (AVX512-BF16 or AMX); without them
+    torch's bf16 matmuls are several times slower than fp32 and the bf16 row is skipped."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def addition_prompts(n: int) -> list[str]:
     """The first n training prompts of the built-in 3-digit addition task."""
     from spin_runtime.spec import BuiltinTask
@@ -111,7 +123,9 @@ def count_tokens(ids: list[int], eos_id: int) -> int:
     return ids.index(eos_id) + 1 if eos_id in ids else len(ids)
 
 
-def original_spin_generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int = 8) -> tuple[list[str], int, float]:
+def original_spin_generate(
+    model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int = 8
+) -> tuple[list[str], int, float]:
     """The original SPIN HF path (spin/generate.py): returns texts, new tokens, seconds."""
     strings = ["### Instruction: " + q + "\n\n### Response: " for q in prompts]
     tokenizer.padding_side = "left"
@@ -137,20 +151,48 @@ def original_spin_generate(model: Any, tokenizer: Any, prompts: list[str], max_n
     return texts, tokens, time.perf_counter() - start
 
 
-def spinrun_generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int) -> tuple[list[str], int, float]:
+def spinrun_generate(
+    model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int
+) -> tuple[list[str], int, float]:
     """spinrun's transformers engine in the instruction format, greedy."""
     from spin_runtime.generate import GenerationStats, transformers_generate
     from spin_runtime.spec import Generation
 
     gen = Generation(
-        engine="transformers", prompt_format="instruction", decoding="greedy", max_new_tokens=max_new_tokens, batch_size=batch_size
+        engine="transformers",
+        prompt_format="instruction",
+        decoding="greedy",
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
     )
     stats = GenerationStats()
     texts = transformers_generate(model, tokenizer, prompts, gen, progress=False, stats=stats)
     return texts, stats.new_tokens, stats.seconds
 
 
-def run_set(name: str, prompts: list[str], path: str, max_new_tokens: int, batch_size: int) -> dict[str, Any]:
+@dataclass
+class Timing:
+    """Wall-clock and process CPU seconds of one measured call, with the load around it."""
+
+    wall: float
+    cpu: float
+    load_before: float
+    load_after: float
+
+
+def measured(fn: Callable[[], tuple[list[str], int]]) -> tuple[list[str], int, Timing]:
+    """Run fn, timing it by the wall clock and by this process's CPU time. On a shared machine
+    CPU time is the steadier measure with one thread (no threads spinning at barriers)."""
+    load_before = os.getloadavg()[0]
+    wall, cpu = time.perf_counter(), time.process_time()
+    texts, tokens = fn()
+    timing = Timing(time.perf_counter() - wall, time.process_time() - cpu, load_before, os.getloadavg()[0])
+    return texts, tokens, timing
+
+
+def run_set(
+    name: str, prompts: list[str], path: str, max_new_tokens: int, batch_size: int, bf16: bool
+) -> dict[str, Any]:
     import torch
 
     from spin_runtime import models
@@ -159,17 +201,23 @@ def run_set(name: str, prompts: list[str], path: str, max_new_tokens: int, batch
     tokenizer.pad_token = tokenizer.eos_token
     rows: list[dict[str, Any]] = []
     base_texts: list[str] = []
-    for label, dtype, fn in (
+    settings = [
         ("original SPIN (HF generate, batch 8, fp32)", torch.float32, "baseline"),
         (f"spinrun transformers (batch {batch_size}, fp32)", torch.float32, "ours"),
-        (f"spinrun transformers (batch {batch_size}, bf16)", torch.bfloat16, "ours"),
-    ):
+    ]
+    if bf16:
+        settings.append((f"spinrun transformers (batch {batch_size}, bf16)", torch.bfloat16, "ours"))
+    for label, dtype, fn in settings:
         model = models.load_model(path, dtype=dtype).eval()
         if fn == "baseline":
-            texts, tokens, seconds = original_spin_generate(model, tokenizer, prompts, max_new_tokens)
+            texts, tokens, t = measured(
+                lambda m=model: original_spin_generate(m, tokenizer, prompts, max_new_tokens)[:2]
+            )
             base_texts = texts
         else:
-            texts, tokens, seconds = spinrun_generate(model, tokenizer, prompts, max_new_tokens, batch_size)
+            texts, tokens, t = measured(
+                lambda m=model: spinrun_generate(m, tokenizer, prompts, max_new_tokens, batch_size)[:2]
+            )
         same = sum(a == b for a, b in zip(texts, base_texts, strict=True))
         same20 = sum(a[:20] == b[:20] for a, b in zip(texts, base_texts, strict=True))
         rows.append(
@@ -177,17 +225,26 @@ def run_set(name: str, prompts: list[str], path: str, max_new_tokens: int, batch
                 "setting": label,
                 "dtype": str(dtype).removeprefix("torch."),
                 "new_tokens": tokens,
-                "seconds": round(seconds, 2),
-                "tokens_per_second": round(tokens / seconds, 1),
+                "wall_seconds": round(t.wall, 2),
+                "cpu_seconds": round(t.cpu, 2),
+                "tokens_per_second": round(tokens / t.wall, 1),
+                "tokens_per_cpu_second": round(tokens / t.cpu, 1),
+                "load_average": [round(t.load_before, 2), round(t.load_after, 2)],
                 "same_text_as_baseline": same,
                 "same_first_20_chars": same20,
             }
         )
-        print(f"[{name}] {label}: {tokens} tokens in {seconds:.1f} s = {tokens / seconds:.1f} tok/s, same text {same}/{len(prompts)}", flush=True)
+        print(
+            f"[{name}] {label}: {tokens} tokens, {t.wall:.1f} s wall ({tokens / t.wall:.1f} tok/s), "
+            f"{t.cpu:.1f} s CPU ({tokens / t.cpu:.1f} tok/CPU-s), load {t.load_before:.1f}→{t.load_after:.1f}, "
+            f"same text {same}/{len(prompts)}",
+            flush=True,
+        )
         del model
-    base = rows[0]["tokens_per_second"]
-    for r in rows:
-        r["x_baseline"] = round(r["tokens_per_second"] / base, 2)
+    for key in ("tokens_per_second", "tokens_per_cpu_second"):
+        base = rows[0][key]
+        for r in rows:
+            r[f"x_baseline_{'wall' if key == 'tokens_per_second' else 'cpu'}"] = round(r[key] / base, 2)
     return {"prompt_set": name, "prompts": len(prompts), "max_new_tokens": max_new_tokens, "results": rows}
 
 
@@ -195,24 +252,32 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Generation benchmark",
         "",
-        f"Model: SmolLM2-135M-Instruct (builtin), CPU threads: {report['threads']}, torch {report['torch']}, "
+        f"Model: SmolLM2-135M-Instruct (builtin), torch threads: {report['threads']}, torch {report['torch']}, "
         f"transformers {report['transformers']}. Command: `{report['command']}`.",
-        "All settings use the original's instruction prompt, greedy decoding; the baseline reproduces the",
-        "original SPIN HF path (batch 8, left padding to a multiple of 8, pad = eos). Same-text counts compare",
-        "with the baseline's texts. Baseline and candidates ran in the same process, one after another.",
+        "",
+        "Every setting uses the original's instruction prompt and greedy decoding. The baseline reproduces the",
+        "original SPIN HF path (batch 8, left padding to a multiple of 8, pad = eos, fp32). Same-text counts",
+        "compare with the baseline's texts. Settings ran one after another in one process. Speed is given by",
+        "the wall clock and by this process's CPU time (steadier on a shared machine when running on one",
+        "thread); load average = the machine's 1-minute load before → after each setting.",
         "",
     ]
+    if not report["native_bf16"]:
+        lines += ["This CPU has no native bf16 (no AVX512-BF16/AMX): bf16 is skipped unless `--bf16 yes`.", ""]
     for s in report["sets"]:
         lines += [
             f"## {s['prompt_set']} prompts ({s['prompts']}, ≤ {s['max_new_tokens']} new tokens)",
             "",
-            "| setting | new tokens | s | tok/s | × baseline | same text | same first 20 chars |",
-            "|---|---|---|---|---|---|---|",
+            "| setting | new tokens | wall s | tok/s | × baseline | CPU s | tok/CPU-s | × baseline (CPU) "
+            "| load | same text | same first 20 chars |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in s["results"]:
             lines.append(
-                f"| {r['setting']} | {r['new_tokens']} | {r['seconds']} | {r['tokens_per_second']} | {r['x_baseline']} | "
-                f"{r['same_text_as_baseline']}/{s['prompts']} | {r['same_first_20_chars']}/{s['prompts']} |"
+                f"| {r['setting']} | {r['new_tokens']} | {r['wall_seconds']} | {r['tokens_per_second']} "
+                f"| {r['x_baseline_wall']} | {r['cpu_seconds']} | {r['tokens_per_cpu_second']} | {r['x_baseline_cpu']} "
+                f"| {r['load_average'][0]}→{r['load_average'][1]} "
+                f"| {r['same_text_as_baseline']}/{s['prompts']} | {r['same_first_20_chars']}/{s['prompts']} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -224,11 +289,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=64, help="prompts per set")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64, help="batch size of spinrun's engine")
+    parser.add_argument(
+        "--bf16",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="also run bf16 (auto: when the CPU has native bf16)",
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
     import torch
     import transformers
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     sys.path.insert(0, str(REPO))
     from spin_runtime import models
@@ -236,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     from spin_runtime.spec import ModelSource
 
     path = models.resolve_source(ModelSource(builtin="smollm2-135m-instruct"))
+    bf16 = args.bf16 == "yes" or (args.bf16 == "auto" and native_bf16())
     sets = {"mixed": MIXED_PROMPTS[: args.limit], "addition": addition_prompts(args.limit)}
     report: dict[str, Any] = {
         "command": " ".join(["benchmarks/bench_generate.py", *(argv if argv is not None else sys.argv[1:])]),
@@ -243,7 +319,10 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "machine": platform.processor() or platform.machine(),
-        "sets": [run_set(name, sets[name], path, args.max_new_tokens, args.batch_size) for name in args.sets.split(",")],
+        "native_bf16": native_bf16(),
+        "sets": [
+            run_set(name, sets[name], path, args.max_new_tokens, args.batch_size, bf16) for name in args.sets.split(",")
+        ],
     }
     atomic_write_json(args.out / "generate.json", report)
     atomic_write_text(args.out / "generate.md", markdown(report))

@@ -169,7 +169,9 @@ def read_pairs(path: Path) -> list[dict[str, Any]]:
         ) from e
     missing = [c for c in ("prompt", "real", "generated") if c not in table.column_names]
     if missing:
-        raise DataError(f"{path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}; not a converted SPIN data file")
+        raise DataError(
+            f"{path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}; not a converted SPIN data file"
+        )
     rows = table.to_pylist()
     for r in rows:
         r.setdefault("id", None)

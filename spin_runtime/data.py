@@ -318,9 +318,7 @@ def _hub_rows(dataset: Dataset) -> tuple[list[Row], list[Row]]:
     train_pool = sft_rows(_load_hub_split(hub, dataset.split), dataset, f"{hub}[{dataset.split}]", "train")
     test_pool = None
     if dataset.test_split:
-        test_pool = sft_rows(
-            _load_hub_split(hub, dataset.test_split), dataset, f"{hub}[{dataset.test_split}]", "test"
-        )
+        test_pool = sft_rows(_load_hub_split(hub, dataset.test_split), dataset, f"{hub}[{dataset.test_split}]", "test")
     return split_rows(train_pool, test_pool, dataset.max_samples, dataset.test_size, dataset.seed)
 
 
@@ -373,7 +371,9 @@ def synthetic_rows(records: Sequence[tuple[str, dict[str, Any]]], source: str, s
             prompt, real = _pair_messages(rec["real"], where, "real")
             gprompt, generated = _pair_messages(rec["generated"], where, "generated")
             if gprompt != prompt:
-                raise DataError(f"{where}: the user turns of 'real' and 'generated' differ; both must hold the same prompt")
+                raise DataError(
+                    f"{where}: the user turns of 'real' and 'generated' differ; both must hold the same prompt"
+                )
             _text(real, where, "real[1].content")
         row_id = rec.get("id")
         answer = rec.get("answer")

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 #: Pairs (2 sequences each) per forward when scoring log-probs.
 LOGP_BATCH_PAIRS = 4
 #: Prompts per batch when generating for exact match.
-GENERATE_BATCH = 16
+GENERATE_BATCH = 64
 #: Bounds of the new-token budget of exact-match generation (answers of built-in tasks are short).
 MIN_NEW_TOKENS, MAX_NEW_TOKENS = 24, 64
 
@@ -169,25 +169,15 @@ def new_token_budget(tok: PreTrainedTokenizerBase, reals: Sequence[str]) -> int:
 def generate_answers(
     model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: Sequence[str], max_new_tokens: int
 ) -> list[str]:
-    """Greedy answers to `prompts` through the chat template, batched with left padding."""
-    import torch
+    """Greedy answers to `prompts` through the chat template, with the generation step's engine
+    (length-sorted batches, KV cache, stop at EOS) so evaluation decodes as generation does."""
+    from spin_runtime.generate import transformers_generate
+    from spin_runtime.spec import Generation
 
-    device = next(model.parameters()).device
+    gen = Generation(engine="transformers", prompt_format="chat", decoding="greedy",
+                     max_new_tokens=max_new_tokens, batch_size=GENERATE_BATCH)
     tok.padding_side = "left"
-    out: list[str] = []
-    with torch.inference_mode():
-        for start in range(0, len(prompts), GENERATE_BATCH):
-            convs = [[{"role": "user", "content": p}] for p in prompts[start : start + GENERATE_BATCH]]
-            enc = tok.apply_chat_template(
-                convs, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
-            )
-            enc = {k: v.to(device) for k, v in enc.items()}
-            gen = model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
-            )
-            new = gen[:, enc["input_ids"].shape[1] :]
-            out += tok.batch_decode(new, skip_special_tokens=True)
-    return out
+    return transformers_generate(model, tok, prompts, gen, progress=False)
 
 
 def exact_match(

@@ -101,7 +101,9 @@ def choose_engine(choice: str, vllm_importable: bool, gpu: bool) -> Engine:
                 "(pip install 'spinrun[vllm]') or set generation.engine to transformers or auto"
             )
         if not gpu:
-            raise SpinError("generation.engine is vllm but no GPU is visible: request GPUs or set generation.engine to auto")
+            raise SpinError(
+                "generation.engine is vllm but no GPU is visible: request GPUs or set generation.engine to auto"
+            )
         return "vllm"
     if choice == "auto":
         return "vllm" if vllm_importable and gpu else "transformers"
@@ -185,7 +187,9 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], p
         )
     out: list[list[int]] = []
     for p in prompts:
-        ids = tokenizer.apply_chat_template(chat_messages(p), add_generation_prompt=True, tokenize=True, return_dict=True)
+        ids = tokenizer.apply_chat_template(
+            chat_messages(p), add_generation_prompt=True, tokenize=True, return_dict=True
+        )
         out.append(list(ids["input_ids"]))
     return out
 

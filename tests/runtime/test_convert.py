@@ -169,7 +169,9 @@ def test_one_id_with_two_contents_is_refused(tmp_path: Path) -> None:
     run_dir = make_run(tmp_path)
     write_shard(run_dir, 0, 2, [row(0)])
     write_shard(run_dir, 1, 2, [row(0, generated="something else")])
-    with pytest.raises(DataError, match=r"shard-1-of-2\.jsonl line 1: id 'task:train:0' also appears at .*shard-0-of-2\.jsonl line 1"):
+    with pytest.raises(
+        DataError, match=r"shard-1-of-2\.jsonl line 1: id 'task:train:0' also appears at .*shard-0-of-2\.jsonl line 1"
+    ):
         run_convert(run_dir, 0)
 
 

@@ -34,8 +34,14 @@ def chat(q: str, a: str) -> list[dict[str, str]]:
 
 def messages_records(n: int) -> list[dict[str, Any]]:
     return [
-        {"messages": [{"role": "system", "content": "be brief"}, *chat(f"question {i}", f"answer {i}"),
-                      {"role": "user", "content": "more?"}, {"role": "assistant", "content": "no"}]}
+        {
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                *chat(f"question {i}", f"answer {i}"),
+                {"role": "user", "content": "more?"},
+                {"role": "assistant", "content": "no"},
+            ]
+        }
         for i in range(n)
     ]
 
@@ -97,7 +103,9 @@ def test_folder_with_train_and_test_files_uses_the_test_file(tmp_path: Path) -> 
 
 
 def test_messages_column_is_preferred_when_both_formats_exist(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "d.jsonl", [{"messages": chat("from messages", "x"), "prompt": "p", "response": "r"}] * 3)
+    path = write_jsonl(
+        tmp_path / "d.jsonl", [{"messages": chat("from messages", "x"), "prompt": "p", "response": "r"}] * 3
+    )
     train, test = load_sft(Dataset(path=str(path), test_split=None, test_size=1))
     assert {r.prompt for r in train + test} == {"from messages"}
 
@@ -172,7 +180,9 @@ def test_hub_dataset_goes_through_datasets_load_dataset(monkeypatch: pytest.Monk
 
 
 def published(n: int, prefix: str = "q") -> list[dict[str, Any]]:
-    return [{"real": chat(f"{prefix}{i}", f"real {i}"), "generated": chat(f"{prefix}{i}", f"gen {i}")} for i in range(n)]
+    return [
+        {"real": chat(f"{prefix}{i}", f"real {i}"), "generated": chat(f"{prefix}{i}", f"gen {i}")} for i in range(n)
+    ]
 
 
 def test_synthetic_import_of_the_published_format_from_a_folder(tmp_path: Path) -> None:
@@ -199,7 +209,10 @@ def test_synthetic_single_jsonl_file_is_all_train_and_keeps_empty_generations(tm
     ("change", "fragment"),
     [
         (lambda r: r.pop("generated"), "line 2: missing column 'generated'"),
-        (lambda r: r.update(generated=chat("another prompt", "x")), "line 2: the user turns of 'real' and 'generated' differ"),
+        (
+            lambda r: r.update(generated=chat("another prompt", "x")),
+            "line 2: the user turns of 'real' and 'generated' differ",
+        ),
         (lambda r: r.update(real=[{"role": "assistant", "content": "x"}]), "line 2: column 'real' must be a list"),
         (lambda r: r.update(real=chat("q1", " ")), "line 2: real[1].content is empty"),
     ],

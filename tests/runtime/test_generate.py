@@ -131,7 +131,12 @@ def test_all_prompts_include_train_and_test_rows() -> None:
 
 @pytest.mark.parametrize(
     ("shard", "shards", "spec_shards", "fragment"),
-    [(2, 2, 2, "between 0 and 1"), (-1, 2, 2, "between 0 and 1"), (0, 0, None, "at least 1"), (0, 3, 2, "differs from spec.generation.shards (2)")],
+    [
+        (2, 2, 2, "between 0 and 1"),
+        (-1, 2, 2, "between 0 and 1"),
+        (0, 0, None, "at least 1"),
+        (0, 3, 2, "differs from spec.generation.shards (2)"),
+    ],
 )
 def test_bad_shard_arguments_are_refused(shard: int, shards: int, spec_shards: int | None, fragment: str) -> None:
     with pytest.raises(SpinError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
@@ -235,7 +240,12 @@ def test_vllm_engine_builds_llm_and_writes_the_shard(
     monkeypatch.setattr(generate, "vllm_importable", lambda: True)
     monkeypatch.setattr(models, "gpu_available", lambda: True)
     run_dir = make_run(
-        tmp_path, {"path": str(chatty_model_dir)}, engine="auto", promptFormat=prompt_format, tensorParallelSize=2, seed=3
+        tmp_path,
+        {"path": str(chatty_model_dir)},
+        engine="auto",
+        promptFormat=prompt_format,
+        tensorParallelSize=2,
+        seed=3,
     )
     out = run_generate(run_dir, 0, 0, 1)
     assert fake.llm_kwargs == {
@@ -246,7 +256,7 @@ def test_vllm_engine_builds_llm_and_writes_the_shard(
         "gpu_memory_utilization": 0.9,
     }
     assert fake.params == {"temperature": 0.0, "top_p": 1.0, "max_tokens": 8}
-    (method, items), = fake.calls
+    ((method, items),) = fake.calls
     rows = read_rows(out)
     assert len(rows) == 16 and {r["generated"] for r in rows} == {"answer</s>"}  # eos of this tokenizer is <|im_end|>
     if prompt_format == "chat":
@@ -274,13 +284,19 @@ def test_greedy_answers_do_not_depend_on_the_batch(chatty: tuple[Any, Any], prom
     model, tok = chatty
     texts = {
         bs: transformers_generate(
-            model, tok, PROMPTS, Generation(prompt_format=prompt_format, max_new_tokens=8, batch_size=bs), progress=False
+            model,
+            tok,
+            PROMPTS,
+            Generation(prompt_format=prompt_format, max_new_tokens=8, batch_size=bs),
+            progress=False,
         )
         for bs in (1, 3, 8)
     }
     assert texts[1] == texts[3] == texts[8]
     assert all(t.strip() for t in texts[1])  # the tiny model says something for every prompt
-    again = transformers_generate(model, tok, PROMPTS, Generation(prompt_format=prompt_format, max_new_tokens=8, batch_size=8), progress=False)
+    again = transformers_generate(
+        model, tok, PROMPTS, Generation(prompt_format=prompt_format, max_new_tokens=8, batch_size=8), progress=False
+    )
     assert again == texts[8]
 
 
@@ -313,7 +329,9 @@ def test_sampling_is_seeded(chatty: tuple[Any, Any]) -> None:
 
 
 @pytest.mark.parametrize("prompt_format", ["chat", "instruction"])
-def test_generate_step_writes_valid_rows_for_its_shard(tmp_path: Path, chatty_model_dir: Path, prompt_format: str) -> None:
+def test_generate_step_writes_valid_rows_for_its_shard(
+    tmp_path: Path, chatty_model_dir: Path, prompt_format: str
+) -> None:
     run_dir = make_run(tmp_path, {"path": str(chatty_model_dir)}, promptFormat=prompt_format, shards=2)
     outs = [run_generate(run_dir, 0, i, 2) for i in range(2)]
     assert outs[1] == run_dir / plan.shard_path(0, 1, 2)
