@@ -3,10 +3,12 @@
 The baseline reproduces the original `spin/generate.py` HF path: prompt
 `### Instruction: {q}\\n\\n### Response: ` without special tokens, left padding to a multiple
 of 8, pad = eos, `model.generate` greedy in batches of 8, fp32, EOS text removed and leading
-whitespace stripped. spinrun's engine answers the same prompts in the same format (fp32 and
-bf16). Results go to `benchmarks/results/generate.{json,md}`.
+whitespace stripped. spinrun's engine answers the same prompts in the same format (fp32, and
+bf16 where the CPU has native bf16). Wall-clock and process CPU time are both recorded; on a
+shared machine `--threads 1` gives the steadier CPU-time comparison. Results go to
+`benchmarks/results/generate.{json,md}`.
 
-    .venv/bin/python benchmarks/bench_generate.py            # both prompt sets
+    .venv/bin/python benchmarks/bench_generate.py --threads 1   # both prompt sets (~3 min CPU)
     .venv/bin/python benchmarks/bench_generate.py --sets mixed --limit 16
 """
 

@@ -38,7 +38,7 @@ def heldout(model_path: str, spec: SpinRunSpec, rows: list[dict]) -> dict:
     pairs = encode_pairs(tok, rows, spec.training.max_prompt_length, spec.training.max_length)
     logps = answer_logps(model, [(p.prompt, p.real) for p in pairs], tok.pad_token_id)
     em = exact_match(model, tok, spec, rows)
-    return {"exact_match": em, "logp_real": sum(logps) / len(logps)}
+    return {"exact_match": em[0] if em else None, "logp_real": sum(logps) / len(logps)}
 
 
 def spin_spec(args: argparse.Namespace, sft_dir: Path) -> dict:
