@@ -12,7 +12,6 @@ import argparse
 import json
 import re
 import sys
-import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from pydantic_core import PydanticUndefined
 
 from spin_runtime.crd import ROOT_RULES, openapi_schema
 from spin_runtime.spec import PATTERN_HINTS, ObjectMeta, SpinRun, SpinRunSpec, SpinRunStatus
+from spin_runtime.validation import _unwrap
 
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "spec-reference.md"
 
@@ -52,20 +52,6 @@ def _slug(title: str) -> str:
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
-
-
-def _unwrap(tp: Any) -> Any:
-    while True:
-        origin = typing.get_origin(tp)
-        if origin is typing.Annotated:
-            tp = typing.get_args(tp)[0]
-        elif origin in (typing.Union, types.UnionType):
-            args = [a for a in typing.get_args(tp) if a is not type(None)]
-            if len(args) != 1:
-                return tp
-            tp = args[0]
-        else:
-            return tp
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:
