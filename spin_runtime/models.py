@@ -32,9 +32,11 @@ TINY_LLAMA_CONFIG: dict[str, Any] = {
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
     "max_position_embeddings": 2048,
-    "tie_word_embeddings": True,
+    "tie_word_embeddings": False,
+    "initializer_range": 0.1,  # wide enough that greedy decoding emits varied text, not only whitespace
     "rms_norm_eps": 1e-5,
 }
+TINY_LLAMA_CACHE = "tiny-random-llama-v2"  # bump when TINY_LLAMA_CONFIG changes
 
 
 def cache_dir() -> Path:
@@ -147,7 +149,7 @@ def build_tiny_random_llama(out: Path, seed: int = 0) -> Path:
 
 
 def _tiny_dir() -> Path:
-    out = cache_dir() / "tiny-random-llama"
+    out = cache_dir() / TINY_LLAMA_CACHE
     if not has_weights(out):
         build_tiny_random_llama(out)
     return out
