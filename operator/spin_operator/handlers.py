@@ -193,6 +193,15 @@ def pending_created_jobs(key: tuple[str, str], indexed: list[dict[str, Any]], no
     return [body for _, body in expected.values()]
 
 
+def settle_expectation(key: tuple[str, str], job_name: str) -> None:
+    """The watch showed `job_name` (created, changed or deleted): stop expecting it."""
+    expected = _expected_jobs.get(key)
+    if expected is not None:
+        expected.pop(job_name, None)
+        if not expected:
+            del _expected_jobs[key]
+
+
 def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
     """Merge patch turning `old` into `new` at the top level (removed keys become null)."""
     patch: dict[str, Any] = {k: v for k, v in new.items() if old.get(k) != v}
@@ -262,15 +271,20 @@ async def _reconcile_locked(namespace: str, name: str, indexes: Indexes, logger:
     decision = reconcile(body, observed, datetime.now(timezone.utc), defaults)
     error: Exception | None = None
     for action in decision.actions:
+        creates_job = isinstance(action, Create) and action.kind == "Job"
+        if creates_job:
+            # Expected before the call: its ADDED event may be handled before the call returns.
+            _expected_jobs.setdefault((namespace, name), {})[action.name] = (time.monotonic(), action.obj)
         try:
             await asyncio.to_thread(execute, namespace, action)
-            if isinstance(action, Create) and action.kind == "Job":
+            if creates_job:
                 # Its ADDED event will bring nothing this reconcile did not already account for.
                 _job_seen[(namespace, action.name)] = JobState.from_object(action.obj)
-                _expected_jobs.setdefault((namespace, name), {})[action.name] = (time.monotonic(), action.obj)
             elif isinstance(action, Delete) and action.kind == "Job":
                 _expected_jobs.get((namespace, name), {}).pop(action.name, None)
         except ApiException as e:
+            if creates_job:
+                settle_expectation((namespace, name), action.name)
             error = e
             metrics.RECONCILE_ERRORS.inc()
             what = f"{type(action).__name__.lower()} {getattr(action, 'kind', 'Job')} {action.name}"
@@ -411,7 +425,12 @@ async def owned_job_event(
 ) -> None:
     """A Job of a SpinRun changed: re-evaluate its owner (unless nothing it reads changed)."""
     key = _owner_key(namespace, labels)
-    if key is None or not job_event_is_news(namespace, type, body):
+    if key is None:
+        return
+    # The watch has now shown this Job: its expectation is met. Settle it here, not at the
+    # next reconcile, or a deletion that follows before any reconcile would stay masked.
+    settle_expectation(key, str((body.get("metadata") or {}).get("name")))
+    if not job_event_is_news(namespace, type, body):
         return
     await reconcile_run(key[0], key[1], _indexes(kw), logger)
 

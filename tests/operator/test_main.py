@@ -266,3 +266,22 @@ def test_created_jobs_count_as_observed_until_the_index_shows_them():
     assert handlers._expected_jobs[key] == {}
     handlers._expected_jobs[key] = {"run-it0-gen": (100.0, job)}
     assert handlers.pending_created_jobs(key, [], now=100.0 + handlers.EXPECTATION_TTL_SECONDS + 1) == []
+
+
+def test_a_watched_job_event_settles_its_expectation_so_a_later_deletion_shows():
+    """Created → ADDED seen (no reconcile: nothing new) → deleted by hand: the next reconcile
+    must see the Job gone, not keep counting it as expected."""
+    import asyncio
+
+    from spin_operator import handlers
+
+    key = ("ns", "run")
+    handlers._expected_jobs.clear()
+    handlers._job_seen.clear()
+    job = {"metadata": {"name": "run-it0-convert", "labels": {"spinrun.dev/run": "run"}}, "status": {}}
+    handlers._expected_jobs[key] = {"run-it0-convert": (100.0, job)}
+    handlers._job_seen[("ns", "run-it0-convert")] = handlers.JobState.from_object(job)
+    labels = {handlers.res.LABEL_RUN: "run"}
+    asyncio.run(handlers.owned_job_event(namespace="ns", labels=labels, logger=None, body=job, type="ADDED"))
+    assert key not in handlers._expected_jobs
+    assert handlers.pending_created_jobs(key, [], now=101.0) == []
