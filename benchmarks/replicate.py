@@ -55,7 +55,10 @@ def spin_spec(args: argparse.Namespace, sft_dir: Path) -> dict:
             "training": {
                 "gpusPerNode": 0, "perDeviceBatchSize": 8, "maxLength": 128, "maxPromptLength": 64,
                 "precision": "fp32", "gradientCheckpointing": False, "loggingSteps": 1, "optimizer": args.optimizer,
+                "precomputeRefLogProbs": True,
             },
+            # Held-out exact match is measured here, once per checkpoint, for SPIN and SFT alike.
+            "evaluation": {"exactMatch": False},
             "storage": {"newClaim": {}},
         },
     }  # fmt: skip
@@ -67,6 +70,9 @@ def main() -> int:
     ap.add_argument("--sft-examples", type=int, default=100)
     ap.add_argument("--test-examples", type=int, default=100)
     ap.add_argument("--sft-lr", type=float, default=1e-4)
+    ap.add_argument("--sft-epochs", type=float, default=1.0)
+    ap.add_argument("--sft-dir", help="reuse this SFT checkpoint (default: WORK/sft, made when absent)")
+    ap.add_argument("--cont-sft-lr", type=float, help="continued SFT's learning rate (default: --sft-lr)")
     ap.add_argument("--iterations", type=int, default=3)
     ap.add_argument("--lr", type=float, default=5e-6)
     ap.add_argument("--beta", type=float, default=0.1)
@@ -86,9 +92,9 @@ def main() -> int:
     test_rows = [{"prompt": e.prompt, "real": e.response, "generated": e.response, "answer": e.answer} for e in test]
     base = models.resolve_source(ModelSource(builtin="smollm2-135m-instruct"))
 
-    sft_dir = work / "sft"
+    sft_dir = Path(args.sft_dir) if args.sft_dir else work / "sft"
     if not models.has_weights(sft_dir):
-        info = sft(base, [(e.prompt, e.response) for e in train], sft_dir, epochs=1, lr=args.sft_lr)
+        info = sft(base, [(e.prompt, e.response) for e in train], sft_dir, epochs=args.sft_epochs, lr=args.sft_lr)
         print(f"SFT: {info['steps']} steps, final loss {info['final_loss']:.3f}, {info['seconds']:.0f}s")
     spec_doc = spin_spec(args, sft_dir)
     spec = SpinRunSpec.model_validate(spec_doc["spec"])
@@ -105,7 +111,9 @@ def main() -> int:
     for k in range(args.iterations):
         m = rundir.read_json(spin_dir / plan.metrics_path(k))
         steps = int(m["train"].get("summary", m["train"]).get("steps", 0))
-        results["spin"].append({"iteration": k, "steps": steps, **heldout(str(spin_dir / plan.model_dir(k)), spec, test_rows)})
+        ev = m.get("eval") or {}
+        trained = {"reward_accuracy": ev.get("reward_accuracy"), "reward_margin": ev.get("reward_margin")}
+        results["spin"].append({"iteration": k, "steps": steps, **trained, **heldout(str(spin_dir / plan.model_dir(k)), spec, test_rows)})
         print(f"SPIN iter{k}:", results["spin"][-1])
 
     results["continued_sft"] = []
@@ -114,7 +122,7 @@ def main() -> int:
     for k, row in enumerate(results["spin"]):
         nxt = work / f"cont-sft-{k}"
         if not models.has_weights(nxt):
-            sft(str(prev), pairs, nxt, max_steps=max(1, row["steps"]), lr=args.lr, seed=args.seed + k + 1)
+            sft(str(prev), pairs, nxt, max_steps=max(1, row["steps"]), lr=args.cont_sft_lr or args.sft_lr, seed=args.seed + k + 1)
         results["continued_sft"].append({"iteration": k, "steps": row["steps"], **heldout(str(nxt), spec, test_rows)})
         print(f"continued SFT {k}:", results["continued_sft"][-1])
         prev = nxt
@@ -122,15 +130,22 @@ def main() -> int:
 
     (out / "replicate.json").write_text(json.dumps(results, indent=2))
     lines = [
-        "| model | optimizer steps (cumulative) | held-out exact match | mean log p(real) |",
-        "|---|---|---|---|",
-        f"| SFT start | 0 | {results['sft']['exact_match']:.3f} | {results['sft']['logp_real']:.2f} |",
+        "| model | optimizer steps (cumulative) | held-out exact match | mean log p(real) | held-out reward accuracy |",
+        "|---|---|---|---|---|",
+        f"| SFT start | 0 | {results['sft']['exact_match']:.3f} | {results['sft']['logp_real']:.2f} | – |",
     ]
     total = 0
     for s, c in zip(results["spin"], results["continued_sft"], strict=True):
         total += s["steps"]
-        lines.append(f"| SPIN iter{s['iteration']} | {total} | {s['exact_match']:.3f} | {s['logp_real']:.2f} |")
-        lines.append(f"| continued SFT (same steps) | {total} | {c['exact_match']:.3f} | {c['logp_real']:.2f} |")
+        acc = "–" if s.get("reward_accuracy") is None else f"{s['reward_accuracy']:.2f}"
+        lines.append(f"| SPIN iter{s['iteration']} | {total} | {s['exact_match']:.3f} | {s['logp_real']:.2f} | {acc} |")
+        lines.append(f"| continued SFT (same steps) | {total} | {c['exact_match']:.3f} | {c['logp_real']:.2f} | – |")
+    a = args
+    lines.append(
+        f"\nSFT: {a.sft_examples} examples, {a.sft_epochs} epoch(s), lr {a.sft_lr}; SPIN: lr {a.lr}, β {a.beta}, "
+        f"{a.epochs} epoch(s), {a.optimizer}; continued SFT lr {a.cont_sft_lr or a.sft_lr}; {a.test_examples} held-out; "
+        f"{results['seconds'] / 60:.0f} min in all."
+    )
     (out / "replicate.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
