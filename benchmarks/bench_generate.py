@@ -326,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             run_set(name, sets[name], path, args.max_new_tokens, args.batch_size, bf16) for name in args.sets.split(",")
         ],
     }
+    args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / "generate.json", report)
     atomic_write_text(args.out / "generate.md", markdown(report))
     print(markdown(report))

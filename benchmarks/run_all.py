@@ -2,7 +2,8 @@
 
 --quick (the default of `make bench`) keeps the whole set under ~15 minutes on 2 CPU cores:
 generation on 64 prompts, 3 training steps per configuration, 50 SpinRuns against the
-emulator. Without --quick the full sizes run (500 SpinRuns, the replication).
+emulator (generation and operator tables under results/quick/; the training table is the same
+size either way). Without --quick the full sizes run (500 SpinRuns, the replication).
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma-separated subset: generate,train,operator,replicate")
     args = ap.parse_args()
     py = sys.executable
+    # The quick sizes write under results/quick/, so they never overwrite the full-size tables.
+    out = ["--out", str(HERE / "results" / "quick")] if args.quick else []
     jobs = {
-        "generate": [py, str(HERE / "bench_generate.py"), "--sets", "addition" if args.quick else "mixed,addition"],
+        "generate": [py, str(HERE / "bench_generate.py"), "--sets", "addition" if args.quick else "mixed,addition", *out],
         "train": [py, str(HERE / "bench_train.py"), "--steps", "3"],
-        "operator": [py, str(HERE / "operator_scale.py"), "--runs", "50" if args.quick else "500"],
+        "operator": [py, str(HERE / "operator_scale.py"), "--runs", "50" if args.quick else "500", *out],
         "replicate": [py, str(HERE / "replicate.py")],
     }
     if args.quick:
