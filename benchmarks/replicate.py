@@ -72,7 +72,7 @@ def main() -> int:
     ap.add_argument("--sft-lr", type=float, default=1e-4)
     ap.add_argument("--sft-epochs", type=float, default=1.0)
     ap.add_argument("--sft-dir", help="reuse this SFT checkpoint (default: WORK/sft, made when absent)")
-    ap.add_argument("--cont-sft-lr", type=float, help="continued SFT's learning rate (default: --sft-lr)")
+    ap.add_argument("--cont-sft-lr", type=float, nargs="+", help="continued SFT learning rate(s), one arm each (default: --sft-lr)")
     ap.add_argument("--iterations", type=int, default=3)
     ap.add_argument("--lr", type=float, default=5e-6)
     ap.add_argument("--beta", type=float, default=0.1)
@@ -116,16 +116,19 @@ def main() -> int:
         results["spin"].append({"iteration": k, "steps": steps, **trained, **heldout(str(spin_dir / plan.model_dir(k)), spec, test_rows)})
         print(f"SPIN iter{k}:", results["spin"][-1])
 
-    results["continued_sft"] = []
-    prev = sft_dir
+    # Continued SFT from the same start, the same optimizer steps per iteration, one arm per lr.
     pairs = [(e.prompt, e.response) for e in train]
-    for k, row in enumerate(results["spin"]):
-        nxt = work / f"cont-sft-{k}"
-        if not models.has_weights(nxt):
-            sft(str(prev), pairs, nxt, max_steps=max(1, row["steps"]), lr=args.cont_sft_lr or args.sft_lr, seed=args.seed + k + 1)
-        results["continued_sft"].append({"iteration": k, "steps": row["steps"], **heldout(str(nxt), spec, test_rows)})
-        print(f"continued SFT {k}:", results["continued_sft"][-1])
-        prev = nxt
+    results["continued_sft"] = {}
+    for lr in args.cont_sft_lr or [args.sft_lr]:
+        arm: list[dict] = results["continued_sft"].setdefault(f"{lr:g}", [])
+        prev = sft_dir
+        for k, row in enumerate(results["spin"]):
+            nxt = work / f"cont-sft-lr{lr:g}-{k}"
+            if not models.has_weights(nxt):
+                sft(str(prev), pairs, nxt, max_steps=max(1, row["steps"]), lr=lr, seed=args.seed + k + 1)
+            arm.append({"iteration": k, "steps": row["steps"], **heldout(str(nxt), spec, test_rows)})
+            print(f"continued SFT lr {lr:g} {k}:", arm[-1])
+            prev = nxt
     results["seconds"] = time.time() - t_start
 
     (out / "replicate.json").write_text(json.dumps(results, indent=2))
@@ -135,15 +138,17 @@ def main() -> int:
         f"| SFT start | 0 | {results['sft']['exact_match']:.3f} | {results['sft']['logp_real']:.2f} | – |",
     ]
     total = 0
-    for s, c in zip(results["spin"], results["continued_sft"], strict=True):
+    for k, s in enumerate(results["spin"]):
         total += s["steps"]
         acc = "–" if s.get("reward_accuracy") is None else f"{s['reward_accuracy']:.2f}"
         lines.append(f"| SPIN iter{s['iteration']} | {total} | {s['exact_match']:.3f} | {s['logp_real']:.2f} | {acc} |")
-        lines.append(f"| continued SFT (same steps) | {total} | {c['exact_match']:.3f} | {c['logp_real']:.2f} | – |")
+        for lr, arm in results["continued_sft"].items():
+            c = arm[k]
+            lines.append(f"| continued SFT, lr {lr} (same steps) | {total} | {c['exact_match']:.3f} | {c['logp_real']:.2f} | – |")
     a = args
     lines.append(
         f"\nSFT: {a.sft_examples} examples, {a.sft_epochs} epoch(s), lr {a.sft_lr}; SPIN: lr {a.lr}, β {a.beta}, "
-        f"{a.epochs} epoch(s), {a.optimizer}; continued SFT lr {a.cont_sft_lr or a.sft_lr}; {a.test_examples} held-out; "
+        f"{a.epochs} epoch(s), {a.optimizer}; continued SFT lr {', '.join(results['continued_sft'])}; {a.test_examples} held-out; "
         f"{results['seconds'] / 60:.0f} min in all."
     )
     (out / "replicate.md").write_text("\n".join(lines) + "\n")
@@ -158,7 +163,8 @@ def main() -> int:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, key, title in ((axes[0], "exact_match", "held-out exact match"), (axes[1], "logp_real", "mean log p(real answer)")):
         ax.plot(xs, [results["sft"][key]] + [s[key] for s in results["spin"]], marker="o", label="SPIN")
-        ax.plot(xs, [results["sft"][key]] + [c[key] for c in results["continued_sft"]], marker="s", label="continued SFT")
+        for lr, arm in results["continued_sft"].items():
+            ax.plot(xs, [results["sft"][key]] + [c[key] for c in arm], marker="s", label=f"continued SFT (lr {lr})")
         ax.set(title=title)
         ax.grid(alpha=0.3)
         ax.legend()
