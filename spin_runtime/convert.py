@@ -37,6 +37,9 @@ class ConvertCounts:
     train_rows: int = 0
     test_rows: int = 0
     empty_generated: int = 0
+    #: Training pairs whose generated answer equals the real one: under SPIN's loss they carry
+    #: no gradient (the model already reproduces those answers).
+    identical_train_pairs: int = 0
     shards: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -221,6 +224,7 @@ def convert_iteration(spec: SpinRunSpec, run_dir: Path, k: int) -> tuple[dict[st
     counts.rows_read = len(items)
     by_split, counts.duplicates_dropped = dedupe(items)
     counts.train_rows, counts.test_rows = len(by_split["train"]), len(by_split["test"])
+    counts.identical_train_pairs = sum(1 for r in by_split["train"] if r.generated.strip() == r.real.strip())
     if not by_split["train"]:
         raise DataError(f"iteration {k}: no training rows in {counts.source}; check the data and rerun generation")
     return by_split, counts
@@ -247,6 +251,8 @@ def run_convert(run_dir: Path, iteration: int, force: bool = False) -> dict[str,
     notes = f", {counts.duplicates_dropped} duplicates dropped" if counts.duplicates_dropped else ""
     if counts.empty_generated:
         notes += f", {counts.empty_generated} empty generated answers kept"
+    if counts.identical_train_pairs:
+        notes += f", {counts.identical_train_pairs} train pairs with generated == real (no gradient)"
     print(
         f"{step.key}: {counts.rows_read} rows from {counts.source} → "
         f"{counts.train_rows} train, {counts.test_rows} test{notes}"

@@ -134,6 +134,12 @@ def window_rows(run_dir: Path, spec: SpinRunSpec, k: int) -> list[dict[str, Any]
     return rows
 
 
+def identical_pairs(rows: Sequence[Mapping[str, Any]]) -> int:
+    """Pairs whose generated answer is the real one: SPIN's loss gives them zero gradient
+    (both log-ratios are the same), as in the original, which keeps them."""
+    return sum(1 for r in rows if str(r.get("generated", "")).strip() == str(r.get("real", "")).strip())
+
+
 def _template_ids(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
     out = tok.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
     if isinstance(out, Mapping):  # transformers 5 returns a BatchEncoding
@@ -237,6 +243,7 @@ class TrainSetup:
     world_size: int
     scratch: Path
     samples: int
+    identical_pairs: int = 0
     setup_seconds: float = 0.0
 
 
@@ -343,6 +350,7 @@ def build_trainer(
         world_size=world,
         scratch=scratch,
         samples=len(prepared),
+        identical_pairs=identical_pairs(rows),
         setup_seconds=time.perf_counter() - t0,
     )
     return trainer, setup
@@ -414,6 +422,7 @@ def train_metrics(trainer: DPOTrainer, setup: TrainSetup) -> dict[str, Any]:
         {
             "samples": setup.samples,
             "train_samples": setup.samples,
+            "identical_pairs": setup.identical_pairs,
             "window": list(hp.window),
             "learning_rate": hp.learning_rate,
             "beta": hp.beta,
@@ -464,6 +473,12 @@ def run_train(
             f"iteration {iteration}: {setup.samples} pairs from iterations {list(hp.window)}, lr {hp.learning_rate:g}, "
             f"β {hp.beta:g}, {hp.loss_type} loss, opponent {hp.start_model}, world size {setup.world_size}"
         )
+        if setup.identical_pairs * 2 > setup.samples:
+            _log(
+                f"warning: iteration {iteration}: {setup.identical_pairs} of {setup.samples} pairs have generated == real "
+                "and carry no gradient: the model already reproduces most answers, so this iteration will change "
+                "little (sampled generation or prompts the model has not memorised give SPIN more to learn from)"
+            )
     trainer.train()
     final = save_checkpoint(trainer, setup)
     metrics: dict[str, Any] | None = None

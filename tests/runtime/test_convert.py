@@ -114,6 +114,17 @@ def test_empty_generated_answers_are_kept_and_counted(tmp_path: Path) -> None:
     assert info["empty_generated"] == 2 and info["train_rows"] == 3
 
 
+def test_pairs_whose_generated_answer_is_the_real_one_are_counted(tmp_path: Path) -> None:
+    """They stay (as in the original) but carry no gradient: the count tells a user why a
+    well-fitted model learns little from an iteration."""
+    run_dir = make_run(tmp_path, shards=1)
+    same = row(1)
+    same["generated"] = same["real"] + " "
+    write_shard(run_dir, 0, 1, [row(0), same, row(2), row(3, "test")])
+    info = run_convert(run_dir, 0)
+    assert info["identical_train_pairs"] == 1 and info["train_rows"] == 3
+
+
 def test_convert_is_skipped_when_done_and_rewritten_with_force(tmp_path: Path) -> None:
     run_dir = make_run(tmp_path)
     two_shards(run_dir)

@@ -17,7 +17,7 @@ from spin_runtime import plan
 from spin_runtime import train_config as tc
 from spin_runtime.errors import DataError, ModelError
 from spin_runtime.spec import DeepSpeed, Lora, SpinRunSpec
-from spin_runtime.train import run_train
+from spin_runtime.train import identical_pairs, run_train
 from tests.runtime.train_helpers import (
     addition_rows,
     make_run,
@@ -70,6 +70,7 @@ def test_train_writes_checkpoint_then_metrics_then_marker(tmp_path: Path, tiny_m
             assert isinstance(h[key], float), key
         assert h["rewards/real"] == h["rewards/chosen"] and h["logps/generated"] == h["logps/rejected"]
     assert summary["steps"] == 2 and summary["samples"] == 4 and summary["window"] == [0]
+    assert summary["identical_pairs"] == identical_pairs(addition_rows(4, 0))
     assert summary["tokens"] > 0 and summary["tokens_per_second"] > 0 and summary["train_runtime"] > 0
     assert (summary["learning_rate"], summary["beta"], summary["loss_type"]) == (5e-7, 0.1, "sigmoid")
     assert summary["precision"] == "fp32" and summary["device"] == "cpu" and summary["world_size"] == 1
@@ -271,3 +272,8 @@ def test_length_grouped_batches_when_enabled(tmp_path: Path, tiny_model_dir: Pat
     assert got[0] == max(lengths)
     assert all(got[i] >= got[i + 1] for i in range(0, 8, 2))
     assert trainer.args.remove_unused_columns is False
+
+
+def test_pairs_the_model_already_reproduces_are_counted_as_carrying_no_gradient() -> None:
+    rows = [{"real": "1 + 1 = 2.", "generated": "1 + 1 = 2. "}, {"real": "2 + 2 = 4.", "generated": "2 + 2 = 5."}]
+    assert identical_pairs(rows) == 1
