@@ -192,8 +192,35 @@ def measured(fn: Callable[[], tuple[list[str], int]]) -> tuple[list[str], int, T
     return texts, tokens, timing
 
 
+def fp32_gemm_gflops() -> float:
+    """Best fp32 torch.matmul throughput (2048², this process's threads), GFLOP/s."""
+    import torch
+
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    best = 0.0  # this VM's GEMM rate varies by ±30 % from second to second: take the best of 6
+    for _ in range(6):
+        t = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        best = max(best, 2 * n**3 * 4 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def gemm_bound(model: Any, prompt_tokens: int, new_tokens: int, gflops: float) -> dict[str, float]:
+    """The GEMM-bound limit of a generation: at least 2·N FLOPs per new token and 2·(N − lm_head)
+    per prompt token (attention and everything else taken as free), run at the measured GEMM peak."""
+    n = sum(p.numel() for p in model.parameters())
+    head = model.get_output_embeddings().weight.numel()
+    flops = 2 * (n - head) * prompt_tokens + 2 * n * new_tokens
+    seconds = flops / (gflops * 1e9)
+    return {"params": n, "min_flops": flops, "min_seconds": round(seconds, 2), "limit_tokens_per_second": round(new_tokens / seconds, 1)}
+
+
 def run_set(
-    name: str, prompts: list[str], path: str, max_new_tokens: int, batch_size: int, bf16: bool
+    name: str, prompts: list[str], path: str, max_new_tokens: int, batch_size: int, bf16: bool, gflops: float
 ) -> dict[str, Any]:
     import torch
 
@@ -242,12 +269,18 @@ def run_set(
             f"same text {same}/{len(prompts)}",
             flush=True,
         )
+        if fn == "baseline":
+            strings = ["### Instruction: " + q + "\n\n### Response: " for q in prompts]
+            prompt_tokens = sum(len(tokenizer(x, add_special_tokens=False)["input_ids"]) for x in strings)
+            bound = {"prompt_tokens": prompt_tokens, **gemm_bound(model, prompt_tokens, tokens, gflops)}
         del model
+    for r in rows:
+        r["of_gemm_limit"] = round(r["tokens_per_second"] / bound["limit_tokens_per_second"], 2)
     for key in ("tokens_per_second", "tokens_per_cpu_second"):
         base = rows[0][key]
         for r in rows:
             r[f"x_baseline_{'wall' if key == 'tokens_per_second' else 'cpu'}"] = round(r[key] / base, 2)
-    return {"prompt_set": name, "prompts": len(prompts), "max_new_tokens": max_new_tokens, "results": rows}
+    return {"prompt_set": name, "prompts": len(prompts), "max_new_tokens": max_new_tokens, "gemm_bound": bound, "results": rows}
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -271,16 +304,26 @@ def markdown(report: dict[str, Any]) -> str:
             f"## {s['prompt_set']} prompts ({s['prompts']}, ≤ {s['max_new_tokens']} new tokens)",
             "",
             "| setting | new tokens | wall s | tok/s | × baseline | CPU s | tok/CPU-s | × baseline (CPU) "
-            "| load | same text | same first 20 chars |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| of GEMM limit | load | same text | same first 20 chars |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in s["results"]:
             lines.append(
                 f"| {r['setting']} | {r['new_tokens']} | {r['wall_seconds']} | {r['tokens_per_second']} "
                 f"| {r['x_baseline_wall']} | {r['cpu_seconds']} | {r['tokens_per_cpu_second']} | {r['x_baseline_cpu']} "
+                f"| {r.get('of_gemm_limit', '–')} "
                 f"| {r['load_average'][0]}→{r['load_average'][1]} "
                 f"| {r['same_text_as_baseline']}/{s['prompts']} | {r['same_first_20_chars']}/{s['prompts']} |"
             )
+        b = s.get("gemm_bound")
+        if b:
+            lines += [
+                "",
+                f"GEMM-bound limit: {b['prompt_tokens']} prompt + {s['results'][0]['new_tokens']} new tokens need at least "
+                f"{b['min_flops'] / 1e12:.2f} TFLOP (2·N per new token, 2·(N − lm_head) per prompt token, N = "
+                f"{b['params'] / 1e6:.1f} M) = {b['min_seconds']} s at the measured fp32 GEMM peak of "
+                f"{report['gemm_fp32_gflops']:.1f} GFLOP/s: **{b['limit_tokens_per_second']} tok/s** at most.",
+            ]
         lines.append("")
     return "\n".join(lines)
 
@@ -315,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     path = models.resolve_source(ModelSource(builtin="smollm2-135m-instruct"))
     bf16 = args.bf16 == "yes" or (args.bf16 == "auto" and native_bf16())
     sets = {"mixed": MIXED_PROMPTS[: args.limit], "addition": addition_prompts(args.limit)}
+    gflops = fp32_gemm_gflops()
+    print(f"fp32 GEMM peak: {gflops:.1f} GFLOP/s", flush=True)
     report: dict[str, Any] = {
         "command": " ".join(["benchmarks/bench_generate.py", *(argv if argv is not None else sys.argv[1:])]),
         "threads": torch.get_num_threads(),
@@ -322,8 +367,10 @@ def main(argv: list[str] | None = None) -> int:
         "transformers": transformers.__version__,
         "machine": platform.processor() or platform.machine(),
         "native_bf16": native_bf16(),
+        "gemm_fp32_gflops": round(gflops, 1),
         "sets": [
-            run_set(name, sets[name], path, args.max_new_tokens, args.batch_size, bf16) for name in args.sets.split(",")
+            run_set(name, sets[name], path, args.max_new_tokens, args.batch_size, bf16, gflops)
+            for name in args.sets.split(",")
         ],
     }
     args.out.mkdir(parents=True, exist_ok=True)
