@@ -192,23 +192,6 @@ def measured(fn: Callable[[], tuple[list[str], int]]) -> tuple[list[str], int, T
     return texts, tokens, timing
 
 
-def fp32_gemm_gflops() -> float:
-    """Best fp32 torch.matmul throughput (2048², this process's threads), GFLOP/s."""
-    import torch
-
-    n = 2048
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    best = 0.0  # this VM's GEMM rate varies by ±30 % from second to second: take the best of 6
-    for _ in range(6):
-        t = time.perf_counter()
-        for _ in range(4):
-            a @ b
-        best = max(best, 2 * n**3 * 4 / (time.perf_counter() - t) / 1e9)
-    return best
-
-
 def gemm_bound(model: Any, prompt_tokens: int, new_tokens: int, gflops: float) -> dict[str, float]:
     """The GEMM-bound limit of a generation: at least 2·N FLOPs per new token and 2·(N − lm_head)
     per prompt token (attention and everything else taken as free), run at the measured GEMM peak."""
@@ -358,7 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     path = models.resolve_source(ModelSource(builtin="smollm2-135m-instruct"))
     bf16 = args.bf16 == "yes" or (args.bf16 == "auto" and native_bf16())
     sets = {"mixed": MIXED_PROMPTS[: args.limit], "addition": addition_prompts(args.limit)}
-    gflops = fp32_gemm_gflops()
+    from gemm import best_gemm_gflops
+
+    gflops = best_gemm_gflops()
     print(f"fp32 GEMM peak: {gflops:.1f} GFLOP/s", flush=True)
     report: dict[str, Any] = {
         "command": " ".join(["benchmarks/bench_generate.py", *(argv if argv is not None else sys.argv[1:])]),

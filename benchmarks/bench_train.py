@@ -134,28 +134,17 @@ def _history(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def worker_gemm(out: Path) -> None:
     """Best GEMM throughput of torch.matmul at 2 threads, fp32 and bf16 (GFLOP/s)."""
     import torch
+    from gemm import best_gemm_gflops
 
     torch.set_num_threads(2)
     result, sizes = {}, {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         # a CPU without native bf16 runs bf16 matmuls ~100x slower: probe small, grow if fast
-        n = 512
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a = torch.randn(512, 512, dtype=dtype)
         t = time.perf_counter()
-        a @ b
-        if time.perf_counter() - t < 0.05:
-            n = 2048
-            a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        reps = 8 if n == 2048 else 1
-        for _ in range(3):
-            a @ b
-        best = 0.0  # this VM's GEMM rate varies by ±30 % from second to second: take the best of 6
-        for _ in range(6):
-            t = time.perf_counter()
-            for _ in range(reps):
-                a @ b
-            best = max(best, 2 * n**3 * reps / (time.perf_counter() - t) / 1e9)
-        result[name], sizes[name] = best, n
+        a @ a
+        n = 2048 if time.perf_counter() - t < 0.05 else 512
+        result[name], sizes[name] = best_gemm_gflops(dtype, n=n, reps=8 if n == 2048 else 1), n
     out.write_text(json.dumps({"gemm_gflops": result, "threads": 2, "n": sizes}))
 
 
