@@ -281,7 +281,7 @@ async def _reconcile_locked(namespace: str, name: str, indexes: Indexes, logger:
                 # Its ADDED event will bring nothing this reconcile did not already account for.
                 _job_seen[(namespace, action.name)] = JobState.from_object(action.obj)
             elif isinstance(action, Delete) and action.kind == "Job":
-                _expected_jobs.get((namespace, name), {}).pop(action.name, None)
+                settle_expectation((namespace, name), action.name)
         except ApiException as e:
             if creates_job:
                 settle_expectation((namespace, name), action.name)
