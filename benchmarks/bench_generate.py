@@ -113,8 +113,8 @@ def native_bf16() -> bool:
 
 def addition_prompts(n: int) -> list[str]:
     """The first n training prompts of the built-in 3-digit addition task."""
-    from spin_runtime.spec import BuiltinTask
-    from spin_runtime.tasks import make_examples
+    from spin_runtime.api.spec import BuiltinTask
+    from spin_runtime.data.tasks import make_examples
 
     train, _ = make_examples(BuiltinTask(name="addition-3digit", train_size=n, test_size=1))
     return [e.prompt for e in train]
@@ -157,8 +157,8 @@ def spinrun_generate(
     model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int
 ) -> tuple[list[str], int, float]:
     """spinrun's transformers engine in the instruction format, greedy."""
-    from spin_runtime.generate import GenerationStats, transformers_generate
-    from spin_runtime.spec import Generation
+    from spin_runtime.api.spec import Generation
+    from spin_runtime.steps.generate import GenerationStats, transformers_generate
 
     gen = Generation(
         engine="transformers",
@@ -207,7 +207,7 @@ def run_set(
 ) -> dict[str, Any]:
     import torch
 
-    from spin_runtime import models
+    from spin_runtime.modeling import models
 
     tokenizer = models.load_tokenizer(path, padding_side="left")
     tokenizer.pad_token = tokenizer.eos_token
@@ -334,9 +334,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     sys.path.insert(0, str(REPO))
-    from spin_runtime import models
-    from spin_runtime.rundir import atomic_write_json, atomic_write_text
-    from spin_runtime.spec import ModelSource
+    from spin_runtime.api.spec import ModelSource
+    from spin_runtime.modeling import models
+    from spin_runtime.store.atomic import atomic_write_json, atomic_write_text
 
     path = models.resolve_source(ModelSource(builtin="smollm2-135m-instruct"))
     bf16 = args.bf16 == "yes" or (args.bf16 == "auto" and native_bf16())

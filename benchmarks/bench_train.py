@@ -155,7 +155,7 @@ def worker_trl(model_dir: str, data: Path, steps: int, out: Path) -> None:
     from transformers import AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from spin_runtime.train_config import shuffled
+    from spin_runtime.steps.trl_args import shuffled
 
     # same row order as `spin train` (its window shuffle with seed 42), so both see the same batches
     rows = shuffled(json.loads(data.read_text()), 42)
@@ -217,9 +217,10 @@ def worker_spin(model_dir: str, data: Path, steps: int, overrides: dict[str, Any
     import pandas as pd
     import torch
 
-    from spin_runtime import plan, rundir
-    from spin_runtime.spec import SpinRun
-    from spin_runtime.train import run_train
+    from spin_runtime.api.spec import SpinRun
+    from spin_runtime.plan import layout
+    from spin_runtime.steps.train import run_train
+    from spin_runtime.store import rundir
 
     rows = json.loads(data.read_text())
     with tempfile.TemporaryDirectory() as tmp:
@@ -246,7 +247,7 @@ def worker_spin(model_dir: str, data: Path, steps: int, overrides: dict[str, Any
             }
         )
         rundir.init_run(run_dir, run)
-        path = run_dir / plan.data_path(0, "train")
+        path = run_dir / layout.data_path(0, "train")
         path.parent.mkdir(parents=True)
         pd.DataFrame(rows).to_parquet(path, index=False)
         timing = _timing_callback()
@@ -416,8 +417,8 @@ def main() -> int:
 
     os.environ.setdefault("SPIN_CACHE_DIR", str(REPO / ".cache" / "spinrun"))
     sys.path.insert(0, str(REPO))
-    from spin_runtime.models import load_tokenizer, resolve_source
-    from spin_runtime.spec import ModelSource
+    from spin_runtime.api.spec import ModelSource
+    from spin_runtime.modeling.models import load_tokenizer, resolve_source
 
     t_start = time.perf_counter()
     model_dir = resolve_source(ModelSource(builtin="smollm2-135m-instruct"))
@@ -480,8 +481,8 @@ def main() -> int:
 
 
 def _native_bf16() -> bool:
-    from spin_runtime.train import cpu_flags
-    from spin_runtime.train_config import cpu_has_native_bf16
+    from spin_runtime.steps.train import cpu_flags
+    from spin_runtime.steps.trl_args import cpu_has_native_bf16
 
     return cpu_has_native_bf16(cpu_flags())
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from kubernetes import client  # noqa: E402
 
-from spin_runtime.spec import GROUP, PLURAL, VERSION  # noqa: E402
+from spin_runtime.api.spec import GROUP, PLURAL, VERSION  # noqa: E402
 from tests.operator.fixtures import make_body  # noqa: E402
 from tests.operator.harness import Emulator, Kubelet, harness_client  # noqa: E402
 

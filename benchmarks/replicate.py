@@ -26,9 +26,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from sft import sft  # noqa: E402
 
-from spin_runtime import models, plan, rundir, tasks  # noqa: E402
-from spin_runtime.evaluate import answer_logps, encode_pairs, exact_match  # noqa: E402
-from spin_runtime.spec import BuiltinTask, ModelSource, SpinRunSpec  # noqa: E402
+from spin_runtime.api.spec import BuiltinTask, ModelSource, SpinRunSpec  # noqa: E402
+from spin_runtime.data import tasks  # noqa: E402
+from spin_runtime.modeling import models  # noqa: E402
+from spin_runtime.plan import layout  # noqa: E402
+from spin_runtime.steps.evaluate import answer_logps, encode_pairs, exact_match  # noqa: E402
+from spin_runtime.store import atomic  # noqa: E402
 
 
 def heldout(model_path: str, spec: SpinRunSpec, rows: list[dict]) -> dict:
@@ -109,11 +112,11 @@ def main() -> int:
     results["spin_seconds"] = time.time() - t0
     results["spin"] = []
     for k in range(args.iterations):
-        m = rundir.read_json(spin_dir / plan.metrics_path(k))
+        m = atomic.read_json(spin_dir / layout.metrics_path(k))
         steps = int(m["train"].get("summary", m["train"]).get("steps", 0))
         ev = m.get("eval") or {}
         trained = {"reward_accuracy": ev.get("reward_accuracy"), "reward_margin": ev.get("reward_margin")}
-        results["spin"].append({"iteration": k, "steps": steps, **trained, **heldout(str(spin_dir / plan.model_dir(k)), spec, test_rows)})
+        results["spin"].append({"iteration": k, "steps": steps, **trained, **heldout(str(spin_dir / layout.model_dir(k)), spec, test_rows)})
         print(f"SPIN iter{k}:", results["spin"][-1])
 
     # Continued SFT from the same start, the same optimizer steps per iteration, one arm per lr.

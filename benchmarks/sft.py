@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from spin_runtime import models
-from spin_runtime.rundir import atomic_dir
+from spin_runtime.modeling import models
+from spin_runtime.store.atomic import atomic_dir
 
 
 def encode_pair(tok, prompt: str, answer: str, max_length: int = 128) -> tuple[list[int], list[int]]:

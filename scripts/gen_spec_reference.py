@@ -19,9 +19,10 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from spin_runtime.crd import ROOT_RULES, openapi_schema
-from spin_runtime.spec import PATTERN_HINTS, ObjectMeta, SpinRun, SpinRunSpec, SpinRunStatus
-from spin_runtime.validation import _unwrap
+from spin_runtime.api.crd import ROOT_RULES, openapi_schema
+from spin_runtime.api.load import _unwrap
+from spin_runtime.api.spec import PATTERN_HINTS, ObjectMeta, SpinRun, SpinRunSpec
+from spin_runtime.api.status import SpinRunStatus
 
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "spec-reference.md"
 

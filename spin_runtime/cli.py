@@ -1,8 +1,9 @@
 """The `spin` command line: thin wrappers over the runtime modules.
 
-`spin run|generate|convert|train|evaluate|report|status|validate|plan|crd|render`.
-Heavy modules (torch, transformers, kubernetes) are imported only by the commands that
-need them, so `spin validate` and `spin crd` start fast.
+`spin run|generate|convert|train|evaluate|report|status|validate|plan|crd|init-run`, plus the
+commands other packages register (`spin render`, from the operator). Heavy modules (torch,
+transformers) are imported only by the commands that need them, so `spin validate` and
+`spin crd` start fast.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import os
 import sys
 from pathlib import Path
 
+#: Entry-point group through which other packages add `spin` subcommands.
+PLUGIN_GROUP = "spin.commands"
+
 
 def _shard_default() -> int | None:
     value = os.environ.get("JOB_COMPLETION_INDEX")
@@ -19,7 +23,7 @@ def _shard_default() -> int | None:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from spin_runtime.validation import SpecError, load_spinrun
+    from spin_runtime.api.load import SpecError, load_spinrun
 
     status = 0
     for f in args.files:
@@ -34,14 +38,15 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_crd(args: argparse.Namespace) -> int:
-    from spin_runtime.crd import crd_yaml
+    from spin_runtime.api.crd import crd_yaml
 
     sys.stdout.write(crd_yaml())
     return 0
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from spin_runtime.validation import SpecError, load_spinrun, plan_table
+    from spin_runtime.api.load import SpecError, load_spinrun
+    from spin_runtime.plan.table import plan_table
 
     try:
         run = load_spinrun(Path(args.file))
@@ -53,23 +58,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_render(args: argparse.Namespace) -> int:
-    from spin_operator.render import render_yaml
-
-    from spin_runtime.validation import SpecError, load_spinrun
-
-    try:
-        run = load_spinrun(Path(args.file))
-    except SpecError as e:
-        for problem in e.problems:
-            print(f"{args.file}: {problem}", file=sys.stderr)
-        return 2
-    sys.stdout.write(render_yaml(run, namespace=args.namespace, iteration=args.iteration))
-    return 0
-
-
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from spin_runtime.generate import run_generate
+    from spin_runtime.steps.generate import run_generate
 
     shard = args.shard if args.shard is not None else _shard_default()
     if shard is None:
@@ -80,21 +70,21 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from spin_runtime.convert import run_convert
+    from spin_runtime.steps.convert import run_convert
 
     run_convert(Path(args.run_dir), args.iteration, force=args.force)
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from spin_runtime.train import run_train
+    from spin_runtime.steps.train import run_train
 
     run_train(Path(args.run_dir), args.iteration, force=args.force)
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from spin_runtime.evaluate import run_evaluate
+    from spin_runtime.steps.evaluate import run_evaluate
 
     run_evaluate(Path(args.run_dir), args.iteration, force=args.force)
     return 0
@@ -116,8 +106,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from spin_runtime.api.load import SpecError, load_spinrun
     from spin_runtime.local import run_local
-    from spin_runtime.validation import SpecError, load_spinrun
 
     try:
         run = load_spinrun(Path(args.file))
@@ -170,19 +160,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file")
     s.set_defaults(func=_cmd_plan)
 
-    from spin_runtime.initrun import add_parser as add_init_run
+    from spin_runtime.steps.init_run import add_parser as add_init_run
 
     add_init_run(sub)
 
     s = sub.add_parser("crd", help="print the SpinRun CustomResourceDefinition")
     s.set_defaults(func=_cmd_crd)
 
-    s = sub.add_parser("render", help="print the Kubernetes objects the operator would create")
-    s.add_argument("file")
-    s.add_argument("--namespace", default="default")
-    s.add_argument("--iteration", type=int, default=None, help="only this iteration's objects")
-    s.set_defaults(func=_cmd_render)
+    _add_plugin_commands(sub)
     return p
+
+
+def _add_plugin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Commands other installed packages register under the `spin.commands` entry-point group
+    (the operator registers `spin render`), so the runtime never imports them itself."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=PLUGIN_GROUP):
+        try:
+            add = ep.load()
+        except ImportError:  # the package's extra (e.g. the operator's) is not installed
+            continue
+        add(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,3 +13,7 @@ class DataError(SpinError):
 
 class ModelError(SpinError):
     """A model cannot be found or loaded (the message names the source)."""
+
+
+class RunDirError(SpinError):
+    """The run directory is missing, unreadable or holds something unexpected."""

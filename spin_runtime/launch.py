@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from spin_runtime.api.spec import Training
 from spin_runtime.errors import SpinError
-from spin_runtime.spec import Training
 
 #: Environment variable torchrun reads as --node_rank (torchrun maps PET_<OPTION> to options).
 NODE_RANK_ENV = "PET_NODE_RANK"

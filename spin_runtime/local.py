@@ -12,11 +12,13 @@ import sys
 import time
 from pathlib import Path
 
-from spin_runtime import launch, plan, rundir
-from spin_runtime.spec import SpinRun
+from spin_runtime import launch
+from spin_runtime.api.spec import SpinRun
+from spin_runtime.plan import layout, stages
+from spin_runtime.store import rundir
 
 
-def step_command(step: plan.Step, run_dir: Path, spec_gpus: int = 0) -> list[str]:
+def step_command(step: stages.Step, run_dir: Path, spec_gpus: int = 0) -> list[str]:
     """The process to start for a step: `spin <step> ...` through this Python, wrapped in
     `torchrun --standalone` when training should use several local GPUs."""
     argv = step.argv(str(run_dir))
@@ -43,37 +45,47 @@ def _fmt_seconds(s: float) -> str:
     return f"{m}m{sec:02d}s" if m else f"{sec}s"
 
 
+def _run_step(step: stages.Step, run_dir: Path, gpus: int, label: str) -> int:
+    """Run one step as a process; its exit code (130 when interrupted)."""
+    print(f"{label} ...", flush=True)
+    t0 = time.monotonic()
+    proc = subprocess.Popen(step_command(step, run_dir, gpus), env=os.environ.copy())
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.wait()
+        print(f"\ninterrupted during {step.key}: finished steps keep their markers; "
+              f"rerun `spin run` with the same --run-dir to resume", file=sys.stderr)
+        return 130
+    if code != 0:
+        print(f"{label}: failed (exit {code}); fix the problem and rerun to resume from this step", file=sys.stderr)
+        return code
+    print(f"{label}: done in {_fmt_seconds(time.monotonic() - t0)}", flush=True)
+    return 0
+
+
 def run_local(run: SpinRun, run_dir: Path) -> int:
     """Run (or resume) a SpinRun in `run_dir`; returns the process exit code."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     rundir.init_run(run_dir, run)
-    steps = plan.all_steps(run.spec)
+    steps = stages.all_steps(run.spec)
     gpus = _local_gpus(run)
     started = time.monotonic()
     done_before = sum(rundir.is_done(run_dir, s) for s in steps)
     print(f"spin run {run.metadata.name}: {len(steps)} steps in {run_dir}"
           + (f" ({done_before} already done, resuming)" if done_before else ""), flush=True)
-    for n, step in enumerate(steps, 1):
-        label = f"[{n}/{len(steps)}] iteration {step.iteration} · {step.key.split('/', 1)[1]}"
-        if rundir.is_done(run_dir, step):
-            print(f"{label}: done earlier, skipped", flush=True)
-            continue
-        print(f"{label} ...", flush=True)
-        t0 = time.monotonic()
-        proc = subprocess.Popen(step_command(step, run_dir, gpus), env=os.environ.copy())
-        try:
-            code = proc.wait()
-        except KeyboardInterrupt:
-            proc.wait()
-            print(f"\ninterrupted during {step.key}: finished steps keep their markers; "
-                  f"rerun `spin run` with the same --run-dir to resume", file=sys.stderr)
-            return 130
-        if code != 0:
-            print(f"{label}: failed (exit {code}); fix the problem and rerun to resume from this step",
-                  file=sys.stderr)
-            return code
-        print(f"{label}: done in {_fmt_seconds(time.monotonic() - t0)}", flush=True)
+    n = 0
+    for stage in stages.run_stages(run.spec):
+        for step in stage.steps:
+            n += 1
+            label = f"[{n}/{len(steps)}] iteration {step.iteration} · {step.key.split('/', 1)[1]}"
+            if rundir.is_done(run_dir, step):
+                print(f"{label}: done earlier, skipped", flush=True)
+                continue
+            code = _run_step(step, run_dir, gpus, label)
+            if code != 0:
+                return code
 
     from spin_runtime.report import summary_table, write_report
 
@@ -89,8 +101,8 @@ def status_text(run_dir: Path) -> str:
     run = rundir.load_run(run_dir)
     lines = [f"run {run.metadata.name} in {run_dir}"]
     last_ckpt = None
-    for k in plan.iterations(run.spec):
-        steps = plan.steps_for_iteration(run.spec, k)
+    for k in stages.iterations(run.spec):
+        steps = stages.steps_for_iteration(run.spec, k)
         done = [s for s in steps if rundir.is_done(run_dir, s)]
         state = "done" if len(done) == len(steps) else ("in progress" if done else "pending")
         names = ", ".join(
@@ -98,6 +110,6 @@ def status_text(run_dir: Path) -> str:
         )
         lines.append(f"  iteration {k}: {state:<11} {names}")
         if any(s.name == "train" for s in done):
-            last_ckpt = run_dir / plan.model_dir(k)
+            last_ckpt = run_dir / layout.model_dir(k)
     lines.append(f"  last checkpoint: {last_ckpt or 'none yet'}")
     return "\n".join(lines)

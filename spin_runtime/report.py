@@ -10,7 +10,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from spin_runtime import plan, rundir
+from spin_runtime.plan import hparams, layout, stages
+from spin_runtime.store import atomic, rundir
 
 REPORT_DIR = "report"
 
@@ -34,12 +35,12 @@ def load_metrics(run_dir: Path) -> dict[int, dict[str, Any]]:
     """metrics.json of every iteration that has one, with the resolved hyperparameters."""
     run = rundir.load_run(run_dir)
     out: dict[int, dict[str, Any]] = {}
-    for k in plan.iterations(run.spec):
-        path = Path(run_dir) / plan.metrics_path(k)
+    for k in stages.iterations(run.spec):
+        path = Path(run_dir) / layout.metrics_path(k)
         if not path.exists():
             continue
-        m = rundir.read_json(path)
-        hp = plan.hparams(run.spec, k)
+        m = atomic.read_json(path)
+        hp = hparams.hparams(run.spec, k)
         m["hparams"] = {"learning_rate": hp.learning_rate, "beta": hp.beta, "epochs": hp.epochs}
         train = m.get("train") or {}
         history = [h for h in train.get("history", []) if "loss" in h]
@@ -151,5 +152,5 @@ def write_report(run_dir: Path) -> Path:
         "",
     ]
     path = out / "summary.md"
-    rundir.atomic_write_text(path, "\n".join(lines))
+    atomic.atomic_write_text(path, "\n".join(lines))
     return path

@@ -22,8 +22,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
     """A saved tiny random Llama with SmolLM2's tokenizer (built once, then cached)."""
-    from spin_runtime.models import resolve_source
-    from spin_runtime.spec import ModelSource
+    from spin_runtime.api.spec import ModelSource
+    from spin_runtime.modeling.models import resolve_source
 
     return Path(resolve_source(ModelSource(builtin="tiny-random-llama")))
 

@@ -19,8 +19,8 @@ from typing import Any
 import celpy
 import jsonschema
 
-from spin_runtime.crd import openapi_schema
-from spin_runtime.spec import API_VERSION, KIND
+from spin_runtime.api.crd import openapi_schema
+from spin_runtime.api.spec import API_VERSION, KIND
 
 XVAL = "x-kubernetes-validations"
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")

@@ -15,9 +15,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from spin_runtime.crd import PRINTER_COLUMNS, crd_dict, crd_yaml
-from spin_runtime.spec import SpinRun
-from spin_runtime.validation import SpecError, validate_data
+from spin_runtime.api.crd import PRINTER_COLUMNS, crd_dict, crd_yaml
+from spin_runtime.api.load import SpecError, validate_data
+from spin_runtime.api.spec import SpinRun
 from tests import crd_check
 
 REPO = Path(__file__).resolve().parents[1]

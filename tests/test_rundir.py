@@ -6,8 +6,10 @@ import os
 
 import pytest
 
-from spin_runtime import plan, rundir
-from spin_runtime.spec import SpinRun
+from spin_runtime import errors
+from spin_runtime.api.spec import SpinRun
+from spin_runtime.plan import layout, stages
+from spin_runtime.store import atomic, rundir
 
 
 def make_run(**spec) -> SpinRun:
@@ -15,17 +17,17 @@ def make_run(**spec) -> SpinRun:
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):
-    rundir.atomic_write_text(tmp_path / "a" / "f.txt", "hello")
-    rundir.atomic_write_text(tmp_path / "a" / "f.txt", "again")
+    atomic.atomic_write_text(tmp_path / "a" / "f.txt", "hello")
+    atomic.atomic_write_text(tmp_path / "a" / "f.txt", "again")
     assert (tmp_path / "a" / "f.txt").read_text() == "again"
     assert os.listdir(tmp_path / "a") == ["f.txt"]
 
 
 def test_atomic_dir_failure_keeps_the_old_folder(tmp_path):
     target = tmp_path / "model"
-    with rundir.atomic_dir(target) as tmp:
+    with atomic.atomic_dir(target) as tmp:
         (tmp / "w").write_text("v1")
-    with pytest.raises(RuntimeError), rundir.atomic_dir(target) as tmp:
+    with pytest.raises(RuntimeError), atomic.atomic_dir(target) as tmp:
         (tmp / "w").write_text("partial")
         raise RuntimeError("killed")
     assert (target / "w").read_text() == "v1"
@@ -35,12 +37,12 @@ def test_atomic_dir_failure_keeps_the_old_folder(tmp_path):
 def test_last_step_marks_the_iteration_done(tmp_path):
     run = make_run(iterations=2)
     rundir.init_run(tmp_path, run)
-    train = plan.Step(0, "train")
+    train = stages.Step(0, "train")
     rundir.mark_done(tmp_path, run, train)
     assert rundir.is_done(tmp_path, train)
-    assert not (tmp_path / plan.done_path(0)).exists()
-    rundir.mark_done(tmp_path, run, plan.Step(0, "evaluate"))
-    assert (tmp_path / plan.done_path(0)).exists()
+    assert not (tmp_path / layout.done_path(0)).exists()
+    rundir.mark_done(tmp_path, run, stages.Step(0, "evaluate"))
+    assert (tmp_path / layout.done_path(0)).exists()
     assert rundir.done_keys(tmp_path, run) == {"it0/train", "it0/evaluate"}
 
 
@@ -51,11 +53,11 @@ def test_stored_spec_round_trips(tmp_path):
 
 
 def test_missing_spec_names_the_file_and_the_fix(tmp_path):
-    with pytest.raises(rundir.RunDirError, match=r"spec.json: no spec here; start the run with `spin run"):
+    with pytest.raises(errors.RunDirError, match=r"spec.json: no spec here; start the run with `spin run"):
         rundir.load_run(tmp_path)
 
 
 def test_metrics_sections_are_merged(tmp_path):
     rundir.update_metrics(tmp_path, 0, "train", {"loss": 0.5})
     rundir.update_metrics(tmp_path, 0, "eval", {"exact_match": 0.25})
-    assert rundir.read_json(tmp_path / plan.metrics_path(0)) == {"train": {"loss": 0.5}, "eval": {"exact_match": 0.25}}
+    assert atomic.read_json(tmp_path / layout.metrics_path(0)) == {"train": {"loss": 0.5}, "eval": {"exact_match": 0.25}}

@@ -9,17 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from spin_runtime import spec as s
-from spin_runtime.spec import (
-    Dataset,
-    LmEval,
-    ModelSource,
-    Resources,
-    SpinRun,
-    SpinRunSpec,
-    Storage,
-    schedule_for,
-)
+from spin_runtime.api import spec, status
+from spin_runtime.api.spec import Dataset, LmEval, ModelSource, Resources, SpinRun, SpinRunSpec, Storage, schedule_for
 
 
 def _run(**spec: typing.Any) -> SpinRun:
@@ -131,7 +122,7 @@ def test_every_field_has_a_description() -> None:
 
 
 def test_every_spec_model_refuses_unknown_fields() -> None:
-    for model in _all_models() - {s.ObjectMeta, s.SpinRunStatus}:
+    for model in _all_models() - {spec.ObjectMeta, status.SpinRunStatus}:
         assert model.model_config.get("extra") == "forbid", model.__name__
 
 

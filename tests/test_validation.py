@@ -16,8 +16,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from spin_runtime.api.load import SpecError, load_spinrun, parse_yaml, validate_data
 from spin_runtime.cli import main
-from spin_runtime.validation import SpecError, load_spinrun, parse_yaml, plan_table, validate_data
+from spin_runtime.plan.table import plan_table
 from tests import crd_check
 
 REPO = Path(__file__).resolve().parents[1]

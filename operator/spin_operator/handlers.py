@@ -24,7 +24,7 @@ from spin_operator import metrics
 from spin_operator import resources as res
 from spin_operator.reconcile import Create, Decision, Delete, JobState, Observed, PatchJob, is_terminal, reconcile
 from spin_operator.resources_training import PYTORCHJOB_GROUP, PYTORCHJOB_KIND, PYTORCHJOB_PLURAL
-from spin_runtime.spec import GROUP, PLURAL, VERSION
+from spin_runtime.api.spec import GROUP, PLURAL, VERSION
 
 SPINRUNS = (GROUP, VERSION, PLURAL)
 MANAGED = {res.LABEL_MANAGED_BY: res.MANAGED_BY}

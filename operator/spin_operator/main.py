@@ -1,4 +1,4 @@
-"""`spin-operator`: run the kopf operator standalone (one replica, no peering) with a liveness
+"""`spin-operator`: run the kopf operator standalone (or `spin-operator render FILE`) (one replica, no peering) with a liveness
 endpoint and Prometheus metrics. Namespaces come from --namespace/--all-namespaces or the
 WATCH_NAMESPACES env var (comma-separated; empty = all)."""
 
@@ -35,7 +35,15 @@ def namespaces_from(args: argparse.Namespace, env: dict[str, str] | os._Environ[
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `spin-operator` console script."""
+    """Entry point of the `spin-operator` console script: the operator, or `spin-operator render FILE`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["render"]:
+        from spin_operator.render import add_parser
+
+        top = argparse.ArgumentParser(prog="spin-operator")
+        add_parser(top.add_subparsers(dest="command", required=True))
+        args = top.parse_args(argv)
+        return int(args.func(args))
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -24,12 +24,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from pydantic import ValidationError
-
 from spin_operator import resources as res
 from spin_operator.resources_training import PYTORCHJOB_KIND
-from spin_runtime import plan
-from spin_runtime.spec import SpinRun, SpinRunSpec
+from spin_runtime.api.load import SpecError, validate_data
+from spin_runtime.api.spec import API_VERSION, KIND, SpinRun, SpinRunSpec
+from spin_runtime.plan import layout, stages
 
 #: How many entries status.iterations keeps (the newest).
 MAX_ITERATION_HISTORY = 20
@@ -276,13 +275,10 @@ def set_condition(
     return True
 
 
-def _validation_message(e: ValidationError) -> str:
-    parts = []
-    for err in e.errors()[:5]:
-        loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("spec",)) or "spec"
-        parts.append(f"{loc}: {err.get('msg')}")
-    more = f" (+{len(e.errors()) - 5} more)" if len(e.errors()) > 5 else ""
-    return "spec is invalid, fix and reapply: " + "; ".join(parts) + more
+def _validation_message(e: SpecError) -> str:
+    shown = e.problems[:5]
+    more = f" (+{len(e.problems) - 5} more)" if len(e.problems) > 5 else ""
+    return "spec is invalid, fix and reapply: " + "; ".join(shown) + more
 
 
 def _as_body(run: SpinRun | Mapping[str, Any]) -> dict[str, Any]:
@@ -386,10 +382,10 @@ def reconcile(
 
     raw_spec = p.body.get("spec") or {}
     try:
-        spec = SpinRun.model_validate(
-            {"metadata": {"name": p.ref.name, "namespace": p.ref.namespace}, "spec": raw_spec}
+        spec = validate_data(
+            {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": p.ref.name, "namespace": p.ref.namespace}, "spec": raw_spec}
         ).spec
-    except ValidationError as e:
+    except SpecError as e:
         msg = _validation_message(e)
         if p.cond("ValidationFailed", True, "ValidationFailed", msg):
             p.event("Warning", "ValidationFailed", msg)
@@ -503,7 +499,7 @@ def _pinned_spec(p: _Pass, spec: SpinRunSpec, k: int, it: dict[str, Any]) -> Spi
     if cm is not None:
         try:
             return res.spec_from_config_map(cm)
-        except (KeyError, ValueError, ValidationError):
+        except (KeyError, ValueError, SpecError):
             p.event("Warning", "SpecConfigMapInvalid", f"ConfigMap {res.spec_configmap_name(p.ref.name, k)} is unreadable: using the current spec")
     ref = res.RunRef(p.ref.name, p.ref.namespace, p.ref.uid, int(it.get("generation") or p.gen))
     p.act(Create(res.spec_config_map(ref, spec, k)))
@@ -513,7 +509,7 @@ def _pinned_spec(p: _Pass, spec: SpinRunSpec, k: int, it: dict[str, Any]) -> Spi
 def _walk_plan(p: _Pass, spec: SpinRunSpec) -> None:
     """Find the earliest unfinished step and drive it; finish the run when none is left."""
     current = p.status.get("currentIteration")
-    for k in plan.iterations(spec):
+    for k in stages.iterations(spec):
         if current is not None and k < current:
             continue
         it = _iteration_entry(p, k)
@@ -655,7 +651,7 @@ def _step_done(p: _Pass, spec_k: SpinRunSpec, k: int, step: str, entry: dict[str
     entry.setdefault("startTime", js.start_time or p.now_s)
     p.event("Normal", "StepSucceeded", f"iteration {k}: {step} succeeded (job {js.name})")
     if step == "train":
-        path = f"{res.run_dir(p.ref.name, spec_k)}/{plan.model_dir(k)}"
+        path = f"{res.run_dir(p.ref.name, spec_k)}/{layout.model_dir(k)}"
         p.status["lastCheckpoint"] = {"iteration": k, "path": path, "time": entry["completionTime"]}
 
 

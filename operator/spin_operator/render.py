@@ -1,15 +1,19 @@
-"""`spin render`: every Kubernetes object the operator would create for a SpinRun, as one
-YAML multi-document stream (all iterations, or one)."""
+"""`spin-operator render` (also `spin render`, registered through the `spin.commands` entry
+point): every Kubernetes object the operator would create for a SpinRun, as one YAML
+multi-document stream (all iterations, or one)."""
 
 from __future__ import annotations
 
+import argparse
+import sys
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from spin_operator import resources as res
-from spin_runtime import plan
-from spin_runtime.spec import SpinRun
+from spin_runtime.api.spec import SpinRun
+from spin_runtime.plan import stages
 
 
 def render_objects(
@@ -22,7 +26,7 @@ def render_objects(
     at attempt 0 and suspended only when spec.suspend is set."""
     spec = run.spec
     ref = res.RunRef(name=run.metadata.name, namespace=run.metadata.namespace or namespace)
-    its = list(plan.iterations(spec))
+    its = list(stages.iterations(spec))
     if iteration is not None:
         if iteration not in its:
             raise ValueError(
@@ -62,3 +66,26 @@ def dump_all(objs: list[dict[str, Any]]) -> str:
 def render_yaml(run: SpinRun, namespace: str = "default", iteration: int | None = None) -> str:
     """What `spin render FILE [--namespace NS] [--iteration K]` prints."""
     return dump_all(render_objects(run, namespace=namespace, iteration=iteration))
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+    """Register `render` on a command line's subparsers (`spin` and `spin-operator`)."""
+    s = sub.add_parser("render", help="print the Kubernetes objects the operator would create")
+    s.add_argument("file")
+    s.add_argument("--namespace", default="default")
+    s.add_argument("--iteration", type=int, default=None, help="only this iteration's objects")
+    s.set_defaults(func=_cmd_render)
+    return s
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from spin_runtime.api.load import SpecError, load_spinrun
+
+    try:
+        run = load_spinrun(Path(args.file))
+    except SpecError as e:
+        for problem in e.problems:
+            print(f"{args.file}: {problem}", file=sys.stderr)
+        return 2
+    sys.stdout.write(render_yaml(run, namespace=args.namespace, iteration=args.iteration))
+    return 0

@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from spin_runtime import plan
-from spin_runtime.spec import API_VERSION, KIND, SpinRun, SpinRunSpec
+from spin_runtime.api.load import validate_data
+from spin_runtime.api.spec import API_VERSION, KIND, SpinRun, SpinRunSpec
+from spin_runtime.plan import stages
 
 # --------------------------------------------------------------------------- constants
 
@@ -461,8 +462,7 @@ def spec_config_map(run: RunRef, spec: SpinRunSpec, iteration: int) -> dict[str,
 
 def spec_from_config_map(cm: Mapping[str, Any]) -> SpinRunSpec:
     """Read back the pinned spec of an iteration from its ConfigMap."""
-    data = json.loads((cm.get("data") or {})[SPEC_KEY])
-    return SpinRunSpec.model_validate(data.get("spec") or {})
+    return validate_data(json.loads((cm.get("data") or {})[SPEC_KEY])).spec
 
 
 # --------------------------------------------------------------------------- step Jobs
@@ -479,7 +479,7 @@ def generate_job(ctx: BuildContext) -> dict[str, Any]:
     (backoffLimitPerIndex); one shard over its limit fails the Job (maxFailedIndexes 0)."""
     gen = ctx.spec.generation
     k = ctx.iteration
-    step = plan.Step(k, "generate", 0, gen.shards)
+    step = stages.Step(k, "generate", 0, gen.shards)
     image, _, pull = step_images(ctx)
     gpus = generation_gpus(ctx.spec)
     template = pod_template(
@@ -516,7 +516,7 @@ def convert_job(ctx: BuildContext) -> dict[str, Any]:
         "convert",
         image=image,
         pull_policy=pull,
-        command=plan.Step(ctx.iteration, "convert").argv(run_dir(ctx.run.name, ctx.spec)),
+        command=stages.Step(ctx.iteration, "convert").argv(run_dir(ctx.run.name, ctx.spec)),
         resources=json.loads(json.dumps(CONVERT_RESOURCES)),
         gpus=0,
     )
@@ -533,7 +533,7 @@ def evaluate_job(ctx: BuildContext) -> dict[str, Any]:
         "evaluate",
         image=image,
         pull_policy=pull,
-        command=plan.Step(ctx.iteration, "evaluate").argv(run_dir(ctx.run.name, ctx.spec)),
+        command=stages.Step(ctx.iteration, "evaluate").argv(run_dir(ctx.run.name, ctx.spec)),
         resources=container_resources(tr.resources.requests, tr.resources.limits, gpus),
         gpus=gpus,
     )
@@ -559,7 +559,7 @@ def step_objects(ctx: BuildContext, step: str) -> list[dict[str, Any]]:
 def step_names(spec: SpinRunSpec, iteration: int) -> list[str]:
     """The stages of iteration k in order (generate only when the run generates its data)."""
     seen: list[str] = []
-    for s in plan.steps_for_iteration(spec, iteration):
+    for s in stages.steps_for_iteration(spec, iteration):
         if s.name not in seen:
             seen.append(s.name)
     return seen

@@ -30,7 +30,7 @@ from spin_operator.resources import (
     step_images,
 )
 from spin_runtime.launch import training_argv
-from spin_runtime.plan import Step
+from spin_runtime.plan.stages import Step
 
 PYTORCHJOB_API_VERSION = "kubeflow.org/v1"
 PYTORCHJOB_KIND = "PyTorchJob"

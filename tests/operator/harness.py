@@ -45,7 +45,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from typing_extensions import override
 
-from spin_runtime.spec import GROUP, PLURAL, VERSION
+from spin_runtime.api.spec import GROUP, PLURAL, VERSION
 
 HARNESS_AGENT = "spin-e2e-harness"
 VENV_BIN = Path(sys.executable).parent
@@ -593,8 +593,9 @@ class Kubelet:
     def _instant(self, job: dict[str, Any], index: int) -> None:
         if not self.markers:
             return
-        from spin_runtime import plan, rundir
-        from spin_runtime.spec import SpinRun
+        from spin_runtime.api.spec import SpinRun
+        from spin_runtime.plan import stages
+        from spin_runtime.store import rundir
 
         data, run_dir = self._spec_of(job)
         local = self.local_path(run_dir)
@@ -603,7 +604,7 @@ class Kubelet:
         lab = job["metadata"]["labels"]
         k, step = int(lab["spin.dev/iteration"]), lab["spin.dev/step"]
         shards = run.spec.generation.shards
-        s = plan.Step(k, "generate", index, shards) if step == "generate" else plan.Step(k, step)  # type: ignore[arg-type]
+        s = stages.Step(k, "generate", index, shards) if step == "generate" else stages.Step(k, step)  # type: ignore[arg-type]
         if step == "train" and index != 0:
             return
         rundir.mark_done(local, run, s, {"by": "harness"})
@@ -644,7 +645,7 @@ class Kubelet:
                 a = str(spec_file)
             out.append(self._map(a))
         if out[:2] == ["spin", "init-run"]:
-            return [sys.executable, "-m", "spin_runtime.initrun", *out[2:]]
+            return [sys.executable, "-m", "spin_runtime.cli", "init-run", *out[2:]]
         if out[0] == "spin":
             return [str(VENV_BIN / "spin"), *out[1:]]
         if out[0] == "torchrun":

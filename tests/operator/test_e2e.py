@@ -78,7 +78,7 @@ def wait_event(c: Cluster, name: str, reason: str, timeout: float = 10) -> list[
 
 def _check_printer_columns(run: dict[str, Any]) -> None:
     try:
-        from spin_runtime.crd import crd_dict
+        from spin_runtime.api.crd import crd_dict
     except ImportError as e:  # pragma: no cover - colleague's module
         pytest.skip(f"spin_runtime.crd.crd_dict not available yet: {e}")
     crd = crd_dict()
@@ -217,7 +217,7 @@ def test_deleting_the_spinrun_stops_its_work_cleanly(tmp_path: Path) -> None:
 def _runtime_ready() -> str | None:
     import importlib.util
 
-    missing = [m for m in ("spin_runtime.generate", "spin_runtime.convert", "spin_runtime.train", "spin_runtime.evaluate")
+    missing = [m for m in ("spin_runtime.steps.generate", "spin_runtime.steps.convert", "spin_runtime.steps.train", "spin_runtime.steps.evaluate")
                if importlib.util.find_spec(m) is None]
     return f"runtime steps not available yet: {', '.join(missing)}" if missing else None
 

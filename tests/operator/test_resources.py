@@ -16,7 +16,7 @@ from spin_operator import resources as res
 from spin_operator.render import dump_all, render_objects, render_yaml
 from spin_operator.resources_training import train_command
 
-from spin_runtime.spec import SpinRun
+from spin_runtime.api.spec import SpinRun
 from tests.operator.fixtures import UID, make_body
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -19,9 +19,9 @@ from spin_operator import resources as res
 from spin_operator.reconcile import Create, Observed, reconcile
 from spin_operator.render import render_objects
 
+from spin_runtime.api.load import SpecError, validate_data
+from spin_runtime.api.spec import SpinRun
 from spin_runtime.cli import main as spin_main
-from spin_runtime.spec import SpinRun
-from spin_runtime.validation import SpecError, validate_data
 from tests import crd_check
 from tests.operator.sim import T0
 from tests.reliability.conftest import Tally

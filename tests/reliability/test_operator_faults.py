@@ -113,7 +113,7 @@ def test_spinrun_deleted_mid_run_stops_the_operator_cleanly(tmp_path: Path, tall
 
 
 def _spinruns(c: Cluster) -> list[dict[str, Any]]:
-    from spin_runtime.spec import GROUP, PLURAL, VERSION
+    from spin_runtime.api.spec import GROUP, PLURAL, VERSION
 
     return c.custom.list_namespaced_custom_object(GROUP, VERSION, c.namespace, PLURAL)["items"]
 

@@ -21,9 +21,11 @@ from typing import Any
 
 import pytest
 
-from spin_runtime import plan, rundir
+from spin_runtime import errors
+from spin_runtime.api.spec import SpinRun
 from spin_runtime.cli import main as spin_main
-from spin_runtime.spec import SpinRun
+from spin_runtime.plan import layout, stages
+from spin_runtime.store import atomic, rundir
 from tests.reliability.conftest import Tally
 from tests.runtime.train_helpers import FAST_TRAINING, addition_rows, write_pairs
 
@@ -50,11 +52,11 @@ def make_run_dir(run_dir: Path, tiny_model_dir: Path, *, iterations: int = 2, tr
     }
     run = SpinRun.model_validate({"metadata": {"name": "faults"}, "spec": spec})
     rundir.init_run(run_dir, run)
-    shutil.copytree(tiny_model_dir, run_dir / plan.model_dir(0))
+    shutil.copytree(tiny_model_dir, run_dir / layout.model_dir(0))
     write_pairs(run_dir, 0, "train", addition_rows(4, 0))
     write_pairs(run_dir, 1, "train", addition_rows(4, 1))
     write_pairs(run_dir, 1, "test", addition_rows(2, 1))
-    for step in plan.steps_for_iteration(run.spec, 0):
+    for step in stages.steps_for_iteration(run.spec, 0):
         rundir.mark_done(run_dir, run, step, {"by": "test"})
     return run
 
@@ -80,7 +82,7 @@ def test_training_sigkilled_after_its_first_step_leaves_no_trace_and_reruns(
 ) -> None:
     run_dir = tmp_path / "run"
     run = make_run_dir(run_dir, tiny_model_dir, training={"maxSteps": 4, "loggingSteps": 1})
-    start = run_dir / plan.model_dir(0)
+    start = run_dir / layout.model_dir(0)
     before = tree_hashes(start)
     others = {p: h for p, h in tree_hashes(run_dir).items() if not p.startswith("iter-1/")}
 
@@ -109,19 +111,19 @@ def test_training_sigkilled_after_its_first_step_leaves_no_trace_and_reruns(
         proc.wait(30)
     reader.join(10)
     assert proc.returncode == -signal.SIGKILL, "".join(seen)[-2000:]
-    step = plan.Step(1, "train")
+    step = stages.Step(1, "train")
     assert not (run_dir / step.marker).exists()
-    assert not (run_dir / plan.model_dir(1)).exists()
-    assert not (run_dir / plan.done_path(1)).exists()
-    assert "train" not in (json.loads((run_dir / plan.metrics_path(1)).read_text()) if (run_dir / plan.metrics_path(1)).exists() else {})
+    assert not (run_dir / layout.model_dir(1)).exists()
+    assert not (run_dir / layout.done_path(1)).exists()
+    assert "train" not in (json.loads((run_dir / layout.metrics_path(1)).read_text()) if (run_dir / layout.metrics_path(1)).exists() else {})
     assert tree_hashes(start) == before, "the previous iteration's checkpoint changed"
 
     done = spin("train", "--run-dir", str(run_dir), "--iteration", "1")
     assert done.returncode == 0, done.stderr[-3000:]
     assert rundir.is_done(run_dir, step)
-    from spin_runtime.models import check_checkpoint
+    from spin_runtime.modeling.models import check_checkpoint
 
-    check_checkpoint(run_dir / plan.model_dir(1))
+    check_checkpoint(run_dir / layout.model_dir(1))
     assert json.loads((run_dir / step.marker).read_text())["steps"] == 4
     assert tree_hashes(start) == before
     after = tree_hashes(run_dir)
@@ -141,21 +143,21 @@ def _converted_run(tmp_path: Path, tiny_model_dir: Path) -> Path:
     """A run whose iteration 1 has its two shards generated (written by hand) but not converted."""
     run_dir = tmp_path / "run"
     run = make_run_dir(run_dir, tiny_model_dir)
-    for p in (plan.data_path(1, "train"), plan.data_path(1, "test")):
+    for p in (layout.data_path(1, "train"), layout.data_path(1, "test")):
         (run_dir / p).unlink()
     for i in range(2):
         rows = [{"id": f"t:{s}:{i}-{j}", "split": s, "prompt": f"q {i} {j} {s}", "real": f"r {j}", "generated": f"g {j}",
                  "answer": None} for j in range(3) for s in ("train", "test")]
-        shard = run_dir / plan.shard_path(1, i, 2)
+        shard = run_dir / layout.shard_path(1, i, 2)
         shard.parent.mkdir(parents=True, exist_ok=True)
         shard.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        rundir.mark_done(run_dir, run, plan.Step(1, "generate", i, 2), {"rows": len(rows)})
+        rundir.mark_done(run_dir, run, stages.Step(1, "generate", i, 2), {"rows": len(rows)})
     return run_dir
 
 
 def _nothing_marked(run_dir: Path) -> None:
-    assert not rundir.is_done(run_dir, plan.Step(1, "convert"))
-    assert not (run_dir / plan.data_path(1, "train")).exists()
+    assert not rundir.is_done(run_dir, stages.Step(1, "convert"))
+    assert not (run_dir / layout.data_path(1, "train")).exists()
     temps = [p for p in run_dir.rglob(".*.tmp")]
     assert temps == [], f"temporary files left behind: {temps}"
 
@@ -174,7 +176,7 @@ def test_disk_full_while_converting_fails_naming_the_file_and_marks_nothing(
     assert str(run_dir / "iter-1") in line and "File too large" in line, line
     _nothing_marked(run_dir)
     assert spin("convert", "--run-dir", str(run_dir), "--iteration", "1").returncode == 0, "reruns once space is back"
-    assert rundir.is_done(run_dir, plan.Step(1, "convert"))
+    assert rundir.is_done(run_dir, stages.Step(1, "convert"))
     tally.add("faults.disk_full", 1)
 
 
@@ -199,7 +201,7 @@ def test_no_space_left_on_rename_fails_naming_the_file(
 
 def test_checkpoint_rename_failing_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "iter-0" / "model"
-    with rundir.atomic_dir(target) as tmp:
+    with atomic.atomic_dir(target) as tmp:
         (tmp / "model.safetensors").write_bytes(b"v1")
     real_replace = os.replace
     calls: list[str] = []
@@ -211,7 +213,7 @@ def test_checkpoint_rename_failing_keeps_the_previous_checkpoint(tmp_path: Path,
         real_replace(src, dst, *a, **k)
 
     monkeypatch.setattr(os, "replace", fail_second)
-    with pytest.raises((OSError, rundir.RunDirError)), rundir.atomic_dir(target) as tmp:
+    with pytest.raises((OSError, errors.RunDirError)), atomic.atomic_dir(target) as tmp:
         (tmp / "model.safetensors").write_bytes(b"v2-partial")
     monkeypatch.setattr(os, "replace", real_replace)
     assert (target / "model.safetensors").read_bytes() == b"v1", "the previous checkpoint is lost"
@@ -233,7 +235,7 @@ def test_a_file_where_a_run_folder_should_be_is_a_clear_error(
     line = error_line(done)
     assert str(squat) in line, line
     assert squat.read_text() == "not a folder"
-    assert not (run_dir / plan.Step(1, "convert").marker).is_file()
+    assert not (run_dir / stages.Step(1, "convert").marker).is_file()
     tally.add("faults.unwritable_run_dir", 1)
 
 
@@ -242,7 +244,7 @@ def test_init_run_into_a_file_is_a_clear_error(tmp_path: Path) -> None:
     spec.write_text(json.dumps({"metadata": {"name": "r"}, "spec": {}}))
     target = tmp_path / "run"
     target.write_text("a file")
-    done = subprocess.run([sys.executable, "-m", "spin_runtime.initrun", "--spec", str(spec), "--run-dir", str(target)],
+    done = subprocess.run([sys.executable, "-m", "spin_runtime.cli", "init-run", "--spec", str(spec), "--run-dir", str(target)],
                           capture_output=True, text=True)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and str(target) in done.stderr, done.stderr
@@ -264,9 +266,9 @@ SHARD_DAMAGE: dict[str, Callable[[Path], None]] = {
 @pytest.mark.parametrize("damage", list(SHARD_DAMAGE))
 def test_damaged_shard_is_named_and_never_converted(damage: str, tmp_path: Path, tiny_model_dir: Path, tally: Tally) -> None:
     run_dir = _converted_run(tmp_path, tiny_model_dir)
-    shard = run_dir / plan.shard_path(1, 1, 2)
+    shard = run_dir / layout.shard_path(1, 1, 2)
     if damage == "lines swapped with another run":  # same ids, other content: shard 0 disagrees
-        shard.write_text((run_dir / plan.shard_path(1, 0, 2)).read_text().replace('"g ', '"other '))
+        shard.write_text((run_dir / layout.shard_path(1, 0, 2)).read_text().replace('"g ', '"other '))
     else:
         SHARD_DAMAGE[damage](shard)
     done = spin("convert", "--run-dir", str(run_dir), "--iteration", "1")
@@ -283,11 +285,11 @@ def test_truncated_parquet_is_named_and_never_trained_or_evaluated_on(
 ) -> None:
     run_dir = tmp_path / "run"
     make_run_dir(run_dir, tiny_model_dir)
-    rundir.mark_done(run_dir, rundir.load_run(run_dir), plan.Step(1, "convert"))
+    rundir.mark_done(run_dir, rundir.load_run(run_dir), stages.Step(1, "convert"))
     if split == "test":  # evaluate reads the test split of a trained iteration
-        shutil.copytree(tiny_model_dir, run_dir / plan.model_dir(1))
-        rundir.mark_done(run_dir, rundir.load_run(run_dir), plan.Step(1, "train"))
-    path = run_dir / plan.data_path(1, split)  # type: ignore[arg-type]
+        shutil.copytree(tiny_model_dir, run_dir / layout.model_dir(1))
+        rundir.mark_done(run_dir, rundir.load_run(run_dir), stages.Step(1, "train"))
+    path = run_dir / layout.data_path(1, split)  # type: ignore[arg-type]
     data = path.read_bytes()
     path.write_bytes(data[: len(data) * 2 // 3])
     step = "train" if split == "train" else "evaluate"
@@ -295,9 +297,9 @@ def test_truncated_parquet_is_named_and_never_trained_or_evaluated_on(
     assert done.returncode == 1, done.stderr[-3000:]
     line = error_line(done)
     assert f"iter-1/data/{split}.parquet" in line, line
-    assert not rundir.is_done(run_dir, plan.Step(1, step))  # type: ignore[arg-type]
+    assert not rundir.is_done(run_dir, stages.Step(1, step))  # type: ignore[arg-type]
     if split == "train":
-        assert not (run_dir / plan.model_dir(1)).exists()
+        assert not (run_dir / layout.model_dir(1)).exists()
     tally.add("faults.truncated_parquet", 1)
 
 
@@ -316,17 +318,17 @@ def test_damaged_checkpoint_is_named_and_never_used(
 ) -> None:
     run_dir = tmp_path / "run"
     make_run_dir(run_dir, tiny_model_dir)
-    model = run_dir / plan.model_dir(0)
+    model = run_dir / layout.model_dir(0)
     CHECKPOINT_DAMAGE[damage](model)
     args = ["--shard", "0", "--shards", "2"] if step == "generate" else []
     done = spin(step, "--run-dir", str(run_dir), "--iteration", "1", *args)
     assert done.returncode == 1, done.stderr[-3000:]
     line = error_line(done)
     assert str(model) in line, line
-    marker = plan.Step(1, "generate", 0, 2).marker if step == "generate" else plan.Step(1, "train").marker
+    marker = stages.Step(1, "generate", 0, 2).marker if step == "generate" else stages.Step(1, "train").marker
     assert not (run_dir / marker).exists()
-    assert not (run_dir / plan.model_dir(1)).exists()
+    assert not (run_dir / layout.model_dir(1)).exists()
     if step == "generate":
-        assert not (run_dir / plan.shard_path(1, 0, 2)).exists()
+        assert not (run_dir / layout.shard_path(1, 0, 2)).exists()
     tally.add("faults.damaged_checkpoint", 1)
 

@@ -27,7 +27,7 @@ def warm() -> None:
     _ = (client.BatchV1Api, client.CoreV1Api, client.CustomObjectsApi, client.V1DeleteOptions, client.ApiClient())
     from spin_operator import handlers, main, reconcile, render  # noqa: F401
 
-    from spin_runtime.spec import SpinRun
+    from spin_runtime.api.spec import SpinRun
 
     body = {
         "apiVersion": "spin.dev/v1alpha1", "kind": "SpinRun",

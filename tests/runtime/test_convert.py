@@ -10,10 +10,12 @@ from typing import Any
 
 import pytest
 
-from spin_runtime import plan, rundir
-from spin_runtime.convert import natural_key, read_pairs, run_convert
+from spin_runtime.api.spec import SpinRun
+from spin_runtime.data.pairs import read_pairs
 from spin_runtime.errors import DataError
-from spin_runtime.spec import SpinRun
+from spin_runtime.plan import layout, stages
+from spin_runtime.steps.convert import natural_key, run_convert
+from spin_runtime.store import atomic, rundir
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -52,7 +54,7 @@ def row(i: int, split: str = "train", generated: str | None = None) -> dict[str,
 
 
 def write_shard(run_dir: Path, shard: int, shards: int, rows: list[dict[str, Any]] | str) -> Path:
-    path = run_dir / plan.shard_path(0, shard, shards)
+    path = run_dir / layout.shard_path(0, shard, shards)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = rows if isinstance(rows, str) else "".join(json.dumps(r) + "\n" for r in rows)
     path.write_text(text, encoding="utf-8")
@@ -68,30 +70,30 @@ def two_shards(run_dir: Path) -> None:
 
 
 def test_generate_then_convert_with_the_tiny_model(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from spin_runtime.generate import run_generate
+    from spin_runtime.steps.generate import run_generate
 
     run_dir = make_run(tmp_path)
     for i in range(2):
         run_generate(run_dir, 0, i, 2)
     info = run_convert(run_dir, 0)
-    train = read_pairs(run_dir / plan.data_path(0, "train"))
-    test = read_pairs(run_dir / plan.data_path(0, "test"))
+    train = read_pairs(run_dir / layout.data_path(0, "train"))
+    test = read_pairs(run_dir / layout.data_path(0, "test"))
     assert (len(train), len(test)) == (12, 4)
     assert list(train[0]) == ["id", "prompt", "real", "generated", "answer"]
     assert [r["id"] for r in train] == [f"addition-3digit:train:{i}" for i in range(12)]  # source order
     assert info["rows_read"] == 16 and info["duplicates_dropped"] == 0
     # the random model's greedy answer is whitespace: kept (a model output) and counted
     assert info["empty_generated"] == sum(1 for r in train + test if not r["generated"].strip())
-    assert rundir.is_done(run_dir, plan.Step(0, "convert"))
+    assert rundir.is_done(run_dir, stages.Step(0, "convert"))
 
 
 def test_rows_are_ordered_by_id_and_split(tmp_path: Path) -> None:
     run_dir = make_run(tmp_path)
     two_shards(run_dir)
     info = run_convert(run_dir, 0)
-    train = read_pairs(run_dir / plan.data_path(0, "train"))
+    train = read_pairs(run_dir / layout.data_path(0, "train"))
     assert [r["id"] for r in train] == ["task:train:0", "task:train:1", "task:train:2", "task:train:10"]
-    assert len(read_pairs(run_dir / plan.data_path(0, "test"))) == 2
+    assert len(read_pairs(run_dir / layout.data_path(0, "test"))) == 2
     assert (info["train_rows"], info["test_rows"], info["shards"]) == (4, 2, 2)
 
 
@@ -102,9 +104,9 @@ def test_duplicates_are_dropped_and_counted(tmp_path: Path) -> None:
     write_shard(run_dir, 1, 2, [row(1), row(1)])
     info = run_convert(run_dir, 0)
     assert (info["rows_read"], info["duplicates_dropped"], info["train_rows"], info["test_rows"]) == (8, 4, 3, 1)
-    metrics = rundir.read_json(run_dir / plan.metrics_path(0))["convert"]
+    metrics = atomic.read_json(run_dir / layout.metrics_path(0))["convert"]
     assert metrics["duplicates_dropped"] == 4 and metrics["train_rows"] == 3
-    assert rundir.read_json(run_dir / plan.Step(0, "convert").marker)["duplicates_dropped"] == 4
+    assert atomic.read_json(run_dir / stages.Step(0, "convert").marker)["duplicates_dropped"] == 4
 
 
 def test_empty_generated_answers_are_kept_and_counted(tmp_path: Path) -> None:
@@ -129,7 +131,7 @@ def test_convert_is_skipped_when_done_and_rewritten_with_force(tmp_path: Path) -
     run_dir = make_run(tmp_path)
     two_shards(run_dir)
     run_convert(run_dir, 0)
-    path = run_dir / plan.data_path(0, "train")
+    path = run_dir / layout.data_path(0, "train")
     first = path.read_bytes()
     write_shard(run_dir, 1, 2, [row(1)])
     assert run_convert(run_dir, 0) == {}
@@ -146,16 +148,16 @@ def test_missing_shard_is_named_with_the_command_and_outputs_stay(tmp_path: Path
     write_shard(run_dir, 1, 3, [row(1)])
     write_shard(run_dir, 2, 3, [row(2)])
     run_convert(run_dir, 0)
-    before = (run_dir / plan.data_path(0, "train")).read_bytes()
-    (run_dir / plan.shard_path(0, 1, 3)).unlink()
+    before = (run_dir / layout.data_path(0, "train")).read_bytes()
+    (run_dir / layout.shard_path(0, 1, 3)).unlink()
     with pytest.raises(DataError) as e:
         run_convert(run_dir, 0, force=True)
     message = str(e.value)
     assert "iteration 0: missing shard files shard-1-of-3.jsonl" in message
     assert "spin generate --run-dir" in message and "--iteration 0 --shard 1 --shards 3" in message
     assert "shard-0-of-3" not in message.split("rerun")[0]
-    assert (run_dir / plan.data_path(0, "train")).read_bytes() == before
-    assert not rundir.is_done(run_dir, plan.Step(0, "convert"))
+    assert (run_dir / layout.data_path(0, "train")).read_bytes() == before
+    assert not rundir.is_done(run_dir, stages.Step(0, "convert"))
 
 
 @pytest.mark.parametrize(
@@ -187,7 +189,7 @@ def test_one_id_with_two_contents_is_refused(tmp_path: Path) -> None:
 
 
 def test_truncated_shard_is_caught_by_its_marker_count(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from spin_runtime.generate import run_generate
+    from spin_runtime.steps.generate import run_generate
 
     run_dir = make_run(tmp_path, shards=1)
     path = run_generate(run_dir, 0, 0, 1)
@@ -218,7 +220,7 @@ def test_synthetic_data_is_imported_in_the_published_format(tmp_path: Path) -> N
     run_dir = make_run(tmp_path, syntheticData=[{"iteration": 0, "path": str(folder)}])
     info = run_convert(run_dir, 0)
     assert (info["rows_read"], info["duplicates_dropped"], info["train_rows"], info["test_rows"]) == (8, 2, 5, 1)
-    rows = read_pairs(run_dir / plan.data_path(0, "train"))
+    rows = read_pairs(run_dir / layout.data_path(0, "train"))
     assert rows[4] == {"id": "train:4", "prompt": "q4", "real": "r4", "generated": "g4", "answer": None}
     assert info["source"].startswith("syntheticData")
 
@@ -230,7 +232,7 @@ def test_read_pairs_names_a_truncated_or_missing_file(tmp_path: Path) -> None:
     run_dir = make_run(tmp_path)
     two_shards(run_dir)
     run_convert(run_dir, 0)
-    path = run_dir / plan.data_path(0, "train")
+    path = run_dir / layout.data_path(0, "train")
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError, match=r"train\.parquet: unreadable parquet \(truncated or corrupt"):

@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
-from spin_runtime.data import PairRow, Row, load_sft, load_synthetic
+from spin_runtime.api.spec import BuiltinTask, Dataset, SyntheticData
+from spin_runtime.data.pairs import PairRow
+from spin_runtime.data.sft import Row, load_sft
+from spin_runtime.data.synthetic import load_synthetic
 from spin_runtime.errors import DataError
-from spin_runtime.spec import BuiltinTask, Dataset, SyntheticData
 
 
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:

@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from spin_runtime import evaluate, plan
-from spin_runtime import lm_eval as lme
-from spin_runtime.evaluate import run_evaluate
-from spin_runtime.spec import LmEval, LmEvalTask, SpinRunSpec
+from spin_runtime.api.spec import LmEval, LmEvalTask, SpinRunSpec
+from spin_runtime.plan import layout, stages
+from spin_runtime.steps import evaluate
+from spin_runtime.steps import lm_eval as lme
+from spin_runtime.steps.evaluate import run_evaluate
 from tests.runtime.train_helpers import (
     addition_rows,
     answer_logp,
@@ -49,8 +50,8 @@ def _run(run_dir: Path, model: Path, trained: Path, k: int = 0, **evaluation: ob
     training = {"maxLength": 128, "maxPromptLength": 96}
     make_run(run_dir, model, training=training, evaluation={"maxSamples": 5, **evaluation})
     if k > 0:
-        shutil.copytree(model, run_dir / plan.model_dir(k - 1))
-    shutil.copytree(trained, run_dir / plan.model_dir(k))
+        shutil.copytree(model, run_dir / layout.model_dir(k - 1))
+    shutil.copytree(trained, run_dir / layout.model_dir(k))
     rows = _rows()
     write_pairs(run_dir, k, "test", rows)
     return rows[:5]
@@ -63,8 +64,8 @@ def test_evaluate_writes_finite_reward_metrics_and_exact_match_then_marker(
     rows = _run(run_dir, tiny_model_dir, trained)
     metrics = run_evaluate(run_dir, 0)
     assert metrics is not None
-    assert (run_dir / plan.Step(0, "evaluate").marker).exists()
-    stored = json.loads((run_dir / plan.metrics_path(0)).read_text())["eval"]
+    assert (run_dir / stages.Step(0, "evaluate").marker).exists()
+    stored = json.loads((run_dir / layout.metrics_path(0)).read_text())["eval"]
     assert stored == json.loads(json.dumps(metrics))
 
     keys = ("logp_real", "logp_generated", "opponent_logp_real", "opponent_logp_generated",
@@ -123,8 +124,8 @@ def test_lm_eval_enabled_without_the_package_fails_first_and_says_what_to_instal
     monkeypatch.setattr(lme, "find_executable", lambda: None)
     with pytest.raises(lme.LmEvalError, match=r"pip install 'spinrun\[evaluate\]'"):
         run_evaluate(run_dir, 0)
-    assert not (run_dir / plan.Step(0, "evaluate").marker).exists()
-    assert not (run_dir / plan.metrics_path(0)).exists()
+    assert not (run_dir / stages.Step(0, "evaluate").marker).exists()
+    assert not (run_dir / layout.metrics_path(0)).exists()
 
 
 # --------------------------------------------------------------------------- lm-eval
@@ -188,7 +189,7 @@ def test_lm_eval_runner_stores_scores_through_a_stand_in_command(
     tasks = [{"name": "arc_challenge", "numFewshot": 25}, {"name": "gsm8k", "numFewshot": 5}]
     _run(run_dir, tiny_model_dir, trained, exactMatch=False, lmEval={"enabled": True, "tasks": tasks})
     run_evaluate(run_dir, 0)
-    stored = json.loads((run_dir / plan.metrics_path(0)).read_text())
+    stored = json.loads((run_dir / layout.metrics_path(0)).read_text())
     assert stored["lm_eval"]["tasks"]["arc_challenge"]["score"] == 0.65
     assert stored["lm_eval"]["average"] == pytest.approx((0.65 + 0.35) / 2)
-    assert "eval" in stored and (run_dir / plan.Step(0, "evaluate").marker).exists()
+    assert "eval" in stored and (run_dir / stages.Step(0, "evaluate").marker).exists()

@@ -15,10 +15,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-from spin_runtime import plan
-from spin_runtime import train_config as tc
-from spin_runtime.spec import SpinRunSpec
-from spin_runtime.train import build_trainer, run_train, window_rows
+from spin_runtime.api.spec import SpinRunSpec
+from spin_runtime.plan import layout
+from spin_runtime.steps import trl_args as tc
+from spin_runtime.steps.train import build_trainer, run_train, window_rows
 from tests.runtime.train_helpers import (
     addition_rows,
     answer_logp,
@@ -70,7 +70,7 @@ def _iteration1_run(run_dir: Path, tiny_model_dir: Path, start: Path, **training
         },
         schedule=[{"learningRate": LR, "beta": BETA}],
     )
-    shutil.copytree(start, run_dir / plan.model_dir(0))
+    shutil.copytree(start, run_dir / layout.model_dir(0))
     rows0, rows1 = addition_rows(2, 0), addition_rows(2, 1)
     write_pairs(run_dir, 0, "train", rows0)
     write_pairs(run_dir, 1, "train", rows1)
@@ -97,7 +97,7 @@ def test_logged_loss_equals_spin_formula_of_summed_answer_logps(
     )
     snap = Snapshot()
     run_train(run_dir, 1, callbacks=[snap])
-    history = json.loads((run_dir / plan.metrics_path(1)).read_text())["train"]["history"]
+    history = json.loads((run_dir / layout.metrics_path(1)).read_text())["train"]["history"]
     assert [h["step"] for h in history] == [1, 2]
 
     # Step 1: the policy is the start model, which is also the opponent → t = 0.
@@ -133,8 +133,8 @@ def test_reference_is_the_saved_start_checkpoint(tmp_path: Path, tiny_model_dir:
     run_dir = tmp_path / "run"
     _iteration1_run(run_dir, tiny_model_dir, start_checkpoint, maxSteps=1)
     trainer, setup = build_trainer(run_dir, 1)
-    assert Path(setup.start_path) == run_dir / plan.model_dir(0)
-    start = weights(run_dir / plan.model_dir(0))
+    assert Path(setup.start_path) == run_dir / layout.model_dir(0)
+    start = weights(run_dir / layout.model_dir(0))
     builtin = weights(tiny_model_dir)
     ref = trainer.ref_model.state_dict()
     assert all(torch.equal(ref[k], v) for k, v in start.items())
@@ -178,7 +178,7 @@ def test_iteration_2_trains_on_syn1_and_syn2_shuffled_with_the_seed(
     run = make_run(run_dir, tiny_model_dir, training={"maxSteps": 1})  # the paper's schedule
     for j in range(3):
         write_pairs(run_dir, j, "train", addition_rows(3, j))
-    shutil.copytree(start_checkpoint, run_dir / plan.model_dir(1))
+    shutil.copytree(start_checkpoint, run_dir / layout.model_dir(1))
     rows = window_rows(run_dir, run.spec, 2)
     assert sorted({r["iteration"] for r in rows}) == [1, 2]
     assert {r["id"] for r in rows} == {f"it{j}-{i}" for j in (1, 2) for i in range(3)}
@@ -192,7 +192,7 @@ def test_iteration_2_trains_on_syn1_and_syn2_shuffled_with_the_seed(
 
 
 def test_prompts_are_truncated_from_the_left_to_max_prompt_length(tiny_model_dir: Path) -> None:
-    from spin_runtime.train import prepare_rows
+    from spin_runtime.steps.train import prepare_rows
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     words = " ".join(f"w{i}" for i in range(200))

@@ -13,10 +13,13 @@ from typing import Any
 
 import pytest
 
-from spin_runtime import generate, models, plan, rundir
-from spin_runtime.data import load_sft
+from spin_runtime.api.spec import Generation, SpinRun
+from spin_runtime.data.sft import load_sft
 from spin_runtime.errors import SpinError
-from spin_runtime.generate import (
+from spin_runtime.modeling import models
+from spin_runtime.plan import layout, stages
+from spin_runtime.steps import generate
+from spin_runtime.steps.generate import (
     all_prompts,
     check_shard,
     choose_engine,
@@ -30,7 +33,7 @@ from spin_runtime.generate import (
     vllm_llm_kwargs,
     vllm_sampling_kwargs,
 )
-from spin_runtime.spec import Generation, SpinRun
+from spin_runtime.store import atomic, rundir
 
 #: Prompts of very different lengths, so batches need padding.
 PROMPTS = [
@@ -263,7 +266,7 @@ def test_vllm_engine_builds_llm_and_writes_the_shard(
         assert method == "chat" and items[0] == [{"role": "user", "content": rows[0]["prompt"]}]
     else:
         assert method == "generate" and items[0] == instruction_prompt(rows[0]["prompt"])
-    marker = rundir.read_json(run_dir / plan.Step(0, "generate", 0, 1).marker)
+    marker = atomic.read_json(run_dir / stages.Step(0, "generate", 0, 1).marker)
     assert marker["engine"] == "vllm"
 
 
@@ -334,7 +337,7 @@ def test_generate_step_writes_valid_rows_for_its_shard(
 ) -> None:
     run_dir = make_run(tmp_path, {"path": str(chatty_model_dir)}, promptFormat=prompt_format, shards=2)
     outs = [run_generate(run_dir, 0, i, 2) for i in range(2)]
-    assert outs[1] == run_dir / plan.shard_path(0, 1, 2)
+    assert outs[1] == run_dir / layout.shard_path(0, 1, 2)
     rows = [r for out in outs for r in read_rows(out)]
     assert len(rows) == 16 and len({r["id"] for r in rows}) == 16
     assert {r["split"] for r in rows} == {"train", "test"}
@@ -342,7 +345,7 @@ def test_generate_step_writes_valid_rows_for_its_shard(
         assert set(r) == {"id", "split", "prompt", "real", "generated", "answer"}
         assert r["prompt"].startswith("What is") and r["answer"] in r["real"]
         assert isinstance(r["generated"], str) and r["generated"] == r["generated"].lstrip()
-    marker = rundir.read_json(run_dir / plan.Step(0, "generate", 1, 2).marker)
+    marker = atomic.read_json(run_dir / stages.Step(0, "generate", 1, 2).marker)
     assert marker["engine"] == "transformers" and marker["rows"] == len(read_rows(outs[1]))
 
 

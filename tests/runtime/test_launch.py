@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from spin_runtime import launch, plan
-from spin_runtime.spec import Training
+from spin_runtime import launch
+from spin_runtime.api.spec import Training
+from spin_runtime.plan import layout, stages
 from tests.runtime.train_helpers import (
     addition_rows,
     make_run,
@@ -104,13 +105,13 @@ def _prepare(run_dir: Path, model_dir: Path, per_device: int) -> None:
 def test_two_nodes_over_torchrun_match_one_process_with_the_same_global_batch(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    from spin_runtime.train import run_train
+    from spin_runtime.steps.train import run_train
 
     multi, single = tmp_path / "two-nodes", tmp_path / "one-process"
     _prepare(multi, tiny_model_dir, per_device=2)
     _prepare(single, tiny_model_dir, per_device=4)
 
-    step = plan.Step(0, "train").argv(str(multi))
+    step = stages.Step(0, "train").argv(str(multi))
     argv = launch.torchrun_argv(2, 1, "127.0.0.1", _free_port(), step)
     assert argv[0] == "torchrun"
     argv = [sys.executable, "-m", "torch.distributed.run", *argv[1:]]
@@ -126,9 +127,9 @@ def test_two_nodes_over_torchrun_match_one_process_with_the_same_global_batch(
         f.close()
     assert codes == [0, 0], "\n".join((tmp_path / f"node{r}.log").read_text()[-3000:] for r in (0, 1))
 
-    assert (multi / plan.Step(0, "train").marker).exists()
-    assert (multi / plan.model_dir(0) / "model.safetensors").exists()
-    got = json.loads((multi / plan.metrics_path(0)).read_text())["train"]
+    assert (multi / stages.Step(0, "train").marker).exists()
+    assert (multi / layout.model_dir(0) / "model.safetensors").exists()
+    got = json.loads((multi / layout.metrics_path(0)).read_text())["train"]
     assert got["summary"]["world_size"] == 2
     assert expected is not None
     losses = [h["loss"] for h in got["history"]]

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spin_runtime import plan, rundir
 from spin_runtime.local import status_text
+from spin_runtime.plan import layout, stages
+from spin_runtime.store import atomic, rundir
 
 SPEC = {
     "apiVersion": "spin.dev/v1alpha1",
@@ -45,27 +46,27 @@ def test_spin_run_does_one_full_iteration_then_resumes_without_redoing_work(tmp_
     first = spin("run", str(spec_file), "--run-dir", str(run_dir))
     assert first.returncode == 0, first.stderr[-3000:]
     run = rundir.load_run(run_dir)
-    for step in plan.all_steps(run.spec):
+    for step in stages.all_steps(run.spec):
         assert rundir.is_done(run_dir, step), step.key
-    assert (run_dir / plan.done_path(0)).exists()
-    assert (run_dir / plan.model_dir(0) / "model.safetensors").exists()
-    metrics = rundir.read_json(run_dir / plan.metrics_path(0))
+    assert (run_dir / layout.done_path(0)).exists()
+    assert (run_dir / layout.model_dir(0) / "model.safetensors").exists()
+    metrics = atomic.read_json(run_dir / layout.metrics_path(0))
     assert metrics["train"]["history"] and "reward_margin" in metrics["eval"]
     assert (run_dir / "report" / "summary.md").exists() and (run_dir / "report" / "training.png").exists()
     assert "| iter0 |" in first.stdout
 
-    weights = (run_dir / plan.model_dir(0) / "model.safetensors").read_bytes()
+    weights = (run_dir / layout.model_dir(0) / "model.safetensors").read_bytes()
     again = spin("run", str(spec_file), "--run-dir", str(run_dir))
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("done earlier, skipped") == len(plan.all_steps(run.spec))
-    assert (run_dir / plan.model_dir(0) / "model.safetensors").read_bytes() == weights
+    assert again.stdout.count("done earlier, skipped") == len(stages.all_steps(run.spec))
+    assert (run_dir / layout.model_dir(0) / "model.safetensors").read_bytes() == weights
 
     text = status_text(run_dir)
     assert "iteration 0: done" in text and "iter-0/model" in text
 
 
 def test_status_of_a_fresh_run_lists_pending_steps(tmp_path: Path):
-    from spin_runtime.spec import SpinRun
+    from spin_runtime.api.spec import SpinRun
 
     rundir.init_run(tmp_path, SpinRun.model_validate(SPEC))
     text = status_text(tmp_path)

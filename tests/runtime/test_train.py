@@ -13,11 +13,11 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from spin_runtime import plan
-from spin_runtime import train_config as tc
+from spin_runtime.api.spec import DeepSpeed, Lora, SpinRunSpec
 from spin_runtime.errors import DataError, ModelError
-from spin_runtime.spec import DeepSpeed, Lora, SpinRunSpec
-from spin_runtime.train import identical_pairs, run_train
+from spin_runtime.plan import layout, stages
+from spin_runtime.steps import trl_args as tc
+from spin_runtime.steps.train import identical_pairs, run_train
 from tests.runtime.train_helpers import (
     addition_rows,
     make_run,
@@ -35,7 +35,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 def _iteration1(run_dir: Path, model_dir: Path, **training: Any) -> None:
     make_run(run_dir, model_dir, training=training, schedule=[{"learningRate": 1e-4, "beta": 0.1}])
-    shutil.copytree(model_dir, run_dir / plan.model_dir(0))
+    shutil.copytree(model_dir, run_dir / layout.model_dir(0))
     write_pairs(run_dir, 0, "train", addition_rows(2, 0))
     write_pairs(run_dir, 1, "train", addition_rows(2, 1))
 
@@ -49,18 +49,18 @@ def test_train_writes_checkpoint_then_metrics_then_marker(tmp_path: Path, tiny_m
     write_pairs(run_dir, 0, "train", addition_rows(4, 0))
     metrics = run_train(run_dir, 0)
 
-    marker = run_dir / plan.Step(0, "train").marker
-    model = run_dir / plan.model_dir(0)
+    marker = run_dir / stages.Step(0, "train").marker
+    model = run_dir / layout.model_dir(0)
     assert marker.exists()
     assert json.loads(marker.read_text())["model"] == "iter-0/model"
     names = set(_files(model))
     assert {"model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja"} <= names
     assert "training_args.bin" not in names
     assert json.loads((model / "config.json").read_text())["use_cache"] is True
-    assert not (run_dir / plan.iter_dir(0) / ".train-scratch").exists()
-    assert list((run_dir / plan.logs_dir(0)).glob("events.out.tfevents.*")), "TensorBoard logs in iter-0/logs"
+    assert not (run_dir / layout.iter_dir(0) / ".train-scratch").exists()
+    assert list((run_dir / layout.logs_dir(0)).glob("events.out.tfevents.*")), "TensorBoard logs in iter-0/logs"
 
-    stored = json.loads((run_dir / plan.metrics_path(0)).read_text())["train"]
+    stored = json.loads((run_dir / layout.metrics_path(0)).read_text())["train"]
     assert stored == json.loads(json.dumps(metrics))
     history, summary = stored["history"], stored["summary"]
     assert [h["step"] for h in history] == [1, 2]
@@ -89,20 +89,20 @@ class _Crash(TrainerCallback):
 def test_interrupted_training_leaves_no_marker_and_rerun_starts_clean(tmp_path: Path, tiny_model_dir: Path) -> None:
     run_dir = tmp_path / "run"
     _iteration1(run_dir, tiny_model_dir)
-    start = run_dir / plan.model_dir(0)
+    start = run_dir / layout.model_dir(0)
     start_files = _files(start)
 
     with pytest.raises(RuntimeError, match="killed after step 1"):
         run_train(run_dir, 1, callbacks=[_Crash()])
-    assert not (run_dir / plan.Step(1, "train").marker).exists()
-    assert not (run_dir / plan.model_dir(1)).exists()
-    assert not (run_dir / plan.metrics_path(1)).exists()
+    assert not (run_dir / stages.Step(1, "train").marker).exists()
+    assert not (run_dir / layout.model_dir(1)).exists()
+    assert not (run_dir / layout.metrics_path(1)).exists()
     assert _files(start) == start_files, "the previous iteration's checkpoint is untouched"
 
     metrics = run_train(run_dir, 1)
     assert metrics is not None and metrics["summary"]["steps"] == 2
-    assert (run_dir / plan.Step(1, "train").marker).exists()
-    trained = weights(run_dir / plan.model_dir(1))
+    assert (run_dir / stages.Step(1, "train").marker).exists()
+    trained = weights(run_dir / layout.model_dir(1))
     assert any(not torch.equal(trained[k], v) for k, v in weights(start).items())
     assert _files(start) == start_files
 
@@ -110,16 +110,16 @@ def test_interrupted_training_leaves_no_marker_and_rerun_starts_clean(tmp_path: 
 def test_start_checkpoint_without_weights_is_refused_with_the_file_name(tmp_path: Path, tiny_model_dir: Path) -> None:
     run_dir = tmp_path / "run"
     _iteration1(run_dir, tiny_model_dir)
-    (run_dir / plan.model_dir(0) / "model.safetensors").unlink()
+    (run_dir / layout.model_dir(0) / "model.safetensors").unlink()
     with pytest.raises(ModelError, match=r"iter-0/model: checkpoint has no weights \(expected one of model\.safetensors"):
         run_train(run_dir, 1)
-    assert not (run_dir / plan.Step(1, "train").marker).exists()
+    assert not (run_dir / stages.Step(1, "train").marker).exists()
 
 
 def test_missing_window_data_names_the_file_and_the_step_to_run(tmp_path: Path, tiny_model_dir: Path) -> None:
     run_dir = tmp_path / "run"
     _iteration1(run_dir, tiny_model_dir)
-    (run_dir / plan.data_path(0, "train")).unlink()
+    (run_dir / layout.data_path(0, "train")).unlink()
     with pytest.raises(DataError, match=r"iter-0/data/train\.parquet: training data of iteration 0 not found.*spin convert"):
         run_train(run_dir, 1)
 
@@ -127,7 +127,7 @@ def test_missing_window_data_names_the_file_and_the_step_to_run(tmp_path: Path, 
 def test_corrupt_parquet_is_refused_with_the_file_name(tmp_path: Path, tiny_model_dir: Path) -> None:
     run_dir = tmp_path / "run"
     make_run(run_dir, tiny_model_dir)
-    path = run_dir / plan.data_path(0, "train")
+    path = run_dir / layout.data_path(0, "train")
     path.parent.mkdir(parents=True)
     path.write_bytes(b"PAR1 this is not parquet")
     with pytest.raises(DataError, match=r"iter-0/data/train\.parquet"):
@@ -147,11 +147,11 @@ def test_lora_with_bf16_autocast_on_cpu_saves_a_merged_plain_checkpoint(tmp_path
     metrics = run_train(run_dir, 1)
     assert metrics is not None
     assert metrics["summary"]["precision"] == "bf16" and metrics["summary"]["lora"] is True
-    model = run_dir / plan.model_dir(1)
+    model = run_dir / layout.model_dir(1)
     merged = weights(model)
     assert not any("lora" in k for k in merged), "the next iteration needs a plain checkpoint"
     assert (model / "adapter" / "adapter_config.json").exists()
-    start = weights(run_dir / plan.model_dir(0))
+    start = weights(run_dir / layout.model_dir(0))
     assert set(merged) == set(start)
     changed = {k for k in start if not torch.equal(merged[k], start[k])}
     assert changed and all(("q_proj" in k or "v_proj" in k) for k in changed)
@@ -253,7 +253,7 @@ def test_native_bf16_is_recognised_from_cpu_flags() -> None:
 
 def test_length_grouped_batches_when_enabled(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Runtime side of `training.groupByLength` (the spec field is read with getattr until it exists)."""
-    from spin_runtime.train import build_trainer
+    from spin_runtime.steps.train import build_trainer
 
     monkeypatch.setattr(tc, "group_by_length", lambda training: True)
     run_dir = tmp_path / "run"

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from spin_runtime import plan, rundir
-from spin_runtime.spec import SpinRun
+from spin_runtime.api.spec import SpinRun
+from spin_runtime.plan import layout
+from spin_runtime.store import rundir
 
 #: Small, fast training settings (CPU, no TensorBoard, short sequences).
 FAST_TRAINING: dict[str, Any] = {
@@ -60,7 +61,7 @@ def write_pairs(run_dir: Path, k: int, split: str, rows: list[dict[str, Any]]) -
     """Write iteration k's converted parquet (columns id, prompt, real, generated, answer)."""
     import pandas as pd
 
-    path = Path(run_dir) / plan.data_path(k, split)  # type: ignore[arg-type]
+    path = Path(run_dir) / layout.data_path(k, split)  # type: ignore[arg-type]
     path.parent.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(rows, columns=["id", "prompt", "real", "generated", "answer"])
     frame["answer"] = frame["answer"].astype("string")

@@ -13,9 +13,9 @@ import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from spin_runtime import plan
+from spin_runtime.api.spec import DeepSpeed, Lora, SpinRunSpec, Training
 from spin_runtime.errors import SpinError
-from spin_runtime.spec import DeepSpeed, Lora, SpinRunSpec, Training
+from spin_runtime.plan import hparams
 
 #: TRL metric names and their SPIN names (real = chosen, generated = rejected).
 SPIN_ALIASES: dict[str, str] = {
@@ -159,7 +159,7 @@ def dpo_config_kwargs(
     """Keyword arguments of TRL's `DPOConfig` for iteration k (schedule entry k: lr, β,
     epochs; the rest from `spec.training`). TensorBoard is attached by `train.py`."""
     t = spec.training
-    hp = plan.hparams(spec, k)
+    hp = hparams.hparams(spec, k)
     if deepspeed_path is not None and not on_gpu:
         raise TrainConfigError("DeepSpeed runs only on GPUs here: set training.deepspeed.enabled: false on CPU")
     kwargs: dict[str, Any] = {

@@ -1,9 +1,7 @@
-"""Reading the SFT data (prompts + real answers) and pre-generated SPIN data into plain rows.
-
-`load_sft` gives the train/test prompts every iteration answers; `load_synthetic` reads the
-published SPIN format (`real`/`generated` 2-message lists). Bad input raises `DataError`
-naming the file and the row or column to fix. Hubs are only contacted when `hub` is set.
-"""
+"""Reading the SFT data (prompts + real answers) into plain rows: `load_sft` gives the
+train/test prompts every iteration answers, and the file/hub readers the synthetic data
+shares. Bad input raises `DataError` naming the file and the row or column to fix. Hubs are
+only contacted when `hub` is set."""
 
 from __future__ import annotations
 
@@ -14,8 +12,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from spin_runtime.api.spec import Dataset
 from spin_runtime.errors import DataError
-from spin_runtime.spec import Dataset, SyntheticData
 
 #: File suffixes read as data (JSON Lines and parquet); a `.json` file may also hold a list.
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -39,24 +37,6 @@ class Row:
         """The row as a plain dict."""
         return asdict(self)
 
-
-@dataclass(frozen=True)
-class PairRow:
-    """One SPIN training pair: prompt, real answer and the model's generated answer."""
-
-    id: str
-    prompt: str
-    real: str
-    generated: str
-    answer: str | None = None
-
-    def __getitem__(self, key: str) -> Any:
-        """Mapping-style access (`row["generated"]`), for code that treats rows as dicts."""
-        return getattr(self, key)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The row as a plain dict."""
-        return asdict(self)
 
 
 # --------------------------------------------------------------------------- reading files
@@ -114,7 +94,7 @@ def _read_json_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         yield f"line {lineno}", record
 
 
-def _text(value: Any, where: str, what: str) -> str:
+def text_field(value: Any, where: str, what: str) -> str:
     """A non-empty string field, or a DataError naming where it is missing."""
     if not isinstance(value, str):
         got = "nothing" if value is None else type(value).__name__
@@ -135,9 +115,9 @@ def _first_turns(messages: Any, where: str, field: str) -> tuple[str, str]:
         if not isinstance(message, dict) or "role" not in message or "content" not in message:
             raise DataError(f"{where}: {field}[{j}] must be an object with 'role' and 'content'")
         if user is None and message["role"] == "user":
-            user = _text(message["content"], where, f"{field}[{j}].content (first user turn)")
+            user = text_field(message["content"], where, f"{field}[{j}].content (first user turn)")
         elif user is not None and message["role"] == "assistant":
-            real = _text(message["content"], where, f"{field}[{j}].content (first assistant turn)")
+            real = text_field(message["content"], where, f"{field}[{j}].content (first assistant turn)")
             return user, real
     if user is None:
         raise DataError(f"{where}: {field!r} has no user turn")
@@ -176,8 +156,8 @@ def sft_rows(records: Sequence[tuple[str, dict[str, Any]]], dataset: Dataset, so
             for col in (dataset.prompt_field, dataset.response_field):
                 if col not in record:
                     raise DataError(f"{where}: missing column {col!r}")
-            prompt = _text(record[dataset.prompt_field], where, f"column {dataset.prompt_field!r}")
-            real = _text(record[dataset.response_field], where, f"column {dataset.response_field!r}")
+            prompt = text_field(record[dataset.prompt_field], where, f"column {dataset.prompt_field!r}")
+            real = text_field(record[dataset.response_field], where, f"column {dataset.response_field!r}")
         rows.append(Row(id=f"{split}:{i}", prompt=prompt, real=real))
     return rows
 
@@ -231,7 +211,7 @@ def load_sft(spec: Any) -> tuple[list[Row], list[Row]]:
 
 
 def _builtin_rows(dataset: Dataset) -> tuple[list[Row], list[Row]]:
-    from spin_runtime.tasks import make_examples
+    from spin_runtime.data.tasks import make_examples
 
     task = dataset.builtin
     assert task is not None
@@ -252,7 +232,7 @@ def _builtin_rows(dataset: Dataset) -> tuple[list[Row], list[Row]]:
     return train, test
 
 
-def _split_file(folder: Path, names: Sequence[str]) -> list[Path]:
+def split_files(folder: Path, names: Sequence[str]) -> list[Path]:
     """Data files of a split inside a folder: `<name>.<ext>` or `<name>-*.<ext>` (also under
     `data/`, the hub layout), for the first name that matches."""
     for name in names:
@@ -271,7 +251,7 @@ def _split_file(folder: Path, names: Sequence[str]) -> list[Path]:
     return []
 
 
-def _records_of(paths: Sequence[Path]) -> list[tuple[str, dict[str, Any]]]:
+def records_of(paths: Sequence[Path]) -> list[tuple[str, dict[str, Any]]]:
     out: list[tuple[str, dict[str, Any]]] = []
     for p in paths:
         out += [(f"{p.name} {loc}" if len(paths) > 1 else loc, rec) for loc, rec in read_records(p)]
@@ -281,26 +261,26 @@ def _records_of(paths: Sequence[Path]) -> list[tuple[str, dict[str, Any]]]:
 def _file_rows(dataset: Dataset) -> tuple[list[Row], list[Row]]:
     path = Path(str(dataset.path))
     if path.is_dir():
-        train_files = _split_file(path, [dataset.split, "train"])
+        train_files = split_files(path, [dataset.split, "train"])
         if not train_files:
             raise DataError(
                 f"{path}: no {dataset.split}/train data file (.jsonl, .json or .parquet) in this folder; "
                 "point dataset.path at a file or name the file after dataset.split"
             )
-        test_files = _split_file(path, [dataset.test_split, "test"]) if dataset.test_split else []
+        test_files = split_files(path, [dataset.test_split, "test"]) if dataset.test_split else []
         source = str(train_files[0]) if len(train_files) == 1 else f"{path} ({dataset.split})"
-        train_pool = sft_rows(_records_of(train_files), dataset, source, "train")
+        train_pool = sft_rows(records_of(train_files), dataset, source, "train")
         test_pool = None
         if test_files:
             tsource = str(test_files[0]) if len(test_files) == 1 else f"{path} (test)"
-            test_pool = sft_rows(_records_of(test_files), dataset, tsource, "test")
+            test_pool = sft_rows(records_of(test_files), dataset, tsource, "test")
     else:
         train_pool = sft_rows(read_records(path), dataset, str(path), "train")
         test_pool = None
     return split_rows(train_pool, test_pool, dataset.max_samples, dataset.test_size, dataset.seed)
 
 
-def _load_hub_split(hub: str, split: str, revision: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+def load_hub_split(hub: str, split: str, revision: str | None = None) -> list[tuple[str, dict[str, Any]]]:
     """Records of one hub dataset split (only called when the spec names a hub dataset)."""
     try:
         import datasets
@@ -315,104 +295,8 @@ def _load_hub_split(hub: str, split: str, revision: str | None = None) -> list[t
 
 def _hub_rows(dataset: Dataset) -> tuple[list[Row], list[Row]]:
     hub = str(dataset.hub)
-    train_pool = sft_rows(_load_hub_split(hub, dataset.split), dataset, f"{hub}[{dataset.split}]", "train")
+    train_pool = sft_rows(load_hub_split(hub, dataset.split), dataset, f"{hub}[{dataset.split}]", "train")
     test_pool = None
     if dataset.test_split:
-        test_pool = sft_rows(_load_hub_split(hub, dataset.test_split), dataset, f"{hub}[{dataset.test_split}]", "test")
+        test_pool = sft_rows(load_hub_split(hub, dataset.test_split), dataset, f"{hub}[{dataset.test_split}]", "test")
     return split_rows(train_pool, test_pool, dataset.max_samples, dataset.test_size, dataset.seed)
-
-
-# --------------------------------------------------------------------------- synthetic data
-
-
-def _pair_messages(value: Any, where: str, column: str) -> tuple[str, str]:
-    """(user, assistant) contents of a published-format 2-message list."""
-    if hasattr(value, "tolist"):
-        value = value.tolist()
-    if (
-        not isinstance(value, list)
-        or len(value) < 2
-        or not all(isinstance(m, dict) for m in value[:2])
-        or value[0].get("role") != "user"
-        or value[1].get("role") != "assistant"
-    ):
-        raise DataError(
-            f"{where}: column {column!r} must be a list [{{role: user, content}}, {{role: assistant, content}}]"
-        )
-    prompt = _text(value[0].get("content"), where, f"{column}[0].content")
-    answer = value[1].get("content")
-    if not isinstance(answer, str):
-        raise DataError(f"{where}: {column}[1].content must be text")
-    return prompt, answer
-
-
-def synthetic_rows(records: Sequence[tuple[str, dict[str, Any]]], source: str, split: str) -> list[PairRow]:
-    """Pairs from records in the published SPIN format (`real`/`generated` message lists) or
-    spinrun's own format (`prompt`, `real`, `generated` text columns). Empty generated
-    answers are kept (they are model outputs); an empty real answer is an error."""
-    if not records:
-        raise DataError(f"{source}: no rows; the {split} data must not be empty")
-    rows: list[PairRow] = []
-    for i, (loc, rec) in enumerate(records):
-        where = f"{source} {loc}"
-        for col in ("real", "generated"):
-            if col not in rec:
-                found = ", ".join(sorted(rec)) or "none"
-                raise DataError(f"{where}: missing column {col!r} (columns found: {found})")
-        if isinstance(rec["real"], str):
-            if "prompt" not in rec:
-                raise DataError(f"{where}: text columns real/generated need a 'prompt' column too")
-            prompt = _text(rec["prompt"], where, "column 'prompt'")
-            real = _text(rec["real"], where, "column 'real'")
-            if not isinstance(rec["generated"], str):
-                raise DataError(f"{where}: column 'generated' must be text like 'real'")
-            generated = rec["generated"]
-        else:
-            prompt, real = _pair_messages(rec["real"], where, "real")
-            gprompt, generated = _pair_messages(rec["generated"], where, "generated")
-            if gprompt != prompt:
-                raise DataError(
-                    f"{where}: the user turns of 'real' and 'generated' differ; both must hold the same prompt"
-                )
-            _text(real, where, "real[1].content")
-        row_id = rec.get("id")
-        answer = rec.get("answer")
-        rows.append(
-            PairRow(
-                id=str(row_id) if row_id not in (None, "") else f"{split}:{i}",
-                prompt=prompt,
-                real=real,
-                generated=generated,
-                answer=answer if isinstance(answer, str) else None,
-            )
-        )
-    return rows
-
-
-def load_synthetic(source: SyntheticData) -> tuple[list[PairRow], list[PairRow]]:
-    """Pre-generated (train, test) pairs of one iteration from a file (all rows train), a
-    folder with train/test files (named after `split`/`testSplit`), or a hub dataset."""
-    if source.hub is not None:
-        hub = source.hub
-        train = synthetic_rows(_load_hub_split(hub, source.split), f"{hub}[{source.split}]", "train")
-        test: list[PairRow] = []
-        if source.test_split:
-            test = synthetic_rows(_load_hub_split(hub, source.test_split), f"{hub}[{source.test_split}]", "test")
-        return train, test
-    path = Path(str(source.path))
-    if path.is_dir():
-        train_files = _split_file(path, [source.split, "train"])
-        if not train_files:
-            raise DataError(
-                f"{path}: no {source.split} data file (.parquet, .jsonl or .json) in this folder; "
-                "name it after syntheticData.split (e.g. train.parquet) or point path at the file"
-            )
-        test_files = _split_file(path, [source.test_split, "test"]) if source.test_split else []
-        src = str(train_files[0]) if len(train_files) == 1 else f"{path} ({source.split})"
-        train = synthetic_rows(_records_of(train_files), src, "train")
-        test = []
-        if test_files:
-            tsrc = str(test_files[0]) if len(test_files) == 1 else f"{path} (test)"
-            test = synthetic_rows(_records_of(test_files), tsrc, "test")
-        return train, test
-    return synthetic_rows(read_records(path), str(path), "train"), []

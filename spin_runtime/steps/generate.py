@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from spin_runtime import models, plan, rundir
-from spin_runtime.data import Row, load_sft
+from spin_runtime.api.spec import Generation
+from spin_runtime.data.sft import Row, load_sft
 from spin_runtime.errors import SpinError
-from spin_runtime.spec import Generation
+from spin_runtime.modeling import models
+from spin_runtime.plan import hparams, layout, stages
+from spin_runtime.store import atomic, rundir
 
 if TYPE_CHECKING:
     import torch
@@ -416,12 +418,12 @@ def run_generate(run_dir: Path, iteration: int, shard: int, shards: int, force: 
     spec = run.spec
     gen = spec.generation
     check_shard(shard, shards, gen.shards)
-    step = plan.Step(iteration, "generate", shard, shards)
-    out = run_dir / plan.shard_path(iteration, shard, shards)
+    step = stages.Step(iteration, "generate", shard, shards)
+    out = run_dir / layout.shard_path(iteration, shard, shards)
     if rundir.is_done(run_dir, step) and not force:
         print(f"{step.key}: already done ({out}); pass --force to regenerate")
         return out
-    if not plan.generated_by_run(spec, iteration):
+    if not hparams.generated_by_run(spec, iteration):
         raise SpinError(
             f"iteration {iteration} uses syntheticData from the spec: it has no generate step; run `spin convert`"
         )
@@ -430,7 +432,7 @@ def run_generate(run_dir: Path, iteration: int, shard: int, shards: int, force: 
 
     train, test = load_sft(spec)
     prompts = shard_prompts(all_prompts(train, test), shard, shards, gen.seed)
-    model_path = models.resolve(plan.start_model(spec, iteration), run_dir)
+    model_path = models.resolve(hparams.start_model(spec, iteration), run_dir)
     on_gpu = models.gpu_available()
     engine = choose_engine(gen.engine, vllm_importable(), on_gpu)
     texts = [p.row.prompt for p in prompts]
@@ -448,10 +450,10 @@ def run_generate(run_dir: Path, iteration: int, shard: int, shards: int, force: 
         )
         answers = transformers_generate(model, tokenizer, texts, gen, stats=stats)
     seconds = time.perf_counter() - start
-    rundir.atomic_write_text(out, shard_rows_jsonl(prompts, answers))
+    atomic.atomic_write_text(out, shard_rows_jsonl(prompts, answers))
     info = {
         "engine": engine,
-        "model": plan.start_model(spec, iteration).describe(),
+        "model": hparams.start_model(spec, iteration).describe(),
         "rows": len(prompts),
         "empty_generated": sum(1 for a in answers if not a.strip()),
         "seconds": round(seconds, 3),

@@ -1,8 +1,5 @@
-"""The run directory on disk: atomic writes, completion markers and the stored spec.
-
-Every output is written to a temporary name and renamed into place; a step's marker is
-written after its outputs, so a step without its marker is not done.
-"""
+"""Atomic file writes (temporary file + rename, honouring the umask) and JSON reads that name the
+file when something is wrong."""
 
 from __future__ import annotations
 
@@ -16,13 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from spin_runtime import plan
-from spin_runtime.errors import SpinError
-from spin_runtime.spec import SpinRun
-
-
-class RunDirError(SpinError):
-    """The run directory is missing, unreadable or holds something unexpected."""
+from spin_runtime.errors import RunDirError
 
 
 def now_iso() -> str:
@@ -122,65 +113,3 @@ def read_json(path: Path) -> Any:
         raise RunDirError(f"{path}: file not found") from e
     except json.JSONDecodeError as e:
         raise RunDirError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
-
-
-# --------------------------------------------------------------------------- spec
-
-
-def spec_path(run_dir: Path) -> Path:
-    return Path(run_dir) / plan.SPEC_FILE
-
-
-def load_run(run_dir: Path) -> SpinRun:
-    """The SpinRun stored in a run directory (written by `spin run` or the operator)."""
-    p = spec_path(run_dir)
-    if not p.exists():
-        raise RunDirError(
-            f"{p}: no spec here; start the run with `spin run FILE --run-dir {run_dir}` "
-            "or check --run-dir"
-        )
-    return SpinRun.model_validate(read_json(p))
-
-
-def init_run(run_dir: Path, run: SpinRun) -> None:
-    """Store the run's spec; an existing spec is replaced (a changed spec takes effect
-    for steps not yet done), never the outputs."""
-    data = run.model_dump(by_alias=True, exclude_none=True, mode="json")
-    data.pop("status", None)
-    atomic_write_json(spec_path(run_dir), data)
-
-
-# --------------------------------------------------------------------------- markers
-
-
-def is_done(run_dir: Path, step: plan.Step) -> bool:
-    """True when the step's completion marker exists."""
-    return (Path(run_dir) / step.marker).exists()
-
-
-def done_keys(run_dir: Path, run: SpinRun) -> set[str]:
-    """Keys of all finished steps of the run's plan."""
-    return {s.key for s in plan.all_steps(run.spec) if is_done(run_dir, s)}
-
-
-def mark_done(run_dir: Path, run: SpinRun, step: plan.Step, info: dict[str, Any] | None = None) -> None:
-    """Write the step's marker (after its outputs); the iteration's last step also writes DONE."""
-    record = {"step": step.key, "time": now_iso(), **(info or {})}
-    atomic_write_json(Path(run_dir) / step.marker, record)
-    if plan.last_step(run.spec, step.iteration) == step:
-        atomic_write_json(Path(run_dir) / plan.done_path(step.iteration), record)
-
-
-def clear_marker(run_dir: Path, run: SpinRun, step: plan.Step) -> None:
-    """Forget that a step (and therefore its iteration) is done, e.g. before a forced rerun."""
-    for rel in (step.marker, plan.done_path(step.iteration)):
-        with contextlib.suppress(FileNotFoundError):
-            (Path(run_dir) / rel).unlink()
-
-
-def update_metrics(run_dir: Path, iteration: int, section: str, values: dict[str, Any]) -> None:
-    """Set one section ("train", "eval", ...) of iteration k's metrics.json atomically."""
-    path = Path(run_dir) / plan.metrics_path(iteration)
-    current = read_json(path) if path.exists() else {}
-    current[section] = values
-    atomic_write_json(path, current)

@@ -18,10 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spin_runtime import models, plan, rundir, tasks
+from spin_runtime.api.spec import SpinRunSpec
+from spin_runtime.data import tasks
+from spin_runtime.data.pairs import read_pairs
 from spin_runtime.errors import DataError
-from spin_runtime.spec import SpinRunSpec
-from spin_runtime.train import prepare_rows, read_pairs
+from spin_runtime.modeling import models
+from spin_runtime.plan import hparams, layout, stages
+from spin_runtime.steps.train import prepare_rows
+from spin_runtime.store import rundir
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -171,8 +175,8 @@ def generate_answers(
 ) -> list[str]:
     """Greedy answers to `prompts` through the chat template, with the generation step's engine
     (length-sorted batches, KV cache, stop at EOS) so evaluation decodes as generation does."""
-    from spin_runtime.generate import transformers_generate
-    from spin_runtime.spec import Generation
+    from spin_runtime.api.spec import Generation
+    from spin_runtime.steps.generate import transformers_generate
 
     gen = Generation(engine="transformers", prompt_format="chat", decoding="greedy",
                      max_new_tokens=max_new_tokens, batch_size=GENERATE_BATCH)
@@ -208,7 +212,7 @@ def run_evaluate(run_dir: Path, iteration: int, force: bool = False) -> dict[str
     run = rundir.load_run(run_dir)
     spec = run.spec
     k = iteration
-    step = plan.Step(k, "evaluate")
+    step = stages.Step(k, "evaluate")
     if rundir.is_done(run_dir, step):
         if not force:
             _log(f"iteration {k}: already evaluated ({step.marker} exists); use --force to redo")
@@ -216,11 +220,11 @@ def run_evaluate(run_dir: Path, iteration: int, force: bool = False) -> dict[str
         rundir.clear_marker(run_dir, run, step)
     t0 = time.perf_counter()
     if spec.evaluation.lm_eval.enabled:
-        from spin_runtime import lm_eval
+        from spin_runtime.steps import lm_eval
 
         if lm_eval.find_executable() is None:  # fail before spending time on the other metrics
             raise lm_eval.LmEvalError(f"evaluation.lmEval.enabled needs the lm_eval command: {lm_eval.INSTALL_HINT}")
-    test_path = run_dir / plan.data_path(k, "test")
+    test_path = run_dir / layout.data_path(k, "test")
     if not test_path.exists():
         raise DataError(f"{test_path}: held-out data not found; run `spin convert --run-dir {run_dir} --iteration {k}` first")
     rows = read_pairs(test_path)
@@ -229,13 +233,13 @@ def run_evaluate(run_dir: Path, iteration: int, force: bool = False) -> dict[str
     if not rows:
         raise DataError(f"{test_path}: no held-out rows to evaluate")
 
-    new_path = run_dir / plan.model_dir(k)
+    new_path = run_dir / layout.model_dir(k)
     models.check_checkpoint(new_path)
-    start_path = models.resolve(plan.start_model(spec, k), run_dir)
+    start_path = models.resolve(hparams.start_model(spec, k), run_dir)
     on_gpu = models.gpu_available()
     device = "cuda" if on_gpu else "cpu"
     dtype = models.resolve_dtype("auto", on_gpu)
-    beta = plan.hparams(spec, k).beta
+    beta = hparams.hparams(spec, k).beta
 
     tok = models.load_tokenizer(str(new_path), padding_side="right")
     pairs = encode_pairs(tok, rows, spec.training.max_prompt_length, spec.training.max_length)
@@ -259,8 +263,8 @@ def run_evaluate(run_dir: Path, iteration: int, force: bool = False) -> dict[str
     metrics = reward_metrics(pol_real, pol_gen, ref_real, ref_gen, beta)
     metrics.update(
         {
-            "model": plan.model_dir(k),
-            "opponent": plan.start_model(spec, k).describe(),
+            "model": layout.model_dir(k),
+            "opponent": hparams.start_model(spec, k).describe(),
             "seconds": time.perf_counter() - t0,
         }
     )
@@ -272,12 +276,12 @@ def run_evaluate(run_dir: Path, iteration: int, force: bool = False) -> dict[str
     rundir.update_metrics(run_dir, k, "eval", metrics)
 
     if spec.evaluation.lm_eval.enabled:
-        from spin_runtime import lm_eval
+        from spin_runtime.steps import lm_eval
 
         scores = lm_eval.run_lm_eval(
             new_path,
             spec.evaluation.lm_eval,
-            run_dir / plan.iter_dir(k) / "lm_eval",
+            run_dir / layout.iter_dir(k) / "lm_eval",
             dtype="bfloat16" if on_gpu else "float32",
             device=device,
         )

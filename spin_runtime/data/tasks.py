@@ -11,7 +11,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from spin_runtime.spec import BuiltinTask
+from spin_runtime.api.spec import BuiltinTask
 
 _WORDS = (
     "apple river stone cloud green table light music paper garden window silver "

@@ -8,37 +8,29 @@ is replaced atomically, outputs are never touched).
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
-from spin_runtime import rundir
+from spin_runtime.api.load import SpecError, load_spinrun
+from spin_runtime.api.spec import SpinRun
 from spin_runtime.errors import SpinError
-from spin_runtime.spec import SpinRun
+from spin_runtime.store import rundir
+from spin_runtime.store.atomic import write_error
 
 
 def init_from_file(spec_file: Path, run_dir: Path) -> SpinRun:
-    """Validate the SpinRun stored in `spec_file` (JSON or YAML) and store it as
-    `<run_dir>/spec.json`; returns the run."""
+    """Validate the SpinRun stored in `spec_file` (JSON or YAML) strictly, as `spin validate`
+    does, and store it as `<run_dir>/spec.json`; returns the run."""
     path = Path(spec_file)
+    if not path.is_file():
+        raise SpinError(f"{path}: spec file not found; mount the run's ConfigMap there or fix --spec")
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as e:
-        raise SpinError(f"{path}: spec file not found; mount the run's ConfigMap there or fix --spec") from e
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        import yaml
-
-        data = yaml.safe_load(text)
-    if not isinstance(data, dict):
-        raise SpinError(f"{path}: expected a SpinRun object, got {type(data).__name__}")
-    data.pop("status", None)
-    run = SpinRun.model_validate(data)
+        run = load_spinrun(path)
+    except SpecError as e:
+        raise SpinError(str(e)) from None
     try:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise rundir.write_error(Path(run_dir), e) from e
+        raise write_error(Path(run_dir), e) from e
     rundir.init_run(Path(run_dir), run)
     return run
 
@@ -56,20 +48,3 @@ def _cmd(args: argparse.Namespace) -> int:
     run = init_from_file(Path(args.spec), Path(args.run_dir))
     print(f"{args.run_dir}: spec of {run.metadata.name} stored")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m spin_runtime.initrun --spec FILE --run-dir DIR`."""
-    parser = argparse.ArgumentParser(prog="spin init-run")
-    parser.add_argument("--spec", required=True)
-    parser.add_argument("--run-dir", required=True)
-    args = parser.parse_args(argv)
-    try:
-        return _cmd(args)
-    except SpinError as e:
-        print(f"spin init-run: error: {e}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,13 +1,10 @@
 """The convert step: gather an iteration's generated shards (or import its pre-generated
 syntheticData) into `iter-<k>/data/{train,test}.parquet` with columns
 `id, prompt, real, generated, answer`, dropping exact duplicates and counting what it did.
-
-Also `read_pairs`, the reader training and evaluation use for those parquet files.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -15,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spin_runtime import plan, rundir
-from spin_runtime.data import PairRow, load_synthetic
+from spin_runtime.api.spec import SpinRunSpec
+from spin_runtime.data.pairs import PairRow, write_pairs
+from spin_runtime.data.synthetic import load_synthetic
 from spin_runtime.errors import DataError
-from spin_runtime.spec import SpinRunSpec
+from spin_runtime.plan import hparams, layout, stages
+from spin_runtime.store import atomic, rundir
 
-#: Columns of the converted parquet files, in order.
-COLUMNS = ("id", "prompt", "real", "generated", "answer")
 #: Keys every shard line must have (`answer` may be null).
 SHARD_KEYS = ("id", "split", "prompt", "real", "generated", "answer")
 SPLITS = ("train", "test")
@@ -51,17 +48,17 @@ class ConvertCounts:
 
 def shard_files(k: int, shards: int) -> list[str]:
     """Relative paths of iteration k's n shard files."""
-    return [plan.shard_path(k, i, shards) for i in range(shards)]
+    return [layout.shard_path(k, i, shards) for i in range(shards)]
 
 
 def missing_shards_message(run_dir: Path, k: int, shards: int, missing: Sequence[int]) -> str:
     """The error for absent shard files: which files, and the commands that produce them."""
-    names = ", ".join(Path(plan.shard_path(k, i, shards)).name for i in missing)
+    names = ", ".join(Path(layout.shard_path(k, i, shards)).name for i in missing)
     commands = "; ".join(
         f"`spin generate --run-dir {run_dir} --iteration {k} --shard {i} --shards {shards}`" for i in missing[:4]
     )
     more = f" (and {len(missing) - 4} more)" if len(missing) > 4 else ""
-    return f"iteration {k}: missing shard files {names} in {Path(run_dir) / plan.iter_dir(k) / 'generated'}: rerun {commands}{more}"
+    return f"iteration {k}: missing shard files {names} in {Path(run_dir) / layout.iter_dir(k) / 'generated'}: rerun {commands}{more}"
 
 
 def parse_shard_line(line: str, where: str) -> tuple[str, PairRow]:
@@ -137,51 +134,6 @@ def dedupe(items: Iterable[tuple[str, PairRow, str]]) -> tuple[dict[str, list[Pa
     return out, dropped
 
 
-# --------------------------------------------------------------------------- parquet
-
-
-def _table(rows: Sequence[PairRow]) -> Any:
-    import pyarrow as pa
-
-    schema = pa.schema([(c, pa.string()) for c in COLUMNS])
-    return pa.Table.from_pylist([{c: getattr(r, c) for c in COLUMNS} for r in rows], schema=schema)
-
-
-def write_pairs(path: Path, rows: Sequence[PairRow]) -> None:
-    """Write pairs as parquet atomically (temporary file in the same folder, then rename)."""
-    import pyarrow.parquet as pq
-
-    buf = io.BytesIO()
-    pq.write_table(_table(rows), buf)
-    rundir.atomic_write_bytes(Path(path), buf.getvalue())
-
-
-def read_pairs(path: Path) -> list[dict[str, Any]]:
-    """Rows (`id, prompt, real, generated, answer`) of a converted parquet file; a missing,
-    truncated or corrupt file, or one without the pair columns, is a DataError naming it."""
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: data file not found; run `spin convert` for its iteration first")
-    try:
-        table = pq.read_table(path)
-    except Exception as e:  # pyarrow raises several types for damaged files
-        raise DataError(
-            f"{path}: unreadable parquet (truncated or corrupt: {e}); rerun `spin convert --force` for its iteration"
-        ) from e
-    missing = [c for c in ("prompt", "real", "generated") if c not in table.column_names]
-    if missing:
-        raise DataError(
-            f"{path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}; not a converted SPIN data file"
-        )
-    rows = table.to_pylist()
-    for r in rows:
-        r.setdefault("id", None)
-        r.setdefault("answer", None)
-    return rows
-
-
 # --------------------------------------------------------------------------- the step
 
 
@@ -195,9 +147,9 @@ def _gather_shards(run_dir: Path, k: int, shards: int) -> tuple[list[tuple[str, 
     items: list[tuple[str, PairRow, str]] = []
     for i, path in enumerate(paths):
         lines = read_shard(path)
-        marker = Path(run_dir) / plan.Step(k, "generate", i, shards).marker
+        marker = Path(run_dir) / stages.Step(k, "generate", i, shards).marker
         if marker.is_file():
-            expected = rundir.read_json(marker).get("rows")
+            expected = atomic.read_json(marker).get("rows")
             if isinstance(expected, int) and expected != len(lines):
                 raise DataError(
                     f"{path}: holds {len(lines)} rows but its generate step wrote {expected}: the file was changed "
@@ -210,7 +162,7 @@ def _gather_shards(run_dir: Path, k: int, shards: int) -> tuple[list[tuple[str, 
 def convert_iteration(spec: SpinRunSpec, run_dir: Path, k: int) -> tuple[dict[str, list[PairRow]], ConvertCounts]:
     """Rows of iteration k per split (deduplicated) and the counts; nothing is written."""
     counts = ConvertCounts()
-    synthetic = plan.synthetic_data_for(spec, k)
+    synthetic = hparams.synthetic_data_for(spec, k)
     if synthetic is not None:
         train, test = load_synthetic(synthetic)
         items = [("train", r, "") for r in train] + [("test", r, "") for r in test]
@@ -236,7 +188,7 @@ def run_convert(run_dir: Path, iteration: int, force: bool = False) -> dict[str,
     unless `force`. Returns the counts."""
     run_dir = Path(run_dir)
     run = rundir.load_run(run_dir)
-    step = plan.Step(iteration, "convert")
+    step = stages.Step(iteration, "convert")
     if rundir.is_done(run_dir, step) and not force:
         print(f"{step.key}: already done; pass --force to convert again")
         return {}
@@ -244,7 +196,7 @@ def run_convert(run_dir: Path, iteration: int, force: bool = False) -> dict[str,
         rundir.clear_marker(run_dir, run, step)
     by_split, counts = convert_iteration(run.spec, run_dir, iteration)
     for split in SPLITS:
-        write_pairs(run_dir / plan.data_path(iteration, split), by_split[split])  # type: ignore[arg-type]
+        write_pairs(run_dir / layout.data_path(iteration, split), by_split[split])  # type: ignore[arg-type]
     info = counts.as_dict()
     rundir.update_metrics(run_dir, iteration, "convert", info)
     rundir.mark_done(run_dir, run, step, info)

@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from spin_runtime.api.spec import LmEval
 from spin_runtime.errors import SpinError
-from spin_runtime.spec import LmEval
 
 #: The metric reported per task, in order of preference (the leaderboard's choice first).
 PREFERRED_METRICS: tuple[str, ...] = (

@@ -12,16 +12,8 @@ from typing import Any
 
 import yaml
 
+from spin_runtime.api.spec import GROUP, KIND, MAX_RUN_NAME_LENGTH, PLURAL, RUN_NAME_PATTERN, VERSION, SpinRun
 from spin_runtime.errors import SpinError
-from spin_runtime.spec import (
-    GROUP,
-    KIND,
-    MAX_RUN_NAME_LENGTH,
-    PLURAL,
-    RUN_NAME_PATTERN,
-    VERSION,
-    SpinRun,
-)
 
 CRD_NAME = f"{PLURAL}.{GROUP}"
 SHORT_NAMES = ["spin"]

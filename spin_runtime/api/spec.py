@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+
+from spin_runtime.api.base import MAX_ITERATIONS, SpinModel
+from spin_runtime.api.status import SpinRunStatus
 
 GROUP = "spin.dev"
 VERSION = "v1alpha1"
@@ -21,7 +23,6 @@ PLURAL = "spinruns"
 #: Longest run name so that `<run>-it<k>-convert` style child names (and the pods
 #: Kubernetes derives from them) stay within 63 characters.
 MAX_RUN_NAME_LENGTH = 40
-MAX_ITERATIONS = 64
 MAX_SHARDS = 1024
 
 #: Environment variables that torchrun / DeepSpeed / the Job controller set themselves.
@@ -122,26 +123,10 @@ Quantity = Annotated[
 ]
 
 
-class Model(BaseModel):
-    """Base for every spec model: camelCase aliases, unknown fields refused."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        validate_default=True,
-        allow_inf_nan=False,
-    )
-
-    def dump(self) -> dict[str, Any]:
-        """The object as YAML/CRD data (camelCase, unset optionals omitted)."""
-        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
-
-
 # --------------------------------------------------------------------------- sources
 
 
-class ModelSource(Model):
+class ModelSource(SpinModel):
     """Where a model comes from: exactly one of hub, path or builtin."""
 
     model_config = ConfigDict(
@@ -199,7 +184,7 @@ class ModelSource(Model):
         return f"{self.path}/{self.gguf_file}" if self.gguf_file else str(self.path)
 
 
-class BuiltinTask(Model):
+class BuiltinTask(SpinModel):
     """A synthetic task with automatic scoring, generated deterministically."""
 
     name: Literal["addition-3digit", "addition-2digit", "reverse-words"] = Field(
@@ -210,7 +195,7 @@ class BuiltinTask(Model):
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the task's example generator.")
 
 
-class Dataset(Model):
+class Dataset(SpinModel):
     """The SFT data: prompts with their real answers. Exactly one of hub, path or builtin."""
 
     model_config = ConfigDict(
@@ -267,7 +252,7 @@ class Dataset(Model):
         return self
 
 
-class SyntheticData(Model):
+class SyntheticData(SpinModel):
     """Pre-generated data for one iteration (e.g. the published SPIN_iter0..3 sets with
     `real`/`generated` columns); it replaces that iteration's generation step."""
 
@@ -301,7 +286,7 @@ class SyntheticData(Model):
 # --------------------------------------------------------------------------- steps
 
 
-class ScheduleEntry(Model):
+class ScheduleEntry(SpinModel):
     """Hyperparameters of one iteration."""
 
     learning_rate: float = Field(5e-7, gt=0, le=1, description="Peak learning rate.")
@@ -319,7 +304,7 @@ def paper_schedule() -> list[ScheduleEntry]:
     ]
 
 
-class Resources(Model):
+class Resources(SpinModel):
     """Container resource requests and limits (Kubernetes quantities as strings)."""
 
     requests: dict[str, Quantity] = Field(
@@ -328,7 +313,7 @@ class Resources(Model):
     limits: dict[str, Quantity] = Field(default_factory=dict, description="Resource limits, e.g. {memory: 64Gi}.")
 
 
-class Generation(Model):
+class Generation(SpinModel):
     """How the current model answers the prompts each iteration."""
 
     engine: Literal["auto", "vllm", "transformers"] = Field(
@@ -363,7 +348,7 @@ def _zero_stage(value: Any) -> Any:
     return value
 
 
-class DeepSpeed(Model):
+class DeepSpeed(SpinModel):
     """DeepSpeed ZeRO settings for GPU training."""
 
     model_config = ConfigDict(
@@ -391,7 +376,7 @@ class DeepSpeed(Model):
         return self
 
 
-class Lora(Model):
+class Lora(SpinModel):
     """Optional LoRA adapters (PEFT) instead of full fine-tuning."""
 
     model_config = ConfigDict(
@@ -424,7 +409,7 @@ class Lora(Model):
         return self
 
 
-class Training(Model):
+class Training(SpinModel):
     """The SPIN training step (TRL DPOTrainer with chosen = real, rejected = generated)."""
 
     model_config = ConfigDict(
@@ -497,14 +482,14 @@ LM_EVAL_PAPER_TASKS: dict[str, int] = {
 }
 
 
-class LmEvalTask(Model):
+class LmEvalTask(SpinModel):
     """One lm-evaluation-harness task and its number of shots."""
 
     name: str = Field(..., max_length=128, description="lm-evaluation-harness task name.")
     num_fewshot: int = Field(0, ge=0, le=100, description="Few-shot examples.")
 
 
-class LmEval(Model):
+class LmEval(SpinModel):
     """Optional paper-style evaluation with lm-evaluation-harness (Open LLM Leaderboard shots)."""
 
     enabled: bool = Field(False, description="Run lm-evaluation-harness on each iteration's checkpoint.")
@@ -529,7 +514,7 @@ class LmEval(Model):
     limit: int | None = Field(None, ge=1, le=1_000_000_000, description="Examples per task (for smoke tests).")
 
 
-class Evaluation(Model):
+class Evaluation(SpinModel):
     """Held-out metrics after each iteration."""
 
     enabled: bool = Field(True, description="Run the evaluate step after training.")
@@ -541,7 +526,7 @@ class Evaluation(Model):
 # --------------------------------------------------------------------------- cluster
 
 
-class NewClaim(Model):
+class NewClaim(SpinModel):
     """A PersistentVolumeClaim the operator creates for the run."""
 
     size: str = Field("500Gi", max_length=32, pattern=STORAGE_SIZE_PATTERN, description="Requested storage size.")
@@ -553,7 +538,7 @@ class NewClaim(Model):
     )
 
 
-class Storage(Model):
+class Storage(SpinModel):
     """Where the run directory lives: exactly one of an existing claim or a new claim."""
 
     model_config = ConfigDict(
@@ -580,7 +565,7 @@ class Storage(Model):
         return self
 
 
-class Images(Model):
+class Images(SpinModel):
     """Container images of the steps; unset = the operator's defaults (Helm values)."""
 
     generator: str | None = Field(
@@ -595,7 +580,7 @@ class Images(Model):
     pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(None, description="Image pull policy.")
 
 
-class SecretKeyRef(Model):
+class SecretKeyRef(SpinModel):
     """A key of a Secret, passed to pods only as a secretKeyRef."""
 
     name: str = Field(..., min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Secret name.")
@@ -604,20 +589,20 @@ class SecretKeyRef(Model):
     )
 
 
-class EnvVar(Model):
+class EnvVar(SpinModel):
     """A plain environment variable for every step's container."""
 
     name: str = Field(..., min_length=1, max_length=128, pattern=ENV_NAME_PATTERN, description="Variable name.")
     value: str = Field("", max_length=4096, description="Value (literal; never interpreted by a shell).")
 
 
-class LocalObjectReference(Model):
+class LocalObjectReference(SpinModel):
     """A reference by name, e.g. an image pull Secret."""
 
     name: str = Field(..., min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Object name.")
 
 
-class Toleration(Model):
+class Toleration(SpinModel):
     """A pod toleration (Kubernetes core/v1 Toleration)."""
 
     key: str | None = Field(None, max_length=253, description="Taint key.")
@@ -632,7 +617,7 @@ class Toleration(Model):
 # --------------------------------------------------------------------------- spec
 
 
-class SpinRunSpec(Model):
+class SpinRunSpec(SpinModel):
     """What a SPIN run does and where it runs."""
 
     model_config = ConfigDict(
@@ -764,71 +749,7 @@ class SpinRunSpec(Model):
         return self
 
 
-# --------------------------------------------------------------------------- status
-
-Phase = Literal["Pending", "Generating", "Converting", "Training", "Evaluating", "Complete", "Failed", "Suspended"]
-StepName = Literal["generate", "convert", "train", "evaluate"]
-
-
-class Condition(Model):
-    """A Kubernetes-style condition."""
-
-    type: Literal["Complete", "Failed", "Suspended", "Progressing", "ValidationFailed"] = Field(..., description="Condition type.")
-    status: Literal["True", "False", "Unknown"] = Field(..., description="True, False or Unknown.")
-    reason: str = Field("", max_length=128, description="CamelCase reason.")
-    message: str = Field("", max_length=4096, description="Human-readable message.")
-    last_transition_time: str | None = Field(None, description="When the status last changed (RFC 3339).")
-    observed_generation: int | None = Field(None, description="Spec generation the condition was computed from.")
-
-
-class Checkpoint(Model):
-    """Where the newest trained model is."""
-
-    iteration: int = Field(..., description="Iteration that produced it.")
-    path: str = Field(..., description="Path on the run volume.")
-    time: str | None = Field(None, description="When it was recorded (RFC 3339).")
-
-
-class StepStatus(Model):
-    """One step of one iteration."""
-
-    step: StepName = Field(..., description="generate, convert, train or evaluate.")
-    job_name: str | None = Field(None, description="Job running the step.")
-    start_time: str | None = Field(None, description="When the step's Job was created.")
-    completion_time: str | None = Field(None, description="When it succeeded.")
-    retries: int = Field(0, description="Failed attempts so far.")
-
-
-class IterationStatus(Model):
-    """Progress of one iteration."""
-
-    iteration: int = Field(..., description="Iteration index.")
-    generation: int | None = Field(None, description="Spec generation the iteration started under; its steps keep those settings.")
-    steps: list[StepStatus] = Field(default_factory=list, description="Steps started so far.")
-    metrics: dict[str, float] = Field(default_factory=dict, description="A few metrics (reward margin, accuracy, exact match).")
-
-
-class SpinRunStatus(Model):
-    """Observed state of a SpinRun, written only by the operator's reconcile."""
-
-    model_config = ConfigDict(extra="ignore")  # tolerate kopf's own bookkeeping keys
-
-    observed_generation: int | None = Field(None, description="Spec generation last acted on.")
-    phase: Phase = Field("Pending", description="Pending, Generating, Converting, Training, Evaluating, Complete, Failed or Suspended.")
-    reason: str | None = Field(None, description="CamelCase reason of the phase.")
-    message: str | None = Field(None, description="Human-readable explanation of the phase.")
-    current_iteration: int | None = Field(None, description="Iteration in progress.")
-    completed_iterations: int = Field(0, description="Iterations finished.")
-    last_checkpoint: Checkpoint | None = Field(None, description="Newest trained checkpoint.")
-    iterations: list[IterationStatus] = Field(
-        default_factory=list, max_length=MAX_ITERATIONS, description="Per-iteration progress (one entry per iteration)."
-    )
-    conditions: list[Condition] = Field(default_factory=list, description="Complete, Failed, Suspended, Progressing.")
-    start_time: str | None = Field(None, description="When the run started.")
-    completion_time: str | None = Field(None, description="When the run finished.")
-
-
-class ObjectMeta(Model):
+class ObjectMeta(SpinModel):
     """The subset of metadata spinrun reads."""
 
     model_config = ConfigDict(extra="allow")
@@ -843,7 +764,7 @@ class ObjectMeta(Model):
     namespace: str | None = Field(None, max_length=63, description="Namespace.")
 
 
-class SpinRun(Model):
+class SpinRun(SpinModel):
     """A SPIN run: the Kubernetes resource, also read by `spin run` locally."""
 
     api_version: Literal["spin.dev/v1alpha1"] = Field(API_VERSION, description="spin.dev/v1alpha1")

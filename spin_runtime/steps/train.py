@@ -22,16 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spin_runtime import models, plan, rundir
-from spin_runtime import train_config as tc
+from spin_runtime.api.spec import SpinRun, SpinRunSpec
+from spin_runtime.data.pairs import read_pairs
+from spin_runtime.data.synthetic import load_synthetic
 from spin_runtime.errors import DataError, ModelError
-from spin_runtime.spec import SpinRun, SpinRunSpec
+from spin_runtime.modeling import models
+from spin_runtime.plan import hparams, layout, stages
+from spin_runtime.steps import trl_args as tc
+from spin_runtime.store import atomic, rundir
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, TrainerCallback
     from trl import DPOTrainer
 
-REQUIRED_COLUMNS = ("prompt", "real", "generated")
 SCRATCH = ".train-scratch"
 DEEPSPEED_FILE = "deepspeed.json"
 #: Files the Trainer writes next to the weights that a checkpoint must not carry (pickles).
@@ -45,77 +48,23 @@ def _log(msg: str) -> None:
 # --------------------------------------------------------------------------- data
 
 
-def _read_parquet_pairs(path: Path) -> list[dict[str, Any]]:
-    import pandas as pd
-
-    try:
-        frame = pd.read_parquet(path)
-    except FileNotFoundError as e:
-        raise DataError(f"{path}: file not found") from e
-    except Exception as e:  # pyarrow raises many kinds for a corrupt file
-        raise DataError(f"{path}: not a readable parquet file ({e}); rerun `spin convert` for this iteration") from e
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; expected id, prompt, real, generated[, answer]")
-    rows: list[dict[str, Any]] = []
-    for i, rec in enumerate(frame.to_dict("records")):
-        row = {k: (None if _is_null(v) else v) for k, v in rec.items()}
-        for col in REQUIRED_COLUMNS:
-            if not isinstance(row.get(col), str):
-                raise DataError(f"{path}: row {i} has no text in column {col!r}")
-        row.setdefault("id", str(i))
-        rows.append(row)
-    return rows
-
-
-def _is_null(value: Any) -> bool:
-    try:
-        import pandas as pd
-
-        return value is None or (not isinstance(value, (list, dict, str)) and bool(pd.isna(value)))
-    except (TypeError, ValueError):
-        return False
-
-
-def _as_dict(row: Any) -> dict[str, Any]:
-    """A row as a plain dict (rows of data.py/convert.py are dataclasses with `to_dict`)."""
-    return row.to_dict() if hasattr(row, "to_dict") else dict(row)
-
-
-def read_pairs(path: Path) -> list[dict[str, Any]]:
-    """Rows (id, prompt, real, generated, answer) of a converted parquet file; uses
-    `convert.read_pairs` when that module provides it."""
-    try:
-        from spin_runtime.convert import read_pairs as convert_read_pairs  # type: ignore[attr-defined]
-    except ImportError:
-        return _read_parquet_pairs(Path(path))
-    return [_as_dict(r) for r in convert_read_pairs(Path(path))]
-
-
 def _synthetic_train_rows(spec: SpinRunSpec, j: int) -> list[dict[str, Any]] | None:
-    source = plan.synthetic_data_for(spec, j)
+    source = hparams.synthetic_data_for(spec, j)
     if source is None:
         return None
-    try:
-        from spin_runtime.data import load_synthetic  # type: ignore[attr-defined]
-    except ImportError as e:
-        raise DataError(
-            f"syntheticData of iteration {j} is needed by the data window but spin_runtime.data.load_synthetic "
-            "is unavailable"
-        ) from e
     train_rows, _ = load_synthetic(source)
-    return [_as_dict(r) for r in train_rows]
+    return [r.to_dict() for r in train_rows]
 
 
 def window_rows(run_dir: Path, spec: SpinRunSpec, k: int) -> list[dict[str, Any]]:
     """The training rows of iteration k's data window (SPIN: syn(k−1) ∪ syn(k)), each tagged
     with the iteration it comes from, in file order (shuffle with `train_config.shuffled`)."""
-    window = plan.data_window(spec, k)
+    window = hparams.data_window(spec, k)
     if not window:
         raise DataError(f"iteration {k} has no data window: check dataWindow, startIteration and syntheticData")
     rows: list[dict[str, Any]] = []
     for j in window:
-        path = Path(run_dir) / plan.data_path(j, "train")
+        path = Path(run_dir) / layout.data_path(j, "train")
         part: list[dict[str, Any]] | None
         if path.exists():
             part = read_pairs(path)
@@ -271,21 +220,21 @@ def build_trainer(
     on_gpu = training_on_gpu(spec)
     if rank == 0:
         _warn_slow_bf16(spec, on_gpu)
-    start_path = models.resolve(plan.start_model(spec, k), run_dir)
+    start_path = models.resolve(hparams.start_model(spec, k), run_dir)
     tok = models.load_tokenizer(start_path, padding_side="right")
     _check_chat_template(tok, start_path)
 
     rows = tc.shuffled(window_rows(run_dir, spec, k), spec.training.seed)
     prepared = prepare_rows(rows, tok, spec.training.max_prompt_length)
 
-    it_dir = run_dir / plan.iter_dir(k)
+    it_dir = run_dir / layout.iter_dir(k)
     scratch = it_dir / SCRATCH
     attn = models.resolve_attn_implementation(spec.training.attn_implementation, on_gpu)
     ds_path: str | None = None
     if tc.uses_deepspeed(spec.training, on_gpu):
         ds_file = it_dir / DEEPSPEED_FILE
         # every rank writes the same content atomically: the config must exist before DPOConfig
-        rundir.atomic_write_json(ds_file, tc.deepspeed_config(spec.training.deepspeed))
+        atomic.atomic_write_json(ds_file, tc.deepspeed_config(spec.training.deepspeed))
         ds_path = str(ds_file)
 
     from accelerate import PartialState
@@ -313,7 +262,7 @@ def build_trainer(
     with state.main_process_first():
         if state.is_main_process:
             shutil.rmtree(scratch, ignore_errors=True)
-            shutil.rmtree(run_dir / plan.logs_dir(k), ignore_errors=True)
+            shutil.rmtree(run_dir / layout.logs_dir(k), ignore_errors=True)
             Dataset.from_list(prepared).save_to_disk(str(window_dir))
     dataset = load_from_disk(str(window_dir))
 
@@ -322,7 +271,7 @@ def build_trainer(
         from transformers.integrations import TensorBoardCallback
 
         tb = TensorBoardCallback()
-        tb.logging_dir = str(run_dir / plan.logs_dir(k))
+        tb.logging_dir = str(run_dir / layout.logs_dir(k))
         all_callbacks.insert(0, tb)
 
     peft_config = None
@@ -370,7 +319,7 @@ def _tidy_checkpoint(folder: Path) -> None:
         data = json.loads(config.read_text(encoding="utf-8"))
         if data.get("use_cache") is False:
             data["use_cache"] = True
-            rundir.atomic_write_json(config, data)
+            atomic.atomic_write_json(config, data)
 
 
 def _merge_lora(setup: TrainSetup, adapter_dir: Path, out: Path, tok: Any) -> None:
@@ -389,13 +338,13 @@ def _merge_lora(setup: TrainSetup, adapter_dir: Path, out: Path, tok: Any) -> No
 def save_checkpoint(trainer: DPOTrainer, setup: TrainSetup) -> Path:
     """Save the trained model (safetensors + tokenizer with its chat template) atomically to
     `iter-<k>/model`. All ranks take part (ZeRO-3 gathers weights); only rank 0 writes."""
-    final = setup.run_dir / plan.model_dir(setup.iteration)
+    final = setup.run_dir / layout.model_dir(setup.iteration)
     lora = setup.run.spec.training.lora.enabled
     main = trainer.accelerator.is_main_process
     if not main:
         trainer.save_model(str(setup.scratch / f"save-rank{setup.rank}"))
     else:
-        with rundir.atomic_dir(final) as tmp:
+        with atomic.atomic_dir(final) as tmp:
             if lora:
                 adapter_dir = setup.scratch / "adapter"
                 trainer.save_model(str(adapter_dir))
@@ -415,7 +364,7 @@ def save_checkpoint(trainer: DPOTrainer, setup: TrainSetup) -> Path:
 def train_metrics(trainer: DPOTrainer, setup: TrainSetup) -> dict[str, Any]:
     """metrics.json "train" section: per-logging-step history and the run summary."""
     spec = setup.run.spec
-    hp = plan.hparams(spec, setup.iteration)
+    hp = hparams.hparams(spec, setup.iteration)
     history = tc.history_from_log(trainer.state.log_history)
     summary = tc.train_summary(trainer.state.log_history, history, tokens=float(getattr(trainer, "_total_train_tokens", 0)))
     summary.update(
@@ -457,7 +406,7 @@ def run_train(
     on rank 0 (None when skipped). `callbacks` are extra Trainer callbacks (tests, tools)."""
     run_dir = Path(run_dir)
     run = rundir.load_run(run_dir)
-    step = plan.Step(iteration, "train")
+    step = stages.Step(iteration, "train")
     rank, _ = distributed_env()
     if rundir.is_done(run_dir, step):
         if not force:
@@ -468,7 +417,7 @@ def run_train(
 
     trainer, setup = build_trainer(run_dir, iteration, callbacks)
     if setup.rank == 0:
-        hp = plan.hparams(run.spec, iteration)
+        hp = hparams.hparams(run.spec, iteration)
         _log(
             f"iteration {iteration}: {setup.samples} pairs from iterations {list(hp.window)}, lr {hp.learning_rate:g}, "
             f"β {hp.beta:g}, {hp.loss_type} loss, opponent {hp.start_model}, world size {setup.world_size}"
@@ -490,7 +439,7 @@ def run_train(
             run_dir,
             run,
             step,
-            {"model": plan.model_dir(iteration), "steps": metrics["summary"]["steps"]},
+            {"model": layout.model_dir(iteration), "steps": metrics["summary"]["steps"]},
         )
         _log(f"iteration {iteration}: saved {final} ({metrics['summary']['steps']} steps)")
     trainer.accelerator.wait_for_everyone()

@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spin_runtime import plan
+from spin_runtime.api.spec import ModelSource
 from spin_runtime.errors import ModelError
-from spin_runtime.rundir import atomic_dir
-from spin_runtime.spec import ModelSource
+from spin_runtime.plan import hparams
+from spin_runtime.store.atomic import atomic_dir
 
 if TYPE_CHECKING:
     import torch
@@ -174,7 +174,7 @@ def resolve_source(source: ModelSource) -> str:
     return source.hub
 
 
-def resolve(ref: plan.ModelRef, run_dir: Path) -> str:
+def resolve(ref: hparams.ModelRef, run_dir: Path) -> str:
     """Resolve a plan's model reference (spec source or run checkpoint) to a loadable path."""
     if ref.run_path is not None:
         path = Path(run_dir) / ref.run_path

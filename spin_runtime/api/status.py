@@ -1,0 +1,85 @@
+"""The SpinRun status: phases, step names, conditions and per-iteration progress; the one place
+that names a phase or a step."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import ConfigDict, Field
+
+from spin_runtime.api.base import MAX_ITERATIONS, SpinModel
+
+Phase = Literal["Pending", "Generating", "Converting", "Training", "Evaluating", "Complete", "Failed", "Suspended"]
+#: Every phase, in display order.
+PHASES: tuple[Phase, ...] = ("Pending", "Generating", "Converting", "Training", "Evaluating", "Complete", "Failed", "Suspended")
+#: Phases a run never leaves (sticky: a finished run never creates children again).
+TERMINAL_PHASES: tuple[Phase, ...] = ("Complete", "Failed")
+
+StepName = Literal["generate", "convert", "train", "evaluate"]
+#: The steps of an iteration, in order.
+STEP_ORDER: tuple[StepName, ...] = ("generate", "convert", "train", "evaluate")
+#: status.phase while a step runs.
+STEP_PHASE: dict[StepName, Phase] = {
+    "generate": "Generating",
+    "convert": "Converting",
+    "train": "Training",
+    "evaluate": "Evaluating",
+}
+
+
+class Condition(SpinModel):
+    """A Kubernetes-style condition."""
+
+    type: Literal["Complete", "Failed", "Suspended", "Progressing", "ValidationFailed"] = Field(..., description="Condition type.")
+    status: Literal["True", "False", "Unknown"] = Field(..., description="True, False or Unknown.")
+    reason: str = Field("", max_length=128, description="CamelCase reason.")
+    message: str = Field("", max_length=4096, description="Human-readable message.")
+    last_transition_time: str | None = Field(None, description="When the status last changed (RFC 3339).")
+    observed_generation: int | None = Field(None, description="Spec generation the condition was computed from.")
+
+
+class Checkpoint(SpinModel):
+    """Where the newest trained model is."""
+
+    iteration: int = Field(..., description="Iteration that produced it.")
+    path: str = Field(..., description="Path on the run volume.")
+    time: str | None = Field(None, description="When it was recorded (RFC 3339).")
+
+
+class StepStatus(SpinModel):
+    """One step of one iteration."""
+
+    step: StepName = Field(..., description="generate, convert, train or evaluate.")
+    job_name: str | None = Field(None, description="Job running the step.")
+    start_time: str | None = Field(None, description="When the step's Job was created.")
+    completion_time: str | None = Field(None, description="When it succeeded.")
+    retries: int = Field(0, description="Failed attempts so far.")
+
+
+class IterationStatus(SpinModel):
+    """Progress of one iteration."""
+
+    iteration: int = Field(..., description="Iteration index.")
+    generation: int | None = Field(None, description="Spec generation the iteration started under; its steps keep those settings.")
+    steps: list[StepStatus] = Field(default_factory=list, description="Steps started so far.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="A few metrics (reward margin, accuracy, exact match).")
+
+
+class SpinRunStatus(SpinModel):
+    """Observed state of a SpinRun, written only by the operator's reconcile."""
+
+    model_config = ConfigDict(extra="ignore")  # tolerate kopf's own bookkeeping keys
+
+    observed_generation: int | None = Field(None, description="Spec generation last acted on.")
+    phase: Phase = Field("Pending", description="Pending, Generating, Converting, Training, Evaluating, Complete, Failed or Suspended.")
+    reason: str | None = Field(None, description="CamelCase reason of the phase.")
+    message: str | None = Field(None, description="Human-readable explanation of the phase.")
+    current_iteration: int | None = Field(None, description="Iteration in progress.")
+    completed_iterations: int = Field(0, description="Iterations finished.")
+    last_checkpoint: Checkpoint | None = Field(None, description="Newest trained checkpoint.")
+    iterations: list[IterationStatus] = Field(
+        default_factory=list, max_length=MAX_ITERATIONS, description="Per-iteration progress (one entry per iteration)."
+    )
+    conditions: list[Condition] = Field(default_factory=list, description="Complete, Failed, Suspended, Progressing.")
+    start_time: str | None = Field(None, description="When the run started.")
+    completion_time: str | None = Field(None, description="When the run finished.")

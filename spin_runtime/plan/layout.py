@@ -1,0 +1,43 @@
+"""The run directory's layout: where each iteration's shards, data, model, metrics, logs and
+markers live, relative to the run directory. Pure: no I/O."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+SPEC_FILE = "spec.json"
+
+
+def iter_dir(k: int) -> str:
+    """Folder of iteration k inside the run directory."""
+    return f"iter-{k}"
+
+
+def shard_path(k: int, shard: int, shards: int) -> str:
+    """Generated answers of one shard (JSONL, rewritten whole on rerun)."""
+    return f"{iter_dir(k)}/generated/shard-{shard}-of-{shards}.jsonl"
+
+
+def data_path(k: int, split: Literal["train", "test"]) -> str:
+    """Converted parquet with columns prompt, real, generated."""
+    return f"{iter_dir(k)}/data/{split}.parquet"
+
+
+def model_dir(k: int) -> str:
+    """HF-format checkpoint trained in iteration k."""
+    return f"{iter_dir(k)}/model"
+
+
+def metrics_path(k: int) -> str:
+    """Train and eval metrics of iteration k."""
+    return f"{iter_dir(k)}/metrics.json"
+
+
+def logs_dir(k: int) -> str:
+    """TensorBoard logs of iteration k's training."""
+    return f"{iter_dir(k)}/logs"
+
+
+def done_path(k: int) -> str:
+    """Written last, once every step of iteration k is done."""
+    return f"{iter_dir(k)}/DONE"

@@ -1,0 +1,52 @@
+"""The plan as a table for `spin plan`: per iteration the start model, data window, lr, β,
+epochs, loss and steps."""
+
+from __future__ import annotations
+
+from spin_runtime.api.spec import SpinRun
+from spin_runtime.plan import hparams, stages
+
+
+def _window(ks: tuple[int, ...]) -> str:
+    return "+".join(f"syn({k})" for k in ks) or "-"
+
+
+def _steps(run: SpinRun, k: int) -> str:
+    steps = stages.steps_for_iteration(run.spec, k)
+    shards = [s for s in steps if s.name == "generate"]
+    names = [s.name for s in steps if s.name != "generate"]
+    head = [f"generate x{len(shards)}" if len(shards) > 1 else "generate"] if shards else ["(data given)"]
+    return " > ".join(head + names)
+
+
+def plan_table(run: SpinRun) -> str:
+    """A readable table of the run's iterations: start model, data window, lr, β, epochs,
+    loss and steps."""
+    spec = run.spec
+    header = ["iter", "start model", "data window", "lr", "β", "epochs", "loss", "steps"]
+    rows = [header]
+    for k in stages.iterations(spec):
+        h = hparams.hparams(spec, k)
+        rows.append(
+            [
+                str(k),
+                h.start_model,
+                _window(h.window),
+                f"{h.learning_rate:g}",
+                f"{h.beta:g}",
+                f"{h.epochs:g}",
+                h.loss_type,
+                _steps(run, k),
+            ]
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    total = len(stages.all_steps(spec))
+    tr = spec.training
+    where = "CPU" if tr.gpus_per_node == 0 else f"{tr.nodes} node(s) x {tr.gpus_per_node} GPU(s)"
+    title = (
+        f"SpinRun {run.metadata.name}: iterations {spec.start_iteration}..{spec.iterations - 1}, "
+        f"{total} steps, training on {where}"
+    )
+    return "\n".join([title, "", *lines])
