@@ -116,7 +116,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"{args.file}: {problem}", file=sys.stderr)
         return 2
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / run.metadata.name
-    return run_local(run, run_dir)
+    return run_local(run, run_dir, rerun_changed=args.rerun_changed)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run", help="run a SpinRun file on this machine (resumes from markers)")
     s.add_argument("file")
     s.add_argument("--run-dir", help="run directory (default: runs/<name>)")
+    s.add_argument(
+        "--rerun-changed",
+        action="store_true",
+        help="when the spec changed since steps ran here, run the affected steps (and those after them) again",
+    )
     s.set_defaults(func=_cmd_run)
 
     def step(name: str, helptext: str, func) -> argparse.ArgumentParser:

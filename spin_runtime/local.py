@@ -14,7 +14,9 @@ from pathlib import Path
 
 from spin_runtime import launch
 from spin_runtime.api.spec import SpinRun
+from spin_runtime.errors import SpinError
 from spin_runtime.plan import layout, stages
+from spin_runtime.plan.fingerprint import changed_fields
 from spin_runtime.store import rundir
 
 
@@ -64,15 +66,50 @@ def _run_step(step: stages.Step, run_dir: Path, gpus: int, label: str) -> int:
     return 0
 
 
-def run_local(run: SpinRun, run_dir: Path) -> int:
+def adopt_run_dir(run: SpinRun, run_dir: Path, rerun_changed: bool = False) -> SpinRun:
+    """The run as it will be stored in `run_dir`, with the uid of the run already there (or a
+    new one). A run directory of another run is refused; so is a spec whose changes would
+    invalidate finished steps, unless `rerun_changed` (then those steps and the ones after
+    them run again). Cluster-only or cosmetic changes are taken as they are."""
+    if not rundir.spec_path(run_dir).exists():
+        return rundir.with_uid(run)
+    old = rundir.load_run(run_dir)
+    if old.metadata.name != run.metadata.name:
+        raise SpinError(
+            f"{run_dir} holds run {old.metadata.name!r}, not {run.metadata.name!r}: "
+            "give this run its own --run-dir"
+        )
+    new = rundir.with_uid(run, rundir.run_uid(old) or None)
+    stale = [
+        s for s in stages.all_steps(new.spec)
+        if (run_dir / s.marker).exists() and not rundir.marker_state(run_dir, new, s).done
+        and rundir.is_done(run_dir, s, old)
+    ]
+    if not stale:
+        return new
+    fields = changed_fields(old.spec.dump(), new.spec.dump())
+    shown = ", ".join(fields[:8]) + (f" (+{len(fields) - 8} more)" if len(fields) > 8 else "")
+    steps = ", ".join(s.key for s in stale[:6]) + (f" (+{len(stale) - 6} more)" if len(stale) > 6 else "")
+    if not rerun_changed:
+        raise SpinError(
+            f"the spec changed since this run directory's steps ran ({shown}); {len(stale)} finished step(s) "
+            f"depend on it: {steps}. Nothing was changed. Use a new --run-dir to keep both runs, or pass "
+            "--rerun-changed to run those steps again here (their outputs will be replaced)"
+        )
+    print(f"spec changed ({shown}): running {len(stale)} finished step(s) again: {steps}", flush=True)
+    return new
+
+
+def run_local(run: SpinRun, run_dir: Path, rerun_changed: bool = False) -> int:
     """Run (or resume) a SpinRun in `run_dir`; returns the process exit code."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    run = adopt_run_dir(run, run_dir, rerun_changed)
     rundir.init_run(run_dir, run)
     steps = stages.all_steps(run.spec)
     gpus = _local_gpus(run)
     started = time.monotonic()
-    done_before = sum(rundir.is_done(run_dir, s) for s in steps)
+    done_before = sum(rundir.is_done(run_dir, s, run) for s in steps)
     print(f"spin run {run.metadata.name}: {len(steps)} steps in {run_dir}"
           + (f" ({done_before} already done, resuming)" if done_before else ""), flush=True)
     n = 0
@@ -80,7 +117,7 @@ def run_local(run: SpinRun, run_dir: Path) -> int:
         for step in stage.steps:
             n += 1
             label = f"[{n}/{len(steps)}] iteration {step.iteration} · {step.key.split('/', 1)[1]}"
-            if rundir.is_done(run_dir, step):
+            if rundir.is_done(run_dir, step, run):
                 print(f"{label}: done earlier, skipped", flush=True)
                 continue
             code = _run_step(step, run_dir, gpus, label)

@@ -32,7 +32,8 @@ COLUMNS: tuple[tuple[str, str, str, str], ...] = (
 
 
 def load_metrics(run_dir: Path) -> dict[int, dict[str, Any]]:
-    """metrics.json of every iteration that has one, with the resolved hyperparameters."""
+    """metrics.json of every iteration that has one, with the hyperparameters it really trained
+    with (recorded by `spin train`; the stored spec's only for iterations not trained yet)."""
     run = rundir.load_run(run_dir)
     out: dict[int, dict[str, Any]] = {}
     for k in stages.iterations(run.spec):
@@ -41,8 +42,13 @@ def load_metrics(run_dir: Path) -> dict[int, dict[str, Any]]:
             continue
         m = atomic.read_json(path)
         hp = hparams.hparams(run.spec, k)
-        m["hparams"] = {"learning_rate": hp.learning_rate, "beta": hp.beta, "epochs": hp.epochs}
         train = m.get("train") or {}
+        ran = train.get("summary") or {}
+        m["hparams"] = {
+            "learning_rate": ran.get("learning_rate", hp.learning_rate),
+            "beta": ran.get("beta", hp.beta),
+            "epochs": ran.get("epochs", hp.epochs),
+        }
         history = [h for h in train.get("history", []) if "loss" in h]
         if history:
             train.setdefault("final_loss", history[-1]["loss"])

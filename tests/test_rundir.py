@@ -43,7 +43,60 @@ def test_last_step_marks_the_iteration_done(tmp_path):
     assert not (tmp_path / layout.done_path(0)).exists()
     rundir.mark_done(tmp_path, run, stages.Step(0, "evaluate"))
     assert (tmp_path / layout.done_path(0)).exists()
-    assert rundir.done_keys(tmp_path, run) == {"it0/train", "it0/evaluate"}
+    assert {s.key for s in stages.all_steps(run.spec) if rundir.is_done(tmp_path, s)} == {"it0/train", "it0/evaluate"}
+
+
+def test_a_marker_records_the_run_uid_and_the_step_fingerprint(tmp_path):
+    run = rundir.with_uid(make_run(iterations=2), "uid-1")
+    rundir.init_run(tmp_path, run)
+    rundir.mark_done(tmp_path, run, stages.Step(0, "train"), {"steps": 3})
+    record = atomic.read_json(tmp_path / stages.Step(0, "train").marker)
+    assert record["runUid"] == "uid-1" and record["run"] == run.metadata.name and record["steps"] == 3
+    assert record["fingerprint"] == rundir.fingerprints(run)["it0/train"]
+
+
+def test_a_marker_of_another_run_with_the_same_name_is_not_done(tmp_path):
+    old = rundir.with_uid(make_run(iterations=2), "old-uid")
+    rundir.mark_done(tmp_path, old, stages.Step(0, "convert"))
+    new = rundir.with_uid(make_run(iterations=2), "new-uid")
+    state = rundir.marker_state(tmp_path, new, stages.Step(0, "convert"))
+    assert not state.done and "another run (uid old-uid)" in (state.why_not or "")
+
+
+def test_a_changed_learning_rate_invalidates_train_and_everything_after_it_only(tmp_path):
+    before = make_run(iterations=2)
+    for s in stages.all_steps(before.spec):
+        rundir.mark_done(tmp_path, before, s)
+    after = make_run(iterations=2, schedule=[{"learningRate": 1e-6, "beta": 0.1}])
+    done = {s.key for s in stages.all_steps(after.spec) if rundir.is_done(tmp_path, s, after)}
+    assert done == {"it0/generate-0-of-1", "it0/convert"}
+    state = rundir.marker_state(tmp_path, after, stages.Step(0, "train"))
+    assert state.why_not == "the spec fields it depends on changed since it ran"
+
+
+def test_cluster_only_fields_do_not_invalidate_finished_steps(tmp_path):
+    before = make_run(iterations=2)
+    for s in stages.all_steps(before.spec):
+        rundir.mark_done(tmp_path, before, s)
+    after = make_run(
+        iterations=3,
+        images={"trainer": "registry.example/t:2"},
+        training={"resources": {"requests": {"cpu": "4"}}, "loggingSteps": 5},
+        generation={"parallelism": 1},
+    )
+    assert all(rundir.is_done(tmp_path, s, after) for s in stages.all_steps(before.spec))
+
+
+def test_atomic_writes_honour_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic.atomic_write_text(tmp_path / "f.txt", "x")
+        with atomic.atomic_dir(tmp_path / "model") as d:
+            (d / "w").write_text("y")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "model").stat().st_mode & 0o777 == 0o755
 
 
 def test_stored_spec_round_trips(tmp_path):

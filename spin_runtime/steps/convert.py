@@ -17,7 +17,8 @@ from spin_runtime.data.pairs import PairRow, write_pairs
 from spin_runtime.data.synthetic import load_synthetic
 from spin_runtime.errors import DataError
 from spin_runtime.plan import hparams, layout, stages
-from spin_runtime.store import atomic, rundir
+from spin_runtime.steps.context import StepContext
+from spin_runtime.store import atomic
 
 #: Keys every shard line must have (`answer` may be null).
 SHARD_KEYS = ("id", "split", "prompt", "real", "generated", "answer")
@@ -184,22 +185,18 @@ def convert_iteration(spec: SpinRunSpec, run_dir: Path, k: int) -> tuple[dict[st
 
 def run_convert(run_dir: Path, iteration: int, force: bool = False) -> dict[str, Any]:
     """Write iteration k's train/test parquet from its shards or syntheticData, record the
-    counts in metrics.json ("convert") and the marker. Skipped when the marker exists,
-    unless `force`. Returns the counts."""
-    run_dir = Path(run_dir)
-    run = rundir.load_run(run_dir)
-    step = stages.Step(iteration, "convert")
-    if rundir.is_done(run_dir, step) and not force:
-        print(f"{step.key}: already done; pass --force to convert again")
+    counts in metrics.json ("convert") and the marker. Skipped when done, unless `force`.
+    Returns the counts."""
+    ctx = StepContext.open(run_dir, stages.Step(iteration, "convert"))
+    if not ctx.should_run(force):
         return {}
-    if force:
-        rundir.clear_marker(run_dir, run, step)
-    by_split, counts = convert_iteration(run.spec, run_dir, iteration)
+    by_split, counts = convert_iteration(ctx.spec, ctx.run_dir, iteration)
     for split in SPLITS:
-        write_pairs(run_dir / layout.data_path(iteration, split), by_split[split])  # type: ignore[arg-type]
+        write_pairs(ctx.path(layout.data_path(iteration, split)), by_split[split])  # type: ignore[arg-type]
     info = counts.as_dict()
-    rundir.update_metrics(run_dir, iteration, "convert", info)
-    rundir.mark_done(run_dir, run, step, info)
+    ctx.update_metrics("convert", info)
+    ctx.mark_done(info)
+    step = ctx.step
     notes = f", {counts.duplicates_dropped} duplicates dropped" if counts.duplicates_dropped else ""
     if counts.empty_generated:
         notes += f", {counts.empty_generated} empty generated answers kept"

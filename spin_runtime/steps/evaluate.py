@@ -23,9 +23,9 @@ from spin_runtime.data import tasks
 from spin_runtime.data.pairs import read_pairs
 from spin_runtime.errors import DataError
 from spin_runtime.modeling import models
-from spin_runtime.plan import hparams, layout, stages
+from spin_runtime.plan import layout, stages
+from spin_runtime.steps.context import StepContext
 from spin_runtime.steps.train import prepare_rows
-from spin_runtime.store import rundir
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -208,16 +208,10 @@ def run_evaluate(run_dir: Path, iteration: int, force: bool = False) -> dict[str
     """Evaluate iteration k unless its marker exists (or `force`); returns the "eval" metrics."""
     import torch
 
-    run_dir = Path(run_dir)
-    run = rundir.load_run(run_dir)
-    spec = run.spec
-    k = iteration
-    step = stages.Step(k, "evaluate")
-    if rundir.is_done(run_dir, step):
-        if not force:
-            _log(f"iteration {k}: already evaluated ({step.marker} exists); use --force to redo")
-            return None
-        rundir.clear_marker(run_dir, run, step)
+    ctx = StepContext.open(run_dir, stages.Step(iteration, "evaluate"))
+    run_dir, spec, k = ctx.run_dir, ctx.spec, iteration
+    if not ctx.should_run(force):
+        return None
     t0 = time.perf_counter()
     if spec.evaluation.lm_eval.enabled:
         from spin_runtime.steps import lm_eval
@@ -235,11 +229,11 @@ def run_evaluate(run_dir: Path, iteration: int, force: bool = False) -> dict[str
 
     new_path = run_dir / layout.model_dir(k)
     models.check_checkpoint(new_path)
-    start_path = models.resolve(hparams.start_model(spec, k), run_dir)
+    start_path = models.resolve(ctx.start_model, run_dir)
     on_gpu = models.gpu_available()
     device = "cuda" if on_gpu else "cpu"
     dtype = models.resolve_dtype("auto", on_gpu)
-    beta = hparams.hparams(spec, k).beta
+    beta = ctx.hparams.beta
 
     tok = models.load_tokenizer(str(new_path), padding_side="right")
     pairs = encode_pairs(tok, rows, spec.training.max_prompt_length, spec.training.max_length)
@@ -264,7 +258,7 @@ def run_evaluate(run_dir: Path, iteration: int, force: bool = False) -> dict[str
     metrics.update(
         {
             "model": layout.model_dir(k),
-            "opponent": hparams.start_model(spec, k).describe(),
+            "opponent": ctx.start_model.describe(),
             "seconds": time.perf_counter() - t0,
         }
     )
@@ -273,7 +267,7 @@ def run_evaluate(run_dir: Path, iteration: int, force: bool = False) -> dict[str
     if baseline is not None:
         metrics["baseline_exact_match"] = baseline[0]
     metrics = _finite_or_none(metrics)
-    rundir.update_metrics(run_dir, k, "eval", metrics)
+    ctx.update_metrics("eval", metrics)
 
     if spec.evaluation.lm_eval.enabled:
         from spin_runtime.steps import lm_eval
@@ -285,9 +279,9 @@ def run_evaluate(run_dir: Path, iteration: int, force: bool = False) -> dict[str
             dtype="bfloat16" if on_gpu else "float32",
             device=device,
         )
-        rundir.update_metrics(run_dir, k, "lm_eval", scores)
+        ctx.update_metrics("lm_eval", scores)
 
-    rundir.mark_done(run_dir, run, step, {"samples": metrics["samples"]})
+    ctx.mark_done({"samples": metrics["samples"]})
     em_text = f", exact match {em[0]:.3f}" if em is not None else ""
     _log(
         f"iteration {k}: margin {metrics['reward_margin']:.4f}, accuracy {metrics['reward_accuracy']:.3f}"

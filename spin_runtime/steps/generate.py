@@ -24,7 +24,8 @@ from spin_runtime.data.sft import Row, load_sft
 from spin_runtime.errors import SpinError
 from spin_runtime.modeling import models
 from spin_runtime.plan import hparams, layout, stages
-from spin_runtime.store import atomic, rundir
+from spin_runtime.steps.context import StepContext
+from spin_runtime.store import atomic
 
 if TYPE_CHECKING:
     import torch
@@ -413,26 +414,21 @@ def run_generate(run_dir: Path, iteration: int, shard: int, shards: int, force: 
     """Answer shard `shard` of `shards` of iteration k's prompts with its start model and write
     `iter-<k>/generated/shard-<i>-of-<n>.jsonl` (replaced whole), then the step's marker.
     Skipped when the marker exists, unless `force`."""
-    run_dir = Path(run_dir)
-    run = rundir.load_run(run_dir)
-    spec = run.spec
+    ctx = StepContext.open(run_dir, stages.Step(iteration, "generate", shard, shards))
+    run_dir, spec, step = ctx.run_dir, ctx.spec, ctx.step
     gen = spec.generation
     check_shard(shard, shards, gen.shards)
-    step = stages.Step(iteration, "generate", shard, shards)
     out = run_dir / layout.shard_path(iteration, shard, shards)
-    if rundir.is_done(run_dir, step) and not force:
-        print(f"{step.key}: already done ({out}); pass --force to regenerate")
-        return out
     if not hparams.generated_by_run(spec, iteration):
         raise SpinError(
             f"iteration {iteration} uses syntheticData from the spec: it has no generate step; run `spin convert`"
         )
-    if force:
-        rundir.clear_marker(run_dir, run, step)
+    if not ctx.should_run(force):
+        return out
 
     train, test = load_sft(spec)
     prompts = shard_prompts(all_prompts(train, test), shard, shards, gen.seed)
-    model_path = models.resolve(hparams.start_model(spec, iteration), run_dir)
+    model_path = models.resolve(ctx.start_model, run_dir)
     on_gpu = models.gpu_available()
     engine = choose_engine(gen.engine, vllm_importable(), on_gpu)
     texts = [p.row.prompt for p in prompts]
@@ -453,7 +449,7 @@ def run_generate(run_dir: Path, iteration: int, shard: int, shards: int, force: 
     atomic.atomic_write_text(out, shard_rows_jsonl(prompts, answers))
     info = {
         "engine": engine,
-        "model": hparams.start_model(spec, iteration).describe(),
+        "model": ctx.start_model.describe(),
         "rows": len(prompts),
         "empty_generated": sum(1 for a in answers if not a.strip()),
         "seconds": round(seconds, 3),
@@ -461,6 +457,6 @@ def run_generate(run_dir: Path, iteration: int, shard: int, shards: int, force: 
     if stats.new_tokens:
         info["new_tokens"] = stats.new_tokens
         info["tokens_per_second"] = round(stats.tokens_per_second, 2)
-    rundir.mark_done(run_dir, run, step, info)
+    ctx.mark_done(info)
     print(f"{step.key}: {len(prompts)} answers → {out} ({seconds:.1f} s, {engine})")
     return out

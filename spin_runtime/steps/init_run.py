@@ -8,6 +8,7 @@ is replaced atomically, outputs are never touched).
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from spin_runtime.api.load import SpecError, load_spinrun
@@ -19,7 +20,8 @@ from spin_runtime.store.atomic import write_error
 
 def init_from_file(spec_file: Path, run_dir: Path) -> SpinRun:
     """Validate the SpinRun stored in `spec_file` (JSON or YAML) strictly, as `spin validate`
-    does, and store it as `<run_dir>/spec.json`; returns the run."""
+    does, and store it as `<run_dir>/spec.json` with the run's uid ($SPIN_RUN_UID, set by the
+    operator, else the uid already stored); returns the run."""
     path = Path(spec_file)
     if not path.is_file():
         raise SpinError(f"{path}: spec file not found; mount the run's ConfigMap there or fix --spec")
@@ -31,8 +33,21 @@ def init_from_file(spec_file: Path, run_dir: Path) -> SpinRun:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise write_error(Path(run_dir), e) from e
+    uid = os.environ.get(rundir.RUN_UID_ENV) or _stored_uid(Path(run_dir))
+    if uid:
+        run = rundir.with_uid(run, uid)
     rundir.init_run(Path(run_dir), run)
     return run
+
+
+def _stored_uid(run_dir: Path) -> str:
+    """The uid of the spec already stored in the run directory, if any."""
+    if not rundir.spec_path(run_dir).is_file():
+        return ""
+    try:
+        return rundir.run_uid(rundir.load_run(run_dir))
+    except SpinError:
+        return ""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]

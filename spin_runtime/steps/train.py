@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import resource
 import shutil
 import sys
@@ -22,14 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spin_runtime.api.spec import SpinRun, SpinRunSpec
+from spin_runtime.api.spec import SpinRunSpec
 from spin_runtime.data.pairs import read_pairs
 from spin_runtime.data.synthetic import load_synthetic
 from spin_runtime.errors import DataError, ModelError
 from spin_runtime.modeling import models
-from spin_runtime.plan import hparams, layout, stages
+from spin_runtime.plan import hparams, layout
+from spin_runtime.plan.stages import Step
 from spin_runtime.steps import trl_args as tc
-from spin_runtime.store import atomic, rundir
+from spin_runtime.steps.context import StepContext
+from spin_runtime.store import atomic
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, TrainerCallback
@@ -146,10 +147,6 @@ def prepare_rows(
 # --------------------------------------------------------------------------- set-up
 
 
-def distributed_env() -> tuple[int, int]:
-    """(global rank, world size) from torchrun's environment; (0, 1) without torchrun."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
 
 def training_on_gpu(spec: SpinRunSpec) -> bool:
     """Train on GPUs when CUDA is usable and the spec asks for GPUs."""
@@ -183,13 +180,9 @@ def _warn_slow_bf16(spec: SpinRunSpec, on_gpu: bool) -> None:
 class TrainSetup:
     """What `build_trainer` resolved for iteration k."""
 
-    run: SpinRun
-    run_dir: Path
-    iteration: int
+    ctx: StepContext
     start_path: str
     on_gpu: bool
-    rank: int
-    world_size: int
     scratch: Path
     samples: int
     identical_pairs: int = 0
@@ -205,22 +198,19 @@ def _check_chat_template(tok: PreTrainedTokenizerBase, path: str) -> None:
 
 
 def build_trainer(
-    run_dir: Path, iteration: int, callbacks: Sequence[TrainerCallback] = ()
+    run_dir: Path, iteration: int, callbacks: Sequence[TrainerCallback] = (), ctx: StepContext | None = None
 ) -> tuple[DPOTrainer, TrainSetup]:
     """A ready `DPOTrainer` for iteration k of the run in `run_dir`, and what it resolved.
 
     The policy is loaded from the start model's saved folder by path and `ref_model=None`,
     so TRL reloads that same folder as the frozen opponent (or precomputes its log-probs)."""
     t0 = time.perf_counter()
-    run_dir = Path(run_dir)
-    run = rundir.load_run(run_dir)
-    spec = run.spec
-    k = iteration
-    rank, world = distributed_env()
+    ctx = ctx or StepContext.open(run_dir, Step(iteration, "train"))
+    run_dir, spec, k, world = ctx.run_dir, ctx.spec, ctx.iteration, ctx.world_size
     on_gpu = training_on_gpu(spec)
-    if rank == 0:
+    if ctx.is_main:
         _warn_slow_bf16(spec, on_gpu)
-    start_path = models.resolve(hparams.start_model(spec, k), run_dir)
+    start_path = models.resolve(ctx.start_model, run_dir)
     tok = models.load_tokenizer(start_path, padding_side="right")
     _check_chat_template(tok, start_path)
 
@@ -243,7 +233,7 @@ def build_trainer(
 
     kwargs = tc.dpo_config_kwargs(
         spec,
-        k,
+        ctx.hparams,
         on_gpu=on_gpu,
         output_dir=str(scratch / "trainer"),
         attn_implementation=attn,
@@ -290,13 +280,9 @@ def build_trainer(
         callbacks=all_callbacks,
     )
     setup = TrainSetup(
-        run=run,
-        run_dir=run_dir,
-        iteration=k,
+        ctx=ctx,
         start_path=start_path,
         on_gpu=on_gpu,
-        rank=rank,
-        world_size=world,
         scratch=scratch,
         samples=len(prepared),
         identical_pairs=identical_pairs(rows),
@@ -338,11 +324,11 @@ def _merge_lora(setup: TrainSetup, adapter_dir: Path, out: Path, tok: Any) -> No
 def save_checkpoint(trainer: DPOTrainer, setup: TrainSetup) -> Path:
     """Save the trained model (safetensors + tokenizer with its chat template) atomically to
     `iter-<k>/model`. All ranks take part (ZeRO-3 gathers weights); only rank 0 writes."""
-    final = setup.run_dir / layout.model_dir(setup.iteration)
-    lora = setup.run.spec.training.lora.enabled
+    final = setup.ctx.path(layout.model_dir(setup.ctx.iteration))
+    lora = setup.ctx.spec.training.lora.enabled
     main = trainer.accelerator.is_main_process
     if not main:
-        trainer.save_model(str(setup.scratch / f"save-rank{setup.rank}"))
+        trainer.save_model(str(setup.scratch / f"save-rank{setup.ctx.rank}"))
     else:
         with atomic.atomic_dir(final) as tmp:
             if lora:
@@ -363,8 +349,8 @@ def save_checkpoint(trainer: DPOTrainer, setup: TrainSetup) -> Path:
 
 def train_metrics(trainer: DPOTrainer, setup: TrainSetup) -> dict[str, Any]:
     """metrics.json "train" section: per-logging-step history and the run summary."""
-    spec = setup.run.spec
-    hp = hparams.hparams(spec, setup.iteration)
+    spec = setup.ctx.spec
+    hp = setup.ctx.hparams
     history = tc.history_from_log(trainer.state.log_history)
     summary = tc.train_summary(trainer.state.log_history, history, tokens=float(getattr(trainer, "_total_train_tokens", 0)))
     summary.update(
@@ -380,7 +366,7 @@ def train_metrics(trainer: DPOTrainer, setup: TrainSetup) -> dict[str, Any]:
             "start_model": hp.start_model,
             "precision": tc.resolved_precision(spec.training.precision, setup.on_gpu),
             "device": "gpu" if setup.on_gpu else "cpu",
-            "world_size": setup.world_size,
+            "world_size": setup.ctx.world_size,
             "precompute_ref_log_probs": spec.training.precompute_ref_log_probs,
             "gradient_checkpointing": spec.training.gradient_checkpointing,
             "group_by_length": tc.group_by_length(spec.training),
@@ -402,28 +388,20 @@ def run_train(
     force: bool = False,
     callbacks: Sequence[TrainerCallback] = (),
 ) -> dict[str, Any] | None:
-    """Train iteration k unless its marker exists (or `force`); returns the "train" metrics
-    on rank 0 (None when skipped). `callbacks` are extra Trainer callbacks (tests, tools)."""
-    run_dir = Path(run_dir)
-    run = rundir.load_run(run_dir)
-    step = stages.Step(iteration, "train")
-    rank, _ = distributed_env()
-    if rundir.is_done(run_dir, step):
-        if not force:
-            _log(f"iteration {iteration}: already trained ({step.marker} exists); use --force to retrain")
-            return None
-        if rank == 0:
-            rundir.clear_marker(run_dir, run, step)
-
-    trainer, setup = build_trainer(run_dir, iteration, callbacks)
-    if setup.rank == 0:
-        hp = hparams.hparams(run.spec, iteration)
-        _log(
+    """Train iteration k unless it is done (or `force`); returns the "train" metrics on rank 0
+    (None when skipped). `callbacks` are extra Trainer callbacks (tests, tools)."""
+    ctx = StepContext.open(run_dir, Step(iteration, "train"))
+    if not ctx.should_run(force):
+        return None
+    trainer, setup = build_trainer(ctx.run_dir, iteration, callbacks, ctx=ctx)
+    if ctx.is_main:
+        hp = ctx.hparams
+        ctx.log(
             f"iteration {iteration}: {setup.samples} pairs from iterations {list(hp.window)}, lr {hp.learning_rate:g}, "
-            f"β {hp.beta:g}, {hp.loss_type} loss, opponent {hp.start_model}, world size {setup.world_size}"
+            f"β {hp.beta:g}, {hp.loss_type} loss, opponent {hp.start_model}, world size {ctx.world_size}"
         )
         if setup.identical_pairs * 2 > setup.samples:
-            _log(
+            ctx.log(
                 f"warning: iteration {iteration}: {setup.identical_pairs} of {setup.samples} pairs have generated == real "
                 "and carry no gradient: the model already reproduces most answers, so this iteration will change "
                 "little (sampled generation or prompts the model has not memorised give SPIN more to learn from)"
@@ -433,14 +411,9 @@ def run_train(
     metrics: dict[str, Any] | None = None
     if trainer.accelerator.is_main_process:
         metrics = train_metrics(trainer, setup)
-        rundir.update_metrics(run_dir, iteration, "train", metrics)
+        ctx.update_metrics("train", metrics)
         shutil.rmtree(setup.scratch, ignore_errors=True)
-        rundir.mark_done(
-            run_dir,
-            run,
-            step,
-            {"model": layout.model_dir(iteration), "steps": metrics["summary"]["steps"]},
-        )
-        _log(f"iteration {iteration}: saved {final} ({metrics['summary']['steps']} steps)")
+        ctx.mark_done({"model": layout.model_dir(iteration), "steps": metrics["summary"]["steps"]})
+        ctx.log(f"iteration {iteration}: saved {final} ({metrics['summary']['steps']} steps)")
     trainer.accelerator.wait_for_everyone()
     return metrics

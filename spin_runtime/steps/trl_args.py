@@ -148,7 +148,7 @@ def group_by_length(training: Training) -> bool:
 
 def dpo_config_kwargs(
     spec: SpinRunSpec,
-    k: int,
+    hp: hparams.IterationHparams,
     *,
     on_gpu: bool,
     output_dir: str,
@@ -156,10 +156,9 @@ def dpo_config_kwargs(
     deepspeed_path: str | None = None,
     world_size: int = 1,
 ) -> dict[str, Any]:
-    """Keyword arguments of TRL's `DPOConfig` for iteration k (schedule entry k: lr, β,
-    epochs; the rest from `spec.training`). TensorBoard is attached by `train.py`."""
+    """Keyword arguments of TRL's `DPOConfig` for one iteration (its resolved lr, β, epochs and
+    loss; the rest from `spec.training`). TensorBoard is attached by `train.py`."""
     t = spec.training
-    hp = hparams.hparams(spec, k)
     if deepspeed_path is not None and not on_gpu:
         raise TrainConfigError("DeepSpeed runs only on GPUs here: set training.deepspeed.enabled: false on CPU")
     kwargs: dict[str, Any] = {

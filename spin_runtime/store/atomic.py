@@ -1,5 +1,6 @@
-"""Atomic file writes (temporary file + rename, honouring the umask) and JSON reads that name the
-file when something is wrong."""
+"""Atomic file writes (temporary file + rename) that honour the umask, so other users and pods
+of a shared volume can read what a step wrote, and JSON reads that name the file when
+something is wrong."""
 
 from __future__ import annotations
 
@@ -30,6 +31,19 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it (Linux /proc), else by setting it back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_error(path: Path, e: OSError) -> RunDirError:
     """A failed write (disk full, a file where a folder should be, read-only volume) as one
     line naming the path."""
@@ -48,6 +62,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except OSError as e:
         raise write_error(path, e) from e
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600 whatever the umask
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -80,6 +95,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700 whatever the umask
     except OSError as e:
         raise write_error(path, e) from e
     old = path.with_name(f".{path.name}.old")

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from spin_runtime.api.spec import SpinRunSpec
-from spin_runtime.plan import layout
+from spin_runtime.plan import hparams, layout
 from spin_runtime.steps import trl_args as tc
 from spin_runtime.steps.train import build_trainer, run_train, window_rows
 from tests.runtime.train_helpers import (
@@ -152,9 +152,9 @@ def test_schedule_of_iterations_follows_the_paper() -> None:
     spec = SpinRunSpec()
     expected = {0: (5e-7, 0.1), 1: (5e-7, 0.1), 2: (1e-7, 0.1), 3: (1e-7, 5.0), 7: (1e-7, 5.0)}
     for k, (lr, beta) in expected.items():
-        kw = tc.dpo_config_kwargs(spec, k, on_gpu=False, output_dir="/tmp/x", attn_implementation="sdpa")
+        kw = tc.dpo_config_kwargs(spec, hparams.hparams(spec, k), on_gpu=False, output_dir="/tmp/x", attn_implementation="sdpa")
         assert (kw["learning_rate"], kw["beta"]) == (lr, beta), k
-    kw = tc.dpo_config_kwargs(spec, 2, on_gpu=True, output_dir="/tmp/x", attn_implementation="sdpa")
+    kw = tc.dpo_config_kwargs(spec, hparams.hparams(spec, 2), on_gpu=True, output_dir="/tmp/x", attn_implementation="sdpa")
     assert kw["loss_type"] == ["sigmoid"]
     assert kw["optim"] == "rmsprop"
     assert kw["lr_scheduler_type"] == "linear"
@@ -165,7 +165,7 @@ def test_schedule_of_iterations_follows_the_paper() -> None:
     assert kw["gradient_checkpointing"] is True and kw["disable_dropout"] is True
     assert kw["seed"] == 42 and kw["bf16"] is True and "use_cpu" not in kw
     # TRL accepts what we build (CPU flavour: use_cpu, no bf16)
-    cpu = tc.dpo_config_kwargs(spec, 3, on_gpu=False, output_dir="/tmp/x", attn_implementation="sdpa")
+    cpu = tc.dpo_config_kwargs(spec, hparams.hparams(spec, 3), on_gpu=False, output_dir="/tmp/x", attn_implementation="sdpa")
     cpu.pop("gradient_checkpointing")
     args = DPOConfig(**cpu)
     assert (args.learning_rate, args.beta, args.use_cpu, args.bf16) == (1e-7, 5.0, True, False)

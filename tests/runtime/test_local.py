@@ -64,6 +64,23 @@ def test_spin_run_does_one_full_iteration_then_resumes_without_redoing_work(tmp_
     text = status_text(run_dir)
     assert "iteration 0: done" in text and "iter-0/model" in text
 
+    # A changed learning rate is refused (naming the field and the way out); nothing is touched.
+    changed = {**SPEC, "spec": {**SPEC["spec"], "schedule": [{"learningRate": 5.0e-5, "beta": 0.1, "epochs": 1}]}}
+    spec_file.write_text(yaml.safe_dump(changed))
+    refused = spin("run", str(spec_file), "--run-dir", str(run_dir))
+    assert refused.returncode == 1, refused.stderr[-3000:]
+    assert "spec.schedule[0].learningRate" in refused.stderr and "--rerun-changed" in refused.stderr
+    assert "it0/train" in refused.stderr and "it0/convert" not in refused.stderr
+    assert rundir.load_run(run_dir).spec.schedule[0].learning_rate == 1.0e-4
+    assert (run_dir / layout.model_dir(0) / "model.safetensors").read_bytes() == weights
+
+    # With --rerun-changed exactly train and what follows run again, and the report says so.
+    rerun = spin("run", str(spec_file), "--run-dir", str(run_dir), "--rerun-changed")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert rerun.stdout.count("done earlier, skipped") == 3  # two shards and convert
+    assert atomic.read_json(run_dir / layout.metrics_path(0))["train"]["summary"]["learning_rate"] == 5.0e-5
+    assert rundir.load_run(run_dir).spec.schedule[0].learning_rate == 5.0e-5
+
 
 def test_status_of_a_fresh_run_lists_pending_steps(tmp_path: Path):
     from spin_runtime.api.spec import SpinRun

@@ -15,7 +15,7 @@ from transformers import TrainerCallback
 
 from spin_runtime.api.spec import DeepSpeed, Lora, SpinRunSpec
 from spin_runtime.errors import DataError, ModelError
-from spin_runtime.plan import layout, stages
+from spin_runtime.plan import hparams, layout, stages
 from spin_runtime.steps import trl_args as tc
 from spin_runtime.steps.train import identical_pairs, run_train
 from tests.runtime.train_helpers import (
@@ -195,16 +195,16 @@ def test_deepspeed_only_on_gpu_and_multi_process_cpu_uses_gloo() -> None:
     spec = SpinRunSpec()
     assert tc.uses_deepspeed(spec.training, on_gpu=True)
     assert not tc.uses_deepspeed(spec.training, on_gpu=False)
-    kw = tc.dpo_config_kwargs(spec, 0, on_gpu=True, output_dir="o", attn_implementation="sdpa", deepspeed_path="ds.json")
+    kw = tc.dpo_config_kwargs(spec, hparams.hparams(spec, 0), on_gpu=True, output_dir="o", attn_implementation="sdpa", deepspeed_path="ds.json")
     assert kw["deepspeed"] == "ds.json" and "use_cpu" not in kw
     with pytest.raises(tc.TrainConfigError, match="DeepSpeed runs only on GPUs"):
-        tc.dpo_config_kwargs(spec, 0, on_gpu=False, output_dir="o", attn_implementation="sdpa", deepspeed_path="ds.json")
-    cpu2 = tc.dpo_config_kwargs(spec, 0, on_gpu=False, output_dir="o", attn_implementation="sdpa", world_size=2)
+        tc.dpo_config_kwargs(spec, hparams.hparams(spec, 0), on_gpu=False, output_dir="o", attn_implementation="sdpa", deepspeed_path="ds.json")
+    cpu2 = tc.dpo_config_kwargs(spec, hparams.hparams(spec, 0), on_gpu=False, output_dir="o", attn_implementation="sdpa", world_size=2)
     assert cpu2["ddp_backend"] == "gloo" and cpu2["use_cpu"] is True
     assert cpu2["save_strategy"] == "no" and cpu2["report_to"] == "none"
     assert cpu2["model_init_kwargs"] == {"dtype": "float32", "attn_implementation": "sdpa"}
     steps = SpinRunSpec.model_validate({"training": {"maxSteps": 7, "warmupRatio": 1.0}})
-    kw = tc.dpo_config_kwargs(steps, 0, on_gpu=False, output_dir="o", attn_implementation="eager")
+    kw = tc.dpo_config_kwargs(steps, hparams.hparams(steps, 0), on_gpu=False, output_dir="o", attn_implementation="eager")
     assert kw["max_steps"] == 7 and 0.99 < kw["warmup_steps"] < 1
 
 
