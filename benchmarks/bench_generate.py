@@ -158,7 +158,7 @@ def spinrun_generate(
 ) -> tuple[list[str], int, float]:
     """spinrun's transformers engine in the instruction format, greedy."""
     from spin_runtime.api.spec import Generation
-    from spin_runtime.steps.generate import GenerationStats, transformers_generate
+    from spin_runtime.modeling.decoding import GenerationStats, transformers_generate
 
     gen = Generation(
         engine="transformers",

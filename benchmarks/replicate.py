@@ -29,8 +29,8 @@ from sft import sft  # noqa: E402
 from spin_runtime.api.spec import BuiltinTask, ModelSource, SpinRunSpec  # noqa: E402
 from spin_runtime.data import tasks  # noqa: E402
 from spin_runtime.modeling import models  # noqa: E402
+from spin_runtime.modeling.scoring import answer_logps, encode_pairs, exact_match  # noqa: E402
 from spin_runtime.plan import layout  # noqa: E402
-from spin_runtime.steps.evaluate import answer_logps, encode_pairs, exact_match  # noqa: E402
 from spin_runtime.store import atomic  # noqa: E402
 
 

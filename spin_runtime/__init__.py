@@ -1,4 +1,5 @@
-"""spinrun's runtime: the SPIN steps (generate, convert, train, evaluate), the plan and the
-local driver. No Kubernetes imports here."""
+"""spinrun's runtime: the SpinRun API (spec, status, loader, CRD), the plan, the SPIN steps
+(generate, convert, train, evaluate), the local driver and the `spin` CLI. It imports nothing
+of the operator (which imports it) and nothing of Kubernetes."""
 
 __version__ = "0.1.0"

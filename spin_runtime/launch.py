@@ -1,6 +1,6 @@
-"""Command lines that start a `spin <step>` on N nodes × G processes per node: torchrun (the
-default) or `accelerate launch`. Pure; the operator's Job builder and the local driver put
-them into pods/processes.
+"""Every command line that starts a `spin <step>`: the step itself, or torchrun over N nodes × G
+processes per node. Pure; the operator's Job builders and the local driver put them into
+pods/processes.
 
 The node rank is not part of the command: torchrun reads it from `PET_NODE_RANK` (set per pod,
 e.g. from the Indexed Job's completion index), so every pod of a training Job runs the same
@@ -74,46 +74,6 @@ def torchrun_argv(
         "0",
         *module_args(step_argv),
     ]
-
-
-def accelerate_argv(
-    nnodes: int,
-    nproc_per_node: int,
-    master_addr: str,
-    master_port: int,
-    step_argv: Sequence[str],
-    *,
-    gpu: bool = True,
-    machine_rank: str = f"$({NODE_RANK_ENV})",
-) -> list[str]:
-    """The same launch through `accelerate launch` (static rendezvous, one machine per pod).
-
-    accelerate takes the node rank as an argument: the default `$(PET_NODE_RANK)` is expanded
-    by Kubernetes from the container's declared environment (no shell involved)."""
-    _check(nnodes, nproc_per_node, master_addr, master_port)
-    argv = [
-        "accelerate",
-        "launch",
-        "--num_machines",
-        str(nnodes),
-        "--num_processes",
-        str(nnodes * nproc_per_node),
-        "--machine_rank",
-        machine_rank,
-        "--main_process_ip",
-        master_addr,
-        "--main_process_port",
-        str(master_port),
-        "--rdzv_backend",
-        "static",
-        "--max_restarts",
-        "0",
-    ]
-    if not gpu:
-        argv.append("--cpu")
-    elif nnodes * nproc_per_node > 1:
-        argv.append("--multi_gpu")
-    return [*argv, *module_args(step_argv)]
 
 
 def training_argv(

@@ -1,0 +1,1 @@
+"""The SpinRun API: the spec and status models, the one strict loader and the generated CRD."""

@@ -2,7 +2,7 @@
 spec, the local runner, the operator and (through `crd.py`) the CRD's OpenAPI schema.
 
 Every field carries a one-line description; YAML/CRD names are camelCase aliases.
-Defaults follow the SPIN paper (see SPIN.md): zephyr-style recipe, 4-step schedule.
+Defaults follow the SPIN paper (Chen et al., ICML 2024): zephyr-style recipe, 4-step schedule.
 """
 
 from __future__ import annotations
@@ -295,7 +295,7 @@ class ScheduleEntry(SpinModel):
 
 
 def paper_schedule() -> list[ScheduleEntry]:
-    """The paper's per-iteration schedule (SPIN.md): lr 5e-7,5e-7,1e-7,1e-7; β 0.1×3 then 5."""
+    """The paper's per-iteration schedule: lr 5e-7,5e-7,1e-7,1e-7; β 0.1×3 then 5."""
     return [
         ScheduleEntry(learning_rate=5e-7, beta=0.1, epochs=2),
         ScheduleEntry(learning_rate=5e-7, beta=0.1, epochs=2),
@@ -440,6 +440,9 @@ class Training(SpinModel):
         False, description="Compute the opponent's log-probs once up front instead of holding it during training."
     )
     gradient_checkpointing: bool = Field(True, description="Recompute activations to save memory.")
+    group_by_length: bool = Field(
+        False, description="Batch pairs of similar length together (less padding; the order is no longer the seeded shuffle)."
+    )
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto = bf16 on GPU, fp32 on CPU.")
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = Field(
         "auto", description="auto = flash_attention_2 when installed on GPU, else sdpa."

@@ -1,20 +1,18 @@
 """The generate step: the iteration's start model answers shard i of n of all prompts and
 writes them as JSONL (`id, split, prompt, real, generated, answer`), replacing the shard file.
 
-Engines: `vllm` on GPUs, `transformers` as the fallback (batched greedy/sampled decoding with
-a KV cache, left padding, length-sorted batches and finished rows dropped from the batch).
-The pure parts (shard slicing, prompt strings, engine choice, vLLM arguments) are plain
-functions so they can be tested without a model.
+Engines: `vllm` on GPUs, `transformers` as the fallback (`modeling.decoding`); prompts are
+built by `modeling.chat`. The pure parts here (shard slicing, engine choice, vLLM arguments)
+are plain functions so they can be tested without a model.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import json
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -23,16 +21,19 @@ from spin_runtime.api.spec import Generation
 from spin_runtime.data.sft import Row, load_sft
 from spin_runtime.errors import SpinError
 from spin_runtime.modeling import models
+from spin_runtime.modeling.chat import chat_messages, instruction_prompt
+from spin_runtime.modeling.decoding import (
+    GenerationStats,
+    clean_answer,
+    transformers_generate,
+)
 from spin_runtime.plan import hparams, layout, stages
 from spin_runtime.steps.context import StepContext
 from spin_runtime.store import atomic
 
 if TYPE_CHECKING:
-    import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    pass
 
-#: The original SPIN prompt string (HF path), used without BOS or other special tokens.
-INSTRUCTION_TEMPLATE = "### Instruction: {prompt}\n\n### Response: "
 
 Engine = Literal["vllm", "transformers"]
 
@@ -79,17 +80,6 @@ def all_prompts(train: Sequence[Row], test: Sequence[Row]) -> list[Prompt]:
 def shard_prompts(prompts: Sequence[Prompt], shard: int, shards: int, seed: int) -> list[Prompt]:
     """The prompts of shard i of n (see `shard_indices`)."""
     return [prompts[i] for i in shard_indices(len(prompts), shard, shards, seed)]
-
-
-def instruction_prompt(prompt: str) -> str:
-    """The original SPIN prompt string for a question."""
-    return INSTRUCTION_TEMPLATE.format(prompt=prompt)
-
-
-def chat_messages(prompt: str) -> list[dict[str, str]]:
-    """The conversation whose chat-template rendering (with the generation prompt) is fed
-    to the model."""
-    return [{"role": "user", "content": prompt}]
 
 
 def choose_engine(choice: str, vllm_importable: bool, gpu: bool) -> Engine:
@@ -146,229 +136,7 @@ def vllm_sampling_kwargs(gen: Generation) -> dict[str, Any]:
     return {"temperature": gen.temperature, "top_p": gen.top_p, "max_tokens": gen.max_new_tokens}
 
 
-def clean_answer(text: str, eos_token: str | None) -> str:
-    """The answer as stored: EOS text removed, leading whitespace stripped (as the original)."""
-    if eos_token:
-        text = text.replace(eos_token, "")
-    return text.lstrip()
-
-
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length (stable sort by length, so padding is
-    minimal); the caller restores the original order."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[b : b + batch_size] for b in range(0, len(order), batch_size)]
-
-
-def stop_token_ids(tokenizer: Any, model_eos: int | Sequence[int] | None) -> set[int]:
-    """Token ids that end an answer: the tokenizer's EOS and the model's generation EOS ids."""
-    ids: set[int] = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    if isinstance(model_eos, int):
-        ids.add(model_eos)
-    elif model_eos is not None:
-        ids.update(int(i) for i in model_eos)
-    return ids
-
-
 # --------------------------------------------------------------------------- transformers
-
-
-def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], prompt_format: str) -> list[list[int]]:
-    """Token ids of each prompt: the chat template with the generation prompt, or the
-    instruction string without BOS or other special tokens."""
-    if prompt_format == "instruction":
-        enc = tokenizer([instruction_prompt(p) for p in prompts], add_special_tokens=False)
-        return [list(ids) for ids in enc["input_ids"]]
-    if prompt_format != "chat":
-        raise SpinError(f"unknown generation.promptFormat {prompt_format!r}: use chat or instruction")
-    if not getattr(tokenizer, "chat_template", None):
-        raise SpinError(
-            "the model's tokenizer has no chat template: set generation.promptFormat to instruction "
-            "or add chat_template.jinja to the model folder"
-        )
-    out: list[list[int]] = []
-    for p in prompts:
-        ids = tokenizer.apply_chat_template(
-            chat_messages(p), add_generation_prompt=True, tokenize=True, return_dict=True
-        )
-        out.append(list(ids["input_ids"]))
-    return out
-
-
-class _Sampler:
-    """Picks the next token: argmax (greedy) or temperature/top-p sampling with a seeded generator."""
-
-    def __init__(self, gen: Generation) -> None:
-        self.greedy = gen.decoding == "greedy"
-        self.temperature = gen.temperature
-        self.top_p = gen.top_p
-        self.seed = gen.seed
-        self.generator: torch.Generator | None = None
-
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        if self.greedy:
-            return logits.argmax(dim=-1)
-        if self.generator is None or self.generator.device != logits.device:
-            self.generator = torch.Generator(device=logits.device).manual_seed(self.seed)
-        probs = torch.softmax(logits.float() / self.temperature, dim=-1)
-        if self.top_p < 1.0:
-            sorted_p, sorted_i = probs.sort(dim=-1, descending=True)
-            keep = sorted_p.cumsum(dim=-1) - sorted_p < self.top_p  # always keeps the top token
-            sorted_p = sorted_p * keep
-            choice = torch.multinomial(sorted_p, 1, generator=self.generator).squeeze(-1)
-            return sorted_i.gather(-1, choice[:, None]).squeeze(-1)
-        return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
-
-
-def _forward_kwargs(model: PreTrainedModel) -> tuple[str, bool]:
-    """The cache keyword of the model's forward (`cache` in transformers 5, else
-    `past_key_values`) and whether it accepts `logits_to_keep`."""
-    params = inspect.signature(model.forward).parameters
-    cache_kw = "cache" if "cache" in params else "past_key_values"
-    return cache_kw, "logits_to_keep" in params
-
-
-def decode_batch(
-    model: PreTrainedModel,
-    batch: Sequence[Sequence[int]],
-    *,
-    pad_id: int,
-    stop_ids: set[int],
-    max_new_tokens: int,
-    sampler: Callable[[torch.Tensor], torch.Tensor],
-    on_step: Callable[[int, int], None] | None = None,
-) -> list[list[int]]:
-    """Generate for one batch of token-id prompts; returns the new tokens of each (without
-    the stop token). Prompts are left-padded with matching attention mask and position ids,
-    so a row's greedy answer does not depend on its neighbours; rows that stopped are
-    removed from the batch and its KV cache. `on_step(new_tokens, finished_rows)` reports
-    progress."""
-    import torch
-    from transformers import DynamicCache
-
-    n = len(batch)
-    width = max(len(ids) for ids in batch)
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    for r, ids in enumerate(batch):
-        input_ids[r, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-        mask[r, width - len(ids) :] = 1
-    positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
-    device = model.device
-    input_ids, mask, positions = input_ids.to(device), mask.to(device), positions.to(device)
-
-    cache_kw, keep_kw = _forward_kwargs(model)
-    cache = DynamicCache(config=model.config)
-    extra: dict[str, Any] = {"logits_to_keep": 1} if keep_kw else {}
-    out = model(
-        input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_kw: cache}, **extra
-    )
-    logits = out.logits[:, -1, :]
-    last_pos = positions[:, -1]
-    active = list(range(n))  # batch row → original row
-    answers: list[list[int]] = [[] for _ in range(n)]
-    for step in range(max_new_tokens):
-        tokens = sampler(logits).tolist()
-        keep: list[int] = []
-        for j, tok in enumerate(tokens):
-            row = active[j]
-            if tok in stop_ids:
-                continue
-            answers[row].append(tok)
-            if step + 1 < max_new_tokens:
-                keep.append(j)
-        if on_step is not None:
-            on_step(len(tokens), len(tokens) - len(keep))
-        if not keep:
-            break
-        next_tokens = torch.tensor([tokens[j] for j in keep], dtype=torch.long, device=device)[:, None]
-        if len(keep) < len(active):
-            index = torch.tensor(keep, dtype=torch.long, device=device)
-            cache.batch_select_indices(index)
-            mask = mask[index]
-            last_pos = last_pos[index]
-            active = [active[j] for j in keep]
-        mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=-1)
-        last_pos = last_pos + 1
-        out = model(
-            input_ids=next_tokens,
-            attention_mask=mask,
-            position_ids=last_pos[:, None],
-            use_cache=True,
-            **{cache_kw: cache},
-        )
-        logits = out.logits[:, -1, :]
-    return answers
-
-
-@dataclass
-class GenerationStats:
-    """Counts of one generation call (for the marker and the progress line)."""
-
-    prompts: int = 0
-    new_tokens: int = 0
-    seconds: float = 0.0
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
-
-
-def transformers_generate(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
-    gen: Generation,
-    *,
-    progress: bool = True,
-    stats: GenerationStats | None = None,
-) -> list[str]:
-    """Answer prompts with a transformers model: length-sorted batches of generation.batchSize,
-    KV cache, inference mode; answers come back in the prompts' order."""
-    import torch
-    from tqdm.auto import tqdm
-
-    stats = stats if stats is not None else GenerationStats()
-    encoded = encode_prompts(tokenizer, prompts, gen.prompt_format)
-    stop_ids = stop_token_ids(tokenizer, getattr(getattr(model, "generation_config", None), "eos_token_id", None))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stop_ids), 0)
-    sampler = _Sampler(gen)
-    answers: list[str] = [""] * len(prompts)
-    bar = tqdm(total=len(prompts), unit="prompt", desc="generate", disable=not progress, dynamic_ncols=True)
-    start = time.perf_counter()
-
-    def on_step(new_tokens: int, finished: int) -> None:
-        stats.new_tokens += new_tokens
-        elapsed = time.perf_counter() - start
-        bar.set_postfix_str(f"{stats.new_tokens / max(elapsed, 1e-9):.1f} tok/s", refresh=False)
-        bar.update(finished)
-
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for idx in length_sorted_batches([len(e) for e in encoded], gen.batch_size):
-                new = decode_batch(
-                    model,
-                    [encoded[i] for i in idx],
-                    pad_id=pad_id,
-                    stop_ids=stop_ids,
-                    max_new_tokens=gen.max_new_tokens,
-                    sampler=sampler,
-                    on_step=on_step,
-                )
-                for i, ids in zip(idx, new, strict=True):
-                    answers[i] = clean_answer(tokenizer.decode(ids, skip_special_tokens=True), tokenizer.eos_token)
-    finally:
-        bar.close()
-        model.train(was_training)
-    stats.prompts += len(prompts)
-    stats.seconds += time.perf_counter() - start
-    return answers
 
 
 # --------------------------------------------------------------------------- vLLM

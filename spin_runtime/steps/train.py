@@ -26,10 +26,12 @@ from spin_runtime.data.pairs import read_pairs
 from spin_runtime.data.synthetic import load_synthetic
 from spin_runtime.errors import DataError, ModelError
 from spin_runtime.modeling import models
+from spin_runtime.modeling.chat import prepare_rows
 from spin_runtime.plan import hparams, layout
 from spin_runtime.plan.stages import Step
 from spin_runtime.steps import trl_args as tc
 from spin_runtime.steps.context import StepContext
+from spin_runtime.steps.train_metrics import history_from_log, train_summary
 from spin_runtime.store import atomic
 
 if TYPE_CHECKING:
@@ -90,62 +92,7 @@ def identical_pairs(rows: Sequence[Mapping[str, Any]]) -> int:
     return sum(1 for r in rows if str(r.get("generated", "")).strip() == str(r.get("real", "")).strip())
 
 
-def _template_ids(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
-    out = tok.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
-    if isinstance(out, Mapping):  # transformers 5 returns a BatchEncoding
-        out = out["input_ids"]
-    return list(out)
-
-
-def truncate_prompt(tok: PreTrainedTokenizerBase, prompt: str, max_prompt_length: int, overhead: int) -> str:
-    """The prompt, cut from the left so that its chat-template rendering (with the generation
-    prompt) has at most `max_prompt_length` tokens."""
-
-    def encode(s: str) -> list[int]:
-        return list(tok(s, add_special_tokens=False)["input_ids"])
-
-    def decode(ids: list[int]) -> str:
-        return tok.decode(ids, skip_special_tokens=False)
-
-    text = tc.truncate_left(prompt, max_prompt_length, encode, decode, overhead)
-    if text == prompt:
-        return prompt
-    # the template can merge tokens at the boundary: check and trim further if needed
-    for _ in range(4):
-        excess = len(_template_ids(tok, [{"role": "user", "content": text}], True)) - max_prompt_length
-        if excess <= 0:
-            break
-        ids = encode(text)
-        text = decode(ids[min(len(ids) - 1, excess) :])
-    return text
-
-
-def prepare_rows(
-    rows: Sequence[dict[str, Any]], tok: PreTrainedTokenizerBase, max_prompt_length: int
-) -> list[dict[str, Any]]:
-    """TRL conversational rows (prompt/chosen/rejected) with prompts truncated from the left to
-    `max_prompt_length` template tokens, plus the pair's approximate token length."""
-    overhead = len(_template_ids(tok, [{"role": "user", "content": ""}], True))
-    prompts = [r["prompt"] for r in rows]
-    enc = tok(prompts, add_special_tokens=False)["input_ids"]
-    answers = tok([r["real"] for r in rows] + [r["generated"] for r in rows], add_special_tokens=False)["input_ids"]
-    n = len(rows)
-    out: list[dict[str, Any]] = []
-    for i, r in enumerate(rows):
-        prompt = r["prompt"]
-        prompt_len = len(enc[i]) + overhead
-        if prompt_len > max_prompt_length:
-            prompt = truncate_prompt(tok, prompt, max_prompt_length, overhead)
-            prompt_len = max_prompt_length
-        row = tc.conversational_row(prompt, r["real"], r["generated"])
-        row["id"] = str(r.get("id", i))
-        row[tc.LENGTH_COLUMN] = prompt_len + max(len(answers[i]), len(answers[n + i])) + 2
-        out.append(row)
-    return out
-
-
 # --------------------------------------------------------------------------- set-up
-
 
 
 def training_on_gpu(spec: SpinRunSpec) -> bool:
@@ -351,8 +298,8 @@ def train_metrics(trainer: DPOTrainer, setup: TrainSetup) -> dict[str, Any]:
     """metrics.json "train" section: per-logging-step history and the run summary."""
     spec = setup.ctx.spec
     hp = setup.ctx.hparams
-    history = tc.history_from_log(trainer.state.log_history)
-    summary = tc.train_summary(trainer.state.log_history, history, tokens=float(getattr(trainer, "_total_train_tokens", 0)))
+    history = history_from_log(trainer.state.log_history)
+    summary = train_summary(trainer.state.log_history, history, tokens=float(getattr(trainer, "_total_train_tokens", 0)))
     summary.update(
         {
             "samples": setup.samples,
@@ -369,7 +316,7 @@ def train_metrics(trainer: DPOTrainer, setup: TrainSetup) -> dict[str, Any]:
             "world_size": setup.ctx.world_size,
             "precompute_ref_log_probs": spec.training.precompute_ref_log_probs,
             "gradient_checkpointing": spec.training.gradient_checkpointing,
-            "group_by_length": tc.group_by_length(spec.training),
+            "group_by_length": spec.training.group_by_length,
             "lora": spec.training.lora.enabled,
             "deepspeed": tc.uses_deepspeed(spec.training, setup.on_gpu),
             "setup_seconds": setup.setup_seconds,

@@ -1,52 +1,21 @@
 """Pure builders of the SPIN training step: the TRL `DPOConfig` arguments, the DeepSpeed
 config, the LoRA arguments, the conversational rows and the metrics history.
 
-SPIN maps onto TRL's `DPOTrainer` exactly (SPIN.md): prompt = user turn, chosen = real
+SPIN maps onto TRL's `DPOTrainer` exactly (the paper's loss is DPO's sigmoid loss): prompt = user turn, chosen = real
 answer, rejected = generated answer, `ref_model=None` (the iteration's start model is the
 frozen opponent). Nothing here imports torch or TRL; `train.py` does the I/O.
 """
 
 from __future__ import annotations
 
-import math
 import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from spin_runtime.api.spec import DeepSpeed, Lora, SpinRunSpec, Training
 from spin_runtime.errors import SpinError
+from spin_runtime.modeling.chat import LENGTH_COLUMN
 from spin_runtime.plan import hparams
-
-#: TRL metric names and their SPIN names (real = chosen, generated = rejected).
-SPIN_ALIASES: dict[str, str] = {
-    "rewards/chosen": "rewards/real",
-    "rewards/rejected": "rewards/generated",
-    "logps/chosen": "logps/real",
-    "logps/rejected": "logps/generated",
-    "logits/chosen": "logits/real",
-    "logits/rejected": "logits/generated",
-}
-
-#: Per-logging-step keys kept in metrics.json (besides step and epoch) when TRL logs them.
-HISTORY_KEYS: tuple[str, ...] = (
-    "loss",
-    "learning_rate",
-    "grad_norm",
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/accuracies",
-    "rewards/margins",
-    "logps/chosen",
-    "logps/rejected",
-    "logits/chosen",
-    "logits/rejected",
-    "entropy",
-    "mean_token_accuracy",
-    "num_tokens",
-)
-
-#: Name of the column holding each pair's approximate token length (length-grouped batches).
-LENGTH_COLUMN = "length"
 
 
 class TrainConfigError(SpinError):
@@ -141,11 +110,6 @@ def deepspeed_config(ds: DeepSpeed) -> dict[str, Any]:
 # --------------------------------------------------------------------------- DPOConfig
 
 
-def group_by_length(training: Training) -> bool:
-    """Whether batches are grouped by length (less padding); off unless the spec enables it."""
-    return bool(getattr(training, "group_by_length", False))
-
-
 def dpo_config_kwargs(
     spec: SpinRunSpec,
     hp: hparams.IterationHparams,
@@ -196,7 +160,7 @@ def dpo_config_kwargs(
         kwargs["ddp_backend"] = "gloo"
     if deepspeed_path is not None:
         kwargs["deepspeed"] = deepspeed_path
-    if group_by_length(t):
+    if t.group_by_length:
         kwargs.update(
             {
                 "train_sampling_strategy": "group_by_length",
@@ -227,31 +191,6 @@ def lora_kwargs(lora: Lora) -> dict[str, Any]:
 # --------------------------------------------------------------------------- data
 
 
-def conversational_row(prompt: str, real: str, generated: str) -> dict[str, list[dict[str, str]]]:
-    """One SPIN pair as a TRL conversational preference row (chosen = real, rejected = generated)."""
-    return {
-        "prompt": [{"role": "user", "content": prompt}],
-        "chosen": [{"role": "assistant", "content": real}],
-        "rejected": [{"role": "assistant", "content": generated}],
-    }
-
-
-def truncate_left(
-    text: str,
-    max_tokens: int,
-    encode: Callable[[str], list[int]],
-    decode: Callable[[list[int]], str],
-    overhead: int = 0,
-) -> str:
-    """Keep the last tokens of `text` so that `overhead` (chat-template tokens) + its tokens fit
-    in `max_tokens` — the original SPIN truncated prompts from the left."""
-    ids = encode(text)
-    budget = max(1, max_tokens - overhead)
-    if len(ids) <= budget:
-        return text
-    return decode(ids[-budget:])
-
-
 def shuffled(rows: Sequence[Mapping[str, Any]], seed: int) -> list[dict[str, Any]]:
     """The window's rows shuffled with `training.seed` (the paper shuffled syn(k−1) ∪ syn(k) with 42)."""
     out = [dict(r) for r in rows]
@@ -262,55 +201,3 @@ def shuffled(rows: Sequence[Mapping[str, Any]], seed: int) -> list[dict[str, Any
 # --------------------------------------------------------------------------- metrics
 
 
-def _finite(value: Any) -> float | None:
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def history_from_log(log_history: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per-logging-step entries of the Trainer's `log_history` (those with a loss), with the
-    SPIN names of TRL's chosen/rejected metrics added."""
-    history: list[dict[str, Any]] = []
-    for entry in log_history:
-        if "loss" not in entry or "train_runtime" in entry:
-            continue
-        row: dict[str, Any] = {"step": int(entry.get("step", 0)), "epoch": _finite(entry.get("epoch"))}
-        for key in HISTORY_KEYS:
-            if key in entry:
-                row[key] = _finite(entry[key])
-        for trl_name, spin_name in SPIN_ALIASES.items():
-            if trl_name in row:
-                row[spin_name] = row[trl_name]
-        history.append(row)
-    return history
-
-
-def train_summary(
-    log_history: Iterable[Mapping[str, Any]],
-    history: Sequence[Mapping[str, Any]],
-    tokens: float | None = None,
-) -> dict[str, Any]:
-    """Run totals: steps, runtime, samples/s and tokens/s. `tokens` counts the non-padding
-    tokens of the policy batches over all ranks (default: the last logged `num_tokens`)."""
-    final: Mapping[str, Any] = {}
-    for entry in log_history:
-        if "train_runtime" in entry:
-            final = entry
-    runtime = _finite(final.get("train_runtime")) or 0.0
-    if tokens is None:
-        tokens = max((float(h.get("num_tokens") or 0.0) for h in history), default=0.0)
-    summary: dict[str, Any] = {
-        "steps": int(final.get("step", history[-1]["step"] if history else 0)),
-        "train_runtime": runtime,
-        "train_samples_per_second": _finite(final.get("train_samples_per_second")),
-        "train_steps_per_second": _finite(final.get("train_steps_per_second")),
-        "tokens": int(tokens),
-        "tokens_per_second": tokens / runtime if runtime > 0 else None,
-        "final_loss": history[-1].get("loss") if history else None,
-        "final_margin": history[-1].get("rewards/margins") if history else None,
-        "mean_train_loss": _finite(final.get("train_loss")),
-    }
-    return summary

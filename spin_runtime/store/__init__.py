@@ -1,0 +1,1 @@
+"""The run directory on disk: atomic writes, the stored spec, markers and metrics."""

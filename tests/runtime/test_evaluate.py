@@ -17,6 +17,7 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from spin_runtime.api.spec import LmEval, LmEvalTask, SpinRunSpec
+from spin_runtime.modeling import scoring
 from spin_runtime.plan import layout, stages
 from spin_runtime.steps import evaluate
 from spin_runtime.steps import lm_eval as lme
@@ -108,12 +109,12 @@ def test_exact_match_scores_only_rows_with_an_answer(monkeypatch: pytest.MonkeyP
         by_prompt = {r["prompt"]: r for r in rows}
         return [by_prompt[p]["real"] if i % 2 == 0 else "no idea" for i, p in enumerate(prompts)]
 
-    monkeypatch.setattr(evaluate, "generate_answers", fake_generate)
-    monkeypatch.setattr(evaluate, "new_token_budget", lambda tok, reals: 24)
+    monkeypatch.setattr(scoring, "generate_answers", fake_generate)
+    monkeypatch.setattr(scoring, "new_token_budget", lambda tok, reals: 24)
     # 5 rows with answers: correct at positions 0, 2, 4 of those
-    score, n = evaluate.exact_match(None, None, spec, rows)
+    score, n = scoring.exact_match(None, None, spec, rows)
     assert (score, n) == (pytest.approx(3 / 5), 5)
-    assert evaluate.exact_match(None, None, spec, [{**r, "answer": None} for r in rows]) is None
+    assert scoring.exact_match(None, None, spec, [{**r, "answer": None} for r in rows]) is None
 
 
 def test_lm_eval_enabled_without_the_package_fails_first_and_says_what_to_install(

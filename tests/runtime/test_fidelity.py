@@ -1,4 +1,4 @@
-"""Fidelity to SPIN (SPIN.md), pinned on the math rather than on TRL: the loss `spin train` logs
+"""Fidelity to SPIN (Chen et al., 2024), pinned on the math rather than on TRL: the loss `spin train` logs
 equals the SPIN formula computed here from summed answer log-probs of the policy and of the
 iteration's start model; the reference is that saved start checkpoint; the per-iteration
 schedule and the data window are the paper's."""
@@ -192,7 +192,7 @@ def test_iteration_2_trains_on_syn1_and_syn2_shuffled_with_the_seed(
 
 
 def test_prompts_are_truncated_from_the_left_to_max_prompt_length(tiny_model_dir: Path) -> None:
-    from spin_runtime.steps.train import prepare_rows
+    from spin_runtime.modeling.chat import prepare_rows
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     words = " ".join(f"w{i}" for i in range(200))

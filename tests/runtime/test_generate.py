@@ -16,20 +16,17 @@ import pytest
 from spin_runtime.api.spec import Generation, SpinRun
 from spin_runtime.data.sft import load_sft
 from spin_runtime.errors import SpinError
-from spin_runtime.modeling import models
+from spin_runtime.modeling import decoding, models
+from spin_runtime.modeling.chat import encode_prompts, instruction_prompt
+from spin_runtime.modeling.decoding import clean_answer, length_sorted_batches, transformers_generate
 from spin_runtime.plan import layout, stages
 from spin_runtime.steps import generate
 from spin_runtime.steps.generate import (
     all_prompts,
     check_shard,
     choose_engine,
-    clean_answer,
-    encode_prompts,
-    instruction_prompt,
-    length_sorted_batches,
     run_generate,
     shard_indices,
-    transformers_generate,
     vllm_llm_kwargs,
     vllm_sampling_kwargs,
 )
@@ -310,10 +307,10 @@ def test_stop_tokens_end_rows_independently(chatty: tuple[Any, Any]) -> None:
     encoded = encode_prompts(tok, PROMPTS, "chat")
     kwargs = {"pad_id": tok.pad_token_id, "max_new_tokens": 8, "sampler": lambda logits: logits.argmax(-1)}
     with torch.inference_mode():
-        free = generate.decode_batch(model, encoded, stop_ids=set(), **kwargs)
+        free = decoding.decode_batch(model, encoded, stop_ids=set(), **kwargs)
         stop = free[0][3]  # a token row 0 produces at step 3 now ends answers
-        stopped = generate.decode_batch(model, encoded, stop_ids={stop}, **kwargs)
-        alone = [generate.decode_batch(model, [e], stop_ids={stop}, **kwargs)[0] for e in encoded]
+        stopped = decoding.decode_batch(model, encoded, stop_ids={stop}, **kwargs)
+        alone = [decoding.decode_batch(model, [e], stop_ids={stop}, **kwargs)[0] for e in encoded]
     assert stopped == alone
     assert stopped[0] == free[0][:3]
     for f, s in zip(free, stopped, strict=True):

@@ -41,16 +41,6 @@ def test_torchrun_argv_runs_the_cli_module_and_takes_node_rank_from_the_environm
     assert launch.NODE_RANK_ENV == "PET_NODE_RANK"
 
 
-def test_accelerate_argv_counts_processes_over_all_machines() -> None:
-    argv = launch.accelerate_argv(2, 8, "head", 29500, STEP)
-    assert argv[:2] == ["accelerate", "launch"]
-    assert argv[argv.index("--num_machines") + 1] == "2"
-    assert argv[argv.index("--num_processes") + 1] == "16"
-    assert argv[argv.index("--machine_rank") + 1] == "$(PET_NODE_RANK)"
-    assert "--multi_gpu" in argv
-    assert argv[-7:] == ["-m", "spin_runtime.cli", "train", "--run-dir", "/runs/r1", "--iteration", "2"]
-    assert "--cpu" in launch.accelerate_argv(2, 1, "head", 29500, STEP, gpu=False)
-
 
 def test_training_argv_uses_torchrun_only_for_several_processes() -> None:
     single = Training(nodes=1, gpus_per_node=1)

@@ -15,7 +15,9 @@ from transformers import TrainerCallback
 
 from spin_runtime.api.spec import DeepSpeed, Lora, SpinRunSpec
 from spin_runtime.errors import DataError, ModelError
+from spin_runtime.modeling import chat
 from spin_runtime.plan import hparams, layout, stages
+from spin_runtime.steps import train_metrics
 from spin_runtime.steps import trl_args as tc
 from spin_runtime.steps.train import identical_pairs, run_train
 from tests.runtime.train_helpers import (
@@ -224,17 +226,17 @@ def test_history_keeps_logged_steps_with_spin_names_and_the_summary_the_totals()
         {"loss": 0.5, "rewards/chosen": 0.2, "rewards/rejected": -0.1, "rewards/margins": 0.3, "step": 2, "epoch": 1.0, "num_tokens": 200.0},
         {"train_runtime": 4.0, "train_loss": 0.6, "train_samples_per_second": 2.0, "step": 2, "epoch": 1.0},
     ]  # fmt: skip
-    history = tc.history_from_log(log)
+    history = train_metrics.history_from_log(log)
     assert [h["step"] for h in history] == [1, 2]
     assert history[0]["rewards/real"] == 0.0 and history[0]["logps/real"] == -5.0
     assert history[1]["rewards/generated"] == -0.1
-    summary = tc.train_summary(log, history)
+    summary = train_metrics.train_summary(log, history)
     assert summary["steps"] == 2 and summary["tokens"] == 200 and summary["tokens_per_second"] == 50.0
     assert summary["final_loss"] == 0.5 and summary["final_margin"] == 0.3 and summary["mean_train_loss"] == 0.6
 
 
 def test_rows_map_real_to_chosen_and_generated_to_rejected() -> None:
-    row = tc.conversational_row("q?", "real answer", "generated answer")
+    row = chat.conversational_row("q?", "real answer", "generated answer")
     assert row == {
         "prompt": [{"role": "user", "content": "q?"}],
         "chosen": [{"role": "assistant", "content": "real answer"}],
@@ -252,18 +254,17 @@ def test_native_bf16_is_recognised_from_cpu_flags() -> None:
 
 
 def test_length_grouped_batches_when_enabled(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Runtime side of `training.groupByLength` (the spec field is read with getattr until it exists)."""
+    """`training.groupByLength` reaches the Trainer's length-grouped sampler."""
     from spin_runtime.steps.train import build_trainer
 
-    monkeypatch.setattr(tc, "group_by_length", lambda training: True)
     run_dir = tmp_path / "run"
-    make_run(run_dir, tiny_model_dir, training={"maxLength": 256, "maxPromptLength": 96})
+    make_run(run_dir, tiny_model_dir, training={"maxLength": 256, "maxPromptLength": 96, "groupByLength": True})
     rows = addition_rows(8, 0)
     for i, r in enumerate(rows):
         r["real"] += " because" * ((i * 7) % 30)
     write_pairs(run_dir, 0, "train", rows)
     trainer, _ = build_trainer(run_dir, 0)
-    lengths = trainer.train_dataset[tc.LENGTH_COLUMN]
+    lengths = trainer.train_dataset[chat.LENGTH_COLUMN]
     order = list(trainer._get_train_sampler(trainer.train_dataset))
     assert sorted(order) == list(range(8))
     # HF's LengthGroupedSampler: shuffled mega-batches (here one batch of 2 pairs each, the data
