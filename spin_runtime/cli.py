@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if isinstance(e, SpinError) and not os.environ.get("SPIN_DEBUG"):
             print(f"spin {args.command}: error: {e}", file=sys.stderr)
-            return 1
+            return e.exit_code
         raise
 
 

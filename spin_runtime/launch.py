@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from spin_runtime.api.spec import Training
-from spin_runtime.errors import SpinError
+from spin_runtime.errors import SpecConfigError
 
 #: Environment variable torchrun reads as --node_rank (torchrun maps PET_<OPTION> to options).
 NODE_RANK_ENV = "PET_NODE_RANK"
@@ -21,7 +21,7 @@ CLI_MODULE = "spin_runtime.cli"
 DEFAULT_MASTER_PORT = 29500
 
 
-class LaunchError(SpinError):
+class LaunchError(SpecConfigError):
     """A launcher command line cannot be built from the given topology."""
 
 

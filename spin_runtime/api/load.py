@@ -22,12 +22,14 @@ from pydantic import BaseModel, ValidationError
 from pydantic.alias_generators import to_camel
 
 from spin_runtime.api.spec import PATTERN_HINTS, SpinRun
-from spin_runtime.errors import SpinError
+from spin_runtime.errors import EXIT_BAD_SPEC, SpinError
 
 
 class SpecError(SpinError):
     """A SpinRun file or object is invalid; `problems` holds one line per problem, each
     starting with the field path (or the file position for YAML syntax errors)."""
+
+    exit_code = EXIT_BAD_SPEC
 
     def __init__(self, problems: list[str], source: str | None = None) -> None:
         self.problems = list(problems)

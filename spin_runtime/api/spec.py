@@ -449,6 +449,23 @@ class Training(SpinModel):
     )
     seed: int = Field(42, ge=0, le=MAX_SEED, description="Training seed (also the seed of the data-window shuffle).")
     logging_steps: int = Field(10, ge=1, le=1_000_000, description="Log metrics every this many steps.")
+    save_steps: int | None = Field(
+        None,
+        ge=1,
+        le=10_000_000,
+        description="Save a resumable checkpoint (weights, optimizer, scheduler, RNG) every this many optimizer steps; "
+        "a retried or resumed train step continues from the newest one.",
+    )
+    save_minutes: float = Field(
+        30.0,
+        ge=0,
+        le=10_080,
+        description="Also save a resumable checkpoint when this many minutes passed since the last one "
+        "(a preempted node then costs at most this much training); 0 turns time-based saving off.",
+    )
+    keep_checkpoints: int = Field(
+        2, ge=1, le=100, description="Resumable checkpoints kept per iteration (the newest); removed once the iteration's model is saved."
+    )
     max_steps: int | None = Field(
         None, ge=1, le=1_000_000_000, description="Stop after this many optimizer steps (overrides epochs)."
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from spin_runtime.errors import SpinError
+from spin_runtime.errors import SpecConfigError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -37,9 +37,9 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], p
         enc = tokenizer([instruction_prompt(p) for p in prompts], add_special_tokens=False)
         return [list(ids) for ids in enc["input_ids"]]
     if prompt_format != "chat":
-        raise SpinError(f"unknown generation.promptFormat {prompt_format!r}: use chat or instruction")
+        raise SpecConfigError(f"unknown generation.promptFormat {prompt_format!r}: use chat or instruction")
     if not getattr(tokenizer, "chat_template", None):
-        raise SpinError(
+        raise SpecConfigError(
             "the model's tokenizer has no chat template: set generation.promptFormat to instruction "
             "or add chat_template.jinja to the model folder"
         )

@@ -41,3 +41,9 @@ def logs_dir(k: int) -> str:
 def done_path(k: int) -> str:
     """Written last, once every step of iteration k is done."""
     return f"{iter_dir(k)}/DONE"
+
+
+def checkpoints_dir(k: int) -> str:
+    """Resumable training checkpoints of iteration k (`checkpoint-<step>/`), kept across attempts
+    and removed once the iteration's model is saved."""
+    return f"{iter_dir(k)}/checkpoints"

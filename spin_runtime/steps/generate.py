@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from spin_runtime.api.spec import Generation
 from spin_runtime.data.sft import Row, load_sft
-from spin_runtime.errors import SpinError
+from spin_runtime.errors import SpecConfigError
 from spin_runtime.modeling import models
 from spin_runtime.modeling.chat import chat_messages, instruction_prompt
 from spin_runtime.modeling.decoding import (
@@ -53,11 +53,11 @@ def check_shard(shard: int, shards: int, spec_shards: int | None = None) -> None
     """Refuse a shard index outside 0..n−1, or an n that differs from generation.shards
     (convert gathers exactly generation.shards files)."""
     if shards < 1:
-        raise SpinError(f"--shards must be at least 1 (got {shards})")
+        raise SpecConfigError(f"--shards must be at least 1 (got {shards})")
     if not 0 <= shard < shards:
-        raise SpinError(f"--shard must be between 0 and {shards - 1} for --shards {shards} (got {shard})")
+        raise SpecConfigError(f"--shard must be between 0 and {shards - 1} for --shards {shards} (got {shard})")
     if spec_shards is not None and shards != spec_shards:
-        raise SpinError(
+        raise SpecConfigError(
             f"--shards {shards} differs from spec.generation.shards ({spec_shards}): "
             f"convert gathers {spec_shards} shard files; pass --shards {spec_shards} or change the spec"
         )
@@ -89,18 +89,18 @@ def choose_engine(choice: str, vllm_importable: bool, gpu: bool) -> Engine:
         return "transformers"
     if choice == "vllm":
         if not vllm_importable:
-            raise SpinError(
+            raise SpecConfigError(
                 "generation.engine is vllm but vLLM is not installed here: use the generator image "
                 "(pip install 'spinrun[vllm]') or set generation.engine to transformers or auto"
             )
         if not gpu:
-            raise SpinError(
+            raise SpecConfigError(
                 "generation.engine is vllm but no GPU is visible: request GPUs or set generation.engine to auto"
             )
         return "vllm"
     if choice == "auto":
         return "vllm" if vllm_importable and gpu else "transformers"
-    raise SpinError(f"unknown generation.engine {choice!r}: use auto, vllm or transformers")
+    raise SpecConfigError(f"unknown generation.engine {choice!r}: use auto, vllm or transformers")
 
 
 def vllm_importable() -> bool:
@@ -188,7 +188,7 @@ def run_generate(run_dir: Path, iteration: int, shard: int, shards: int, force: 
     check_shard(shard, shards, gen.shards)
     out = run_dir / layout.shard_path(iteration, shard, shards)
     if not hparams.generated_by_run(spec, iteration):
-        raise SpinError(
+        raise SpecConfigError(
             f"iteration {iteration} uses syntheticData from the spec: it has no generate step; run `spin convert`"
         )
     if not ctx.should_run(force):

@@ -11,7 +11,7 @@ import argparse
 import os
 from pathlib import Path
 
-from spin_runtime.api.load import SpecError, load_spinrun
+from spin_runtime.api.load import load_spinrun
 from spin_runtime.api.spec import SpinRun
 from spin_runtime.errors import SpinError
 from spin_runtime.store import rundir
@@ -25,10 +25,7 @@ def init_from_file(spec_file: Path, run_dir: Path) -> SpinRun:
     path = Path(spec_file)
     if not path.is_file():
         raise SpinError(f"{path}: spec file not found; mount the run's ConfigMap there or fix --spec")
-    try:
-        run = load_spinrun(path)
-    except SpecError as e:
-        raise SpinError(str(e)) from None
+    run = load_spinrun(path)  # a SpecError (exit 2) names the file and every problem
     try:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -29,10 +29,11 @@ from spin_runtime.modeling import models
 from spin_runtime.modeling.chat import prepare_rows
 from spin_runtime.plan import hparams, layout
 from spin_runtime.plan.stages import Step
+from spin_runtime.steps import resume
 from spin_runtime.steps import trl_args as tc
 from spin_runtime.steps.context import StepContext
 from spin_runtime.steps.train_metrics import history_from_log, train_summary
-from spin_runtime.store import atomic
+from spin_runtime.store import atomic, rundir
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, TrainerCallback
@@ -134,6 +135,12 @@ class TrainSetup:
     samples: int
     identical_pairs: int = 0
     setup_seconds: float = 0.0
+    #: The checkpoint a retried attempt resumes from (None: from the start model).
+    resume_from: Path | None = None
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.ctx.path(layout.checkpoints_dir(self.ctx.iteration))
 
 
 def _check_chat_template(tok: PreTrainedTokenizerBase, path: str) -> None:
@@ -182,7 +189,7 @@ def build_trainer(
         spec,
         ctx.hparams,
         on_gpu=on_gpu,
-        output_dir=str(scratch / "trainer"),
+        output_dir=str(run_dir / layout.checkpoints_dir(k)),
         attn_implementation=attn,
         deepspeed_path=ds_path,
         world_size=world,
@@ -192,18 +199,24 @@ def build_trainer(
         kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
     args = DPOConfig(**kwargs)  # sets up torch.distributed under torchrun
 
-    # Rank 0 clears what a killed attempt left and stores the window on the run volume, so
-    # every rank shares one dataset cache (TRL's reference log-probs are cached beside it).
+    # Rank 0 clears what a killed attempt left (but its complete checkpoints) and stores the
+    # window on the run volume, so every rank shares one dataset cache (TRL's reference
+    # log-probs are cached beside it).
     state = PartialState()
     window_dir = scratch / "window"
+    checkpoints = run_dir / layout.checkpoints_dir(k)
+    fingerprint = rundir.fingerprints(ctx.run)[ctx.step.key]
     with state.main_process_first():
         if state.is_main_process:
+            resume_from = resume.prepare_resume(checkpoints, fingerprint, ctx.log)
             shutil.rmtree(scratch, ignore_errors=True)
-            shutil.rmtree(run_dir / layout.logs_dir(k), ignore_errors=True)
+            if resume_from is None:
+                shutil.rmtree(run_dir / layout.logs_dir(k), ignore_errors=True)
             Dataset.from_list(prepared).save_to_disk(str(window_dir))
+    resume_from = resume.newest(checkpoints, fingerprint)
     dataset = load_from_disk(str(window_dir))
 
-    all_callbacks: list[Any] = list(callbacks)
+    all_callbacks: list[Any] = [resume.timed_checkpoints(spec.training.save_minutes, fingerprint), *callbacks]
     if "tensorboard" in spec.training.report_to:
         from transformers.integrations import TensorBoardCallback
 
@@ -234,6 +247,7 @@ def build_trainer(
         samples=len(prepared),
         identical_pairs=identical_pairs(rows),
         setup_seconds=time.perf_counter() - t0,
+        resume_from=resume_from,
     )
     return trainer, setup
 
@@ -320,6 +334,7 @@ def train_metrics(trainer: DPOTrainer, setup: TrainSetup) -> dict[str, Any]:
             "lora": spec.training.lora.enabled,
             "deepspeed": tc.uses_deepspeed(spec.training, setup.on_gpu),
             "setup_seconds": setup.setup_seconds,
+            "resumed_from_step": resume.checkpoint_step(setup.resume_from) if setup.resume_from else None,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         }
     )
@@ -340,7 +355,11 @@ def run_train(
     ctx = StepContext.open(run_dir, Step(iteration, "train"))
     if not ctx.should_run(force):
         return None
+    if force and ctx.is_main:  # a forced rerun starts from the start model, not a checkpoint
+        shutil.rmtree(ctx.path(layout.checkpoints_dir(iteration)), ignore_errors=True)
     trainer, setup = build_trainer(ctx.run_dir, iteration, callbacks, ctx=ctx)
+    if setup.resume_from is not None and ctx.is_main:
+        ctx.log(f"iteration {iteration}: resuming from {setup.resume_from} (a previous attempt was interrupted)")
     if ctx.is_main:
         hp = ctx.hparams
         ctx.log(
@@ -353,7 +372,7 @@ def run_train(
                 "and carry no gradient: the model already reproduces most answers, so this iteration will change "
                 "little (sampled generation or prompts the model has not memorised give SPIN more to learn from)"
             )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(setup.resume_from) if setup.resume_from else None)
     final = save_checkpoint(trainer, setup)
     metrics: dict[str, Any] | None = None
     if trainer.accelerator.is_main_process:
@@ -361,6 +380,7 @@ def run_train(
         ctx.update_metrics("train", metrics)
         shutil.rmtree(setup.scratch, ignore_errors=True)
         ctx.mark_done({"model": layout.model_dir(iteration), "steps": metrics["summary"]["steps"]})
+        shutil.rmtree(setup.checkpoints, ignore_errors=True)
         ctx.log(f"iteration {iteration}: saved {final} ({metrics['summary']['steps']} steps)")
     trainer.accelerator.wait_for_everyone()
     return metrics

@@ -13,12 +13,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from spin_runtime.api.spec import DeepSpeed, Lora, SpinRunSpec, Training
-from spin_runtime.errors import SpinError
+from spin_runtime.errors import SpecConfigError
 from spin_runtime.modeling.chat import LENGTH_COLUMN
 from spin_runtime.plan import hparams
+from spin_runtime.steps import resume
 
 
-class TrainConfigError(SpinError):
+class TrainConfigError(SpecConfigError):
     """The spec asks for a training set-up that cannot run here (the message names the field)."""
 
 
@@ -148,7 +149,7 @@ def dpo_config_kwargs(
         "logging_steps": t.logging_steps,
         "logging_first_step": True,
         "report_to": [r for r in t.report_to if r != "tensorboard"] or "none",
-        "save_strategy": "no",
+        **resume.save_strategy_kwargs(t.save_steps, t.save_minutes, t.keep_checkpoints),
         "eval_strategy": "no",
         "disable_dropout": True,
         "dataloader_num_workers": 0,

@@ -231,7 +231,7 @@ def test_a_file_where_a_run_folder_should_be_is_a_clear_error(
         shutil.rmtree(squat)
     squat.write_text("not a folder")
     done = spin("convert", "--run-dir", str(run_dir), "--iteration", "1")
-    assert done.returncode == 1
+    assert done.returncode == (errors.EXIT_BAD_DATA if where == "iter-1" else 1)  # shards gone, or an unwritable folder
     line = error_line(done)
     assert str(squat) in line, line
     assert squat.read_text() == "not a folder"
@@ -272,7 +272,7 @@ def test_damaged_shard_is_named_and_never_converted(damage: str, tmp_path: Path,
     else:
         SHARD_DAMAGE[damage](shard)
     done = spin("convert", "--run-dir", str(run_dir), "--iteration", "1")
-    assert done.returncode == 1, (done.stdout, done.stderr[-2000:])
+    assert done.returncode == errors.EXIT_BAD_DATA, (done.stdout, done.stderr[-2000:])
     line = error_line(done)
     assert "shard-1-of-2.jsonl" in line, line
     _nothing_marked(run_dir)
@@ -294,7 +294,7 @@ def test_truncated_parquet_is_named_and_never_trained_or_evaluated_on(
     path.write_bytes(data[: len(data) * 2 // 3])
     step = "train" if split == "train" else "evaluate"
     done = spin(step, "--run-dir", str(run_dir), "--iteration", "1")
-    assert done.returncode == 1, done.stderr[-3000:]
+    assert done.returncode == errors.EXIT_BAD_DATA, done.stderr[-3000:]
     line = error_line(done)
     assert f"iter-1/data/{split}.parquet" in line, line
     assert not rundir.is_done(run_dir, stages.Step(1, step))  # type: ignore[arg-type]
@@ -322,7 +322,7 @@ def test_damaged_checkpoint_is_named_and_never_used(
     CHECKPOINT_DAMAGE[damage](model)
     args = ["--shard", "0", "--shards", "2"] if step == "generate" else []
     done = spin(step, "--run-dir", str(run_dir), "--iteration", "1", *args)
-    assert done.returncode == 1, done.stderr[-3000:]
+    assert done.returncode == errors.EXIT_BAD_MODEL, done.stderr[-3000:]
     line = error_line(done)
     assert str(model) in line, line
     marker = stages.Step(1, "generate", 0, 2).marker if step == "generate" else stages.Step(1, "train").marker
@@ -332,3 +332,16 @@ def test_damaged_checkpoint_is_named_and_never_used(
         assert not (run_dir / layout.shard_path(1, 0, 2)).exists()
     tally.add("faults.damaged_checkpoint", 1)
 
+
+
+def test_an_invalid_pinned_spec_fails_init_run_with_the_bad_spec_exit_code(tmp_path: Path) -> None:
+    """Exit 2 (errors.EXIT_BAD_SPEC) is one of the codes the operator's podFailurePolicy fails on at
+    once: a retry of the same spec cannot succeed."""
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"apiVersion": "spin.dev/v1alpha1", "kind": "SpinRun", "metadata": {"name": "r"},
+                                "spec": {"training": {"lossType": "hinge-ish"}}}))
+    done = subprocess.run([sys.executable, "-m", "spin_runtime.cli", "init-run", "--spec", str(spec), "--run-dir",
+                           str(tmp_path / "run")], capture_output=True, text=True)
+    assert done.returncode == errors.EXIT_BAD_SPEC, done.stderr
+    assert "spec.training.lossType" in done.stderr and "Traceback" not in done.stderr
+    assert errors.EXIT_BAD_SPEC in errors.DETERMINISTIC_EXIT_CODES

@@ -19,7 +19,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from spin_runtime.api.spec import LmEval, LmEvalTask, SpinRunSpec
 from spin_runtime.modeling import scoring
 from spin_runtime.plan import layout, stages
-from spin_runtime.steps import evaluate
 from spin_runtime.steps import lm_eval as lme
 from spin_runtime.steps.evaluate import run_evaluate
 from tests.runtime.train_helpers import (

@@ -278,3 +278,71 @@ def test_length_grouped_batches_when_enabled(tmp_path: Path, tiny_model_dir: Pat
 def test_pairs_the_model_already_reproduces_are_counted_as_carrying_no_gradient() -> None:
     rows = [{"real": "1 + 1 = 2.", "generated": "1 + 1 = 2. "}, {"real": "2 + 2 = 4.", "generated": "2 + 2 = 5."}]
     assert identical_pairs(rows) == 1
+
+
+# --------------------------------------------------------------------------- resumable checkpoints
+
+
+class _KillAfter(TrainerCallback):
+    """Stands in for a preempted node: the process dies after `step` optimizer steps."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> Any:
+        if state.global_step >= self.step:
+            raise KeyboardInterrupt("node preempted")
+        return control
+
+
+def _losses(run_dir: Path) -> list[float]:
+    history = json.loads((run_dir / layout.metrics_path(0)).read_text())["train"]["history"]
+    return [h["loss"] for h in history]
+
+
+def test_an_interrupted_train_step_resumes_from_its_newest_checkpoint_with_the_same_losses(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    training = {"maxSteps": 6, "perDeviceBatchSize": 1, "saveSteps": 2, "keepCheckpoints": 2}
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    for run_dir in (whole, cut):
+        make_run(run_dir, tiny_model_dir, training=training, schedule=[{"learningRate": 1e-4, "beta": 0.1}])
+        write_pairs(run_dir, 0, "train", addition_rows(6, 0))
+    run_train(whole, 0)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_train(cut, 0, callbacks=[_KillAfter(5)])
+    checkpoints = cut / layout.checkpoints_dir(0)
+    assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]  # keep 2
+    assert not (cut / stages.Step(0, "train").marker).exists()
+
+    metrics = run_train(cut, 0)
+    assert metrics is not None and metrics["summary"]["resumed_from_step"] == 4
+    assert metrics["summary"]["steps"] == 6
+    assert _losses(cut) == pytest.approx(_losses(whole), abs=1e-5)
+    assert torch.allclose(weights(cut / layout.model_dir(0))["lm_head.weight"], weights(whole / layout.model_dir(0))["lm_head.weight"], atol=1e-6)
+    assert not checkpoints.exists(), "checkpoints are removed once the iteration's model is saved"
+
+
+def test_a_checkpoint_cut_off_while_saving_or_from_other_settings_is_never_resumed(tmp_path: Path) -> None:
+    from spin_runtime.steps import resume
+
+    root = tmp_path / "checkpoints"
+    for step, fp in ((2, "same"), (4, "other"), (6, None)):
+        folder = root / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        if fp is not None:
+            (folder / resume.COMPLETE_FILE).write_text(json.dumps({"fingerprint": fp, "step": step}))
+    logged: list[str] = []
+    assert resume.prepare_resume(root, "same", logged.append) == root / "checkpoint-2"
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint-2"]
+    assert len(logged) == 2
+
+
+def test_time_based_saving_needs_no_step_interval() -> None:
+    from spin_runtime.steps import resume
+
+    assert resume.save_strategy_kwargs(None, 0, 2) == {"save_strategy": "no"}
+    kw = resume.save_strategy_kwargs(None, 30.0, 3)
+    assert kw["save_strategy"] == "steps" and kw["save_steps"] >= 10**9 and kw["save_total_limit"] == 3
+    assert resume.save_strategy_kwargs(50, 0, 2)["save_steps"] == 50
