@@ -70,14 +70,15 @@ def test_data_window_is_previous_and_current_iteration():
 
 
 def test_data_window_before_the_start_iteration_needs_given_data():
-    s = spec(startIteration=2, startCheckpoint={"path": "/ckpt/iter1"})
-    assert hparams.data_window(s, 2) == [2]
+    with pytest.raises(ValueError, match=r"iteration 2 trains on the synthetic data of iteration 1 .* add syntheticData"):
+        spec(startIteration=2, startCheckpoint={"path": "/ckpt/iter1"})
+    assert hparams.data_window(spec(startIteration=2, startCheckpoint={"path": "/ckpt/iter1"}, dataWindow=1), 2) == [2]
     s = spec(startIteration=2, startCheckpoint={"path": "/ckpt/iter1"}, syntheticData=[{"iteration": 1, "hub": "UCLA-AGI/SPIN_iter1"}])
     assert hparams.data_window(s, 2) == [1, 2]
 
 
 def test_start_model_chains_iterations():
-    s = spec(startIteration=1, startCheckpoint={"path": "/ckpt/iter0"})
+    s = spec(startIteration=1, startCheckpoint={"path": "/ckpt/iter0"}, syntheticData=[{"iteration": 0, "path": "/data/syn0"}])
     assert hparams.start_model(s, 1).source.path == "/ckpt/iter0"
     assert hparams.start_model(s, 2).run_path == "iter-1/model"
     assert hparams.start_model(spec(), 0).source == spec().model

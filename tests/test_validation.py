@@ -200,14 +200,14 @@ def test_plan_table_marks_given_data_and_start_iteration() -> None:
                 "iterations": 3,
                 "startIteration": 1,
                 "startCheckpoint": {"path": "/ckpt/iter0"},
-                "syntheticData": [{"iteration": 1, "hub": "UCLA-AGI/SPIN_iter1"}],
+                "syntheticData": [{"iteration": 0, "hub": "UCLA-AGI/SPIN_iter0"}, {"iteration": 1, "hub": "UCLA-AGI/SPIN_iter1"}],
                 "evaluation": {"enabled": False},
             },
         }
     )
     rows = [line.split() for line in plan_table(run).splitlines()[4:]]
     assert [r[0] for r in rows] == ["1", "2"]
-    assert rows[0][1:3] == ["/ckpt/iter0", "syn(1)"]
+    assert rows[0][1:3] == ["/ckpt/iter0", "syn(0)+syn(1)"]  # the window reaches the given syn(0)
     assert " ".join(rows[0]).endswith("(data given) > convert > train")
     assert " ".join(rows[1]).endswith("generate > convert > train")
 

@@ -141,6 +141,10 @@ class ModelSource(SpinModel):
                     "!has(self.ggufFile) || has(self.path)",
                     "ggufFile must be used together with path (the folder holding it)",
                 ),
+                _cel(
+                    "!has(self.revision) || has(self.hub)",
+                    "revision must be used with hub only: it applies to hub models, a path or GGUF file is one fixed version",
+                ),
             ]
         }
     )
@@ -151,7 +155,12 @@ class ModelSource(SpinModel):
         pattern=HUB_ID_PATTERN,
         description="Hugging Face Hub model id, e.g. HuggingFaceH4/zephyr-7b-sft-full.",
     )
-    revision: str | None = Field(None, max_length=128, description="Hub revision (branch, tag or commit).")
+    revision: str | None = Field(
+        None,
+        max_length=128,
+        description="Hub revision (branch, tag or commit) every loader uses: tokenizer, model, the frozen opponent, "
+        "vLLM and lm-eval. The paper's results need zephyr-7b-sft-full at ac6e600eefcce74f5e8bae1035d4f66019e93190.",
+    )
     path: str | None = Field(
         None, max_length=1024, description="Local directory (or PVC path) holding an HF-format model."
     )
@@ -173,6 +182,11 @@ class ModelSource(SpinModel):
             )
         if self.gguf_file is not None and self.path is None:
             raise ValueError("ggufFile must be used together with path (the folder holding it)")
+        if self.revision is not None and self.hub is None:
+            raise ValueError(
+                "revision applies to hub models only: remove it, or give the model as hub: <id> "
+                "(a local path or GGUF file is already one fixed version)"
+            )
         return self
 
     def describe(self) -> str:
@@ -241,6 +255,12 @@ class Dataset(SpinModel):
         "training split when there is no testSplit. Built-in tasks use builtin.testSize instead.",
     )
     seed: int = Field(42, ge=0, le=MAX_SEED, description="Seed of the prompt sampling and shuffling.")
+    drop_duplicates: bool = Field(
+        False,
+        description="Drop exact duplicate pairs (same split, prompt, real and generated answer) when converting. "
+        "Off by default: the original SPIN code kept them, and reproducing its data means keeping them; they are "
+        "always counted (metrics.json convert.exact_duplicates). The same row twice (an appended shard) is always dropped.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> Dataset:
@@ -435,7 +455,13 @@ class Training(SpinModel):
     per_device_batch_size: int = Field(8, ge=1, le=4096, description="Pairs per device per step.")
     gradient_accumulation_steps: int = Field(1, ge=1, le=4096, description="Steps accumulated before an optimizer update.")
     max_length: int = Field(1024, ge=16, le=131072, description="Longest prompt + answer in tokens.")
-    max_prompt_length: int = Field(512, ge=8, le=131072, description="Prompts are truncated from the left to this many tokens.")
+    max_prompt_length: int = Field(512, ge=8, le=131072, description="Prompts are truncated from the left to this many tokens (see truncation).")
+    truncation: Literal["always", "original"] = Field(
+        "always",
+        description="always: every prompt is cut from the left to maxPromptLength template tokens, then each "
+        "sequence to maxLength. original (the original SPIN code): only when prompt + the longer answer exceed "
+        "maxLength is the prompt cut to its last maxPromptLength tokens, then both answers to maxLength − maxPromptLength.",
+    )
     precompute_ref_log_probs: bool = Field(
         False, description="Compute the opponent's log-probs once up front instead of holding it during training."
     )
@@ -660,6 +686,11 @@ class SpinRunSpec(SpinModel):
                     "syntheticData must list each iteration at most once",
                 ),
                 _cel(
+                    "!has(self.startIteration) || self.startIteration == 0 || (has(self.syntheticData) ? self.syntheticData.filter(d, d.iteration < self.startIteration && d.iteration >= self.startIteration - (has(self.dataWindow) ? self.dataWindow : 2) + 1).size() : 0) == ((has(self.dataWindow) ? self.dataWindow : 2) - 1 < self.startIteration ? (has(self.dataWindow) ? self.dataWindow : 2) - 1 : self.startIteration)",
+                    "syntheticData must cover every iteration before startIteration that the data window reaches "
+                    "(or dataWindow must be lower): the window would otherwise shrink silently",
+                ),
+                _cel(
                     "!has(self.training) || !has(self.training.nodes) || self.training.nodes <= 1 || "
                     "!has(self.storage) || !has(self.storage.newClaim) || !has(self.storage.newClaim.accessModes) || "
                     "'ReadWriteMany' in self.storage.newClaim.accessModes",
@@ -700,6 +731,13 @@ class SpinRunSpec(SpinModel):
     )
     generation: Generation = Field(default_factory=Generation, description="Generation settings.")
     training: Training = Field(default_factory=Training, description="Training settings.")
+    system_prompt: str | None = Field(
+        None,
+        max_length=65536,
+        description="System turn before every user turn wherever the chat template is used (training, evaluation, "
+        "and generation with promptFormat chat). Unset: no system message (some templates, SmolLM2's among them, then "
+        "add a default one); \"\": an empty system turn, as the original SPIN code inserted; any text: that message.",
+    )
     evaluation: Evaluation = Field(default_factory=Evaluation, description="Evaluation settings.")
 
     # cluster fields
@@ -753,6 +791,15 @@ class SpinRunSpec(SpinModel):
             if d.iteration in seen:
                 raise ValueError(f"syntheticData must list each iteration at most once (iteration {d.iteration} twice)")
             seen.add(d.iteration)
+        for k in range(self.start_iteration, self.iterations):
+            for j in range(max(0, k - self.data_window + 1), self.start_iteration):
+                if j not in seen:
+                    raise ValueError(
+                        f"iteration {k} trains on the synthetic data of iteration {j} (dataWindow {self.data_window}), "
+                        f"which this run does not generate (startIteration {self.start_iteration}): add syntheticData for "
+                        f"iteration {j} (e.g. the published SPIN_iter{j} set), or lower dataWindow; the window would "
+                        "otherwise shrink silently"
+                    )
         for e in self.env:
             if e.name in RESERVED_ENV:
                 raise ValueError(

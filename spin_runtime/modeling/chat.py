@@ -24,15 +24,20 @@ def instruction_prompt(prompt: str) -> str:
     return INSTRUCTION_TEMPLATE.format(prompt=prompt)
 
 
-def chat_messages(prompt: str) -> list[dict[str, str]]:
-    """The conversation whose chat-template rendering (with the generation prompt) is fed
-    to the model."""
-    return [{"role": "user", "content": prompt}]
+def chat_messages(prompt: str, system: str | None = None) -> list[dict[str, str]]:
+    """The conversation whose chat-template rendering (with the generation prompt) is fed to
+    the model: the user turn, after a system turn when `system` is set ("" = an empty system
+    turn, as the original inserted; None = none, so a template may add its own default)."""
+    turns = [] if system is None else [{"role": "system", "content": system}]
+    return [*turns, {"role": "user", "content": prompt}]
 
 
-def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], prompt_format: str) -> list[list[int]]:
-    """Token ids of each prompt: the chat template with the generation prompt, or the
-    instruction string without BOS or other special tokens."""
+def encode_prompts(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], prompt_format: str, system: str | None = None
+) -> list[list[int]]:
+    """Token ids of each prompt exactly as every engine receives them: the chat template with the
+    generation prompt (and the system turn, if any), or the instruction string without BOS or
+    other special tokens (the original's HF path)."""
     if prompt_format == "instruction":
         enc = tokenizer([instruction_prompt(p) for p in prompts], add_special_tokens=False)
         return [list(ids) for ids in enc["input_ids"]]
@@ -46,16 +51,19 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], p
     out: list[list[int]] = []
     for p in prompts:
         ids = tokenizer.apply_chat_template(
-            chat_messages(p), add_generation_prompt=True, tokenize=True, return_dict=True
+            chat_messages(p, system), add_generation_prompt=True, tokenize=True, return_dict=True
         )
         out.append(list(ids["input_ids"]))
     return out
 
 
-def conversational_row(prompt: str, real: str, generated: str) -> dict[str, list[dict[str, str]]]:
-    """One SPIN pair as a TRL conversational preference row (chosen = real, rejected = generated)."""
+def conversational_row(
+    prompt: str, real: str, generated: str, system: str | None = None
+) -> dict[str, list[dict[str, str]]]:
+    """One SPIN pair as a TRL conversational preference row (chosen = real, rejected = generated),
+    the prompt built as in generation (`chat_messages`)."""
     return {
-        "prompt": [{"role": "user", "content": prompt}],
+        "prompt": chat_messages(prompt, system),
         "chosen": [{"role": "assistant", "content": real}],
         "rejected": [{"role": "assistant", "content": generated}],
     }
@@ -84,7 +92,9 @@ def _template_ids(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]], 
     return list(out)
 
 
-def truncate_prompt(tok: PreTrainedTokenizerBase, prompt: str, max_prompt_length: int, overhead: int) -> str:
+def truncate_prompt(
+    tok: PreTrainedTokenizerBase, prompt: str, max_prompt_length: int, overhead: int, system: str | None = None
+) -> str:
     """The prompt, cut from the left so that its chat-template rendering (with the generation
     prompt) has at most `max_prompt_length` tokens."""
 
@@ -99,7 +109,7 @@ def truncate_prompt(tok: PreTrainedTokenizerBase, prompt: str, max_prompt_length
         return prompt
     # the template can merge tokens at the boundary: check and trim further if needed
     for _ in range(4):
-        excess = len(_template_ids(tok, [{"role": "user", "content": text}], True)) - max_prompt_length
+        excess = len(_template_ids(tok, chat_messages(text, system), True)) - max_prompt_length
         if excess <= 0:
             break
         ids = encode(text)
@@ -108,24 +118,51 @@ def truncate_prompt(tok: PreTrainedTokenizerBase, prompt: str, max_prompt_length
 
 
 def prepare_rows(
-    rows: Sequence[dict[str, Any]], tok: PreTrainedTokenizerBase, max_prompt_length: int
+    rows: Sequence[dict[str, Any]],
+    tok: PreTrainedTokenizerBase,
+    max_prompt_length: int,
+    *,
+    system: str | None = None,
+    truncation: str = "always",
+    max_length: int | None = None,
 ) -> list[dict[str, Any]]:
-    """TRL conversational rows (prompt/chosen/rejected) with prompts truncated from the left to
-    `max_prompt_length` template tokens, plus the pair's approximate token length."""
-    overhead = len(_template_ids(tok, [{"role": "user", "content": ""}], True))
+    """TRL conversational rows (prompt/chosen/rejected, built as in generation) truncated by the
+    spec's rule, plus each pair's approximate token length.
+
+    - `always`: every prompt is cut from the left to `max_prompt_length` template tokens (TRL
+      then cuts each sequence to `max_length`).
+    - `original` (the original SPIN code): only when the prompt plus the longer answer exceed
+      `max_length` is the prompt cut to its last `max_prompt_length` tokens; if the pair is still
+      too long, both answers are cut to `max_length - max_prompt_length` tokens."""
+    if truncation not in ("always", "original"):
+        raise SpecConfigError(f"unknown training.truncation {truncation!r}: use always or original")
+    if truncation == "original" and max_length is None:
+        raise SpecConfigError("training.truncation original needs training.maxLength")
+    overhead = len(_template_ids(tok, chat_messages("", system), True))
     prompts = [r["prompt"] for r in rows]
     enc = tok(prompts, add_special_tokens=False)["input_ids"]
     answers = tok([r["real"] for r in rows] + [r["generated"] for r in rows], add_special_tokens=False)["input_ids"]
     n = len(rows)
     out: list[dict[str, Any]] = []
     for i, r in enumerate(rows):
-        prompt = r["prompt"]
+        prompt, real, generated = r["prompt"], r["real"], r["generated"]
         prompt_len = len(enc[i]) + overhead
-        if prompt_len > max_prompt_length:
-            prompt = truncate_prompt(tok, prompt, max_prompt_length, overhead)
+        real_ids, gen_ids = answers[i], answers[n + i]
+        longer = max(len(real_ids), len(gen_ids))
+        if truncation == "always":
+            cut_prompt = prompt_len > max_prompt_length
+        else:
+            cut_prompt = prompt_len + longer > max_length and prompt_len > max_prompt_length  # type: ignore[operator]
+        if cut_prompt:
+            prompt = truncate_prompt(tok, prompt, max_prompt_length, overhead, system)
             prompt_len = max_prompt_length
-        row = conversational_row(prompt, r["real"], r["generated"])
+        if truncation == "original" and prompt_len + longer > max_length:  # type: ignore[operator]
+            budget = max(1, max_length - max_prompt_length)  # type: ignore[operator]
+            real = tok.decode(real_ids[:budget], skip_special_tokens=False) if len(real_ids) > budget else real
+            generated = tok.decode(gen_ids[:budget], skip_special_tokens=False) if len(gen_ids) > budget else generated
+            longer = min(longer, budget)
+        row = conversational_row(prompt, real, generated, system)
         row["id"] = str(r.get("id", i))
-        row[LENGTH_COLUMN] = prompt_len + max(len(answers[i]), len(answers[n + i])) + 2
+        row[LENGTH_COLUMN] = prompt_len + longer + 2
         out.append(row)
     return out

@@ -170,16 +170,18 @@ def transformers_generate(
     prompts: Sequence[str],
     gen: Generation,
     *,
+    system: str | None = None,
     progress: bool = True,
     stats: GenerationStats | None = None,
 ) -> list[str]:
     """Answer prompts with a transformers model: length-sorted batches of generation.batchSize,
-    KV cache, inference mode; answers come back in the prompts' order."""
+    KV cache, inference mode; answers come back in the prompts' order. The prompts become token
+    ids through `chat.encode_prompts`, as for every engine."""
     import torch
     from tqdm.auto import tqdm
 
     stats = stats if stats is not None else GenerationStats()
-    encoded = encode_prompts(tokenizer, prompts, gen.prompt_format)
+    encoded = encode_prompts(tokenizer, prompts, gen.prompt_format, system)
     stop_ids = stop_token_ids(tokenizer, getattr(getattr(model, "generation_config", None), "eos_token_id", None))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stop_ids), 0)
     sampler = _Sampler(gen)

@@ -171,7 +171,24 @@ def resolve_source(source: ModelSource) -> str:
         check_checkpoint(folder)
         return str(folder)
     assert source.hub is not None
+    if source.revision is not None:
+        return hub_snapshot(source.hub, source.revision)
     return source.hub
+
+
+def hub_snapshot(hub: str, revision: str) -> str:
+    """The local folder of `hub` at `revision` (downloaded once into the Hugging Face cache):
+    every loader — tokenizer, model, the opponent TRL reloads from the policy's path, vLLM,
+    lm-eval — then reads that one pinned version."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return str(snapshot_download(repo_id=hub, revision=revision))
+    except Exception as e:  # network, auth, unknown revision: one line naming the source
+        raise ModelError(
+            f"model.hub {hub} at revision {revision}: cannot fetch it ({type(e).__name__}: {e}); check the id, "
+            "the revision and HF_TOKEN (hfTokenSecret in a cluster)"
+        ) from e
 
 
 def resolve(ref: hparams.ModelRef, run_dir: Path) -> str:

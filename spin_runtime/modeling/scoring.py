@@ -49,12 +49,18 @@ def _ids(out: Any) -> list[int]:
 
 
 def encode_pairs(
-    tok: PreTrainedTokenizerBase, rows: Sequence[dict[str, Any]], max_prompt_length: int, max_length: int
+    tok: PreTrainedTokenizerBase,
+    rows: Sequence[dict[str, Any]],
+    max_prompt_length: int,
+    max_length: int,
+    *,
+    system: str | None = None,
+    truncation: str = "always",
 ) -> list[EncodedPair]:
     """Tokenize pairs the way training does: chat template, prompt cut from the left to
     `max_prompt_length`, answers from where prompt and prompt+answer diverge, prompt+answer cut
     to `max_length` (keep start)."""
-    prepared = prepare_rows(rows, tok, max_prompt_length)
+    prepared = prepare_rows(rows, tok, max_prompt_length, system=system, truncation=truncation, max_length=max_length)
     out: list[EncodedPair] = []
     for r in prepared:
         prompt = _ids(tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True))
@@ -148,7 +154,11 @@ def new_token_budget(tok: PreTrainedTokenizerBase, reals: Sequence[str]) -> int:
 
 
 def generate_answers(
-    model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: Sequence[str], max_new_tokens: int
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    system: str | None = None,
 ) -> list[str]:
     """Greedy answers to `prompts` through the chat template, with the generation step's engine
     (length-sorted batches, KV cache, stop at EOS) so evaluation decodes as generation does."""
@@ -158,7 +168,7 @@ def generate_answers(
     gen = Generation(engine="transformers", prompt_format="chat", decoding="greedy",
                      max_new_tokens=max_new_tokens, batch_size=GENERATE_BATCH)
     tok.padding_side = "left"
-    return transformers_generate(model, tok, prompts, gen, progress=False)
+    return transformers_generate(model, tok, prompts, gen, system=system, progress=False)
 
 
 def exact_match(
@@ -169,6 +179,8 @@ def exact_match(
     scored = [r for r in rows if r.get("answer") is not None and task_name(spec, r["prompt"])]
     if not scored:
         return None
-    answers = generate_answers(model, tok, [r["prompt"] for r in scored], new_token_budget(tok, [r["real"] for r in scored]))
+    answers = generate_answers(
+        model, tok, [r["prompt"] for r in scored], new_token_budget(tok, [r["real"] for r in scored]), spec.system_prompt
+    )
     hits = [tasks.score(task_name(spec, r["prompt"]) or "", text, str(r["answer"])) for r, text in zip(scored, answers, strict=True)]
     return sum(hits) / len(hits), len(hits)

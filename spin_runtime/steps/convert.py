@@ -32,6 +32,9 @@ class ConvertCounts:
     source: str = ""
     rows_read: int = 0
     duplicates_dropped: int = 0
+    #: Different rows with the same split, prompt, real and generated answer (kept unless
+    #: dataset.dropDuplicates).
+    exact_duplicates: int = 0
     train_rows: int = 0
     test_rows: int = 0
     empty_generated: int = 0
@@ -110,29 +113,38 @@ def natural_key(text: str) -> tuple[Any, ...]:
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", text) if p)
 
 
-def dedupe(items: Iterable[tuple[str, PairRow, str]]) -> tuple[dict[str, list[PairRow]], int]:
-    """Rows per split without exact duplicates (same split, prompt, real and generated; the
-    first is kept) and the number dropped; two different rows under one id are an error."""
+def dedupe(
+    items: Iterable[tuple[str, PairRow, str]], drop_exact_duplicates: bool = False
+) -> tuple[dict[str, list[PairRow]], int, int]:
+    """Rows per split, (rows dropped, exact duplicates seen). The same row twice (same id and
+    content: an appended or copied shard) is dropped; two different rows under one id are an
+    error; different rows with the same split, prompt, real and generated answer are counted and
+    kept, as the original kept them, unless `drop_exact_duplicates` (then the first is kept)."""
     seen: set[tuple[str, str, str, str]] = set()
     by_id: dict[str, tuple[tuple[str, str, str, str], str]] = {}
     out: dict[str, list[PairRow]] = {s: [] for s in SPLITS}
-    dropped = 0
+    dropped = exact = 0
     for split, row, where in items:
         key = (split, row.prompt, row.real, row.generated)
-        if key in seen:
+        if row.id in by_id:
+            if by_id[row.id][0] != key:
+                raise DataError(
+                    f"{where}: id {row.id!r} also appears at {by_id[row.id][1]} with different content; "
+                    "a shard holds output of another run or spec: rerun its generate step with --force"
+                )
             dropped += 1
             continue
-        if row.id in by_id and by_id[row.id][0] != key:
-            raise DataError(
-                f"{where}: id {row.id!r} also appears at {by_id[row.id][1]} with different content; "
-                "a shard holds output of another run or spec: rerun its generate step with --force"
-            )
+        if key in seen:
+            exact += 1
+            if drop_exact_duplicates:
+                dropped += 1
+                continue
         seen.add(key)
         by_id[row.id] = (key, where)
         out[split].append(row)
     for rows in out.values():
         rows.sort(key=lambda r: natural_key(r.id))
-    return out, dropped
+    return out, dropped, exact
 
 
 # --------------------------------------------------------------------------- the step
@@ -175,7 +187,7 @@ def convert_iteration(spec: SpinRunSpec, run_dir: Path, k: int) -> tuple[dict[st
         counts.source = f"{n} generated shard{'s' if n > 1 else ''}"
         counts.shards = n
     counts.rows_read = len(items)
-    by_split, counts.duplicates_dropped = dedupe(items)
+    by_split, counts.duplicates_dropped, counts.exact_duplicates = dedupe(items, spec.dataset.drop_duplicates)
     counts.train_rows, counts.test_rows = len(by_split["train"]), len(by_split["test"])
     counts.identical_train_pairs = sum(1 for r in by_split["train"] if r.generated.strip() == r.real.strip())
     if not by_split["train"]:
@@ -198,6 +210,8 @@ def run_convert(run_dir: Path, iteration: int, force: bool = False) -> dict[str,
     ctx.mark_done(info)
     step = ctx.step
     notes = f", {counts.duplicates_dropped} duplicates dropped" if counts.duplicates_dropped else ""
+    if counts.exact_duplicates and not ctx.spec.dataset.drop_duplicates:
+        notes += f", {counts.exact_duplicates} exact duplicate pairs kept (dataset.dropDuplicates drops them)"
     if counts.empty_generated:
         notes += f", {counts.empty_generated} empty generated answers kept"
     if counts.identical_train_pairs:

@@ -82,7 +82,10 @@ def run_evaluate(run_dir: Path, iteration: int, force: bool = False) -> dict[str
     beta = ctx.hparams.beta
 
     tok = models.load_tokenizer(str(new_path), padding_side="right")
-    pairs = encode_pairs(tok, rows, spec.training.max_prompt_length, spec.training.max_length)
+    pairs = encode_pairs(
+        tok, rows, spec.training.max_prompt_length, spec.training.max_length,
+        system=spec.system_prompt, truncation=spec.training.truncation,
+    )
     do_exact = spec.evaluation.exact_match and any(r.get("answer") is not None for r in rows)
 
     policy = models.load_model(str(new_path), dtype=dtype, device=device)

@@ -21,7 +21,7 @@ from spin_runtime.api.spec import Generation
 from spin_runtime.data.sft import Row, load_sft
 from spin_runtime.errors import SpecConfigError
 from spin_runtime.modeling import models
-from spin_runtime.modeling.chat import chat_messages, instruction_prompt
+from spin_runtime.modeling.chat import encode_prompts
 from spin_runtime.modeling.decoding import (
     GenerationStats,
     clean_answer,
@@ -142,21 +142,22 @@ def vllm_sampling_kwargs(gen: Generation) -> dict[str, Any]:
 # --------------------------------------------------------------------------- vLLM
 
 
-def vllm_generate(model_path: str, prompts: Sequence[str], gen: Generation, eos_token: str | None = None) -> list[str]:
-    """Answer prompts with vLLM (imported only here): `llm.chat` for the chat format, raw
-    instruction strings through `llm.generate` otherwise."""
+def vllm_prompts(prompt_ids: Sequence[Sequence[int]]) -> list[dict[str, list[int]]]:
+    """vLLM token prompts: the exact ids the transformers engine would feed (`chat.encode_prompts`),
+    so vLLM adds no BOS of its own and both engines see the same tokens for the same spec."""
+    return [{"prompt_token_ids": list(ids)} for ids in prompt_ids]
+
+
+def vllm_generate(
+    model_path: str, prompt_ids: Sequence[Sequence[int]], gen: Generation, eos_token: str | None = None
+) -> list[str]:
+    """Answer token-id prompts with vLLM (imported only here)."""
     from vllm import LLM, SamplingParams
 
     llm = LLM(**vllm_llm_kwargs(gen, model_path))
     params = SamplingParams(**vllm_sampling_kwargs(gen))
-    if gen.prompt_format == "chat":
-        outputs = llm.chat([chat_messages(p) for p in prompts], params)
-    else:
-        outputs = llm.generate([instruction_prompt(p) for p in prompts], params)
+    outputs = llm.generate(vllm_prompts(prompt_ids), params)
     return [clean_answer(o.outputs[0].text, eos_token) for o in outputs]
-
-
-# --------------------------------------------------------------------------- the step
 
 
 def shard_rows_jsonl(prompts: Sequence[Prompt], answers: Sequence[str]) -> str:
@@ -206,13 +207,14 @@ def run_generate(run_dir: Path, iteration: int, shard: int, shards: int, force: 
         answers: list[str] = []
     elif engine == "vllm":
         tokenizer = models.load_tokenizer(model_path)
-        answers = vllm_generate(model_path, texts, gen, tokenizer.eos_token)
+        ids = encode_prompts(tokenizer, texts, gen.prompt_format, spec.system_prompt)
+        answers = vllm_generate(model_path, ids, gen, tokenizer.eos_token)
     else:
         tokenizer = models.load_tokenizer(model_path, padding_side="left")
         model = models.load_model(
             model_path, dtype=models.resolve_dtype(gen.dtype, on_gpu), device="cuda" if on_gpu else "cpu"
         )
-        answers = transformers_generate(model, tokenizer, texts, gen, stats=stats)
+        answers = transformers_generate(model, tokenizer, texts, gen, system=spec.system_prompt, stats=stats)
     seconds = time.perf_counter() - start
     atomic.atomic_write_text(out, shard_rows_jsonl(prompts, answers))
     info = {

@@ -169,7 +169,14 @@ def build_trainer(
     _check_chat_template(tok, start_path)
 
     rows = tc.shuffled(window_rows(run_dir, spec, k), spec.training.seed)
-    prepared = prepare_rows(rows, tok, spec.training.max_prompt_length)
+    prepared = prepare_rows(
+        rows,
+        tok,
+        spec.training.max_prompt_length,
+        system=spec.system_prompt,
+        truncation=spec.training.truncation,
+        max_length=spec.training.max_length,
+    )
 
     it_dir = run_dir / layout.iter_dir(k)
     scratch = it_dir / SCRATCH

@@ -122,7 +122,7 @@ def test_synthetic_data_iteration_starts_with_convert_and_no_eval() -> None:
 
 
 def test_start_iteration_skips_earlier_iterations() -> None:
-    sim = Sim(make_body(spec={"iterations": 3, "startIteration": 2}))
+    sim = Sim(make_body(spec={"iterations": 3, "startIteration": 2, "syntheticData": [{"iteration": 1, "path": "/data/syn1"}]}))
     sim.run_to_end()
     assert sim.status["completedIterations"] == 1
     assert all(n.startswith("demo-it2-") for n in sim.jobs())

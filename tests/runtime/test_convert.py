@@ -219,6 +219,11 @@ def test_synthetic_data_is_imported_in_the_published_format(tmp_path: Path) -> N
     pq.write_table(pa.Table.from_pylist([pair("t", "r", "g")]), folder / "test.parquet")
     run_dir = make_run(tmp_path, syntheticData=[{"iteration": 0, "path": str(folder)}])
     info = run_convert(run_dir, 0)
+    # exact duplicates are counted and kept, as the original kept them ...
+    assert (info["rows_read"], info["duplicates_dropped"], info["exact_duplicates"], info["train_rows"]) == (8, 0, 2, 7)
+    # ... unless dataset.dropDuplicates
+    run_dir = make_run(tmp_path / "drop", syntheticData=[{"iteration": 0, "path": str(folder)}], dataset={"builtin": {"name": "addition-3digit", "trainSize": 12, "testSize": 4}, "dropDuplicates": True})
+    info = run_convert(run_dir, 0)
     assert (info["rows_read"], info["duplicates_dropped"], info["train_rows"], info["test_rows"]) == (8, 2, 5, 1)
     rows = read_pairs(run_dir / layout.data_path(0, "train"))
     assert rows[4] == {"id": "train:4", "prompt": "q4", "real": "r4", "generated": "g4", "answer": None}

@@ -223,13 +223,68 @@ def test_window_before_start_iteration_comes_from_the_given_synthetic_data(tmp_p
         )
     )
     run_dir = tmp_path / "run"
-    make_run(run_dir, tiny_model_dir, start_iteration=1)
-    spec = SpinRunSpec.model_validate(
-        {**json.loads((run_dir / "spec.json").read_text())["spec"], "syntheticData": [{"iteration": 0, "path": str(published)}]}
-    )
+    spec = make_run(
+        run_dir, tiny_model_dir, start_iteration=1, synthetic_data=[{"iteration": 0, "path": str(published)}]
+    ).spec
     write_pairs(run_dir, 1, "train", addition_rows(3, 1))
     rows = window_rows(run_dir, spec, 1)
     assert [r["iteration"] for r in rows] == [0, 0, 1, 1, 1]
     assert [(r["prompt"], r["real"], r["generated"]) for r in rows[:2]] == [
         (r["prompt"], r["real"], r["generated"]) for r in pairs
     ]
+
+
+def test_original_truncation_cuts_only_pairs_that_do_not_fit_then_the_answers(tiny_model_dir: Path) -> None:
+    """training.truncation: original — the rule of the original code, computed here on token ids."""
+    from spin_runtime.modeling import models
+    from spin_runtime.modeling.chat import prepare_rows
+
+    tok = models.load_tokenizer(str(tiny_model_dir), padding_side="right")
+    long_prompt = " ".join(f"word{i}" for i in range(60))
+    short = [{"id": "a", "prompt": long_prompt, "real": "Yes.", "generated": "No."}]
+    # prompt (> maxPromptLength) + answer fits in maxLength: the original leaves it whole, `always` cuts it
+    (kept,) = prepare_rows(short, tok, 32, truncation="original", max_length=512)
+    assert kept["prompt"][-1]["content"] == long_prompt and kept["chosen"][0]["content"] == "Yes."
+    (cut,) = prepare_rows(short, tok, 32, truncation="always", max_length=512)
+    assert cut["prompt"][-1]["content"] != long_prompt and long_prompt.endswith(cut["prompt"][-1]["content"].strip())
+
+    real = " ".join(f"fact{i}" for i in range(80))
+    generated = " ".join(f"guess{i}" for i in range(10))
+    long = [{"id": "b", "prompt": long_prompt, "real": real, "generated": generated}]
+    (row,) = prepare_rows(long, tok, 32, truncation="original", max_length=96)
+    budget = 96 - 32
+    real_ids = tok(real, add_special_tokens=False)["input_ids"]
+    assert row["chosen"][0]["content"] == tok.decode(real_ids[:budget])
+    assert row["rejected"][0]["content"] == generated  # already within the budget
+    prompt_ids = tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    assert len(prompt_ids) <= 32 and long_prompt.endswith(row["prompt"][-1]["content"].strip())
+
+
+def test_a_hub_revision_pins_the_one_folder_every_loader_reads(monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path) -> None:
+    """model.revision: the hub model is fetched at that commit once; generation, training (policy and
+    the opponent TRL reloads from the policy's path), evaluation and lm-eval all load that folder."""
+    import huggingface_hub
+
+    from spin_runtime.api.spec import ModelSource
+    from spin_runtime.errors import ModelError
+    from spin_runtime.modeling import models
+
+    asked: list[tuple[str, str]] = []
+
+    def snapshot(repo_id: str, revision: str) -> str:
+        asked.append((repo_id, revision))
+        return str(tiny_model_dir)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot)
+    rev = "ac6e600eefcce74f5e8bae1035d4f66019e93190"
+    src = ModelSource(hub="alignment-handbook/zephyr-7b-sft-full", revision=rev)
+    assert models.resolve_source(src) == str(tiny_model_dir)
+    assert asked == [("alignment-handbook/zephyr-7b-sft-full", rev)]
+    assert models.resolve_source(ModelSource(hub="a/b")) == "a/b"  # no revision: the hub id, latest
+
+    def offline(repo_id: str, revision: str) -> str:
+        raise OSError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(ModelError, match=r"model.hub a/b at revision v1: cannot fetch it .*HF_TOKEN"):
+        models.resolve_source(ModelSource(hub="a/b", revision="v1"))

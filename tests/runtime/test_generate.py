@@ -232,7 +232,7 @@ class FakeVLLM(types.ModuleType):
 
 
 @pytest.mark.parametrize("prompt_format", ["chat", "instruction"])
-def test_vllm_engine_builds_llm_and_writes_the_shard(
+def test_vllm_engine_gets_the_transformers_engines_token_ids_and_writes_the_shard(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chatty_model_dir: Path, prompt_format: str
 ) -> None:
     fake = FakeVLLM()
@@ -259,10 +259,13 @@ def test_vllm_engine_builds_llm_and_writes_the_shard(
     ((method, items),) = fake.calls
     rows = read_rows(out)
     assert len(rows) == 16 and {r["generated"] for r in rows} == {"answer</s>"}  # eos of this tokenizer is <|im_end|>
-    if prompt_format == "chat":
-        assert method == "chat" and items[0] == [{"role": "user", "content": rows[0]["prompt"]}]
-    else:
-        assert method == "generate" and items[0] == instruction_prompt(rows[0]["prompt"])
+    # vLLM is given the token ids the transformers engine feeds (no BOS of its own), in prompt order
+    tok = models.load_tokenizer(str(chatty_model_dir))
+    expected = encode_prompts(tok, [r["prompt"] for r in rows], prompt_format)
+    assert method == "generate" and items == [{"prompt_token_ids": ids} for ids in expected]
+    if prompt_format == "instruction":
+        assert tok.decode(items[0]["prompt_token_ids"]) == instruction_prompt(rows[0]["prompt"])
+        assert tok.bos_token_id is None or items[0]["prompt_token_ids"][0] != tok.bos_token_id
     marker = atomic.read_json(run_dir / stages.Step(0, "generate", 0, 1).marker)
     assert marker["engine"] == "vllm"
 
@@ -364,3 +367,23 @@ def test_builtin_tiny_model_runs_the_step(tmp_path: Path, tiny_model_dir: Path) 
     run_dir = make_run(tmp_path, {"builtin": "tiny-random-llama"})
     rows = read_rows(run_generate(run_dir, 0, 0, 1))
     assert len(rows) == 16
+
+
+@pytest.mark.parametrize(("system", "turns"), [(None, 1), ("", 2), ("Be brief.", 2)])
+def test_the_system_prompt_option_is_one_prompt_for_generation_and_training(
+    chatty_model_dir: Path, system: str | None, turns: int
+) -> None:
+    """Unset = no system turn; "" = an empty system turn (the original); text = that message. The
+    generation ids are the training row's prompt rendered with the generation prompt."""
+    from spin_runtime.modeling.chat import chat_messages, conversational_row
+
+    tok = models.load_tokenizer(str(chatty_model_dir))
+    messages = chat_messages("Why?", system)
+    assert len(messages) == turns and messages[-1] == {"role": "user", "content": "Why?"}
+    if system is not None:
+        assert messages[0] == {"role": "system", "content": system}
+    row = conversational_row("Why?", "Because.", "No idea.", system)
+    assert row["prompt"] == messages
+    ids = encode_prompts(tok, ["Why?"], "chat", system)[0]
+    rendered = tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)
+    assert ids == list(rendered["input_ids"])

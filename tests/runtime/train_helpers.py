@@ -79,6 +79,7 @@ def make_run(
     iterations: int = 4,
     start_iteration: int = 0,
     name: str = "t",
+    synthetic_data: list[dict[str, Any]] | None = None,
 ) -> SpinRun:
     """Store a SpinRun on the tiny model in `run_dir` (spec.json) and return it."""
     spec: dict[str, Any] = {
@@ -90,6 +91,8 @@ def make_run(
     }
     if schedule is not None:
         spec["schedule"] = schedule
+    if synthetic_data is not None:
+        spec["syntheticData"] = synthetic_data
     run = SpinRun.model_validate({"metadata": {"name": name}, "spec": spec})
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     rundir.init_run(Path(run_dir), run)
