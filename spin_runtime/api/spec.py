@@ -489,6 +489,19 @@ class Training(SpinModel):
         description="Also save a resumable checkpoint when this many minutes passed since the last one "
         "(a preempted node then costs at most this much training); 0 turns time-based saving off.",
     )
+    save_epochs: bool = Field(
+        False,
+        description="Save the model at the end of every epoch of an iteration (iter-<k>/epochs/epoch-<e>) and score "
+        "each on the held-out split (the authors trained 6 epochs and kept the best). On with selectEpoch: best.",
+    )
+    select_epoch: Literal["last", "best"] = Field(
+        "last",
+        description="Which epoch becomes the iteration's model: the last, or the best by selectMetric on the held-out split.",
+    )
+    select_metric: Literal["reward_margin", "reward_accuracy", "logp_real", "exact_match"] = Field(
+        "reward_margin",
+        description="Held-out metric (higher is better) selectEpoch: best ranks epochs by; exact_match needs answers.",
+    )
     keep_checkpoints: int = Field(
         2, ge=1, le=100, description="Resumable checkpoints kept per iteration (the newest); removed once the iteration's model is saved."
     )
@@ -805,6 +818,17 @@ class SpinRunSpec(SpinModel):
                 raise ValueError(
                     f"env must not set {e.name}: torchrun, the Job controller or hfTokenSecret sets it; "
                     "remove it from env"
+                )
+        tr = self.training
+        if tr.select_epoch == "best" or tr.save_epochs:
+            if tr.lora.enabled:
+                raise ValueError(
+                    "training.selectEpoch best / saveEpochs cannot be combined with training.lora yet: turn LoRA off "
+                    "or use selectEpoch: last"
+                )
+            if tr.max_steps is not None:
+                raise ValueError(
+                    "training.selectEpoch best / saveEpochs count whole epochs: remove training.maxSteps"
                 )
         if self.training.nodes > 1 and self.storage.new_claim is not None:
             modes = self.storage.new_claim.access_modes

@@ -47,3 +47,8 @@ def checkpoints_dir(k: int) -> str:
     """Resumable training checkpoints of iteration k (`checkpoint-<step>/`), kept across attempts
     and removed once the iteration's model is saved."""
     return f"{iter_dir(k)}/checkpoints"
+
+
+def epoch_dir(k: int, epoch: int) -> str:
+    """The model at the end of epoch `epoch` (1-based) of iteration k (training.saveEpochs)."""
+    return f"{iter_dir(k)}/epochs/epoch-{epoch}"

@@ -63,10 +63,10 @@ def newest(root: Path, fingerprint: str) -> Path | None:
     return good[0] if good else None
 
 
-def save_strategy_kwargs(save_steps: int | None, save_minutes: float, keep: int) -> dict[str, Any]:
-    """TrainingArguments for periodic checkpoints: step-based through the Trainer, time-based
-    through `TimedCheckpoints` (which sets `should_save`), so steps are a huge interval then."""
-    if save_steps is None and not save_minutes:
+def save_strategy_kwargs(save_steps: int | None, save_minutes: float, keep: int, epochs: bool = False) -> dict[str, Any]:
+    """TrainingArguments for periodic checkpoints: step-based through the Trainer; time- and
+    epoch-based through callbacks that set `should_save` (steps are a huge interval then)."""
+    if save_steps is None and not save_minutes and not epochs:
         return {"save_strategy": "no"}
     return {
         "save_strategy": "steps",

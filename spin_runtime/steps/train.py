@@ -29,7 +29,7 @@ from spin_runtime.modeling import models
 from spin_runtime.modeling.chat import prepare_rows
 from spin_runtime.plan import hparams, layout
 from spin_runtime.plan.stages import Step
-from spin_runtime.steps import resume
+from spin_runtime.steps import epochs, resume
 from spin_runtime.steps import trl_args as tc
 from spin_runtime.steps.context import StepContext
 from spin_runtime.steps.train_metrics import history_from_log, train_summary
@@ -224,6 +224,8 @@ def build_trainer(
     dataset = load_from_disk(str(window_dir))
 
     all_callbacks: list[Any] = [resume.timed_checkpoints(spec.training.save_minutes, fingerprint), *callbacks]
+    if epochs.wants_epochs(spec):
+        all_callbacks.insert(1, epochs.epoch_callback(run_dir, k))
     if "tensorboard" in spec.training.report_to:
         from transformers.integrations import TensorBoardCallback
 
@@ -312,6 +314,28 @@ def save_checkpoint(trainer: DPOTrainer, setup: TrainSetup) -> Path:
     return final
 
 
+def select_epoch(setup: TrainSetup, final: Path) -> dict[str, Any]:
+    """Score every epoch's model on the held-out split and make the selected one the iteration's
+    model (rank 0; `final` holds the last epoch's). Returns what metrics.json records."""
+    ctx, tr = setup.ctx, setup.ctx.spec.training
+    saved = epochs.saved_epochs(ctx.run_dir, ctx.iteration)
+    if not saved:
+        raise ModelError(f"{ctx.path(layout.iter_dir(ctx.iteration))}/epochs: no epoch model was saved")
+    scores = epochs.score_epoch_models(ctx.run_dir, ctx.spec, ctx.iteration, setup.start_path, ctx.hparams.beta, saved)
+    chosen = epochs.choose(scores, tr.select_epoch, tr.select_metric)
+    if chosen["epoch"] != saved[-1][0]:
+        with atomic.atomic_dir(final) as tmp:
+            shutil.copytree(ctx.path(chosen["path"]), tmp, dirs_exist_ok=True)
+            (tmp / epochs.EPOCH_FILE).unlink(missing_ok=True)
+            _tidy_checkpoint(tmp)
+            models.check_checkpoint(tmp)
+    ctx.log(
+        f"iteration {ctx.iteration}: epoch {chosen['epoch']} of {saved[-1][0]} becomes the model "
+        f"(selectEpoch {tr.select_epoch}" + (f", {tr.select_metric} {chosen.get(tr.select_metric)}" if tr.select_epoch == "best" else "") + ")"
+    )
+    return {"scores": scores, "selected": chosen["epoch"], "select": tr.select_epoch, "metric": tr.select_metric}
+
+
 # --------------------------------------------------------------------------- metrics
 
 
@@ -384,6 +408,8 @@ def run_train(
     metrics: dict[str, Any] | None = None
     if trainer.accelerator.is_main_process:
         metrics = train_metrics(trainer, setup)
+        if epochs.wants_epochs(ctx.spec):
+            metrics["epochs"] = select_epoch(setup, final)
         ctx.update_metrics("train", metrics)
         shutil.rmtree(setup.scratch, ignore_errors=True)
         ctx.mark_done({"model": layout.model_dir(iteration), "steps": metrics["summary"]["steps"]})

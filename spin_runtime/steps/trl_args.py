@@ -149,7 +149,9 @@ def dpo_config_kwargs(
         "logging_steps": t.logging_steps,
         "logging_first_step": True,
         "report_to": [r for r in t.report_to if r != "tensorboard"] or "none",
-        **resume.save_strategy_kwargs(t.save_steps, t.save_minutes, t.keep_checkpoints),
+        **resume.save_strategy_kwargs(
+            t.save_steps, t.save_minutes, t.keep_checkpoints, epochs=t.save_epochs or t.select_epoch == "best"
+        ),
         "eval_strategy": "no",
         "disable_dropout": True,
         "dataloader_num_workers": 0,

@@ -346,3 +346,45 @@ def test_time_based_saving_needs_no_step_interval() -> None:
     kw = resume.save_strategy_kwargs(None, 30.0, 3)
     assert kw["save_strategy"] == "steps" and kw["save_steps"] >= 10**9 and kw["save_total_limit"] == 3
     assert resume.save_strategy_kwargs(50, 0, 2)["save_steps"] == 50
+
+
+# --------------------------------------------------------------------------- epochs
+
+
+def test_every_epoch_is_kept_scored_and_the_best_becomes_the_model_and_a_kill_resumes_at_an_epoch(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """training.selectEpoch: best (the authors: 'set 6 epochs and stop as needed')."""
+    training = {"maxSteps": None, "perDeviceBatchSize": 2, "selectEpoch": "best", "selectMetric": "reward_margin",
+                "saveMinutes": 0}
+    run_dir = tmp_path / "run"
+    make_run(run_dir, tiny_model_dir, training=training, schedule=[{"learningRate": 1e-3, "beta": 0.1, "epochs": 3}])
+    write_pairs(run_dir, 0, "train", addition_rows(4, 0))
+    write_pairs(run_dir, 0, "test", addition_rows(4, 9))
+
+    with pytest.raises(KeyboardInterrupt):  # killed during epoch 3 (steps 5-6)
+        run_train(run_dir, 0, callbacks=[_KillAfter(5)])
+    assert [p.name for p in sorted((run_dir / "iter-0" / "epochs").iterdir())] == ["epoch-1", "epoch-2"]
+
+    metrics = run_train(run_dir, 0)
+    assert metrics is not None and metrics["summary"]["resumed_from_step"] == 4  # the end of epoch 2
+    scores = metrics["epochs"]["scores"]
+    assert [s["epoch"] for s in scores] == [1, 2, 3]
+    best = max(scores, key=lambda s: s["reward_margin"])
+    assert metrics["epochs"]["selected"] == best["epoch"]
+    chosen = weights(run_dir / layout.epoch_dir(0, best["epoch"]))
+    model = weights(run_dir / layout.model_dir(0))
+    assert all(torch.equal(chosen[name], model[name]) for name in model)
+    saved = json.loads((run_dir / layout.metrics_path(0)).read_text())["train"]["epochs"]
+    assert saved["selected"] == best["epoch"] and len(saved["scores"]) == 3
+
+
+def test_select_epoch_last_or_best_by_the_named_metric() -> None:
+    from spin_runtime.steps.epochs import choose
+
+    scores = [{"epoch": 1, "reward_margin": 0.2, "exact_match": None}, {"epoch": 2, "reward_margin": 0.5, "exact_match": None},
+              {"epoch": 3, "reward_margin": 0.5, "exact_match": None}]
+    assert choose(scores, "last", "reward_margin")["epoch"] == 3
+    assert choose(scores, "best", "reward_margin")["epoch"] == 2  # the earliest among equals
+    with pytest.raises(ValueError, match="exact_match was not measured"):
+        choose(scores, "best", "exact_match")
