@@ -173,9 +173,42 @@ def render() -> str:
     out.append(f"| `spec` | [object](#spec) | `{{}}` | {_cell(spec_field.description or '')} |")
     out.append(f"| `status` | [object](#status) | — | {_cell(status_field.description or '')} |")
     out.append("")
+    out += _paper_section()
     _section("spec", props["spec"], SpinRunSpec, out)
     _section("status", props["status"], SpinRunStatus, out)
     return "\n".join(out).rstrip() + "\n"
+
+
+def _at(data: Any, path: str) -> Any:
+    for key in path.split("."):
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
+
+
+def _paper_section() -> list[str]:
+    """Which defaults follow the original SPIN code, and what `recipe: spin-paper` sets."""
+    from spin_runtime.api.recipes import PAPER_MODEL_REVISIONS, RECIPE_PATHS, RECIPES
+
+    defaults = {"spec": SpinRunSpec().dump()}
+    paper = {"spec": RECIPES["spin-paper"]}
+    out = [
+        "## Defaults and the paper",
+        "",
+        "`recipe: spin-paper` sets each of these fields to the original code's value where the spec leaves it "
+        "unset (a field the spec sets wins), and pins `model.revision` of zephyr-7b-sft-full to "
+        f"`{next(iter(PAPER_MODEL_REVISIONS.values()))}`. Without a recipe the defaults below apply: those marked "
+        "*differs* are where spinrun's default is not what the paper ran (faster or more common choices). "
+        "Convert always counts exact duplicate pairs and, as the original did, keeps them (`dataset.dropDuplicates`).",
+        "",
+        "| Field | Default | Original (`spin-paper`) | |",
+        "|---|---|---|---|",
+    ]
+    for path in sorted(RECIPE_PATHS):
+        ours, theirs = _at(defaults, path), _at(paper, path)
+        mark = "same" if ours == theirs else "*differs*"
+        out.append(f"| `{path[5:]}` | `{json.dumps(ours)}` | `{json.dumps(theirs)}` | {mark} |")
+    out.append("")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

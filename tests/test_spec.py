@@ -231,3 +231,28 @@ def test_spec_reference_is_up_to_date() -> None:
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     assert module.OUTPUT.read_text(encoding="utf-8") == module.render(), "run python scripts/gen_spec_reference.py"
+
+
+def test_the_spin_paper_recipe_sets_the_originals_details_where_the_spec_is_silent() -> None:
+    from spin_runtime.api.recipes import PAPER_MODEL_REVISIONS
+
+    spec = SpinRunSpec.model_validate({"recipe": "spin-paper", "model": {"hub": "alignment-handbook/zephyr-7b-sft-full"}})
+    assert spec.system_prompt == ""
+    assert (spec.generation.engine, spec.generation.prompt_format, spec.generation.decoding) == ("transformers", "instruction", "greedy")
+    assert spec.generation.max_new_tokens == 256
+    assert (spec.training.truncation, spec.training.select_epoch, spec.training.save_epochs) == ("original", "best", True)
+    assert [e.epochs for e in spec.schedule] == [6, 6, 6, 6]
+    assert spec.model.revision == PAPER_MODEL_REVISIONS["alignment-handbook/zephyr-7b-sft-full"]
+    # what the spec sets wins
+    fast = SpinRunSpec.model_validate({"recipe": "spin-paper", "generation": {"engine": "vllm"}})
+    assert fast.generation.engine == "vllm" and fast.generation.prompt_format == "instruction"
+    # and a spec dumped and read again is the same spec
+    assert SpinRunSpec.model_validate(spec.dump()) == spec
+
+
+def test_recipe_fields_have_no_crd_default_so_the_operator_can_fill_them() -> None:
+    from spin_runtime.api.crd import openapi_schema
+
+    gen = openapi_schema()["properties"]["spec"]["properties"]["generation"]["properties"]
+    assert "default" not in gen["promptFormat"] and "default" not in gen["engine"]
+    assert gen["batchSize"]["default"] == 64  # fields no recipe sets keep theirs

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from spin_runtime.api.recipes import RECIPE_PATHS
 from spin_runtime.api.spec import GROUP, KIND, MAX_RUN_NAME_LENGTH, PLURAL, RUN_NAME_PATTERN, VERSION, SpinRun
 from spin_runtime.errors import SpinError
 
@@ -115,7 +116,7 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], where: str, *, defaults
         if key == "const":
             out["enum"] = [value]
         elif key == "default":
-            if defaults and value is not None and isinstance(value, _SCALARS):
+            if defaults and value is not None and isinstance(value, _SCALARS) and where not in RECIPE_PATHS:
                 out["default"] = value
         elif key in ("exclusiveMinimum", "exclusiveMaximum"):
             bound = "minimum" if key == "exclusiveMinimum" else "maximum"

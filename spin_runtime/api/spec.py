@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 from spin_runtime.api.base import MAX_ITERATIONS, SpinModel
+from spin_runtime.api.recipes import apply_recipe
 from spin_runtime.api.status import SpinRunStatus
 
 GROUP = "spin.dev"
@@ -717,6 +718,13 @@ class SpinRunSpec(SpinModel):
         }
     )
 
+    recipe: Literal["none", "spin-paper"] = Field(
+        "none",
+        description="spin-paper: every detail of the original SPIN code that changes results, for each field this "
+        "spec leaves unset (empty system turn, HF generation with the instruction string, greedy 256 tokens, the "
+        "original truncation, 6 epochs per iteration with the best kept, the pinned zephyr revision); see "
+        "docs/spec-reference.md for the list.",
+    )
     model: ModelSource = Field(
         default_factory=lambda: ModelSource(builtin="smollm2-135m-instruct"),
         description="The SFT model SPIN starts from.",
@@ -788,6 +796,11 @@ class SpinRunSpec(SpinModel):
         None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="ServiceAccount of every pod."
     )
     image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list, max_length=16, description="Pull secrets of every pod.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe(cls, data: Any) -> Any:
+        return apply_recipe(data) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _consistent(self) -> SpinRunSpec:
