@@ -241,6 +241,7 @@ def test_the_spin_paper_recipe_sets_the_originals_details_where_the_spec_is_sile
     assert (spec.generation.engine, spec.generation.prompt_format, spec.generation.decoding) == ("transformers", "instruction", "greedy")
     assert spec.generation.max_new_tokens == 256
     assert (spec.training.truncation, spec.training.select_epoch, spec.training.save_epochs) == ("original", "best", True)
+    assert spec.training.collator == "original"
     assert [e.epochs for e in spec.schedule] == [6, 6, 6, 6]
     assert spec.model.revision == PAPER_MODEL_REVISIONS["alignment-handbook/zephyr-7b-sft-full"]
     # what the spec sets wins

@@ -40,6 +40,7 @@ RECIPES: dict[str, dict[str, Any]] = {
             "maxLength": 1024,
             "maxPromptLength": 512,
             "truncation": "original",
+            "collator": "original",
             "seed": 42,
             "saveEpochs": True,
             "selectEpoch": "best",

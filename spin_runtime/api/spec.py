@@ -457,6 +457,12 @@ class Training(SpinModel):
     gradient_accumulation_steps: int = Field(1, ge=1, le=4096, description="Steps accumulated before an optimizer update.")
     max_length: int = Field(1024, ge=16, le=131072, description="Longest prompt + answer in tokens.")
     max_prompt_length: int = Field(512, ge=8, le=131072, description="Prompts are truncated from the left to this many tokens (see truncation).")
+    collator: Literal["trl", "original"] = Field(
+        "trl",
+        description="trl: TRL renders and tokenises each sequence in one piece and attends every token. original "
+        "(the original SPIN code): prompt and answers tokenised separately without special tokens, attention masked at "
+        "every EOS inside them, one EOS appended to each answer, and the original truncation on token ids.",
+    )
     truncation: Literal["always", "original"] = Field(
         "always",
         description="always: every prompt is cut from the left to maxPromptLength template tokens, then each "

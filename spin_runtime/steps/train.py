@@ -26,7 +26,8 @@ from spin_runtime.data.pairs import read_pairs
 from spin_runtime.data.synthetic import load_synthetic
 from spin_runtime.errors import DataError, ModelError
 from spin_runtime.modeling import models
-from spin_runtime.modeling.chat import prepare_rows
+from spin_runtime.modeling.chat import LENGTH_COLUMN, chat_messages, prepare_rows
+from spin_runtime.modeling.original_collator import original_collator, original_tokens
 from spin_runtime.plan import hparams, layout
 from spin_runtime.plan.stages import Step
 from spin_runtime.steps import epochs, resume
@@ -91,6 +92,37 @@ def identical_pairs(rows: Sequence[Mapping[str, Any]]) -> int:
     """Pairs whose generated answer is the real one: SPIN's loss gives them zero gradient
     (both log-ratios are the same), as in the original, which keeps them."""
     return sum(1 for r in rows if str(r.get("generated", "")).strip() == str(r.get("real", "")).strip())
+
+
+def _training_rows(rows: Sequence[dict[str, Any]], tok: PreTrainedTokenizerBase, spec: SpinRunSpec) -> list[dict[str, Any]]:
+    """The rows TRL trains on: conversational rows TRL tokenises (collator trl), or token ids
+    built as the original code built them (collator original)."""
+    tr = spec.training
+    if tr.collator == "trl":
+        return prepare_rows(rows, tok, tr.max_prompt_length, system=spec.system_prompt, truncation=tr.truncation,
+                            max_length=tr.max_length)
+    out = []
+    for i, r in enumerate(rows):
+        ids = original_tokens(tok, chat_messages(r["prompt"], spec.system_prompt), r["real"], r["generated"],
+                              tr.max_length, tr.max_prompt_length)
+        length = len(ids["prompt_ids"]) + max(len(ids["chosen_ids"]), len(ids["rejected_ids"]))
+        out.append({**ids, "id": str(r.get("id", i)), LENGTH_COLUMN: length})
+    return out
+
+
+def _trainer_class() -> Any:
+    """TRL's DPOTrainer, taking rows that are already token ids as they are (collator original)."""
+    from trl import DPOTrainer
+
+    class SpinDPOTrainer(DPOTrainer):
+        """DPOTrainer whose dataset preparation leaves pre-tokenised rows alone."""
+
+        def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
+            if "prompt_ids" in (dataset.column_names or []):
+                return dataset
+            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
+    return SpinDPOTrainer
 
 
 # --------------------------------------------------------------------------- set-up
@@ -169,14 +201,7 @@ def build_trainer(
     _check_chat_template(tok, start_path)
 
     rows = tc.shuffled(window_rows(run_dir, spec, k), spec.training.seed)
-    prepared = prepare_rows(
-        rows,
-        tok,
-        spec.training.max_prompt_length,
-        system=spec.system_prompt,
-        truncation=spec.training.truncation,
-        max_length=spec.training.max_length,
-    )
+    prepared = _training_rows(rows, tok, spec)
 
     it_dir = run_dir / layout.iter_dir(k)
     scratch = it_dir / SCRATCH
@@ -190,7 +215,7 @@ def build_trainer(
 
     from accelerate import PartialState
     from datasets import Dataset, load_from_disk
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOConfig
 
     kwargs = tc.dpo_config_kwargs(
         spec,
@@ -239,12 +264,16 @@ def build_trainer(
 
         peft_config = LoraConfig(**tc.lora_kwargs(spec.training.lora))
 
-    trainer = DPOTrainer(
+    collator = None
+    if spec.training.collator == "original":
+        collator = original_collator(tok.pad_token_id, tok.eos_token_id, spec.training.max_length)
+    trainer = _trainer_class()(
         model=start_path,
         ref_model=None,
         args=args,
         train_dataset=dataset,
         processing_class=tok,
+        data_collator=collator,
         peft_config=peft_config,
         callbacks=all_callbacks,
     )

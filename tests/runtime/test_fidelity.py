@@ -288,3 +288,55 @@ def test_a_hub_revision_pins_the_one_folder_every_loader_reads(monkeypatch: pyte
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     with pytest.raises(ModelError, match=r"model.hub a/b at revision v1: cannot fetch it .*HF_TOKEN"):
         models.resolve_source(ModelSource(hub="a/b", revision="v1"))
+
+
+# --------------------------------------------------------------------------- pair tokenisation
+
+
+PROMPT_TEXT = "<|im_start|>system\n<|im_end|>\n<|im_start|>user\nWhat is 1 + 1?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def _pair_trainer(tmp_path: Path, tiny_model_dir: Path, collator: str) -> Any:
+    from spin_runtime.steps.train import build_trainer
+
+    run_dir = tmp_path / collator
+    make_run(run_dir, tiny_model_dir, training={"collator": collator, "maxLength": 64, "maxPromptLength": 48})
+    spec_file = run_dir / "spec.json"
+    data = json.loads(spec_file.read_text())
+    data["spec"]["systemPrompt"] = ""  # the original's empty system turn
+    spec_file.write_text(json.dumps(data))
+    write_pairs(run_dir, 0, "train", [{"id": "a", "prompt": "What is 1 + 1?", "real": "2.", "generated": "3.", "answer": None}])
+    trainer, _ = build_trainer(run_dir, 0)
+    return trainer
+
+
+@pytest.mark.parametrize("collator", ["trl", "original"])
+def test_pair_tokenisation_gives_the_expected_ids_labels_and_masks(tmp_path: Path, tiny_model_dir: Path, collator: str) -> None:
+    """Expected values written out by hand for SmolLM2's ChatML template (EOS = <|im_end|>)."""
+    trainer = _pair_trainer(tmp_path, tiny_model_dir, collator)
+    tok = trainer.processing_class
+
+    def ids(text: str) -> list[int]:
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    eos = tok.eos_token_id
+    prompt = ids(PROMPT_TEXT)
+    if collator == "trl":  # one rendering of the whole conversation, everything attended
+        chosen, rejected = ids("2.<|im_end|>\n"), ids("3.<|im_end|>\n")
+    else:  # the answer's own rendering, plus one appended EOS
+        chosen, rejected = [*ids("2.<|im_end|>\n"), eos], [*ids("3.<|im_end|>\n"), eos]
+    row = trainer.train_dataset[0]
+    assert (row["prompt_ids"], row["chosen_ids"], row["rejected_ids"]) == (prompt, chosen, rejected)
+
+    batch = trainer.data_collator([row])
+    real_seq = prompt + chosen
+    assert batch["input_ids"][0].tolist()[: len(real_seq)] == real_seq
+    completion = batch["completion_mask"][0].tolist()[: len(real_seq)]
+    assert completion == [0] * len(prompt) + [1] * len(chosen)  # labels: the answer tokens only
+    attention = batch["attention_mask"][0].tolist()[: len(real_seq)]
+    if collator == "trl":
+        assert attention == [1] * len(real_seq)
+    else:  # EOS inside prompt and answer masked, the appended last EOS attended
+        expected = [0 if t == eos else 1 for t in real_seq]
+        expected[-1] = 1
+        assert attention == expected and attention.count(0) == 3
