@@ -137,3 +137,10 @@ def standalone_argv(nproc_per_node: int, step_argv: Sequence[str]) -> list[str]:
         "torchrun", "--standalone", "--nnodes", "1", "--nproc_per_node", str(nproc_per_node),
         "--max_restarts", "0", *module_args(step_argv),
     ]  # fmt: skip
+
+
+def torchrun_from_env_argv(step_argv: Sequence[str]) -> list[str]:
+    """`torchrun -m spin_runtime.cli <step> ...` with every rendezvous option left to torchrun's
+    `PET_*` environment variables, which Kubeflow's training operator sets on each replica
+    (PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK, MASTER_ADDR, MASTER_PORT)."""
+    return ["torchrun", *module_args(step_argv)]
