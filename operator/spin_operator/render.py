@@ -11,7 +11,11 @@ from typing import Any
 
 import yaml
 
-from spin_operator import resources as res
+from spin_operator.builders.context import BuildContext
+from spin_operator.builders.meta import RunRef
+from spin_operator.builders.steps import step_objects
+from spin_operator.builders.storage import persistent_volume_claim, spec_config_map
+from spin_operator.settings import DeploymentSettings
 from spin_runtime.api.spec import SpinRun
 from spin_runtime.plan import stages
 
@@ -20,29 +24,27 @@ def render_objects(
     run: SpinRun,
     namespace: str = "default",
     iteration: int | None = None,
-    defaults: res.OperatorDefaults | None = None,
+    settings: DeploymentSettings | None = None,
 ) -> list[dict[str, Any]]:
     """The objects of all iterations (or only `iteration`), in creation order. Jobs are shown
     at attempt 0 and suspended only when spec.suspend is set."""
     spec = run.spec
-    ref = res.RunRef(name=run.metadata.name, namespace=run.metadata.namespace or namespace)
+    ref = RunRef(name=run.metadata.name, namespace=run.metadata.namespace or namespace)
     its = list(stages.iterations(spec))
     if iteration is not None:
         if iteration not in its:
-            raise ValueError(
-                f"--iteration {iteration} is not run by this spec: choose one of {its[0]}..{its[-1]}"
-            )
+            raise ValueError(f"--iteration {iteration} is not run by this spec: choose one of {its[0]}..{its[-1]}")
         its = [iteration]
-    defaults = defaults or res.OperatorDefaults.from_env()
+    settings = settings or DeploymentSettings.from_env()
     objs: list[dict[str, Any]] = []
-    pvc = res.persistent_volume_claim(ref, spec)
+    pvc = persistent_volume_claim(ref, spec)
     if pvc is not None and iteration is None:
         objs.append(pvc)
     for k in its:
-        objs.append(res.spec_config_map(ref, spec, k))
-        ctx = res.BuildContext(run=ref, spec=spec, iteration=k, suspend=spec.suspend, defaults=defaults)
-        for step in res.step_names(spec, k):
-            objs.extend(res.step_objects(ctx, step))
+        objs.append(spec_config_map(ref, spec, k))
+        ctx = BuildContext(run=ref, spec=spec, iteration=k, suspend=spec.suspend, settings=settings)
+        for stage in stages.stages_for_iteration(spec, k):
+            objs.extend(step_objects(ctx, stage))
     return objs
 
 

@@ -6,8 +6,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from spin_operator import resources as res
-from spin_operator.reconcile import Create, Delete, JobState, Observed, PatchJob, is_terminal, reconcile
+from spin_operator import launchers
+from spin_operator.builders import meta
+from spin_operator.kube.objects import Observed
+from spin_operator.reconcile.actions import Create, Delete, PatchJob
+from spin_operator.reconcile.conditions import is_terminal
+from spin_operator.reconcile.decide import reconcile
 
 from tests.operator.fixtures import make_body
 from tests.operator.sim import T0, Sim, annotation
@@ -51,7 +55,7 @@ def test_second_pass_with_nothing_new_is_a_no_op() -> None:
     before = dict(sim.status)
     d = sim.tick()
     assert d.actions == [] and d.events == []
-    assert d.status == before
+    assert d.status_document() == before
 
 
 def test_existing_claim_creates_no_pvc() -> None:
@@ -150,7 +154,7 @@ def test_unfinished_job_deleted_by_hand_is_recreated_with_the_same_attempt() -> 
     del sim.objects[("Job", "demo-it0-gen")]
     d = sim.tick()
     assert d.creates() == ["demo-it0-gen"]
-    assert annotation(sim.job("demo-it0-gen"), res.ANNOTATION_ATTEMPT) == "0"
+    assert annotation(sim.job("demo-it0-gen"), meta.ANNOTATION_ATTEMPT) == "0"
 
 
 def test_deleted_spec_config_map_is_recreated() -> None:
@@ -177,7 +181,7 @@ def test_failed_step_is_retried_as_a_new_attempt() -> None:
     d = sim.tick()
     assert d.actions[0] == Delete("Job", "demo-it0-convert", "batch/v1")
     assert isinstance(d.actions[1], Create) and d.actions[1].name == "demo-it0-convert"
-    assert annotation(sim.job("demo-it0-convert"), res.ANNOTATION_ATTEMPT) == "1"
+    assert annotation(sim.job("demo-it0-convert"), meta.ANNOTATION_ATTEMPT) == "1"
     step = sim.status["iterations"][0]["steps"][1]
     assert step["retries"] == 1
     assert ("Warning", "StepRetrying") in [(t, r) for t, r, _ in d.events]
@@ -235,7 +239,7 @@ def test_failed_generation_job_fails_the_run_naming_the_shard() -> None:
 def test_status_lagging_behind_the_jobs_attempt_catches_up() -> None:
     sim = Sim(make_body())
     _to_convert(sim)
-    sim.job("demo-it0-convert")["metadata"]["annotations"][res.ANNOTATION_ATTEMPT] = "2"
+    sim.job("demo-it0-convert")["metadata"]["annotations"][meta.ANNOTATION_ATTEMPT] = "2"
     sim.running("demo-it0-convert")
     sim.tick()
     assert sim.status["iterations"][0]["steps"][1]["retries"] == 2
@@ -307,7 +311,7 @@ def test_suspend_suspends_active_jobs_and_resume_unsuspends_them() -> None:
     assert d.actions == [PatchJob("demo-it0-gen", True)]
     st = sim.status
     assert st["phase"] == "Suspended" and cond(st, "Suspended")["status"] == "True"
-    assert annotation(sim.job("demo-it0-gen"), res.ANNOTATION_SUSPENDED_BY) == "spinrun"
+    assert annotation(sim.job("demo-it0-gen"), meta.ANNOTATION_SUSPENDED_BY) == "spinrun"
     assert sim.tick().actions == []  # idempotent
     sim.set_spec({"suspend": False})
     d = sim.tick()
@@ -333,7 +337,7 @@ def test_resume_leaves_jobs_suspended_by_kueue_alone() -> None:
     sim.job("demo-it0-gen")["spec"]["suspend"] = True  # Kueue has not admitted it yet
     d = sim.tick()
     assert d.actions == []
-    assert sim.job("demo-it0-gen")["metadata"]["labels"][res.LABEL_QUEUE] == "q"
+    assert sim.job("demo-it0-gen")["metadata"]["labels"][meta.LABEL_QUEUE] == "q"
 
 
 # --------------------------------------------------------------------------- spec changes
@@ -351,7 +355,7 @@ def test_spec_change_applies_from_the_next_iteration() -> None:
     sim.run_to_end()  # it1 starts under generation 2
     gen1 = sim.job("demo-it1-gen")
     assert gen1["spec"]["completions"] == 4
-    assert annotation(gen1, res.ANNOTATION_GENERATION) == "2"
+    assert annotation(gen1, meta.ANNOTATION_GENERATION) == "2"
     assert sim.job("demo-it0-gen")["spec"]["completions"] == 2
     its = sim.status["iterations"]
     assert [it["generation"] for it in its] == [1, 2]
@@ -397,7 +401,7 @@ def test_multi_node_training_creates_headless_service_with_the_job() -> None:
 
 def test_pytorchjob_launcher_without_crd_reports_a_clear_condition() -> None:
     sim = Sim(make_body(spec={"training": {"launcher": "pytorchjob"}}))
-    sim.pytorchjob_crd = False
+    sim.launcher_served = False
     _to_convert(sim)
     sim.finish("demo-it0-convert")
     d = sim.tick()
@@ -405,17 +409,17 @@ def test_pytorchjob_launcher_without_crd_reports_a_clear_condition() -> None:
     pc = cond(sim.status, "Progressing")
     assert pc["status"] == "False" and pc["reason"] == "LauncherUnavailable"
     assert "install the Kubeflow training operator" in pc["message"]
-    sim.pytorchjob_crd = True
+    sim.launcher_served = True
     d = sim.tick()
     assert [a.kind for a in d.actions if isinstance(a, Create)] == ["PyTorchJob"]
 
 
 def test_pytorchjob_status_is_read() -> None:
     obj = {"kind": "PyTorchJob", "apiVersion": "kubeflow.org/v1",
-           "metadata": {"name": "x", "labels": {res.LABEL_ITERATION: "1", res.LABEL_STEP: "train"}},
+           "metadata": {"name": "x", "labels": {meta.LABEL_ITERATION: "1", meta.LABEL_STEP: "train"}},
            "spec": {"runPolicy": {"suspend": True}},
            "status": {"conditions": [{"type": "Succeeded", "status": "True"}]}}
-    js = JobState.from_object(obj)
+    js = launchers.read_state(obj)
     assert js.complete and js.suspended and js.iteration == 1 and js.kind == "PyTorchJob"
 
 
@@ -423,10 +427,10 @@ def test_pytorchjob_status_is_read() -> None:
 
 
 def test_observed_keeps_only_this_runs_children() -> None:
-    mine = {"metadata": {"name": "demo-it0-gen", "labels": res.labels("demo", 0, "generate")}}
-    other = {"metadata": {"name": "other-it0-gen", "labels": res.labels("other", 0, "generate")}}
-    foreign = {"metadata": {"name": "demo-x", "labels": {res.LABEL_RUN: "demo"}}}
-    gone = {"metadata": {"name": "demo-it1-gen", "labels": res.labels("demo"), "deletionTimestamp": "x"}}
+    mine = {"metadata": {"name": "demo-it0-gen", "labels": meta.labels("demo", 0, "generate")}}
+    other = {"metadata": {"name": "other-it0-gen", "labels": meta.labels("other", 0, "generate")}}
+    foreign = {"metadata": {"name": "demo-x", "labels": {meta.LABEL_RUN: "demo"}}}
+    gone = {"metadata": {"name": "demo-it1-gen", "labels": meta.labels("demo"), "deletionTimestamp": "x"}}
     obs = Observed.from_objects("demo", jobs=[mine, other, foreign, gone])
     assert list(obs.jobs) == ["demo-it0-gen"]
 
@@ -435,10 +439,10 @@ def test_kopf_bookkeeping_in_status_is_dropped() -> None:
     body = make_body()
     body["status"] = {"kopf": {"progress": {}}, "phase": "Pending"}
     d = reconcile(body, Observed(), T0)
-    assert "kopf" not in d.status
+    assert "kopf" not in d.status_document()
 
 
 @pytest.mark.parametrize("bad", [{"iterations": 0}, {"generation": {"shards": 0}}, {"unknownField": 1}])
 def test_specs_failing_pydantic_never_create_children(bad: dict) -> None:
     d = reconcile(make_body(spec=bad), Observed(), T0)
-    assert d.actions == [] and d.status["reason"] == "ValidationFailed"
+    assert d.actions == [] and d.status_document()["reason"] == "ValidationFailed"

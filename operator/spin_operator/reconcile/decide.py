@@ -1,0 +1,464 @@
+"""The operator's one decision: `reconcile(run, observed, now) -> Decision`.
+
+Given a SpinRun (spec + last status) and what exists in the cluster (its Jobs, spec ConfigMaps,
+Services, PVC), it decides which objects to create, delete or (un)suspend, the new status and the
+events to post. It is pure: no clock, no API, no kopf — the driver gathers the observation, calls
+it, and executes the decision.
+
+Rules (each pinned by tests/operator/test_reconcile.py):
+- Stages run in plan order (spin_runtime.plan.stages); a stage is done once its Job had
+  condition Complete, which is recorded in status.iterations[].steps, so a Job removed later is
+  not recreated.
+- An iteration pins the spec it started under in `<run>-it<k>-spec`; spec changes apply from
+  the next iteration on.
+- A failed convert/train/evaluate Job is deleted and recreated (annotation spin.dev/attempt+1)
+  until backoffLimit retries are spent; a failed generation Job (a shard over its per-index
+  limit) fails the run naming the shard.
+- Complete and Failed are sticky: a finished run never creates children again.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from spin_operator import launchers
+from spin_operator.builders.context import BuildContext
+from spin_operator.builders.meta import RunRef, job_name, spec_configmap_name
+from spin_operator.builders.pod import run_dir
+from spin_operator.builders.steps import step_objects
+from spin_operator.builders.storage import persistent_volume_claim, spec_config_map, spec_from_config_map
+from spin_operator.kube.objects import JobState, Observed
+from spin_operator.kube.timestamps import parse_time, rfc3339
+from spin_operator.reconcile.actions import Action, Create, Delete, Event, PatchJob
+from spin_operator.reconcile.conditions import (
+    condition,
+    is_terminal,
+    is_true,
+    read_status,
+    set_condition,
+    status_document,
+)
+from spin_operator.settings import DeploymentSettings
+from spin_runtime.api.load import SpecError, validate_data
+from spin_runtime.api.spec import API_VERSION, KIND, SpinRun, SpinRunSpec
+from spin_runtime.api.status import STEP_PHASE, Checkpoint, IterationStatus, Phase, SpinRunStatus, StepStatus
+from spin_runtime.plan import layout, stages
+
+#: How many entries status.iterations keeps (the newest).
+MAX_ITERATION_HISTORY = 20
+#: Status fields every status carries, even before anything happened.
+ALWAYS_SET = ("phase", "completed_iterations", "conditions", "iterations")
+
+
+@dataclass
+class Decision:
+    """What to do: actions in order, the complete new status, events to post, and when a
+    time-based rule (deadline, TTL) next needs a look."""
+
+    actions: list[Action] = field(default_factory=list)
+    status: SpinRunStatus = field(default_factory=SpinRunStatus)
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+
+    def creates(self) -> list[str]:
+        return [a.name for a in self.actions if isinstance(a, Create)]
+
+    def deletes(self) -> list[str]:
+        return [a.name for a in self.actions if isinstance(a, Delete)]
+
+    def status_document(self) -> dict[str, Any]:
+        """The new status as written to the API server (camelCase)."""
+        return status_document(self.status)
+
+
+def spec_of(body: Mapping[str, Any]) -> SpinRunSpec:
+    """The typed spec of a SpinRun object, through the one strict loader (SpecError if invalid)."""
+    meta = body.get("metadata") or {}
+    return validate_data(
+        {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace")},
+            "spec": body.get("spec") or {},
+        }
+    ).spec
+
+
+def validation_message(e: SpecError) -> str:
+    """The condition message of an invalid spec: its first five problems."""
+    shown = e.problems[:5]
+    more = f" (+{len(e.problems) - 5} more)" if len(e.problems) > 5 else ""
+    return "spec is invalid, fix and reapply: " + "; ".join(shown) + more
+
+
+def _as_body(run: SpinRun | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(run, SpinRun):
+        return run.model_dump(by_alias=True, exclude_none=True, mode="json")
+    return copy.deepcopy(dict(run))
+
+
+# --------------------------------------------------------------------------- one pass
+
+
+class ReconcilePass:
+    """One reconcile of one run: the working status plus the collected actions and events."""
+
+    def __init__(self, body: dict[str, Any], observed: Observed, now: datetime, settings: DeploymentSettings):
+        self.body = body
+        self.ref = RunRef.from_body(body)
+        self.generation = self.ref.generation
+        self.observed = observed
+        self.now = now
+        self.now_s = rfc3339(now)
+        self.settings = settings
+        self.status = read_status(body.get("status"))
+        for name in ALWAYS_SET:  # an assignment marks the field as set, so the document carries it
+            setattr(self.status, name, getattr(self.status, name))
+        self.decision = Decision()
+
+    # -- small helpers
+    def event(self, etype: str, reason: str, message: str) -> None:
+        self.decision.events.append((etype, reason, message))
+
+    def act(self, action: Action) -> None:
+        self.decision.actions.append(action)
+
+    def cond(self, ctype: str, value: bool, reason: str, message: str) -> bool:
+        return set_condition(self.status, ctype, value, reason, message, self.now_s, self.generation)
+
+    def requeue(self, seconds: float) -> None:
+        seconds = max(seconds, 1.0)
+        current = self.decision.requeue_after
+        self.decision.requeue_after = seconds if current is None else min(current, seconds)
+
+    def phase(self, phase: Phase, reason: str, message: str) -> None:
+        self.status.phase, self.status.reason, self.status.message = phase, reason, message
+
+    def delete_job(self, js: JobState) -> None:
+        self.act(Delete(js.kind, js.name, js.api_version))
+
+    def delete_unfinished(self) -> None:
+        for js in sorted(self.observed.jobs.values(), key=lambda j: j.name):
+            if not js.finished:
+                self.delete_job(js)
+
+    def fail(self, reason: str, message: str) -> None:
+        self.phase("Failed", reason, message)
+        self.cond("Failed", True, reason, message)
+        self.cond("Progressing", False, reason, message)
+        self.status.completion_time = self.now_s
+        self.event("Warning", reason, message)
+        self.delete_unfinished()
+
+    def finish(self) -> Decision:
+        self.status.observed_generation = self.generation
+        self.status.iterations = self.status.iterations[-MAX_ITERATION_HISTORY:]
+        self.decision.status = self.status
+        return self.decision
+
+
+# --------------------------------------------------------------------------- reconcile
+
+
+def reconcile(
+    run: SpinRun | Mapping[str, Any],
+    observed: Observed,
+    now: datetime,
+    settings: DeploymentSettings | None = None,
+) -> Decision:
+    """Decide the next actions and the new status of one SpinRun. Pure."""
+    p = ReconcilePass(_as_body(run), observed, now, settings or DeploymentSettings())
+    if is_terminal(p.status):
+        _terminal(p)
+        return p.finish()
+
+    try:
+        spec = spec_of(p.body)
+    except SpecError as e:
+        msg = validation_message(e)
+        if p.cond("ValidationFailed", True, "ValidationFailed", msg):
+            p.event("Warning", "ValidationFailed", msg)
+        p.phase("Failed", "ValidationFailed", msg)
+        p.cond("Progressing", False, "ValidationFailed", msg)
+        return p.finish()
+    if condition(p.status, "ValidationFailed") is not None:
+        p.cond("ValidationFailed", False, "Valid", "spec is valid")
+
+    if not p.status.start_time:
+        p.status.start_time = p.now_s
+        p.event("Normal", "Started", f"run started: iterations {spec.start_iteration}..{spec.iterations - 1}")
+
+    if _deadline(p, spec):
+        return p.finish()
+
+    _suspension(p, spec)
+    if spec.storage.new_claim is not None and not observed.pvc_exists:
+        pvc = persistent_volume_claim(p.ref, spec)
+        assert pvc is not None
+        p.act(Create(pvc))
+
+    _walk_plan(p, spec)
+    return p.finish()
+
+
+def _terminal(p: ReconcilePass) -> None:
+    """Finished runs: never create; clean up leftovers; apply ttlSecondsAfterFinished."""
+    if is_true(p.status, "Failed"):
+        p.delete_unfinished()
+    ttl = (p.body.get("spec") or {}).get("ttlSecondsAfterFinished")
+    done_at = parse_time(p.status.completion_time)
+    if ttl is None or done_at is None:
+        return
+    due = done_at + timedelta(seconds=int(ttl))
+    if p.now < due:
+        p.requeue((due - p.now).total_seconds())
+        return
+    doomed = [Delete(js.kind, js.name, js.api_version) for js in sorted(p.observed.jobs.values(), key=lambda j: j.name)]
+    doomed += [Delete("Service", s, "v1") for s in sorted(p.observed.services)]
+    if doomed:
+        for d in doomed:
+            p.act(d)
+        p.event(
+            "Normal",
+            "TTLExpired",
+            f"ttlSecondsAfterFinished ({ttl}s) passed: deleting {len(doomed)} Job(s)/Service(s); results stay on the volume",
+        )
+
+
+def _deadline(p: ReconcilePass, spec: SpinRunSpec) -> bool:
+    """activeDeadlineSeconds: fail the run and stop its Jobs once it passed. True if failed."""
+    ads = spec.active_deadline_seconds
+    started = parse_time(p.status.start_time)
+    if ads is None or started is None:
+        return False
+    due = started + timedelta(seconds=ads)
+    if p.now >= due:
+        p.fail("DeadlineExceeded", f"run exceeded activeDeadlineSeconds ({ads}s){_where(p.status)}; its Jobs were stopped")
+        return True
+    p.requeue((due - p.now).total_seconds())
+    return False
+
+
+def _where(status: SpinRunStatus) -> str:
+    """`, in iteration k, step s` of the newest unfinished step, for messages."""
+    if not status.iterations:
+        return ""
+    it = status.iterations[-1]
+    unfinished = [s for s in it.steps if not s.completion_time]
+    step = f", step {unfinished[-1].step}" if unfinished else ""
+    return f" in iteration {it.iteration}{step}"
+
+
+def _suspension(p: ReconcilePass, spec: SpinRunSpec) -> None:
+    """spec.suspend: suspend unfinished Jobs; on resume unsuspend the ones we suspended."""
+    for js in sorted(p.observed.jobs.values(), key=lambda j: j.name):
+        if js.finished:
+            continue
+        if spec.suspend and not js.suspended:
+            p.act(PatchJob(js.name, True, js.kind))
+        elif not spec.suspend and js.suspended and js.suspended_by_us:
+            p.act(PatchJob(js.name, False, js.kind))
+    if spec.suspend:
+        if p.cond("Suspended", True, "Suspended", "spec.suspend is true: Jobs are suspended; set it to false to resume"):
+            p.event("Normal", "Suspended", "run suspended: active Jobs suspended")
+    elif is_true(p.status, "Suspended"):
+        p.cond("Suspended", False, "Resumed", "spec.suspend is false")
+        p.event("Normal", "Resumed", "run resumed: suspended Jobs continue")
+
+
+def _iteration_entry(status: SpinRunStatus, k: int) -> IterationStatus | None:
+    return next((it for it in status.iterations if it.iteration == k), None)
+
+
+def _step_entry(it: IterationStatus, step: str) -> StepStatus | None:
+    return next((s for s in it.steps if s.step == step), None)
+
+
+def _pinned_spec(p: ReconcilePass, spec: SpinRunSpec, k: int, it: IterationStatus) -> SpinRunSpec:
+    """The spec iteration k started under (its ConfigMap); recreated from the current spec
+    if someone deleted it."""
+    name = spec_configmap_name(p.ref.name, k)
+    cm = p.observed.config_maps.get(name)
+    if cm is not None:
+        try:
+            return spec_from_config_map(cm)
+        except (KeyError, ValueError, SpecError):
+            p.event("Warning", "SpecConfigMapInvalid", f"ConfigMap {name} is unreadable: using the current spec")
+    ref = RunRef(p.ref.name, p.ref.namespace, p.ref.uid, int(it.generation or p.generation))
+    p.act(Create(spec_config_map(ref, spec, k)))
+    return spec
+
+
+def _walk_plan(p: ReconcilePass, spec: SpinRunSpec) -> None:
+    """Find the earliest unfinished stage and drive it; finish the run when none is left."""
+    current = p.status.current_iteration
+    for k in stages.iterations(spec):
+        if current is not None and k < current:
+            continue
+        it = _iteration_entry(p.status, k)
+        if it is None:
+            it = IterationStatus(iteration=k, generation=p.generation, steps=[])
+            p.status.iterations.append(it)
+            p.status.current_iteration = k
+            p.event("Normal", "IterationStarted", f"iteration {k} started with spec generation {p.generation}")
+            p.act(Create(spec_config_map(p.ref, spec, k)))
+            spec_k = spec
+        else:
+            p.status.current_iteration = k
+            spec_k = _pinned_spec(p, spec, k, it)
+        if not _drive_iteration(p, spec, spec_k, k, it):
+            return  # a stage is in flight (or the run failed)
+        done = k - spec.start_iteration + 1
+        if p.status.completed_iterations < done:
+            p.status.completed_iterations = done
+            p.event("Normal", "IterationCompleted", f"iteration {k} completed")
+            p.cond("Progressing", True, "IterationCompleted", f"iteration {k} completed")
+    _complete(p, spec)
+
+
+def _complete(p: ReconcilePass, spec: SpinRunSpec) -> None:
+    ckpt = p.status.last_checkpoint.path if p.status.last_checkpoint else ""
+    n = p.status.completed_iterations
+    msg = f"{n} iteration(s) completed; last checkpoint {ckpt}" if ckpt else f"{n} iteration(s) completed"
+    p.phase("Complete", "RunCompleted", msg)
+    p.cond("Complete", True, "RunCompleted", msg)
+    p.cond("Progressing", False, "RunCompleted", msg)
+    p.status.completion_time = p.now_s
+    p.event("Normal", "RunCompleted", msg)
+    if spec.ttl_seconds_after_finished is not None:
+        p.requeue(spec.ttl_seconds_after_finished)
+
+
+def _drive_iteration(p: ReconcilePass, spec: SpinRunSpec, spec_k: SpinRunSpec, k: int, it: IterationStatus) -> bool:
+    """Advance iteration k's stages; True when all of them are done."""
+    generation = int(it.generation or p.generation)
+    for stage in stages.stages_for_iteration(spec_k, k):
+        step = stage.name
+        entry = _step_entry(it, step)
+        if entry is not None and entry.completion_time:
+            continue
+        name = job_name(p.ref.name, k, step)
+        if entry is None:
+            entry = StepStatus(step=step, job_name=name, retries=0)
+            it.steps.append(entry)
+        js = p.observed.jobs.get(name)
+        ctx = BuildContext(
+            run=RunRef(p.ref.name, p.ref.namespace, p.ref.uid, generation),
+            spec=spec_k,
+            iteration=k,
+            attempt=entry.retries,
+            suspend=spec.suspend,
+            settings=p.settings,
+        )
+        if js is not None and js.attempt > entry.retries:
+            entry.retries = js.attempt  # status lagged behind the Job we created
+        if js is not None and js.attempt < entry.retries:
+            # A previous attempt's Job still exists: remove it, then start the current attempt.
+            p.delete_job(js)
+            _start(p, ctx, stage, entry, restart=True)
+            return False
+        if js is not None and js.complete:
+            _step_done(p, spec_k, k, step, entry, js)
+            continue
+        if js is not None and js.failed_condition:
+            _step_failed(p, ctx, stage, entry, js)
+            return False
+        if js is not None:
+            _running(p, spec, k, step, js)
+            if step == "train":
+                _ensure_companions(p, ctx)
+            return False
+        _start(p, ctx, stage, entry, restart=False)
+        return False
+    return True
+
+
+def _running(p: ReconcilePass, spec: SpinRunSpec, k: int, step: str, js: JobState) -> None:
+    if spec.suspend:
+        p.phase("Suspended", "Suspended", f"suspended during iteration {k}, step {step}")
+        return
+    msg = f"iteration {k}: {step} running (job {js.name})"
+    p.phase(STEP_PHASE[step], "StepRunning", msg)  # type: ignore[index]
+    p.cond("Progressing", True, "StepRunning", msg)
+
+
+def _ensure_companions(p: ReconcilePass, ctx: BuildContext) -> None:
+    """Recreate what the training launcher needs beside its workload (a deleted Service)."""
+    for obj in launchers.for_spec(ctx.spec).companions(ctx):
+        if obj["kind"] == "Service" and obj["metadata"]["name"] not in p.observed.services:
+            p.act(Create(obj))
+
+
+def _start(p: ReconcilePass, ctx: BuildContext, stage: stages.Stage, entry: StepStatus, *, restart: bool) -> None:
+    """Create the stage's objects (the Job; for training whatever the launcher makes)."""
+    k, step = ctx.iteration, stage.name
+    if step == "train":
+        blocked = launchers.for_spec(ctx.spec).availability(p.settings, p.observed.launcher_served)
+        if blocked is not None:
+            p.phase(STEP_PHASE["train"], blocked.reason, blocked.message)
+            if p.cond("Progressing", False, blocked.reason, blocked.message):
+                p.event("Warning", blocked.reason, blocked.message)
+            return
+    for obj in step_objects(ctx, stage):
+        if obj["kind"] == "Service" and obj["metadata"]["name"] in p.observed.services:
+            continue
+        p.act(Create(obj))
+    name = job_name(p.ref.name, k, step)
+    if not entry.start_time or restart:
+        entry.start_time = p.now_s
+    entry.job_name = name
+    if not restart:
+        p.event("Normal", "StepStarted", f"iteration {k}: {step} started (job {name})")
+    if ctx.suspend:
+        p.phase("Suspended", "Suspended", f"suspended during iteration {k}, step {step}")
+    else:
+        msg = f"iteration {k}: {step} running (job {name})"
+        p.phase(STEP_PHASE[step], "StepRunning", msg)
+        p.cond("Progressing", True, "StepRunning", msg)
+
+
+def _step_done(p: ReconcilePass, spec_k: SpinRunSpec, k: int, step: str, entry: StepStatus, js: JobState) -> None:
+    entry.completion_time = js.completion_time or p.now_s
+    entry.retries = max(entry.retries, js.attempt)
+    if not entry.start_time:
+        entry.start_time = js.start_time or p.now_s
+    p.event("Normal", "StepSucceeded", f"iteration {k}: {step} succeeded (job {js.name})")
+    if step == "train":
+        path = f"{run_dir(p.ref.name, spec_k)}/{layout.model_dir(k)}"
+        p.status.last_checkpoint = Checkpoint(iteration=k, path=path, time=entry.completion_time)
+
+
+def _step_failed(p: ReconcilePass, ctx: BuildContext, stage: stages.Stage, entry: StepStatus, js: JobState) -> None:
+    k, step = ctx.iteration, stage.name
+    limit = ctx.spec.backoff_limit
+    why = ": ".join(x for x in (js.reason, js.message) if x) or "Job failed"
+    if step == "generate":
+        shards = js.failed_indexes or "?"
+        p.fail(
+            "StepFailed",
+            f"generate of iteration {k} failed: shard {shards} failed more than backoffLimit ({limit}) "
+            f"times (job {js.name}: {why}); see `kubectl logs job/{js.name}`",
+        )
+        return
+    attempt = js.attempt
+    if attempt < limit:
+        entry.retries = attempt + 1
+        p.event(
+            "Warning",
+            "StepRetrying",
+            f"iteration {k}: {step} failed (attempt {attempt + 1} of {limit + 1}, job {js.name}: {why}); retrying",
+        )
+        p.delete_job(js)
+        retry = BuildContext(ctx.run, ctx.spec, k, attempt + 1, ctx.suspend, ctx.settings)
+        _start(p, retry, stage, entry, restart=True)
+        return
+    entry.retries = attempt
+    p.fail(
+        "StepFailed",
+        f"{step} of iteration {k} failed {attempt + 1} time(s), more than backoffLimit ({limit}) allows "
+        f"(job {js.name}: {why}); fix the cause and create a new SpinRun (finished steps are kept on the volume)",
+    )
