@@ -171,75 +171,75 @@ def reconcile(
     settings: DeploymentSettings | None = None,
 ) -> Decision:
     """Decide the next actions and the new status of one SpinRun. Pure."""
-    p = ReconcilePass(_as_body(run), observed, now, settings or DeploymentSettings())
-    if is_terminal(p.status):
-        _terminal(p)
-        return p.finish()
+    rec = ReconcilePass(_as_body(run), observed, now, settings or DeploymentSettings())
+    if is_terminal(rec.status):
+        _terminal(rec)
+        return rec.finish()
 
     try:
-        spec = spec_of(p.body)
+        spec = spec_of(rec.body)
     except SpecError as e:
         msg = validation_message(e)
-        if p.cond("ValidationFailed", True, "ValidationFailed", msg):
-            p.event("Warning", "ValidationFailed", msg)
-        p.phase("Failed", "ValidationFailed", msg)
-        p.cond("Progressing", False, "ValidationFailed", msg)
-        return p.finish()
-    if condition(p.status, "ValidationFailed") is not None:
-        p.cond("ValidationFailed", False, "Valid", "spec is valid")
+        if rec.cond("ValidationFailed", True, "ValidationFailed", msg):
+            rec.event("Warning", "ValidationFailed", msg)
+        rec.phase("Failed", "ValidationFailed", msg)
+        rec.cond("Progressing", False, "ValidationFailed", msg)
+        return rec.finish()
+    if condition(rec.status, "ValidationFailed") is not None:
+        rec.cond("ValidationFailed", False, "Valid", "spec is valid")
 
-    if not p.status.start_time:
-        p.status.start_time = p.now_s
-        p.event("Normal", "Started", f"run started: iterations {spec.start_iteration}..{spec.iterations - 1}")
+    if not rec.status.start_time:
+        rec.status.start_time = rec.now_s
+        rec.event("Normal", "Started", f"run started: iterations {spec.start_iteration}..{spec.iterations - 1}")
 
-    if _deadline(p, spec):
-        return p.finish()
+    if _deadline(rec, spec):
+        return rec.finish()
 
-    _suspension(p, spec)
+    _suspension(rec, spec)
     if spec.storage.new_claim is not None and not observed.pvc_exists:
-        pvc = persistent_volume_claim(p.ref, spec)
+        pvc = persistent_volume_claim(rec.ref, spec)
         assert pvc is not None
-        p.act(Create(pvc))
+        rec.act(Create(pvc))
 
-    _walk_plan(p, spec)
-    return p.finish()
+    _walk_plan(rec, spec)
+    return rec.finish()
 
 
-def _terminal(p: ReconcilePass) -> None:
+def _terminal(rec: ReconcilePass) -> None:
     """Finished runs: never create; clean up leftovers; apply ttlSecondsAfterFinished."""
-    if is_true(p.status, "Failed"):
-        p.delete_unfinished()
-    ttl = (p.body.get("spec") or {}).get("ttlSecondsAfterFinished")
-    done_at = parse_time(p.status.completion_time)
+    if is_true(rec.status, "Failed"):
+        rec.delete_unfinished()
+    ttl = (rec.body.get("spec") or {}).get("ttlSecondsAfterFinished")
+    done_at = parse_time(rec.status.completion_time)
     if ttl is None or done_at is None:
         return
     due = done_at + timedelta(seconds=int(ttl))
-    if p.now < due:
-        p.requeue((due - p.now).total_seconds())
+    if rec.now < due:
+        rec.requeue((due - rec.now).total_seconds())
         return
-    doomed = [Delete(js.kind, js.name, js.api_version) for js in sorted(p.observed.jobs.values(), key=lambda j: j.name)]
-    doomed += [Delete("Service", s, "v1") for s in sorted(p.observed.services)]
+    doomed = [Delete(js.kind, js.name, js.api_version) for js in sorted(rec.observed.jobs.values(), key=lambda j: j.name)]
+    doomed += [Delete("Service", s, "v1") for s in sorted(rec.observed.services)]
     if doomed:
         for d in doomed:
-            p.act(d)
-        p.event(
+            rec.act(d)
+        rec.event(
             "Normal",
             "TTLExpired",
             f"ttlSecondsAfterFinished ({ttl}s) passed: deleting {len(doomed)} Job(s)/Service(s); results stay on the volume",
         )
 
 
-def _deadline(p: ReconcilePass, spec: SpinRunSpec) -> bool:
+def _deadline(rec: ReconcilePass, spec: SpinRunSpec) -> bool:
     """activeDeadlineSeconds: fail the run and stop its Jobs once it passed. True if failed."""
     ads = spec.active_deadline_seconds
-    started = parse_time(p.status.start_time)
+    started = parse_time(rec.status.start_time)
     if ads is None or started is None:
         return False
     due = started + timedelta(seconds=ads)
-    if p.now >= due:
-        p.fail("DeadlineExceeded", f"run exceeded activeDeadlineSeconds ({ads}s){_where(p.status)}; its Jobs were stopped")
+    if rec.now >= due:
+        rec.fail("DeadlineExceeded", f"run exceeded activeDeadlineSeconds ({ads}s){_where(rec.status)}; its Jobs were stopped")
         return True
-    p.requeue((due - p.now).total_seconds())
+    rec.requeue((due - rec.now).total_seconds())
     return False
 
 
@@ -253,21 +253,21 @@ def _where(status: SpinRunStatus) -> str:
     return f" in iteration {it.iteration}{step}"
 
 
-def _suspension(p: ReconcilePass, spec: SpinRunSpec) -> None:
+def _suspension(rec: ReconcilePass, spec: SpinRunSpec) -> None:
     """spec.suspend: suspend unfinished Jobs; on resume unsuspend the ones we suspended."""
-    for js in sorted(p.observed.jobs.values(), key=lambda j: j.name):
+    for js in sorted(rec.observed.jobs.values(), key=lambda j: j.name):
         if js.finished:
             continue
         if spec.suspend and not js.suspended:
-            p.act(PatchJob(js.name, True, js.kind))
+            rec.act(PatchJob(js.name, True, js.kind))
         elif not spec.suspend and js.suspended and js.suspended_by_us:
-            p.act(PatchJob(js.name, False, js.kind))
+            rec.act(PatchJob(js.name, False, js.kind))
     if spec.suspend:
-        if p.cond("Suspended", True, "Suspended", "spec.suspend is true: Jobs are suspended; set it to false to resume"):
-            p.event("Normal", "Suspended", "run suspended: active Jobs suspended")
-    elif is_true(p.status, "Suspended"):
-        p.cond("Suspended", False, "Resumed", "spec.suspend is false")
-        p.event("Normal", "Resumed", "run resumed: suspended Jobs continue")
+        if rec.cond("Suspended", True, "Suspended", "spec.suspend is true: Jobs are suspended; set it to false to resume"):
+            rec.event("Normal", "Suspended", "run suspended: active Jobs suspended")
+    elif is_true(rec.status, "Suspended"):
+        rec.cond("Suspended", False, "Resumed", "spec.suspend is false")
+        rec.event("Normal", "Resumed", "run resumed: suspended Jobs continue")
 
 
 def _iteration_entry(status: SpinRunStatus, k: int) -> IterationStatus | None:
@@ -278,167 +278,167 @@ def _step_entry(it: IterationStatus, step: str) -> StepStatus | None:
     return next((s for s in it.steps if s.step == step), None)
 
 
-def _pinned_spec(p: ReconcilePass, spec: SpinRunSpec, k: int, it: IterationStatus) -> SpinRunSpec:
+def _pinned_spec(rec: ReconcilePass, spec: SpinRunSpec, k: int, it: IterationStatus) -> SpinRunSpec:
     """The spec iteration k started under (its ConfigMap); recreated from the current spec
     if someone deleted it."""
-    name = spec_configmap_name(p.ref.name, k)
-    cm = p.observed.config_maps.get(name)
+    name = spec_configmap_name(rec.ref.name, k)
+    cm = rec.observed.config_maps.get(name)
     if cm is not None:
         try:
             return spec_from_config_map(cm)
         except (KeyError, ValueError, SpecError):
-            p.event("Warning", "SpecConfigMapInvalid", f"ConfigMap {name} is unreadable: using the current spec")
-    ref = RunRef(p.ref.name, p.ref.namespace, p.ref.uid, int(it.generation or p.generation))
-    p.act(Create(spec_config_map(ref, spec, k)))
+            rec.event("Warning", "SpecConfigMapInvalid", f"ConfigMap {name} is unreadable: using the current spec")
+    ref = RunRef(rec.ref.name, rec.ref.namespace, rec.ref.uid, int(it.generation or rec.generation))
+    rec.act(Create(spec_config_map(ref, spec, k)))
     return spec
 
 
-def _walk_plan(p: ReconcilePass, spec: SpinRunSpec) -> None:
+def _walk_plan(rec: ReconcilePass, spec: SpinRunSpec) -> None:
     """Find the earliest unfinished stage and drive it; finish the run when none is left."""
-    current = p.status.current_iteration
+    current = rec.status.current_iteration
     for k in stages.iterations(spec):
         if current is not None and k < current:
             continue
-        it = _iteration_entry(p.status, k)
+        it = _iteration_entry(rec.status, k)
         if it is None:
-            it = IterationStatus(iteration=k, generation=p.generation, steps=[])
-            p.status.iterations.append(it)
-            p.status.current_iteration = k
-            p.event("Normal", "IterationStarted", f"iteration {k} started with spec generation {p.generation}")
-            p.act(Create(spec_config_map(p.ref, spec, k)))
+            it = IterationStatus(iteration=k, generation=rec.generation, steps=[])
+            rec.status.iterations.append(it)
+            rec.status.current_iteration = k
+            rec.event("Normal", "IterationStarted", f"iteration {k} started with spec generation {rec.generation}")
+            rec.act(Create(spec_config_map(rec.ref, spec, k)))
             spec_k = spec
         else:
-            p.status.current_iteration = k
-            spec_k = _pinned_spec(p, spec, k, it)
-        if not _drive_iteration(p, spec, spec_k, k, it):
+            rec.status.current_iteration = k
+            spec_k = _pinned_spec(rec, spec, k, it)
+        if not _drive_iteration(rec, spec, spec_k, k, it):
             return  # a stage is in flight (or the run failed)
         done = k - spec.start_iteration + 1
-        if p.status.completed_iterations < done:
-            p.status.completed_iterations = done
-            p.event("Normal", "IterationCompleted", f"iteration {k} completed")
-            p.cond("Progressing", True, "IterationCompleted", f"iteration {k} completed")
-    _complete(p, spec)
+        if rec.status.completed_iterations < done:
+            rec.status.completed_iterations = done
+            rec.event("Normal", "IterationCompleted", f"iteration {k} completed")
+            rec.cond("Progressing", True, "IterationCompleted", f"iteration {k} completed")
+    _complete(rec, spec)
 
 
-def _complete(p: ReconcilePass, spec: SpinRunSpec) -> None:
-    ckpt = p.status.last_checkpoint.path if p.status.last_checkpoint else ""
-    n = p.status.completed_iterations
+def _complete(rec: ReconcilePass, spec: SpinRunSpec) -> None:
+    ckpt = rec.status.last_checkpoint.path if rec.status.last_checkpoint else ""
+    n = rec.status.completed_iterations
     msg = f"{n} iteration(s) completed; last checkpoint {ckpt}" if ckpt else f"{n} iteration(s) completed"
-    p.phase("Complete", "RunCompleted", msg)
-    p.cond("Complete", True, "RunCompleted", msg)
-    p.cond("Progressing", False, "RunCompleted", msg)
-    p.status.completion_time = p.now_s
-    p.event("Normal", "RunCompleted", msg)
+    rec.phase("Complete", "RunCompleted", msg)
+    rec.cond("Complete", True, "RunCompleted", msg)
+    rec.cond("Progressing", False, "RunCompleted", msg)
+    rec.status.completion_time = rec.now_s
+    rec.event("Normal", "RunCompleted", msg)
     if spec.ttl_seconds_after_finished is not None:
-        p.requeue(spec.ttl_seconds_after_finished)
+        rec.requeue(spec.ttl_seconds_after_finished)
 
 
-def _drive_iteration(p: ReconcilePass, spec: SpinRunSpec, spec_k: SpinRunSpec, k: int, it: IterationStatus) -> bool:
+def _drive_iteration(rec: ReconcilePass, spec: SpinRunSpec, spec_k: SpinRunSpec, k: int, it: IterationStatus) -> bool:
     """Advance iteration k's stages; True when all of them are done."""
-    generation = int(it.generation or p.generation)
+    generation = int(it.generation or rec.generation)
     for stage in stages.stages_for_iteration(spec_k, k):
         step = stage.name
         entry = _step_entry(it, step)
         if entry is not None and entry.completion_time:
             continue
-        name = job_name(p.ref.name, k, step)
+        name = job_name(rec.ref.name, k, step)
         if entry is None:
             entry = StepStatus(step=step, job_name=name, retries=0)
             it.steps.append(entry)
-        js = p.observed.jobs.get(name)
+        js = rec.observed.jobs.get(name)
         ctx = BuildContext(
-            run=RunRef(p.ref.name, p.ref.namespace, p.ref.uid, generation),
+            run=RunRef(rec.ref.name, rec.ref.namespace, rec.ref.uid, generation),
             spec=spec_k,
             iteration=k,
             attempt=entry.retries,
             suspend=spec.suspend,
-            settings=p.settings,
+            settings=rec.settings,
         )
         if js is not None and js.attempt > entry.retries:
             entry.retries = js.attempt  # status lagged behind the Job we created
         if js is not None and js.attempt < entry.retries:
             # A previous attempt's Job still exists: remove it, then start the current attempt.
-            p.delete_job(js)
-            _start(p, ctx, stage, entry, restart=True)
+            rec.delete_job(js)
+            _start(rec, ctx, stage, entry, restart=True)
             return False
         if js is not None and js.complete:
-            _step_done(p, spec_k, k, step, entry, js)
+            _step_done(rec, spec_k, k, step, entry, js)
             continue
         if js is not None and js.failed_condition:
-            _step_failed(p, ctx, stage, entry, js)
+            _step_failed(rec, ctx, stage, entry, js)
             return False
         if js is not None:
-            _running(p, spec, k, step, js)
+            _running(rec, spec, k, step, js)
             if step == "train":
-                _ensure_companions(p, ctx)
+                _ensure_companions(rec, ctx)
             return False
-        _start(p, ctx, stage, entry, restart=False)
+        _start(rec, ctx, stage, entry, restart=False)
         return False
     return True
 
 
-def _running(p: ReconcilePass, spec: SpinRunSpec, k: int, step: str, js: JobState) -> None:
+def _running(rec: ReconcilePass, spec: SpinRunSpec, k: int, step: str, js: JobState) -> None:
     if spec.suspend:
-        p.phase("Suspended", "Suspended", f"suspended during iteration {k}, step {step}")
+        rec.phase("Suspended", "Suspended", f"suspended during iteration {k}, step {step}")
         return
     msg = f"iteration {k}: {step} running (job {js.name})"
-    p.phase(STEP_PHASE[step], "StepRunning", msg)  # type: ignore[index]
-    p.cond("Progressing", True, "StepRunning", msg)
+    rec.phase(STEP_PHASE[step], "StepRunning", msg)  # type: ignore[index]
+    rec.cond("Progressing", True, "StepRunning", msg)
 
 
-def _ensure_companions(p: ReconcilePass, ctx: BuildContext) -> None:
+def _ensure_companions(rec: ReconcilePass, ctx: BuildContext) -> None:
     """Recreate what the training launcher needs beside its workload (a deleted Service)."""
     for obj in launchers.for_spec(ctx.spec).companions(ctx):
-        if obj["kind"] == "Service" and obj["metadata"]["name"] not in p.observed.services:
-            p.act(Create(obj))
+        if obj["kind"] == "Service" and obj["metadata"]["name"] not in rec.observed.services:
+            rec.act(Create(obj))
 
 
-def _start(p: ReconcilePass, ctx: BuildContext, stage: stages.Stage, entry: StepStatus, *, restart: bool) -> None:
+def _start(rec: ReconcilePass, ctx: BuildContext, stage: stages.Stage, entry: StepStatus, *, restart: bool) -> None:
     """Create the stage's objects (the Job; for training whatever the launcher makes)."""
     k, step = ctx.iteration, stage.name
     if step == "train":
-        blocked = launchers.for_spec(ctx.spec).availability(p.settings, p.observed.launcher_served)
+        blocked = launchers.for_spec(ctx.spec).availability(rec.settings, rec.observed.launcher_served)
         if blocked is not None:
-            p.phase(STEP_PHASE["train"], blocked.reason, blocked.message)
-            if p.cond("Progressing", False, blocked.reason, blocked.message):
-                p.event("Warning", blocked.reason, blocked.message)
+            rec.phase(STEP_PHASE["train"], blocked.reason, blocked.message)
+            if rec.cond("Progressing", False, blocked.reason, blocked.message):
+                rec.event("Warning", blocked.reason, blocked.message)
             return
     for obj in step_objects(ctx, stage):
-        if obj["kind"] == "Service" and obj["metadata"]["name"] in p.observed.services:
+        if obj["kind"] == "Service" and obj["metadata"]["name"] in rec.observed.services:
             continue
-        p.act(Create(obj))
-    name = job_name(p.ref.name, k, step)
+        rec.act(Create(obj))
+    name = job_name(rec.ref.name, k, step)
     if not entry.start_time or restart:
-        entry.start_time = p.now_s
+        entry.start_time = rec.now_s
     entry.job_name = name
     if not restart:
-        p.event("Normal", "StepStarted", f"iteration {k}: {step} started (job {name})")
+        rec.event("Normal", "StepStarted", f"iteration {k}: {step} started (job {name})")
     if ctx.suspend:
-        p.phase("Suspended", "Suspended", f"suspended during iteration {k}, step {step}")
+        rec.phase("Suspended", "Suspended", f"suspended during iteration {k}, step {step}")
     else:
         msg = f"iteration {k}: {step} running (job {name})"
-        p.phase(STEP_PHASE[step], "StepRunning", msg)
-        p.cond("Progressing", True, "StepRunning", msg)
+        rec.phase(STEP_PHASE[step], "StepRunning", msg)
+        rec.cond("Progressing", True, "StepRunning", msg)
 
 
-def _step_done(p: ReconcilePass, spec_k: SpinRunSpec, k: int, step: str, entry: StepStatus, js: JobState) -> None:
-    entry.completion_time = js.completion_time or p.now_s
+def _step_done(rec: ReconcilePass, spec_k: SpinRunSpec, k: int, step: str, entry: StepStatus, js: JobState) -> None:
+    entry.completion_time = js.completion_time or rec.now_s
     entry.retries = max(entry.retries, js.attempt)
     if not entry.start_time:
-        entry.start_time = js.start_time or p.now_s
-    p.event("Normal", "StepSucceeded", f"iteration {k}: {step} succeeded (job {js.name})")
+        entry.start_time = js.start_time or rec.now_s
+    rec.event("Normal", "StepSucceeded", f"iteration {k}: {step} succeeded (job {js.name})")
     if step == "train":
-        path = f"{run_dir(p.ref.name, spec_k)}/{layout.model_dir(k)}"
-        p.status.last_checkpoint = Checkpoint(iteration=k, path=path, time=entry.completion_time)
+        path = f"{run_dir(rec.ref.name, spec_k)}/{layout.model_dir(k)}"
+        rec.status.last_checkpoint = Checkpoint(iteration=k, path=path, time=entry.completion_time)
 
 
-def _step_failed(p: ReconcilePass, ctx: BuildContext, stage: stages.Stage, entry: StepStatus, js: JobState) -> None:
+def _step_failed(rec: ReconcilePass, ctx: BuildContext, stage: stages.Stage, entry: StepStatus, js: JobState) -> None:
     k, step = ctx.iteration, stage.name
     limit = ctx.spec.backoff_limit
     why = ": ".join(x for x in (js.reason, js.message) if x) or "Job failed"
     if step == "generate":
         shards = js.failed_indexes or "?"
-        p.fail(
+        rec.fail(
             "StepFailed",
             f"generate of iteration {k} failed: shard {shards} failed more than backoffLimit ({limit}) "
             f"times (job {js.name}: {why}); see `kubectl logs job/{js.name}`",
@@ -447,17 +447,17 @@ def _step_failed(p: ReconcilePass, ctx: BuildContext, stage: stages.Stage, entry
     attempt = js.attempt
     if attempt < limit:
         entry.retries = attempt + 1
-        p.event(
+        rec.event(
             "Warning",
             "StepRetrying",
             f"iteration {k}: {step} failed (attempt {attempt + 1} of {limit + 1}, job {js.name}: {why}); retrying",
         )
-        p.delete_job(js)
+        rec.delete_job(js)
         retry = BuildContext(ctx.run, ctx.spec, k, attempt + 1, ctx.suspend, ctx.settings)
-        _start(p, retry, stage, entry, restart=True)
+        _start(rec, retry, stage, entry, restart=True)
         return
     entry.retries = attempt
-    p.fail(
+    rec.fail(
         "StepFailed",
         f"{step} of iteration {k} failed {attempt + 1} time(s), more than backoffLimit ({limit}) allows "
         f"(job {js.name}: {why}); fix the cause and create a new SpinRun (finished steps are kept on the volume)",
