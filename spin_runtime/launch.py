@@ -144,3 +144,29 @@ def torchrun_from_env_argv(step_argv: Sequence[str]) -> list[str]:
     `PET_*` environment variables, which Kubeflow's training operator sets on each replica
     (PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK, MASTER_ADDR, MASTER_PORT)."""
     return ["torchrun", *module_args(step_argv)]
+
+
+# --------------------------------------------------------------------------- the pod contract
+# Facts the operator's pods and the runtime share: exit codes a Job must not retry, the
+# environment variables the operator sets. The operator builds its podFailurePolicy from them.
+
+#: Exit code of a step that found the spec unusable (a retry cannot help): sysexits EX_CONFIG.
+EXIT_BAD_SPEC = 78
+#: Exit code of a step whose input data is unusable (missing shards, no rows, bad columns):
+#: sysexits EX_DATAERR.
+EXIT_BAD_DATA = 65
+#: Exit codes that fail the Job at once (podFailurePolicy FailJob/FailIndex) instead of a retry.
+DETERMINISTIC_EXIT_CODES: tuple[int, ...] = (EXIT_BAD_DATA, EXIT_BAD_SPEC)
+#: The SpinRun's uid, set on every pod of a cluster run (the runtime records it in markers).
+RUN_UID_ENV = "SPIN_RUN_UID"
+#: torchrun's --rdzv-conf as an environment variable (torchrun reads PET_<OPTION>).
+RDZV_CONF_ENV = "PET_RDZV_CONF"
+
+
+def rendezvous_conf(timeout_seconds: int) -> str:
+    """torchrun's rendezvous configuration making the static rendezvous wait `timeout_seconds`
+    for every node (torchrun's default is 600 s): its TCPStore client retries the master's
+    address, DNS failures included, until then."""
+    if timeout_seconds < 1:
+        raise LaunchError(f"the rendezvous timeout must be at least 1 second (got {timeout_seconds})")
+    return f"timeout={int(timeout_seconds)}"
