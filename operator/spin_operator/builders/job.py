@@ -7,6 +7,7 @@ from typing import Any
 
 from spin_operator.builders.context import BuildContext
 from spin_operator.builders.meta import job_name, metadata, suspended_by_annotation, workload_annotations
+from spin_runtime.launch import DETERMINISTIC_EXIT_CODES
 
 JOB_API_VERSION = "batch/v1"
 JOB_KIND = "Job"
@@ -37,6 +38,7 @@ def job(
         spec["backoffLimitPerIndex"] = backoff_limit_per_index
     if max_failed_indexes is not None:
         spec["maxFailedIndexes"] = max_failed_indexes
+    spec["podFailurePolicy"] = pod_failure_policy(per_index=backoff_limit_per_index is not None)
     spec["podReplacementPolicy"] = "Failed"
     spec["suspend"] = ctx.suspend
     spec["template"] = template
@@ -52,6 +54,21 @@ def job(
             annotations=workload_annotations(ctx.attempt, ctx.run.generation, ctx.suspend),
         ),
         "spec": spec,
+    }
+
+
+def pod_failure_policy(*, per_index: bool) -> dict[str, Any]:
+    """A pod evicted or preempted (condition DisruptionTarget) is replaced without counting as a
+    failure; one that exits with a deterministic code (bad spec, bad data) fails its index
+    (`per_index`, with backoffLimitPerIndex) or the Job at once; other failures count as usual."""
+    return {
+        "rules": [
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            {
+                "action": "FailIndex" if per_index else "FailJob",
+                "onExitCodes": {"operator": "In", "values": sorted(DETERMINISTIC_EXIT_CODES)},
+            },
+        ]
     }
 
 

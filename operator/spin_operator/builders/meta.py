@@ -22,6 +22,10 @@ ANNOTATION_GENERATION = "spin.dev/generation"
 #: Set on Jobs the operator suspended (or created suspended) because the SpinRun is
 #: suspended; on resume only those are unsuspended (Kueue's own suspension is left alone).
 ANNOTATION_SUSPENDED_BY = "spin.dev/suspended-by"
+#: On a claim that outlives its run: the uid of the SpinRun that created it.
+ANNOTATION_CREATED_BY_RUN = "spin.dev/created-by-run-uid"
+#: Shown by `spin render` where the SpinRun's uid goes (the API server assigns it on creation).
+PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
 
 #: Job-name suffix of each step.
 STEP_SUFFIX: dict[StepName, str] = {"generate": "gen", "convert": "convert", "train": "train", "evaluate": "eval"}
@@ -83,6 +87,14 @@ def labels(run: str, iteration: int | None = None, step: str | None = None) -> d
     return out
 
 
+def controller_uid(obj: Mapping[str, Any]) -> str | None:
+    """The uid of an object's controller ownerReference (None when it has none)."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("uid") or "")
+    return None
+
+
 def owner_reference(run: RunRef) -> dict[str, Any]:
     """Controller ownerReference to the SpinRun: children are garbage-collected with it."""
     return {
@@ -103,13 +115,15 @@ def metadata(
     step: str | None = None,
     queue_name: str | None = None,
     annotations: dict[str, str] | None = None,
+    owned: bool = True,
 ) -> dict[str, Any]:
-    """ObjectMeta of a child: name, namespace, labels, owner, optional annotations."""
+    """ObjectMeta of a child: name, namespace, labels, optional annotations and (unless `owned`
+    is False: the object outlives the run) the controller reference to the run."""
     lab = labels(run.name, iteration, step)
     if queue_name:
         lab[LABEL_QUEUE] = queue_name
     meta: dict[str, Any] = {"name": name, "namespace": run.namespace, "labels": lab}
-    if run.uid:  # unknown when rendering offline (`spin render`): no reference then
+    if owned and run.uid:
         meta["ownerReferences"] = [owner_reference(run)]
     if annotations:
         meta["annotations"] = dict(annotations)

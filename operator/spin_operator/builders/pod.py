@@ -9,6 +9,7 @@ from typing import Any
 from spin_operator.builders.context import BuildContext
 from spin_operator.builders.meta import claim_name, labels, spec_configmap_name
 from spin_runtime.api.spec import SpinRunSpec
+from spin_runtime.launch import RUN_UID_ENV
 
 DATA_MOUNT = "/data"
 SPEC_MOUNT = "/etc/spin"
@@ -57,7 +58,8 @@ def pod_security_context() -> dict[str, Any]:
 
 
 def env_vars(ctx: BuildContext) -> list[dict[str, Any]]:
-    """Environment of every step: caches on writable paths, the user's env, HF_TOKEN by secretKeyRef."""
+    """Environment of every step: caches on writable paths, the run's name and uid, the user's
+    env, HF_TOKEN by secretKeyRef."""
     spec = ctx.spec
     env: list[dict[str, Any]] = [
         {"name": "HOME", "value": "/tmp"},
@@ -65,6 +67,7 @@ def env_vars(ctx: BuildContext) -> list[dict[str, Any]]:
         {"name": "HF_HOME", "value": f"{DATA_MOUNT}/{spec.storage.sub_path}/.cache/huggingface"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "SPIN_RUN_NAME", "value": ctx.run.name},
+        {"name": RUN_UID_ENV, "value": ctx.run.uid},
     ]
     env += [{"name": e.name, "value": e.value} for e in spec.env]
     if spec.hf_token_secret is not None:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from spin_operator.builders.meta import (
+    ANNOTATION_CREATED_BY_RUN,
     ANNOTATION_GENERATION,
     RunRef,
     metadata,
@@ -20,7 +21,8 @@ from spin_runtime.api.spec import SpinRun, SpinRunSpec
 
 
 def persistent_volume_claim(run: RunRef, spec: SpinRunSpec) -> dict[str, Any] | None:
-    """The run's PVC when the spec asks for a new claim (None for an existing claim)."""
+    """The run's PVC when the spec asks for a new claim (None for an existing claim). It has no
+    ownerReference unless `deleteWithRun`: deleting the SpinRun then leaves the checkpoints."""
     claim = spec.storage.new_claim
     if claim is None:
         return None
@@ -33,7 +35,12 @@ def persistent_volume_claim(run: RunRef, spec: SpinRunSpec) -> dict[str, Any] | 
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": metadata(run, pvc_name(run.name)),
+        "metadata": metadata(
+            run,
+            pvc_name(run.name),
+            owned=claim.delete_with_run,
+            annotations=None if claim.delete_with_run or not run.uid else {ANNOTATION_CREATED_BY_RUN: run.uid},
+        ),
         "spec": pvc_spec,
     }
 

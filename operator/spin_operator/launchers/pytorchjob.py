@@ -12,7 +12,7 @@ from spin_operator.builders.pod import container_resources, pod_template, run_di
 from spin_operator.kube.objects import JobState, true_conditions
 from spin_operator.launchers.base import Unavailable, custom_resource_availability
 from spin_operator.settings import DeploymentSettings
-from spin_runtime.launch import procs_per_node, torchrun_from_env_argv
+from spin_runtime.launch import RDZV_CONF_ENV, procs_per_node, rendezvous_conf, torchrun_from_env_argv
 from spin_runtime.plan.stages import Step
 
 PYTORCHJOB_API_VERSION = "kubeflow.org/v1"
@@ -36,6 +36,7 @@ def pytorchjob(ctx: BuildContext) -> dict[str, Any]:
         command=torchrun_from_env_argv(step_argv),
         resources=container_resources(tr.resources.requests, tr.resources.limits, tr.gpus_per_node),
         gpus=tr.gpus_per_node,
+        extra_env=[{"name": RDZV_CONF_ENV, "value": rendezvous_conf(tr.rendezvous_timeout_seconds)}] if tr.nodes > 1 else None,
     )
     template["spec"]["containers"][0]["name"] = "pytorch"
     replicas: dict[str, Any] = {"Master": {"replicas": 1, "restartPolicy": "Never", "template": template}}

@@ -14,7 +14,11 @@ def test_children_are_owned_labelled_and_names_fit(case: str) -> None:
     for obj in objects(case):
         m = obj["metadata"]
         assert len(m["name"]) + len("-999-abcde") <= 63
-        assert m["ownerReferences"] == [meta.owner_reference(meta.RunRef("demo", "ns1", UID))]
+        if obj["kind"] == "PersistentVolumeClaim":  # outlives the run unless deleteWithRun
+            assert "ownerReferences" not in m and m["annotations"][meta.ANNOTATION_CREATED_BY_RUN] == UID
+        else:
+            assert m["ownerReferences"] == [meta.owner_reference(meta.RunRef("demo", "ns1", UID))]
+        assert meta.controller_uid(obj) == (None if obj["kind"] == "PersistentVolumeClaim" else UID)
         assert m["labels"][meta.LABEL_RUN] == "demo"
         assert m["labels"][meta.LABEL_MANAGED_BY] == "spinrun"
 

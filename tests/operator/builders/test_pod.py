@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 from spin_operator.settings import DeploymentSettings
 
+from spin_runtime.launch import RUN_UID_ENV
 from tests.operator.builders.cases import CASES, objects, pod_specs
+from tests.operator.fixtures import UID
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -45,3 +47,11 @@ def test_spec_images_win_over_the_deployments() -> None:
     assert images["generate"] == ("my/gen:1", "Always") and images["train"] == ("my/train:1", "Always")
     defaults = {c["name"]: c["image"] for o in objects("cpu-single-node") for p in pod_specs(o) for c in p["containers"]}
     assert defaults["generate"] == "gen:test" and defaults["convert"] == "train:test"
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_pod_knows_its_runs_uid(case: str) -> None:
+    for obj in objects(case):
+        for pod in pod_specs(obj):
+            for c in pod["containers"]:
+                assert {"name": RUN_UID_ENV, "value": UID} in c["env"]

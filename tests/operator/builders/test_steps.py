@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from spin_operator.builders import meta
 
+from spin_runtime.launch import DETERMINISTIC_EXIT_CODES
 from tests.operator.builders.cases import CASES, check_golden, objects, stage_objects
 
 GOLDEN = Path(__file__).parent / "golden" / "steps"
@@ -40,3 +41,16 @@ def test_cpu_generation_requests_no_gpu() -> None:
 
 def test_synthetic_data_iteration_has_no_generation_job() -> None:
     assert [o["metadata"]["name"] for o in stage_objects("synthetic-no-eval", training=False)] == ["demo-it0-convert"]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_job_ignores_disruptions_and_fails_at_once_on_deterministic_exit_codes(case: str) -> None:
+    jobs = [o for o in objects(case) if o["kind"] == "Job"]
+    assert jobs
+    for job in jobs:
+        rules = job["spec"]["podFailurePolicy"]["rules"]
+        assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+        per_index = "backoffLimitPerIndex" in job["spec"]
+        assert rules[1]["action"] == ("FailIndex" if per_index else "FailJob")
+        assert rules[1]["onExitCodes"] == {"operator": "In", "values": sorted(DETERMINISTIC_EXIT_CODES)}
+        assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"  # required by podFailurePolicy

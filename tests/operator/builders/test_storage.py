@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from spin_operator.builders.storage import spec_config_map, spec_from_config_map
+from spin_operator.builders import meta
+from spin_operator.builders.storage import persistent_volume_claim, spec_config_map, spec_from_config_map
 
 from tests.operator.builders.cases import CASES, check_golden, run_of, storage_objects
 
@@ -26,3 +27,15 @@ def test_spec_config_map_round_trips() -> None:
     run, ref = run_of("gpu-multi-node")
     cm = spec_config_map(ref, run.spec, 0)
     assert spec_from_config_map(cm) == run.spec
+
+
+def test_the_claim_is_kept_with_the_run_deleted_unless_delete_with_run() -> None:
+    run, ref = run_of("cpu-single-node")
+    kept = persistent_volume_claim(ref, run.spec)
+    assert kept is not None and "ownerReferences" not in kept["metadata"]
+    spec = run.spec.model_copy(deep=True)
+    assert spec.storage.new_claim is not None
+    spec.storage.new_claim.delete_with_run = True
+    owned = persistent_volume_claim(ref, spec)
+    assert owned is not None and owned["metadata"]["ownerReferences"] == [meta.owner_reference(ref)]
+    assert "annotations" not in owned["metadata"]

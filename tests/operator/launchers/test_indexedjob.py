@@ -34,6 +34,8 @@ def test_multi_node_training_wires_torchrun_to_pod_zero() -> None:
     env = train["spec"]["template"]["spec"]["containers"][0]["env"]
     rank = next(e for e in env if e["name"] == "PET_NODE_RANK")
     assert "job-completion-index" in rank["valueFrom"]["fieldRef"]["fieldPath"]
+    # every node waits rendezvousTimeoutSeconds (default 1800 s) for the others, DNS of node 0 included
+    assert {"name": "PET_RDZV_CONF", "value": "timeout=1800"} in env
     # the selector matches the pod labels
     assert svc["spec"]["selector"].items() <= train["spec"]["template"]["metadata"]["labels"].items()
 
