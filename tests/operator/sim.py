@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from spin_operator import launchers
-from spin_operator.kube.objects import Observed
+from spin_operator.kube.objects import Observed, PodState
 from spin_operator.kube.timestamps import rfc3339
 from spin_operator.reconcile.actions import Create, Delete, PatchJob
 from spin_operator.reconcile.decide import Decision, reconcile
@@ -39,10 +39,12 @@ class Sim:
         workloads = [o for (k, _), o in sorted(self.objects.items()) if k == "Job" or launchers.by_kind(k)]
         return Observed.from_objects(
             name,
+            uid=self.body["metadata"].get("uid"),
             jobs=workloads,
             config_maps=self.kind("ConfigMap"),
             services=self.kind("Service"),
             pvcs=self.kind("PersistentVolumeClaim"),
+            pods=[PodState.from_pod(o) for o in self.kind("Pod")],
             launcher_served=self.launcher_served,
             read_state=launchers.read_state,
         )
@@ -59,6 +61,7 @@ class Sim:
                 key = (a.obj["kind"], a.name)
                 if key not in self.objects:  # 409 otherwise
                     self.objects[key] = copy.deepcopy(a.obj)
+                    self.objects[key]["metadata"].setdefault("uid", f"uid-{a.name}-{len(self.decisions)}")
             elif isinstance(a, Delete):
                 self.objects.pop((a.kind, a.name), None)
             elif isinstance(a, PatchJob):
@@ -87,6 +90,38 @@ class Sim:
 
     def running(self, name: str) -> None:
         self.job(name)["status"] = {"active": 1, "startTime": rfc3339(self.now)}
+
+    def pod(
+        self,
+        job: str,
+        index: int = 0,
+        *,
+        phase: str = "Pending",
+        waiting: str | None = None,
+        unschedulable: str | None = None,
+        created: datetime | None = None,
+    ) -> dict[str, Any]:
+        """A pod of a Job as the Job controller and kubelet report it: Running, or Pending with a
+        container waiting reason, or unschedulable with the scheduler's message."""
+        owner = self.job(job)
+        t = rfc3339(created or self.now)
+        status: dict[str, Any] = {"phase": phase, "conditions": []}
+        if unschedulable is not None:
+            status["conditions"].append({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                         "message": unschedulable, "lastTransitionTime": t})
+        if waiting is not None:
+            status["containerStatuses"] = [{"name": "step", "state": {"waiting": {"reason": waiting, "message": f"{waiting} (sim)"}}}]
+        env = owner["spec"]["template"]["spec"]["containers"][0]["env"]
+        pod = {
+            "apiVersion": "v1", "kind": "Pod",
+            "spec": {"containers": [{"name": "step", "env": env}]},
+            "metadata": {"name": f"{job}-{index}-abcde", "creationTimestamp": t,
+                         "labels": dict(owner["spec"]["template"]["metadata"]["labels"]),
+                         "ownerReferences": [{"kind": "Job", "name": job, "uid": owner["metadata"]["uid"], "controller": True}]},
+            "status": status,
+        }
+        self.objects[("Pod", pod["metadata"]["name"])] = pod
+        return pod
 
     def set_spec(self, patch: dict[str, Any]) -> None:
         from tests.operator.fixtures import deep_merge

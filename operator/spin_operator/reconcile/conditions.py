@@ -54,10 +54,18 @@ def is_true(status: SpinRunStatus, ctype: str) -> bool:
     return bool(c and c.status == "True")
 
 
+#: The Failed reason that is not final: fixing the spec resumes the run.
+RECOVERABLE_FAILURE = "ValidationFailed"
+
+
 def is_terminal(status: SpinRunStatus | Mapping[str, Any]) -> bool:
-    """Complete or Failed (sticky: the run never creates children again)."""
+    """Complete or Failed (sticky: the run never creates children again), except a failure
+    for an invalid spec, which ends when the spec is fixed."""
     typed = status if isinstance(status, SpinRunStatus) else read_status(status)
-    return is_true(typed, "Complete") or is_true(typed, "Failed")
+    failed = condition(typed, "Failed")
+    return is_true(typed, "Complete") or (
+        failed is not None and failed.status == "True" and failed.reason != RECOVERABLE_FAILURE
+    )
 
 
 def set_condition(

@@ -14,7 +14,14 @@ Rules (each pinned by tests/operator/test_reconcile.py):
 - A failed convert/train/evaluate Job is deleted and recreated (annotation spin.dev/attempt+1)
   until backoffLimit retries are spent; a failed generation Job (a shard over its per-index
   limit) fails the run naming the shard.
-- Complete and Failed are sticky: a finished run never creates children again.
+- Complete and Failed are sticky: a finished run never creates children again. The exception
+  is an invalid spec (condition Failed with reason ValidationFailed): its Jobs are suspended,
+  and fixing the spec resumes them.
+- Children are adopted only through their controller ownerReference to this run's uid; objects
+  of a deleted run with the same name are waited for until the garbage collector removes them.
+- A pod that cannot start (image, config, scheduling, claim) turns Progressing False with that
+  reason; after podStartupTimeoutSeconds the run fails with it.
+- activeDeadlineSeconds counts running time only: suspended time is excluded.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from spin_operator.builders.meta import RunRef, job_name, spec_configmap_name
 from spin_operator.builders.pod import run_dir
 from spin_operator.builders.steps import step_objects
 from spin_operator.builders.storage import persistent_volume_claim, spec_config_map, spec_from_config_map
-from spin_operator.kube.objects import JobState, Observed
+from spin_operator.kube.objects import JobState, Observed, PodState
 from spin_operator.kube.timestamps import parse_time, rfc3339
 from spin_operator.reconcile.actions import Action, Create, Delete, Event, PatchJob
 from spin_operator.reconcile.conditions import (
@@ -46,12 +53,23 @@ from spin_operator.settings import DeploymentSettings
 from spin_runtime.api.load import SpecError, validate_data
 from spin_runtime.api.spec import API_VERSION, KIND, SpinRun, SpinRunSpec
 from spin_runtime.api.status import STEP_PHASE, Checkpoint, IterationStatus, Phase, SpinRunStatus, StepStatus
+from spin_runtime.launch import EXIT_BAD_DATA, EXIT_BAD_SPEC
 from spin_runtime.plan import layout, stages
 
 #: How many entries status.iterations keeps (the newest).
 MAX_ITERATION_HISTORY = 20
 #: Status fields every status carries, even before anything happened.
 ALWAYS_SET = ("phase", "completed_iterations", "conditions", "iterations")
+#: How often a run waiting for something without an event (old objects to be collected) looks again.
+WAIT_RECHECK_SECONDS = 5.0
+#: What to do about each reason a pod cannot start.
+POD_TROUBLE_HINTS = {
+    "ImagePullBackOff": "check spec.images (or the operator's image settings) and spec.imagePullSecrets",
+    "CreateContainerConfigError": "a Secret or ConfigMap the pod needs is missing (spec.hfTokenSecret?): create it",
+    "CreateContainerError": "the container runtime refused the container: see `kubectl describe pod`",
+    "Unschedulable": "no node fits: check the step's resources, spec.nodeSelector, spec.tolerations and GPU quota",
+    "ClaimPending": "the run's PersistentVolumeClaim is not bound: check its StorageClass and capacity",
+}
 
 
 @dataclass
@@ -179,14 +197,12 @@ def reconcile(
     try:
         spec = spec_of(rec.body)
     except SpecError as e:
-        msg = validation_message(e)
-        if rec.cond("ValidationFailed", True, "ValidationFailed", msg):
-            rec.event("Warning", "ValidationFailed", msg)
-        rec.phase("Failed", "ValidationFailed", msg)
-        rec.cond("Progressing", False, "ValidationFailed", msg)
+        _invalid_spec(rec, validation_message(e))
         return rec.finish()
     if condition(rec.status, "ValidationFailed") is not None:
         rec.cond("ValidationFailed", False, "Valid", "spec is valid")
+        if is_true(rec.status, "Failed"):
+            rec.cond("Failed", False, "Valid", "spec is valid again")
 
     if not rec.status.start_time:
         rec.status.start_time = rec.now_s
@@ -196,13 +212,73 @@ def reconcile(
         return rec.finish()
 
     _suspension(rec, spec)
-    if spec.storage.new_claim is not None and not observed.pvc_exists:
-        pvc = persistent_volume_claim(rec.ref, spec)
-        assert pvc is not None
-        rec.act(Create(pvc))
+    if observed.foreign:
+        _wait_for_foreign(rec)
+        return rec.finish()
+    _claim(rec, spec)
 
     _walk_plan(rec, spec)
     return rec.finish()
+
+
+def _invalid_spec(rec: ReconcilePass, msg: str) -> None:
+    """ValidationFailed: Failed (not sticky: fixing the spec resumes the run), Jobs suspended so
+    they hold no GPUs while nobody can say what the run should do."""
+    if rec.cond("ValidationFailed", True, "ValidationFailed", msg):
+        rec.event("Warning", "ValidationFailed", msg)
+    rec.phase("Failed", "ValidationFailed", msg)
+    rec.cond("Failed", True, "ValidationFailed", msg)
+    rec.cond("Progressing", False, "ValidationFailed", msg)
+    for js in sorted(rec.observed.jobs.values(), key=lambda j: j.name):
+        if not js.finished and not js.suspended:
+            rec.act(PatchJob(js.name, True, js.kind))
+
+
+def _wait_for_foreign(rec: ReconcilePass) -> None:
+    """Objects with this run's names belong to another (deleted) SpinRun: create nothing until
+    the garbage collector has removed them, and say which ones when they stay (orphans)."""
+    shown = ", ".join(f"{f.kind} {f.name}" for f in rec.observed.foreign[:5])
+    more = f" (+{len(rec.observed.foreign) - 5} more)" if len(rec.observed.foreign) > 5 else ""
+    owners = {f.owner_uid for f in rec.observed.foreign}
+    whose = "no owner (orphaned)" if owners == {None} else "another SpinRun of this name (a deleted one)"
+    msg = (
+        f"waiting for {shown}{more} to go: they belong to {whose}, and this run adopts only its own children; "
+        f"the garbage collector removes a deleted run's objects, or delete them: kubectl delete -n {rec.ref.namespace} "
+        + " ".join(f"{f.kind.lower()}/{f.name}" for f in rec.observed.foreign[:5])
+    )
+    rec.status.reason, rec.status.message = "WaitingForOldObjects", msg
+    if rec.cond("Progressing", False, "WaitingForOldObjects", msg):
+        rec.event("Warning", "WaitingForOldObjects", msg)
+    rec.requeue(WAIT_RECHECK_SECONDS)
+
+
+def _claim(rec: ReconcilePass, spec: SpinRunSpec) -> None:
+    """Create the new claim (once), saying what happens to its data when the run is deleted."""
+    claim = spec.storage.new_claim
+    if claim is None:
+        return
+    pvc = persistent_volume_claim(rec.ref, spec)
+    assert pvc is not None
+    name, ns = pvc["metadata"]["name"], rec.ref.namespace
+    if rec.observed.pvc_exists:
+        created_by = rec.observed.pvc_created_by
+        if created_by and created_by != rec.ref.uid and not rec.status.iterations:
+            rec.event(
+                "Normal",
+                "ClaimReused",
+                f"PVC {name} exists from an earlier SpinRun of this name (uid {created_by}): this run uses it "
+                "and the results already on it",
+            )
+        return
+    rec.act(Create(pvc))
+    if claim.delete_with_run:
+        fate = "it is deleted with the SpinRun, checkpoints and results included (storage.newClaim.deleteWithRun: true)"
+    else:
+        fate = (
+            "it is kept when the SpinRun is deleted, with every checkpoint and result "
+            f"(storage.newClaim.deleteWithRun: false); remove it with `kubectl delete pvc -n {ns} {name}`"
+        )
+    rec.event("Normal", "ClaimCreated", f"created PVC {name} ({claim.size}): {fate}")
 
 
 def _terminal(rec: ReconcilePass) -> None:
@@ -230,17 +306,28 @@ def _terminal(rec: ReconcilePass) -> None:
 
 
 def _deadline(rec: ReconcilePass, spec: SpinRunSpec) -> bool:
-    """activeDeadlineSeconds: fail the run and stop its Jobs once it passed. True if failed."""
+    """activeDeadlineSeconds: fail the run and stop its Jobs once it passed. Suspended time does
+    not count (the clock stops while spec.suspend is true). True if failed."""
     ads = spec.active_deadline_seconds
     started = parse_time(rec.status.start_time)
-    if ads is None or started is None:
+    if ads is None or started is None or spec.suspend:
         return False
-    due = started + timedelta(seconds=ads)
+    due = started + timedelta(seconds=ads + _suspended_seconds(rec))
     if rec.now >= due:
         rec.fail("DeadlineExceeded", f"run exceeded activeDeadlineSeconds ({ads}s){_where(rec.status)}; its Jobs were stopped")
         return True
     rec.requeue((due - rec.now).total_seconds())
     return False
+
+
+def _suspended_seconds(rec: ReconcilePass) -> int:
+    """Seconds spent suspended so far: the finished suspensions plus the current one."""
+    total = rec.status.suspended_seconds
+    c = condition(rec.status, "Suspended")
+    since = parse_time(c.last_transition_time) if c is not None and c.status == "True" else None
+    if since is not None:
+        total += max(int((rec.now - since).total_seconds()), 0)
+    return total
 
 
 def _where(status: SpinRunStatus) -> str:
@@ -266,6 +353,7 @@ def _suspension(rec: ReconcilePass, spec: SpinRunSpec) -> None:
         if rec.cond("Suspended", True, "Suspended", "spec.suspend is true: Jobs are suspended; set it to false to resume"):
             rec.event("Normal", "Suspended", "run suspended: active Jobs suspended")
     elif is_true(rec.status, "Suspended"):
+        rec.status.suspended_seconds = _suspended_seconds(rec)
         rec.cond("Suspended", False, "Resumed", "spec.suspend is false")
         rec.event("Normal", "Resumed", "run resumed: suspended Jobs continue")
 
@@ -317,7 +405,32 @@ def _walk_plan(rec: ReconcilePass, spec: SpinRunSpec) -> None:
             rec.status.completed_iterations = done
             rec.event("Normal", "IterationCompleted", f"iteration {k} completed")
             rec.cond("Progressing", True, "IterationCompleted", f"iteration {k} completed")
+    if _stop_iterations_beyond(rec, spec):
+        return
     _complete(rec, spec)
+
+
+def _stop_iterations_beyond(rec: ReconcilePass, spec: SpinRunSpec) -> bool:
+    """spec.iterations lowered below an iteration that already started: delete its unfinished
+    Jobs and complete only once none of them (nor their pods) holds resources. True while stopping."""
+    stale = [js for js in sorted(rec.observed.jobs.values(), key=lambda j: j.name)
+             if js.iteration is not None and js.iteration >= spec.iterations and not js.finished]
+    pods = [p for p in rec.observed.pods if p.iteration is not None and p.iteration >= spec.iterations and not p.finished]
+    if not stale and not pods:
+        return False
+    for js in stale:
+        rec.delete_job(js)
+    what = ", ".join(f"job {js.name}" for js in stale) or "their Jobs are deleted"
+    msg = (
+        f"spec.iterations lowered to {spec.iterations}: stopping iteration(s) {spec.iterations} and later ({what}; "
+        f"{len(pods)} pod(s) still running); the run completes once they are gone"
+    )
+    before = _progressing(rec)
+    rec.status.reason, rec.status.message = "StoppingIterations", msg
+    rec.cond("Progressing", True, "StoppingIterations", msg)
+    if before != ("True", "StoppingIterations"):
+        rec.event("Normal", "StoppingIterations", msg)
+    return True
 
 
 def _complete(rec: ReconcilePass, spec: SpinRunSpec) -> None:
@@ -368,7 +481,7 @@ def _drive_iteration(rec: ReconcilePass, spec: SpinRunSpec, spec_k: SpinRunSpec,
             _step_failed(rec, ctx, stage, entry, js)
             return False
         if js is not None:
-            _running(rec, spec, k, step, js)
+            _running(rec, spec, spec_k, k, step, js)
             if step == "train":
                 _ensure_companions(rec, ctx)
             return False
@@ -377,13 +490,51 @@ def _drive_iteration(rec: ReconcilePass, spec: SpinRunSpec, spec_k: SpinRunSpec,
     return True
 
 
-def _running(rec: ReconcilePass, spec: SpinRunSpec, k: int, step: str, js: JobState) -> None:
+def _running(rec: ReconcilePass, spec: SpinRunSpec, spec_k: SpinRunSpec, k: int, step: str, js: JobState) -> None:
+    """The stage's workload exists and is unfinished: say what it is doing (running, waiting for
+    its pods, or unable to start)."""
     if spec.suspend:
         rec.phase("Suspended", "Suspended", f"suspended during iteration {k}, step {step}")
         return
+    pods = rec.observed.pods_of(k, step)
+    troubled = next((p for p in pods if p.trouble), None)
+    if troubled is not None:
+        _pod_trouble(rec, spec, k, step, troubled)
+        return
     msg = f"iteration {k}: {step} running (job {js.name})"
-    rec.phase(STEP_PHASE[step], "StepRunning", msg)  # type: ignore[index]
-    rec.cond("Progressing", True, "StepRunning", msg)
+    reason = "StepRunning"
+    expected = spec_k.training.nodes
+    running = sum(p.phase == "Running" for p in pods)
+    if step == "train" and pods and running < expected:  # all nodes must run before training starts
+        msg = f"iteration {k}: {step} waiting for {expected - running} of {expected} pods to run (job {js.name})"
+        reason = "WaitingForPods"
+    rec.phase(STEP_PHASE[step], reason, msg)  # type: ignore[index]
+    rec.cond("Progressing", True, reason, msg)
+
+
+def _pod_trouble(rec: ReconcilePass, spec: SpinRunSpec, k: int, step: str, pod: PodState) -> None:
+    """A pod of the running step cannot start: Progressing False with the pod's reason, an Event
+    when the reason appears, and the run failed once podStartupTimeoutSeconds passed."""
+    hint = POD_TROUBLE_HINTS.get(pod.trouble, "see `kubectl describe pod`")
+    msg = f"iteration {k}: {step} cannot start: pod {pod.name}: {pod.trouble_message or pod.trouble}; {hint}"
+    timeout = spec.pod_startup_timeout_seconds
+    since = parse_time(pod.trouble_since)
+    if timeout and since is not None and rec.now >= since + timedelta(seconds=timeout):
+        rec.fail(pod.trouble, f"{msg}; it could not start for more than podStartupTimeoutSeconds ({timeout}s)")
+        return
+    if timeout and since is not None:
+        rec.requeue((since + timedelta(seconds=timeout) - rec.now).total_seconds())
+    before = _progressing(rec)
+    rec.phase(STEP_PHASE[step], pod.trouble, msg)  # type: ignore[index]
+    rec.cond("Progressing", False, pod.trouble, msg)
+    if before != ("False", pod.trouble):
+        rec.event("Warning", pod.trouble, msg)
+
+
+def _progressing(rec: ReconcilePass) -> tuple[str, str] | None:
+    """(status, reason) of the Progressing condition before this pass changes it."""
+    c = condition(rec.status, "Progressing")
+    return (c.status, c.reason) if c is not None else None
 
 
 def _ensure_companions(rec: ReconcilePass, ctx: BuildContext) -> None:
@@ -442,6 +593,14 @@ def _step_failed(rec: ReconcilePass, ctx: BuildContext, stage: stages.Stage, ent
             "StepFailed",
             f"generate of iteration {k} failed: shard {shards} failed more than backoffLimit ({limit}) "
             f"times (job {js.name}: {why}); see `kubectl logs job/{js.name}`",
+        )
+        return
+    if js.reason == "PodFailurePolicy":
+        rec.fail(
+            "StepFailed",
+            f"{step} of iteration {k} failed with an exit code a retry cannot fix ({EXIT_BAD_DATA}: bad data, "
+            f"{EXIT_BAD_SPEC}: bad spec) (job {js.name}: {why}); see `kubectl logs job/{js.name}`, fix the cause and "
+            "create a new SpinRun (finished steps are kept on the volume)",
         )
         return
     attempt = js.attempt
