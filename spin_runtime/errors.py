@@ -4,12 +4,14 @@ spec, data or model fails the same way) from one that might (a full disk, a lost
 
 from __future__ import annotations
 
-#: Exit codes of `spin <step>` for failures a retry cannot fix; the operator's podFailurePolicy
-#: fails the Job (or the generation index) at once on these instead of spending retries.
-EXIT_BAD_SPEC = 2
-EXIT_BAD_DATA = 3
-EXIT_BAD_MODEL = 4
-DETERMINISTIC_EXIT_CODES = (EXIT_BAD_SPEC, EXIT_BAD_DATA, EXIT_BAD_MODEL)
+#: Exit codes of `spin <step>` for failures a retry cannot fix (sysexits.h values); the operator's
+#: podFailurePolicy fails the Job (or the generation index) at once on these instead of spending
+#: retries. 2 is argparse's usage error: a broken command line is no better the second time.
+EXIT_USAGE = 2
+EXIT_BAD_DATA = 65  # EX_DATAERR: missing shards, no rows, bad columns
+EXIT_BAD_MODEL = 66  # EX_NOINPUT: a model that cannot be found or loaded
+EXIT_BAD_SPEC = 78  # EX_CONFIG: a spec that cannot run
+DETERMINISTIC_EXIT_CODES: tuple[int, ...] = (EXIT_USAGE, EXIT_BAD_DATA, EXIT_BAD_MODEL, EXIT_BAD_SPEC)
 
 
 class SpinError(RuntimeError):

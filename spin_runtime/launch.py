@@ -97,3 +97,29 @@ def standalone_argv(nproc_per_node: int, step_argv: Sequence[str]) -> list[str]:
         "torchrun", "--standalone", "--nnodes", "1", "--nproc_per_node", str(nproc_per_node),
         "--max_restarts", "0", *module_args(step_argv),
     ]  # fmt: skip
+
+
+def torchrun_from_env_argv(step_argv: Sequence[str]) -> list[str]:
+    """`torchrun -m spin_runtime.cli <step> ...` with every rendezvous option left to torchrun's
+    `PET_*` environment variables, which Kubeflow's training operator sets on each replica
+    (PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK, MASTER_ADDR, MASTER_PORT)."""
+    return ["torchrun", *module_args(step_argv)]
+
+
+# --------------------------------------------------------------------------- the pod contract
+# Facts the operator's pods and the runtime share: the environment variables the operator sets
+# (the exit codes a Job must not retry are spin_runtime.errors').
+
+#: The SpinRun's uid, set on every pod of a cluster run (the runtime records it in markers).
+RUN_UID_ENV = "SPIN_RUN_UID"
+#: torchrun's --rdzv-conf as an environment variable (torchrun reads PET_<OPTION>).
+RDZV_CONF_ENV = "PET_RDZV_CONF"
+
+
+def rendezvous_conf(timeout_seconds: int) -> str:
+    """torchrun's rendezvous configuration making the static rendezvous wait `timeout_seconds`
+    for every node (torchrun's default is 600 s): its TCPStore client retries the master's
+    address, DNS failures included, until then."""
+    if timeout_seconds < 1:
+        raise LaunchError(f"the rendezvous timeout must be at least 1 second (got {timeout_seconds})")
+    return f"timeout={int(timeout_seconds)}"

@@ -1,6 +1,6 @@
-"""`spin-operator`: run the kopf operator standalone (or `spin-operator render FILE`) (one replica, no peering) with a liveness
-endpoint and Prometheus metrics. Namespaces come from --namespace/--all-namespaces or the
-WATCH_NAMESPACES env var (comma-separated; empty = all)."""
+"""`spin-operator`: the kopf operator standalone (one replica, no peering) with a liveness
+endpoint and Prometheus metrics, or `spin-operator render FILE`. Namespaces come from
+--namespace/--all-namespaces or the WATCH_NAMESPACES env var (comma-separated; empty = all)."""
 
 from __future__ import annotations
 
@@ -49,9 +49,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     clusterwide, namespaces = namespaces_from(args, os.environ)
 
-    from spin_operator import handlers, metrics  # registers the handlers
+    from spin_operator import handlers, metrics  # noqa: F401  (importing handlers registers them)
+    from spin_operator.kube import client
 
-    handlers.api_client()  # fail fast with a clear error if no cluster config is found
+    client.api_client()  # fail fast with a clear error if no cluster config is found
     metrics.serve(args.metrics_port)
     kopf.run(
         standalone=True,

@@ -1,6 +1,6 @@
 """Prometheus metrics of the operator: runs by phase, iterations, step durations, retries,
-reconcile latency and API requests. Updated from status transitions (old → new), so a
-restarted operator does not count history twice."""
+reconcile latency and API requests. Updated from status documents' transitions (old → new), so
+a restarted operator does not count history twice."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from spin_operator.reconcile import parse_time
-
-PHASES = ("Pending", "Generating", "Converting", "Training", "Evaluating", "Complete", "Failed", "Suspended")
+from spin_operator.kube.timestamps import parse_time
+from spin_runtime.api.status import PHASES
 
 RUNS = Gauge("spinrun_runs", "SpinRuns known to this operator, by phase.", ["phase"])
 ITERATIONS = Counter("spinrun_iterations_completed_total", "SPIN iterations completed.")

@@ -77,8 +77,8 @@ def _merge_under(base: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str,
 def apply_recipe(spec: Mapping[str, Any]) -> dict[str, Any]:
     """The spec data with its recipe's values filled in where the spec is silent."""
     name = spec.get("recipe")
-    if name in (None, "none") or name not in RECIPES:
-        return dict(spec)  # an unknown name is the validator's to refuse
+    if not isinstance(name, str) or name not in RECIPES:
+        return dict(spec)  # none, or a wrong value: the validator's to refuse
     out = _merge_under(RECIPES[name], spec)
     model = out.get("model")
     if name == "spin-paper" and isinstance(model, Mapping) and model.get("hub") in PAPER_MODEL_REVISIONS:

@@ -522,6 +522,13 @@ class Training(SpinModel):
         "indexedjob", description="Cluster launcher: an Indexed Job + headless Service, or a Kubeflow PyTorchJob."
     )
     nodes: int = Field(1, ge=1, le=1024, description="Training nodes (pods).")
+    rendezvous_timeout_seconds: int = Field(
+        1800,
+        ge=60,
+        le=86400,
+        description="Multi-node training: how long each node's torchrun waits for the others (and for node 0's "
+        "DNS name) before the attempt fails; pods still Pending count against it.",
+    )
     gpus_per_node: int = Field(8, ge=0, le=64, description="GPUs per training pod (0 = CPU).")
     deepspeed: DeepSpeed = Field(default_factory=DeepSpeed, description="DeepSpeed ZeRO settings.")
     lora: Lora = Field(default_factory=Lora, description="Optional LoRA adapters.")
@@ -601,6 +608,11 @@ class NewClaim(SpinModel):
     )
     access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod", "ReadOnlyMany"]] = Field(
         default_factory=lambda: ["ReadWriteMany"], min_length=1, max_length=4, description="Access modes; multi-node runs need ReadWriteMany."
+    )
+    delete_with_run: bool = Field(
+        False,
+        description="Give the PVC an ownerReference to the SpinRun, so deleting the run deletes its checkpoints "
+        "and results; by default the claim (and the data) outlives the run.",
     )
 
 
@@ -780,6 +792,13 @@ class SpinRunSpec(SpinModel):
     backoff_limit: int = Field(2, ge=0, le=100, description="Retries of each step (each shard for generation) before the run fails.")
     active_deadline_seconds: int | None = Field(
         None, ge=1, le=2**63 - 1, description="Fail the run (DeadlineExceeded) after this many seconds."
+    )
+    pod_startup_timeout_seconds: int = Field(
+        1800,
+        ge=0,
+        le=2**31 - 1,
+        description="How long a step's pod may stay unable to start (ImagePullBackOff, CreateContainerConfigError, "
+        "Unschedulable, an unbound claim) before the run fails with that reason; 0 = wait forever.",
     )
     ttl_seconds_after_finished: int | None = Field(
         None,

@@ -82,4 +82,5 @@ class SpinRunStatus(SpinModel):
     )
     conditions: list[Condition] = Field(default_factory=list, description="Complete, Failed, Suspended, Progressing.")
     start_time: str | None = Field(None, description="When the run started.")
+    suspended_seconds: int = Field(0, ge=0, description="Seconds the run spent suspended (before the current suspension); activeDeadlineSeconds does not count them.")
     completion_time: str | None = Field(None, description="When the run finished.")

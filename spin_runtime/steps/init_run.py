@@ -14,6 +14,7 @@ from pathlib import Path
 from spin_runtime.api.load import load_spinrun
 from spin_runtime.api.spec import SpinRun
 from spin_runtime.errors import SpinError
+from spin_runtime.launch import RUN_UID_ENV
 from spin_runtime.store import rundir
 from spin_runtime.store.atomic import write_error
 
@@ -30,7 +31,7 @@ def init_from_file(spec_file: Path, run_dir: Path) -> SpinRun:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise write_error(Path(run_dir), e) from e
-    uid = os.environ.get(rundir.RUN_UID_ENV) or _stored_uid(Path(run_dir))
+    uid = os.environ.get(RUN_UID_ENV) or _stored_uid(Path(run_dir))
     if uid:
         run = rundir.with_uid(run, uid)
     rundir.init_run(Path(run_dir), run)

@@ -24,9 +24,6 @@ from spin_runtime.plan import layout, stages
 from spin_runtime.plan.fingerprint import step_fingerprints
 from spin_runtime.store.atomic import atomic_write_json, now_iso, read_json
 
-#: Environment variable through which the operator gives step pods the SpinRun's uid.
-RUN_UID_ENV = "SPIN_RUN_UID"
-
 # --------------------------------------------------------------------------- spec
 
 

@@ -297,11 +297,10 @@ class OperatorThread:
         os.environ["KUBECONFIG"] = str(self.kubeconfig)
         kc.KUBE_CONFIG_DEFAULT_LOCATION = str(self.kubeconfig)
         import kopf
-        from spin_operator import handlers
+        from spin_operator import handlers  # noqa: F401  (importing it registers the handlers)
+        from spin_operator.kube import client as kube_client
 
-        handlers.reset_api_client()
-        handlers._runs.clear()
-        handlers._job_seen.clear()
+        kube_client.reset_api_client()
 
         def run() -> None:
             try:

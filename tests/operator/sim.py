@@ -7,8 +7,11 @@ import copy
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from spin_operator import resources as res
-from spin_operator.reconcile import Create, Decision, Delete, Observed, PatchJob, reconcile, rfc3339
+from spin_operator import launchers
+from spin_operator.kube.objects import Observed, PodState
+from spin_operator.kube.timestamps import rfc3339
+from spin_operator.reconcile.actions import Create, Delete, PatchJob
+from spin_operator.reconcile.decide import Decision, reconcile
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -21,7 +24,8 @@ class Sim:
         self.now = now
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.decisions: list[Decision] = []
-        self.pytorchjob_crd: bool | None = None
+        #: Whether the training launcher's custom resource is served (None: not checked).
+        self.launcher_served: bool | None = None
 
     # -- cluster view
     def kind(self, kind: str) -> list[dict[str, Any]]:
@@ -32,13 +36,17 @@ class Sim:
 
     def observed(self) -> Observed:
         name = self.body["metadata"]["name"]
+        workloads = [o for (k, _), o in sorted(self.objects.items()) if k == "Job" or launchers.by_kind(k)]
         return Observed.from_objects(
             name,
-            jobs=self.kind("Job") + self.kind("PyTorchJob"),
+            uid=self.body["metadata"].get("uid"),
+            jobs=workloads,
             config_maps=self.kind("ConfigMap"),
             services=self.kind("Service"),
             pvcs=self.kind("PersistentVolumeClaim"),
-            pytorchjob_crd=self.pytorchjob_crd,
+            pods=[PodState.from_pod(o) for o in self.kind("Pod")],
+            launcher_served=self.launcher_served,
+            read_state=launchers.read_state,
         )
 
     @property
@@ -53,19 +61,12 @@ class Sim:
                 key = (a.obj["kind"], a.name)
                 if key not in self.objects:  # 409 otherwise
                     self.objects[key] = copy.deepcopy(a.obj)
+                    self.objects[key]["metadata"].setdefault("uid", f"uid-{a.name}-{len(self.decisions)}")
             elif isinstance(a, Delete):
                 self.objects.pop((a.kind, a.name), None)
             elif isinstance(a, PatchJob):
-                obj = self.objects[(a.kind, a.name)]
-                patch = a.patch()
-                ann = obj["metadata"].setdefault("annotations", {})
-                for k, v in patch["metadata"]["annotations"].items():
-                    if v is None:
-                        ann.pop(k, None)
-                    else:
-                        ann[k] = v
-                obj["spec"]["suspend"] = a.suspend
-        self.body["status"] = copy.deepcopy(d.status)
+                merge_patch(self.objects[(a.kind, a.name)], a.patch())
+        self.body["status"] = d.status_document()
         self.decisions.append(d)
         self.now += timedelta(seconds=seconds)
         return d
@@ -90,6 +91,38 @@ class Sim:
     def running(self, name: str) -> None:
         self.job(name)["status"] = {"active": 1, "startTime": rfc3339(self.now)}
 
+    def pod(
+        self,
+        job: str,
+        index: int = 0,
+        *,
+        phase: str = "Pending",
+        waiting: str | None = None,
+        unschedulable: str | None = None,
+        created: datetime | None = None,
+    ) -> dict[str, Any]:
+        """A pod of a Job as the Job controller and kubelet report it: Running, or Pending with a
+        container waiting reason, or unschedulable with the scheduler's message."""
+        owner = self.job(job)
+        t = rfc3339(created or self.now)
+        status: dict[str, Any] = {"phase": phase, "conditions": []}
+        if unschedulable is not None:
+            status["conditions"].append({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                         "message": unschedulable, "lastTransitionTime": t})
+        if waiting is not None:
+            status["containerStatuses"] = [{"name": "step", "state": {"waiting": {"reason": waiting, "message": f"{waiting} (sim)"}}}]
+        env = owner["spec"]["template"]["spec"]["containers"][0]["env"]
+        pod = {
+            "apiVersion": "v1", "kind": "Pod",
+            "spec": {"containers": [{"name": "step", "env": env}]},
+            "metadata": {"name": f"{job}-{index}-abcde", "creationTimestamp": t,
+                         "labels": dict(owner["spec"]["template"]["metadata"]["labels"]),
+                         "ownerReferences": [{"kind": "Job", "name": job, "uid": owner["metadata"]["uid"], "controller": True}]},
+            "status": status,
+        }
+        self.objects[("Pod", pod["metadata"]["name"])] = pod
+        return pod
+
     def set_spec(self, patch: dict[str, Any]) -> None:
         from tests.operator.fixtures import deep_merge
 
@@ -111,8 +144,21 @@ class Sim:
         raise AssertionError(f"run did not finish: {self.status}")
 
 
+def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> None:
+    """Apply a JSON merge patch (RFC 7386) in place: null removes a key."""
+    for k, v in patch.items():
+        if v is None:
+            target.pop(k, None)
+        elif isinstance(v, dict):
+            if not isinstance(target.get(k), dict):
+                target[k] = {}
+            merge_patch(target[k], v)
+        else:
+            target[k] = copy.deepcopy(v)
+
+
 def annotation(obj: dict[str, Any], key: str) -> str | None:
     return (obj["metadata"].get("annotations") or {}).get(key)
 
 
-__all__ = ["T0", "Sim", "annotation", "res"]
+__all__ = ["T0", "Sim", "annotation"]

@@ -13,10 +13,14 @@ from typing import Any
 import kopf
 import pytest
 from prometheus_client import REGISTRY
-from spin_operator import handlers, metrics
 from spin_operator import main as main_mod
-from spin_operator import resources as res
-from spin_operator.reconcile import Create, reconcile
+from spin_operator import metrics
+from spin_operator.builders import meta
+from spin_operator.kube import client as kube_client
+from spin_operator.kube.expectations import EXPECTATION_TTL_SECONDS, Expectations
+from spin_operator.reconcile.actions import Create
+from spin_operator.reconcile.decide import reconcile
+from spin_operator.settings import DeploymentSettings
 
 from tests.operator.fixtures import make_body
 from tests.operator.sim import Sim
@@ -58,7 +62,7 @@ def test_metrics_port_and_liveness_flags(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_main_wires_flags_into_kopf(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: dict[str, Any] = {}
-    monkeypatch.setattr(handlers, "api_client", lambda: calls.setdefault("api_client", True))
+    monkeypatch.setattr(kube_client, "api_client", lambda: calls.setdefault("api_client", True))
     monkeypatch.setattr(metrics, "serve", lambda port: calls.setdefault("metrics_port", port))
     monkeypatch.setattr(kopf, "run", lambda **kw: calls.setdefault("kopf", kw))
     assert main_mod.main(["--namespace", "team-a", "--metrics-port", "0", "--liveness", ""]) == 0
@@ -155,33 +159,34 @@ def test_metrics_endpoint_serves_gauges_and_counters() -> None:
 )
 def test_pytorchjob_switch_is_read_from_the_environment(value: str | None, expected: bool | None) -> None:
     env = {} if value is None else {"SPIN_PYTORCHJOB_ENABLED": value}
-    assert res.OperatorDefaults.from_env(env).pytorchjob_enabled is expected
+    assert DeploymentSettings.from_env(env).launcher_enabled("pytorchjob") is expected
 
 
 def test_pytorchjob_switch_rejects_nonsense() -> None:
     with pytest.raises(ValueError, match="SPIN_PYTORCHJOB_ENABLED"):
-        res.OperatorDefaults.from_env({"SPIN_PYTORCHJOB_ENABLED": "maybe"})
+        DeploymentSettings.from_env({"SPIN_PYTORCHJOB_ENABLED": "maybe"})
 
 
 def test_disabled_pytorchjob_launcher_gets_a_clear_condition_and_no_pytorchjob() -> None:
-    disabled = res.OperatorDefaults(pytorchjob_enabled=False)
+    disabled = DeploymentSettings(launchers_enabled={"pytorchjob": False})
     sim = Sim(make_body(spec={"training": {"launcher": "pytorchjob"}}))
     sim.tick()
     sim.finish("demo-it0-gen")
     sim.tick()
     sim.finish("demo-it0-convert")
-    sim.pytorchjob_crd = True  # served by the cluster, but this deployment may not create them
+    sim.launcher_served = True  # served by the cluster, but this deployment may not create them
     d = reconcile(sim.body, sim.observed(), sim.now, disabled)
     assert not [a for a in d.actions if isinstance(a, Create) and a.kind == "PyTorchJob"]
-    pc = next(c for c in d.status["conditions"] if c["type"] == "Progressing")
+    status = d.status_document()
+    pc = next(c for c in status["conditions"] if c["type"] == "Progressing")
     assert pc["status"] == "False" and pc["reason"] == "LauncherDisabled"
     assert "pytorchjob.enabled=false" in pc["message"] and "indexedjob" in pc["message"]
-    assert d.status["reason"] == "LauncherDisabled"
+    assert status["reason"] == "LauncherDisabled"
     assert [(t, r) for t, r, _ in d.events if r == "LauncherDisabled"] == [("Warning", "LauncherDisabled")]
-    sim.body["status"] = d.status
+    sim.body["status"] = status
     again = reconcile(sim.body, sim.observed(), sim.now, disabled)
     assert not [r for _, r, _ in again.events if r == "LauncherDisabled"]  # the event only on the transition
-    enabled = reconcile(sim.body, sim.observed(), sim.now, res.OperatorDefaults(pytorchjob_enabled=True))
+    enabled = reconcile(sim.body, sim.observed(), sim.now, DeploymentSettings(launchers_enabled={"pytorchjob": True}))
     assert [a.kind for a in enabled.actions if isinstance(a, Create)] == ["PyTorchJob"]
 
 
@@ -190,22 +195,21 @@ def test_disabled_pytorchjob_launcher_gets_a_clear_condition_and_no_pytorchjob()
 
 def job(name: str, **status: Any) -> dict[str, Any]:
     return {"apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": name, "labels": {res.LABEL_RUN: "r", res.LABEL_ITERATION: "0", res.LABEL_STEP: "convert"}},
+            "metadata": {"name": name, "labels": {meta.LABEL_RUN: "r", meta.LABEL_ITERATION: "0", meta.LABEL_STEP: "convert"}},
             "spec": {}, "status": status}
 
 
 def test_job_events_that_change_nothing_read_by_the_reconcile_are_dropped() -> None:
-    handlers._job_seen.clear()
-    assert handlers.job_event_is_news("ns", "ADDED", job("r-it0-convert"))
-    assert not handlers.job_event_is_news("ns", "MODIFIED", job("r-it0-convert"))  # e.g. a label-only change
-    assert handlers.job_event_is_news("ns", "MODIFIED", job("r-it0-convert", active=1))
+    seen = Expectations()
+    assert seen.is_news("ns", "ADDED", job("r-it0-convert"))
+    assert not seen.is_news("ns", "MODIFIED", job("r-it0-convert"))  # e.g. a label-only change
+    assert seen.is_news("ns", "MODIFIED", job("r-it0-convert", active=1))
     done = job("r-it0-convert", succeeded=1, conditions=[{"type": "Complete", "status": "True"}])
-    assert handlers.job_event_is_news("ns", "MODIFIED", done)
-    assert not handlers.job_event_is_news("ns", "MODIFIED", done)
-    assert handlers.job_event_is_news("other", "MODIFIED", done)  # keyed by namespace too
-    assert handlers.job_event_is_news("ns", "DELETED", done)  # a deletion is always news
-    assert handlers.job_event_is_news("ns", "ADDED", done)  # ... and forgets the Job
-    handlers._job_seen.clear()
+    assert seen.is_news("ns", "MODIFIED", done)
+    assert not seen.is_news("ns", "MODIFIED", done)
+    assert seen.is_news("other", "MODIFIED", done)  # keyed by namespace too
+    assert seen.is_news("ns", "DELETED", done)  # a deletion is always news
+    assert seen.is_news("ns", "ADDED", done)  # ... and forgets the Job
 
 
 # --------------------------------------------------------------------------- the harness's emulator
@@ -255,17 +259,15 @@ def test_emulator_fast_matching_agrees_with_kmocks_scan() -> None:
 
 
 def test_created_jobs_count_as_observed_until_the_index_shows_them():
-    from spin_operator import handlers
-
     key = ("ns", "run")
-    handlers._expected_jobs.clear()
+    expected = Expectations()
     job = {"metadata": {"name": "run-it0-gen"}}
-    handlers._expected_jobs[key] = {"run-it0-gen": (100.0, job)}
-    assert handlers.pending_created_jobs(key, [], now=101.0) == [job]
-    assert handlers.pending_created_jobs(key, [job], now=102.0) == []  # the index caught up
-    assert handlers._expected_jobs[key] == {}
-    handlers._expected_jobs[key] = {"run-it0-gen": (100.0, job)}
-    assert handlers.pending_created_jobs(key, [], now=100.0 + handlers.EXPECTATION_TTL_SECONDS + 1) == []
+    expected.expect(key, "run-it0-gen", job, now=100.0)
+    assert expected.pending(key, [], now=101.0) == [job]
+    assert expected.pending(key, [job], now=102.0) == []  # the index caught up
+    assert expected.created[key] == {}
+    expected.expect(key, "run-it0-gen", job, now=100.0)
+    assert expected.pending(key, [], now=100.0 + EXPECTATION_TTL_SECONDS + 1) == []
 
 
 def test_a_watched_job_event_settles_its_expectation_so_a_later_deletion_shows():
@@ -274,14 +276,16 @@ def test_a_watched_job_event_settles_its_expectation_so_a_later_deletion_shows()
     import asyncio
 
     from spin_operator import handlers
+    from spin_operator.driver import OperatorState
+    from spin_operator.kube.objects import JobState
 
     key = ("ns", "run")
-    handlers._expected_jobs.clear()
-    handlers._job_seen.clear()
+    memo = kopf.Memo(state=OperatorState())
+    expectations = memo.state.expectations
     job = {"metadata": {"name": "run-it0-convert", "labels": {"spinrun.dev/run": "run"}}, "status": {}}
-    handlers._expected_jobs[key] = {"run-it0-convert": (100.0, job)}
-    handlers._job_seen[("ns", "run-it0-convert")] = handlers.JobState.from_object(job)
-    labels = {handlers.res.LABEL_RUN: "run"}
-    asyncio.run(handlers.owned_job_event(namespace="ns", labels=labels, logger=None, body=job, type="ADDED"))
-    assert key not in handlers._expected_jobs
-    assert handlers.pending_created_jobs(key, [], now=101.0) == []
+    expectations.expect(key, "run-it0-convert", job, now=100.0)
+    expectations.record("ns", "run-it0-convert", JobState.from_job(job))
+    labels = {meta.LABEL_RUN: "run"}
+    asyncio.run(handlers.owned_job_event(namespace="ns", labels=labels, logger=None, body=job, memo=memo, type="ADDED"))
+    assert key not in expectations.created
+    assert expectations.pending(key, [], now=101.0) == []

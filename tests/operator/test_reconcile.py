@@ -6,8 +6,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from spin_operator import resources as res
-from spin_operator.reconcile import Create, Delete, JobState, Observed, PatchJob, is_terminal, reconcile
+from spin_operator import launchers
+from spin_operator.builders import meta
+from spin_operator.kube.objects import Observed
+from spin_operator.reconcile.actions import Create, Delete, PatchJob
+from spin_operator.reconcile.conditions import is_terminal
+from spin_operator.reconcile.decide import reconcile
 
 from tests.operator.fixtures import make_body
 from tests.operator.sim import T0, Sim, annotation
@@ -42,7 +46,9 @@ def test_first_pass_creates_claim_spec_and_generation_job() -> None:
             {"step": "generate", "jobName": "demo-it0-gen", "retries": 0, "startTime": "2026-01-01T12:00:00Z"}]}
     ]
     assert cond(st, "Progressing")["status"] == "True"
-    assert [e[1] for e in d.events] == ["Started", "IterationStarted", "StepStarted"]
+    # ClaimCreated (issue #12) says what happens to the data when the run is deleted
+    assert [e[1] for e in d.events] == ["Started", "ClaimCreated", "IterationStarted", "StepStarted"]
+    assert "kept when the SpinRun is deleted" in d.events[1][2]
 
 
 def test_second_pass_with_nothing_new_is_a_no_op() -> None:
@@ -51,7 +57,7 @@ def test_second_pass_with_nothing_new_is_a_no_op() -> None:
     before = dict(sim.status)
     d = sim.tick()
     assert d.actions == [] and d.events == []
-    assert d.status == before
+    assert d.status_document() == before
 
 
 def test_existing_claim_creates_no_pvc() -> None:
@@ -150,7 +156,7 @@ def test_unfinished_job_deleted_by_hand_is_recreated_with_the_same_attempt() -> 
     del sim.objects[("Job", "demo-it0-gen")]
     d = sim.tick()
     assert d.creates() == ["demo-it0-gen"]
-    assert annotation(sim.job("demo-it0-gen"), res.ANNOTATION_ATTEMPT) == "0"
+    assert annotation(sim.job("demo-it0-gen"), meta.ANNOTATION_ATTEMPT) == "0"
 
 
 def test_deleted_spec_config_map_is_recreated() -> None:
@@ -177,7 +183,7 @@ def test_failed_step_is_retried_as_a_new_attempt() -> None:
     d = sim.tick()
     assert d.actions[0] == Delete("Job", "demo-it0-convert", "batch/v1")
     assert isinstance(d.actions[1], Create) and d.actions[1].name == "demo-it0-convert"
-    assert annotation(sim.job("demo-it0-convert"), res.ANNOTATION_ATTEMPT) == "1"
+    assert annotation(sim.job("demo-it0-convert"), meta.ANNOTATION_ATTEMPT) == "1"
     step = sim.status["iterations"][0]["steps"][1]
     assert step["retries"] == 1
     assert ("Warning", "StepRetrying") in [(t, r) for t, r, _ in d.events]
@@ -235,7 +241,7 @@ def test_failed_generation_job_fails_the_run_naming_the_shard() -> None:
 def test_status_lagging_behind_the_jobs_attempt_catches_up() -> None:
     sim = Sim(make_body())
     _to_convert(sim)
-    sim.job("demo-it0-convert")["metadata"]["annotations"][res.ANNOTATION_ATTEMPT] = "2"
+    sim.job("demo-it0-convert")["metadata"]["annotations"][meta.ANNOTATION_ATTEMPT] = "2"
     sim.running("demo-it0-convert")
     sim.tick()
     assert sim.status["iterations"][0]["steps"][1]["retries"] == 2
@@ -307,7 +313,7 @@ def test_suspend_suspends_active_jobs_and_resume_unsuspends_them() -> None:
     assert d.actions == [PatchJob("demo-it0-gen", True)]
     st = sim.status
     assert st["phase"] == "Suspended" and cond(st, "Suspended")["status"] == "True"
-    assert annotation(sim.job("demo-it0-gen"), res.ANNOTATION_SUSPENDED_BY) == "spinrun"
+    assert annotation(sim.job("demo-it0-gen"), meta.ANNOTATION_SUSPENDED_BY) == "spinrun"
     assert sim.tick().actions == []  # idempotent
     sim.set_spec({"suspend": False})
     d = sim.tick()
@@ -333,7 +339,7 @@ def test_resume_leaves_jobs_suspended_by_kueue_alone() -> None:
     sim.job("demo-it0-gen")["spec"]["suspend"] = True  # Kueue has not admitted it yet
     d = sim.tick()
     assert d.actions == []
-    assert sim.job("demo-it0-gen")["metadata"]["labels"][res.LABEL_QUEUE] == "q"
+    assert sim.job("demo-it0-gen")["metadata"]["labels"][meta.LABEL_QUEUE] == "q"
 
 
 # --------------------------------------------------------------------------- spec changes
@@ -351,7 +357,7 @@ def test_spec_change_applies_from_the_next_iteration() -> None:
     sim.run_to_end()  # it1 starts under generation 2
     gen1 = sim.job("demo-it1-gen")
     assert gen1["spec"]["completions"] == 4
-    assert annotation(gen1, res.ANNOTATION_GENERATION) == "2"
+    assert annotation(gen1, meta.ANNOTATION_GENERATION) == "2"
     assert sim.job("demo-it0-gen")["spec"]["completions"] == 2
     its = sim.status["iterations"]
     assert [it["generation"] for it in its] == [1, 2]
@@ -397,7 +403,7 @@ def test_multi_node_training_creates_headless_service_with_the_job() -> None:
 
 def test_pytorchjob_launcher_without_crd_reports_a_clear_condition() -> None:
     sim = Sim(make_body(spec={"training": {"launcher": "pytorchjob"}}))
-    sim.pytorchjob_crd = False
+    sim.launcher_served = False
     _to_convert(sim)
     sim.finish("demo-it0-convert")
     d = sim.tick()
@@ -405,17 +411,17 @@ def test_pytorchjob_launcher_without_crd_reports_a_clear_condition() -> None:
     pc = cond(sim.status, "Progressing")
     assert pc["status"] == "False" and pc["reason"] == "LauncherUnavailable"
     assert "install the Kubeflow training operator" in pc["message"]
-    sim.pytorchjob_crd = True
+    sim.launcher_served = True
     d = sim.tick()
     assert [a.kind for a in d.actions if isinstance(a, Create)] == ["PyTorchJob"]
 
 
 def test_pytorchjob_status_is_read() -> None:
     obj = {"kind": "PyTorchJob", "apiVersion": "kubeflow.org/v1",
-           "metadata": {"name": "x", "labels": {res.LABEL_ITERATION: "1", res.LABEL_STEP: "train"}},
+           "metadata": {"name": "x", "labels": {meta.LABEL_ITERATION: "1", meta.LABEL_STEP: "train"}},
            "spec": {"runPolicy": {"suspend": True}},
            "status": {"conditions": [{"type": "Succeeded", "status": "True"}]}}
-    js = JobState.from_object(obj)
+    js = launchers.read_state(obj)
     assert js.complete and js.suspended and js.iteration == 1 and js.kind == "PyTorchJob"
 
 
@@ -423,10 +429,10 @@ def test_pytorchjob_status_is_read() -> None:
 
 
 def test_observed_keeps_only_this_runs_children() -> None:
-    mine = {"metadata": {"name": "demo-it0-gen", "labels": res.labels("demo", 0, "generate")}}
-    other = {"metadata": {"name": "other-it0-gen", "labels": res.labels("other", 0, "generate")}}
-    foreign = {"metadata": {"name": "demo-x", "labels": {res.LABEL_RUN: "demo"}}}
-    gone = {"metadata": {"name": "demo-it1-gen", "labels": res.labels("demo"), "deletionTimestamp": "x"}}
+    mine = {"metadata": {"name": "demo-it0-gen", "labels": meta.labels("demo", 0, "generate")}}
+    other = {"metadata": {"name": "other-it0-gen", "labels": meta.labels("other", 0, "generate")}}
+    foreign = {"metadata": {"name": "demo-x", "labels": {meta.LABEL_RUN: "demo"}}}
+    gone = {"metadata": {"name": "demo-it1-gen", "labels": meta.labels("demo"), "deletionTimestamp": "x"}}
     obs = Observed.from_objects("demo", jobs=[mine, other, foreign, gone])
     assert list(obs.jobs) == ["demo-it0-gen"]
 
@@ -435,10 +441,229 @@ def test_kopf_bookkeeping_in_status_is_dropped() -> None:
     body = make_body()
     body["status"] = {"kopf": {"progress": {}}, "phase": "Pending"}
     d = reconcile(body, Observed(), T0)
-    assert "kopf" not in d.status
+    assert "kopf" not in d.status_document()
 
 
 @pytest.mark.parametrize("bad", [{"iterations": 0}, {"generation": {"shards": 0}}, {"unknownField": 1}])
 def test_specs_failing_pydantic_never_create_children(bad: dict) -> None:
     d = reconcile(make_body(spec=bad), Observed(), T0)
-    assert d.actions == [] and d.status["reason"] == "ValidationFailed"
+    assert d.actions == [] and d.status_document()["reason"] == "ValidationFailed"
+
+
+# --------------------------------------------------------------------------- issue #12: nothing lost on a real cluster
+
+
+def _to_train(sim: Sim) -> None:
+    _to_convert(sim)
+    sim.finish("demo-it0-convert")
+    sim.tick()
+
+
+def test_lowering_iterations_below_the_current_one_stops_its_job_before_completing() -> None:
+    sim = Sim(make_body(spec={"iterations": 3}))
+    sim.tick()
+    for k in range(2):
+        for s in ("gen", "convert", "train", "eval"):
+            sim.finish(f"demo-it{k}-{s}")
+            sim.tick()
+    sim.running("demo-it2-gen")
+    sim.pod("demo-it2-gen", phase="Running")
+    sim.set_spec({"iterations": 2})  # iteration 2 is running: its Job holds the nodes
+    d = sim.tick()
+    assert d.deletes() == ["demo-it2-gen"]
+    assert sim.status["phase"] != "Complete" and sim.status["reason"] == "StoppingIterations"
+    assert "1 pod(s) still running" in sim.status["message"]
+    assert "StoppingIterations" in [r for _, r, _ in d.events]
+    d = sim.tick()  # the Job is gone, its pod still terminates
+    assert sim.status["phase"] != "Complete" and d.events == []
+    del sim.objects[("Pod", "demo-it2-gen-0-abcde")]
+    sim.tick()
+    st = sim.status
+    assert st["phase"] == "Complete" and st["completedIterations"] == 2
+    assert st["lastCheckpoint"]["iteration"] == 1
+
+
+def test_deadline_does_not_count_suspended_time() -> None:
+    sim = Sim(make_body(spec={"activeDeadlineSeconds": 100}))
+    sim.tick()
+    sim.running("demo-it0-gen")
+    sim.now = T0 + timedelta(seconds=50)
+    sim.set_spec({"suspend": True})
+    sim.tick()
+    sim.now = T0 + timedelta(seconds=550)  # suspended for 500 s: past the deadline on the wall clock
+    d = sim.tick()
+    assert sim.status["phase"] == "Suspended" and d.deletes() == []
+    sim.set_spec({"suspend": False})
+    d = sim.tick()
+    assert sim.status["phase"] == "Generating" and sim.status["suspendedSeconds"] == 501  # 50 s → 551 s
+    assert 45 <= (d.requeue_after or 0) <= 51  # 50 s of running time left
+    sim.now = T0 + timedelta(seconds=560)
+    assert sim.tick().deletes() == []
+    sim.now = T0 + timedelta(seconds=602)  # 50 + 52 s running > 100 s
+    d = sim.tick()
+    assert sim.status["reason"] == "DeadlineExceeded" and d.deletes() == ["demo-it0-gen"]
+
+
+def test_an_invalid_spec_mid_run_fails_the_run_and_suspends_its_jobs_until_fixed() -> None:
+    sim = Sim(make_body())
+    _to_convert(sim)
+    sim.running("demo-it0-convert")
+    sim.set_spec({"training": {"maxLength": 32, "maxPromptLength": 64}})
+    d = sim.tick()
+    st = sim.status
+    assert st["phase"] == "Failed" and cond(st, "Failed")["status"] == "True"
+    assert cond(st, "Failed")["reason"] == "ValidationFailed"
+    assert d.actions == [PatchJob("demo-it0-convert", True)]
+    assert sim.job("demo-it0-convert")["spec"]["suspend"] is True
+    assert not is_terminal(st)  # fixing the spec resumes the run
+    sim.set_spec({"training": {"maxLength": 128}})
+    d = sim.tick()
+    assert d.actions == [PatchJob("demo-it0-convert", False)]
+    assert cond(sim.status, "Failed")["status"] == "False" and sim.status["phase"] == "Converting"
+
+
+def _foreign(sim: Sim, kind: str, name: str, owner: str | None) -> None:
+    obj = {"apiVersion": "batch/v1" if kind == "Job" else "v1", "kind": kind,
+           "metadata": {"name": name, "uid": f"old-{name}", "labels": meta.labels("demo", 0, "generate")},
+           "spec": {"template": {"metadata": {"labels": meta.labels("demo", 0, "generate")}}},
+           "status": {"conditions": [{"type": "Complete", "status": "True"}]}}
+    if owner is not None:
+        obj["metadata"]["ownerReferences"] = [{"kind": "SpinRun", "name": "demo", "uid": owner, "controller": True}]
+    sim.objects[(kind, name)] = obj
+
+
+def test_a_recreated_run_does_not_adopt_the_old_runs_jobs_and_waits_for_their_collection() -> None:
+    sim = Sim(make_body())
+    _foreign(sim, "Job", "demo-it0-gen", owner="uid-of-the-deleted-run")  # done, would "complete" generation
+    _foreign(sim, "ConfigMap", "demo-it0-spec", owner="uid-of-the-deleted-run")  # the old run's spec
+    d = sim.tick()
+    assert d.creates() == [] and sim.status["reason"] == "WaitingForOldObjects"
+    pc = cond(sim.status, "Progressing")
+    assert pc["status"] == "False" and "Job demo-it0-gen" in pc["message"] and "ConfigMap demo-it0-spec" in pc["message"]
+    assert d.requeue_after == 5.0
+    assert sim.status["iterations"] == []  # no step counted as done
+    del sim.objects[("Job", "demo-it0-gen")], sim.objects[("ConfigMap", "demo-it0-spec")]  # the garbage collector
+    d = sim.tick()
+    assert d.creates() == ["demo-data", "demo-it0-spec", "demo-it0-gen"]
+    assert annotation(sim.job("demo-it0-gen"), meta.ANNOTATION_ATTEMPT) == "0"
+
+
+def test_orphaned_objects_are_named_with_the_command_that_removes_them() -> None:
+    sim = Sim(make_body())
+    _foreign(sim, "Job", "demo-it0-gen", owner=None)
+    sim.tick()
+    msg = cond(sim.status, "Progressing")["message"]
+    assert "no owner (orphaned)" in msg and "kubectl delete -n ns1 job/demo-it0-gen" in msg
+
+
+def test_an_unowned_claim_of_an_earlier_run_is_reused_and_said_so() -> None:
+    sim = Sim(make_body())
+    sim.objects[("PersistentVolumeClaim", "demo-data")] = {
+        "kind": "PersistentVolumeClaim", "metadata": {"name": "demo-data", "labels": meta.labels("demo"),
+                                                      "annotations": {meta.ANNOTATION_CREATED_BY_RUN: "old-uid"}}}
+    d = sim.tick()
+    assert "demo-data" not in d.creates() and d.creates()[-1] == "demo-it0-gen"
+    reused = [m for _, r, m in d.events if r == "ClaimReused"]
+    assert reused and "old-uid" in reused[0]
+
+
+def test_a_claim_owned_by_a_deleted_run_is_not_reused() -> None:
+    sim = Sim(make_body(spec={"storage": {"newClaim": {"deleteWithRun": True}}}))
+    sim.objects[("PersistentVolumeClaim", "demo-data")] = {
+        "kind": "PersistentVolumeClaim", "metadata": {"name": "demo-data", "labels": meta.labels("demo"),
+                                                      "ownerReferences": [{"uid": "old", "controller": True}]}}
+    d = sim.tick()
+    assert d.creates() == [] and sim.status["reason"] == "WaitingForOldObjects"
+    del sim.objects[("PersistentVolumeClaim", "demo-data")]
+    d = sim.tick()
+    assert d.creates()[0] == "demo-data"
+    created = [m for _, r, m in d.events if r == "ClaimCreated"]
+    assert created and "deleted with the SpinRun" in created[0]
+
+
+@pytest.mark.parametrize(
+    ("trouble", "kw"),
+    [
+        ("ImagePullBackOff", {"waiting": "ImagePullBackOff"}),
+        ("ImagePullBackOff", {"waiting": "ErrImagePull"}),
+        ("CreateContainerConfigError", {"waiting": "CreateContainerConfigError"}),
+        ("Unschedulable", {"unschedulable": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."}),
+        ("ClaimPending", {"unschedulable": "0/4 nodes are available: pod has unbound immediate PersistentVolumeClaims."}),
+    ],
+)
+def test_a_pod_that_cannot_start_is_reported_then_fails_the_run_after_the_grace_period(trouble: str, kw: dict) -> None:
+    sim = Sim(make_body(spec={"podStartupTimeoutSeconds": 600}))
+    sim.tick()
+    sim.running("demo-it0-gen")
+    sim.pod("demo-it0-gen", 0, **kw)
+    d = sim.tick()
+    pc = cond(sim.status, "Progressing")
+    assert pc["status"] == "False" and pc["reason"] == trouble and sim.status["reason"] == trouble
+    assert "demo-it0-gen-0-abcde" in pc["message"]
+    assert [(t, r) for t, r, _ in d.events] == [("Warning", trouble)]
+    assert 590 <= (d.requeue_after or 0) <= 600
+    assert sim.tick(300).events == []  # reported once
+    sim.now = T0 + timedelta(seconds=601)
+    d = sim.tick()
+    st = sim.status
+    assert st["phase"] == "Failed" and st["reason"] == trouble and cond(st, "Failed")["reason"] == trouble
+    assert "podStartupTimeoutSeconds (600s)" in st["message"]
+    assert d.deletes() == ["demo-it0-gen"]
+
+
+def test_pod_trouble_clears_when_the_pod_runs() -> None:
+    sim = Sim(make_body())
+    sim.tick()
+    sim.running("demo-it0-gen")
+    pod = sim.pod("demo-it0-gen", 0, waiting="ImagePullBackOff")
+    sim.tick()
+    pod["status"] = {"phase": "Running"}
+    sim.tick()
+    assert cond(sim.status, "Progressing")["status"] == "True" and sim.status["reason"] == "StepRunning"
+
+
+def test_zero_pod_startup_timeout_waits_forever() -> None:
+    sim = Sim(make_body(spec={"podStartupTimeoutSeconds": 0}))
+    sim.tick()
+    sim.running("demo-it0-gen")
+    sim.pod("demo-it0-gen", 0, unschedulable="0/1 nodes are available")
+    sim.now = T0 + timedelta(days=3)
+    sim.tick()
+    assert sim.status["phase"] == "Generating" and sim.status["reason"] == "Unschedulable"
+
+
+def test_multi_node_training_says_how_many_pods_it_waits_for() -> None:
+    sim = Sim(make_body(spec={"training": {"nodes": 3}, "storage": {"newClaim": {"accessModes": ["ReadWriteMany"]}}}))
+    _to_train(sim)
+    sim.running("demo-it0-train")
+    sim.pod("demo-it0-train", 0, phase="Running")
+    sim.pod("demo-it0-train", 1, phase="Pending")
+    sim.tick()
+    assert sim.status["reason"] == "WaitingForPods"
+    assert "waiting for 2 of 3 pods" in sim.status["message"]
+    for i in (1, 2):
+        sim.pod("demo-it0-train", i, phase="Running")
+    sim.tick()
+    assert sim.status["reason"] == "StepRunning"
+
+
+def test_pods_of_another_runs_job_are_not_counted() -> None:
+    sim = Sim(make_body())
+    sim.tick()
+    sim.running("demo-it0-gen")
+    pod = sim.pod("demo-it0-gen", 0, waiting="ImagePullBackOff")
+    pod["metadata"]["ownerReferences"][0]["uid"] = "a-job-of-the-old-run"
+    pod["spec"]["containers"][0]["env"] = [{"name": "SPIN_RUN_UID", "value": "uid-of-the-old-run"}]
+    sim.tick()
+    assert sim.status["reason"] == "StepRunning"
+
+
+def test_a_deterministic_exit_code_fails_the_run_without_a_retry() -> None:
+    sim = Sim(make_body(spec={"backoffLimit": 3}))
+    _to_convert(sim)
+    sim.finish("demo-it0-convert", ok=False, reason="PodFailurePolicy")
+    d = sim.tick()
+    st = sim.status
+    assert st["phase"] == "Failed" and st["reason"] == "StepFailed"
+    assert "exit code a retry cannot fix" in st["message"] and "65: bad data" in st["message"]
+    assert d.creates() == [] and st["iterations"][0]["steps"][1]["retries"] == 0

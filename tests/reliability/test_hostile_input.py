@@ -15,8 +15,12 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from spin_operator import resources as res
-from spin_operator.reconcile import Create, Observed, reconcile
+from spin_operator import launchers
+from spin_operator.builders import meta
+from spin_operator.builders import pod as pod_builder
+from spin_operator.kube.objects import Observed
+from spin_operator.reconcile.actions import Create
+from spin_operator.reconcile.decide import reconcile
 from spin_operator.render import render_objects
 
 from spin_runtime.api.load import SpecError, validate_data
@@ -176,8 +180,8 @@ SHELLS = {"sh", "bash", "/bin/sh", "/bin/bash", "dash", "zsh", "ash", "busybox",
 
 def check_rendered(objs: list[dict[str, Any]], run: SpinRun, hostile: list[str]) -> int:
     """The security properties of every rendered object; returns the number of containers."""
-    run_dir = res.run_dir(run.metadata.name, run.spec)
-    assert posixpath.normpath(run_dir) == run_dir and run_dir.startswith(f"{res.DATA_MOUNT}/")
+    run_dir = pod_builder.run_dir(run.metadata.name, run.spec)
+    assert posixpath.normpath(run_dir) == run_dir and run_dir.startswith(f"{pod_builder.DATA_MOUNT}/")
     containers = 0
     for obj in objs:
         for pod in pods_of(obj):
@@ -198,7 +202,7 @@ def check_rendered(objs: list[dict[str, Any]], run: SpinRun, hostile: list[str])
                     assert "$(" not in a and "`" not in a, f"a value Kubernetes or a shell would expand: {a!r}"
                     for h in hostile:
                         assert h not in a, f"spec text {h!r} reached the command line: {argv}"
-                    if a.startswith(res.DATA_MOUNT):
+                    if a.startswith(pod_builder.DATA_MOUNT):
                         assert posixpath.normpath(a).startswith(run_dir), f"{a} outside the run directory"
                 for e in c.get("env") or []:
                     if e["name"] == "HF_TOKEN":
@@ -207,7 +211,7 @@ def check_rendered(objs: list[dict[str, Any]], run: SpinRun, hostile: list[str])
                     assert any(e["name"] == "HF_TOKEN" for e in c["env"])
     for obj in objs:
         if obj["kind"] == "ConfigMap":  # the pinned spec names the Secret, never holds a token
-            data = json.loads(obj["data"][res.SPEC_KEY])
+            data = json.loads(obj["data"][pod_builder.SPEC_KEY])
             assert "valueFrom" not in json.dumps(data)
     return containers
 
@@ -216,17 +220,18 @@ def _reconcile_twice(body: dict[str, Any]) -> tuple[Any, Any]:
     """Two passes, the second seeing the first's status and children: the second must not
     repeat the first's work (no loop)."""
     first = reconcile(body, Observed(), T0)
-    body2 = {**body, "status": first.status}
+    body2 = {**body, "status": first.status_document()}
     created = [a.obj for a in first.actions if isinstance(a, Create)]
     name = body["metadata"]["name"]
     for o in created:
-        o.setdefault("metadata", {}).setdefault("labels", {}).update(res.labels(name))
+        o.setdefault("metadata", {}).setdefault("labels", {}).update(meta.labels(name))
     observed = Observed.from_objects(
         name,
-        jobs=[o for o in created if o["kind"] in ("Job", "PyTorchJob")],
+        jobs=[o for o in created if o["kind"] == "Job" or launchers.by_kind(o["kind"])],
         config_maps=[o for o in created if o["kind"] == "ConfigMap"],
         services=[o for o in created if o["kind"] == "Service"],
         pvcs=[o for o in created if o["kind"] == "PersistentVolumeClaim"],
+        read_state=launchers.read_state,
     )
     second = reconcile(body2, observed, T0)
     return first, second
@@ -256,8 +261,8 @@ def test_hostile_strings_in_every_free_text_field_are_refused_or_contained(
             assert "\n" not in line and FIELD_LINE.match(line), line
         assert crd_check.admission_problems(doc), f"the models refused {e.problems} but the CRD admits it"
         first, second = _reconcile_twice(body)
-        assert first.actions == [] and first.status["reason"] == "ValidationFailed"
-        assert second.actions == [] and second.events == [] and second.status == first.status
+        assert first.actions == [] and first.status_document()["reason"] == "ValidationFailed"
+        assert second.actions == [] and second.events == [] and second.status_document() == first.status_document()
         if _stats["refused"] % 10 == 1:  # the CLI on a sample of them (it reads YAML files)
             f = tmp_path / f"spec-{_stats['generated']}.yaml"
             f.write_text(yaml.safe_dump(doc, allow_unicode=False))
@@ -273,7 +278,7 @@ def test_hostile_strings_in_every_free_text_field_are_refused_or_contained(
     assert not crd_check.admission_problems(doc) or True  # the CRD may refuse more (see test_validation)
     _stats["containers"] += check_rendered(render_objects(run, namespace="team-a"), run, hostile)
     first, second = _reconcile_twice(body)
-    assert first.status["phase"] != "Failed", first.status
+    assert first.status_document()["phase"] != "Failed", first.status_document()
     made = {a.name for a in first.actions if isinstance(a, Create)}
     assert not ({a.name for a in second.actions if isinstance(a, Create)} & made), "a second pass re-creates"
 
@@ -382,12 +387,12 @@ def test_invalid_specs_get_validation_failed_and_reconcile_is_stable(case: str, 
     spec, name = PYDANTIC_ONLY[case]
     first, second = _reconcile_twice(_body(spec, name))
     assert first.actions == []
-    st = first.status
+    st = first.status_document()
     assert st["phase"] == "Failed" and st["reason"] == "ValidationFailed" and "fix and reapply" in st["message"]
     vf = next(c for c in st["conditions"] if c["type"] == "ValidationFailed")
     assert vf["status"] == "True"
     assert [e[1] for e in first.events] == ["ValidationFailed"]
-    assert second.actions == [] and second.events == [] and second.status == st, "a second pass must change nothing"
+    assert second.actions == [] and second.events == [] and second.status_document() == st, "a second pass must change nothing"
     tally.add("specs.invalid_reconciled", 1)
 
 
@@ -407,7 +412,7 @@ def test_combinations_training_would_refuse_are_refused_before_any_job(case: str
     assert not _valid(spec), "pydantic must refuse it"
     assert crd_check.admission_problems({**doc, "metadata": {"name": "r"}}), "the CRD must refuse it"
     first, second = _reconcile_twice(doc)
-    assert first.status["reason"] == "ValidationFailed" and first.actions == [], first.status
+    assert first.status_document()["reason"] == "ValidationFailed" and first.actions == [], first.status_document()
     assert second.actions == []
 
 

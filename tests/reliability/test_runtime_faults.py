@@ -335,7 +335,7 @@ def test_damaged_checkpoint_is_named_and_never_used(
 
 
 def test_an_invalid_pinned_spec_fails_init_run_with_the_bad_spec_exit_code(tmp_path: Path) -> None:
-    """Exit 2 (errors.EXIT_BAD_SPEC) is one of the codes the operator's podFailurePolicy fails on at
+    """Exit 78 (errors.EXIT_BAD_SPEC, sysexits EX_CONFIG) is one of the codes the operator's podFailurePolicy fails on at
     once: a retry of the same spec cannot succeed."""
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"apiVersion": "spin.dev/v1alpha1", "kind": "SpinRun", "metadata": {"name": "r"},

@@ -25,7 +25,9 @@ def warm() -> None:
 
     # kubernetes.client imports its API and model modules lazily (seconds of CPU): now, once
     _ = (client.BatchV1Api, client.CoreV1Api, client.CustomObjectsApi, client.V1DeleteOptions, client.ApiClient())
-    from spin_operator import handlers, main, reconcile, render  # noqa: F401
+    from spin_operator import handlers, main, render  # noqa: F401
+    from spin_operator.kube.objects import Observed
+    from spin_operator.reconcile.decide import reconcile
 
     from spin_runtime.api.spec import SpinRun
 
@@ -34,7 +36,7 @@ def warm() -> None:
         "metadata": {"name": "warm", "namespace": "warm", "uid": "u", "generation": 1},
         "spec": {"model": {"builtin": "tiny-random-llama"}, "iterations": 1},
     }
-    reconcile.reconcile(body, reconcile.Observed(), datetime.now(timezone.utc))
+    reconcile(body, Observed(), datetime.now(timezone.utc))
     render.render_objects(SpinRun.model_validate(body))
 
 

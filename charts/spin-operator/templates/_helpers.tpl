@@ -84,7 +84,7 @@ Usage: include "spin-operator.image" (dict "image" .Values.images.trainer "root"
 
 {{/*
 The rules of the objects the operator manages inside a watched namespace: exactly the calls
-the operator makes (operator/spin_operator/handlers.py and kopf itself), verb by verb;
+the operator makes (operator/spin_operator/kube/client.py and kopf itself), verb by verb;
 tests/chart/test_chart.py replays the requests recorded by the operator's e2e tests against
 them. No Secrets: pods get the HF token through a secretKeyRef, resolved by the kubelet.
 */}}

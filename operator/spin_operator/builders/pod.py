@@ -1,0 +1,196 @@
+"""The pod template every step shares: images, restricted security contexts, environment,
+resources, the init container that pins the spec, and the volumes and their mounts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from spin_operator.builders.context import BuildContext
+from spin_operator.builders.meta import claim_name, labels, spec_configmap_name
+from spin_runtime.api.spec import SpinRunSpec
+from spin_runtime.launch import RUN_UID_ENV
+
+DATA_MOUNT = "/data"
+SPEC_MOUNT = "/etc/spin"
+SPEC_KEY = "spec.json"
+GPU_RESOURCE = "nvidia.com/gpu"
+#: The uid/gid the spinrun images run as (non-root, created in images/*.Dockerfile); the
+#: volume is group-writable through fsGroup.
+POD_UID = 65532
+
+
+def run_dir(run: str, spec: SpinRunSpec) -> str:
+    """The run directory inside pods: `/data/<storage.subPath>/<run-name>`."""
+    return f"{DATA_MOUNT}/{spec.storage.sub_path}/{run}"
+
+
+def step_images(ctx: BuildContext) -> tuple[str, str, str]:
+    """(generator image, trainer image, pull policy): the spec's, else the deployment's."""
+    img = ctx.spec.images
+    return (
+        img.generator or ctx.settings.generator_image,
+        img.trainer or ctx.settings.trainer_image,
+        img.pull_policy or ctx.settings.pull_policy,
+    )
+
+
+def container_security_context() -> dict[str, Any]:
+    """Restricted-profile container security context."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def pod_security_context() -> dict[str, Any]:
+    """Pod security context: non-root, RuntimeDefault seccomp, the volume group-writable."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": POD_UID,
+        "runAsGroup": POD_UID,
+        "fsGroup": POD_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def env_vars(ctx: BuildContext) -> list[dict[str, Any]]:
+    """Environment of every step: caches on writable paths, the run's name and uid, the user's
+    env, HF_TOKEN by secretKeyRef."""
+    spec = ctx.spec
+    env: list[dict[str, Any]] = [
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
+        {"name": "HF_HOME", "value": f"{DATA_MOUNT}/{spec.storage.sub_path}/.cache/huggingface"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": "SPIN_RUN_NAME", "value": ctx.run.name},
+        {"name": RUN_UID_ENV, "value": ctx.run.uid},
+    ]
+    env += [{"name": e.name, "value": e.value} for e in spec.env]
+    if spec.hf_token_secret is not None:
+        env.append(
+            {
+                "name": "HF_TOKEN",
+                "valueFrom": {
+                    "secretKeyRef": {"name": spec.hf_token_secret.name, "key": spec.hf_token_secret.key}
+                },
+            }
+        )
+    return env
+
+
+def container_resources(requests: Mapping[str, str], limits: Mapping[str, str], gpus: int) -> dict[str, Any]:
+    """Requests/limits with `gpus` added as nvidia.com/gpu (unless the user set it)."""
+    req = dict(requests)
+    lim = dict(limits)
+    if gpus > 0 and GPU_RESOURCE not in lim:
+        lim[GPU_RESOURCE] = str(gpus)
+    if GPU_RESOURCE in lim and GPU_RESOURCE not in req:
+        req[GPU_RESOURCE] = lim[GPU_RESOURCE]
+    out: dict[str, Any] = {}
+    if req:
+        out["requests"] = req
+    if lim:
+        out["limits"] = lim
+    return out
+
+
+def init_container(ctx: BuildContext, image: str, pull_policy: str) -> dict[str, Any]:
+    """Copies the iteration's spec (ConfigMap) into the run directory before the step runs."""
+    return {
+        "name": "init-run",
+        "image": image,
+        "imagePullPolicy": pull_policy,
+        "command": [
+            "spin",
+            "init-run",
+            "--spec",
+            f"{SPEC_MOUNT}/{SPEC_KEY}",
+            "--run-dir",
+            run_dir(ctx.run.name, ctx.spec),
+        ],
+        "env": [{"name": "HOME", "value": "/tmp"}],
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
+        "securityContext": container_security_context(),
+        "volumeMounts": volume_mounts(),
+    }
+
+
+def volume_mounts(shm: bool = False) -> list[dict[str, Any]]:
+    """Mounts of every container: the run volume, the spec (read-only), /tmp and (GPU pods) /dev/shm."""
+    mounts = [
+        {"name": "data", "mountPath": DATA_MOUNT},
+        {"name": "spec", "mountPath": SPEC_MOUNT, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if shm:
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    return mounts
+
+
+def volumes(ctx: BuildContext, shm: bool = False) -> list[dict[str, Any]]:
+    """The run volume, the iteration's spec ConfigMap, a scratch /tmp and (GPU pods) /dev/shm."""
+    vols: list[dict[str, Any]] = [
+        {"name": "data", "persistentVolumeClaim": {"claimName": claim_name(ctx.run.name, ctx.spec)}},
+        {
+            "name": "spec",
+            "configMap": {"name": spec_configmap_name(ctx.run.name, ctx.iteration), "defaultMode": 0o444},
+        },
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    if shm:
+        vols.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+    return vols
+
+
+def pod_template(
+    ctx: BuildContext,
+    step: str,
+    *,
+    image: str,
+    pull_policy: str,
+    command: list[str],
+    resources: dict[str, Any],
+    gpus: int,
+    extra_env: list[dict[str, Any]] | None = None,
+    subdomain: str | None = None,
+    ports: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The pod template shared by every step: init container, security, scheduling fields."""
+    spec = ctx.spec
+    container: dict[str, Any] = {
+        "name": step,
+        "image": image,
+        "imagePullPolicy": pull_policy,
+        "command": command,
+        "env": env_vars(ctx) + list(extra_env or []),
+        "resources": resources,
+        "securityContext": container_security_context(),
+        "volumeMounts": volume_mounts(shm=gpus > 0),
+    }
+    if ports:
+        container["ports"] = ports
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "securityContext": pod_security_context(),
+        "initContainers": [init_container(ctx, image, pull_policy)],
+        "containers": [container],
+        "volumes": volumes(ctx, shm=gpus > 0),
+        "enableServiceLinks": False,
+    }
+    if subdomain:
+        pod["subdomain"] = subdomain
+    if spec.service_account_name:
+        pod["serviceAccountName"] = spec.service_account_name
+    if spec.node_selector:
+        pod["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod["tolerations"] = [t.dump() for t in spec.tolerations]
+    if spec.priority_class_name:
+        pod["priorityClassName"] = spec.priority_class_name
+    if spec.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
+    return {"metadata": {"labels": labels(ctx.run.name, ctx.iteration, step)}, "spec": pod}

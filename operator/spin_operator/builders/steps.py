@@ -1,0 +1,95 @@
+"""The Jobs of the generate, convert and evaluate stages, and `step_objects`, which builds any
+stage's objects (the training stage through its launcher)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from spin_operator import launchers
+from spin_operator.builders.context import BuildContext
+from spin_operator.builders.job import job
+from spin_operator.builders.pod import container_resources, pod_template, run_dir, step_images
+from spin_runtime.api.spec import SpinRunSpec
+from spin_runtime.plan.stages import Stage, Step
+
+CONVERT_RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}}
+
+
+def generation_gpus(spec: SpinRunSpec) -> int:
+    """GPUs per generation pod: tensorParallelSize, none for the transformers (CPU) engine."""
+    return 0 if spec.generation.engine == "transformers" else spec.generation.tensor_parallel_size
+
+
+def generate_job(ctx: BuildContext, stage: Stage) -> dict[str, Any]:
+    """One Indexed Job per iteration, one index per shard (`spin generate` reads
+    JOB_COMPLETION_INDEX). A failed shard re-runs alone up to backoffLimit times
+    (backoffLimitPerIndex); one shard over its limit fails the Job (maxFailedIndexes 0)."""
+    gen = ctx.spec.generation
+    image, _, pull = step_images(ctx)
+    gpus = generation_gpus(ctx.spec)
+    template = pod_template(
+        ctx,
+        "generate",
+        image=image,
+        pull_policy=pull,
+        command=stage.steps[0].argv(run_dir(ctx.run.name, ctx.spec), shard_from_env=True),
+        resources=container_resources(gen.resources.requests, gen.resources.limits, gpus),
+        gpus=gpus,
+    )
+    return job(
+        ctx,
+        "generate",
+        template,
+        completions=stage.shards,
+        parallelism=min(gen.parallelism or stage.shards, stage.shards),
+        indexed=True,
+        backoff_limit=None,
+        backoff_limit_per_index=ctx.spec.backoff_limit,
+        max_failed_indexes=0,
+    )
+
+
+def convert_job(ctx: BuildContext) -> dict[str, Any]:
+    """A small CPU Job gathering the shards into parquet. Retries are the operator's
+    (the Job is recreated, attempt annotation + 1), so backoffLimit is 0."""
+    _, image, pull = step_images(ctx)
+    template = pod_template(
+        ctx,
+        "convert",
+        image=image,
+        pull_policy=pull,
+        command=Step(ctx.iteration, "convert").argv(run_dir(ctx.run.name, ctx.spec)),
+        resources=copy.deepcopy(CONVERT_RESOURCES),
+        gpus=0,
+    )
+    return job(ctx, "convert", template)
+
+
+def evaluate_job(ctx: BuildContext) -> dict[str, Any]:
+    """Held-out metrics of the iteration's checkpoint on one training-sized pod."""
+    tr = ctx.spec.training
+    _, image, pull = step_images(ctx)
+    gpus = tr.gpus_per_node
+    template = pod_template(
+        ctx,
+        "evaluate",
+        image=image,
+        pull_policy=pull,
+        command=Step(ctx.iteration, "evaluate").argv(run_dir(ctx.run.name, ctx.spec)),
+        resources=container_resources(tr.resources.requests, tr.resources.limits, gpus),
+        gpus=gpus,
+    )
+    return job(ctx, "evaluate", template)
+
+
+def step_objects(ctx: BuildContext, stage: Stage) -> list[dict[str, Any]]:
+    """Every object one stage of one iteration needs, in creation order: one Job, or for
+    training whatever the spec's launcher makes (e.g. a Job plus its headless Service)."""
+    if stage.name == "generate":
+        return [generate_job(ctx, stage)]
+    if stage.name == "convert":
+        return [convert_job(ctx)]
+    if stage.name == "evaluate":
+        return [evaluate_job(ctx)]
+    return launchers.for_spec(ctx.spec).objects(ctx)

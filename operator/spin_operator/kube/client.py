@@ -1,0 +1,141 @@
+"""The operator's Kubernetes API verbs: one client, reading and patching SpinRuns, listing a
+launcher's custom resources, and `execute(namespace, action)` for a decision's actions.
+Every request is counted in the metrics; blocking calls (run them in a thread)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from spin_operator import launchers, metrics
+from spin_operator.builders.meta import LABEL_RUN
+from spin_operator.launchers.base import Launcher, api_group, api_version_only
+from spin_operator.reconcile.actions import Action, Create, Delete
+from spin_runtime.api.spec import GROUP, PLURAL, VERSION
+
+USER_AGENT = "spin-operator/0.1"
+#: Plurals of the core and batch kinds the operator creates or deletes.
+PLURALS = {"Job": "jobs", "ConfigMap": "configmaps", "Service": "services", "PersistentVolumeClaim": "persistentvolumeclaims"}
+MERGE_PATCH = "application/merge-patch+json"
+
+_api: client.ApiClient | None = None
+
+
+def api_client() -> client.ApiClient:
+    """The operator's kubernetes client (in-cluster config, else the kubeconfig)."""
+    global _api
+    if _api is None:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        cfg = client.Configuration.get_default_copy()
+        cfg.connection_pool_maxsize = 32
+        api = client.ApiClient(cfg)
+        api.user_agent = USER_AGENT
+        # kubernetes.client imports its API modules lazily, ~1 s of CPU under the GIL on the
+        # first reconcile (every handler stalls behind it): import them now, at start-up.
+        _ = (client.BatchV1Api, client.CoreV1Api, client.CustomObjectsApi)
+        _api = api
+    return _api
+
+
+def reset_api_client() -> None:
+    """Forget the cached client (tests point the operator at a new server)."""
+    global _api
+    _api = None
+
+
+def _count(verb: str, resource: str) -> None:
+    metrics.API_REQUESTS.labels(verb=verb, resource=resource).inc()
+
+
+def plural_of(kind: str) -> str:
+    launcher = launchers.by_kind(kind)
+    return launcher.plural if launcher is not None else PLURALS[kind]
+
+
+def get_spinrun(namespace: str, name: str) -> dict[str, Any] | None:
+    """The SpinRun, or None when it is gone."""
+    _count("get", "spinruns")
+    try:
+        obj = client.CustomObjectsApi(api_client()).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+    return dict(obj)
+
+
+def patch_status(namespace: str, name: str, status: dict[str, Any]) -> None:
+    """Merge-patch the status subresource."""
+    _count("patch", "spinruns/status")
+    client.CustomObjectsApi(api_client()).patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _content_type=MERGE_PATCH
+    )
+
+
+def list_launched(namespace: str, run: str, launcher: Launcher) -> tuple[bool, list[dict[str, Any]]]:
+    """(resource served?, this run's objects of a custom-resource launcher)."""
+    _count("list", launcher.plural)
+    try:
+        out = client.CustomObjectsApi(api_client()).list_namespaced_custom_object(
+            api_group(launcher), api_version_only(launcher), namespace, launcher.plural, label_selector=f"{LABEL_RUN}={run}"
+        )
+    except ApiException as e:
+        if e.status == 404:
+            return False, []
+        raise
+    return True, list(out.get("items") or [])
+
+
+def execute(namespace: str, action: Action) -> None:
+    """Run one action; 409 on create and 404 on delete/patch count as done."""
+    try:
+        _execute(namespace, action)
+    except ApiException as e:
+        if isinstance(action, Create) and e.status == 409:
+            return
+        if not isinstance(action, Create) and e.status == 404:
+            return
+        raise
+
+
+def _execute(namespace: str, action: Action) -> None:
+    api = api_client()
+    batch, core, custom = client.BatchV1Api(api), client.CoreV1Api(api), client.CustomObjectsApi(api)
+    kind = action.kind
+    launcher = launchers.by_kind(kind)
+    _count({Create: "create", Delete: "delete"}.get(type(action), "patch"), plural_of(kind))
+    if launcher is not None:
+        group, version, plural = api_group(launcher), api_version_only(launcher), launcher.plural
+        if isinstance(action, Create):
+            custom.create_namespaced_custom_object(group, version, namespace, plural, action.obj)
+        elif isinstance(action, Delete):
+            opts = client.V1DeleteOptions(propagation_policy="Background")
+            custom.delete_namespaced_custom_object(group, version, namespace, plural, action.name, body=opts)
+        else:
+            custom.patch_namespaced_custom_object(
+                group, version, namespace, plural, action.name, action.patch(), _content_type=MERGE_PATCH
+            )
+        return
+    if isinstance(action, Create):
+        create = {
+            "Job": batch.create_namespaced_job,
+            "ConfigMap": core.create_namespaced_config_map,
+            "Service": core.create_namespaced_service,
+            "PersistentVolumeClaim": core.create_namespaced_persistent_volume_claim,
+        }.get(kind)
+        if create is None:
+            raise ValueError(f"no create for kind {kind}")
+        create(namespace, action.obj, _preload_content=False)
+    elif isinstance(action, Delete):
+        delete = {"Job": batch.delete_namespaced_job, "Service": core.delete_namespaced_service}.get(kind)
+        if delete is None:
+            raise ValueError(f"no delete for kind {kind}")
+        opts = client.V1DeleteOptions(propagation_policy="Background")
+        delete(action.name, namespace, body=opts, _preload_content=False)
+    else:
+        batch.patch_namespaced_job(action.name, namespace, action.patch(), _content_type=MERGE_PATCH, _preload_content=False)

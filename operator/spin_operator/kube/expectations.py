@@ -1,0 +1,77 @@
+"""What this operator process knows that the watch index may not show yet: Jobs it created that
+the index has not caught up with ("expectations", as Kubernetes controllers keep them), and the
+last state of each Job that reached a reconcile (so events that change nothing are dropped)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from spin_operator.kube.objects import JobState
+
+#: How long a created Job counts as existing without the index showing it.
+EXPECTATION_TTL_SECONDS = 300.0
+
+#: (namespace, run name)
+RunKey = tuple[str, str]
+
+
+@dataclass
+class Expectations:
+    """Per-process bookkeeping of created and seen Jobs; starts empty with each operator."""
+
+    #: (namespace, run) → job name → (monotonic time created, body). Under load the index lags
+    #: behind the API server; without these a reconcile in that gap would create the same Job
+    #: again (answered 409) and announce its step twice.
+    created: dict[RunKey, dict[str, tuple[float, dict[str, Any]]]] = field(default_factory=dict)
+    #: (namespace, job name) → the state that led to (or came from) a reconcile.
+    seen: dict[tuple[str, str], JobState] = field(default_factory=dict)
+
+    def expect(self, key: RunKey, job_name: str, body: dict[str, Any], now: float) -> None:
+        """A create of `job_name` is about to be sent: count it as existing from now on."""
+        self.created.setdefault(key, {})[job_name] = (now, body)
+
+    def pending(self, key: RunKey, indexed: list[Mapping[str, Any]], now: float) -> list[dict[str, Any]]:
+        """Jobs created by this process and not yet in the index (expired ones are forgotten)."""
+        expected = self.created.get(key)
+        if not expected:
+            return []
+        in_index = {(j.get("metadata") or {}).get("name") for j in indexed}
+        for job_name, (created, _) in list(expected.items()):
+            if job_name in in_index or now - created > EXPECTATION_TTL_SECONDS:
+                del expected[job_name]
+        return [body for _, body in expected.values()]
+
+    def settle(self, key: RunKey, job_name: str) -> None:
+        """The watch showed `job_name` (created, changed or deleted), or its create failed, or
+        this process deleted it: stop expecting it. The one place expectations are forgotten."""
+        expected = self.created.get(key)
+        if expected is not None:
+            expected.pop(job_name, None)
+            if not expected:
+                del self.created[key]
+
+    def record(self, namespace: str, job_name: str, state: JobState) -> None:
+        """The decision has accounted for this state of the Job."""
+        self.seen[(namespace, job_name)] = state
+
+    def is_news(self, namespace: str, event_type: str | None, body: Mapping[str, Any]) -> bool:
+        """Whether a Job event may change a reconcile's outcome: a deletion, or a state (conditions,
+        counts, suspension, attempt, ...) other than the one last seen for that Job. The echo of a
+        Job just created, and status updates that change nothing the decision reads, are dropped."""
+        key = (namespace, str((body.get("metadata") or {}).get("name")))
+        if event_type == "DELETED":
+            self.seen.pop(key, None)
+            return True
+        state = JobState.from_job(body)
+        if self.seen.get(key) == state:
+            return False
+        self.seen[key] = state
+        return True
+
+    def forget_run(self, namespace: str, run: str) -> None:
+        """A SpinRun was deleted: drop what is kept about its Jobs."""
+        self.created.pop((namespace, run), None)
+        for key in [k for k in self.seen if k[0] == namespace and k[1].startswith(f"{run}-it")]:
+            del self.seen[key]

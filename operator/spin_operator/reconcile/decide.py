@@ -1,0 +1,623 @@
+"""The operator's one decision: `reconcile(run, observed, now) -> Decision`.
+
+Given a SpinRun (spec + last status) and what exists in the cluster (its Jobs, spec ConfigMaps,
+Services, PVC), it decides which objects to create, delete or (un)suspend, the new status and the
+events to post. It is pure: no clock, no API, no kopf — the driver gathers the observation, calls
+it, and executes the decision.
+
+Rules (each pinned by tests/operator/test_reconcile.py):
+- Stages run in plan order (spin_runtime.plan.stages); a stage is done once its Job had
+  condition Complete, which is recorded in status.iterations[].steps, so a Job removed later is
+  not recreated.
+- An iteration pins the spec it started under in `<run>-it<k>-spec`; spec changes apply from
+  the next iteration on.
+- A failed convert/train/evaluate Job is deleted and recreated (annotation spin.dev/attempt+1)
+  until backoffLimit retries are spent; a failed generation Job (a shard over its per-index
+  limit) fails the run naming the shard.
+- Complete and Failed are sticky: a finished run never creates children again. The exception
+  is an invalid spec (condition Failed with reason ValidationFailed): its Jobs are suspended,
+  and fixing the spec resumes them.
+- Children are adopted only through their controller ownerReference to this run's uid; objects
+  of a deleted run with the same name are waited for until the garbage collector removes them.
+- A pod that cannot start (image, config, scheduling, claim) turns Progressing False with that
+  reason; after podStartupTimeoutSeconds the run fails with it.
+- activeDeadlineSeconds counts running time only: suspended time is excluded.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from spin_operator import launchers
+from spin_operator.builders.context import BuildContext
+from spin_operator.builders.meta import RunRef, job_name, spec_configmap_name
+from spin_operator.builders.pod import run_dir
+from spin_operator.builders.steps import step_objects
+from spin_operator.builders.storage import persistent_volume_claim, spec_config_map, spec_from_config_map
+from spin_operator.kube.objects import JobState, Observed, PodState
+from spin_operator.kube.timestamps import parse_time, rfc3339
+from spin_operator.reconcile.actions import Action, Create, Delete, Event, PatchJob
+from spin_operator.reconcile.conditions import (
+    condition,
+    is_terminal,
+    is_true,
+    read_status,
+    set_condition,
+    status_document,
+)
+from spin_operator.settings import DeploymentSettings
+from spin_runtime.api.load import SpecError, validate_data
+from spin_runtime.api.spec import API_VERSION, KIND, SpinRun, SpinRunSpec
+from spin_runtime.api.status import STEP_PHASE, Checkpoint, IterationStatus, Phase, SpinRunStatus, StepStatus
+from spin_runtime.errors import EXIT_BAD_DATA, EXIT_BAD_MODEL, EXIT_BAD_SPEC
+from spin_runtime.plan import layout, stages
+
+#: How many entries status.iterations keeps (the newest).
+MAX_ITERATION_HISTORY = 20
+#: Status fields every status carries, even before anything happened.
+ALWAYS_SET = ("phase", "completed_iterations", "conditions", "iterations")
+#: How often a run waiting for something without an event (old objects to be collected) looks again.
+WAIT_RECHECK_SECONDS = 5.0
+#: What to do about each reason a pod cannot start.
+POD_TROUBLE_HINTS = {
+    "ImagePullBackOff": "check spec.images (or the operator's image settings) and spec.imagePullSecrets",
+    "CreateContainerConfigError": "a Secret or ConfigMap the pod needs is missing (spec.hfTokenSecret?): create it",
+    "CreateContainerError": "the container runtime refused the container: see `kubectl describe pod`",
+    "Unschedulable": "no node fits: check the step's resources, spec.nodeSelector, spec.tolerations and GPU quota",
+    "ClaimPending": "the run's PersistentVolumeClaim is not bound: check its StorageClass and capacity",
+}
+
+
+@dataclass
+class Decision:
+    """What to do: actions in order, the complete new status, events to post, and when a
+    time-based rule (deadline, TTL) next needs a look."""
+
+    actions: list[Action] = field(default_factory=list)
+    status: SpinRunStatus = field(default_factory=SpinRunStatus)
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+
+    def creates(self) -> list[str]:
+        return [a.name for a in self.actions if isinstance(a, Create)]
+
+    def deletes(self) -> list[str]:
+        return [a.name for a in self.actions if isinstance(a, Delete)]
+
+    def status_document(self) -> dict[str, Any]:
+        """The new status as written to the API server (camelCase)."""
+        return status_document(self.status)
+
+
+def spec_of(body: Mapping[str, Any]) -> SpinRunSpec:
+    """The typed spec of a SpinRun object, through the one strict loader (SpecError if invalid)."""
+    meta = body.get("metadata") or {}
+    return validate_data(
+        {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace")},
+            "spec": body.get("spec") or {},
+        }
+    ).spec
+
+
+def validation_message(e: SpecError) -> str:
+    """The condition message of an invalid spec: its first five problems."""
+    shown = e.problems[:5]
+    more = f" (+{len(e.problems) - 5} more)" if len(e.problems) > 5 else ""
+    return "spec is invalid, fix and reapply: " + "; ".join(shown) + more
+
+
+def _as_body(run: SpinRun | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(run, SpinRun):
+        return run.model_dump(by_alias=True, exclude_none=True, mode="json")
+    return copy.deepcopy(dict(run))
+
+
+# --------------------------------------------------------------------------- one pass
+
+
+class ReconcilePass:
+    """One reconcile of one run: the working status plus the collected actions and events."""
+
+    def __init__(self, body: dict[str, Any], observed: Observed, now: datetime, settings: DeploymentSettings):
+        self.body = body
+        self.ref = RunRef.from_body(body)
+        self.generation = self.ref.generation
+        self.observed = observed
+        self.now = now
+        self.now_s = rfc3339(now)
+        self.settings = settings
+        self.status = read_status(body.get("status"))
+        for name in ALWAYS_SET:  # an assignment marks the field as set, so the document carries it
+            setattr(self.status, name, getattr(self.status, name))
+        self.decision = Decision()
+
+    # -- small helpers
+    def event(self, etype: str, reason: str, message: str) -> None:
+        self.decision.events.append((etype, reason, message))
+
+    def act(self, action: Action) -> None:
+        self.decision.actions.append(action)
+
+    def cond(self, ctype: str, value: bool, reason: str, message: str) -> bool:
+        return set_condition(self.status, ctype, value, reason, message, self.now_s, self.generation)
+
+    def requeue(self, seconds: float) -> None:
+        seconds = max(seconds, 1.0)
+        current = self.decision.requeue_after
+        self.decision.requeue_after = seconds if current is None else min(current, seconds)
+
+    def phase(self, phase: Phase, reason: str, message: str) -> None:
+        self.status.phase, self.status.reason, self.status.message = phase, reason, message
+
+    def delete_job(self, js: JobState) -> None:
+        self.act(Delete(js.kind, js.name, js.api_version))
+
+    def delete_unfinished(self) -> None:
+        for js in sorted(self.observed.jobs.values(), key=lambda j: j.name):
+            if not js.finished:
+                self.delete_job(js)
+
+    def fail(self, reason: str, message: str) -> None:
+        self.phase("Failed", reason, message)
+        self.cond("Failed", True, reason, message)
+        self.cond("Progressing", False, reason, message)
+        self.status.completion_time = self.now_s
+        self.event("Warning", reason, message)
+        self.delete_unfinished()
+
+    def finish(self) -> Decision:
+        self.status.observed_generation = self.generation
+        self.status.iterations = self.status.iterations[-MAX_ITERATION_HISTORY:]
+        self.decision.status = self.status
+        return self.decision
+
+
+# --------------------------------------------------------------------------- reconcile
+
+
+def reconcile(
+    run: SpinRun | Mapping[str, Any],
+    observed: Observed,
+    now: datetime,
+    settings: DeploymentSettings | None = None,
+) -> Decision:
+    """Decide the next actions and the new status of one SpinRun. Pure."""
+    rec = ReconcilePass(_as_body(run), observed, now, settings or DeploymentSettings())
+    if is_terminal(rec.status):
+        _terminal(rec)
+        return rec.finish()
+
+    try:
+        spec = spec_of(rec.body)
+    except SpecError as e:
+        _invalid_spec(rec, validation_message(e))
+        return rec.finish()
+    if condition(rec.status, "ValidationFailed") is not None:
+        rec.cond("ValidationFailed", False, "Valid", "spec is valid")
+        if is_true(rec.status, "Failed"):
+            rec.cond("Failed", False, "Valid", "spec is valid again")
+
+    if not rec.status.start_time:
+        rec.status.start_time = rec.now_s
+        rec.event("Normal", "Started", f"run started: iterations {spec.start_iteration}..{spec.iterations - 1}")
+
+    if _deadline(rec, spec):
+        return rec.finish()
+
+    _suspension(rec, spec)
+    if observed.foreign:
+        _wait_for_foreign(rec)
+        return rec.finish()
+    _claim(rec, spec)
+
+    _walk_plan(rec, spec)
+    return rec.finish()
+
+
+def _invalid_spec(rec: ReconcilePass, msg: str) -> None:
+    """ValidationFailed: Failed (not sticky: fixing the spec resumes the run), Jobs suspended so
+    they hold no GPUs while nobody can say what the run should do."""
+    if rec.cond("ValidationFailed", True, "ValidationFailed", msg):
+        rec.event("Warning", "ValidationFailed", msg)
+    rec.phase("Failed", "ValidationFailed", msg)
+    rec.cond("Failed", True, "ValidationFailed", msg)
+    rec.cond("Progressing", False, "ValidationFailed", msg)
+    for js in sorted(rec.observed.jobs.values(), key=lambda j: j.name):
+        if not js.finished and not js.suspended:
+            rec.act(PatchJob(js.name, True, js.kind))
+
+
+def _wait_for_foreign(rec: ReconcilePass) -> None:
+    """Objects with this run's names belong to another (deleted) SpinRun: create nothing until
+    the garbage collector has removed them, and say which ones when they stay (orphans)."""
+    shown = ", ".join(f"{f.kind} {f.name}" for f in rec.observed.foreign[:5])
+    more = f" (+{len(rec.observed.foreign) - 5} more)" if len(rec.observed.foreign) > 5 else ""
+    owners = {f.owner_uid for f in rec.observed.foreign}
+    whose = "no owner (orphaned)" if owners == {None} else "another SpinRun of this name (a deleted one)"
+    msg = (
+        f"waiting for {shown}{more} to go: they belong to {whose}, and this run adopts only its own children; "
+        f"the garbage collector removes a deleted run's objects, or delete them: kubectl delete -n {rec.ref.namespace} "
+        + " ".join(f"{f.kind.lower()}/{f.name}" for f in rec.observed.foreign[:5])
+    )
+    rec.status.reason, rec.status.message = "WaitingForOldObjects", msg
+    if rec.cond("Progressing", False, "WaitingForOldObjects", msg):
+        rec.event("Warning", "WaitingForOldObjects", msg)
+    rec.requeue(WAIT_RECHECK_SECONDS)
+
+
+def _claim(rec: ReconcilePass, spec: SpinRunSpec) -> None:
+    """Create the new claim (once), saying what happens to its data when the run is deleted."""
+    claim = spec.storage.new_claim
+    if claim is None:
+        return
+    pvc = persistent_volume_claim(rec.ref, spec)
+    assert pvc is not None
+    name, ns = pvc["metadata"]["name"], rec.ref.namespace
+    if rec.observed.pvc_exists:
+        created_by = rec.observed.pvc_created_by
+        if created_by and created_by != rec.ref.uid and not rec.status.iterations:
+            rec.event(
+                "Normal",
+                "ClaimReused",
+                f"PVC {name} exists from an earlier SpinRun of this name (uid {created_by}): this run uses it "
+                "and the results already on it",
+            )
+        return
+    rec.act(Create(pvc))
+    if claim.delete_with_run:
+        fate = "it is deleted with the SpinRun, checkpoints and results included (storage.newClaim.deleteWithRun: true)"
+    else:
+        fate = (
+            "it is kept when the SpinRun is deleted, with every checkpoint and result "
+            f"(storage.newClaim.deleteWithRun: false); remove it with `kubectl delete pvc -n {ns} {name}`"
+        )
+    rec.event("Normal", "ClaimCreated", f"created PVC {name} ({claim.size}): {fate}")
+
+
+def _terminal(rec: ReconcilePass) -> None:
+    """Finished runs: never create; clean up leftovers; apply ttlSecondsAfterFinished."""
+    if is_true(rec.status, "Failed"):
+        rec.delete_unfinished()
+    ttl = (rec.body.get("spec") or {}).get("ttlSecondsAfterFinished")
+    done_at = parse_time(rec.status.completion_time)
+    if ttl is None or done_at is None:
+        return
+    due = done_at + timedelta(seconds=int(ttl))
+    if rec.now < due:
+        rec.requeue((due - rec.now).total_seconds())
+        return
+    doomed = [Delete(js.kind, js.name, js.api_version) for js in sorted(rec.observed.jobs.values(), key=lambda j: j.name)]
+    doomed += [Delete("Service", s, "v1") for s in sorted(rec.observed.services)]
+    if doomed:
+        for d in doomed:
+            rec.act(d)
+        rec.event(
+            "Normal",
+            "TTLExpired",
+            f"ttlSecondsAfterFinished ({ttl}s) passed: deleting {len(doomed)} Job(s)/Service(s); results stay on the volume",
+        )
+
+
+def _deadline(rec: ReconcilePass, spec: SpinRunSpec) -> bool:
+    """activeDeadlineSeconds: fail the run and stop its Jobs once it passed. Suspended time does
+    not count (the clock stops while spec.suspend is true). True if failed."""
+    ads = spec.active_deadline_seconds
+    started = parse_time(rec.status.start_time)
+    if ads is None or started is None or spec.suspend:
+        return False
+    due = started + timedelta(seconds=ads + _suspended_seconds(rec))
+    if rec.now >= due:
+        rec.fail("DeadlineExceeded", f"run exceeded activeDeadlineSeconds ({ads}s){_where(rec.status)}; its Jobs were stopped")
+        return True
+    rec.requeue((due - rec.now).total_seconds())
+    return False
+
+
+def _suspended_seconds(rec: ReconcilePass) -> int:
+    """Seconds spent suspended so far: the finished suspensions plus the current one."""
+    total = rec.status.suspended_seconds
+    c = condition(rec.status, "Suspended")
+    since = parse_time(c.last_transition_time) if c is not None and c.status == "True" else None
+    if since is not None:
+        total += max(int((rec.now - since).total_seconds()), 0)
+    return total
+
+
+def _where(status: SpinRunStatus) -> str:
+    """`, in iteration k, step s` of the newest unfinished step, for messages."""
+    if not status.iterations:
+        return ""
+    it = status.iterations[-1]
+    unfinished = [s for s in it.steps if not s.completion_time]
+    step = f", step {unfinished[-1].step}" if unfinished else ""
+    return f" in iteration {it.iteration}{step}"
+
+
+def _suspension(rec: ReconcilePass, spec: SpinRunSpec) -> None:
+    """spec.suspend: suspend unfinished Jobs; on resume unsuspend the ones we suspended."""
+    for js in sorted(rec.observed.jobs.values(), key=lambda j: j.name):
+        if js.finished:
+            continue
+        if spec.suspend and not js.suspended:
+            rec.act(PatchJob(js.name, True, js.kind))
+        elif not spec.suspend and js.suspended and js.suspended_by_us:
+            rec.act(PatchJob(js.name, False, js.kind))
+    if spec.suspend:
+        if rec.cond("Suspended", True, "Suspended", "spec.suspend is true: Jobs are suspended; set it to false to resume"):
+            rec.event("Normal", "Suspended", "run suspended: active Jobs suspended")
+    elif is_true(rec.status, "Suspended"):
+        rec.status.suspended_seconds = _suspended_seconds(rec)
+        rec.cond("Suspended", False, "Resumed", "spec.suspend is false")
+        rec.event("Normal", "Resumed", "run resumed: suspended Jobs continue")
+
+
+def _iteration_entry(status: SpinRunStatus, k: int) -> IterationStatus | None:
+    return next((it for it in status.iterations if it.iteration == k), None)
+
+
+def _step_entry(it: IterationStatus, step: str) -> StepStatus | None:
+    return next((s for s in it.steps if s.step == step), None)
+
+
+def _pinned_spec(rec: ReconcilePass, spec: SpinRunSpec, k: int, it: IterationStatus) -> SpinRunSpec:
+    """The spec iteration k started under (its ConfigMap); recreated from the current spec
+    if someone deleted it."""
+    name = spec_configmap_name(rec.ref.name, k)
+    cm = rec.observed.config_maps.get(name)
+    if cm is not None:
+        try:
+            return spec_from_config_map(cm)
+        except (KeyError, ValueError, SpecError):
+            rec.event("Warning", "SpecConfigMapInvalid", f"ConfigMap {name} is unreadable: using the current spec")
+    ref = RunRef(rec.ref.name, rec.ref.namespace, rec.ref.uid, int(it.generation or rec.generation))
+    rec.act(Create(spec_config_map(ref, spec, k)))
+    return spec
+
+
+def _walk_plan(rec: ReconcilePass, spec: SpinRunSpec) -> None:
+    """Find the earliest unfinished stage and drive it; finish the run when none is left."""
+    current = rec.status.current_iteration
+    for k in stages.iterations(spec):
+        if current is not None and k < current:
+            continue
+        it = _iteration_entry(rec.status, k)
+        if it is None:
+            it = IterationStatus(iteration=k, generation=rec.generation, steps=[])
+            rec.status.iterations.append(it)
+            rec.status.current_iteration = k
+            rec.event("Normal", "IterationStarted", f"iteration {k} started with spec generation {rec.generation}")
+            rec.act(Create(spec_config_map(rec.ref, spec, k)))
+            spec_k = spec
+        else:
+            rec.status.current_iteration = k
+            spec_k = _pinned_spec(rec, spec, k, it)
+        if not _drive_iteration(rec, spec, spec_k, k, it):
+            return  # a stage is in flight (or the run failed)
+        done = k - spec.start_iteration + 1
+        if rec.status.completed_iterations < done:
+            rec.status.completed_iterations = done
+            rec.event("Normal", "IterationCompleted", f"iteration {k} completed")
+            rec.cond("Progressing", True, "IterationCompleted", f"iteration {k} completed")
+    if _stop_iterations_beyond(rec, spec):
+        return
+    _complete(rec, spec)
+
+
+def _stop_iterations_beyond(rec: ReconcilePass, spec: SpinRunSpec) -> bool:
+    """spec.iterations lowered below an iteration that already started: delete its unfinished
+    Jobs and complete only once none of them (nor their pods) holds resources. True while stopping."""
+    stale = [js for js in sorted(rec.observed.jobs.values(), key=lambda j: j.name)
+             if js.iteration is not None and js.iteration >= spec.iterations and not js.finished]
+    pods = [p for p in rec.observed.pods if p.iteration is not None and p.iteration >= spec.iterations and not p.finished]
+    if not stale and not pods:
+        return False
+    for js in stale:
+        rec.delete_job(js)
+    what = ", ".join(f"job {js.name}" for js in stale) or "their Jobs are deleted"
+    msg = (
+        f"spec.iterations lowered to {spec.iterations}: stopping iteration(s) {spec.iterations} and later ({what}; "
+        f"{len(pods)} pod(s) still running); the run completes once they are gone"
+    )
+    before = _progressing(rec)
+    rec.status.reason, rec.status.message = "StoppingIterations", msg
+    rec.cond("Progressing", True, "StoppingIterations", msg)
+    if before != ("True", "StoppingIterations"):
+        rec.event("Normal", "StoppingIterations", msg)
+    return True
+
+
+def _complete(rec: ReconcilePass, spec: SpinRunSpec) -> None:
+    ckpt = rec.status.last_checkpoint.path if rec.status.last_checkpoint else ""
+    n = rec.status.completed_iterations
+    msg = f"{n} iteration(s) completed; last checkpoint {ckpt}" if ckpt else f"{n} iteration(s) completed"
+    rec.phase("Complete", "RunCompleted", msg)
+    rec.cond("Complete", True, "RunCompleted", msg)
+    rec.cond("Progressing", False, "RunCompleted", msg)
+    rec.status.completion_time = rec.now_s
+    rec.event("Normal", "RunCompleted", msg)
+    if spec.ttl_seconds_after_finished is not None:
+        rec.requeue(spec.ttl_seconds_after_finished)
+
+
+def _drive_iteration(rec: ReconcilePass, spec: SpinRunSpec, spec_k: SpinRunSpec, k: int, it: IterationStatus) -> bool:
+    """Advance iteration k's stages; True when all of them are done."""
+    generation = int(it.generation or rec.generation)
+    for stage in stages.stages_for_iteration(spec_k, k):
+        step = stage.name
+        entry = _step_entry(it, step)
+        if entry is not None and entry.completion_time:
+            continue
+        name = job_name(rec.ref.name, k, step)
+        if entry is None:
+            entry = StepStatus(step=step, job_name=name, retries=0)
+            it.steps.append(entry)
+        js = rec.observed.jobs.get(name)
+        ctx = BuildContext(
+            run=RunRef(rec.ref.name, rec.ref.namespace, rec.ref.uid, generation),
+            spec=spec_k,
+            iteration=k,
+            attempt=entry.retries,
+            suspend=spec.suspend,
+            settings=rec.settings,
+        )
+        if js is not None and js.attempt > entry.retries:
+            entry.retries = js.attempt  # status lagged behind the Job we created
+        if js is not None and js.attempt < entry.retries:
+            # A previous attempt's Job still exists: remove it, then start the current attempt.
+            rec.delete_job(js)
+            _start(rec, ctx, stage, entry, restart=True)
+            return False
+        if js is not None and js.complete:
+            _step_done(rec, spec_k, k, step, entry, js)
+            continue
+        if js is not None and js.failed_condition:
+            _step_failed(rec, ctx, stage, entry, js)
+            return False
+        if js is not None:
+            _running(rec, spec, spec_k, k, step, js)
+            if step == "train":
+                _ensure_companions(rec, ctx)
+            return False
+        _start(rec, ctx, stage, entry, restart=False)
+        return False
+    return True
+
+
+def _running(rec: ReconcilePass, spec: SpinRunSpec, spec_k: SpinRunSpec, k: int, step: str, js: JobState) -> None:
+    """The stage's workload exists and is unfinished: say what it is doing (running, waiting for
+    its pods, or unable to start)."""
+    if spec.suspend:
+        rec.phase("Suspended", "Suspended", f"suspended during iteration {k}, step {step}")
+        return
+    pods = rec.observed.pods_of(k, step)
+    troubled = next((p for p in pods if p.trouble), None)
+    if troubled is not None:
+        _pod_trouble(rec, spec, k, step, troubled)
+        return
+    msg = f"iteration {k}: {step} running (job {js.name})"
+    reason = "StepRunning"
+    expected = spec_k.training.nodes
+    running = sum(p.phase == "Running" for p in pods)
+    if step == "train" and pods and running < expected:  # all nodes must run before training starts
+        msg = f"iteration {k}: {step} waiting for {expected - running} of {expected} pods to run (job {js.name})"
+        reason = "WaitingForPods"
+    rec.phase(STEP_PHASE[step], reason, msg)  # type: ignore[index]
+    rec.cond("Progressing", True, reason, msg)
+
+
+def _pod_trouble(rec: ReconcilePass, spec: SpinRunSpec, k: int, step: str, pod: PodState) -> None:
+    """A pod of the running step cannot start: Progressing False with the pod's reason, an Event
+    when the reason appears, and the run failed once podStartupTimeoutSeconds passed."""
+    hint = POD_TROUBLE_HINTS.get(pod.trouble, "see `kubectl describe pod`")
+    msg = f"iteration {k}: {step} cannot start: pod {pod.name}: {pod.trouble_message or pod.trouble}; {hint}"
+    timeout = spec.pod_startup_timeout_seconds
+    since = parse_time(pod.trouble_since)
+    if timeout and since is not None and rec.now >= since + timedelta(seconds=timeout):
+        rec.fail(pod.trouble, f"{msg}; it could not start for more than podStartupTimeoutSeconds ({timeout}s)")
+        return
+    if timeout and since is not None:
+        rec.requeue((since + timedelta(seconds=timeout) - rec.now).total_seconds())
+    before = _progressing(rec)
+    rec.phase(STEP_PHASE[step], pod.trouble, msg)  # type: ignore[index]
+    rec.cond("Progressing", False, pod.trouble, msg)
+    if before != ("False", pod.trouble):
+        rec.event("Warning", pod.trouble, msg)
+
+
+def _progressing(rec: ReconcilePass) -> tuple[str, str] | None:
+    """(status, reason) of the Progressing condition before this pass changes it."""
+    c = condition(rec.status, "Progressing")
+    return (c.status, c.reason) if c is not None else None
+
+
+def _ensure_companions(rec: ReconcilePass, ctx: BuildContext) -> None:
+    """Recreate what the training launcher needs beside its workload (a deleted Service)."""
+    for obj in launchers.for_spec(ctx.spec).companions(ctx):
+        if obj["kind"] == "Service" and obj["metadata"]["name"] not in rec.observed.services:
+            rec.act(Create(obj))
+
+
+def _start(rec: ReconcilePass, ctx: BuildContext, stage: stages.Stage, entry: StepStatus, *, restart: bool) -> None:
+    """Create the stage's objects (the Job; for training whatever the launcher makes)."""
+    k, step = ctx.iteration, stage.name
+    if step == "train":
+        blocked = launchers.for_spec(ctx.spec).availability(rec.settings, rec.observed.launcher_served)
+        if blocked is not None:
+            rec.phase(STEP_PHASE["train"], blocked.reason, blocked.message)
+            if rec.cond("Progressing", False, blocked.reason, blocked.message):
+                rec.event("Warning", blocked.reason, blocked.message)
+            return
+    for obj in step_objects(ctx, stage):
+        if obj["kind"] == "Service" and obj["metadata"]["name"] in rec.observed.services:
+            continue
+        rec.act(Create(obj))
+    name = job_name(rec.ref.name, k, step)
+    if not entry.start_time or restart:
+        entry.start_time = rec.now_s
+    entry.job_name = name
+    if not restart:
+        rec.event("Normal", "StepStarted", f"iteration {k}: {step} started (job {name})")
+    if ctx.suspend:
+        rec.phase("Suspended", "Suspended", f"suspended during iteration {k}, step {step}")
+    else:
+        msg = f"iteration {k}: {step} running (job {name})"
+        rec.phase(STEP_PHASE[step], "StepRunning", msg)
+        rec.cond("Progressing", True, "StepRunning", msg)
+
+
+def _step_done(rec: ReconcilePass, spec_k: SpinRunSpec, k: int, step: str, entry: StepStatus, js: JobState) -> None:
+    entry.completion_time = js.completion_time or rec.now_s
+    entry.retries = max(entry.retries, js.attempt)
+    if not entry.start_time:
+        entry.start_time = js.start_time or rec.now_s
+    rec.event("Normal", "StepSucceeded", f"iteration {k}: {step} succeeded (job {js.name})")
+    if step == "train":
+        path = f"{run_dir(rec.ref.name, spec_k)}/{layout.model_dir(k)}"
+        rec.status.last_checkpoint = Checkpoint(iteration=k, path=path, time=entry.completion_time)
+
+
+def _step_failed(rec: ReconcilePass, ctx: BuildContext, stage: stages.Stage, entry: StepStatus, js: JobState) -> None:
+    k, step = ctx.iteration, stage.name
+    limit = ctx.spec.backoff_limit
+    why = ": ".join(x for x in (js.reason, js.message) if x) or "Job failed"
+    if step == "generate":
+        shards = js.failed_indexes or "?"
+        rec.fail(
+            "StepFailed",
+            f"generate of iteration {k} failed: shard {shards} failed more than backoffLimit ({limit}) "
+            f"times (job {js.name}: {why}); see `kubectl logs job/{js.name}`",
+        )
+        return
+    if js.reason == "PodFailurePolicy":
+        rec.fail(
+            "StepFailed",
+            f"{step} of iteration {k} failed with an exit code a retry cannot fix ({EXIT_BAD_DATA}: bad data, "
+            f"{EXIT_BAD_MODEL}: bad model, {EXIT_BAD_SPEC}: bad spec) (job {js.name}: {why}); see `kubectl logs job/{js.name}`, fix the cause and "
+            "create a new SpinRun (finished steps are kept on the volume)",
+        )
+        return
+    attempt = js.attempt
+    if attempt < limit:
+        entry.retries = attempt + 1
+        rec.event(
+            "Warning",
+            "StepRetrying",
+            f"iteration {k}: {step} failed (attempt {attempt + 1} of {limit + 1}, job {js.name}: {why}); retrying",
+        )
+        rec.delete_job(js)
+        retry = BuildContext(ctx.run, ctx.spec, k, attempt + 1, ctx.suspend, ctx.settings)
+        _start(rec, retry, stage, entry, restart=True)
+        return
+    entry.retries = attempt
+    rec.fail(
+        "StepFailed",
+        f"{step} of iteration {k} failed {attempt + 1} time(s), more than backoffLimit ({limit}) allows "
+        f"(job {js.name}: {why}); fix the cause and create a new SpinRun (finished steps are kept on the volume)",
+    )
