@@ -183,6 +183,67 @@ def _check_chat_template(tok: PreTrainedTokenizerBase, path: str) -> None:
         )
 
 
+def _dpo_args(ctx: StepContext, on_gpu: bool) -> Any:
+    """TRL's DPOConfig for the iteration (writing the DeepSpeed config first when it is used)."""
+    from trl import DPOConfig
+
+    spec, k = ctx.spec, ctx.iteration
+    ds_path: str | None = None
+    if tc.uses_deepspeed(spec.training, on_gpu):
+        ds_file = ctx.path(layout.iter_dir(k)) / DEEPSPEED_FILE
+        # every rank writes the same content atomically: the config must exist before DPOConfig
+        atomic.atomic_write_json(ds_file, tc.deepspeed_config(spec.training.deepspeed))
+        ds_path = str(ds_file)
+    kwargs = tc.dpo_config_kwargs(
+        spec,
+        ctx.hparams,
+        on_gpu=on_gpu,
+        output_dir=str(ctx.path(layout.checkpoints_dir(k))),
+        attn_implementation=models.resolve_attn_implementation(spec.training.attn_implementation, on_gpu),
+        deepspeed_path=ds_path,
+        world_size=ctx.world_size,
+    )
+    if "activation_checkpointing" in {f.name for f in dataclasses.fields(DPOConfig)}:
+        # transformers 5 renamed it; passing the old name only warns
+        kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
+    return DPOConfig(**kwargs)  # sets up torch.distributed under torchrun
+
+
+def _stage_window(ctx: StepContext, prepared: list[dict[str, Any]], scratch: Path, fingerprint: str) -> tuple[Any, Path | None]:
+    """(the window as a dataset every rank reads, the checkpoint to resume from). Rank 0 clears what
+    a killed attempt left (but its complete checkpoints) and stores the window on the run volume,
+    so every rank shares one dataset cache (TRL's reference log-probs are cached beside it)."""
+    from accelerate import PartialState
+    from datasets import Dataset, load_from_disk
+
+    state = PartialState()
+    window_dir = scratch / "window"
+    checkpoints = ctx.path(layout.checkpoints_dir(ctx.iteration))
+    with state.main_process_first():
+        if state.is_main_process:
+            resume_from = resume.prepare_resume(checkpoints, fingerprint, ctx.log)
+            shutil.rmtree(scratch, ignore_errors=True)
+            if resume_from is None:
+                shutil.rmtree(ctx.path(layout.logs_dir(ctx.iteration)), ignore_errors=True)
+            Dataset.from_list(prepared).save_to_disk(str(window_dir))
+    return load_from_disk(str(window_dir)), resume.newest(checkpoints, fingerprint)
+
+
+def _callbacks(ctx: StepContext, fingerprint: str, extra: Sequence[TrainerCallback]) -> list[Any]:
+    """TensorBoard (when asked), timed and per-epoch checkpoints, then the caller's callbacks."""
+    spec, k = ctx.spec, ctx.iteration
+    out: list[Any] = [resume.timed_checkpoints(spec.training.save_minutes, fingerprint), *extra]
+    if epochs.wants_epochs(spec):
+        out.insert(1, epochs.epoch_callback(ctx.run_dir, k))
+    if "tensorboard" in spec.training.report_to:
+        from transformers.integrations import TensorBoardCallback
+
+        tb = TensorBoardCallback()
+        tb.logging_dir = str(ctx.path(layout.logs_dir(k)))
+        out.insert(0, tb)
+    return out
+
+
 def build_trainer(
     run_dir: Path, iteration: int, callbacks: Sequence[TrainerCallback] = (), ctx: StepContext | None = None
 ) -> tuple[DPOTrainer, TrainSetup]:
@@ -192,90 +253,34 @@ def build_trainer(
     so TRL reloads that same folder as the frozen opponent (or precomputes its log-probs)."""
     t0 = time.perf_counter()
     ctx = ctx or StepContext.open(run_dir, Step(iteration, "train"))
-    run_dir, spec, k, world = ctx.run_dir, ctx.spec, ctx.iteration, ctx.world_size
+    spec, tr = ctx.spec, ctx.spec.training
     on_gpu = training_on_gpu(spec)
     if ctx.is_main:
         _warn_slow_bf16(spec, on_gpu)
-    start_path = models.resolve(ctx.start_model, run_dir)
+    start_path = models.resolve(ctx.start_model, ctx.run_dir)
     tok = models.load_tokenizer(start_path, padding_side="right")
     _check_chat_template(tok, start_path)
-
-    rows = tc.shuffled(window_rows(run_dir, spec, k), spec.training.seed)
+    rows = tc.shuffled(window_rows(ctx.run_dir, spec, ctx.iteration), tr.seed)
     prepared = _training_rows(rows, tok, spec)
 
-    it_dir = run_dir / layout.iter_dir(k)
-    scratch = it_dir / SCRATCH
-    attn = models.resolve_attn_implementation(spec.training.attn_implementation, on_gpu)
-    ds_path: str | None = None
-    if tc.uses_deepspeed(spec.training, on_gpu):
-        ds_file = it_dir / DEEPSPEED_FILE
-        # every rank writes the same content atomically: the config must exist before DPOConfig
-        atomic.atomic_write_json(ds_file, tc.deepspeed_config(spec.training.deepspeed))
-        ds_path = str(ds_file)
-
-    from accelerate import PartialState
-    from datasets import Dataset, load_from_disk
-    from trl import DPOConfig
-
-    kwargs = tc.dpo_config_kwargs(
-        spec,
-        ctx.hparams,
-        on_gpu=on_gpu,
-        output_dir=str(run_dir / layout.checkpoints_dir(k)),
-        attn_implementation=attn,
-        deepspeed_path=ds_path,
-        world_size=world,
-    )
-    if "activation_checkpointing" in {f.name for f in dataclasses.fields(DPOConfig)}:
-        # transformers 5 renamed it; passing the old name only warns
-        kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
-    args = DPOConfig(**kwargs)  # sets up torch.distributed under torchrun
-
-    # Rank 0 clears what a killed attempt left (but its complete checkpoints) and stores the
-    # window on the run volume, so every rank shares one dataset cache (TRL's reference
-    # log-probs are cached beside it).
-    state = PartialState()
-    window_dir = scratch / "window"
-    checkpoints = run_dir / layout.checkpoints_dir(k)
+    args = _dpo_args(ctx, on_gpu)
+    scratch = ctx.path(layout.iter_dir(ctx.iteration)) / SCRATCH
     fingerprint = rundir.fingerprints(ctx.run)[ctx.step.key]
-    with state.main_process_first():
-        if state.is_main_process:
-            resume_from = resume.prepare_resume(checkpoints, fingerprint, ctx.log)
-            shutil.rmtree(scratch, ignore_errors=True)
-            if resume_from is None:
-                shutil.rmtree(run_dir / layout.logs_dir(k), ignore_errors=True)
-            Dataset.from_list(prepared).save_to_disk(str(window_dir))
-    resume_from = resume.newest(checkpoints, fingerprint)
-    dataset = load_from_disk(str(window_dir))
-
-    all_callbacks: list[Any] = [resume.timed_checkpoints(spec.training.save_minutes, fingerprint), *callbacks]
-    if epochs.wants_epochs(spec):
-        all_callbacks.insert(1, epochs.epoch_callback(run_dir, k))
-    if "tensorboard" in spec.training.report_to:
-        from transformers.integrations import TensorBoardCallback
-
-        tb = TensorBoardCallback()
-        tb.logging_dir = str(run_dir / layout.logs_dir(k))
-        all_callbacks.insert(0, tb)
-
+    dataset, resume_from = _stage_window(ctx, prepared, scratch, fingerprint)
     peft_config = None
-    if spec.training.lora.enabled:
+    if tr.lora.enabled:
         from peft import LoraConfig
 
-        peft_config = LoraConfig(**tc.lora_kwargs(spec.training.lora))
-
-    collator = None
-    if spec.training.collator == "original":
-        collator = original_collator(tok.pad_token_id, tok.eos_token_id, spec.training.max_length)
+        peft_config = LoraConfig(**tc.lora_kwargs(tr.lora))
     trainer = _trainer_class()(
         model=start_path,
         ref_model=None,
         args=args,
         train_dataset=dataset,
         processing_class=tok,
-        data_collator=collator,
+        data_collator=original_collator(tok.pad_token_id, tok.eos_token_id, tr.max_length) if tr.collator == "original" else None,
         peft_config=peft_config,
-        callbacks=all_callbacks,
+        callbacks=_callbacks(ctx, fingerprint, callbacks),
     )
     setup = TrainSetup(
         ctx=ctx,

@@ -104,7 +104,7 @@ def test_exact_match_scores_only_rows_with_an_answer(monkeypatch: pytest.MonkeyP
     rows = _rows()
     spec = SpinRunSpec()
 
-    def fake_generate(model: object, tok: object, prompts: list[str], max_new_tokens: int) -> list[str]:
+    def fake_generate(model: object, tok: object, prompts: list[str], max_new_tokens: int, system: str | None = None) -> list[str]:
         by_prompt = {r["prompt"]: r for r in rows}
         return [by_prompt[p]["real"] if i % 2 == 0 else "no idea" for i, p in enumerate(prompts)]
 

@@ -203,7 +203,11 @@ def test_deepspeed_only_on_gpu_and_multi_process_cpu_uses_gloo() -> None:
         tc.dpo_config_kwargs(spec, hparams.hparams(spec, 0), on_gpu=False, output_dir="o", attn_implementation="sdpa", deepspeed_path="ds.json")
     cpu2 = tc.dpo_config_kwargs(spec, hparams.hparams(spec, 0), on_gpu=False, output_dir="o", attn_implementation="sdpa", world_size=2)
     assert cpu2["ddp_backend"] == "gloo" and cpu2["use_cpu"] is True
-    assert cpu2["save_strategy"] == "no" and cpu2["report_to"] == "none"
+    # resumable checkpoints every 30 minutes by default (training.saveMinutes), the newest 2 kept
+    assert cpu2["save_strategy"] == "steps" and cpu2["save_total_limit"] == 2 and cpu2["report_to"] == "none"
+    never = SpinRunSpec.model_validate({"training": {"saveMinutes": 0}})
+    assert tc.dpo_config_kwargs(never, hparams.hparams(never, 0), on_gpu=False, output_dir="o",
+                                attn_implementation="sdpa")["save_strategy"] == "no"
     assert cpu2["model_init_kwargs"] == {"dtype": "float32", "attn_implementation": "sdpa"}
     steps = SpinRunSpec.model_validate({"training": {"maxSteps": 7, "warmupRatio": 1.0}})
     kw = tc.dpo_config_kwargs(steps, hparams.hparams(steps, 0), on_gpu=False, output_dir="o", attn_implementation="eager")
