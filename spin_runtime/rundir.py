@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,12 +48,19 @@ def write_error(path: Path, e: OSError) -> RunDirError:
     )
 
 
+def _temp_sibling(path: Path) -> Path:
+    """A fresh temporary name beside `path`. Created with os.open/mkdir (not tempfile's owner-only
+    0600/0700), so outputs get the umask's mode and other users of a shared volume can read them."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder + rename."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = _temp_sibling(path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as e:
         raise write_error(path, e) from e
     try:
@@ -88,7 +95,8 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        tmp = _temp_sibling(path)
+        tmp.mkdir()
     except OSError as e:
         raise write_error(path, e) from e
     old = path.with_name(f".{path.name}.old")

@@ -32,6 +32,18 @@ def test_atomic_dir_failure_keeps_the_old_folder(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["model"]
 
 
+def test_atomic_outputs_get_the_umask_mode_so_other_users_can_read_them(tmp_path):
+    old = os.umask(0o022)
+    try:
+        rundir.atomic_write_text(tmp_path / "a.json", "{}")
+        with rundir.atomic_dir(tmp_path / "model") as tmp:
+            (tmp / "w").write_text("v1")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "model").stat().st_mode & 0o777 == 0o755
+
+
 def test_last_step_marks_the_iteration_done(tmp_path):
     run = make_run(iterations=2)
     rundir.init_run(tmp_path, run)
