@@ -54,6 +54,30 @@ def _temp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
 
 
+def _umask() -> int:
+    """The process umask, read from /proc where possible (os.umask can only read it by setting it)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _readable_as_umask_allows(folder: Path) -> None:
+    """Add the read (and, for folders, search) bits the umask allows to everything in `folder`:
+    libraries write some files owner-only (safetensors' weights are 0600)."""
+    mask = _umask()
+    for p in [folder, *folder.rglob("*")]:
+        if p.is_symlink():
+            continue
+        mode = p.stat().st_mode
+        want = mode | ((0o555 if p.is_dir() else 0o444) & ~mask)
+        if want != mode:
+            os.chmod(p, want & 0o7777)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder + rename."""
     path = Path(path)
@@ -103,6 +127,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     moved_aside = False
     try:
         yield tmp
+        _readable_as_umask_allows(tmp)
         try:
             if path.exists():
                 shutil.rmtree(old, ignore_errors=True)

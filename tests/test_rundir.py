@@ -38,10 +38,13 @@ def test_atomic_outputs_get_the_umask_mode_so_other_users_can_read_them(tmp_path
         rundir.atomic_write_text(tmp_path / "a.json", "{}")
         with rundir.atomic_dir(tmp_path / "model") as tmp:
             (tmp / "w").write_text("v1")
+            (tmp / "weights").write_text("owner-only, as safetensors writes them")
+            (tmp / "weights").chmod(0o600)
     finally:
         os.umask(old)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "model").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "model" / "weights").stat().st_mode & 0o777 == 0o644
 
 
 def test_last_step_marks_the_iteration_done(tmp_path):
