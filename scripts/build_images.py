@@ -9,8 +9,9 @@ builds images/*.Dockerfile unchanged, on local bases made with debootstrap inste
      machine's own Debian mirror, stand-in for `python:3.11-slim-bookworm`;
    - `localhost/spinrun-torch-cpu:2.13.0`: that + the CPU torch 2.13.0 wheel the host's pip
      resolves (stand-in for the CUDA `pytorch/pytorch` image);
-   - `localhost/spinrun-vllm-cpu:0.31.0`: that + PyPI's vLLM 0.31.0 wheel and its dependencies
-     (stand-in for `vllm/vllm-openai`; vLLM's CUDA kernels cannot run here, its Python does);
+   - `localhost/spinrun-vllm-cpu:0.31.0`: that + PyPI's vLLM 0.31.0 wheel and its dependencies,
+     less the CUDA-only torchvision/torchaudio/torchcodec (stand-in for `vllm/vllm-openai`; vLLM's
+     CUDA kernels cannot run here, so `spin generate` takes its transformers engine);
 3. builds `localhost/spinrun-operator:local`, `localhost/spinrun-trainer:cpu`
    (INSTALL_FLASH_ATTN=false) and `localhost/spinrun-generator:cpu` from those bases.
 
@@ -341,10 +342,17 @@ def make_torch_base() -> None:
                 [(wheel.parent, Path("/wheels"))])
 
 
+#: PyPI's builds of these are linked against CUDA torch and fail to load on the CPU torch (a
+#: broken torchvision makes transformers fail to import any model); text generation needs none.
+CUDA_ONLY_EXTENSIONS = ("torchvision", "torchaudio", "torchcodec")
+
+
 def make_vllm_base() -> None:
     derive_base(TORCH_BASE, VLLM_BASE,
                 f"python3 -m pip install --no-cache-dir --break-system-packages vllm=={VLLM_VERSION}"
-                " && python3 -c 'import torch, vllm; print(\"vllm\", vllm.__version__, \"torch\", torch.__version__)'")
+                f" && python3 -m pip uninstall -y --break-system-packages {' '.join(CUDA_ONLY_EXTENSIONS)}"
+                " && python3 -c 'import torch, vllm; from transformers import LlamaForCausalLM;"
+                " print(\"vllm\", vllm.__version__, \"torch\", torch.__version__)'")
 
 
 BASES = {BASE: make_debian_base, TORCH_BASE: make_torch_base, VLLM_BASE: make_vllm_base}
