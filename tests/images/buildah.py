@@ -7,19 +7,35 @@ mounted, the host network.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 #: The uid/gid the images run as (the operator's pods: runAsUser/runAsGroup 65532).
 UID = 65532
 #: Top-level folders buildah itself mounts or writes in every run (left as they are).
 RUNTIME_DIRS = {"dev", "proc", "sys", "run", "tmp"}
+#: What builds the images (`make images`).
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build_images.py"
+
+
+def build_script() -> ModuleType:
+    """scripts/build_images.py as a module (its image tags and pure helpers)."""
+    if "build_images" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("build_images", SCRIPT)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["build_images"] = module  # dataclasses look their module up while it loads
+        spec.loader.exec_module(module)
+    return sys.modules["build_images"]
 
 
 def unavailable() -> str | None:

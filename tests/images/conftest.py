@@ -3,30 +3,17 @@ scripts/build_images.py, the script `make images` runs; without buildah the test
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-from tests.images.buildah import unavailable
+from tests.images.buildah import SCRIPT, build_script, unavailable
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "scripts" / "build_images.py"
 BUILD_LOG = REPO / ".cache" / "images" / "build.log"
-
-
-def build_script() -> ModuleType:
-    """scripts/build_images.py as a module (for its image tags)."""
-    spec = importlib.util.spec_from_file_location("build_images", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("build_images", module)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="session")
