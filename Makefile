@@ -9,7 +9,7 @@ TOOLS := .tools
 HELM := $(TOOLS)/helm
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: venv demo test test-fast lint bench crd format clean tools
+.PHONY: venv demo test test-fast lint bench crd format clean tools images
 
 venv: $(STAMP)
 
@@ -41,6 +41,11 @@ lint: venv
 
 crd: venv
 	$(VENV)/bin/spin crd > charts/spin-operator/crds/spinruns.spin.dev.yaml
+
+# The operator, trainer (CPU) and generator images, built here with buildah on local Debian
+# bases (no daemon, no registry); up-to-date images are kept. See images/README.md.
+images:
+	$(PYTHON) scripts/build_images.py
 
 bench: venv
 	$(PY) benchmarks/run_all.py --quick

@@ -34,6 +34,21 @@ def test_atomic_dir_failure_keeps_the_old_folder(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["model"]
 
 
+def test_atomic_outputs_get_the_umask_mode_so_other_users_can_read_them(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic.atomic_write_text(tmp_path / "a.json", "{}")
+        with atomic.atomic_dir(tmp_path / "model") as tmp:
+            (tmp / "w").write_text("v1")
+            (tmp / "weights").write_text("owner-only, as safetensors writes them")
+            (tmp / "weights").chmod(0o600)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "model").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "model" / "weights").stat().st_mode & 0o777 == 0o644
+
+
 def test_last_step_marks_the_iteration_done(tmp_path):
     run = make_run(iterations=2)
     rundir.init_run(tmp_path, run)
@@ -86,17 +101,6 @@ def test_cluster_only_fields_do_not_invalidate_finished_steps(tmp_path):
     )
     assert all(rundir.is_done(tmp_path, s, after) for s in stages.all_steps(before.spec))
 
-
-def test_atomic_writes_honour_the_umask(tmp_path):
-    old = os.umask(0o022)
-    try:
-        atomic.atomic_write_text(tmp_path / "f.txt", "x")
-        with atomic.atomic_dir(tmp_path / "model") as d:
-            (d / "w").write_text("y")
-    finally:
-        os.umask(old)
-    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
-    assert (tmp_path / "model").stat().st_mode & 0o777 == 0o755
 
 
 def test_stored_spec_round_trips(tmp_path):

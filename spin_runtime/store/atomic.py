@@ -7,8 +7,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,19 +31,6 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def current_umask() -> int:
-    """The process umask, read without changing it (Linux /proc), else by setting it back."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def write_error(path: Path, e: OSError) -> RunDirError:
     """A failed write (disk full, a file where a folder should be, read-only volume) as one
     line naming the path."""
@@ -53,16 +40,46 @@ def write_error(path: Path, e: OSError) -> RunDirError:
     )
 
 
+def _temp_sibling(path: Path) -> Path:
+    """A fresh temporary name beside `path`. Created with os.open/mkdir (not tempfile's owner-only
+    0600/0700), so outputs get the umask's mode and other users of a shared volume can read them."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+
+
+def _umask() -> int:
+    """The process umask, read from /proc where possible (os.umask can only read it by setting it)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _readable_as_umask_allows(folder: Path) -> None:
+    """Add the read (and, for folders, search) bits the umask allows to everything in `folder`:
+    libraries write some files owner-only (safetensors' weights are 0600)."""
+    mask = _umask()
+    for p in [folder, *folder.rglob("*")]:
+        if p.is_symlink():
+            continue
+        mode = p.stat().st_mode
+        want = mode | ((0o555 if p.is_dir() else 0o444) & ~mask)
+        if want != mode:
+            os.chmod(p, want & 0o7777)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder + rename."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = _temp_sibling(path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as e:
         raise write_error(path, e) from e
     try:
-        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600 whatever the umask
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -94,14 +111,15 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700 whatever the umask
+        tmp = _temp_sibling(path)
+        tmp.mkdir()
     except OSError as e:
         raise write_error(path, e) from e
     old = path.with_name(f".{path.name}.old")
     moved_aside = False
     try:
         yield tmp
+        _readable_as_umask_allows(tmp)
         try:
             if path.exists():
                 shutil.rmtree(old, ignore_errors=True)
@@ -129,3 +147,5 @@ def read_json(path: Path) -> Any:
         raise RunDirError(f"{path}: file not found") from e
     except json.JSONDecodeError as e:
         raise RunDirError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
+
+

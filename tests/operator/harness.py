@@ -22,6 +22,7 @@ import contextlib
 import itertools
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -29,7 +30,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -327,6 +328,81 @@ class OperatorThread:
         if self.thread is not None:
             self.thread.join(30)
             assert not self.thread.is_alive(), "operator did not stop within 30 s"
+
+
+#: Arguments of an `OperatorCommand`: every namespace, no metrics or liveness ports.
+OPERATOR_ARGS = ["--all-namespaces", "--metrics-port", "0", "--liveness", ""]
+
+
+class OperatorCommand:
+    """The operator as a process of its own, started through a command prefix: `[*prefix,
+    "spin-operator", *OPERATOR_ARGS]` (an empty prefix runs this venv's console script; e.g.
+    `buildah run ... CONTAINER --` runs it inside its image, and passes KUBECONFIG itself).
+    KUBECONFIG is set to the emulator's kubeconfig, the output goes to `log`. Ready once it
+    watches SpinRuns; stopped with SIGTERM to its process group, SIGKILL after 30 s."""
+
+    def __init__(self, prefix: Sequence[str], kubeconfig: Path, emulator: Emulator, log: Path) -> None:
+        self.argv = [*prefix, "spin-operator", *OPERATOR_ARGS] if prefix else [str(VENV_BIN / "spin-operator"), *OPERATOR_ARGS]
+        self.kubeconfig = kubeconfig
+        self.emulator = emulator
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _spinrun_watches(self) -> int:
+        return sum(1 for r in self.emulator.requests() if r["resource"] == "spinruns" and r["verb"] == "watch")
+
+    def start(self, timeout: float = 120) -> OperatorCommand:
+        before = self._spinrun_watches()
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while self._spinrun_watches() <= before:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"operator exited {self.proc.returncode}: {self.tail()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"operator not watching SpinRuns after {timeout}s: {self.tail()}")
+            time.sleep(0.1)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, grace: float = 30) -> None:
+        """SIGTERM to the innermost processes (the operator itself, not a wrapper such as
+        `buildah run`, which would SIGKILL it), as a kubelet stops a container; then SIGKILL."""
+        if not self.alive():
+            return
+        assert self.proc is not None
+        for pid in _leaf_processes(self.proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        try:
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def tail(self, n: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
+
+
+def _leaf_processes(root: int) -> list[int]:
+    """The processes under `root` (itself included) that have no children of their own (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    leaves, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        if not children.get(pid):
+            leaves.append(pid)
+    return leaves
 
 
 # --------------------------------------------------------------------------- kubelet
@@ -697,10 +773,15 @@ class Cluster:
         self.custom = client.CustomObjectsApi(self.api)
         (self.tmp / "data").mkdir(exist_ok=True)
         self.kubelet = Kubelet(self.emulator.url, self.tmp / "data", mode=mode, failures=failures, markers=markers).start()
-        self.operator: OperatorThread | None = None
+        self.operator: OperatorThread | OperatorCommand | None = None
 
-    def start_operator(self) -> OperatorThread:
-        self.operator = OperatorThread(self.kubeconfig).start()
+    def start_operator(self, command: Sequence[str] | None = None) -> OperatorThread | OperatorCommand:
+        """The operator in a thread of this process, or with `command` (a prefix, possibly empty)
+        as a process of its own (`OperatorCommand`, logging to operator.log)."""
+        if command is None:
+            self.operator = OperatorThread(self.kubeconfig).start()
+        else:
+            self.operator = OperatorCommand(command, self.kubeconfig, self.emulator, self.tmp / "operator.log").start()
         return self.operator
 
     def stop_operator(self) -> None:
