@@ -1,10 +1,8 @@
-"""Pure builders of the SPIN training step: the TRL `DPOConfig` arguments, the DeepSpeed
-config, the LoRA arguments, the conversational rows and the metrics history.
-
-SPIN maps onto TRL's `DPOTrainer` exactly (the paper's loss is DPO's sigmoid loss): prompt = user turn, chosen = real
-answer, rejected = generated answer, `ref_model=None` (the iteration's start model is the
-frozen opponent). Nothing here imports torch or TRL; `train.py` does the I/O.
-"""
+"""Pure builders of what TRL, DeepSpeed and PEFT are given for one SPIN iteration: the `DPOConfig`
+arguments (precision, checkpoints, the iteration's lr/β/epochs), the DeepSpeed ZeRO config and
+the LoRA arguments. SPIN maps onto TRL's `DPOTrainer` exactly: prompt = user turn, chosen = real
+answer, rejected = generated answer, `ref_model=None` (the iteration's start model is the frozen
+opponent). Nothing here imports torch or TRL; `train.py` does the I/O."""
 
 from __future__ import annotations
 
