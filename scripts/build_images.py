@@ -405,7 +405,8 @@ def build_image(image: Image, force: bool) -> float | None:
     before = image_id(image.tag)
     mounts = pip_mounts()
     # docker format: OCI image configs have no SHELL, and the Dockerfiles' RUNs rely on pipefail
-    run(["buildah", "bud", "--format", "docker", "--isolation", "chroot", "--network", "host", "--pull-never", "--layers=false",
+    run(["buildah", "bud", "--format", "docker", "--isolation", "chroot", "--network", "host", "--pull-never",
+         "--layers=false", "--force-rm",
          "-f", image.dockerfile, "-t", image.tag, f"--label={INPUTS_LABEL}={digest}", *args, *volume_args(mounts), "."],
         cwd=REPO)
     built = image_id(image.tag)
