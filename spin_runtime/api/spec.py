@@ -65,6 +65,8 @@ ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
 IMAGE_PATTERN = r"^[^\t\n\f\r ]+$"
 LM_EVAL_BATCH_PATTERN = r"^(auto(:[1-9][0-9]*)?|[1-9][0-9]*)$"
+#: A Python callable named as `package.module:function`.
+SCORER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 
 #: What each pattern means, in words (error messages and the spec reference use these).
 PATTERN_HINTS: dict[str, str] = {
@@ -81,6 +83,7 @@ PATTERN_HINTS: dict[str, str] = {
     SECRET_KEY_PATTERN: "a Secret key: letters, digits, '-', '_' and '.'",
     IMAGE_PATTERN: "an image reference without spaces",
     LM_EVAL_BATCH_PATTERN: "a number, auto or auto:N",
+    SCORER_PATTERN: "a Python callable as 'module:function', e.g. 'myscorers:judge' or 'pkg.scoring:f1'",
 }
 
 
@@ -539,7 +542,21 @@ class Evaluation(SpinModel):
 
     enabled: bool = Field(True, description="Run the evaluate step after training.")
     max_samples: int | None = Field(None, ge=1, le=1_000_000_000, description="Held-out rows used (default: all).")
-    exact_match: bool = Field(True, description="For built-in tasks, greedy exact-match accuracy of the new model.")
+    exact_match: bool = Field(
+        True,
+        description="Greedy answers of each iteration's model (and of the start model on the first iteration) to the "
+        "held-out prompts, scored against the reference: built-in tasks with their task scorer, other data by "
+        "normalised exact match with the real answer (case-folded, whitespace runs collapsed, whitespace and "
+        "punctuation stripped at both ends).",
+    )
+    scorer: str | None = Field(
+        None,
+        max_length=256,
+        pattern=SCORER_PATTERN,
+        description="Your own scorer 'module:function', imported by the evaluate step (on its PYTHONPATH or in its "
+        "working directory) and called as function(prompt, real, generated) for every held-out row's greedy answer; "
+        "returns a float or bool; its mean is 'score' in metrics.json.",
+    )
     lm_eval: LmEval = Field(default_factory=LmEval, description="lm-evaluation-harness settings.")
 
 
