@@ -1,6 +1,6 @@
 """The `spin` command line: thin wrappers over the runtime modules.
 
-`spin run|generate|convert|train|evaluate|report|status|validate|plan|crd|init-run`, plus the
+`spin run|generate|convert|train|evaluate|report|status|validate|plan|preview|crd|init-run`, plus the
 commands other packages register (`spin render`, from the operator). Heavy modules (torch,
 transformers) are imported only by the commands that need them, so `spin validate` and
 `spin crd` start fast.
@@ -97,6 +97,39 @@ def _estimate_text(run, args: argparse.Namespace) -> str:  # type: ignore[no-unt
     if note:
         est.notes.append(note)
     return estimate.format_estimate(spec, est)
+
+
+def _cmd_preview(args: argparse.Namespace) -> int:
+    from spin_runtime.api.load import SpecError, load_spinrun
+    from spin_runtime.preview import run_preview
+
+    try:
+        run = load_spinrun(Path(args.file))
+    except SpecError as e:
+        for problem in e.problems:
+            print(f"{args.file}: {problem}", file=sys.stderr)
+        return 2
+    spec = run.spec
+    if args.iteration is not None and not spec.start_iteration <= args.iteration < spec.iterations:
+        print(
+            f"spin preview: --iteration must be within {spec.start_iteration}..{spec.iterations - 1} "
+            f"(startIteration..iterations-1 of {args.file}), got {args.iteration}",
+            file=sys.stderr,
+        )
+        return 2
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    print(run_preview(spec, rows=args.rows, iteration=args.iteration, run_dir=run_dir, generate=args.generate, tokens=args.tokens))
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--rows must be a whole number of at least 1 (got {text!r})")
+    return value
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -214,6 +247,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gen-tokens-per-s", type=float, help="output tokens/s of one generation engine (default: a table)")
     s.add_argument("--run-dir", help="a run directory whose data is measured (tokens generated, training tokens)")
     s.set_defaults(func=_cmd_plan)
+
+    s = sub.add_parser(
+        "preview",
+        help="the first rows as the model sees them: generation prompt (text, tokens) and the chosen/rejected "
+        "training sequences with the prompt/answer boundary and masked positions marked",
+    )
+    s.add_argument("file")
+    s.add_argument("--rows", type=_positive_int, default=3, help="rows to show (default 3)")
+    s.add_argument("--iteration", type=int, help="iteration whose rows are shown (default: startIteration)")
+    s.add_argument("--run-dir", help="a run directory whose converted pairs (real generated answers) are shown")
+    s.add_argument("--generate", action="store_true", help="without run data, decode the rows' answers with the start model")
+    s.add_argument("--tokens", action="store_true", help="also one line per token: id, token, attention and loss mask")
+    s.set_defaults(func=_cmd_preview)
 
     from spin_runtime.steps.init_run import add_parser as add_init_run
 
