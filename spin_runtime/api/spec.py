@@ -512,8 +512,13 @@ class LmEvalTask(SpinModel):
     num_fewshot: int = Field(0, ge=0, le=100, description="Few-shot examples.")
 
 
+#: The lm-evaluation-harness version of the paper's scores; other versions give other numbers.
+LM_EVAL_PAPER_VERSION = "0.4.0"
+
+
 class LmEval(SpinModel):
-    """Optional paper-style evaluation with lm-evaluation-harness (Open LLM Leaderboard shots)."""
+    """Optional paper-style evaluation with lm-evaluation-harness (Open LLM Leaderboard shots; the paper
+    used harness v0.4.0, and the evaluate step warns when the installed version differs)."""
 
     enabled: bool = Field(False, description="Run lm-evaluation-harness on each iteration's checkpoint.")
     tasks: list[LmEvalTask] = Field(
@@ -535,6 +540,12 @@ class LmEval(SpinModel):
         ),
     ] = Field("auto", max_length=16, pattern=LM_EVAL_BATCH_PATTERN, description="lm-eval batch size: a number, auto or auto:N.")
     limit: int | None = Field(None, ge=1, le=1_000_000_000, description="Examples per task (for smoke tests).")
+    include_path: str | None = Field(
+        None,
+        max_length=1024,
+        description="Folder of your own lm-eval task YAMLs (passed as --include_path), e.g. a task over a local "
+        "JSONL file with dataset_path: json.",
+    )
 
 
 class Evaluation(SpinModel):

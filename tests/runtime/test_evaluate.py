@@ -3,13 +3,16 @@ opponent, SPIN reward margin/accuracy, greedy answers judged against the referen
 scorers, normalised exact match for any other data, the user's `evaluation.scorer`; the start
 model's too on the first iteration), and the lm-evaluation-harness command lines.
 
-lm-eval itself is not installed in the test environment: its tests check the commands built,
-the parsing of its results JSON, and the wiring through a stand-in `lm_eval` script."""
+lm-eval lives in its own environment (`make lmeval`, found through SPIN_LM_EVAL): one test runs
+the evaluate step with the real harness on local tasks over JSONL files (under `make test` it must
+run, SPIN_REQUIRE_LM_EVAL=1); the others check the commands built, the parsing of its results JSON
+and the wiring through a stand-in `lm_eval` script."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -241,7 +244,7 @@ def test_lm_eval_enabled_without_the_package_fails_first_and_says_what_to_instal
     run_dir = tmp_path / "run"
     _run(run_dir, tiny_model_dir, trained, lmEval={"enabled": True})
     monkeypatch.setattr(lme, "find_executable", lambda: None)
-    with pytest.raises(lme.LmEvalError, match=r"pip install 'spinrun\[evaluate\]'"):
+    with pytest.raises(lme.LmEvalError, match=r"own environment \(`make lmeval` builds \.venv-lmeval.*SPIN_LM_EVAL"):
         run_evaluate(run_dir, 0)
     assert not (run_dir / stages.Step(0, "evaluate").marker).exists()
     assert not (run_dir / layout.metrics_path(0)).exists()
@@ -312,3 +315,104 @@ def test_lm_eval_runner_stores_scores_through_a_stand_in_command(
     assert stored["lm_eval"]["tasks"]["arc_challenge"]["score"] == 0.65
     assert stored["lm_eval"]["average"] == pytest.approx((0.65 + 0.35) / 2)
     assert "eval" in stored and (run_dir / stages.Step(0, "evaluate").marker).exists()
+
+
+def test_lm_eval_version_is_compared_with_the_papers() -> None:
+    assert lme.version_info("0.4.0") == {"harness_version": "0.4.0", "paper_harness_version": "0.4.0"}
+    newer = lme.version_info("0.4.13")
+    assert "not the paper's v0.4.0" in newer["version_warning"] and "lm-eval==0.4.0" in newer["version_warning"]
+    assert "unknown" in lme.version_info(None)["version_warning"]
+
+
+def test_lm_eval_executable_comes_from_spin_lm_eval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    script = tmp_path / "lm_eval"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.setenv(lme.EXECUTABLE_ENV, str(script))
+    assert lme.find_executable() == str(script)
+    monkeypatch.setenv(lme.EXECUTABLE_ENV, str(tmp_path / "missing"))
+    with pytest.raises(lme.LmEvalError, match="SPIN_LM_EVAL=.*no such executable"):
+        lme.find_executable()
+
+
+CHOICE_TASK = """task: spin_choice
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: choices
+doc_to_target: label
+metric_list:
+  - metric: acc
+  - metric: acc_norm
+"""
+
+SUM_TASK = """task: spin_sum
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{question}}}}"
+doc_to_target: "{{{{answer}}}}"
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: 8
+  do_sample: false
+metric_list:
+  - metric: exact_match
+"""
+
+
+def _local_tasks(folder: Path) -> Path:
+    """Two lm-eval tasks over JSONL files: a multiple choice between a one-token answer and a
+    long one (any model's summed log-prob prefers the short one, its per-byte log-prob the long
+    one), and a generated sum."""
+    folder.mkdir()
+    long = " ".join(["elephant"] * 10)
+    choice = [{"question": f"Pick {i}:", "choices": ["a", long], "label": 0 if i < 3 else 1} for i in range(4)]
+    (folder / "choice.jsonl").write_text("".join(json.dumps(r) + "\n" for r in choice))
+    sums = [{"question": f"{a} + {a} =", "answer": str(2 * a)} for a in (10, 11, 12)]
+    (folder / "sum.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sums))
+    (folder / "spin_choice.yaml").write_text(CHOICE_TASK.format(data=folder / "choice.jsonl"))
+    (folder / "spin_sum.yaml").write_text(SUM_TASK.format(data=folder / "sum.jsonl"))
+    return folder
+
+
+def test_evaluate_runs_lm_eval_on_local_tasks_and_stores_scores_and_version(
+    tmp_path: Path, tiny_model_dir: Path, trained: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    exe = lme.find_executable()
+    if exe is None:
+        if os.environ.get("SPIN_REQUIRE_LM_EVAL"):
+            pytest.fail(f"SPIN_REQUIRE_LM_EVAL is set but no lm_eval command was found: {lme.INSTALL_HINT}")
+        pytest.skip("lm-eval is not installed here (make lmeval, then SPIN_LM_EVAL=.venv-lmeval/bin/lm_eval)")
+    tasks = _local_tasks(tmp_path / "tasks")
+    run_dir = tmp_path / "run"
+    lm = {"enabled": True, "tasks": [{"name": "spin_choice"}, {"name": "spin_sum"}], "includePath": str(tasks),
+          "batchSize": "4"}  # fmt: skip
+    _run(run_dir, tiny_model_dir, trained, exactMatch=False, lmEval=lm)
+    run_evaluate(run_dir, 0)
+
+    stored = json.loads((run_dir / layout.metrics_path(0)).read_text())["lm_eval"]
+    results = json.loads(lme.newest_results_file(run_dir / layout.iter_dir(0) / "lm_eval" / "shots-0").read_text())
+    choice = stored["tasks"]["spin_choice"]
+    assert choice["metrics"]["acc,none"] == results["results"]["spin_choice"]["acc,none"] == pytest.approx(0.75)
+    assert choice["metrics"]["acc_norm,none"] == pytest.approx(0.25)
+    assert choice["score"] == pytest.approx(0.25) and choice["score_metric"] == "acc_norm,none"
+    assert stored["tasks"]["spin_sum"]["score_metric"] == "exact_match,none"
+    assert stored["average"] == pytest.approx((0.25 + stored["tasks"]["spin_sum"]["score"]) / 2)
+    assert stored["harness_version"] == results["lm_eval_version"] and stored["paper_harness_version"] == "0.4.0"
+    if stored["harness_version"] != "0.4.0":
+        assert "not the paper's v0.4.0" in stored["version_warning"]
+        assert "warning: lm-eval" in capfd.readouterr().err, "the evaluate log warns too"
+
+    from spin_runtime.report import summary_table
+
+    header, _, row = summary_table(run_dir).splitlines()[:3]
+    cells = [c.strip() for c in row.split("|")]
+    assert cells[[c.strip() for c in header.split("|")].index("lm-eval avg")] == f"{stored['average']:.3f}"
