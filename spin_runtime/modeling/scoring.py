@@ -303,3 +303,14 @@ def heldout_scores(
             out["score_samples"] = len(values)
             out["scorer"] = ev.scorer
     return out
+
+
+def exact_match(
+    model: PreTrainedModel, tok: PreTrainedTokenizerBase, spec: SpinRunSpec, rows: Sequence[dict[str, Any]]
+) -> tuple[float, int] | None:
+    """(share correct, rows scored) of `heldout_scores`' exact match (built-in rows by their task
+    scorer, the others by normalised match); None when evaluation.exactMatch is off or no rows."""
+    out = heldout_scores(model, tok, spec, rows)  # no scorer passed: exact match only
+    if "exact_match" not in out:
+        return None
+    return out["exact_match"], out["exact_match_samples"]

@@ -123,6 +123,8 @@ def test_task_rows_use_their_scorer_and_other_rows_normalised_match(monkeypatch:
     assert out == {"exact_match": pytest.approx(3 / 6), "exact_match_samples": 6,
                    "exact_match_rule": "task:addition-3digit+normalised"}  # fmt: skip
     assert scoring.heldout_scores(None, None, SpinRunSpec(evaluation={"exactMatch": False}), rows) == {}
+    assert scoring.exact_match(None, None, SpinRunSpec(), rows) == (pytest.approx(3 / 6), 6)
+    assert scoring.exact_match(None, None, SpinRunSpec(evaluation={"exactMatch": False}), rows) is None
 
 
 def test_normalised_match_ignores_case_whitespace_and_punctuation_at_the_ends_only() -> None:
