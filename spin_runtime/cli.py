@@ -1,6 +1,6 @@
 """The `spin` command line: thin wrappers over the runtime modules.
 
-`spin run|generate|convert|train|evaluate|report|status|validate|plan|crd|init-run`, plus the
+`spin run|generate|convert|train|evaluate|report|status|validate|plan|preview|crd|init-run`, plus the
 commands other packages register (`spin render`, from the operator). Heavy modules (torch,
 transformers) are imported only by the commands that need them, so `spin validate` and
 `spin crd` start fast.
@@ -55,7 +55,81 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             print(f"{args.file}: {problem}", file=sys.stderr)
         return 2
     print(plan_table(run))
+    print()
+    print(_estimate_text(run, args))
     return 0
+
+
+def _params_arg(text: str) -> int:
+    """`--params`: a count such as 7241732096, 7.2e9, 7B or 135M."""
+    t = text.strip().upper().replace("_", "").replace(",", "")
+    scale = {"B": 1e9, "M": 1e6, "K": 1e3}.get(t[-1:], 1.0)
+    try:
+        value = float(t[:-1] if scale != 1.0 else t) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--params must be a parameter count such as 7.2e9, 7B or 135M (got {text!r})") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--params must be positive (got {text!r})")
+    return int(value)
+
+
+def _fraction_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"--mfu must be a fraction in (0, 1], e.g. 0.35 (got {text!r})")
+    return value
+
+
+def _estimate_text(run, args: argparse.Namespace) -> str:  # type: ignore[no-untyped-def]
+    from spin_runtime import sizing
+    from spin_runtime.plan import estimate
+
+    spec = run.spec
+    params = sizing.model_params(spec.start_checkpoint or spec.model, args.params)
+    assumptions = estimate.Assumptions(
+        gpu=args.gpu, params=params, mfu=args.mfu, gen_tokens_per_s=args.gen_tokens_per_s
+    )
+    measured, note = sizing.measure_run(spec, Path(args.run_dir)) if args.run_dir else ({}, None)
+    est = estimate.estimate_run(spec, assumptions, sizing.prompt_counts(spec), measured)
+    if note:
+        est.notes.append(note)
+    return estimate.format_estimate(spec, est)
+
+
+def _cmd_preview(args: argparse.Namespace) -> int:
+    from spin_runtime.api.load import SpecError, load_spinrun
+    from spin_runtime.preview import run_preview
+
+    try:
+        run = load_spinrun(Path(args.file))
+    except SpecError as e:
+        for problem in e.problems:
+            print(f"{args.file}: {problem}", file=sys.stderr)
+        return 2
+    spec = run.spec
+    if args.iteration is not None and not spec.start_iteration <= args.iteration < spec.iterations:
+        print(
+            f"spin preview: --iteration must be within {spec.start_iteration}..{spec.iterations - 1} "
+            f"(startIteration..iterations-1 of {args.file}), got {args.iteration}",
+            file=sys.stderr,
+        )
+        return 2
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    print(run_preview(spec, rows=args.rows, iteration=args.iteration, run_dir=run_dir, generate=args.generate, tokens=args.tokens))
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--rows must be a whole number of at least 1 (got {text!r})")
+    return value
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -161,9 +235,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("files", nargs="+")
     s.set_defaults(func=_cmd_validate)
 
-    s = sub.add_parser("plan", help="table of iterations × steps with their hyperparameters")
+    s = sub.add_parser(
+        "plan", help="table of iterations × steps with their hyperparameters, and an estimate of tokens and GPU-hours"
+    )
     s.add_argument("file")
+    from spin_runtime.plan.estimate import DEFAULT_MFU, PEAK_BF16_FLOPS
+
+    s.add_argument("--gpu", default="H100", type=str.upper, choices=sorted(PEAK_BF16_FLOPS), help="GPU type of the estimate")
+    s.add_argument("--params", type=_params_arg, help="parameter count N of the model (e.g. 7.2e9, 7B); default: its config or a table")
+    s.add_argument("--mfu", type=_fraction_arg, default=DEFAULT_MFU, help=f"training model-FLOPs utilisation (default {DEFAULT_MFU})")
+    s.add_argument("--gen-tokens-per-s", type=float, help="output tokens/s of one generation engine (default: a table)")
+    s.add_argument("--run-dir", help="a run directory whose data is measured (tokens generated, training tokens)")
     s.set_defaults(func=_cmd_plan)
+
+    s = sub.add_parser(
+        "preview",
+        help="the first rows as the model sees them: generation prompt (text, tokens) and the chosen/rejected "
+        "training sequences with the prompt/answer boundary and masked positions marked",
+    )
+    s.add_argument("file")
+    s.add_argument("--rows", type=_positive_int, default=3, help="rows to show (default 3)")
+    s.add_argument("--iteration", type=int, help="iteration whose rows are shown (default: startIteration)")
+    s.add_argument("--run-dir", help="a run directory whose converted pairs (real generated answers) are shown")
+    s.add_argument("--generate", action="store_true", help="without run data, decode the rows' answers with the start model")
+    s.add_argument("--tokens", action="store_true", help="also one line per token: id, token, attention and loss mask")
+    s.set_defaults(func=_cmd_preview)
 
     from spin_runtime.steps.init_run import add_parser as add_init_run
 

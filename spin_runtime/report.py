@@ -28,6 +28,8 @@ COLUMNS: tuple[tuple[str, str, str, str], ...] = (
     ("logp real", "eval", "logp_real", "{:.2f}"),
     ("logp generated", "eval", "logp_generated", "{:.2f}"),
     ("exact match", "eval", "exact_match", "{:.3f}"),
+    ("score", "eval", "score", "{:.3f}"),
+    ("lm-eval avg", "lm_eval", "average", "{:.3f}"),
 )
 
 
@@ -70,16 +72,13 @@ def _fmt(value: Any, fmt: str) -> str:
 
 
 def summary_table(run_dir: Path) -> str:
-    """The per-iteration markdown table (the start model's exact match as a first row)."""
+    """The per-iteration markdown table (the start model's held-out answers as a first row)."""
     metrics = load_metrics(run_dir)
     header = ["iteration", *[c[0] for c in COLUMNS]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    baseline = next(
-        (m["eval"]["baseline_exact_match"] for m in metrics.values() if "baseline_exact_match" in m.get("eval", {})),
-        None,
-    )
-    if baseline is not None:
-        row = ["start model", *["–"] * (len(COLUMNS) - 1), _fmt(baseline, "{:.3f}")]
+    base_eval = next((m["eval"] for m in metrics.values() if any(k.startswith("baseline_") for k in m.get("eval") or {})), None)
+    if base_eval is not None:
+        row = ["start model", *[_fmt(base_eval.get(f"baseline_{key}"), fmt) if sec == "eval" else "–" for _, sec, key, fmt in COLUMNS]]
         lines.append("| " + " | ".join(row) + " |")
     for k, m in sorted(metrics.items()):
         row = [f"iter{k}", *[_fmt((m.get(sec) or {}).get(key), fmt) for _, sec, key, fmt in COLUMNS]]

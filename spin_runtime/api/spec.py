@@ -66,6 +66,8 @@ ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
 IMAGE_PATTERN = r"^[^\t\n\f\r ]+$"
 LM_EVAL_BATCH_PATTERN = r"^(auto(:[1-9][0-9]*)?|[1-9][0-9]*)$"
+#: A Python callable named as `package.module:function`.
+SCORER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 
 #: What each pattern means, in words (error messages and the spec reference use these).
 PATTERN_HINTS: dict[str, str] = {
@@ -82,6 +84,7 @@ PATTERN_HINTS: dict[str, str] = {
     SECRET_KEY_PATTERN: "a Secret key: letters, digits, '-', '_' and '.'",
     IMAGE_PATTERN: "an image reference without spaces",
     LM_EVAL_BATCH_PATTERN: "a number, auto or auto:N",
+    SCORER_PATTERN: "a Python callable as 'module:function', e.g. 'myscorers:judge' or 'pkg.scoring:f1'",
 }
 
 
@@ -562,8 +565,13 @@ class LmEvalTask(SpinModel):
     num_fewshot: int = Field(0, ge=0, le=100, description="Few-shot examples.")
 
 
+#: The lm-evaluation-harness version of the paper's scores; other versions give other numbers.
+LM_EVAL_PAPER_VERSION = "0.4.0"
+
+
 class LmEval(SpinModel):
-    """Optional paper-style evaluation with lm-evaluation-harness (Open LLM Leaderboard shots)."""
+    """Optional paper-style evaluation with lm-evaluation-harness (Open LLM Leaderboard shots; the paper
+    used harness v0.4.0, and the evaluate step warns when the installed version differs)."""
 
     enabled: bool = Field(False, description="Run lm-evaluation-harness on each iteration's checkpoint.")
     tasks: list[LmEvalTask] = Field(
@@ -585,6 +593,12 @@ class LmEval(SpinModel):
         ),
     ] = Field("auto", max_length=16, pattern=LM_EVAL_BATCH_PATTERN, description="lm-eval batch size: a number, auto or auto:N.")
     limit: int | None = Field(None, ge=1, le=1_000_000_000, description="Examples per task (for smoke tests).")
+    include_path: str | None = Field(
+        None,
+        max_length=1024,
+        description="Folder of your own lm-eval task YAMLs (passed as --include_path), e.g. a task over a local "
+        "JSONL file with dataset_path: json.",
+    )
 
 
 class Evaluation(SpinModel):
@@ -592,7 +606,21 @@ class Evaluation(SpinModel):
 
     enabled: bool = Field(True, description="Run the evaluate step after training.")
     max_samples: int | None = Field(None, ge=1, le=1_000_000_000, description="Held-out rows used (default: all).")
-    exact_match: bool = Field(True, description="For built-in tasks, greedy exact-match accuracy of the new model.")
+    exact_match: bool = Field(
+        True,
+        description="Greedy answers of each iteration's model (and of the start model on the first iteration) to the "
+        "held-out prompts, scored against the reference: built-in tasks with their task scorer, other data by "
+        "normalised exact match with the real answer (case-folded, whitespace runs collapsed, whitespace and "
+        "punctuation stripped at both ends).",
+    )
+    scorer: str | None = Field(
+        None,
+        max_length=256,
+        pattern=SCORER_PATTERN,
+        description="Your own scorer 'module:function', imported by the evaluate step (on its PYTHONPATH or in its "
+        "working directory) and called as function(prompt, real, generated) for every held-out row's greedy answer; "
+        "returns a float or bool; its mean is 'score' in metrics.json.",
+    )
     lm_eval: LmEval = Field(default_factory=LmEval, description="lm-evaluation-harness settings.")
 
 

@@ -1,14 +1,23 @@
 """Scoring a model on SPIN pairs: summed answer log-probs of real and generated answers, the
-implicit reward margin and accuracy against the opponent, and exact match by greedy decoding."""
+implicit reward margin and accuracy against the opponent, and its greedy answers to the held-out
+prompts judged against the reference (built-in task scorers, normalised exact match with the real
+answer, or the user's `evaluation.scorer`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import importlib
+import math
+import os
+import re
+import sys
+import unicodedata
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from spin_runtime.api.spec import SpinRunSpec
+from spin_runtime.api.spec import Generation, SpinRunSpec
 from spin_runtime.data import tasks
+from spin_runtime.errors import SpecConfigError
 from spin_runtime.modeling.chat import prepare_rows
 
 if TYPE_CHECKING:
@@ -147,10 +156,44 @@ def task_name(spec: SpinRunSpec, prompt: str) -> str | None:
     return tasks.task_name_of_prompt(prompt)
 
 
-def new_token_budget(tok: PreTrainedTokenizerBase, reals: Sequence[str]) -> int:
-    """Greedy generation budget: the longest real answer plus slack, within [24, 64] tokens."""
+def row_task(spec: SpinRunSpec, row: dict[str, Any]) -> str | None:
+    """The built-in task whose scorer judges a held-out row: set for rows that carry a ground
+    truth `answer` of a known task; None = the row is judged by normalised match with `real`."""
+    if row.get("answer") is None:
+        return None
+    return task_name(spec, row["prompt"])
+
+
+_SPACES = re.compile(r"\s+")
+
+
+def _is_edge_junk(ch: str) -> bool:
+    return ch.isspace() or unicodedata.category(ch).startswith("P")
+
+
+def normalise_answer(text: str) -> str:
+    """The answer as normalised exact match compares it: case-folded, every run of whitespace made
+    one space, and whitespace and punctuation (Unicode category P*) stripped at both ends.
+    Punctuation inside the answer and symbols such as '$' or '%' are kept."""
+    out = _SPACES.sub(" ", text.casefold())
+    start, end = 0, len(out)
+    while start < end and _is_edge_junk(out[start]):
+        start += 1
+    while end > start and _is_edge_junk(out[end - 1]):
+        end -= 1
+    return out[start:end]
+
+
+def normalised_match(generated: str, real: str) -> bool:
+    """True when the generated answer equals the real one after `normalise_answer`."""
+    return normalise_answer(generated) == normalise_answer(real)
+
+
+def new_token_budget(tok: PreTrainedTokenizerBase, reals: Sequence[str], cap: int = MAX_NEW_TOKENS) -> int:
+    """Greedy generation budget: the longest real answer plus slack, within [24, cap] tokens
+    (cap: 64 for built-in tasks, generation.maxNewTokens for other data)."""
     longest = max((len(tok(r, add_special_tokens=False)["input_ids"]) for r in reals), default=0)
-    return max(MIN_NEW_TOKENS, min(MAX_NEW_TOKENS, longest + 8))
+    return max(min(MIN_NEW_TOKENS, cap), min(cap, longest + 8))
 
 
 def generate_answers(
@@ -158,29 +201,123 @@ def generate_answers(
     tok: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     max_new_tokens: int,
+    gen: Generation | None = None,
     system: str | None = None,
 ) -> list[str]:
-    """Greedy answers to `prompts` through the chat template, with the generation step's engine
-    (length-sorted batches, KV cache, stop at EOS) so evaluation decodes as generation does."""
-    from spin_runtime.api.spec import Generation
+    """Greedy answers to `prompts`, built as the generation step builds them (the spec's prompt
+    format and system turn in `gen`) with its transformers engine (length-sorted batches, KV
+    cache, stop at EOS), so evaluation decodes as generation does, but greedily."""
     from spin_runtime.modeling.decoding import transformers_generate
 
-    gen = Generation(engine="transformers", prompt_format="chat", decoding="greedy",
-                     max_new_tokens=max_new_tokens, batch_size=GENERATE_BATCH)
+    base = gen if gen is not None else Generation()
+    greedy = base.model_copy(
+        update={"engine": "transformers", "decoding": "greedy", "max_new_tokens": max_new_tokens, "batch_size": GENERATE_BATCH}
+    )
     tok.padding_side = "left"
-    return transformers_generate(model, tok, prompts, gen, system=system, progress=False)
+    return transformers_generate(model, tok, prompts, greedy, system=system, progress=False)
+
+
+Scorer = Callable[[str, str, str], Any]
+
+
+def load_scorer(ref: str) -> Scorer:
+    """Import `evaluation.scorer` ('module:function'); the working directory is searched too. A
+    missing module or function is a SpecConfigError naming the field."""
+    module_name, _, func_name = ref.partition(":")
+    if not module_name or not func_name:
+        raise SpecConfigError(f"evaluation.scorer {ref!r} must be 'module:function'")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.append(cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # ImportError, or whatever the module raises while importing
+        raise SpecConfigError(
+            f"evaluation.scorer {ref!r}: cannot import module {module_name!r} ({type(e).__name__}: {e}); put it on "
+            f"PYTHONPATH (or in {cwd}, the evaluate step's working directory; in a cluster: in the trainer image) "
+            "or fix the name"
+        ) from e
+    fn = getattr(module, func_name, None)
+    if not callable(fn):
+        raise SpecConfigError(
+            f"evaluation.scorer {ref!r}: module {module_name!r} has no function {func_name!r}; fix the name"
+        )
+    return fn
+
+
+def call_scorer(fn: Scorer, ref: str, row: dict[str, Any], generated: str) -> float:
+    """The user scorer's value for one row as a float (bool → 1.0/0.0); a raise or a value that
+    is not a finite number is a SpecConfigError naming the field and the row."""
+    where = f"held-out row {row.get('id')!r}"
+    try:
+        value = fn(row["prompt"], row["real"], generated)
+    except Exception as e:
+        raise SpecConfigError(f"evaluation.scorer {ref!r} raised on {where}: {type(e).__name__}: {e}") from e
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    try:  # ints, floats, numpy and torch scalars
+        number = math.nan if isinstance(value, (str, bytes)) else float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise SpecConfigError(
+            f"evaluation.scorer {ref!r} returned {value!r} ({type(value).__name__}) on {where}: it must return a "
+            "finite float or a bool"
+        )
+    return number
+
+
+def exact_match_rule(spec: SpinRunSpec, rows: Sequence[dict[str, Any]]) -> str:
+    """How the rows are judged: 'task:<name>' (built-in scorer), 'normalised' (vs the real
+    answer) or both joined by '+'."""
+    names = sorted({t for r in rows if (t := row_task(spec, r))})
+    rules = [f"task:{n}" for n in names] + (["normalised"] if any(row_task(spec, r) is None for r in rows) else [])
+    return "+".join(rules)
+
+
+def heldout_scores(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    spec: SpinRunSpec,
+    rows: Sequence[dict[str, Any]],
+    scorer: Scorer | None = None,
+    prefix: str = "",
+) -> dict[str, Any]:
+    """Greedy answers of `model` to the held-out rows, scored: `exact_match` (built-in rows with
+    their task scorer, the others by normalised match with `real`) when evaluation.exactMatch, and
+    `score` (the mean of evaluation.scorer) when a scorer is given. Keys get `prefix`."""
+    ev = spec.evaluation
+    if not rows or not (ev.exact_match or scorer is not None):
+        return {}
+    builtin_only = all(row_task(spec, r) for r in rows)
+    cap = MAX_NEW_TOKENS if builtin_only else max(MIN_NEW_TOKENS, spec.generation.max_new_tokens)
+    budget = new_token_budget(tok, [r["real"] for r in rows], cap)
+    answers = generate_answers(model, tok, [r["prompt"] for r in rows], budget, spec.generation, spec.system_prompt)
+    out: dict[str, Any] = {}
+    if ev.exact_match:
+        hits = [
+            tasks.score(task, text, str(r["answer"])) if (task := row_task(spec, r)) else normalised_match(text, r["real"])
+            for r, text in zip(rows, answers, strict=True)
+        ]
+        out[f"{prefix}exact_match"] = sum(hits) / len(hits)
+        if not prefix:
+            out["exact_match_samples"] = len(hits)
+            out["exact_match_rule"] = exact_match_rule(spec, rows)
+    if scorer is not None and ev.scorer is not None:
+        values = [call_scorer(scorer, ev.scorer, r, text) for r, text in zip(rows, answers, strict=True)]
+        out[f"{prefix}score"] = sum(values) / len(values)
+        if not prefix:
+            out["score_samples"] = len(values)
+            out["scorer"] = ev.scorer
+    return out
 
 
 def exact_match(
     model: PreTrainedModel, tok: PreTrainedTokenizerBase, spec: SpinRunSpec, rows: Sequence[dict[str, Any]]
 ) -> tuple[float, int] | None:
-    """(share correct, rows scored) over the built-in rows (answer not null, task known) whose
-    greedy answer scores as correct; None when there are no such rows."""
-    scored = [r for r in rows if r.get("answer") is not None and task_name(spec, r["prompt"])]
-    if not scored:
+    """(share correct, rows scored) of `heldout_scores`' exact match (built-in rows by their task
+    scorer, the others by normalised match); None when evaluation.exactMatch is off or no rows."""
+    out = heldout_scores(model, tok, spec, rows)  # no scorer passed: exact match only
+    if "exact_match" not in out:
         return None
-    answers = generate_answers(
-        model, tok, [r["prompt"] for r in scored], new_token_budget(tok, [r["real"] for r in scored]), spec.system_prompt
-    )
-    hits = [tasks.score(task_name(spec, r["prompt"]) or "", text, str(r["answer"])) for r, text in zip(scored, answers, strict=True)]
-    return sum(hits) / len(hits), len(hits)
+    return out["exact_match"], out["exact_match_samples"]

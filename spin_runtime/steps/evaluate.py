@@ -3,9 +3,11 @@ start model) on `iter-<k>/data/test.parquet`.
 
 For every held-out pair: the summed log-prob of the real and of the generated answer (prompt
 tokens masked, fp32) under the new model and under the opponent; from them SPIN's implicit
-rewards β·(log πθ − log π_ref), the reward margin and accuracy. For built-in tasks (rows with an
-`answer`), greedy exact match of the new model — and of the start model on the run's first
-iteration (`baseline_exact_match`). Optionally lm-evaluation-harness scores ("lm_eval").
+rewards β·(log πθ − log π_ref), the reward margin and accuracy. Then the greedy answers of the new
+model to the held-out prompts, judged against the reference — and those of the start model on the
+run's first iteration (`baseline_*`): `exact_match` (built-in rows by their task scorer, other rows
+by normalised match with the real answer; `evaluation.exactMatch`) and `score` (the mean of the
+user's `evaluation.scorer`). Optionally lm-evaluation-harness scores ("lm_eval").
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from spin_runtime.errors import DataError
 from spin_runtime.modeling import models
 from spin_runtime.modeling.scoring import (
     encode_pairs,
-    exact_match,
+    heldout_scores,
+    load_scorer,
     pair_logps,
     reward_metrics,
 )
@@ -72,6 +75,7 @@ def run_evaluate(run_dir: Path, iteration: int, force: bool = False) -> dict[str
         rows = rows[: spec.evaluation.max_samples]
     if not rows:
         raise DataError(f"{test_path}: no held-out rows to evaluate")
+    scorer = load_scorer(spec.evaluation.scorer) if spec.evaluation.scorer else None  # fail before the models load
 
     new_path = run_dir / layout.model_dir(k)
     models.check_checkpoint(new_path)
@@ -86,19 +90,19 @@ def run_evaluate(run_dir: Path, iteration: int, force: bool = False) -> dict[str
         tok, rows, spec.training.max_prompt_length, spec.training.max_length,
         system=spec.system_prompt, truncation=spec.training.truncation,
     )
-    do_exact = spec.evaluation.exact_match and any(r.get("answer") is not None for r in rows)
+    baseline_too = k == spec.start_iteration
 
     policy = models.load_model(str(new_path), dtype=dtype, device=device)
     policy.eval()
     pol_real, pol_gen = pair_logps(policy, pairs, tok.pad_token_id)
-    em = exact_match(policy, tok, spec, rows) if do_exact else None
+    answers = heldout_scores(policy, tok, spec, rows, scorer)
     del policy
 
     opponent = models.load_model(start_path, dtype=dtype, device=device)
     opponent.eval()
     opp_tok = models.load_tokenizer(start_path, padding_side="right")
     ref_real, ref_gen = pair_logps(opponent, pairs, opp_tok.pad_token_id)
-    baseline = exact_match(opponent, opp_tok, spec, rows) if do_exact and k == spec.start_iteration else None
+    baseline = heldout_scores(opponent, opp_tok, spec, rows, scorer, prefix="baseline_") if baseline_too else {}
     del opponent
     if on_gpu:
         torch.cuda.empty_cache()
@@ -111,10 +115,8 @@ def run_evaluate(run_dir: Path, iteration: int, force: bool = False) -> dict[str
             "seconds": time.perf_counter() - t0,
         }
     )
-    if em is not None:
-        metrics["exact_match"], metrics["exact_match_samples"] = em
-    if baseline is not None:
-        metrics["baseline_exact_match"] = baseline[0]
+    metrics.update(answers)
+    metrics.update(baseline)
     metrics = _finite_or_none(metrics)
     ctx.update_metrics("eval", metrics)
 
@@ -131,7 +133,9 @@ def run_evaluate(run_dir: Path, iteration: int, force: bool = False) -> dict[str
         ctx.update_metrics("lm_eval", scores)
 
     ctx.mark_done({"samples": metrics["samples"]})
-    em_text = f", exact match {em[0]:.3f}" if em is not None else ""
+    em_text = "".join(
+        f", {name.replace('_', ' ')} {metrics[name]:.3f}" for name in ("exact_match", "score") if name in metrics
+    )
     _log(
         f"iteration {k}: margin {metrics['reward_margin']:.4f}, accuracy {metrics['reward_accuracy']:.3f}"
         f"{em_text} on {metrics['samples']} held-out pairs"

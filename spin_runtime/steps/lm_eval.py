@@ -1,15 +1,18 @@
 """Paper-style benchmark scores with lm-evaluation-harness (Open LLM Leaderboard shots): the
 `lm_eval` command lines for a checkpoint (one per distinct shot count), running them, and
-reading their results JSON into metrics.json's "lm_eval" section.
+reading their results JSON into metrics.json's "lm_eval" section, with the harness version that
+ran beside the paper's (v0.4.0) and a warning when they differ.
 
-The builders are pure; `run_lm_eval` needs the `lm-eval` package and network access for the
-task datasets, so the test suite checks only the commands and the parsing.
+lm-eval lives in its own environment (its dependencies conflict with the kubernetes client's):
+the command is `$SPIN_LM_EVAL`, else the `lm_eval` beside this Python, else the one on PATH.
+`make test` builds `.venv-lmeval` and runs the evaluate step with it on a local task.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -17,8 +20,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from spin_runtime.api.spec import LmEval
+from spin_runtime.api.spec import LM_EVAL_PAPER_VERSION, LmEval
 from spin_runtime.errors import SpinError
+
+#: Environment variable naming the `lm_eval` executable (e.g. .venv-lmeval/bin/lm_eval).
+EXECUTABLE_ENV = "SPIN_LM_EVAL"
 
 #: The metric reported per task, in order of preference (the leaderboard's choice first).
 PREFERRED_METRICS: tuple[str, ...] = (
@@ -30,8 +36,10 @@ PREFERRED_METRICS: tuple[str, ...] = (
 )
 
 INSTALL_HINT = (
-    "install lm-evaluation-harness with `pip install 'spinrun[evaluate]'` (lm-eval>=0.4); it also needs "
-    "network access to download the task datasets (or a filled HF_DATASETS_CACHE)"
+    "install lm-evaluation-harness in its own environment (`make lmeval` builds .venv-lmeval; its dependencies "
+    "conflict with the kubernetes client's, so not `pip install 'spinrun[evaluate]'` beside the operator) and set "
+    f"{EXECUTABLE_ENV} to its bin/lm_eval (or put it on PATH); the paper's tasks also need network access to "
+    "download their datasets (or a filled HF_DATASETS_CACHE)"
 )
 
 
@@ -86,6 +94,8 @@ def lm_eval_commands(
             cmd += ["--device", device]
         if lm.limit is not None:
             cmd += ["--limit", str(lm.limit)]
+        if lm.include_path:
+            cmd += ["--include_path", lm.include_path]
         commands.append(cmd)
     return commands
 
@@ -139,20 +149,71 @@ def summarize(tasks: Mapping[str, Mapping[str, Any]], wanted: list[str]) -> dict
 
 
 def find_executable() -> str | None:
-    """The `lm_eval` console script of this environment, else the one on PATH."""
+    """The `lm_eval` command: `$SPIN_LM_EVAL`, else the console script of this environment, else
+    the one on PATH."""
+    named = os.environ.get(EXECUTABLE_ENV)
+    if named:
+        found = shutil.which(named)
+        if found is None:
+            raise LmEvalError(f"{EXECUTABLE_ENV}={named}: no such executable; point it at lm-eval's bin/lm_eval")
+        return found
     beside = Path(sys.executable).with_name("lm_eval")
     if beside.exists():
         return str(beside)
     return shutil.which("lm_eval")
 
 
+def installed_version(executable: str) -> str | None:
+    """The lm-eval version of the environment an `lm_eval` script belongs to (asked of the
+    Python beside it), None when it cannot tell."""
+    python = Path(executable).with_name("python")
+    if not python.exists():
+        return None
+    code = "import importlib.metadata as m; print(m.version('lm_eval'))"
+    try:
+        proc = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if proc.returncode != 0:
+        return None
+    return proc.stdout.strip() or None
+
+
+def _release(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def version_info(version: str | None) -> dict[str, Any]:
+    """metrics.json's record of the harness version against the paper's, with a warning when they
+    differ (newer harnesses give other numbers on the same tasks)."""
+    info: dict[str, Any] = {"harness_version": version, "paper_harness_version": LM_EVAL_PAPER_VERSION}
+    if version is None:
+        info["version_warning"] = (
+            f"the lm-eval version is unknown; the paper used v{LM_EVAL_PAPER_VERSION}, other versions give other numbers"
+        )
+    elif _release(version) != _release(LM_EVAL_PAPER_VERSION):
+        info["version_warning"] = (
+            f"lm-eval {version} is not the paper's v{LM_EVAL_PAPER_VERSION}: its scores are not comparable with the "
+            f"paper's tables; install lm-eval=={LM_EVAL_PAPER_VERSION} in the lm-eval environment to compare"
+        )
+    return info
+
+
 def run_lm_eval(
     checkpoint: str | Path, lm: LmEval, output_dir: str | Path, *, dtype: str = "bfloat16", device: str | None = None
 ) -> dict[str, Any]:
-    """Run lm-evaluation-harness on `checkpoint` and return the "lm_eval" metrics section."""
+    """Run lm-evaluation-harness on `checkpoint` and return the "lm_eval" metrics section (with
+    the version record of `version_info`; its warning is also printed)."""
     exe = find_executable()
     if exe is None:
         raise LmEvalError(f"evaluation.lmEval.enabled needs the lm_eval command: {INSTALL_HINT}")
+    version = installed_version(exe)
     tasks: dict[str, dict[str, Any]] = {}
     for cmd, (shots, names) in zip(
         lm_eval_commands(checkpoint, lm, output_dir, dtype=dtype, device=device, executable=exe),
@@ -166,5 +227,10 @@ def run_lm_eval(
                 f"above ({INSTALL_HINT})"
             )
         path = newest_results_file(Path(output_dir) / f"shots-{shots}")
-        tasks.update(parse_results(json.loads(path.read_text(encoding="utf-8"))))
-    return summarize(tasks, [t.name for t in lm.tasks])
+        data = json.loads(path.read_text(encoding="utf-8"))
+        tasks.update(parse_results(data))
+        version = version or (str(data["lm_eval_version"]) if data.get("lm_eval_version") else None)
+    info = version_info(version)
+    if "version_warning" in info:
+        print(f"spin evaluate: warning: {info['version_warning']}", file=sys.stderr, flush=True)
+    return {**summarize(tasks, [t.name for t in lm.tasks]), **info, "executable": exe}

@@ -1,14 +1,18 @@
 """`spin evaluate`: held-out log-probs of real and generated answers under the new model and its
-opponent, SPIN reward margin/accuracy, exact match on built-in rows (and the start model's on
-the first iteration), and the lm-evaluation-harness command lines.
+opponent, SPIN reward margin/accuracy, greedy answers judged against the reference (built-in task
+scorers, normalised exact match for any other data, the user's `evaluation.scorer`; the start
+model's too on the first iteration), and the lm-evaluation-harness command lines.
 
-lm-eval itself is not installed in the test environment: its tests check the commands built,
-the parsing of its results JSON, and the wiring through a stand-in `lm_eval` script."""
+lm-eval lives in its own environment (`make lmeval`, found through SPIN_LM_EVAL): one test runs
+the evaluate step with the real harness on local tasks over JSONL files (under `make test` it must
+run, SPIN_REQUIRE_LM_EVAL=1); the others check the commands built, the parsing of its results JSON
+and the wiring through a stand-in `lm_eval` script."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -84,8 +88,9 @@ def test_evaluate_writes_finite_reward_metrics_and_exact_match_then_marker(
     expected = sum(answer_logp(model, tok, r["prompt"], r["real"]) for r in rows) / len(rows)
     assert stored["logp_real"] == pytest.approx(expected, rel=1e-5)
 
-    # exact match on the 4 rows (of the first 5) that carry an answer, for the new and the start model
-    assert stored["exact_match_samples"] == 4
+    # exact match on the first 5 rows: 4 by the task scorer, the one without an answer by normalised match
+    assert stored["exact_match_samples"] == 5
+    assert stored["exact_match_rule"] == "task:addition-3digit+normalised"
     assert 0.0 <= stored["exact_match"] <= 1.0
     assert 0.0 <= stored["baseline_exact_match"] <= 1.0
     assert run_evaluate(run_dir, 0) is None, "a finished step is skipped"
@@ -100,20 +105,139 @@ def test_later_iterations_have_no_baseline_row(tmp_path: Path, tiny_model_dir: P
     assert "baseline_exact_match" not in metrics and "exact_match" not in metrics
 
 
-def test_exact_match_scores_only_rows_with_an_answer(monkeypatch: pytest.MonkeyPatch) -> None:
-    rows = _rows()
-    spec = SpinRunSpec()
+def _fake_answers(rows: list[dict], right: set[int]) -> object:
+    """A stand-in for greedy decoding: the real answer for the rows in `right`, else a wrong one."""
+    by_prompt = {r["prompt"]: i for i, r in enumerate(rows)}
 
-    def fake_generate(model: object, tok: object, prompts: list[str], max_new_tokens: int, system: str | None = None) -> list[str]:
-        by_prompt = {r["prompt"]: r for r in rows}
-        return [by_prompt[p]["real"] if i % 2 == 0 else "no idea" for i, p in enumerate(prompts)]
+    def fake(model: object, tok: object, prompts: list[str], max_new_tokens: int, gen: object = None, system: str | None = None) -> list[str]:
+        return [(f"  {rows[by_prompt[p]]['real'].upper()}!  " if by_prompt[p] in right else "no idea") for p in prompts]
 
-    monkeypatch.setattr(scoring, "generate_answers", fake_generate)
-    monkeypatch.setattr(scoring, "new_token_budget", lambda tok, reals: 24)
-    # 5 rows with answers: correct at positions 0, 2, 4 of those
-    score, n = scoring.exact_match(None, None, spec, rows)
-    assert (score, n) == (pytest.approx(3 / 5), 5)
-    assert scoring.exact_match(None, None, spec, [{**r, "answer": None} for r in rows]) is None
+    return fake
+
+
+def test_task_rows_use_their_scorer_and_other_rows_normalised_match(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = _rows()  # row 1 has no answer: it is judged against its real answer
+    monkeypatch.setattr(scoring, "generate_answers", _fake_answers(rows, right={0, 1, 2}))
+    monkeypatch.setattr(scoring, "new_token_budget", lambda tok, reals, cap=64: 24)
+    out = scoring.heldout_scores(None, None, SpinRunSpec(), rows)
+    assert out == {"exact_match": pytest.approx(3 / 6), "exact_match_samples": 6,
+                   "exact_match_rule": "task:addition-3digit+normalised"}  # fmt: skip
+    assert scoring.heldout_scores(None, None, SpinRunSpec(evaluation={"exactMatch": False}), rows) == {}
+    assert scoring.exact_match(None, None, SpinRunSpec(), rows) == (pytest.approx(3 / 6), 6)
+    assert scoring.exact_match(None, None, SpinRunSpec(evaluation={"exactMatch": False}), rows) is None
+
+
+def test_normalised_match_ignores_case_whitespace_and_punctuation_at_the_ends_only() -> None:
+    assert scoring.normalise_answer("  The  Answer\n is:\tParis.  ") == "the answer is: paris"
+    assert scoring.normalised_match('"Paris!"', "paris")
+    assert scoring.normalised_match("¿Qué?", "qué")
+    assert not scoring.normalised_match("Par-is", "Paris"), "punctuation inside is kept"
+    assert not scoring.normalised_match("$5", "5"), "symbols are not punctuation"
+    assert not scoring.normalised_match("", "paris")
+
+
+def _user_run(run_dir: Path, model: Path, trained: Path, **evaluation: object) -> list[dict]:
+    """A run on the user's own JSONL data (no built-in task, no `answer` column)."""
+    rows = [{**r, "answer": None, "prompt": f"Question {i}: name a colour.", "real": real}
+            for i, (r, real) in enumerate(zip(_rows(), ["Red.", "blue", "Green", "grey", "white", "black"], strict=True))]  # fmt: skip
+    data = run_dir.parent / "mydata.jsonl"
+    data.write_text("".join(json.dumps({"prompt": r["prompt"], "response": r["real"]}) + "\n" for r in rows))
+    make_run(run_dir, model, training={"maxLength": 128, "maxPromptLength": 96}, evaluation={"maxSamples": 5, **evaluation})
+    stored = json.loads((run_dir / "spec.json").read_text())
+    stored["spec"]["dataset"] = {"path": str(data), "testSize": 1}
+    (run_dir / "spec.json").write_text(json.dumps(stored))
+    shutil.copytree(trained, run_dir / layout.model_dir(0))
+    write_pairs(run_dir, 0, "test", rows)
+    return rows[:5]
+
+
+SCORER = """
+calls = []
+
+def colour_length(prompt, real, generated):
+    calls.append((prompt, real, generated))
+    return len(generated) / 10
+
+def says_no(prompt, real, generated):
+    return generated.startswith("no")
+
+def broken(prompt, real, generated):
+    return "high"
+"""
+
+
+def test_users_own_data_gets_exact_match_and_a_user_score_with_a_baseline(
+    tmp_path: Path, tiny_model_dir: Path, trained: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "myscorers.py").write_text(SCORER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run_dir = tmp_path / "run"
+    rows = _user_run(run_dir, tiny_model_dir, trained, scorer="myscorers:colour_length")
+    monkeypatch.setattr(scoring, "generate_answers", _fake_answers(rows, right={0, 2}))
+    metrics = run_evaluate(run_dir, 0)
+    assert metrics is not None
+    stored = json.loads((run_dir / layout.metrics_path(0)).read_text())["eval"]
+    assert stored["exact_match"] == pytest.approx(2 / 5) and stored["exact_match_rule"] == "normalised"
+    assert stored["baseline_exact_match"] == pytest.approx(2 / 5), "the start model is scored too"
+    answers = ["  RED.!  ", "no idea", "  GREEN!  ", "no idea", "no idea"]
+    assert stored["score"] == pytest.approx(sum(len(a) / 10 for a in answers) / 5)
+    assert stored["baseline_score"] == pytest.approx(stored["score"])
+    assert stored["scorer"] == "myscorers:colour_length" and stored["score_samples"] == 5
+    import myscorers  # type: ignore[import-not-found]
+
+    assert myscorers.calls[0] == (rows[0]["prompt"], rows[0]["real"], answers[0]), "called with prompt, real, generated"
+
+    from spin_runtime.report import summary_table
+
+    table = summary_table(run_dir)
+    assert "score" in [cell.strip() for cell in table.splitlines()[0].split("|")]
+    start_row = next(line for line in table.splitlines() if line.startswith("| start model"))
+    assert "0.400" in start_row and f"{stored['baseline_score']:.3f}" in start_row
+
+
+def test_a_bool_scorer_counts_true_as_one(
+    tmp_path: Path, tiny_model_dir: Path, trained: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "myscorers2.py").write_text(SCORER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run_dir = tmp_path / "run"
+    rows = _user_run(run_dir, tiny_model_dir, trained, scorer="myscorers2:says_no", exactMatch=False)
+    monkeypatch.setattr(scoring, "generate_answers", _fake_answers(rows, right={0}))
+    run_evaluate(run_dir, 0)
+    stored = json.loads((run_dir / layout.metrics_path(0)).read_text())["eval"]
+    assert stored["score"] == pytest.approx(4 / 5) and "exact_match" not in stored
+
+
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        ("nosuchmodule_xyz:f", r"evaluation.scorer 'nosuchmodule_xyz:f': cannot import module 'nosuchmodule_xyz'"),
+        ("myscorers3:missing", r"evaluation.scorer 'myscorers3:missing': module 'myscorers3' has no function 'missing'"),
+        ("myscorers3:broken", r"evaluation.scorer 'myscorers3:broken' returned 'high' \(str\) on held-out row .*finite float or a bool"),
+    ],
+)
+def test_a_scorer_that_cannot_be_used_fails_with_the_field_named_and_no_marker(
+    tmp_path: Path, tiny_model_dir: Path, trained: Path, monkeypatch: pytest.MonkeyPatch, ref: str, message: str
+) -> None:
+    from spin_runtime.errors import SpecConfigError
+
+    (tmp_path / "myscorers3.py").write_text(SCORER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run_dir = tmp_path / "run"
+    rows = _user_run(run_dir, tiny_model_dir, trained, scorer=ref)
+    monkeypatch.setattr(scoring, "generate_answers", _fake_answers(rows, right=set()))
+    with pytest.raises(SpecConfigError, match=message):
+        run_evaluate(run_dir, 0)
+    assert not (run_dir / stages.Step(0, "evaluate").marker).exists()
+
+
+def test_a_scorer_that_is_not_module_colon_function_is_refused_by_validation() -> None:
+    from spin_runtime.api.load import SpecError, validate_data
+
+    with pytest.raises(SpecError) as err:
+        validate_data({"apiVersion": "spin.dev/v1alpha1", "kind": "SpinRun", "metadata": {"name": "x"},
+                       "spec": {"evaluation": {"scorer": "my scorer.py"}}})  # fmt: skip
+    assert any("spec.evaluation.scorer" in p and "module:function" in p for p in err.value.problems)
 
 
 def test_lm_eval_enabled_without_the_package_fails_first_and_says_what_to_install(
@@ -122,7 +246,7 @@ def test_lm_eval_enabled_without_the_package_fails_first_and_says_what_to_instal
     run_dir = tmp_path / "run"
     _run(run_dir, tiny_model_dir, trained, lmEval={"enabled": True})
     monkeypatch.setattr(lme, "find_executable", lambda: None)
-    with pytest.raises(lme.LmEvalError, match=r"pip install 'spinrun\[evaluate\]'"):
+    with pytest.raises(lme.LmEvalError, match=r"own environment \(`make lmeval` builds \.venv-lmeval.*SPIN_LM_EVAL"):
         run_evaluate(run_dir, 0)
     assert not (run_dir / stages.Step(0, "evaluate").marker).exists()
     assert not (run_dir / layout.metrics_path(0)).exists()
@@ -193,3 +317,104 @@ def test_lm_eval_runner_stores_scores_through_a_stand_in_command(
     assert stored["lm_eval"]["tasks"]["arc_challenge"]["score"] == 0.65
     assert stored["lm_eval"]["average"] == pytest.approx((0.65 + 0.35) / 2)
     assert "eval" in stored and (run_dir / stages.Step(0, "evaluate").marker).exists()
+
+
+def test_lm_eval_version_is_compared_with_the_papers() -> None:
+    assert lme.version_info("0.4.0") == {"harness_version": "0.4.0", "paper_harness_version": "0.4.0"}
+    newer = lme.version_info("0.4.13")
+    assert "not the paper's v0.4.0" in newer["version_warning"] and "lm-eval==0.4.0" in newer["version_warning"]
+    assert "unknown" in lme.version_info(None)["version_warning"]
+
+
+def test_lm_eval_executable_comes_from_spin_lm_eval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    script = tmp_path / "lm_eval"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.setenv(lme.EXECUTABLE_ENV, str(script))
+    assert lme.find_executable() == str(script)
+    monkeypatch.setenv(lme.EXECUTABLE_ENV, str(tmp_path / "missing"))
+    with pytest.raises(lme.LmEvalError, match="SPIN_LM_EVAL=.*no such executable"):
+        lme.find_executable()
+
+
+CHOICE_TASK = """task: spin_choice
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: choices
+doc_to_target: label
+metric_list:
+  - metric: acc
+  - metric: acc_norm
+"""
+
+SUM_TASK = """task: spin_sum
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{question}}}}"
+doc_to_target: "{{{{answer}}}}"
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: 8
+  do_sample: false
+metric_list:
+  - metric: exact_match
+"""
+
+
+def _local_tasks(folder: Path) -> Path:
+    """Two lm-eval tasks over JSONL files: a multiple choice between a one-token answer and a
+    long one (any model's summed log-prob prefers the short one, its per-byte log-prob the long
+    one), and a generated sum."""
+    folder.mkdir()
+    long = " ".join(["elephant"] * 10)
+    choice = [{"question": f"Pick {i}:", "choices": ["a", long], "label": 0 if i < 3 else 1} for i in range(4)]
+    (folder / "choice.jsonl").write_text("".join(json.dumps(r) + "\n" for r in choice))
+    sums = [{"question": f"{a} + {a} =", "answer": str(2 * a)} for a in (10, 11, 12)]
+    (folder / "sum.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sums))
+    (folder / "spin_choice.yaml").write_text(CHOICE_TASK.format(data=folder / "choice.jsonl"))
+    (folder / "spin_sum.yaml").write_text(SUM_TASK.format(data=folder / "sum.jsonl"))
+    return folder
+
+
+def test_evaluate_runs_lm_eval_on_local_tasks_and_stores_scores_and_version(
+    tmp_path: Path, tiny_model_dir: Path, trained: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    exe = lme.find_executable()
+    if exe is None:
+        if os.environ.get("SPIN_REQUIRE_LM_EVAL"):
+            pytest.fail(f"SPIN_REQUIRE_LM_EVAL is set but no lm_eval command was found: {lme.INSTALL_HINT}")
+        pytest.skip("lm-eval is not installed here (make lmeval, then SPIN_LM_EVAL=.venv-lmeval/bin/lm_eval)")
+    tasks = _local_tasks(tmp_path / "tasks")
+    run_dir = tmp_path / "run"
+    lm = {"enabled": True, "tasks": [{"name": "spin_choice"}, {"name": "spin_sum"}], "includePath": str(tasks),
+          "batchSize": "4"}  # fmt: skip
+    _run(run_dir, tiny_model_dir, trained, exactMatch=False, lmEval=lm)
+    run_evaluate(run_dir, 0)
+
+    stored = json.loads((run_dir / layout.metrics_path(0)).read_text())["lm_eval"]
+    results = json.loads(lme.newest_results_file(run_dir / layout.iter_dir(0) / "lm_eval" / "shots-0").read_text())
+    choice = stored["tasks"]["spin_choice"]
+    assert choice["metrics"]["acc,none"] == results["results"]["spin_choice"]["acc,none"] == pytest.approx(0.75)
+    assert choice["metrics"]["acc_norm,none"] == pytest.approx(0.25)
+    assert choice["score"] == pytest.approx(0.25) and choice["score_metric"] == "acc_norm,none"
+    assert stored["tasks"]["spin_sum"]["score_metric"] == "exact_match,none"
+    assert stored["average"] == pytest.approx((0.25 + stored["tasks"]["spin_sum"]["score"]) / 2)
+    assert stored["harness_version"] == results["lm_eval_version"] and stored["paper_harness_version"] == "0.4.0"
+    if stored["harness_version"] != "0.4.0":
+        assert "not the paper's v0.4.0" in stored["version_warning"]
+        assert "warning: lm-eval" in capfd.readouterr().err, "the evaluate log warns too"
+
+    from spin_runtime.report import summary_table
+
+    header, _, row = summary_table(run_dir).splitlines()[:3]
+    cells = [c.strip() for c in row.split("|")]
+    assert cells[[c.strip() for c in header.split("|")].index("lm-eval avg")] == f"{stored['average']:.3f}"
