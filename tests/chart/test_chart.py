@@ -373,6 +373,7 @@ NAMESPACED_GRANTS = (
     | {("batch", "jobs", v) for v in ("list", "watch", "create", "patch", "delete")}
     | {("", r, v) for r in ("persistentvolumeclaims", "configmaps") for v in ("list", "watch", "create")}
     | {("", "services", v) for v in ("list", "watch", "create", "delete")}
+    | {("", "pods", v) for v in ("list", "watch")}
     | {("", "events", "create")}
 )
 CRD_GRANTS = {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}

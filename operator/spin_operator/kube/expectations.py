@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from spin_operator.kube.objects import JobState
+from spin_operator.kube.objects import JobState, PodState
 
 #: How long a created Job counts as existing without the index showing it.
 EXPECTATION_TTL_SECONDS = 300.0
@@ -27,6 +27,8 @@ class Expectations:
     created: dict[RunKey, dict[str, tuple[float, dict[str, Any]]]] = field(default_factory=dict)
     #: (namespace, job name) → the state that led to (or came from) a reconcile.
     seen: dict[tuple[str, str], JobState] = field(default_factory=dict)
+    #: (namespace, pod name) → the pod's last state that reached a reconcile.
+    seen_pods: dict[tuple[str, str], PodState] = field(default_factory=dict)
 
     def expect(self, key: RunKey, job_name: str, body: dict[str, Any], now: float) -> None:
         """A create of `job_name` is about to be sent: count it as existing from now on."""
@@ -70,8 +72,22 @@ class Expectations:
         self.seen[key] = state
         return True
 
+    def pod_is_news(self, namespace: str, event_type: str | None, body: Mapping[str, Any]) -> bool:
+        """Whether a pod event may change a reconcile's outcome (as `is_news` for Jobs)."""
+        key = (namespace, str((body.get("metadata") or {}).get("name")))
+        if event_type == "DELETED":
+            self.seen_pods.pop(key, None)
+            return True
+        state = PodState.from_pod(body)
+        if self.seen_pods.get(key) == state:
+            return False
+        self.seen_pods[key] = state
+        return True
+
     def forget_run(self, namespace: str, run: str) -> None:
         """A SpinRun was deleted: drop what is kept about its Jobs."""
         self.created.pop((namespace, run), None)
         for key in [k for k in self.seen if k[0] == namespace and k[1].startswith(f"{run}-it")]:
             del self.seen[key]
+        for key in [k for k in self.seen_pods if k[0] == namespace and k[1].startswith(f"{run}-it")]:
+            del self.seen_pods[key]
