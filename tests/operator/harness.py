@@ -250,10 +250,18 @@ def labels_match(obj: dict[str, Any], selector: list[tuple[str, str, str]]) -> b
 
 
 
+#: Custom resources of other projects a test may install (plural path → ResourceInfo kwargs).
+FOREIGN_CRDS: dict[str, dict[str, Any]] = {
+    "trainer.kubeflow.org/v1alpha1/trainjobs": {"kind": "TrainJob", "singular": "trainjob", "namespaced": True,
+                                                 "subresources": {"status"}},
+}
+
+
 class Emulator:
     """kmock's KubernetesEmulator served on a local port from its own thread and loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, crds: tuple[str, ...] = ()) -> None:
+        self.crds = crds
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.stopping: asyncio.Event | None = None
@@ -278,6 +286,9 @@ class Emulator:
             kind="SpinRun", singular="spinrun", namespaced=True, shortnames={"spin"}, subresources={"status"},
             verbs={"list", "watch", "get", "create", "update", "patch", "delete"},
         )
+        for path in self.crds:
+            mock.resources[path] = kmock.ResourceInfo(
+                **FOREIGN_CRDS[path], verbs={"list", "watch", "get", "create", "update", "patch", "delete"})
         async with mock, kmock.Server(mock) as server:
             self.mock = mock
             self.url = str(server.url).rstrip("/")
@@ -925,6 +936,71 @@ def _ranges(idx: list[int]) -> str:
     return ",".join(out)
 
 
+# --------------------------------------------------------------------------- Kubeflow Trainer
+
+
+class TrainJobController:
+    """Plays Kubeflow Trainer v2's TrainJob controller (instant): an unsuspended TrainJob writes
+    the training step's markers (as its `node` pods would) and gets condition Complete; a
+    suspended one gets condition Suspended (reason Suspended), as trainjob_types.go names them."""
+
+    def __init__(self, kubelet: Kubelet, namespace: str, poll: float = 0.05) -> None:
+        self.kubelet = kubelet
+        self.namespace = namespace
+        self.poll = poll
+        self.custom = client.CustomObjectsApi(kubelet.api)
+        self.completed: list[str] = []
+        self.errors: list[str] = []
+        #: TrainJob names (suffix like "it0-train") that stay running until removed
+        self.hold: set[str] = set()
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="trainjob-controller", daemon=True)
+
+    def start(self) -> TrainJobController:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                items = self.custom.list_namespaced_custom_object("trainer.kubeflow.org", "v1alpha1", self.namespace, "trainjobs")
+                for tj in items.get("items") or []:
+                    self._tick(tj)
+            except Exception as e:
+                self.errors.append(repr(e))
+            self._stop.wait(self.poll)
+
+    def _status(self, name: str, conditions: list[dict[str, Any]]) -> None:
+        self.custom.patch_namespaced_custom_object_status(
+            "trainer.kubeflow.org", "v1alpha1", self.namespace, "trainjobs", name, {"status": {"conditions": conditions}})
+
+    def _tick(self, tj: dict[str, Any]) -> None:
+        name = tj["metadata"]["name"]
+        conds = {c["type"]: c for c in (tj.get("status") or {}).get("conditions") or []}
+        if any(conds.get(t, {}).get("status") == "True" for t in ("Complete", "Failed")):
+            return
+        if tj["spec"].get("suspend"):
+            if conds.get("Suspended", {}).get("status") != "True":
+                self._status(name, [{"type": "Suspended", "status": "True", "reason": "Suspended", "message": "",
+                                     "lastTransitionTime": now_iso()}])
+            return
+        if "-".join(name.split("-")[-2:]) in self.hold:
+            return
+        (patch,) = tj["spec"]["runtimePatches"]
+        (node,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+        pod = node["template"]["spec"]["template"]["spec"]
+        as_job = {"metadata": tj["metadata"], "spec": {"template": {"spec": {
+            "volumes": pod["volumes"], "containers": [{"command": tj["spec"]["trainer"]["command"]}]}}}}
+        self.kubelet._instant(as_job, 0)
+        self._status(name, [{"type": "Complete", "status": "True", "reason": "JobsCompleted", "message": "",
+                             "lastTransitionTime": now_iso()}])
+        self.completed.append(name)
+
+
 # --------------------------------------------------------------------------- garbage collector
 
 
@@ -994,10 +1070,11 @@ class Cluster:
     """Emulator + kubelet + operator, with helpers to create and watch SpinRuns."""
 
     def __init__(self, tmp: Path, *, mode: str = "instant", failures: dict[tuple[str, int], int] | None = None,
-                 namespace: str = "e2e", markers: bool = True, pods: bool = False, gc_delay: float | None = None) -> None:
+                 namespace: str = "e2e", markers: bool = True, pods: bool = False, gc_delay: float | None = None,
+                 trainjob_crd: bool = False) -> None:
         self.tmp = Path(tmp)
         self.namespace = namespace
-        self.emulator = Emulator().start()
+        self.emulator = Emulator(crds=("trainer.kubeflow.org/v1alpha1/trainjobs",) if trainjob_crd else ()).start()
         self.kubeconfig = self.emulator.kubeconfig(self.tmp / "kubeconfig.yaml")
         self.api = harness_client(self.emulator.url)
         self.custom = client.CustomObjectsApi(self.api)
@@ -1006,6 +1083,8 @@ class Cluster:
                                pods=pods).start()
         #: The garbage collector, when `gc_delay` is given (otherwise tests call collect_garbage).
         self.gc = GarbageCollector(self.emulator.url, namespace, gc_delay).start() if gc_delay is not None else None
+        #: Kubeflow Trainer's TrainJob controller, when the TrainJob CRD is installed.
+        self.trainer = TrainJobController(self.kubelet, namespace).start() if trainjob_crd else None
         self.operator: OperatorThread | None = None
 
     def start_operator(self) -> OperatorThread:
@@ -1021,6 +1100,8 @@ class Cluster:
         self.stop_operator()
         if self.gc is not None:
             self.gc.stop()
+        if self.trainer is not None:
+            self.trainer.stop()
         self.kubelet.stop()
         self.emulator.stop()
 

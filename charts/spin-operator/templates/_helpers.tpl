@@ -135,6 +135,13 @@ them. No Secrets: pods get the HF token through a secretKeyRef, resolved by the 
   resources: ["pytorchjobs"]
   verbs: ["list", "create", "patch", "delete"]
 {{- end }}
+{{- if .Values.trainjob.enabled }}
+# Training as a Kubeflow Trainer v2 TrainJob (spec.training.launcher: trainjob): listed by run
+# label, created, patched to suspend/resume, deleted to retry.
+- apiGroups: ["trainer.kubeflow.org"]
+  resources: ["trainjobs"]
+  verbs: ["list", "create", "patch", "delete"]
+{{- end }}
 {{- end }}
 
 {{/* Cluster-scoped rules every mode needs: kopf lists and watches CRDs to find the SpinRun API. */}}
