@@ -1,14 +1,17 @@
 """The operator's driver of one run: read the SpinRun, gather its children from kopf's indexes
 (plus a launcher's custom resources), call the pure decision, execute its actions and write the
-status (the only writer). Reconciles of one run are serialised by a per-run lock, and triggers
-arriving while one waits are folded into it."""
+status (the only writer). Reconciles of one run are serialised by a per-run lock, triggers
+arriving while one waits are folded into it, and the next look at a run (a deadline, a timeout,
+a retry after an API error, the periodic resync) is scheduled here, in memory: no kopf timer,
+so SpinRuns carry no finalizer and can be deleted with the operator gone."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -21,11 +24,19 @@ from spin_operator.kube import client
 from spin_operator.kube.expectations import Expectations, RunKey
 from spin_operator.kube.objects import JobState, Observed
 from spin_operator.reconcile.actions import Create, Delete
+from spin_operator.reconcile.conditions import is_terminal
 from spin_operator.reconcile.decide import Decision, reconcile, spec_of
 from spin_operator.settings import DeploymentSettings
 from spin_runtime.api.load import SpecError
 
 Logger = logging.Logger | logging.LoggerAdapter  # type: ignore[type-arg]
+log = logging.getLogger("spin_operator")
+
+#: Seconds between looks at an unfinished run without any event (missed events, slow clocks).
+RESYNC_SECONDS = float(os.environ.get("SPIN_RESYNC_SECONDS", "20"))
+#: Seconds before a reconcile that hit an API error runs again.
+RETRY_SECONDS = 5.0
+READ_RETRY_SECONDS = 2.0
 
 
 @dataclass
@@ -38,12 +49,44 @@ class RunLock:
 
 @dataclass
 class OperatorState:
-    """What one operator process keeps between reconciles (kopf's memo carries it)."""
+    """What one operator process keeps between reconciles (kopf's memo carries it): per-run
+    locks, the expectations, the latest kopf indexes, and each run's next scheduled look."""
 
     locks: dict[RunKey, RunLock] = field(default_factory=dict)
     expectations: Expectations = field(default_factory=Expectations)
+    indexes: Indexes | None = None
+    timers: dict[RunKey, tuple[float, asyncio.TimerHandle]] = field(default_factory=dict)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def schedule(self, key: RunKey, delay: float, start: Callable[[], Awaitable[None]]) -> None:
+        """Look at the run again in `delay` seconds, unless a look is due sooner already."""
+        loop = asyncio.get_running_loop()
+        when = loop.time() + max(delay, 0.0)
+        current = self.timers.get(key)
+        if current is not None and not current[1].cancelled() and current[0] <= when:
+            return
+        self.cancel(key)
+        self.timers[key] = (when, loop.call_at(when, self._fire, key, start))
+
+    def _fire(self, key: RunKey, start: Callable[[], Awaitable[None]]) -> None:
+        self.timers.pop(key, None)
+        task = asyncio.ensure_future(start())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def cancel(self, key: RunKey) -> None:
+        entry = self.timers.pop(key, None)
+        if entry is not None:
+            entry[1].cancel()
+
+    def cancel_all(self) -> None:
+        for key in list(self.timers):
+            self.cancel(key)
+        for task in list(self.tasks):
+            task.cancel()
 
     def forget_run(self, namespace: str, name: str) -> None:
+        self.cancel((namespace, name))
         self.locks.pop((namespace, name), None)
         self.expectations.forget_run(namespace, name)
 
@@ -56,20 +99,23 @@ class Indexes:
     config_maps: Any
     services: Any
     pvcs: Any
+    pods: Any = None
 
     def observed(
-        self, key: RunKey, expectations: Expectations, launched: list[dict[str, Any]], served: bool | None
+        self, key: RunKey, uid: str, expectations: Expectations, launched: list[dict[str, Any]], served: bool | None
     ) -> Observed:
-        def values(index: Any) -> list[dict[str, Any]]:
+        def values(index: Any) -> list[Any]:
             return list(index.get(key, [])) if index is not None else []
 
         jobs = values(self.jobs)
         return Observed.from_objects(
             key[1],
+            uid=uid or None,
             jobs=jobs + expectations.pending(key, jobs, time.monotonic()) + launched,
             config_maps=values(self.config_maps),
             services=values(self.services),
             pvcs=values(self.pvcs),
+            pods=values(self.pods),
             launcher_served=served,
             read_state=launchers.read_state,
         )
@@ -85,7 +131,9 @@ def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, An
 
 
 async def reconcile_run(namespace: str, name: str, indexes: Indexes, state: OperatorState, logger: Logger) -> None:
-    """Reconcile one run now, or fold this trigger into the reconcile already waiting."""
+    """Reconcile one run now, or fold this trigger into the reconcile already waiting; then
+    schedule the next look at it."""
+    state.indexes = indexes
     run_lock = state.locks.setdefault((namespace, name), RunLock())
     if run_lock.queued:
         return
@@ -94,9 +142,30 @@ async def reconcile_run(namespace: str, name: str, indexes: Indexes, state: Oper
         run_lock.queued = False
         started = time.perf_counter()
         try:
-            await _reconcile_locked(namespace, name, indexes, state, logger)
+            next_look = await _reconcile_locked(namespace, name, indexes, state, logger)
+        except Exception:
+            logger.exception(f"reconciling {namespace}/{name} failed; retrying in {RETRY_SECONDS:.0f}s")
+            next_look = RETRY_SECONDS
         finally:
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+    key = (namespace, name)
+    if next_look is None:
+        state.cancel(key)
+    else:
+        state.schedule(key, next_look, lambda: _scheduled(namespace, name, state))
+
+
+async def _scheduled(namespace: str, name: str, state: OperatorState) -> None:
+    if state.indexes is not None:
+        await reconcile_run(namespace, name, state.indexes, state, log)
+
+
+def next_look(decision: Decision) -> float | None:
+    """When to look at the run again without an event: what the decision asked for, at the
+    latest after RESYNC_SECONDS while it runs; a finished run only for its TTL."""
+    if is_terminal(decision.status):
+        return decision.requeue_after
+    return min(decision.requeue_after or RESYNC_SECONDS, RESYNC_SECONDS)
 
 
 async def _observe_launched(namespace: str, name: str, body: Mapping[str, Any], settings: DeploymentSettings) -> tuple[bool | None, list[dict[str, Any]]]:
@@ -111,21 +180,27 @@ async def _observe_launched(namespace: str, name: str, body: Mapping[str, Any], 
     return await asyncio.to_thread(client.list_launched, namespace, name, launcher)
 
 
-async def _reconcile_locked(namespace: str, name: str, indexes: Indexes, state: OperatorState, logger: Logger) -> None:
+async def _reconcile_locked(
+    namespace: str, name: str, indexes: Indexes, state: OperatorState, logger: Logger
+) -> float | None:
+    """One reconcile; returns when to look again (None: not until an event)."""
     key = (namespace, name)
     try:
         body = await asyncio.to_thread(client.get_spinrun, namespace, name)
-    except ApiException as e:  # 5xx/429 bursts: retry soon, not after kopf's 60 s default
+    except ApiException as e:  # 5xx/429 bursts: retry soon
         metrics.RECONCILE_ERRORS.inc()
-        raise kopf.TemporaryError(f"reading SpinRun {namespace}/{name} failed: {e.status} {e.reason}", delay=2) from e
+        logger.warning(f"reading SpinRun {namespace}/{name} failed: {e.status} {e.reason}; retrying in {READ_RETRY_SECONDS:.0f}s")
+        return READ_RETRY_SECONDS
     if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
-        return
+        state.forget_run(namespace, name)
+        return None
     old_status = dict(body.get("status") or {})
     settings = DeploymentSettings.from_env()
     served, launched = await _observe_launched(namespace, name, body, settings)
-    observed = indexes.observed(key, state.expectations, launched, served)
+    uid = str((body.get("metadata") or {}).get("uid") or "")
+    observed = indexes.observed(key, uid, state.expectations, launched, served)
     decision = reconcile(body, observed, datetime.now(timezone.utc), settings)
-    error: Exception | None = None
+    failed = False
     for action in decision.actions:
         creates_job = isinstance(action, Create) and action.kind == "Job"
         if creates_job:
@@ -141,20 +216,21 @@ async def _reconcile_locked(namespace: str, name: str, indexes: Indexes, state: 
         except ApiException as e:
             if creates_job:
                 state.expectations.settle(key, action.name)
-            error = e
+            failed = True
             metrics.RECONCILE_ERRORS.inc()
             msg = f"{type(action).__name__.lower()} {action.kind} {action.name} failed: {e.status} {e.reason}: {(e.body or '')[:300]}"
             logger.warning(msg)
             decision.events.append(("Warning", "ApiError", msg))
             break
-    await _write_status(namespace, name, body, old_status, decision, logger)
-    if error is not None:
-        raise kopf.TemporaryError(f"API error while reconciling {namespace}/{name}: {error}", delay=5)
+    if not await _write_status(namespace, name, body, old_status, decision, logger):
+        return READ_RETRY_SECONDS
+    return RETRY_SECONDS if failed else next_look(decision)
 
 
 async def _write_status(
     namespace: str, name: str, body: dict[str, Any], old: dict[str, Any], decision: Decision, logger: Logger
-) -> None:
+) -> bool:
+    """Patch the status and post the events; False when the patch failed (retry soon)."""
     new = decision.status_document()
     patch = status_patch(old, new)
     if patch:
@@ -162,9 +238,12 @@ async def _write_status(
             await asyncio.to_thread(client.patch_status, namespace, name, patch)
         except ApiException as e:
             if e.status == 404:
-                return
-            raise kopf.TemporaryError(f"status patch of {namespace}/{name} failed: {e.status} {e.reason}", delay=2) from e
+                return True
+            metrics.RECONCILE_ERRORS.inc()
+            logger.warning(f"status patch of {namespace}/{name} failed: {e.status} {e.reason}; retrying")
+            return False
         metrics.observe((namespace, name), old, new)
     for etype, reason, message in decision.events:
         kopf.event(body, type=etype, reason=reason, message=message)
         (logger.warning if etype == "Warning" else logger.info)(f"{reason}: {message}")
+    return True

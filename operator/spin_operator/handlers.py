@@ -1,6 +1,7 @@
-"""kopf registrations only: every trigger (a SpinRun created, resumed or changed, a resync
-timer, an event of an owned Job) leads to `driver.reconcile_run`; kopf's indexes hold the
-owned children; kopf's memo holds the per-process state."""
+"""kopf registrations only: every trigger (a SpinRun created, resumed or changed, an event of an
+owned Job or pod) leads to `driver.reconcile_run`; kopf's indexes hold the owned children,
+filtered by label on the API server; kopf's memo holds the per-process state. No timer and no
+mandatory deletion handler: kopf puts no finalizer on SpinRuns (and removes an old one)."""
 
 from __future__ import annotations
 
@@ -14,27 +15,54 @@ import kopf
 from spin_operator import metrics
 from spin_operator.builders.meta import LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY
 from spin_operator.driver import Indexes, OperatorState, reconcile_run
-from spin_operator.reconcile.conditions import is_terminal
+from spin_operator.kube.expectations import attempt_of
+from spin_operator.kube.objects import PodState
 from spin_runtime.api.spec import GROUP, PLURAL, VERSION
 
 SPINRUNS = (GROUP, VERSION, PLURAL)
 MANAGED = {LABEL_MANAGED_BY: MANAGED_BY}
-#: Seconds between periodic re-checks of each run (deadlines, TTLs, missed events).
-RESYNC_SECONDS = float(os.environ.get("SPIN_RESYNC_SECONDS", "20"))
+#: The label selector every child carries; sent to the API server on list/watch.
+MANAGED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+#: The child resources the operator watches (group, version, plural).
+CHILD_RESOURCES = (
+    ("batch", "v1", "jobs"),
+    ("", "v1", "configmaps"),
+    ("", "v1", "services"),
+    ("", "v1", "persistentvolumeclaims"),
+    ("", "v1", "pods"),
+)
+
+
+def server_side_filter(env: Mapping[str, str] | None = None) -> bool:
+    """Whether list/watch of children carry the label selector (SPIN_SERVER_SIDE_FILTER=false
+    turns it off, for the benchmark that measures what it saves)."""
+    return (os.environ if env is None else env).get("SPIN_SERVER_SIDE_FILTER", "true").strip().lower() != "false"
 
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    """Our own annotation prefix for kopf's bookkeeping; only warnings as kopf's own events; a
-    fresh per-process state (an operator restarted in the same process, as in tests, starts empty)."""
+    """Our own annotation prefix for kopf's bookkeeping; only warnings as kopf's own events;
+    children watched through a server-side label selector; a fresh per-process state (an
+    operator restarted in the same process, as in tests, starts empty)."""
     memo.state = OperatorState()
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")
-    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.finalizer = f"{GROUP}/finalizer"  # the name kopf removes from older runs
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = "spin-operator"
     settings.watching.server_timeout = float(os.environ.get("SPIN_WATCH_TIMEOUT", "300"))
     settings.watching.client_timeout = settings.watching.server_timeout + 30
+    if server_side_filter():
+        for resource in CHILD_RESOURCES:
+            settings.watching.label_selectors[resource] = MANAGED_SELECTOR
+
+
+@kopf.on.cleanup()
+def stop_timers(memo: kopf.Memo, **_: Any) -> None:
+    """The operator stops: no scheduled look outlives it."""
+    state = getattr(memo, "state", None)
+    if state is not None:
+        state.cancel_all()
 
 
 def _state(memo: Any) -> OperatorState:
@@ -44,6 +72,16 @@ def _state(memo: Any) -> OperatorState:
 def _owner_key(namespace: str | None, labels: Mapping[str, str]) -> tuple[str, str] | None:
     run = labels.get(LABEL_RUN)
     return (namespace or "", run) if run else None
+
+
+def _brief(body: Mapping[str, Any], *status_keys: str) -> dict[str, Any]:
+    """The part of an object the decision reads: name, labels, annotations, owners (+ status keys)."""
+    meta = body.get("metadata") or {}
+    out: dict[str, Any] = {"metadata": {k: meta[k] for k in ("name", "labels", "annotations", "ownerReferences") if k in meta}}
+    status = body.get("status") or {}
+    if status_keys:
+        out["status"] = {k: status[k] for k in status_keys if k in status}
+    return out
 
 
 @kopf.index("batch", "v1", "jobs", labels=MANAGED)
@@ -59,19 +97,25 @@ def spin_configmaps(namespace: str, labels: Mapping[str, str], body: kopf.Body, 
 
 
 @kopf.index("", "v1", "services", labels=MANAGED)
-def spin_services(namespace: str, labels: Mapping[str, str], name: str, **_: Any) -> dict[Any, Any]:
+def spin_services(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
     key = _owner_key(namespace, labels)
-    return {key: {"metadata": {"name": name, "labels": dict(labels)}}} if key else {}
+    return {key: _brief(body)} if key else {}
 
 
 @kopf.index("", "v1", "persistentvolumeclaims", labels=MANAGED)
-def spin_pvcs(namespace: str, labels: Mapping[str, str], name: str, **_: Any) -> dict[Any, Any]:
+def spin_pvcs(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
     key = _owner_key(namespace, labels)
-    return {key: {"metadata": {"name": name, "labels": dict(labels)}}} if key else {}
+    return {key: _brief(body, "phase")} if key else {}
+
+
+@kopf.index("", "v1", "pods", labels=MANAGED)
+def spin_pods(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    key = _owner_key(namespace, labels)
+    return {key: PodState.from_pod(body)} if key else {}
 
 
 def _indexes(kw: Mapping[str, Any]) -> Indexes:
-    return Indexes(kw.get("spin_jobs"), kw.get("spin_configmaps"), kw.get("spin_services"), kw.get("spin_pvcs"))
+    return Indexes(kw.get("spin_jobs"), kw.get("spin_configmaps"), kw.get("spin_services"), kw.get("spin_pvcs"), kw.get("spin_pods"))
 
 
 # One handler per cause, each with its own id: kopf keys its progress annotations by handler
@@ -97,17 +141,13 @@ async def spinrun_updated(namespace: str, name: str, logger: Any, memo: Any, **k
     await reconcile_run(namespace, name, _indexes(kw), _state(memo), logger)
 
 
-@kopf.timer(*SPINRUNS, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
-async def spinrun_resync(
-    namespace: str, name: str, status: Mapping[str, Any], spec: Mapping[str, Any], logger: Any, memo: Any, **kw: Any
-) -> None:
-    """Periodic re-check: deadlines, TTLs and anything a missed event left behind. Finished
-    runs with nothing left to clean up are skipped."""
-    if is_terminal(status):
-        has_children = bool(list((kw.get("spin_jobs") or {}).get((namespace, name), [])))
-        if spec.get("ttlSecondsAfterFinished") is None or not has_children:
-            return
-    await reconcile_run(namespace, name, _indexes(kw), _state(memo), logger)
+@kopf.on.event(*SPINRUNS)
+def spinrun_event(namespace: str, name: str, memo: Any, type: str | None = None, **_: Any) -> None:
+    """A SpinRun was deleted: its children go with it through their ownerReferences (the claim
+    stays unless deleteWithRun); forget our state. Other events reach the handlers above."""
+    if type == "DELETED":
+        _state(memo).forget_run(namespace, name)
+        metrics.forget((namespace, name))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
@@ -121,14 +161,18 @@ async def owned_job_event(
     expectations = _state(memo).expectations
     # The watch has now shown this Job: its expectation is met. Settle it here, not at the
     # next reconcile, or a deletion that follows before any reconcile would stay masked.
-    expectations.settle(key, str((body.get("metadata") or {}).get("name")))
+    expectations.settle(key, str((body.get("metadata") or {}).get("name")), attempt_of(body))
     if not expectations.is_news(namespace, type, body):
         return
     await reconcile_run(key[0], key[1], _indexes(kw), _state(memo), logger)
 
 
-@kopf.on.delete(*SPINRUNS, optional=True)
-def spinrun_deleted(namespace: str, name: str, memo: Any, **_: Any) -> None:
-    """Children go with the SpinRun through their ownerReferences; forget our state."""
-    _state(memo).forget_run(namespace, name)
-    metrics.forget((namespace, name))
+@kopf.on.event("", "v1", "pods", labels=MANAGED)
+async def owned_pod_event(
+    namespace: str, labels: Mapping[str, str], logger: Any, body: kopf.Body, memo: Any, type: str | None = None, **kw: Any
+) -> None:
+    """A pod of a SpinRun changed in a way the decision reads (phase, why it cannot start)."""
+    key = _owner_key(namespace, labels)
+    if key is None or not _state(memo).expectations.pod_is_news(namespace, type, body):
+        return
+    await reconcile_run(key[0], key[1], _indexes(kw), _state(memo), logger)

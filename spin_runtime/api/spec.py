@@ -433,6 +433,17 @@ class Lora(SpinModel):
         return self
 
 
+class TrainingRuntimeRef(SpinModel):
+    """A Kubeflow Trainer v2 (Cluster)TrainingRuntime with a torch ML policy and a `node` trainer."""
+
+    name: str = Field(
+        "torch-distributed", min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Runtime name."
+    )
+    kind: Literal["ClusterTrainingRuntime", "TrainingRuntime"] = Field(
+        "ClusterTrainingRuntime", description="ClusterTrainingRuntime, or TrainingRuntime in the run's namespace."
+    )
+
+
 class Training(SpinModel):
     """The SPIN training step (TRL DPOTrainer with chosen = real, rejected = generated)."""
 
@@ -521,8 +532,14 @@ class Training(SpinModel):
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=lambda: ["tensorboard"], max_length=3, description="Where training logs go besides metrics.json."
     )
-    launcher: Literal["indexedjob", "pytorchjob"] = Field(
-        "indexedjob", description="Cluster launcher: an Indexed Job + headless Service, or a Kubeflow PyTorchJob."
+    launcher: Literal["indexedjob", "pytorchjob", "trainjob"] = Field(
+        "indexedjob",
+        description="Cluster launcher: an Indexed Job + headless Service, a Kubeflow PyTorchJob (training operator v1), "
+        "or a Kubeflow Trainer v2 TrainJob.",
+    )
+    training_runtime: TrainingRuntimeRef = Field(
+        default_factory=lambda: TrainingRuntimeRef(),
+        description="The Kubeflow Trainer runtime a TrainJob uses (launcher: trainjob).",
     )
     nodes: int = Field(1, ge=1, le=1024, description="Training nodes (pods).")
     rendezvous_timeout_seconds: int = Field(

@@ -49,6 +49,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "imagePullSecrets": [{"name": "regcred"}],
     },
     "pytorchjob": {"pytorchjob": {"enabled": True}},
+    "trainjob": {"trainjob": {"enabled": True}},
     "existing-service-account": {
         "serviceAccount": {"create": False, "name": "spin-sa"},
         "rbac": {"create": True, "userRoles": False},
@@ -373,10 +374,12 @@ NAMESPACED_GRANTS = (
     | {("batch", "jobs", v) for v in ("list", "watch", "create", "patch", "delete")}
     | {("", r, v) for r in ("persistentvolumeclaims", "configmaps") for v in ("list", "watch", "create")}
     | {("", "services", v) for v in ("list", "watch", "create", "delete")}
+    | {("", "pods", v) for v in ("list", "watch")}
     | {("", "events", "create")}
 )
 CRD_GRANTS = {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}
 PYTORCHJOB_GRANTS = {("kubeflow.org", "pytorchjobs", v) for v in ("list", "create", "patch", "delete")}
+TRAINJOB_GRANTS = {("trainer.kubeflow.org", "trainjobs", v) for v in ("list", "create", "patch", "delete")}
 
 
 def test_cluster_wide_mode_uses_one_cluster_role_with_exactly_the_needed_rules() -> None:
@@ -403,6 +406,13 @@ def test_pytorchjob_rules_only_when_enabled() -> None:
     assert not grants(operator_rules(rendered("defaults"))) & PYTORCHJOB_GRANTS
     assert grants(operator_rules(rendered("pytorchjob"))) >= PYTORCHJOB_GRANTS
     assert env_of(container("pytorchjob"))["SPIN_PYTORCHJOB_ENABLED"] == "true"
+
+
+def test_trainjob_rules_only_when_enabled() -> None:
+    assert not grants(operator_rules(rendered("defaults"))) & TRAINJOB_GRANTS
+    assert grants(operator_rules(rendered("trainjob"))) >= TRAINJOB_GRANTS
+    assert env_of(container("trainjob"))["SPIN_TRAINJOB_ENABLED"] == "true"
+    assert env_of(container("defaults"))["SPIN_TRAINJOB_ENABLED"] == "false"
 
 
 def test_bindings_name_the_service_account_the_pod_uses() -> None:

@@ -37,11 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import jsonpatch
 import kmock
 import yaml
 from kmock._internal import apps as kmock_apps
 from kmock._internal import dsl as kmock_dsl
 from kmock._internal import rendering as kmock_rendering
+from kmock._internal.k8s import KubernetesError
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from typing_extensions import override
@@ -114,6 +116,15 @@ class FastMatching(kmock_apps.RawHandler):
         raise NotImplementedError("Undefined server behaviour: no reaction matching the request is defined.")
 
 
+@attrs.frozen
+class PatchRejected(KubernetesError):
+    """A JSON patch whose `test` op failed (a stale resourceVersion): 422, as an API server says."""
+
+    status: int = 422
+    reason: str = "Invalid"
+    message: str = "the JSON patch test failed"
+
+
 @attrs.define(kw_only=True)
 class SpinEmulator(kmock.KubernetesEmulator, FastMatching):
     """kmock's emulator plus the bits of API-server behaviour the operator relies on:
@@ -122,6 +133,12 @@ class SpinEmulator(kmock.KubernetesEmulator, FastMatching):
 
     @override
     async def _handle(self, request: Any) -> Any:
+        try:
+            return await self._handle_request(request)
+        except jsonpatch.JsonPatchException as e:  # kmock answers 500; an API server 422 Invalid
+            raise PatchRejected(message=str(e)) from None
+
+    async def _handle_request(self, request: Any) -> Any:
         if request.action is not None and request.action.value == "CREATE" and isinstance(request.data, dict):
             meta = request.data.setdefault("metadata", {})
             if not meta.get("name") and meta.get("generateName"):
@@ -132,6 +149,9 @@ class SpinEmulator(kmock.KubernetesEmulator, FastMatching):
         elif request.action is not None and request.action.value == "UPDATE" and isinstance(request.data, dict):
             # every write gets a new resourceVersion, as on a real API server (kopf relies on it)
             request.data.setdefault("metadata", {})["resourceVersion"] = str(next(_rv))
+        elif request.action is not None and request.action.value == "UPDATE" and isinstance(request.data, list):
+            # a JSON patch (kopf removing its finalizer): after its own ops, as the server would
+            request.data.append({"op": "add", "path": "/metadata/resourceVersion", "value": str(next(_rv))})
         return await super()._handle(request)
 
     # kmock 0.8 finds the object of a fetch/create/update/delete by scanning every stored object
@@ -177,14 +197,72 @@ class SpinEmulator(kmock.KubernetesEmulator, FastMatching):
         return obj.last.raw
 
 
+    # kmock 0.8 ignores `labelSelector` on list and watch; a real API server filters there, and
+    # the operator's server-side filter (and its benchmark) depends on it.
+    @override
+    async def _serve_list(self, request: Any) -> Any:
+        result = await super()._serve_list(request)
+        selector = parse_label_selector((request.params or {}).get("labelSelector", ""))
+        if selector and isinstance(result, dict):
+            result = {**result, "items": [o for o in result["items"] if labels_match(o, selector)]}
+        return result
+
+    @override
+    async def _serve_watch(self, request: Any) -> Any:
+        selector = parse_label_selector((request.params or {}).get("labelSelector", ""))
+        async for event in super()._serve_watch(request):
+            if not selector or not isinstance(event, dict) or labels_match(event.get("object") or {}, selector):
+                yield event
+
+
 _rv = itertools.count(1000)
 
+
+def parse_label_selector(text: str) -> list[tuple[str, str, str]]:
+    """`a=b,c!=d,e,!f` → [(key, op, value)] with op in =, !=, exists, !exists (equality-based
+    selectors, what kopf and kubectl -l send)."""
+    out: list[tuple[str, str, str]] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if "!=" in part:
+            k, v = part.split("!=", 1)
+            out.append((k.strip(), "!=", v.strip()))
+        elif "=" in part:
+            k, v = part.split("==", 1) if "==" in part else part.split("=", 1)
+            out.append((k.strip(), "=", v.strip()))
+        elif part.startswith("!"):
+            out.append((part[1:].strip(), "!exists", ""))
+        else:
+            out.append((part, "exists", ""))
+    return out
+
+
+def labels_match(obj: dict[str, Any], selector: list[tuple[str, str, str]]) -> bool:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    for key, op, value in selector:
+        if op == "=" and labels.get(key) != value:
+            return False
+        if op == "!=" and labels.get(key) == value:
+            return False
+        if op == "exists" and key not in labels:
+            return False
+        if op == "!exists" and key in labels:
+            return False
+    return True
+
+
+
+#: Custom resources of other projects a test may install (plural path → ResourceInfo kwargs).
+FOREIGN_CRDS: dict[str, dict[str, Any]] = {
+    "trainer.kubeflow.org/v1alpha1/trainjobs": {"kind": "TrainJob", "singular": "trainjob", "namespaced": True,
+                                                 "subresources": {"status"}},
+}
 
 
 class Emulator:
     """kmock's KubernetesEmulator served on a local port from its own thread and loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, crds: tuple[str, ...] = ()) -> None:
+        self.crds = crds
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.stopping: asyncio.Event | None = None
@@ -209,6 +287,9 @@ class Emulator:
             kind="SpinRun", singular="spinrun", namespaced=True, shortnames={"spin"}, subresources={"status"},
             verbs={"list", "watch", "get", "create", "update", "patch", "delete"},
         )
+        for path in self.crds:
+            mock.resources[path] = kmock.ResourceInfo(
+                **FOREIGN_CRDS[path], verbs={"list", "watch", "get", "create", "update", "patch", "delete"})
         async with mock, kmock.Server(mock) as server:
             self.mock = mock
             self.url = str(server.url).rstrip("/")
@@ -415,8 +496,14 @@ class PodRun:
     index: int
     failures: int = 0
     proc: subprocess.Popen[bytes] | None = None
-    phase: str = "pending"  # pending → running → succeeded | failed | retry
+    #: pending → running → succeeded | retry; stuck (cannot start: a trouble is injected);
+    #: failed-index (podFailurePolicy FailIndex)
+    phase: str = "pending"
     log: Path | None = None
+    #: the Pod object shown in the API for the current incarnation (Kubelet(pods=True))
+    pod_name: str | None = None
+    incarnation: int = 0
+    stuck: bool = False  # the current Pod object is one that could not start
 
 
 @dataclass
@@ -426,6 +513,39 @@ class JobRun:
     uid: str
     pods: dict[int, PodRun] = field(default_factory=dict)
     start: str = ""
+    #: set when podFailurePolicy's FailJob rule matched (the Job controller's message)
+    policy_failure: str | None = None
+
+
+#: Scheduler and kubelet messages of the pod troubles the kubelet can inject.
+POD_TROUBLES: dict[str, dict[str, Any]] = {
+    "Unschedulable": {"scheduled": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu. preemption: 0/4 nodes are "
+                                   "available: 4 No preemption victims found for incoming pod."},
+    "ClaimPending": {"scheduled": "0/4 nodes are available: pod has unbound immediate PersistentVolumeClaims. "
+                                  "preemption: 0/4 nodes are available: 4 Preemption is not helpful for scheduling."},
+    "ImagePullBackOff": {"waiting": ("ImagePullBackOff", 'Back-off pulling image "registry.example.com/spinrun-trainer:0.1.0"')},
+    "ErrImagePull": {"waiting": ("ErrImagePull", "rpc error: code = NotFound desc = failed to pull and unpack image")},
+    "CreateContainerConfigError": {"waiting": ("CreateContainerConfigError", 'secret "hf-token" not found')},
+    # not a trouble: scheduled, still pulling or creating (counts as waiting, not as failing)
+    "ContainerCreating": {"waiting": ("ContainerCreating", "")},
+}
+
+
+def pod_failure_action(job: dict[str, Any], exit_code: int, disrupted: bool) -> tuple[str, int | None]:
+    """What the Job controller does with a failed pod under the Job's podFailurePolicy (rules in
+    order, first match wins): ("Ignore" | "FailJob" | "FailIndex" | "Count", rule index)."""
+    rules = ((job.get("spec") or {}).get("podFailurePolicy") or {}).get("rules") or []
+    for i, rule in enumerate(rules):
+        on_codes = rule.get("onExitCodes")
+        if on_codes is not None and not disrupted:
+            values = set(on_codes.get("values") or [])
+            hit = exit_code in values if on_codes.get("operator") == "In" else exit_code not in values and exit_code != 0
+            if hit:
+                return str(rule["action"]), i
+        for pattern in rule.get("onPodConditions") or []:
+            if disrupted and pattern.get("type") == "DisruptionTarget" and pattern.get("status", "True") == "True":
+                return str(rule["action"]), i
+    return "Count", None
 
 
 class Kubelet:
@@ -441,6 +561,8 @@ class Kubelet:
         poll: float = 0.05,
         failures: dict[tuple[str, int], int] | None = None,
         step_seconds: float = 0.0,
+        pods: bool = False,
+        honour_pod_failure_policy: bool = True,
     ) -> None:
         self.api = harness_client(url)
         self.batch = client.BatchV1Api(self.api)
@@ -458,6 +580,17 @@ class Kubelet:
         self.done_at: dict[str, float] = {}  # job name → monotonic time its terminal status was written
         self.created_at: dict[str, float] = {}  # job name → monotonic time first seen
         self.pod_starts: list[tuple[str, int]] = []  # (job, index) for each pod start
+        #: Show each pod as a Pod object (created, Running, Succeeded/Failed, deleted on suspend).
+        self.pods = pods
+        #: Apply a Job's podFailurePolicy as the Job controller does (False: as before it existed).
+        self.honour_pod_failure_policy = honour_pod_failure_policy
+        #: (suffix, index) → trouble name (POD_TROUBLES): that pod cannot start while it is set.
+        self.troubles: dict[tuple[str, int], str] = {}
+        #: (suffix, index) → how many times that pod is preempted (DisruptionTarget) once running.
+        self.disruptions: dict[tuple[str, int], int] = {}
+        #: (suffix, index) → exit code of every run of that pod while it is set.
+        self.exit_codes: dict[tuple[str, int], int] = {}
+        self.disrupted: list[tuple[str, int]] = []  # (job, index) of each preemption injected
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="kubelet", daemon=True)
         self.errors: list[str] = []
@@ -537,12 +670,21 @@ class Kubelet:
         jr = self.jobs.get(key)
         uid = meta.get("uid") or ""
         if jr is None or jr.uid != uid:  # new Job, or recreated under the same name
+            if jr is not None:
+                self._delete_pods(jr)  # the old Job's pods (the garbage collector's work)
             jr = self.jobs[key] = JobRun(name, ns, uid, start=now_iso())
             self.created_at.setdefault(name, time.monotonic())
         if spec.get("suspend"):
             self._suspend(jr, status)
             return
         if self._suffix(name) in self.hold:  # the test keeps this Job "running"
+            if self.pods:  # its pods run (or cannot start, as injected) and never finish
+                for i in range(int(spec.get("completions") or 1)):
+                    pod = jr.pods.setdefault(i, PodRun(i))
+                    if pod.pod_name is None:
+                        trouble = self.troubles.get((self._suffix(name), i))
+                        pod.phase = "stuck" if trouble else "running"
+                        self._show_pod(job, jr, pod, "Pending" if trouble else "Running", trouble=trouble)
             if not status.get("active"):
                 self._patch(name, ns, {"status": {"startTime": jr.start, "active": 1}})
             return
@@ -557,11 +699,13 @@ class Kubelet:
         for pod in jr.pods.values():
             if pod.phase == "running":
                 self._poll(job, jr, pod)
-        running = sum(p.phase == "running" for p in jr.pods.values())
+            elif pod.phase == "stuck" and (self._suffix(name), pod.index) not in self.troubles:
+                pod.phase = "pending"  # the trouble was fixed (image pushed, Secret created, node added)
+        running = sum(p.phase in ("running", "stuck") for p in jr.pods.values())
         for pod in sorted(jr.pods.values(), key=lambda p: p.index):
             if running >= parallelism:
                 break
-            if pod.phase in ("pending", "retry"):
+            if pod.phase in ("pending", "retry") and jr.policy_failure is None:
                 over = per_index is not None and pod.failures > int(per_index)
                 if not over:
                     self._start(job, jr, pod)
@@ -570,16 +714,20 @@ class Kubelet:
                         self._poll(job, jr, pod)
         # status
         succeeded = [p.index for p in jr.pods.values() if p.phase == "succeeded"]
-        failed_idx = [p.index for p in jr.pods.values() if per_index is not None and p.failures > int(per_index)]
+        failed_idx = [p.index for p in jr.pods.values()
+                      if per_index is not None and (p.failures > int(per_index) or p.phase == "failed-index")]
         total_failures = sum(p.failures for p in jr.pods.values())
-        active = sum(p.phase == "running" for p in jr.pods.values())
+        active = sum(p.phase in ("running", "stuck") for p in jr.pods.values())
         st: dict[str, Any] = {"startTime": jr.start, "active": active, "succeeded": len(succeeded), "failed": total_failures}
         if indexed:
             st["completedIndexes"] = _ranges(succeeded)
             if per_index is not None:
                 st["failedIndexes"] = _ranges(failed_idx)
         conds: list[dict[str, Any]] = []
-        if failed_idx and per_index is not None:
+        if jr.policy_failure is not None:
+            conds = [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "message": jr.policy_failure,
+                      "lastTransitionTime": now_iso()}]
+        elif failed_idx and per_index is not None:
             conds = [{"type": "Failed", "status": "True", "reason": "FailedIndexes", "message": "Job has failed indexes",
                       "lastTransitionTime": now_iso()}]
         elif per_index is None and job_limit is not None and total_failures > int(job_limit):
@@ -608,10 +756,11 @@ class Kubelet:
 
     def _suspend(self, jr: JobRun, status: dict[str, Any]) -> None:
         for p in jr.pods.values():
-            if p.phase == "running":
+            if p.phase in ("running", "stuck"):
                 if p.proc and p.proc.poll() is None:
                     p.proc.kill()
                 p.phase = "pending"  # a suspended Job's pods are deleted; they start over on resume
+                self._delete_pod(jr, p)
         if status.get("active") or not any(c.get("type") == "Suspended" for c in status.get("conditions") or []):
             self._patch(jr.name, jr.namespace, {"status": {"active": 0, "conditions": [
                 {"type": "Suspended", "status": "True", "reason": "JobSuspended", "lastTransitionTime": now_iso()}]}})
@@ -622,20 +771,39 @@ class Kubelet:
         return "-".join(parts[-2:])
 
     def _start(self, job: dict[str, Any], jr: JobRun, pod: PodRun) -> None:
+        key = (self._suffix(jr.name), pod.index)
+        if key in self.troubles:  # the pod exists but cannot start: the scheduler or kubelet says why
+            pod.phase = "stuck"
+            if not pod.stuck or pod.pod_name is None:
+                self._show_pod(job, jr, pod, "Pending", trouble=self.troubles[key])
+            return
         self.pod_starts.append((jr.name, pod.index))
-        inject = self.failures.get((self._suffix(jr.name), pod.index), 0)
+        if self.disruptions.get(key, 0) > 0:  # preempted or evicted while running
+            self.disruptions[key] -= 1
+            self.disrupted.append((jr.name, pod.index))
+            self._show_pod(job, jr, pod, "Running")
+            self._pod_failed(job, jr, pod, exit_code=137, disrupted=True)
+            return
+        if key in self.exit_codes:
+            self._show_pod(job, jr, pod, "Running")
+            self._pod_failed(job, jr, pod, exit_code=self.exit_codes[key])
+            return
+        inject = self.failures.get(key, 0)
         if inject > 0:
-            self.failures[(self._suffix(jr.name), pod.index)] = inject - 1
-            pod.failures += 1
-            pod.phase = "retry"
+            self.failures[key] = inject - 1
+            self._show_pod(job, jr, pod, "Running")
+            self._pod_failed(job, jr, pod, exit_code=1)
             return
         if self.mode == "instant":
             if self.step_seconds:
                 time.sleep(self.step_seconds)
             self._instant(job, pod.index)
             pod.phase = "succeeded"
+            self._show_pod(job, jr, pod, "Running")
+            self._show_pod(job, jr, pod, "Succeeded", exit_code=0)
             return
         pod.phase = "running"
+        self._show_pod(job, jr, pod, "Running")
         pod.proc, pod.log = self._spawn(job, pod.index)
 
     def _poll(self, job: dict[str, Any], jr: JobRun, pod: PodRun) -> None:
@@ -646,11 +814,98 @@ class Kubelet:
             return
         if rc == 0:
             pod.phase = "succeeded"
+            self._show_pod(job, jr, pod, "Succeeded", exit_code=0)
+        else:
+            if pod.log is not None:
+                self.errors.append(f"{jr.name}[{pod.index}] exited {rc}: {pod.log.read_text()[-2000:]}")
+            self._pod_failed(job, jr, pod, exit_code=rc)
+
+    def _pod_failed(self, job: dict[str, Any], jr: JobRun, pod: PodRun, *, exit_code: int, disrupted: bool = False) -> None:
+        """A pod failed: the Job controller applies the podFailurePolicy (if honoured), else
+        counts the failure against backoffLimit(PerIndex)."""
+        action, rule = pod_failure_action(job, exit_code, disrupted) if self.honour_pod_failure_policy else ("Count", None)
+        self._show_pod(job, jr, pod, "Failed", exit_code=exit_code, disrupted=disrupted)
+        if action == "Ignore":
+            pod.phase = "retry"  # replaced; not counted
+        elif action == "FailJob":
+            container = job["spec"]["template"]["spec"]["containers"][0]["name"]
+            jr.policy_failure = (f"Container {container} for pod {jr.namespace}/{pod.pod_name} failed with exit code "
+                                 f"{exit_code} matching FailJob rule at index {rule}")
+            pod.phase = "failed-index"
+            pod.failures += 1
+        elif action == "FailIndex":
+            pod.phase = "failed-index"
+            pod.failures += 1
         else:
             pod.failures += 1
             pod.phase = "retry"
-            if pod.log is not None:
-                self.errors.append(f"{jr.name}[{pod.index}] exited {rc}: {pod.log.read_text()[-2000:]}")
+
+    # -- pod objects
+    def _show_pod(self, job: dict[str, Any], jr: JobRun, pod: PodRun, phase: str, *, trouble: str | None = None,
+                  exit_code: int | None = None, disrupted: bool = False) -> None:
+        """Report this incarnation's Pod object as the kubelet would: a new pod when it starts
+        (Pending with `trouble`, or Running), its status patched when it ends."""
+        if not self.pods:
+            return
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        status: dict[str, Any] = {"phase": phase, "conditions": []}
+        if trouble is not None:
+            t = POD_TROUBLES[trouble]
+            if "scheduled" in t:
+                status["conditions"].append({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                             "message": t["scheduled"], "lastTransitionTime": now_iso()})
+            else:
+                reason, message = t["waiting"]
+                status["containerStatuses"] = [{"name": container["name"], "ready": False, "restartCount": 0,
+                                                "image": container.get("image") or "", "imageID": "",
+                                                "state": {"waiting": {"reason": reason, "message": message}}}]
+        if exit_code is not None:
+            status["containerStatuses"] = [{"name": container["name"], "ready": False, "restartCount": 0,
+                                            "image": container.get("image") or "", "imageID": "", "state": {
+                "terminated": {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error"}}}]
+        if disrupted:
+            status["conditions"].append({"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+                                         "message": "Preempted in order to admit critical pod", "lastTransitionTime": now_iso()})
+        starting = phase in ("Pending", "Running") or pod.pod_name is None
+        if not starting:
+            try:
+                self.core.patch_namespaced_pod(pod.pod_name, jr.namespace, {"status": status}, _content_type=MERGE,
+                                               _preload_content=False)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+            return
+        if pod.pod_name is not None and pod.stuck:
+            self._delete_pod(jr, pod)  # the pod that could not start gives way to one that does
+        pod.incarnation += 1
+        pod.stuck = trouble is not None
+        pod.pod_name = f"{jr.name}-{pod.index}-{pod.incarnation}{uuid.uuid4().hex[:4]}"
+        labels = {**job["spec"]["template"]["metadata"]["labels"], "batch.kubernetes.io/job-name": jr.name,
+                  "batch.kubernetes.io/job-completion-index": str(pod.index)}
+        body = {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod.pod_name, "namespace": jr.namespace, "labels": labels, "creationTimestamp": now_iso(),
+                         "annotations": {"batch.kubernetes.io/job-completion-index": str(pod.index)},
+                         "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": jr.name, "uid": jr.uid,
+                                              "controller": True, "blockOwnerDeletion": True}]},
+            "spec": {"containers": [{"name": container["name"], "image": container.get("image"),
+                                     "env": [e for e in container.get("env") or [] if "value" in e]}]},
+            "status": status,
+        }
+        self.core.create_namespaced_pod(jr.namespace, body, _preload_content=False)
+
+    def _delete_pod(self, jr: JobRun, pod: PodRun) -> None:
+        if not self.pods or pod.pod_name is None:
+            return
+        with contextlib.suppress(ApiException):
+            self.core.delete_namespaced_pod(pod.pod_name, jr.namespace, _preload_content=False)
+        pod.pod_name, pod.stuck = None, False
+
+    def _delete_pods(self, jr: JobRun) -> None:
+        for p in jr.pods.values():
+            if p.proc and p.proc.poll() is None:
+                p.proc.kill()
+            self._delete_pod(jr, p)
 
     # -- instant mode
     def _spec_of(self, job: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -757,6 +1012,133 @@ def _ranges(idx: list[int]) -> str:
     return ",".join(out)
 
 
+# --------------------------------------------------------------------------- Kubeflow Trainer
+
+
+class TrainJobController:
+    """Plays Kubeflow Trainer v2's TrainJob controller (instant): an unsuspended TrainJob writes
+    the training step's markers (as its `node` pods would) and gets condition Complete; a
+    suspended one gets condition Suspended (reason Suspended), as trainjob_types.go names them."""
+
+    def __init__(self, kubelet: Kubelet, namespace: str, poll: float = 0.05) -> None:
+        self.kubelet = kubelet
+        self.namespace = namespace
+        self.poll = poll
+        self.custom = client.CustomObjectsApi(kubelet.api)
+        self.completed: list[str] = []
+        self.errors: list[str] = []
+        #: TrainJob names (suffix like "it0-train") that stay running until removed
+        self.hold: set[str] = set()
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="trainjob-controller", daemon=True)
+
+    def start(self) -> TrainJobController:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                items = self.custom.list_namespaced_custom_object("trainer.kubeflow.org", "v1alpha1", self.namespace, "trainjobs")
+                for tj in items.get("items") or []:
+                    self._tick(tj)
+            except Exception as e:
+                self.errors.append(repr(e))
+            self._stop.wait(self.poll)
+
+    def _status(self, name: str, conditions: list[dict[str, Any]]) -> None:
+        self.custom.patch_namespaced_custom_object_status(
+            "trainer.kubeflow.org", "v1alpha1", self.namespace, "trainjobs", name, {"status": {"conditions": conditions}})
+
+    def _tick(self, tj: dict[str, Any]) -> None:
+        name = tj["metadata"]["name"]
+        conds = {c["type"]: c for c in (tj.get("status") or {}).get("conditions") or []}
+        if any(conds.get(t, {}).get("status") == "True" for t in ("Complete", "Failed")):
+            return
+        if tj["spec"].get("suspend"):
+            if conds.get("Suspended", {}).get("status") != "True":
+                self._status(name, [{"type": "Suspended", "status": "True", "reason": "Suspended", "message": "",
+                                     "lastTransitionTime": now_iso()}])
+            return
+        if "-".join(name.split("-")[-2:]) in self.hold:
+            return
+        (patch,) = tj["spec"]["runtimePatches"]
+        (node,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+        pod = node["template"]["spec"]["template"]["spec"]
+        as_job = {"metadata": tj["metadata"], "spec": {"template": {"spec": {
+            "volumes": pod["volumes"], "containers": [{"command": tj["spec"]["trainer"]["command"]}]}}}}
+        self.kubelet._instant(as_job, 0)
+        self._status(name, [{"type": "Complete", "status": "True", "reason": "JobsCompleted", "message": "",
+                             "lastTransitionTime": now_iso()}])
+        self.completed.append(name)
+
+
+# --------------------------------------------------------------------------- garbage collector
+
+
+class GarbageCollector:
+    """Plays Kubernetes' garbage collector in one namespace: an object whose ownerReferences all
+    point at uids that no longer exist (a deleted SpinRun, a deleted Job) is deleted `delay`
+    seconds after its owner went, as the real collector does some time after the owner's delete."""
+
+    def __init__(self, url: str, namespace: str, delay: float = 0.5, poll: float = 0.1) -> None:
+        self.api = harness_client(url)
+        self.namespace = namespace
+        self.delay = delay
+        self.poll = poll
+        self.orphaned_at: dict[tuple[str, str], float] = {}
+        #: (kind, name, seconds after its owner went) of everything collected
+        self.collected: list[tuple[str, str, float]] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="gc", daemon=True)
+
+    def start(self) -> GarbageCollector:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(10)
+
+    def _loop(self) -> None:
+        ns = self.namespace
+        core, batch, custom = client.CoreV1Api(self.api), client.BatchV1Api(self.api), client.CustomObjectsApi(self.api)
+        kinds = {
+            "job": (batch.list_namespaced_job, batch.delete_namespaced_job),
+            "configmap": (core.list_namespaced_config_map, core.delete_namespaced_config_map),
+            "service": (core.list_namespaced_service, core.delete_namespaced_service),
+            "pvc": (core.list_namespaced_persistent_volume_claim, core.delete_namespaced_persistent_volume_claim),
+            "pod": (core.list_namespaced_pod, core.delete_namespaced_pod),
+        }
+        while not self._stop.is_set():
+            try:
+                objects = {kind: json.loads(lister(ns, _preload_content=False).data)["items"] for kind, (lister, _) in kinds.items()}
+                runs = custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]
+                alive = {o["metadata"].get("uid") for o in runs} | {o["metadata"].get("uid") for o in objects["job"]}
+                now = time.monotonic()
+                for kind, items in objects.items():
+                    for o in items:
+                        refs = o["metadata"].get("ownerReferences") or []
+                        key = (kind, o["metadata"]["name"])
+                        if not refs or any(r.get("uid") in alive for r in refs):
+                            self.orphaned_at.pop(key, None)
+                            continue
+                        since = self.orphaned_at.setdefault(key, now)
+                        if now - since >= self.delay:
+                            with contextlib.suppress(ApiException):
+                                kinds[kind][1](key[1], ns, _preload_content=False)
+                            self.collected.append((kind, key[1], now - since))
+                            self.orphaned_at.pop(key, None)
+            except Exception as e:  # keep collecting; tests assert on errors
+                self.errors.append(repr(e))
+            self._stop.wait(self.poll)
+
+
 # --------------------------------------------------------------------------- cluster helper
 
 
@@ -764,15 +1146,21 @@ class Cluster:
     """Emulator + kubelet + operator, with helpers to create and watch SpinRuns."""
 
     def __init__(self, tmp: Path, *, mode: str = "instant", failures: dict[tuple[str, int], int] | None = None,
-                 namespace: str = "e2e", markers: bool = True) -> None:
+                 namespace: str = "e2e", markers: bool = True, pods: bool = False, gc_delay: float | None = None,
+                 trainjob_crd: bool = False) -> None:
         self.tmp = Path(tmp)
         self.namespace = namespace
-        self.emulator = Emulator().start()
+        self.emulator = Emulator(crds=("trainer.kubeflow.org/v1alpha1/trainjobs",) if trainjob_crd else ()).start()
         self.kubeconfig = self.emulator.kubeconfig(self.tmp / "kubeconfig.yaml")
         self.api = harness_client(self.emulator.url)
         self.custom = client.CustomObjectsApi(self.api)
         (self.tmp / "data").mkdir(exist_ok=True)
-        self.kubelet = Kubelet(self.emulator.url, self.tmp / "data", mode=mode, failures=failures, markers=markers).start()
+        self.kubelet = Kubelet(self.emulator.url, self.tmp / "data", mode=mode, failures=failures, markers=markers,
+                               pods=pods).start()
+        #: The garbage collector, when `gc_delay` is given (otherwise tests call collect_garbage).
+        self.gc = GarbageCollector(self.emulator.url, namespace, gc_delay).start() if gc_delay is not None else None
+        #: Kubeflow Trainer's TrainJob controller, when the TrainJob CRD is installed.
+        self.trainer = TrainJobController(self.kubelet, namespace).start() if trainjob_crd else None
         self.operator: OperatorThread | OperatorCommand | None = None
 
     def start_operator(self, command: Sequence[str] | None = None) -> OperatorThread | OperatorCommand:
@@ -791,6 +1179,10 @@ class Cluster:
 
     def close(self) -> None:
         self.stop_operator()
+        if self.gc is not None:
+            self.gc.stop()
+        if self.trainer is not None:
+            self.trainer.stop()
         self.kubelet.stop()
         self.emulator.stop()
 
@@ -858,6 +1250,23 @@ class Cluster:
     def jobs(self) -> dict[str, dict[str, Any]]:
         out = client.BatchV1Api(self.api).list_namespaced_job(self.namespace, _preload_content=False)
         return {j["metadata"]["name"]: j for j in json.loads(out.data)["items"]}
+
+    def pvcs(self) -> dict[str, dict[str, Any]]:
+        out = client.CoreV1Api(self.api).list_namespaced_persistent_volume_claim(self.namespace, _preload_content=False)
+        return {o["metadata"]["name"]: o for o in json.loads(out.data)["items"]}
+
+    def pods(self) -> dict[str, dict[str, Any]]:
+        out = client.CoreV1Api(self.api).list_namespaced_pod(self.namespace, _preload_content=False)
+        return {o["metadata"]["name"]: o for o in json.loads(out.data)["items"]}
+
+    def run_exists(self, name: str) -> bool:
+        try:
+            self.get_run(name)
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
 
     def events(self, name: str) -> list[tuple[str, str, str]]:
         out = client.CoreV1Api(self.api).list_namespaced_event(self.namespace, _preload_content=False)

@@ -215,6 +215,43 @@ def test_deleting_the_spinrun_stops_its_work_cleanly(tmp_path: Path) -> None:
         _close(c)
 
 
+def test_training_as_a_kubeflow_trainjob_with_the_crd_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """launcher: trainjob against an emulator serving trainer.kubeflow.org/v1alpha1 TrainJobs, the
+    harness playing Kubeflow Trainer's controller. TrainJobs are listed at each reconcile (no
+    watch), so the resync sets the pace: short here. Its requests are not recorded: the chart
+    grants TrainJob RBAC only with trainjob.enabled (tests/chart checks that variant)."""
+    from spin_operator import driver
+
+    monkeypatch.setattr(driver, "RESYNC_SECONDS", 0.3)
+    with cluster(tmp_path, trainjob_crd=True) as c:
+        assert c.trainer is not None
+        c.trainer.hold.add("it0-train")
+        c.start_operator()
+        c.create_run(run_body(spec={"iterations": 1, "training": {"launcher": "trainjob"}}))
+        tj = c.wait(lambda: next(iter(c.custom.list_namespaced_custom_object(
+            "trainer.kubeflow.org", "v1alpha1", c.namespace, "trainjobs")["items"]), None), 30, "the TrainJob")
+        assert tj["metadata"]["ownerReferences"][0]["uid"] == c.get_run("e2e")["metadata"]["uid"]
+        c.patch_spec("e2e", {"suspend": True})
+        c.wait(lambda: c.custom.get_namespaced_custom_object("trainer.kubeflow.org", "v1alpha1", c.namespace, "trainjobs",
+                                                            "e2e-it0-train")["spec"]["suspend"] is True, 10, "suspended")
+        c.trainer.hold.clear()
+        c.patch_spec("e2e", {"suspend": False})
+        run = c.wait_phase("e2e", ("Complete", "Failed"), 60)
+        assert run["status"]["phase"] == "Complete", run["status"]
+        assert c.trainer.completed == ["e2e-it0-train"]
+        assert "e2e-it0-train" not in c.jobs(), "training ran as a TrainJob, not a Job"
+        assert (tmp_path / "data" / "runs" / "e2e" / "iter-0" / "DONE").exists()
+
+
+def test_trainjob_launcher_without_the_crd_says_what_to_install(tmp_path: Path) -> None:
+    with cluster(tmp_path) as c:
+        c.start_operator()
+        c.create_run(run_body(spec={"iterations": 1, "training": {"launcher": "trainjob"}}))
+        run = c.wait(lambda: (r := c.get_run("e2e")).get("status", {}).get("reason") == "LauncherUnavailable" and r, 30,
+                     "LauncherUnavailable")
+        assert "install Kubeflow Trainer v2" in run["status"]["message"]
+
+
 def _runtime_ready() -> str | None:
     import importlib.util
 

@@ -289,3 +289,88 @@ def test_a_watched_job_event_settles_its_expectation_so_a_later_deletion_shows()
     asyncio.run(handlers.owned_job_event(namespace="ns", labels=labels, logger=None, body=job, memo=memo, type="ADDED"))
     assert key not in expectations.created
     assert expectations.pending(key, [], now=101.0) == []
+
+
+
+def test_a_retry_is_still_expected_while_the_index_shows_only_the_attempt_it_replaced():
+    """The retried Job was deleted and its next attempt created under the same name; a lagging
+    index (or a late event of the old one) must not make the new attempt look met, or the stale
+    failed Job would be retried again: one create per attempt, even under load."""
+    from spin_operator.kube.expectations import Expectations
+
+    key = ("ns", "run")
+    old = {"metadata": {"name": "run-it0-convert", "annotations": {meta.ANNOTATION_ATTEMPT: "1"}}}
+    new = {"metadata": {"name": "run-it0-convert", "annotations": {meta.ANNOTATION_ATTEMPT: "2"}}}
+    expected = Expectations()
+    expected.expect(key, "run-it0-convert", new, now=100.0)
+    assert expected.pending(key, [old], now=101.0) == [new]  # the index lags: the new attempt wins
+    expected.settle(key, "run-it0-convert", attempt=1)  # the old one's DELETED event
+    assert expected.pending(key, [], now=101.0) == [new]
+    expected.settle(key, "run-it0-convert", attempt=2)  # the new one's ADDED event
+    assert expected.pending(key, [], now=101.0) == []
+
+# --------------------------------------------------------------------------- issue #12: scheduling, filters
+
+
+def test_children_are_listed_and_watched_with_the_managed_by_selector(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kopf._cogs.structs.references import Resource
+    from spin_operator import handlers
+
+    for value, expected in (("true", ["app.kubernetes.io/managed-by=spinrun"]), ("false", [])):
+        monkeypatch.setenv("SPIN_SERVER_SIDE_FILTER", value)
+        settings, memo = kopf.OperatorSettings(), kopf.Memo()
+        handlers.configure(settings=settings, memo=memo)
+        for group, version, plural in handlers.CHILD_RESOURCES:
+            assert list(settings.watching.label_selectors.collect(Resource(group, version, plural))) == expected
+        assert list(settings.watching.label_selectors.collect(Resource("spin.dev", "v1alpha1", "spinruns"))) == []
+
+
+def test_no_handler_needs_a_finalizer() -> None:
+    """kopf puts its finalizer on an object when a handler requires it (a timer or daemon, or a
+    mandatory delete handler); with the operator gone, deleting such a SpinRun would hang."""
+    from spin_operator import handlers  # noqa: F401  (registers)
+
+    registry = kopf.get_default_registry()
+    spinruns = [h for h in registry._changing.get_all_handlers() if "spinrun" in getattr(h, "id", "")]
+    assert spinruns
+    assert not registry._spawning.get_all_handlers(), "a kopf timer or daemon requires a finalizer"
+    assert not [h for h in registry._changing.get_all_handlers() if getattr(h, "requires_finalizer", False)]
+
+
+def test_the_next_look_follows_the_decision() -> None:
+    from spin_operator.driver import RESYNC_SECONDS, next_look
+    from spin_operator.reconcile.decide import Decision
+
+    from spin_runtime.api.status import Condition, SpinRunStatus
+
+    running = Decision(requeue_after=3.0)
+    assert next_look(running) == 3.0
+    assert next_look(Decision()) == RESYNC_SECONDS
+    assert next_look(Decision(requeue_after=10 * RESYNC_SECONDS)) == RESYNC_SECONDS
+    done = SpinRunStatus(conditions=[Condition(type="Complete", status="True")])
+    assert next_look(Decision(status=done)) is None  # nothing left to do without an event
+    assert next_look(Decision(status=done, requeue_after=60.0)) == 60.0  # the TTL
+
+
+def test_a_scheduled_look_keeps_the_earliest_and_fires_once() -> None:
+    import asyncio
+
+    from spin_operator.driver import OperatorState
+
+    async def scenario() -> list[str]:
+        state, fired = OperatorState(), []
+
+        async def look(tag: str) -> None:
+            fired.append(tag)
+
+        key = ("ns", "r")
+        state.schedule(key, 0.2, lambda: look("late"))
+        state.schedule(key, 0.05, lambda: look("early"))  # sooner: replaces
+        state.schedule(key, 0.1, lambda: look("later"))  # not sooner: ignored
+        await asyncio.sleep(0.35)
+        state.schedule(key, 0.05, lambda: look("cancelled"))
+        state.forget_run("ns", "r")
+        await asyncio.sleep(0.1)
+        return fired
+
+    assert asyncio.run(scenario()) == ["early"]

@@ -667,3 +667,40 @@ def test_a_deterministic_exit_code_fails_the_run_without_a_retry() -> None:
     assert st["phase"] == "Failed" and st["reason"] == "StepFailed"
     assert "exit code a retry cannot fix" in st["message"] and "65: bad data" in st["message"]
     assert d.creates() == [] and st["iterations"][0]["steps"][1]["retries"] == 0
+
+
+# --------------------------------------------------------------------------- Kubeflow Trainer v2 (issue #13)
+
+
+def test_trainjob_launcher_waits_for_the_crd_then_creates_an_owned_trainjob() -> None:
+    sim = Sim(make_body(spec={"training": {"launcher": "trainjob"}}))
+    sim.launcher_served = False
+    _to_convert(sim)
+    sim.finish("demo-it0-convert")
+    d = sim.tick()
+    assert d.creates() == []
+    pc = cond(sim.status, "Progressing")
+    assert pc["status"] == "False" and pc["reason"] == "LauncherUnavailable" and "Kubeflow Trainer v2" in pc["message"]
+    sim.launcher_served = True
+    d = sim.tick()
+    (created,) = [a for a in d.actions if isinstance(a, Create)]
+    assert created.kind == "TrainJob" and created.obj["metadata"]["ownerReferences"][0]["uid"] == sim.body["metadata"]["uid"]
+
+
+def test_a_trainjob_is_followed_suspended_and_retried_like_a_job() -> None:
+    sim = Sim(make_body(spec={"training": {"launcher": "trainjob"}}))
+    sim.launcher_served = True
+    _to_train(sim)
+    tj = sim.objects[("TrainJob", "demo-it0-train")]
+    sim.set_spec({"suspend": True})
+    d = sim.tick()
+    assert d.actions == [PatchJob("demo-it0-train", True, "TrainJob")] and tj["spec"]["suspend"] is True
+    sim.set_spec({"suspend": False})
+    assert sim.tick().actions == [PatchJob("demo-it0-train", False, "TrainJob")]
+    tj["status"] = {"conditions": [{"type": "Failed", "status": "True", "reason": "Failed", "message": "node 1 OOM"}]}
+    d = sim.tick()
+    assert d.deletes() == ["demo-it0-train"] and d.creates() == ["demo-it0-train"]
+    assert "node 1 OOM" in next(m for _, r, m in d.events if r == "StepRetrying")
+    sim.objects[("TrainJob", "demo-it0-train")]["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    sim.tick()
+    assert sim.status["lastCheckpoint"]["iteration"] == 0 and sim.status["phase"] == "Evaluating"

@@ -23,6 +23,11 @@ ZEROES = [
     ("Half-written outputs marked done", "observed.half_written_marked_done"),
     ("Jobs created after their SpinRun was deleted", "observed.jobs_created_after_deletion"),
     ("Requests for Secrets by the operator", "observed.secret_requests"),
+    ("Claims (checkpoints) deleted with their SpinRun", "observed.claims_deleted_with_the_run"),
+    ("Children adopted from a deleted SpinRun of the same name", "observed.children_adopted_from_old_run"),
+    ("SpinRun deletions that hung with the operator gone", "observed.deletions_hung"),
+    ("Jobs left running after spec.iterations was lowered", "observed.jobs_left_running_after_iterations_lowered"),
+    ("Jobs running while the spec was invalid", "observed.jobs_running_while_spec_invalid"),
     ("Container commands that run a shell", "observed.shell_commands"),
 ]
 

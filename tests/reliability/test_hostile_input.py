@@ -172,6 +172,14 @@ def pods_of(obj: dict[str, Any]) -> list[dict[str, Any]]:
         return [obj["spec"]["template"]["spec"]]
     if obj["kind"] == "PyTorchJob":
         return [r["template"]["spec"] for r in obj["spec"]["pytorchReplicaSpecs"].values()]
+    if obj["kind"] == "TrainJob":  # the trainer's pod: the runtime's `node` with our trainer fields and patches
+        trainer = obj["spec"]["trainer"]
+        (patch,) = obj["spec"]["runtimePatches"]
+        (node,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+        pod = copy.deepcopy(node["template"]["spec"]["template"]["spec"])
+        (container,) = pod["containers"]
+        container.update(command=trainer["command"], env=trainer["env"], image=trainer["image"])
+        return [pod]
     return []
 
 
@@ -438,7 +446,7 @@ def test_the_operator_never_requested_a_secret_in_the_recorded_e2e_runs(tally: T
     tally.add("observed.secret_requests", 0)
 
 
-@pytest.mark.parametrize("launcher", ["indexedjob", "pytorchjob"])
+@pytest.mark.parametrize("launcher", ["indexedjob", "pytorchjob", "trainjob"])
 @pytest.mark.parametrize("nodes", [1, 2])
 def test_hf_token_only_by_secret_key_ref_in_every_pod(launcher: str, nodes: int) -> None:
     spec = {"hfTokenSecret": {"name": "hf-token", "key": "tok"}, "iterations": 2,
@@ -453,7 +461,7 @@ def test_hf_token_only_by_secret_key_ref_in_every_pod(launcher: str, nodes: int)
         for c in pod["containers"]:
             tokens = [e for e in c["env"] if e["name"] == "HF_TOKEN"]
             assert tokens == [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "tok"}}}]
-        for c in pod["initContainers"]:  # init-run needs no token
+        for c in pod.get("initContainers", []):  # init-run needs no token (a TrainJob has none)
             assert all(e["name"] != "HF_TOKEN" for e in c.get("env") or [])
         assert not any("secret" in v for v in pod["volumes"]), "no Secret volumes"
     check_rendered(objs, run, [])

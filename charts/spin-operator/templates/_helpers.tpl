@@ -108,8 +108,9 @@ them. No Secrets: pods get the HF token through a secretKeyRef, resolved by the 
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["list", "watch", "create", "patch", "delete"]
-# The run's PVC and its per-iteration spec ConfigMaps (kopf indexes; garbage-collected with
-# the SpinRun through ownerReferences, never deleted by the operator).
+# The run's PVC and its per-iteration spec ConfigMaps (kopf indexes; the ConfigMaps are
+# garbage-collected with the SpinRun, the PVC too only with deleteWithRun; never deleted by
+# the operator).
 - apiGroups: [""]
   resources: ["persistentvolumeclaims", "configmaps"]
   verbs: ["list", "watch", "create"]
@@ -117,6 +118,12 @@ them. No Secrets: pods get the HF token through a secretKeyRef, resolved by the 
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["list", "watch", "create", "delete"]
+# The run's pods, read only (kopf index + events, by label): why a step cannot start
+# (ImagePullBackOff, CreateContainerConfigError, Unschedulable, an unbound claim) and how many
+# training pods run.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "watch"]
 # Events about SpinRuns (kopf posts core/v1 Events).
 - apiGroups: [""]
   resources: ["events"]
@@ -126,6 +133,13 @@ them. No Secrets: pods get the HF token through a secretKeyRef, resolved by the 
 # created, patched to suspend/resume, deleted to retry.
 - apiGroups: ["kubeflow.org"]
   resources: ["pytorchjobs"]
+  verbs: ["list", "create", "patch", "delete"]
+{{- end }}
+{{- if .Values.trainjob.enabled }}
+# Training as a Kubeflow Trainer v2 TrainJob (spec.training.launcher: trainjob): listed by run
+# label, created, patched to suspend/resume, deleted to retry.
+- apiGroups: ["trainer.kubeflow.org"]
+  resources: ["trainjobs"]
   verbs: ["list", "create", "patch", "delete"]
 {{- end }}
 {{- end }}

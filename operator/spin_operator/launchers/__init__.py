@@ -12,9 +12,12 @@ from spin_operator.kube.objects import JobState
 from spin_operator.launchers.base import Launcher, Unavailable, may_list
 from spin_operator.launchers.indexedjob import IndexedJobLauncher
 from spin_operator.launchers.pytorchjob import PyTorchJobLauncher
+from spin_operator.launchers.trainjob import TrainJobLauncher
 from spin_runtime.api.spec import SpinRunSpec
 
-LAUNCHERS: dict[str, Launcher] = {launcher.name: launcher for launcher in (IndexedJobLauncher(), PyTorchJobLauncher())}
+LAUNCHERS: dict[str, Launcher] = {
+    launcher.name: launcher for launcher in (IndexedJobLauncher(), PyTorchJobLauncher(), TrainJobLauncher())
+}
 
 __all__ = ["LAUNCHERS", "Launcher", "Unavailable", "by_kind", "for_spec", "may_list", "read_state", "suspend_patch"]
 

@@ -41,6 +41,11 @@ CASES: dict[str, dict[str, Any]] = {
     },
     "pytorchjob": {"training": {"launcher": "pytorchjob", "nodes": 3, "gpusPerNode": 4},
                    "storage": {"newClaim": {"accessModes": ["ReadWriteMany"]}}},
+    "trainjob": {"training": {"launcher": "trainjob", "nodes": 2, "gpusPerNode": 8,
+                              "resources": {"requests": {"cpu": "32", "memory": "512Gi"}}},
+                 "storage": {"newClaim": {"accessModes": ["ReadWriteMany"]}},
+                 "hfTokenSecret": {"name": "hf-token"}, "queueName": "gpu-queue",
+                 "nodeSelector": {"nvidia.com/gpu.product": "H100"}, "serviceAccountName": "spin-runner"},
     "synthetic-no-eval": {
         "syntheticData": [{"iteration": 0, "hub": "UCLA-AGI/SPIN_iter0"}],
         "evaluation": {"enabled": False},

@@ -1,0 +1,145 @@
+"""The Kubeflow Trainer v2 launcher (trainer.kubeflow.org/v1alpha1 TrainJob, fields as in Trainer
+v2.3.0's pkg/apis/trainer/v1alpha1/trainjob_types.go): the training step as a TrainJob over a torch
+(Cluster)TrainingRuntime, its `node` pods patched with our volumes, labels and restricted
+security contexts through `runtimePatches`; the runtime's torch plugin sets the rendezvous."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from spin_operator.builders.context import BuildContext
+from spin_operator.builders.meta import (
+    job_name,
+    labels,
+    metadata,
+    suspended_by_annotation,
+    workload_annotations,
+)
+from spin_operator.builders.pod import (
+    container_resources,
+    container_security_context,
+    env_vars,
+    pod_security_context,
+    run_dir,
+    step_images,
+    volume_mounts,
+    volumes,
+)
+from spin_operator.kube.objects import JobState, true_conditions
+from spin_operator.launchers.base import Unavailable, custom_resource_availability
+from spin_operator.settings import DeploymentSettings
+from spin_runtime.launch import RDZV_CONF_ENV, procs_per_node, rendezvous_conf, torchrun_from_env_argv
+from spin_runtime.plan.stages import Step
+
+TRAINJOB_API_VERSION = "trainer.kubeflow.org/v1alpha1"
+TRAINJOB_KIND = "TrainJob"
+TRAINJOB_PLURAL = "trainjobs"
+RUNTIME_API_GROUP = "trainer.kubeflow.org"
+#: The replicated Job and container of the trainer in Kubeflow's torch runtimes.
+TRAINER_NODE = "node"
+#: Who owns our entry of spec.runtimePatches (patches are keyed by manager).
+PATCH_MANAGER = "spin.dev/spin-operator"
+#: What a cluster admin installs to serve TrainJobs.
+PROVIDER = "Kubeflow Trainer v2 (with a torch ClusterTrainingRuntime such as torch-distributed)"
+
+
+def node_pod_patch(ctx: BuildContext) -> dict[str, Any]:
+    """The runtime's trainer pod template patched with what every spinrun pod has: the run's
+    labels (the operator watches its pods by them), the run volume and spec ConfigMap, the
+    restricted security contexts and the scheduling fields of the spec."""
+    spec, tr = ctx.spec, ctx.spec.training
+    shm = tr.gpus_per_node > 0
+    pod: dict[str, Any] = {
+        "securityContext": pod_security_context(),
+        "volumes": volumes(ctx, shm=shm),
+        "containers": [
+            {"name": TRAINER_NODE, "volumeMounts": volume_mounts(shm=shm), "securityContext": container_security_context()}
+        ],
+    }
+    if spec.service_account_name:
+        pod["serviceAccountName"] = spec.service_account_name
+    if spec.node_selector:
+        pod["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod["tolerations"] = [t.dump() for t in spec.tolerations]
+    if spec.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
+    return {"metadata": {"labels": labels(ctx.run.name, ctx.iteration, "train")}, "spec": pod}
+
+
+def trainjob(ctx: BuildContext) -> dict[str, Any]:
+    """The TrainJob of iteration k: numNodes pods running `torchrun -m spin_runtime.cli train`
+    (rendezvous from the PET_* variables the torch plugin sets), owned by the SpinRun."""
+    tr = ctx.spec.training
+    _, image, _ = step_images(ctx)
+    step_argv = Step(ctx.iteration, "train").argv(run_dir(ctx.run.name, ctx.spec))
+    env = env_vars(ctx)
+    if tr.nodes > 1:
+        env.append({"name": RDZV_CONF_ENV, "value": rendezvous_conf(tr.rendezvous_timeout_seconds)})
+    return {
+        "apiVersion": TRAINJOB_API_VERSION,
+        "kind": TRAINJOB_KIND,
+        "metadata": metadata(
+            ctx.run,
+            job_name(ctx.run.name, ctx.iteration, "train"),
+            iteration=ctx.iteration,
+            step="train",
+            queue_name=ctx.spec.queue_name,
+            annotations=workload_annotations(ctx.attempt, ctx.run.generation, ctx.suspend),
+        ),
+        "spec": {
+            "runtimeRef": {"name": tr.training_runtime.name, "apiGroup": RUNTIME_API_GROUP, "kind": tr.training_runtime.kind},
+            "trainer": {
+                "image": image,
+                "command": torchrun_from_env_argv(step_argv),
+                "env": env,
+                "numNodes": tr.nodes,
+                "numProcPerNode": procs_per_node(tr),
+                "resourcesPerNode": container_resources(tr.resources.requests, tr.resources.limits, tr.gpus_per_node),
+            },
+            "runtimePatches": [
+                {
+                    "manager": PATCH_MANAGER,
+                    "trainingRuntimeSpec": {
+                        "template": {
+                            "spec": {
+                                "replicatedJobs": [
+                                    {"name": TRAINER_NODE, "template": {"spec": {"template": node_pod_patch(ctx)}}}
+                                ]
+                            }
+                        }
+                    },
+                }
+            ],
+            "suspend": ctx.suspend,
+        },
+    }
+
+
+class TrainJobLauncher:
+    """`training.launcher: trainjob`."""
+
+    name = "trainjob"
+    kind = TRAINJOB_KIND
+    api_version = TRAINJOB_API_VERSION
+    plural = TRAINJOB_PLURAL
+    custom_resource = True
+
+    def objects(self, ctx: BuildContext) -> list[dict[str, Any]]:
+        return [trainjob(ctx)]
+
+    def companions(self, ctx: BuildContext) -> list[dict[str, Any]]:
+        return []
+
+    def read_state(self, obj: Mapping[str, Any]) -> JobState:
+        """Conditions Complete/Failed and spec.suspend, as the TrainJob controller writes them."""
+        true = true_conditions(obj)
+        suspended = bool((obj.get("spec") or {}).get("suspend"))
+        return JobState.from_workload(obj, complete="Complete" in true, failed="Failed" in true, suspended=suspended)
+
+    def suspend_patch(self, suspend: bool) -> dict[str, Any]:
+        return {"metadata": {"annotations": suspended_by_annotation(suspend)}, "spec": {"suspend": suspend}}
+
+    def availability(self, settings: DeploymentSettings, served: bool | None) -> Unavailable | None:
+        return custom_resource_availability(self, settings, served, provider=PROVIDER)
