@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spin_runtime.api.spec import SpinRunSpec
-from spin_runtime.modeling.chat import encode_prompts, prepare_rows
+from spin_runtime.modeling.chat import encode_prompts
 from spin_runtime.plan import hparams, layout
 from spin_runtime.steps import trl_args
 
@@ -78,12 +78,15 @@ class RowPreview:
 
 def generation_ids(tok: PreTrainedTokenizerBase, spec: SpinRunSpec, prompts: Sequence[str]) -> list[list[int]]:
     """Token ids the generation engine receives for each prompt."""
-    return encode_prompts(tok, prompts, spec.generation.prompt_format)
+    return encode_prompts(tok, prompts, spec.generation.prompt_format, system=spec.system_prompt)
 
 
 def training_rows(tok: PreTrainedTokenizerBase, spec: SpinRunSpec, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The conversational rows training hands to TRL (prompt truncation included)."""
-    return prepare_rows(rows, tok, spec.training.max_prompt_length)
+    """The rows training hands to TRL: conversational rows (training.collator trl, truncation
+    included) or the original's token ids (training.collator original), as `spin train` builds them."""
+    from spin_runtime.steps.train import training_rows
+
+    return training_rows(list(rows), tok, spec)
 
 
 def training_sequences(
@@ -107,20 +110,26 @@ def training_sequences(
     args = types.SimpleNamespace(
         dataset_num_proc=None, max_length=kwargs["max_length"], truncation_mode=kwargs["truncation_mode"]
     )
-    conversational = {k: row[k] for k in ("prompt", "chosen", "rejected")}
-    datasets.disable_progress_bars()
-    try:
-        prepared = DPOTrainer._prepare_dataset(
-            types.SimpleNamespace(_tokenizer=tok), datasets.Dataset.from_list([conversational]), tok, args, "preview"
+    if "prompt_ids" in row:  # training.collator original: token ids built already, TRL's preparation skipped
+        from spin_runtime.modeling.original_collator import original_collator
+
+        example = {k: list(row[k]) for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
+        collator = original_collator(tok.pad_token_id, tok.eos_token_id, args.max_length)
+    else:
+        conversational = {k: row[k] for k in ("prompt", "chosen", "rejected")}
+        datasets.disable_progress_bars()
+        try:
+            prepared = DPOTrainer._prepare_dataset(
+                types.SimpleNamespace(_tokenizer=tok), datasets.Dataset.from_list([conversational]), tok, args, "preview"
+            )
+        finally:
+            datasets.enable_progress_bars()
+        if len(prepared) == 0:
+            return None
+        example = prepared[0]
+        collator = DataCollatorForPreference(
+            pad_token_id=tok.pad_token_id, max_length=args.max_length, truncation_mode=args.truncation_mode
         )
-    finally:
-        datasets.enable_progress_bars()
-    if len(prepared) == 0:
-        return None
-    example = prepared[0]
-    collator = DataCollatorForPreference(
-        pad_token_id=tok.pad_token_id, max_length=args.max_length, truncation_mode=args.truncation_mode
-    )
     batch = collator([example])
     out: list[TrainingSequence] = []
     for i, answer in enumerate((example["chosen_ids"], example["rejected_ids"])):
@@ -256,7 +265,9 @@ def format_preview(
     )
     head = [
         f"Generation prompts: generation.promptFormat {g.prompt_format} ({fmt}); "
-        f"training: TRL DPOTrainer tokenisation, maxLength {t.max_length}, maxPromptLength {t.max_prompt_length}.",
+        f"systemPrompt {'unset (no system message)' if spec.system_prompt is None else repr(spec.system_prompt)}; "
+        f"training: collator {t.collator}, truncation {t.truncation}, maxLength {t.max_length}, "
+        f"maxPromptLength {t.max_prompt_length}.",
         f"Marks: {PROMPT_MARK} / {ANSWER_MARK} = where the loss starts; "
         f"{UNATTENDED[0]}…{UNATTENDED[1]} = attention mask 0; {NEWLINE} = newline; {CUT_MARK} = dropped.",
     ]

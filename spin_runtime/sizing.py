@@ -160,7 +160,10 @@ def measure_run(spec: SpinRunSpec, run_dir: Path, sample: int = MEASURE_SAMPLE) 
             picked = _sample(rows, sample)
             sampled = len(picked)
             if picked:
-                encoded = encode_pairs(tok, picked, spec.training.max_prompt_length, spec.training.max_length)
+                encoded = encode_pairs(
+                    tok, picked, spec.training.max_prompt_length, spec.training.max_length,
+                    system=spec.system_prompt, truncation=spec.training.truncation,
+                )
                 tokens = sum(2 * len(e.prompt) + len(e.real) + len(e.generated) for e in encoded)
                 train_tokens = round(tokens * pairs / len(picked))
             else:

@@ -94,7 +94,7 @@ def identical_pairs(rows: Sequence[Mapping[str, Any]]) -> int:
     return sum(1 for r in rows if str(r.get("generated", "")).strip() == str(r.get("real", "")).strip())
 
 
-def _training_rows(rows: Sequence[dict[str, Any]], tok: PreTrainedTokenizerBase, spec: SpinRunSpec) -> list[dict[str, Any]]:
+def training_rows(rows: Sequence[dict[str, Any]], tok: PreTrainedTokenizerBase, spec: SpinRunSpec) -> list[dict[str, Any]]:
     """The rows TRL trains on: conversational rows TRL tokenises (collator trl), or token ids
     built as the original code built them (collator original)."""
     tr = spec.training
@@ -261,7 +261,7 @@ def build_trainer(
     tok = models.load_tokenizer(start_path, padding_side="right")
     _check_chat_template(tok, start_path)
     rows = tc.shuffled(window_rows(ctx.run_dir, spec, ctx.iteration), tr.seed)
-    prepared = _training_rows(rows, tok, spec)
+    prepared = training_rows(rows, tok, spec)
 
     args = _dpo_args(ctx, on_gpu)
     scratch = ctx.path(layout.iter_dir(ctx.iteration)) / SCRATCH

@@ -126,3 +126,17 @@ def test_spin_preview_of_the_local_example_shows_smollm2s_chat_template(capsys: 
     assert "generation prompt (" in out and "<|im_start|>system" in out and "<|im_start|>user" in out
     assert preview.ANSWER_MARK in out and "<|im_end|>" in out
     assert "a placeholder generated answer" in out
+
+
+def test_original_collator_rows_show_the_eos_tokens_it_does_not_attend(tiny_model_dir: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    spec = _spec(tiny_model_dir, collator="original").model_copy(update={"system_prompt": ""})
+    (p,) = preview.preview_rows(tok, spec, addition_rows(1, 0), "test rows")
+    assert p.chosen is not None
+    eos = tok.eos_token_id
+    inner = [i for i, t in enumerate(p.chosen.input_ids[:-1]) if t == eos]
+    assert inner and p.chosen.unattended == inner, "every EOS but the appended last one is masked"
+    assert p.chosen.input_ids[-1] == eos and p.chosen.attention_mask[-1] == 1
+    text = preview.render_sequence(tok, p.chosen)
+    assert f"{preview.UNATTENDED[0]}{tok.eos_token}{preview.UNATTENDED[1]}" in text
+    assert "<|im_start|>system" in tok.decode(p.generation_ids), "systemPrompt '' = an empty system turn"
