@@ -176,7 +176,9 @@ def build_trainer(
 
     from accelerate import PartialState
     from datasets import Dataset, load_from_disk
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOConfig
+
+    from spin_runtime.steps.spin_trainer import SpinDPOTrainer  # TRL's DPOTrainer, cheaper log-probs on CPU
 
     kwargs = tc.dpo_config_kwargs(
         spec,
@@ -217,7 +219,7 @@ def build_trainer(
 
         peft_config = LoraConfig(**tc.lora_kwargs(spec.training.lora))
 
-    trainer = DPOTrainer(
+    trainer = SpinDPOTrainer(
         model=start_path,
         ref_model=None,
         args=args,
