@@ -26,6 +26,7 @@ from spin_runtime.modeling.scoring import (
     reward_metrics,
 )
 from spin_runtime.plan import layout, stages
+from spin_runtime.steps import progress as step_progress
 from spin_runtime.steps.context import StepContext
 
 if TYPE_CHECKING:
@@ -59,6 +60,8 @@ def run_evaluate(run_dir: Path, iteration: int, force: bool = False) -> dict[str
     if not ctx.should_run(force):
         return None
     t0 = time.perf_counter()
+    prog = step_progress.for_step(run_dir, ctx.step, rank=ctx.rank)
+    prog.phase("loading the held-out pairs and the new model")
     if spec.evaluation.lm_eval.enabled:
         from spin_runtime.steps import lm_eval
 
@@ -87,14 +90,19 @@ def run_evaluate(run_dir: Path, iteration: int, force: bool = False) -> dict[str
 
     policy = models.load_model(str(new_path), dtype=dtype, device=device)
     policy.eval()
+    prog.phase(f"log-probs of {len(pairs)} held-out pairs, new model")
     pol_real, pol_gen = pair_logps(policy, pairs, tok.pad_token_id)
+    prog.phase("exact match, new model")
     em = exact_match(policy, tok, spec, rows) if do_exact else None
     del policy
 
     opponent = models.load_model(start_path, dtype=dtype, device=device)
     opponent.eval()
     opp_tok = models.load_tokenizer(start_path, padding_side="right")
+    prog.phase(f"log-probs of {len(pairs)} held-out pairs, opponent")
     ref_real, ref_gen = pair_logps(opponent, pairs, opp_tok.pad_token_id)
+    if do_exact and k == spec.start_iteration:
+        prog.phase("exact match, start model")
     baseline = exact_match(opponent, opp_tok, spec, rows) if do_exact and k == spec.start_iteration else None
     del opponent
     if on_gpu:
@@ -118,6 +126,7 @@ def run_evaluate(run_dir: Path, iteration: int, force: bool = False) -> dict[str
     if spec.evaluation.lm_eval.enabled:
         from spin_runtime.steps import lm_eval
 
+        prog.phase("lm-evaluation-harness")
         scores = lm_eval.run_lm_eval(
             new_path,
             spec.evaluation.lm_eval,
@@ -129,6 +138,8 @@ def run_evaluate(run_dir: Path, iteration: int, force: bool = False) -> dict[str
 
     ctx.mark_done({"samples": metrics["samples"]})
     em_text = f", exact match {em[0]:.3f}" if em is not None else ""
+    base_text = f" (start model {baseline[0]:.3f})" if baseline is not None else ""
+    prog.finish(f"margin {metrics['reward_margin']:.3f}, accuracy {metrics['reward_accuracy']:.2f}{em_text}{base_text}")
     _log(
         f"iteration {k}: margin {metrics['reward_margin']:.4f}, accuracy {metrics['reward_accuracy']:.3f}"
         f"{em_text} on {metrics['samples']} held-out pairs"

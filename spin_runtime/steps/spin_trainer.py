@@ -242,7 +242,15 @@ class SpinDPOTrainer(DPOTrainer):
         if self.ref_model is not None:
             install_compact_head(self.ref_model)
 
+    def announce(self, text: str) -> None:
+        """Tell callbacks with an `on_phase(text)` method what the trainer is doing (progress)."""
+        for callback in self.callback_handler.callbacks:
+            hook = getattr(callback, "on_phase", None)
+            if callable(hook):
+                hook(text)
+
     def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
         # runs inside DPOTrainer.__init__, after TRL patched the head: install ours first
         self._install_fast_head()
+        self.announce(f"opponent log-probs of {len(dataset)} {name} pairs")
         return super()._precompute_ref_logps(dataset, name, batch_size)
