@@ -292,3 +292,14 @@ def test_a_failed_shard_stops_new_shards_and_the_running_ones_finish():
     assert code == 3
     assert started == ["it0/generate-0-of-4", "it0/generate-1-of-4"]
     assert finished == [("it0/generate-0-of-4", 3), ("it0/generate-1-of-4", 0)]
+
+
+def test_verbose_streams_the_steps_output_and_still_keeps_the_log(tmp_path: Path):
+    bad = {**SPEC, "spec": {**SPEC["spec"], "model": {"path": str(tmp_path / "missing-model")}}}
+    spec_file = tmp_path / "bad.yaml"
+    spec_file.write_text(yaml.safe_dump(bad))
+    out = spin("run", str(spec_file), "--run-dir", str(tmp_path / "run"), "--verbose")
+    assert out.returncode != 0
+    streamed = [ln for ln in out.stdout.splitlines() if ln.startswith("[it0/generate-0-of-2] ")]
+    assert any("spin generate: error" in ln and "missing-model" in ln for ln in streamed)
+    assert "spin generate: error" in (tmp_path / "run" / layout.step_log_path(0, "generate-0-of-2")).read_text()
