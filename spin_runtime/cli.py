@@ -144,16 +144,47 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
+    from spin_runtime.plan.stages import Step
+    from spin_runtime.steps import progress
     from spin_runtime.steps.convert import run_convert
 
-    run_convert(Path(args.run_dir), args.iteration, force=args.force)
+    prog = progress.for_step(Path(args.run_dir), Step(args.iteration, "convert"))
+    info = run_convert(Path(args.run_dir), args.iteration, force=args.force)
+    prog.finish(_convert_summary(info))
     return 0
 
 
+def _convert_summary(info: dict) -> str:
+    if not info:
+        return "already done"
+    text = f"{info.get('train_rows', 0)} train + {info.get('test_rows', 0)} held-out pairs"
+    if info.get("identical_train_pairs"):
+        text += f" ({info['identical_train_pairs']} with generated == real)"
+    return text
+
+
+def _train_summary(metrics: dict | None) -> str:
+    if not metrics:
+        return "already done"
+    s = metrics.get("summary") or {}
+    parts = [f"{s.get('steps', 0)} steps"]
+    for key, name, fmt in (("final_loss", "loss", "{:.3f}"), ("final_margin", "margin", "{:.3f}"),
+                           ("tokens_per_second", "tok/s", "{:.0f}")):  # fmt: skip
+        if s.get(key) is not None:
+            parts.append(f"{fmt.format(s[key])} {name}" if name == "tok/s" else f"{name} {fmt.format(s[key])}")
+    return ", ".join(parts)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
+    from spin_runtime.plan.stages import Step
+    from spin_runtime.steps import progress
+    from spin_runtime.steps.context import distributed_env
     from spin_runtime.steps.train import run_train
 
-    run_train(Path(args.run_dir), args.iteration, force=args.force)
+    prog = progress.for_step(Path(args.run_dir), Step(args.iteration, "train"), unit="steps", rank=distributed_env()[0])
+    prog.phase("loading the data and the models")
+    metrics = run_train(Path(args.run_dir), args.iteration, force=args.force, callbacks=[progress.train_callback(prog)])
+    prog.finish(_train_summary(metrics))
     return 0
 
 
@@ -190,7 +221,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"{args.file}: {problem}", file=sys.stderr)
         return 2
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / run.metadata.name
-    return run_local(run, run_dir, rerun_changed=args.rerun_changed)
+    return run_local(run, run_dir, rerun_changed=args.rerun_changed, verbose=args.verbose)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="when the spec changed since steps ran here, run the affected steps (and those after them) again",
     )
+    s.add_argument(
+        "--verbose", "-v", action="store_true",
+        help="show every step's full output (it always goes to iter-<k>/logs/<step>.log)",
+    )  # fmt: skip
     s.set_defaults(func=_cmd_run)
 
     def step(name: str, helptext: str, func) -> argparse.ArgumentParser:

@@ -173,10 +173,12 @@ def transformers_generate(
     system: str | None = None,
     progress: bool = True,
     stats: GenerationStats | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> list[str]:
     """Answer prompts with a transformers model: length-sorted batches of generation.batchSize,
     KV cache, inference mode; answers come back in the prompts' order. The prompts become token
-    ids through `chat.encode_prompts`, as for every engine."""
+    ids through `chat.encode_prompts`, as for every engine. `on_progress(prompts answered, new
+    tokens)` is called after every decoding step."""
     import torch
     from tqdm.auto import tqdm
 
@@ -188,12 +190,16 @@ def transformers_generate(
     answers: list[str] = [""] * len(prompts)
     bar = tqdm(total=len(prompts), unit="prompt", desc="generate", disable=not progress, dynamic_ncols=True)
     start = time.perf_counter()
+    answered = [0]
 
     def on_step(new_tokens: int, finished: int) -> None:
         stats.new_tokens += new_tokens
         elapsed = time.perf_counter() - start
         bar.set_postfix_str(f"{stats.new_tokens / max(elapsed, 1e-9):.1f} tok/s", refresh=False)
         bar.update(finished)
+        answered[0] += finished
+        if on_progress is not None:
+            on_progress(answered[0], stats.new_tokens)
 
     was_training = model.training
     model.eval()

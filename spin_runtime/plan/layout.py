@@ -34,8 +34,21 @@ def metrics_path(k: int) -> str:
 
 
 def logs_dir(k: int) -> str:
-    """TensorBoard logs of iteration k's training."""
-    return f"{iter_dir(k)}/logs"
+    """TensorBoard event files of iteration k's training (`spin train` clears this folder when it
+    starts); the steps' own logs sit beside it in `iter-<k>/logs/` (`step_log_path`)."""
+    return f"{iter_dir(k)}/logs/tensorboard"
+
+
+def step_log_path(k: int, step: str) -> str:
+    """Full output (stdout and stderr) of one step of iteration k as the local driver ran it,
+    e.g. `iter-0/logs/generate-1-of-2.log` or `iter-0/logs/train.log`; replaced on rerun."""
+    return f"{iter_dir(k)}/logs/{step}.log"
+
+
+def progress_path(k: int, step: str) -> str:
+    """Live progress of one step of iteration k (small JSON, rewritten atomically while it runs),
+    e.g. `iter-0/progress/train.json`: read by the local driver, `spin status` and the operator."""
+    return f"{iter_dir(k)}/progress/{step}.json"
 
 
 def done_path(k: int) -> str:

@@ -29,6 +29,7 @@ from spin_runtime.modeling.scoring import (
     reward_metrics,
 )
 from spin_runtime.plan import layout, stages
+from spin_runtime.steps import progress as step_progress
 from spin_runtime.steps.context import StepContext
 
 if TYPE_CHECKING:
@@ -62,6 +63,8 @@ def run_evaluate(run_dir: Path, iteration: int, force: bool = False) -> dict[str
     if not ctx.should_run(force):
         return None
     t0 = time.perf_counter()
+    prog = step_progress.for_step(run_dir, ctx.step, rank=ctx.rank)
+    prog.phase("loading the held-out pairs and the new model")
     if spec.evaluation.lm_eval.enabled:
         from spin_runtime.steps import lm_eval
 
@@ -94,14 +97,19 @@ def run_evaluate(run_dir: Path, iteration: int, force: bool = False) -> dict[str
 
     policy = models.load_model(str(new_path), dtype=dtype, device=device)
     policy.eval()
+    prog.phase(f"log-probs of {len(pairs)} held-out pairs, new model")
     pol_real, pol_gen = pair_logps(policy, pairs, tok.pad_token_id)
+    prog.phase("held-out answers, new model")
     answers = heldout_scores(policy, tok, spec, rows, scorer)
     del policy
 
     opponent = models.load_model(start_path, dtype=dtype, device=device)
     opponent.eval()
     opp_tok = models.load_tokenizer(start_path, padding_side="right")
+    prog.phase(f"log-probs of {len(pairs)} held-out pairs, opponent")
     ref_real, ref_gen = pair_logps(opponent, pairs, opp_tok.pad_token_id)
+    if baseline_too:
+        prog.phase("held-out answers, start model")
     baseline = heldout_scores(opponent, opp_tok, spec, rows, scorer, prefix="baseline_") if baseline_too else {}
     del opponent
     if on_gpu:
@@ -123,6 +131,7 @@ def run_evaluate(run_dir: Path, iteration: int, force: bool = False) -> dict[str
     if spec.evaluation.lm_eval.enabled:
         from spin_runtime.steps import lm_eval
 
+        prog.phase("lm-evaluation-harness")
         scores = lm_eval.run_lm_eval(
             new_path,
             spec.evaluation.lm_eval,
@@ -136,6 +145,8 @@ def run_evaluate(run_dir: Path, iteration: int, force: bool = False) -> dict[str
     em_text = "".join(
         f", {name.replace('_', ' ')} {metrics[name]:.3f}" for name in ("exact_match", "score") if name in metrics
     )
+    base_text = f" (start model {metrics['baseline_exact_match']:.3f})" if "baseline_exact_match" in metrics else ""
+    prog.finish(f"margin {metrics['reward_margin']:.3f}, accuracy {metrics['reward_accuracy']:.2f}{em_text}{base_text}")
     _log(
         f"iteration {k}: margin {metrics['reward_margin']:.4f}, accuracy {metrics['reward_accuracy']:.3f}"
         f"{em_text} on {metrics['samples']} held-out pairs"

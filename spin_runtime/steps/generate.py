@@ -28,6 +28,7 @@ from spin_runtime.modeling.decoding import (
     transformers_generate,
 )
 from spin_runtime.plan import hparams, layout, stages
+from spin_runtime.steps import progress as step_progress
 from spin_runtime.steps.context import StepContext
 from spin_runtime.store import atomic
 
@@ -197,6 +198,8 @@ def run_generate(run_dir: Path, iteration: int, shard: int, shards: int, force: 
 
     train, test = load_sft(spec)
     prompts = shard_prompts(all_prompts(train, test), shard, shards, gen.seed)
+    prog = step_progress.for_step(run_dir, step, unit="prompts", total=len(prompts), rank=ctx.rank)
+    prog.phase("loading the model")
     model_path = models.resolve(ctx.start_model, run_dir)
     on_gpu = models.gpu_available()
     engine = choose_engine(gen.engine, vllm_importable(), on_gpu)
@@ -207,6 +210,7 @@ def run_generate(run_dir: Path, iteration: int, shard: int, shards: int, force: 
         answers: list[str] = []
     elif engine == "vllm":
         tokenizer = models.load_tokenizer(model_path)
+        prog.phase("generating with vLLM")
         ids = encode_prompts(tokenizer, texts, gen.prompt_format, spec.system_prompt)
         answers = vllm_generate(model_path, ids, gen, tokenizer.eos_token)
     else:
@@ -214,7 +218,15 @@ def run_generate(run_dir: Path, iteration: int, shard: int, shards: int, force: 
         model = models.load_model(
             model_path, dtype=models.resolve_dtype(gen.dtype, on_gpu), device="cuda" if on_gpu else "cpu"
         )
-        answers = transformers_generate(model, tokenizer, texts, gen, system=spec.system_prompt, stats=stats)
+        t_gen = time.perf_counter()
+
+        def report(answered: int, new_tokens: int) -> None:
+            prog.update(answered, **{"tok/s": new_tokens / max(time.perf_counter() - t_gen, 1e-9)})
+
+        prog.update(0)
+        answers = transformers_generate(
+            model, tokenizer, texts, gen, system=spec.system_prompt, stats=stats, on_progress=report
+        )
     seconds = time.perf_counter() - start
     atomic.atomic_write_text(out, shard_rows_jsonl(prompts, answers))
     info = {
@@ -228,5 +240,7 @@ def run_generate(run_dir: Path, iteration: int, shard: int, shards: int, force: 
         info["new_tokens"] = stats.new_tokens
         info["tokens_per_second"] = round(stats.tokens_per_second, 2)
     ctx.mark_done(info)
+    rate = f", {stats.tokens_per_second:.0f} tok/s" if stats.new_tokens else ""
+    prog.finish(f"{len(prompts)} answers{rate} ({engine})")
     print(f"{step.key}: {len(prompts)} answers → {out} ({seconds:.1f} s, {engine})")
     return out

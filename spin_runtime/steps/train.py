@@ -111,11 +111,12 @@ def training_rows(rows: Sequence[dict[str, Any]], tok: PreTrainedTokenizerBase, 
 
 
 def _trainer_class() -> Any:
-    """TRL's DPOTrainer, taking rows that are already token ids as they are (collator original)."""
-    from trl import DPOTrainer
+    """TRL's DPOTrainer with spinrun's cheaper log-probs on CPU (`spin_trainer`), taking rows that
+    are already token ids as they are (collator original)."""
+    from spin_runtime.steps.spin_trainer import SpinDPOTrainer as FastDPOTrainer
 
-    class SpinDPOTrainer(DPOTrainer):
-        """DPOTrainer whose dataset preparation leaves pre-tokenised rows alone."""
+    class SpinDPOTrainer(FastDPOTrainer):
+        """The fast-path trainer whose dataset preparation leaves pre-tokenised rows alone."""
 
         def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
             if "prompt_ids" in (dataset.column_names or []):
