@@ -50,6 +50,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     "pytorchjob": {"pytorchjob": {"enabled": True}},
     "trainjob": {"trainjob": {"enabled": True}},
+    "kueue": {"kueue": {"enabled": True}},
     "existing-service-account": {
         "serviceAccount": {"create": False, "name": "spin-sa"},
         "rbac": {"create": True, "userRoles": False},
@@ -413,6 +414,13 @@ def test_trainjob_rules_only_when_enabled() -> None:
     assert grants(operator_rules(rendered("trainjob"))) >= TRAINJOB_GRANTS
     assert env_of(container("trainjob"))["SPIN_TRAINJOB_ENABLED"] == "true"
     assert env_of(container("defaults"))["SPIN_TRAINJOB_ENABLED"] == "false"
+
+
+def test_kueue_workload_rules_only_when_enabled() -> None:
+    workload_grants = {("kueue.x-k8s.io", "workloads", v) for v in ("list", "patch")}
+    assert not grants(operator_rules(rendered("defaults"))) & workload_grants
+    assert grants(operator_rules(rendered("kueue"))) >= workload_grants
+    assert env_of(container("kueue"))["SPIN_KUEUE_ENABLED"] == "true"
 
 
 def test_bindings_name_the_service_account_the_pod_uses() -> None:

@@ -356,3 +356,10 @@ def test_a_scheduled_look_keeps_the_earliest_and_fires_once() -> None:
         return fired
 
     assert asyncio.run(scenario()) == ["early"]
+
+
+def test_the_kueue_switch_is_read_from_the_environment() -> None:
+    assert DeploymentSettings.from_env({"SPIN_KUEUE_ENABLED": "true"}).kueue is True
+    assert DeploymentSettings.from_env({}).kueue is False
+    with pytest.raises(ValueError, match="SPIN_KUEUE_ENABLED"):
+        DeploymentSettings.from_env({"SPIN_KUEUE_ENABLED": "sometimes"})

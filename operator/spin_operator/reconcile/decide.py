@@ -22,6 +22,8 @@ Rules (each pinned by tests/operator/test_reconcile.py):
 - A pod that cannot start (image, config, scheduling, claim) turns Progressing False with that
   reason; after podStartupTimeoutSeconds the run fails with it.
 - activeDeadlineSeconds counts running time only: suspended time is excluded.
+- A queued workload (Kueue) is Kueue's to suspend: the run stops and resumes it through its
+  Workload's spec.active, and says "waiting for quota" while Kueue holds it.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from spin_operator.builders.steps import step_objects
 from spin_operator.builders.storage import persistent_volume_claim, spec_config_map, spec_from_config_map
 from spin_operator.kube.objects import JobState, Observed, PodState
 from spin_operator.kube.timestamps import parse_time, rfc3339
-from spin_operator.reconcile.actions import Action, Create, Delete, Event, PatchJob
+from spin_operator.reconcile.actions import Action, Create, Delete, Event, PatchJob, SetWorkloadActive
 from spin_operator.reconcile.conditions import (
     condition,
     is_terminal,
@@ -159,6 +161,27 @@ class ReconcilePass:
     def delete_job(self, js: JobState) -> None:
         self.act(Delete(js.kind, js.name, js.api_version))
 
+    def queued_by_kueue(self, js: JobState) -> bool:
+        """Whether Kueue owns this workload's suspension (queued, and the deployment lets the
+        operator patch Kueue's Workloads)."""
+        return bool(js.queue_name) and self.settings.kueue
+
+    def stop(self, js: JobState) -> None:
+        """Suspend a workload: through its Kueue Workload when queued (Kueue unsuspends an admitted
+        Job whose suspend flag someone else set), else its own suspend flag."""
+        if self.queued_by_kueue(js):
+            if js.uid:  # a Job created in this pass has no uid yet: next pass
+                self.act(SetWorkloadActive(js.name, js.uid, False, js.kind))
+        else:
+            self.act(PatchJob(js.name, True, js.kind))
+
+    def resume(self, js: JobState) -> None:
+        if self.queued_by_kueue(js):
+            if js.uid:
+                self.act(SetWorkloadActive(js.name, js.uid, True, js.kind))
+        else:
+            self.act(PatchJob(js.name, False, js.kind))
+
     def delete_unfinished(self) -> None:
         for js in sorted(self.observed.jobs.values(), key=lambda j: j.name):
             if not js.finished:
@@ -230,8 +253,8 @@ def _invalid_spec(rec: ReconcilePass, msg: str) -> None:
     rec.cond("Failed", True, "ValidationFailed", msg)
     rec.cond("Progressing", False, "ValidationFailed", msg)
     for js in sorted(rec.observed.jobs.values(), key=lambda j: j.name):
-        if not js.finished and not js.suspended:
-            rec.act(PatchJob(js.name, True, js.kind))
+        if not js.finished and not js.suspended_by_us and not (js.suspended and not rec.queued_by_kueue(js)):
+            rec.stop(js)
 
 
 def _wait_for_foreign(rec: ReconcilePass) -> None:
@@ -345,10 +368,15 @@ def _suspension(rec: ReconcilePass, spec: SpinRunSpec) -> None:
     for js in sorted(rec.observed.jobs.values(), key=lambda j: j.name):
         if js.finished:
             continue
-        if spec.suspend and not js.suspended:
-            rec.act(PatchJob(js.name, True, js.kind))
+        if rec.queued_by_kueue(js):  # Kueue sets the flag; we (de)activate its Workload
+            if spec.suspend and not js.suspended_by_us:
+                rec.stop(js)
+            elif not spec.suspend and js.suspended_by_us:
+                rec.resume(js)
+        elif spec.suspend and not js.suspended:
+            rec.stop(js)
         elif not spec.suspend and js.suspended and js.suspended_by_us:
-            rec.act(PatchJob(js.name, False, js.kind))
+            rec.resume(js)
     if spec.suspend:
         if rec.cond("Suspended", True, "Suspended", "spec.suspend is true: Jobs are suspended; set it to false to resume"):
             rec.event("Normal", "Suspended", "run suspended: active Jobs suspended")
@@ -496,6 +524,11 @@ def _running(rec: ReconcilePass, spec: SpinRunSpec, spec_k: SpinRunSpec, k: int,
     if spec.suspend:
         rec.phase("Suspended", "Suspended", f"suspended during iteration {k}, step {step}")
         return
+    if js.suspended and not js.suspended_by_us and js.queue_name:  # Kueue holds it until admitted
+        msg = f"iteration {k}: {step} waiting for quota in queue {js.queue_name} (Kueue admits job {js.name})"
+        rec.phase(STEP_PHASE[step], "WaitingForQuota", msg)  # type: ignore[index]
+        rec.cond("Progressing", True, "WaitingForQuota", msg)
+        return
     pods = rec.observed.pods_of(k, step)
     troubled = next((p for p in pods if p.trouble), None)
     if troubled is not None:
@@ -554,6 +587,10 @@ def _start(rec: ReconcilePass, ctx: BuildContext, stage: stages.Stage, entry: St
             if rec.cond("Progressing", False, blocked.reason, blocked.message):
                 rec.event("Warning", blocked.reason, blocked.message)
             return
+    if ctx.suspend and ctx.spec.queue_name and rec.settings.kueue:
+        # Kueue would admit and unsuspend a Job created suspended: queue nothing until resumed
+        rec.phase("Suspended", "Suspended", f"suspended before iteration {k}, step {step} (queue {ctx.spec.queue_name})")
+        return
     for obj in step_objects(ctx, stage):
         if obj["kind"] == "Service" and obj["metadata"]["name"] in rec.observed.services:
             continue
