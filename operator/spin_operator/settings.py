@@ -36,6 +36,9 @@ class DeploymentSettings:
     #: Kueue is installed and the operator may read and patch its Workloads (Helm `kueue.enabled`):
     #: a queued run is then suspended and resumed through Workload.spec.active, by Kueue's rules.
     kueue: bool = False
+    #: The scheduler-plugins Coscheduling plugin is installed and the operator may create PodGroups
+    #: (Helm `gangScheduling.enabled`).
+    gang_scheduling: bool = False
 
     def launcher_enabled(self, launcher: str) -> bool | None:
         """True/False as configured; None when the deployment does not say."""
@@ -44,7 +47,8 @@ class DeploymentSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DeploymentSettings:
         """Read SPIN_GENERATOR_IMAGE, SPIN_TRAINER_IMAGE, SPIN_IMAGE_PULL_POLICY and
-        SPIN_<LAUNCHER>_ENABLED and SPIN_KUEUE_ENABLED (true/false; unset or empty = not configured)."""
+        SPIN_<LAUNCHER>_ENABLED, SPIN_KUEUE_ENABLED and SPIN_GANG_SCHEDULING_ENABLED (true/false;
+        unset or empty = not configured)."""
         env = os.environ if env is None else env
         switches = {}
         for name in LAUNCHER_NAMES:
@@ -57,6 +61,7 @@ class DeploymentSettings:
             pull_policy=env.get("SPIN_IMAGE_PULL_POLICY") or "IfNotPresent",
             launchers_enabled=switches,
             kueue=bool(_env_flag("SPIN_KUEUE_ENABLED", env.get("SPIN_KUEUE_ENABLED"))),
+            gang_scheduling=bool(_env_flag("SPIN_GANG_SCHEDULING_ENABLED", env.get("SPIN_GANG_SCHEDULING_ENABLED"))),
         )
 
 

@@ -51,6 +51,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "pytorchjob": {"pytorchjob": {"enabled": True}},
     "trainjob": {"trainjob": {"enabled": True}},
     "kueue": {"kueue": {"enabled": True}},
+    "gang": {"gangScheduling": {"enabled": True}},
     "dashboard": {"dashboard": {"enabled": True, "labels": {"grafana_dashboard": "1"}, "namespace": "monitoring"}},
     "existing-service-account": {
         "serviceAccount": {"create": False, "name": "spin-sa"},
@@ -422,6 +423,13 @@ def test_kueue_workload_rules_only_when_enabled() -> None:
     assert not grants(operator_rules(rendered("defaults"))) & workload_grants
     assert grants(operator_rules(rendered("kueue"))) >= workload_grants
     assert env_of(container("kueue"))["SPIN_KUEUE_ENABLED"] == "true"
+
+
+def test_pod_group_rules_only_when_gang_scheduling_is_enabled() -> None:
+    podgroups = {("scheduling.x-k8s.io", "podgroups", "create")}
+    assert not grants(operator_rules(rendered("defaults"))) & podgroups
+    assert grants(operator_rules(rendered("gang"))) >= podgroups
+    assert env_of(container("gang"))["SPIN_GANG_SCHEDULING_ENABLED"] == "true"
 
 
 def test_bindings_name_the_service_account_the_pod_uses() -> None:

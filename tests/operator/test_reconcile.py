@@ -755,3 +755,18 @@ def test_a_queued_run_suspended_before_a_step_starts_queues_nothing() -> None:
     assert "demo-it0-gen" not in d.creates() and sim.status["phase"] == "Suspended"
     sim.set_spec({"suspend": False})
     assert "demo-it0-gen" in sim.tick().creates()
+
+
+def test_gang_scheduling_needs_the_deployment_to_allow_pod_groups() -> None:
+    from spin_operator.settings import DeploymentSettings
+
+    sim = Sim(make_body(spec={"training": {"nodes": 2, "gangScheduling": {"enabled": True}},
+                              "storage": {"newClaim": {"accessModes": ["ReadWriteMany"]}}}))
+    _to_convert(sim)
+    sim.finish("demo-it0-convert")
+    d = sim.tick()
+    assert d.creates() == [] and cond(sim.status, "Progressing")["reason"] == "GangSchedulingDisabled"
+    sim.settings = DeploymentSettings(gang_scheduling=True)
+    d = sim.tick()
+    assert [(a.kind, a.name) for a in d.actions if isinstance(a, Create)] == [
+        ("Service", "demo-it0-train"), ("PodGroup", "demo-it0-train"), ("Job", "demo-it0-train")]

@@ -11,6 +11,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from spin_operator import launchers, metrics
+from spin_operator.builders.gang import PODGROUP_GROUP, PODGROUP_KIND, PODGROUP_PLURAL, PODGROUP_VERSION
 from spin_operator.builders.meta import LABEL_RUN
 from spin_operator.launchers.base import Launcher, api_group, api_version_only
 from spin_operator.reconcile.actions import Action, Create, Delete, SetWorkloadActive
@@ -18,7 +19,8 @@ from spin_runtime.api.spec import GROUP, PLURAL, VERSION
 
 USER_AGENT = "spin-operator/0.1"
 #: Plurals of the core and batch kinds the operator creates or deletes.
-PLURALS = {"Job": "jobs", "ConfigMap": "configmaps", "Service": "services", "PersistentVolumeClaim": "persistentvolumeclaims"}
+PLURALS = {"Job": "jobs", "ConfigMap": "configmaps", "Service": "services", "PersistentVolumeClaim": "persistentvolumeclaims",
+           PODGROUP_KIND: PODGROUP_PLURAL}
 MERGE_PATCH = "application/merge-patch+json"
 #: Kueue's Workload API (served by Kueue v0.6 through v0.19, beside v1beta2) and the label that
 #: ties a Workload to its job (pkg/controller/constants: JobUIDLabel).
@@ -161,6 +163,9 @@ def _execute(namespace: str, action: Action) -> None:
             custom.patch_namespaced_custom_object(
                 group, version, namespace, plural, action.name, action.patch(), _content_type=MERGE_PATCH
             )
+        return
+    if kind == PODGROUP_KIND and isinstance(action, Create):
+        custom.create_namespaced_custom_object(PODGROUP_GROUP, PODGROUP_VERSION, namespace, PODGROUP_PLURAL, action.obj)
         return
     if isinstance(action, Create):
         create = {

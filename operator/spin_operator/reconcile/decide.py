@@ -36,12 +36,14 @@ from typing import Any
 
 from spin_operator import launchers
 from spin_operator.builders.context import BuildContext
+from spin_operator.builders.gang import gang_enabled
 from spin_operator.builders.meta import RunRef, job_name, spec_configmap_name
 from spin_operator.builders.pod import run_dir
 from spin_operator.builders.steps import step_objects
 from spin_operator.builders.storage import persistent_volume_claim, spec_config_map, spec_from_config_map
 from spin_operator.kube.objects import JobState, Observed, PodState
 from spin_operator.kube.timestamps import parse_time, rfc3339
+from spin_operator.launchers.base import Unavailable
 from spin_operator.reconcile.actions import Action, Create, Delete, Event, PatchJob, SetWorkloadActive
 from spin_operator.reconcile.conditions import (
     condition,
@@ -64,6 +66,12 @@ MAX_ITERATION_HISTORY = 20
 ALWAYS_SET = ("phase", "completed_iterations", "conditions", "iterations")
 #: How often a run waiting for something without an event (old objects to be collected) looks again.
 WAIT_RECHECK_SECONDS = 5.0
+GANG_DISABLED = Unavailable(
+    "GangSchedulingDisabled",
+    "training.gangScheduling.enabled is true but this operator may not create PodGroups (Helm value "
+    "gangScheduling.enabled=false, env SPIN_GANG_SCHEDULING_ENABLED=false): ask the cluster admin to install the "
+    "scheduler-plugins Coscheduling plugin and enable it, or set training.gangScheduling.enabled: false",
+)
 #: What to do about each reason a pod cannot start.
 POD_TROUBLE_HINTS = {
     "ImagePullBackOff": "check spec.images (or the operator's image settings) and spec.imagePullSecrets",
@@ -582,6 +590,8 @@ def _start(rec: ReconcilePass, ctx: BuildContext, stage: stages.Stage, entry: St
     k, step = ctx.iteration, stage.name
     if step == "train":
         blocked = launchers.for_spec(ctx.spec).availability(rec.settings, rec.observed.launcher_served)
+        if blocked is None and gang_enabled(ctx) and not rec.settings.gang_scheduling:
+            blocked = GANG_DISABLED
         if blocked is not None:
             rec.phase(STEP_PHASE["train"], blocked.reason, blocked.message)
             if rec.cond("Progressing", False, blocked.reason, blocked.message):
