@@ -121,6 +121,15 @@ class Indexes:
         )
 
 
+def _planned_iterations(body: Mapping[str, Any]) -> int | None:
+    """How many iterations the run will run (None when its spec is invalid)."""
+    try:
+        spec = spec_of(body)
+    except SpecError:
+        return None
+    return spec.iterations - spec.start_iteration
+
+
 def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
     """Merge patch turning `old` into `new` at the top level (removed keys become null)."""
     patch: dict[str, Any] = {k: v for k, v in new.items() if old.get(k) != v}
@@ -224,6 +233,7 @@ async def _reconcile_locked(
             break
     if not await _write_status(namespace, name, body, old_status, decision, logger):
         return READ_RETRY_SECONDS
+    metrics.record(key, decision.status_document(), _planned_iterations(body))
     return RETRY_SECONDS if failed else next_look(decision)
 
 

@@ -1,9 +1,11 @@
-"""Prometheus metrics of the operator: runs by phase, iterations, step durations, retries,
-reconcile latency and API requests. Updated from status documents' transitions (old → new), so
-a restarted operator does not count history twice."""
+"""Prometheus metrics of the operator: runs by namespace and phase (rebuilt from the cluster on
+every start: each run's first reconcile records its phase), iterations, per-run progress, step
+durations, retries, reconcile latency and API requests. Counters follow status transitions
+(old → new), so a restarted operator does not count history twice."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,45 +14,67 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from spin_operator.kube.timestamps import parse_time
 from spin_runtime.api.status import PHASES
 
-RUNS = Gauge("spinrun_runs", "SpinRuns known to this operator, by phase.", ["phase"])
-ITERATIONS = Counter("spinrun_iterations_completed_total", "SPIN iterations completed.")
+RUNS = Gauge("spinrun_runs", "SpinRuns known to this operator, by namespace and phase.", ["namespace", "phase"])
+ITERATIONS = Counter("spinrun_iterations_completed_total", "SPIN iterations completed.", ["namespace"])
+RUN_ITERATIONS_DONE = Gauge(
+    "spinrun_run_completed_iterations", "Iterations a run has completed (its training progress).", ["namespace", "run"]
+)
+RUN_ITERATIONS_PLANNED = Gauge("spinrun_run_planned_iterations", "Iterations a run will run in total.", ["namespace", "run"])
 STEP_SECONDS = Histogram(
     "spinrun_step_duration_seconds",
     "Wall time of a step from its Job's creation to its completion.",
-    ["step"],
+    ["namespace", "step"],
     buckets=(1, 10, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400),
 )
-RETRIES = Counter("spinrun_step_retries_total", "Failed step attempts that were retried.", ["step"])
+RETRIES = Counter("spinrun_step_retries_total", "Failed step attempts that were retried.", ["namespace", "step"])
 RECONCILE_SECONDS = Histogram(
     "spinrun_reconcile_duration_seconds", "Time of one reconcile (read, decide, act, write status)."
 )
 RECONCILE_ERRORS = Counter("spinrun_reconcile_errors_total", "Reconciles that hit an API error.")
 API_REQUESTS = Counter("spinrun_api_requests_total", "Kubernetes API requests made by the reconcile.", ["verb", "resource"])
 
+#: (namespace, run) → phase, of every run this process has reconciled
 _phases: dict[tuple[str, str], str] = {}
+#: every namespace that had a run (its counts drop to 0 rather than vanish)
+_namespaces: set[str] = set()
 
 
 def _refresh_phases() -> None:
-    counts = dict.fromkeys(PHASES, 0)
-    for phase in _phases.values():
-        counts[phase] = counts.get(phase, 0) + 1
-    for phase, n in counts.items():
-        RUNS.labels(phase=phase).set(n)
+    _namespaces.update(namespace for namespace, _ in _phases)
+    counts = {(namespace, p): 0 for namespace in _namespaces for p in PHASES}
+    for (namespace, _), phase in _phases.items():
+        counts[(namespace, phase)] = counts.get((namespace, phase), 0) + 1
+    for (namespace, phase), n in counts.items():
+        RUNS.labels(namespace=namespace, phase=phase).set(n)
 
 
 def forget(key: tuple[str, str]) -> None:
     """A SpinRun was deleted."""
     _phases.pop(key, None)
     _refresh_phases()
+    for gauge in (RUN_ITERATIONS_DONE, RUN_ITERATIONS_PLANNED):
+        with contextlib.suppress(KeyError):
+            gauge.remove(*key)
+
+
+def record(key: tuple[str, str], status: Mapping[str, Any], planned: int | None) -> None:
+    """The run's phase and progress as its latest reconcile sees them (after every reconcile, not
+    only on changes, so that a restarted operator shows every run, finished ones included)."""
+    _phases[key] = str(status.get("phase") or "Pending")
+    _refresh_phases()
+    RUN_ITERATIONS_DONE.labels(*key).set(int(status.get("completedIterations") or 0))
+    if planned is not None:
+        RUN_ITERATIONS_PLANNED.labels(*key).set(planned)
 
 
 def observe(key: tuple[str, str], old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
     """Record what changed between two statuses of one run."""
     _phases[key] = str(new.get("phase") or "Pending")
     _refresh_phases()
+    namespace = key[0]
     gained = int(new.get("completedIterations") or 0) - int(old.get("completedIterations") or 0)
     if gained > 0:
-        ITERATIONS.inc(gained)
+        ITERATIONS.labels(namespace=namespace).inc(gained)
     before = {
         (it.get("iteration"), s.get("step")): s for it in old.get("iterations") or [] for s in it.get("steps") or []
     }
@@ -60,11 +84,11 @@ def observe(key: tuple[str, str], old: Mapping[str, Any], new: Mapping[str, Any]
             step = str(s.get("step"))
             added = int(s.get("retries") or 0) - int(prev.get("retries") or 0)
             if added > 0:
-                RETRIES.labels(step=step).inc(added)
+                RETRIES.labels(namespace=namespace, step=step).inc(added)
             if s.get("completionTime") and not prev.get("completionTime"):
                 start, end = parse_time(s.get("startTime")), parse_time(s.get("completionTime"))
                 if start and end:
-                    STEP_SECONDS.labels(step=step).observe(max((end - start).total_seconds(), 0.0))
+                    STEP_SECONDS.labels(namespace=namespace, step=step).observe(max((end - start).total_seconds(), 0.0))
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> Any:

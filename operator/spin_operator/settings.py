@@ -1,5 +1,6 @@
 """Settings of this operator deployment (Helm values → environment variables): the images and
-pull policy used when a spec names none, and which training launchers the deployment allows."""
+pull policy used when a spec names none, which training launchers the deployment allows, and
+whether Kueue's Workloads are the operator's to (de)activate."""
 
 from __future__ import annotations
 
@@ -32,6 +33,12 @@ class DeploymentSettings:
     #: launcher name → whether this deployment may create its objects. A launcher not listed
     #: (env unset, e.g. the operator run locally) is decided by whether its CRD is served.
     launchers_enabled: Mapping[str, bool] = field(default_factory=dict)
+    #: Kueue is installed and the operator may read and patch its Workloads (Helm `kueue.enabled`):
+    #: a queued run is then suspended and resumed through Workload.spec.active, by Kueue's rules.
+    kueue: bool = False
+    #: The scheduler-plugins Coscheduling plugin is installed and the operator may create PodGroups
+    #: (Helm `gangScheduling.enabled`).
+    gang_scheduling: bool = False
 
     def launcher_enabled(self, launcher: str) -> bool | None:
         """True/False as configured; None when the deployment does not say."""
@@ -40,7 +47,8 @@ class DeploymentSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DeploymentSettings:
         """Read SPIN_GENERATOR_IMAGE, SPIN_TRAINER_IMAGE, SPIN_IMAGE_PULL_POLICY and
-        SPIN_<LAUNCHER>_ENABLED (true/false; unset or empty = not configured)."""
+        SPIN_<LAUNCHER>_ENABLED, SPIN_KUEUE_ENABLED and SPIN_GANG_SCHEDULING_ENABLED (true/false;
+        unset or empty = not configured)."""
         env = os.environ if env is None else env
         switches = {}
         for name in LAUNCHER_NAMES:
@@ -52,6 +60,8 @@ class DeploymentSettings:
             trainer_image=env.get("SPIN_TRAINER_IMAGE") or DEFAULT_TRAINER_IMAGE,
             pull_policy=env.get("SPIN_IMAGE_PULL_POLICY") or "IfNotPresent",
             launchers_enabled=switches,
+            kueue=bool(_env_flag("SPIN_KUEUE_ENABLED", env.get("SPIN_KUEUE_ENABLED"))),
+            gang_scheduling=bool(_env_flag("SPIN_GANG_SCHEDULING_ENABLED", env.get("SPIN_GANG_SCHEDULING_ENABLED"))),
         )
 
 

@@ -444,6 +444,23 @@ class TrainingRuntimeRef(SpinModel):
     )
 
 
+class GangScheduling(SpinModel):
+    """All-or-nothing start of multi-node training with the scheduler-plugins Coscheduling plugin:
+    a PodGroup of `training.nodes` pods, scheduled by the scheduler that runs the plugin."""
+
+    enabled: bool = Field(False, description="Create a PodGroup (scheduling.x-k8s.io/v1alpha1) for multi-node training (launcher: indexedjob).")
+    scheduler_name: str = Field(
+        "scheduler-plugins-scheduler",
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="schedulerName of the training pods: the scheduler profile with Coscheduling enabled.",
+    )
+    schedule_timeout_seconds: int = Field(
+        600, ge=1, le=86400, description="How long the scheduler holds part of the group before it gives all its nodes back."
+    )
+
+
 class Training(SpinModel):
     """The SPIN training step (TRL DPOTrainer with chosen = real, rejected = generated)."""
 
@@ -536,6 +553,10 @@ class Training(SpinModel):
         "indexedjob",
         description="Cluster launcher: an Indexed Job + headless Service, a Kubeflow PyTorchJob (training operator v1), "
         "or a Kubeflow Trainer v2 TrainJob.",
+    )
+    gang_scheduling: GangScheduling = Field(
+        default_factory=lambda: GangScheduling(),
+        description="Start every node of a multi-node training step at once, or none (scheduler-plugins Coscheduling).",
     )
     training_runtime: TrainingRuntimeRef = Field(
         default_factory=lambda: TrainingRuntimeRef(),

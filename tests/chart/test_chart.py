@@ -50,6 +50,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     "pytorchjob": {"pytorchjob": {"enabled": True}},
     "trainjob": {"trainjob": {"enabled": True}},
+    "kueue": {"kueue": {"enabled": True}},
+    "gang": {"gangScheduling": {"enabled": True}},
+    "dashboard": {"dashboard": {"enabled": True, "labels": {"grafana_dashboard": "1"}, "namespace": "monitoring"}},
     "existing-service-account": {
         "serviceAccount": {"create": False, "name": "spin-sa"},
         "rbac": {"create": True, "userRoles": False},
@@ -415,6 +418,20 @@ def test_trainjob_rules_only_when_enabled() -> None:
     assert env_of(container("defaults"))["SPIN_TRAINJOB_ENABLED"] == "false"
 
 
+def test_kueue_workload_rules_only_when_enabled() -> None:
+    workload_grants = {("kueue.x-k8s.io", "workloads", v) for v in ("list", "patch")}
+    assert not grants(operator_rules(rendered("defaults"))) & workload_grants
+    assert grants(operator_rules(rendered("kueue"))) >= workload_grants
+    assert env_of(container("kueue"))["SPIN_KUEUE_ENABLED"] == "true"
+
+
+def test_pod_group_rules_only_when_gang_scheduling_is_enabled() -> None:
+    podgroups = {("scheduling.x-k8s.io", "podgroups", "create")}
+    assert not grants(operator_rules(rendered("defaults"))) & podgroups
+    assert grants(operator_rules(rendered("gang"))) >= podgroups
+    assert env_of(container("gang"))["SPIN_GANG_SCHEDULING_ENABLED"] == "true"
+
+
 def test_bindings_name_the_service_account_the_pod_uses() -> None:
     for variant in ("defaults", "existing-service-account"):
         objects = rendered(variant)
@@ -516,6 +533,61 @@ def test_rbac_check_flags_a_forbidden_request() -> None:
     rules = operator_rules(rendered("defaults"))
     missing, _ = check_requests([{"verb": "get", "group": "", "resource": "secrets", "namespace": "a"}], rules)
     assert [str(r) for r in missing] == ["get core/secrets in a"]
+
+
+# --------------------------------------------------------------------------- Grafana dashboard
+
+
+def _exported_metrics() -> dict[str, set[str]]:
+    """Every sample name the operator exports (metrics.py), with its label names."""
+    metrics = pytest.importorskip("spin_operator.metrics", reason="the operator extra is not installed")
+    from prometheus_client import REGISTRY
+
+    out: dict[str, set[str]] = {}
+    for collector in (metrics.RUNS, metrics.ITERATIONS, metrics.RUN_ITERATIONS_DONE, metrics.RUN_ITERATIONS_PLANNED,
+                      metrics.STEP_SECONDS, metrics.RETRIES, metrics.RECONCILE_SECONDS, metrics.RECONCILE_ERRORS,
+                      metrics.API_REQUESTS):
+        labels = set(collector._labelnames)
+        base = collector._name
+        kinds = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"], "gauge": [""]}[collector._type]
+        for suffix in kinds:
+            name = base + suffix if not (suffix == "_total" and base.endswith("_total")) else base
+            out[name] = labels | ({"le"} if suffix == "_bucket" else set())
+    assert "spinrun_runs" in out and REGISTRY is not None
+    return out
+
+
+def test_dashboard_ships_only_when_enabled_with_the_sidecar_label() -> None:
+    assert not [o for o in rendered("defaults") if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-dashboard")]
+    (cm,) = [o for o in rendered("dashboard") if o["kind"] == "ConfigMap"]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1" and cm["metadata"]["namespace"] == "monitoring"
+    dash = json.loads(cm["data"]["spinrun.json"])
+    assert dash["uid"] == "spinrun" and dash["panels"]
+    assert dash == json.loads((CHART / "dashboards" / "spinrun.json").read_text())
+
+
+def test_every_dashboard_query_uses_metrics_and_labels_the_operator_exports() -> None:
+    dash = json.loads((CHART / "dashboards" / "spinrun.json").read_text())
+    exported = _exported_metrics()
+    titles = {p["title"] for p in dash["panels"]}
+    assert {"SpinRuns by phase", "Step duration (p50, p95)", "Step retries", "Training progress per run"} <= titles
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    exprs.append(next(v for v in dash["templating"]["list"] if v["name"] == "namespace")["query"]["query"])
+    used = 0
+    for expr in exprs:
+        names = re.findall(r"\bspinrun_[a-z_]+", expr)
+        assert names, f"no spinrun metric in {expr!r}"
+        for name in names:
+            assert name in exported, f"{name} (in {expr!r}) is not exported by the operator"
+            used += 1
+        for group in re.findall(r"by \(([^)]*)\)", expr):  # aggregation labels exist on the metric
+            for label in (x.strip() for x in group.split(",")):
+                assert any(label in exported[n] for n in names), f"label {label} of {expr!r} is on none of {names}"
+        for label in re.findall(r"\{(\w+)=~?", expr):  # selector labels too
+            assert all(label in exported[n] for n in names), f"selector label {label} missing in {expr!r}"
+        for label in re.findall(r"\{\{(\w+)\}\}", " ".join(t.get("legendFormat", "") for p in dash["panels"] for t in p["targets"])):
+            assert any(label in labels for labels in exported.values()), label
+    assert used >= 8
 
 
 # --------------------------------------------------------------------------- Dockerfiles

@@ -131,6 +131,10 @@ class SpinEmulator(kmock.KubernetesEmulator, FastMatching):
     `generateName` (kopf's events) and uid/resourceVersion/creationTimestamp on create;
     reactions are matched in O(1) per request instead of O(request log) (`FastMatching`)."""
 
+    #: Play Kueue's mutating webhook: a Job created with the queue-name label is stored suspended.
+    kueue_webhook: bool = False
+
+
     @override
     async def _handle(self, request: Any) -> Any:
         try:
@@ -141,6 +145,9 @@ class SpinEmulator(kmock.KubernetesEmulator, FastMatching):
     async def _handle_request(self, request: Any) -> Any:
         if request.action is not None and request.action.value == "CREATE" and isinstance(request.data, dict):
             meta = request.data.setdefault("metadata", {})
+            if (self.kueue_webhook and getattr(request.resource, "plural", None) == "jobs"
+                    and (meta.get("labels") or {}).get(KUEUE_QUEUE_LABEL)):
+                request.data.setdefault("spec", {})["suspend"] = True
             if not meta.get("name") and meta.get("generateName"):
                 meta["name"] = f"{meta['generateName']}{uuid.uuid4().hex[:10]}"
             meta.setdefault("uid", str(uuid.uuid4()))
@@ -255,7 +262,11 @@ def labels_match(obj: dict[str, Any], selector: list[tuple[str, str, str]]) -> b
 FOREIGN_CRDS: dict[str, dict[str, Any]] = {
     "trainer.kubeflow.org/v1alpha1/trainjobs": {"kind": "TrainJob", "singular": "trainjob", "namespaced": True,
                                                  "subresources": {"status"}},
+    "kueue.x-k8s.io/v1beta1/workloads": {"kind": "Workload", "singular": "workload", "namespaced": True,
+                                         "subresources": {"status"}},
 }
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
 
 
 class Emulator:
@@ -1077,6 +1088,92 @@ class TrainJobController:
         self.completed.append(name)
 
 
+# --------------------------------------------------------------------------- Kueue
+
+
+class KueueController:
+    """Plays Kueue (v0.19's jobframework reconciler, for batch Jobs) in one namespace: a Workload per
+    queued Job (label kueue.x-k8s.io/job-uid), admission while `quota` allows, then Kueue itself
+    unsuspends the Job; an admitted Job whose suspend flag someone else set is unsuspended again
+    (counted in `unsuspended_behind`: the patch loop a wrong client causes); a Workload with
+    spec.active false is evicted (its Job suspended) and not requeued; active again, requeued."""
+
+    def __init__(self, url: str, namespace: str, quota: int = 1, poll: float = 0.05) -> None:
+        self.api = harness_client(url)
+        self.batch, self.custom = client.BatchV1Api(self.api), client.CustomObjectsApi(self.api)
+        self.namespace, self.quota, self.poll = namespace, quota, poll
+        self.admitted: set[str] = set()  # workload names
+        self.admissions = 0
+        self.evictions = 0
+        self.unsuspended_behind = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="kueue", daemon=True)
+
+    def start(self) -> KueueController:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(10)
+
+    def _wl(self, verb: str, *args: Any, **kw: Any) -> Any:
+        return getattr(self.custom, f"{verb}_namespaced_custom_object")("kueue.x-k8s.io", "v1beta1", self.namespace, "workloads",
+                                                                       *args, **kw)
+
+    def _suspend(self, job: str, value: bool) -> None:
+        self.batch.patch_namespaced_job(job, self.namespace, {"spec": {"suspend": value}}, _content_type=MERGE,
+                                        _preload_content=False)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._tick()
+            except Exception as e:
+                self.errors.append(repr(e))
+            self._stop.wait(self.poll)
+
+    def _tick(self) -> None:
+        jobs = json.loads(self.batch.list_namespaced_job(self.namespace, label_selector=KUEUE_QUEUE_LABEL,
+                                                         _preload_content=False).data)["items"]
+        workloads = {w["metadata"]["labels"][KUEUE_JOB_UID_LABEL]: w for w in self._wl("list")["items"]}
+        for job in jobs:
+            meta, uid = job["metadata"], job["metadata"]["uid"]
+            done = any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+                       for c in (job.get("status") or {}).get("conditions") or [])
+            wl = workloads.get(uid)
+            if wl is None:
+                if done:
+                    continue
+                wl = self._wl("create", {
+                    "apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "Workload",
+                    "metadata": {"name": f"job-{meta['name']}-{uid[:5]}", "namespace": self.namespace,
+                                 "labels": {KUEUE_JOB_UID_LABEL: uid}},
+                    "spec": {"active": True, "queueName": meta["labels"][KUEUE_QUEUE_LABEL]}})
+            name = wl["metadata"]["name"]
+            if done:
+                self.admitted.discard(name)
+                continue
+            active = wl["spec"].get("active", True)
+            suspended = bool(job["spec"].get("suspend"))
+            if name in self.admitted and not active:  # deactivated: evicted, not requeued
+                self.admitted.discard(name)
+                self.evictions += 1
+                if not suspended:
+                    self._suspend(meta["name"], True)
+            elif name in self.admitted and suspended:  # someone else suspended an admitted Job
+                self.unsuspended_behind += 1
+                self._suspend(meta["name"], False)
+            elif name not in self.admitted and active and len(self.admitted) < self.quota:
+                self.admitted.add(name)
+                self.admissions += 1
+                if suspended:
+                    self._suspend(meta["name"], False)
+            elif name not in self.admitted and not suspended:  # running without admission
+                self._suspend(meta["name"], True)
+
+
 # --------------------------------------------------------------------------- garbage collector
 
 
@@ -1147,10 +1244,15 @@ class Cluster:
 
     def __init__(self, tmp: Path, *, mode: str = "instant", failures: dict[tuple[str, int], int] | None = None,
                  namespace: str = "e2e", markers: bool = True, pods: bool = False, gc_delay: float | None = None,
-                 trainjob_crd: bool = False) -> None:
+                 trainjob_crd: bool = False, kueue_quota: int | None = None) -> None:
         self.tmp = Path(tmp)
         self.namespace = namespace
-        self.emulator = Emulator(crds=("trainer.kubeflow.org/v1alpha1/trainjobs",) if trainjob_crd else ()).start()
+        crds = (("trainer.kubeflow.org/v1alpha1/trainjobs",) if trainjob_crd else ()) + (
+            ("kueue.x-k8s.io/v1beta1/workloads",) if kueue_quota is not None else ())
+        self.emulator = Emulator(crds=crds).start()
+        if kueue_quota is not None:
+            assert self.emulator.mock is not None
+            self.emulator.mock.kueue_webhook = True
         self.kubeconfig = self.emulator.kubeconfig(self.tmp / "kubeconfig.yaml")
         self.api = harness_client(self.emulator.url)
         self.custom = client.CustomObjectsApi(self.api)
@@ -1161,6 +1263,8 @@ class Cluster:
         self.gc = GarbageCollector(self.emulator.url, namespace, gc_delay).start() if gc_delay is not None else None
         #: Kubeflow Trainer's TrainJob controller, when the TrainJob CRD is installed.
         self.trainer = TrainJobController(self.kubelet, namespace).start() if trainjob_crd else None
+        #: Kueue, when `kueue_quota` (workloads admitted at once) is given.
+        self.kueue = KueueController(self.emulator.url, namespace, kueue_quota).start() if kueue_quota is not None else None
         self.operator: OperatorThread | OperatorCommand | None = None
 
     def start_operator(self, command: Sequence[str] | None = None) -> OperatorThread | OperatorCommand:
@@ -1183,6 +1287,8 @@ class Cluster:
             self.gc.stop()
         if self.trainer is not None:
             self.trainer.stop()
+        if self.kueue is not None:
+            self.kueue.stop()
         self.kubelet.stop()
         self.emulator.stop()
 

@@ -10,7 +10,7 @@ from typing import Any
 from spin_operator import launchers
 from spin_operator.kube.objects import Observed, PodState
 from spin_operator.kube.timestamps import rfc3339
-from spin_operator.reconcile.actions import Create, Delete, PatchJob
+from spin_operator.reconcile.actions import Create, Delete, PatchJob, SetWorkloadActive
 from spin_operator.reconcile.decide import Decision, reconcile
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
@@ -26,6 +26,10 @@ class Sim:
         self.decisions: list[Decision] = []
         #: Whether the training launcher's custom resource is served (None: not checked).
         self.launcher_served: bool | None = None
+        #: The deployment's settings the reconcile gets (e.g. DeploymentSettings(kueue=True)).
+        self.settings: Any = None
+        #: Kueue Workloads (de)activated: job name → spec.active
+        self.workloads_active: dict[str, bool] = {}
 
     # -- cluster view
     def kind(self, kind: str) -> list[dict[str, Any]]:
@@ -55,7 +59,7 @@ class Sim:
 
     # -- reconcile
     def tick(self, seconds: float = 1.0) -> Decision:
-        d = reconcile(self.body, self.observed(), self.now)
+        d = reconcile(self.body, self.observed(), self.now, self.settings)
         for a in d.actions:
             if isinstance(a, Create):
                 key = (a.obj["kind"], a.name)
@@ -66,6 +70,9 @@ class Sim:
                 self.objects.pop((a.kind, a.name), None)
             elif isinstance(a, PatchJob):
                 merge_patch(self.objects[(a.kind, a.name)], a.patch())
+            elif isinstance(a, SetWorkloadActive):
+                self.workloads_active[a.name] = a.active
+                merge_patch(self.objects[(a.kind, a.name)], a.annotation_patch())
         self.body["status"] = d.status_document()
         self.decisions.append(d)
         self.now += timedelta(seconds=seconds)

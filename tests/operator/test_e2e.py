@@ -252,6 +252,42 @@ def test_trainjob_launcher_without_the_crd_says_what_to_install(tmp_path: Path) 
         assert "install Kubeflow Trainer v2" in run["status"]["message"]
 
 
+@pytest.mark.parametrize("kueue_rules", [True, False], ids=["workload-active", "suspend-flag-as-before"])
+def test_suspend_and_resume_under_kueue(kueue_rules: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kueue (the harness plays its webhook and reconciler) suspends queued Jobs until admitted and
+    unsuspends an admitted Job someone else suspended. The operator, with SPIN_KUEUE_ENABLED, stops
+    and resumes a queued run through the Workload's spec.active; without it (as before #13) it
+    flips the Job's suspend flag, and Kueue flips it back: a patch loop."""
+    monkeypatch.setenv("SPIN_KUEUE_ENABLED", "true" if kueue_rules else "false")
+    with cluster(tmp_path, kueue_quota=0) as c:
+        assert c.kueue is not None
+        c.kubelet.hold.add("it0-convert")
+        c.start_operator()
+        c.create_run(run_body(spec={"iterations": 1, "queueName": "gpu-queue"}))
+        st = c.wait(lambda: (r := c.get_run("e2e")).get("status", {}).get("reason") == "WaitingForQuota" and r["status"],
+                    30, "waiting for quota")
+        assert "waiting for quota in queue gpu-queue" in st["message"]
+        c.kueue.quota = 1
+        c.wait(lambda: "e2e-it0-convert" in c.jobs() and not c.jobs()["e2e-it0-convert"]["spec"]["suspend"], 30,
+               "convert admitted and running")
+        c.patch_spec("e2e", {"suspend": True})
+        c.wait_phase("e2e", "Suspended", 10)
+        import time
+
+        time.sleep(2.0)
+        if not kueue_rules:
+            assert c.kueue.unsuspended_behind > 3, "expected the suspend-flag fight with Kueue"
+            return
+        assert c.kueue.unsuspended_behind == 0 and c.kueue.evictions == 1
+        assert c.jobs()["e2e-it0-convert"]["spec"]["suspend"] is True  # Kueue evicted it
+        c.kubelet.hold.clear()
+        c.patch_spec("e2e", {"suspend": False})
+        run = c.wait_phase("e2e", ("Complete", "Failed"), 60)
+        assert run["status"]["phase"] == "Complete", run["status"]
+        assert c.kueue.unsuspended_behind == 0
+        assert c.job_creations().count("e2e-it0-convert") == 1
+
+
 def _runtime_ready() -> str | None:
     import importlib.util
 

@@ -95,9 +95,10 @@ def step(name: str, start: str | None = None, end: str | None = None, retries: i
 
 def test_metrics_follow_status_transitions() -> None:
     key = ("metrics-test", "run-a")
-    iterations0 = sample("spinrun_iterations_completed_total")
-    retries0 = sample("spinrun_step_retries_total", step="train")
-    gen0 = sample("spinrun_step_duration_seconds_count", step="generate")
+    ns = {"namespace": "metrics-test"}
+    iterations0 = sample("spinrun_iterations_completed_total", **ns)
+    retries0 = sample("spinrun_step_retries_total", step="train", **ns)
+    gen0 = sample("spinrun_step_duration_seconds_count", step="generate", **ns)
     old = {"phase": "Generating", "iterations": [{"iteration": 0, "steps": [step("generate", "2026-01-01T00:00:00Z")]}]}
     new = {
         "phase": "Training",
@@ -108,18 +109,32 @@ def test_metrics_follow_status_transitions() -> None:
         ]}],
     }
     metrics.observe(key, {}, old)
-    assert sample("spinrun_runs", phase="Generating") >= 1
+    assert sample("spinrun_runs", phase="Generating", **ns) >= 1
     metrics.observe(key, old, new)
-    assert sample("spinrun_iterations_completed_total") == iterations0 + 1
-    assert sample("spinrun_step_retries_total", step="train") == retries0 + 2
-    assert sample("spinrun_step_duration_seconds_count", step="generate") == gen0 + 1
-    training = sample("spinrun_runs", phase="Training")
+    assert sample("spinrun_iterations_completed_total", **ns) == iterations0 + 1
+    assert sample("spinrun_step_retries_total", step="train", **ns) == retries0 + 2
+    assert sample("spinrun_step_duration_seconds_count", step="generate", **ns) == gen0 + 1
+    training = sample("spinrun_runs", phase="Training", **ns)
     assert training >= 1
     metrics.observe(key, new, new)  # no transition: nothing counted twice
-    assert sample("spinrun_iterations_completed_total") == iterations0 + 1
-    assert sample("spinrun_step_retries_total", step="train") == retries0 + 2
+    assert sample("spinrun_iterations_completed_total", **ns) == iterations0 + 1
+    assert sample("spinrun_step_retries_total", step="train", **ns) == retries0 + 2
     metrics.forget(key)
-    assert sample("spinrun_runs", phase="Training") == training - 1
+    assert sample("spinrun_runs", phase="Training", **ns) == training - 1
+
+
+def test_runs_by_phase_are_rebuilt_from_the_cluster_after_a_restart() -> None:
+    """A restarted operator reconciles every run once (kopf's resume): each reconcile records the
+    run's phase and progress, so Complete and Failed runs count again without any status change."""
+    key = ("metrics-rebuild", "finished")
+    ns = {"namespace": "metrics-rebuild"}
+    metrics.record(key, {"phase": "Complete", "completedIterations": 3}, planned=3)
+    assert sample("spinrun_runs", phase="Complete", **ns) == 1 and sample("spinrun_runs", phase="Failed", **ns) == 0
+    assert sample("spinrun_run_completed_iterations", run="finished", **ns) == 3
+    assert sample("spinrun_run_planned_iterations", run="finished", **ns) == 3
+    metrics.forget(key)
+    assert sample("spinrun_runs", phase="Complete", **ns) == 0
+    assert REGISTRY.get_sample_value("spinrun_run_completed_iterations", {"run": "finished", **ns}) is None
 
 
 def _free_port() -> int:
@@ -143,7 +158,7 @@ def test_metrics_endpoint_serves_gauges_and_counters() -> None:
         server.server_close()
         metrics.forget(("metrics-test", "run-b"))
     for phase in metrics.PHASES:
-        assert f'spinrun_runs{{phase="{phase}"}}' in text
+        assert f'spinrun_runs{{namespace="metrics-test",phase="{phase}"}}' in text
     assert 'spinrun_api_requests_total{resource="spinruns",verb="get"}' in text
     for name in ("spinrun_iterations_completed_total", "spinrun_reconcile_duration_seconds_bucket",
                  "spinrun_reconcile_errors_total", "spinrun_step_duration_seconds"):
@@ -374,3 +389,10 @@ def test_a_scheduled_look_keeps_the_earliest_and_fires_once() -> None:
         return fired
 
     assert asyncio.run(scenario()) == ["early"]
+
+
+def test_the_kueue_switch_is_read_from_the_environment() -> None:
+    assert DeploymentSettings.from_env({"SPIN_KUEUE_ENABLED": "true"}).kueue is True
+    assert DeploymentSettings.from_env({}).kueue is False
+    with pytest.raises(ValueError, match="SPIN_KUEUE_ENABLED"):
+        DeploymentSettings.from_env({"SPIN_KUEUE_ENABLED": "sometimes"})

@@ -704,3 +704,69 @@ def test_a_trainjob_is_followed_suspended_and_retried_like_a_job() -> None:
     sim.objects[("TrainJob", "demo-it0-train")]["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
     sim.tick()
     assert sim.status["lastCheckpoint"]["iteration"] == 0 and sim.status["phase"] == "Evaluating"
+
+
+# --------------------------------------------------------------------------- Kueue by Kueue's rules (issue #13)
+
+
+def _kueue_sim(**spec: object) -> Sim:
+    from spin_operator.settings import DeploymentSettings
+
+    sim = Sim(make_body(spec={"queueName": "gpu-queue", **spec}))
+    sim.settings = DeploymentSettings(kueue=True)
+    return sim
+
+
+def test_a_step_kueue_holds_says_it_waits_for_quota() -> None:
+    sim = _kueue_sim()
+    sim.tick()
+    sim.job("demo-it0-gen")["spec"]["suspend"] = True  # Kueue's webhook: suspended until admitted
+    d = sim.tick()
+    assert d.actions == []  # Kueue's suspension is Kueue's to lift
+    assert sim.status["reason"] == "WaitingForQuota" and "waiting for quota in queue gpu-queue" in sim.status["message"]
+    sim.job("demo-it0-gen")["spec"]["suspend"] = False  # admitted
+    sim.tick()
+    assert sim.status["reason"] == "StepRunning"
+
+
+def test_suspending_a_queued_run_deactivates_its_workload_and_never_touches_the_suspend_flag() -> None:
+    sim = _kueue_sim()
+    sim.tick()
+    sim.running("demo-it0-gen")
+    sim.set_spec({"suspend": True})
+    d = sim.tick()
+    assert [type(a).__name__ for a in d.actions] == ["SetWorkloadActive"]
+    assert sim.workloads_active == {"demo-it0-gen": False}
+    assert sim.job("demo-it0-gen")["spec"]["suspend"] is False  # Kueue evicts it, not us
+    assert sim.status["phase"] == "Suspended"
+    assert sim.tick().actions == []  # no patch loop while Kueue does its part
+    sim.job("demo-it0-gen")["spec"]["suspend"] = True  # Kueue evicted the workload
+    assert sim.tick().actions == []
+    sim.set_spec({"suspend": False})
+    d = sim.tick()
+    assert [type(a).__name__ for a in d.actions] == ["SetWorkloadActive"] and sim.workloads_active["demo-it0-gen"] is True
+    assert sim.tick().actions == []
+    assert sim.status["reason"] == "WaitingForQuota"  # requeued: Kueue admits it again
+
+
+def test_a_queued_run_suspended_before_a_step_starts_queues_nothing() -> None:
+    sim = _kueue_sim(suspend=True)
+    d = sim.tick()
+    assert "demo-it0-gen" not in d.creates() and sim.status["phase"] == "Suspended"
+    sim.set_spec({"suspend": False})
+    assert "demo-it0-gen" in sim.tick().creates()
+
+
+def test_gang_scheduling_needs_the_deployment_to_allow_pod_groups() -> None:
+    from spin_operator.settings import DeploymentSettings
+
+    sim = Sim(make_body(spec={"training": {"nodes": 2, "gangScheduling": {"enabled": True}},
+                              "storage": {"newClaim": {"accessModes": ["ReadWriteMany"]}}}))
+    _to_convert(sim)
+    sim.finish("demo-it0-convert")
+    d = sim.tick()
+    assert d.creates() == [] and cond(sim.status, "Progressing")["reason"] == "GangSchedulingDisabled"
+    sim.settings = DeploymentSettings(gang_scheduling=True)
+    d = sim.tick()
+    assert [(a.kind, a.name) for a in d.actions if isinstance(a, Create)] == [
+        ("Service", "demo-it0-train"), ("PodGroup", "demo-it0-train"), ("Job", "demo-it0-train")]

@@ -142,6 +142,19 @@ them. No Secrets: pods get the HF token through a secretKeyRef, resolved by the 
   resources: ["trainjobs"]
   verbs: ["list", "create", "patch", "delete"]
 {{- end }}
+{{- if .Values.gangScheduling.enabled }}
+# The PodGroup of a gang-scheduled multi-node training step (garbage-collected with the SpinRun).
+- apiGroups: ["scheduling.x-k8s.io"]
+  resources: ["podgroups"]
+  verbs: ["create"]
+{{- end }}
+{{- if .Values.kueue.enabled }}
+# Kueue's Workloads of the run's queued Jobs: found by the kueue.x-k8s.io/job-uid label and
+# (de)activated (spec.active) to suspend or resume the run by Kueue's rules.
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["list", "patch"]
+{{- end }}
 {{- end }}
 
 {{/* Cluster-scoped rules every mode needs: kopf lists and watches CRDs to find the SpinRun API. */}}

@@ -158,6 +158,8 @@ def pod_template(
     extra_env: list[dict[str, Any]] | None = None,
     subdomain: str | None = None,
     ports: list[dict[str, Any]] | None = None,
+    scheduler_name: str | None = None,
+    extra_labels: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The pod template shared by every step: init container, security, scheduling fields."""
     spec = ctx.spec
@@ -183,6 +185,8 @@ def pod_template(
     }
     if subdomain:
         pod["subdomain"] = subdomain
+    if scheduler_name:
+        pod["schedulerName"] = scheduler_name
     if spec.service_account_name:
         pod["serviceAccountName"] = spec.service_account_name
     if spec.node_selector:
@@ -193,4 +197,4 @@ def pod_template(
         pod["priorityClassName"] = spec.priority_class_name
     if spec.image_pull_secrets:
         pod["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
-    return {"metadata": {"labels": labels(ctx.run.name, ctx.iteration, step)}, "spec": pod}
+    return {"metadata": {"labels": {**labels(ctx.run.name, ctx.iteration, step), **(extra_labels or {})}}, "spec": pod}

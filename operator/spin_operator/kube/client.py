@@ -4,21 +4,30 @@ Every request is counted in the metrics; blocking calls (run them in a thread)."
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from spin_operator import launchers, metrics
+from spin_operator.builders.gang import PODGROUP_GROUP, PODGROUP_KIND, PODGROUP_PLURAL, PODGROUP_VERSION
 from spin_operator.builders.meta import LABEL_RUN
 from spin_operator.launchers.base import Launcher, api_group, api_version_only
-from spin_operator.reconcile.actions import Action, Create, Delete
+from spin_operator.reconcile.actions import Action, Create, Delete, SetWorkloadActive
 from spin_runtime.api.spec import GROUP, PLURAL, VERSION
 
 USER_AGENT = "spin-operator/0.1"
 #: Plurals of the core and batch kinds the operator creates or deletes.
-PLURALS = {"Job": "jobs", "ConfigMap": "configmaps", "Service": "services", "PersistentVolumeClaim": "persistentvolumeclaims"}
+PLURALS = {"Job": "jobs", "ConfigMap": "configmaps", "Service": "services", "PersistentVolumeClaim": "persistentvolumeclaims",
+           PODGROUP_KIND: PODGROUP_PLURAL}
 MERGE_PATCH = "application/merge-patch+json"
+#: Kueue's Workload API (served by Kueue v0.6 through v0.19, beside v1beta2) and the label that
+#: ties a Workload to its job (pkg/controller/constants: JobUIDLabel).
+KUEUE_GROUP, KUEUE_VERSION, KUEUE_WORKLOADS = "kueue.x-k8s.io", "v1beta1", "workloads"
+KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
+
+log = logging.getLogger("spin_operator")
 
 _api: client.ApiClient | None = None
 
@@ -103,7 +112,41 @@ def execute(namespace: str, action: Action) -> None:
         raise
 
 
+def set_workload_active(namespace: str, action: SetWorkloadActive) -> None:
+    """Patch `spec.active` of the Kueue Workload(s) of a job, then annotate the job; a Workload Kueue
+    has not created yet is left for the next reconcile (the annotation tells it what was done)."""
+    custom = client.CustomObjectsApi(api_client())
+    _count("list", KUEUE_WORKLOADS)
+    found = custom.list_namespaced_custom_object(
+        KUEUE_GROUP, KUEUE_VERSION, namespace, KUEUE_WORKLOADS, label_selector=f"{KUEUE_JOB_UID_LABEL}={action.job_uid}"
+    )
+    workloads = [w["metadata"]["name"] for w in found.get("items") or []]
+    if not workloads:
+        log.info(f"no Kueue Workload for {action.kind} {namespace}/{action.name} yet; the next reconcile tries again")
+        return
+    for name in workloads:
+        _count("patch", KUEUE_WORKLOADS)
+        custom.patch_namespaced_custom_object(
+            KUEUE_GROUP, KUEUE_VERSION, namespace, KUEUE_WORKLOADS, name, {"spec": {"active": action.active}},
+            _content_type=MERGE_PATCH,
+        )
+    launcher = launchers.by_kind(action.kind)
+    _count("patch", plural_of(action.kind))
+    if launcher is not None:
+        custom.patch_namespaced_custom_object(
+            api_group(launcher), api_version_only(launcher), namespace, launcher.plural, action.name, action.annotation_patch(),
+            _content_type=MERGE_PATCH,
+        )
+    else:
+        client.BatchV1Api(api_client()).patch_namespaced_job(
+            action.name, namespace, action.annotation_patch(), _content_type=MERGE_PATCH, _preload_content=False
+        )
+
+
 def _execute(namespace: str, action: Action) -> None:
+    if isinstance(action, SetWorkloadActive):
+        set_workload_active(namespace, action)
+        return
     api = api_client()
     batch, core, custom = client.BatchV1Api(api), client.CoreV1Api(api), client.CustomObjectsApi(api)
     kind = action.kind
@@ -120,6 +163,9 @@ def _execute(namespace: str, action: Action) -> None:
             custom.patch_namespaced_custom_object(
                 group, version, namespace, plural, action.name, action.patch(), _content_type=MERGE_PATCH
             )
+        return
+    if kind == PODGROUP_KIND and isinstance(action, Create):
+        custom.create_namespaced_custom_object(PODGROUP_GROUP, PODGROUP_VERSION, namespace, PODGROUP_PLURAL, action.obj)
         return
     if isinstance(action, Create):
         create = {

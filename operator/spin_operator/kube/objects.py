@@ -14,6 +14,7 @@ from spin_operator.builders.meta import (
     ANNOTATION_SUSPENDED_BY,
     LABEL_ITERATION,
     LABEL_MANAGED_BY,
+    LABEL_QUEUE,
     LABEL_RUN,
     LABEL_STEP,
     MANAGED_BY,
@@ -51,6 +52,8 @@ class JobState:
     failed_indexes: str = ""
     start_time: str | None = None
     completion_time: str | None = None
+    #: the Kueue LocalQueue of the workload (its queue-name label), "" when not queued
+    queue_name: str = ""
 
     @property
     def finished(self) -> bool:
@@ -98,6 +101,7 @@ class JobState:
             failed_indexes=str(status.get("failedIndexes") or ""),
             start_time=status.get("startTime"),
             completion_time=status.get("completionTime"),
+            queue_name=str(lab.get(LABEL_QUEUE) or ""),
         )
 
 

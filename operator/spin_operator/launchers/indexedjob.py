@@ -1,6 +1,6 @@
 """The default training launcher: an Indexed Job with one pod per node plus, for several nodes, a
-headless Service so pod 0 is reachable as `<job>-0.<service>`; each pod runs the torchrun line of
-spin_runtime.launch with its node rank from the Job's completion index."""
+headless Service so pod 0 is reachable as `<job>-0.<service>` (and a PodGroup when gang-scheduled);
+each pod runs the torchrun line of spin_runtime.launch with its node rank from the completion index."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from spin_operator.builders.context import BuildContext
+from spin_operator.builders.gang import POD_GROUP_LABEL, gang_enabled, pod_group, pod_group_name
 from spin_operator.builders.job import JOB_API_VERSION, JOB_KIND, job, suspend_patch
 from spin_operator.builders.meta import job_name, labels, metadata
 from spin_operator.builders.pod import container_resources, pod_template, run_dir, step_images
@@ -75,6 +76,8 @@ def training_job(ctx: BuildContext) -> dict[str, Any]:
         extra_env=extra_env,
         subdomain=service_name(ctx) if multi else None,
         ports=[{"name": "rendezvous", "containerPort": DEFAULT_MASTER_PORT}] if multi else None,
+        scheduler_name=tr.gang_scheduling.scheduler_name if gang_enabled(ctx) else None,
+        extra_labels={POD_GROUP_LABEL: pod_group_name(ctx)} if gang_enabled(ctx) else None,
     )
     return job(ctx, "train", template, completions=tr.nodes, indexed=True, backoff_limit=0)
 
@@ -92,7 +95,10 @@ class IndexedJobLauncher:
         return [*self.companions(ctx), training_job(ctx)]
 
     def companions(self, ctx: BuildContext) -> list[dict[str, Any]]:
-        return [headless_service(ctx)] if ctx.spec.training.nodes > 1 else []
+        """The headless Service of several nodes, and their PodGroup when scheduled as a gang."""
+        if ctx.spec.training.nodes == 1:
+            return []
+        return [headless_service(ctx), *([pod_group(ctx)] if gang_enabled(ctx) else [])]
 
     def read_state(self, obj: Mapping[str, Any]) -> JobState:
         return JobState.from_job(obj)

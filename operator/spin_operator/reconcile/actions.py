@@ -1,5 +1,5 @@
 """What a decision asks the cluster to do: create an object, delete a child, suspend or resume a
-workload. Plain values; kube/client.py executes them."""
+workload (directly, or through its Kueue Workload). Plain values; kube/client.py executes them."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from spin_operator import launchers
+from spin_operator.builders.meta import suspended_by_annotation
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,22 @@ class PatchJob:
         return launchers.suspend_patch(self.kind, self.suspend)
 
 
-Action = Create | Delete | PatchJob
+@dataclass(frozen=True)
+class SetWorkloadActive:
+    """Stop (active false) or resume a queued workload the way Kueue documents it: the `spec.active`
+    of the Kueue Workload of `job_uid`; Kueue then suspends the Job (evicted, not requeued) or
+    requeues it and unsuspends it once admitted. The workload is annotated as suspended by us."""
+
+    name: str
+    job_uid: str
+    active: bool
+    kind: str = "Job"
+
+    def annotation_patch(self) -> dict[str, Any]:
+        """The merge patch of the workload object's annotation saying who stopped it."""
+        return {"metadata": {"annotations": suspended_by_annotation(not self.active)}}
+
+
+Action = Create | Delete | PatchJob | SetWorkloadActive
 #: (Normal|Warning, CamelCase reason, message)
 Event = tuple[str, str, str]

@@ -22,6 +22,8 @@ Rules (each pinned by tests/operator/test_reconcile.py):
 - A pod that cannot start (image, config, scheduling, claim) turns Progressing False with that
   reason; after podStartupTimeoutSeconds the run fails with it.
 - activeDeadlineSeconds counts running time only: suspended time is excluded.
+- A queued workload (Kueue) is Kueue's to suspend: the run stops and resumes it through its
+  Workload's spec.active, and says "waiting for quota" while Kueue holds it.
 """
 
 from __future__ import annotations
@@ -34,13 +36,15 @@ from typing import Any
 
 from spin_operator import launchers
 from spin_operator.builders.context import BuildContext
+from spin_operator.builders.gang import gang_enabled
 from spin_operator.builders.meta import RunRef, job_name, spec_configmap_name
 from spin_operator.builders.pod import run_dir
 from spin_operator.builders.steps import step_objects
 from spin_operator.builders.storage import persistent_volume_claim, spec_config_map, spec_from_config_map
 from spin_operator.kube.objects import JobState, Observed, PodState
 from spin_operator.kube.timestamps import parse_time, rfc3339
-from spin_operator.reconcile.actions import Action, Create, Delete, Event, PatchJob
+from spin_operator.launchers.base import Unavailable
+from spin_operator.reconcile.actions import Action, Create, Delete, Event, PatchJob, SetWorkloadActive
 from spin_operator.reconcile.conditions import (
     condition,
     is_terminal,
@@ -62,6 +66,12 @@ MAX_ITERATION_HISTORY = 20
 ALWAYS_SET = ("phase", "completed_iterations", "conditions", "iterations")
 #: How often a run waiting for something without an event (old objects to be collected) looks again.
 WAIT_RECHECK_SECONDS = 5.0
+GANG_DISABLED = Unavailable(
+    "GangSchedulingDisabled",
+    "training.gangScheduling.enabled is true but this operator may not create PodGroups (Helm value "
+    "gangScheduling.enabled=false, env SPIN_GANG_SCHEDULING_ENABLED=false): ask the cluster admin to install the "
+    "scheduler-plugins Coscheduling plugin and enable it, or set training.gangScheduling.enabled: false",
+)
 #: What to do about each reason a pod cannot start.
 POD_TROUBLE_HINTS = {
     "ImagePullBackOff": "check spec.images (or the operator's image settings) and spec.imagePullSecrets",
@@ -159,6 +169,27 @@ class ReconcilePass:
     def delete_job(self, js: JobState) -> None:
         self.act(Delete(js.kind, js.name, js.api_version))
 
+    def queued_by_kueue(self, js: JobState) -> bool:
+        """Whether Kueue owns this workload's suspension (queued, and the deployment lets the
+        operator patch Kueue's Workloads)."""
+        return bool(js.queue_name) and self.settings.kueue
+
+    def stop(self, js: JobState) -> None:
+        """Suspend a workload: through its Kueue Workload when queued (Kueue unsuspends an admitted
+        Job whose suspend flag someone else set), else its own suspend flag."""
+        if self.queued_by_kueue(js):
+            if js.uid:  # a Job created in this pass has no uid yet: next pass
+                self.act(SetWorkloadActive(js.name, js.uid, False, js.kind))
+        else:
+            self.act(PatchJob(js.name, True, js.kind))
+
+    def resume(self, js: JobState) -> None:
+        if self.queued_by_kueue(js):
+            if js.uid:
+                self.act(SetWorkloadActive(js.name, js.uid, True, js.kind))
+        else:
+            self.act(PatchJob(js.name, False, js.kind))
+
     def delete_unfinished(self) -> None:
         for js in sorted(self.observed.jobs.values(), key=lambda j: j.name):
             if not js.finished:
@@ -230,8 +261,8 @@ def _invalid_spec(rec: ReconcilePass, msg: str) -> None:
     rec.cond("Failed", True, "ValidationFailed", msg)
     rec.cond("Progressing", False, "ValidationFailed", msg)
     for js in sorted(rec.observed.jobs.values(), key=lambda j: j.name):
-        if not js.finished and not js.suspended:
-            rec.act(PatchJob(js.name, True, js.kind))
+        if not js.finished and not js.suspended_by_us and not (js.suspended and not rec.queued_by_kueue(js)):
+            rec.stop(js)
 
 
 def _wait_for_foreign(rec: ReconcilePass) -> None:
@@ -345,10 +376,15 @@ def _suspension(rec: ReconcilePass, spec: SpinRunSpec) -> None:
     for js in sorted(rec.observed.jobs.values(), key=lambda j: j.name):
         if js.finished:
             continue
-        if spec.suspend and not js.suspended:
-            rec.act(PatchJob(js.name, True, js.kind))
+        if rec.queued_by_kueue(js):  # Kueue sets the flag; we (de)activate its Workload
+            if spec.suspend and not js.suspended_by_us:
+                rec.stop(js)
+            elif not spec.suspend and js.suspended_by_us:
+                rec.resume(js)
+        elif spec.suspend and not js.suspended:
+            rec.stop(js)
         elif not spec.suspend and js.suspended and js.suspended_by_us:
-            rec.act(PatchJob(js.name, False, js.kind))
+            rec.resume(js)
     if spec.suspend:
         if rec.cond("Suspended", True, "Suspended", "spec.suspend is true: Jobs are suspended; set it to false to resume"):
             rec.event("Normal", "Suspended", "run suspended: active Jobs suspended")
@@ -496,6 +532,11 @@ def _running(rec: ReconcilePass, spec: SpinRunSpec, spec_k: SpinRunSpec, k: int,
     if spec.suspend:
         rec.phase("Suspended", "Suspended", f"suspended during iteration {k}, step {step}")
         return
+    if js.suspended and not js.suspended_by_us and js.queue_name:  # Kueue holds it until admitted
+        msg = f"iteration {k}: {step} waiting for quota in queue {js.queue_name} (Kueue admits job {js.name})"
+        rec.phase(STEP_PHASE[step], "WaitingForQuota", msg)  # type: ignore[index]
+        rec.cond("Progressing", True, "WaitingForQuota", msg)
+        return
     pods = rec.observed.pods_of(k, step)
     troubled = next((p for p in pods if p.trouble), None)
     if troubled is not None:
@@ -549,11 +590,17 @@ def _start(rec: ReconcilePass, ctx: BuildContext, stage: stages.Stage, entry: St
     k, step = ctx.iteration, stage.name
     if step == "train":
         blocked = launchers.for_spec(ctx.spec).availability(rec.settings, rec.observed.launcher_served)
+        if blocked is None and gang_enabled(ctx) and not rec.settings.gang_scheduling:
+            blocked = GANG_DISABLED
         if blocked is not None:
             rec.phase(STEP_PHASE["train"], blocked.reason, blocked.message)
             if rec.cond("Progressing", False, blocked.reason, blocked.message):
                 rec.event("Warning", blocked.reason, blocked.message)
             return
+    if ctx.suspend and ctx.spec.queue_name and rec.settings.kueue:
+        # Kueue would admit and unsuspend a Job created suspended: queue nothing until resumed
+        rec.phase("Suspended", "Suspended", f"suspended before iteration {k}, step {step} (queue {ctx.spec.queue_name})")
+        return
     for obj in step_objects(ctx, stage):
         if obj["kind"] == "Service" and obj["metadata"]["name"] in rec.observed.services:
             continue

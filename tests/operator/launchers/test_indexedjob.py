@@ -43,3 +43,24 @@ def test_multi_node_training_wires_torchrun_to_pod_zero() -> None:
 def test_single_cpu_node_trains_without_torchrun() -> None:
     run, ref = run_of("cpu-single-node")
     assert train_command(BuildContext(ref, run.spec, 0)) == ["spin", "train", "--run-dir", "/data/runs/demo", "--iteration", "0"]
+
+
+def test_gang_scheduled_training_gets_a_pod_group_of_all_its_nodes() -> None:
+    from spin_operator.builders.gang import POD_GROUP_LABEL
+    from spin_operator.launchers.indexedjob import IndexedJobLauncher
+
+    run, ref = run_of("gpu-multi-node")
+    spec = run.spec.model_copy(deep=True)
+    spec.training.gang_scheduling.enabled = True
+    objs = IndexedJobLauncher().objects(BuildContext(ref, spec, 0))
+    assert [o["kind"] for o in objs] == ["Service", "PodGroup", "Job"]
+    pg, job = objs[1], objs[2]
+    assert pg["apiVersion"] == "scheduling.x-k8s.io/v1alpha1"
+    assert pg["spec"] == {"minMember": 2, "scheduleTimeoutSeconds": 600}
+    assert pg["metadata"]["ownerReferences"][0]["uid"] == ref.uid
+    pod = job["spec"]["template"]
+    assert pod["metadata"]["labels"][POD_GROUP_LABEL] == pg["metadata"]["name"] == "demo-it0-train"
+    assert pod["spec"]["schedulerName"] == "scheduler-plugins-scheduler"
+    single = spec.model_copy(deep=True)
+    single.training.nodes = 1
+    assert [o["kind"] for o in IndexedJobLauncher().objects(BuildContext(ref, single, 0))] == ["Job"]  # nothing to gang
