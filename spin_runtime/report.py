@@ -152,7 +152,7 @@ def summary_rows(run_dir: Path, metrics: dict[int, dict[str, Any]] | None = None
     start = start_model_eval(metrics)
     if start:
         rows.append(["start model", *[
-            _fmt(start.get(key), fmt) if sec == "eval" and key in ("logp_real", "logp_generated", "exact_match") else "–"
+            _fmt(start.get(key), fmt) if sec == "eval" and key in ("logp_real", "logp_generated", "exact_match", "score") else "–"
             for _, sec, key, fmt in COLUMNS
         ]])  # fmt: skip
     for k, m in sorted(metrics.items()):
@@ -363,7 +363,7 @@ def epoch_table(metrics: dict[int, dict[str, Any]]) -> list[str]:
     selectEpoch) with the one that became the iteration's model; nothing without epochs."""
     lines: list[str] = []
     for k in sorted(metrics):
-        epochs = (metrics[k].get("train") or {}).get("epochs") or {}
+        epochs = (metrics[k].get("train") or {}).get("epoch_selection") or {}
         if not epochs.get("scores"):
             continue
         if not lines:

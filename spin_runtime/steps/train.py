@@ -444,7 +444,7 @@ def run_train(
     if trainer.accelerator.is_main_process:
         metrics = train_metrics(trainer, setup)
         if epochs.wants_epochs(ctx.spec):
-            metrics["epochs"] = select_epoch(setup, final)
+            metrics["epoch_selection"] = select_epoch(setup, final)
         ctx.update_metrics("train", metrics)
         shutil.rmtree(setup.scratch, ignore_errors=True)
         ctx.mark_done({"model": layout.model_dir(iteration), "steps": metrics["summary"]["steps"]})

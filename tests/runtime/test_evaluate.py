@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -415,6 +416,7 @@ def test_evaluate_runs_lm_eval_on_local_tasks_and_stores_scores_and_version(
 
     from spin_runtime.report import summary_table
 
-    header, _, row = summary_table(run_dir).splitlines()[:3]
+    lines = summary_table(run_dir).splitlines()
+    header, row = lines[0], next(line for line in lines if re.match(r"\| iter\d", line))  # after the start model's row
     cells = [c.strip() for c in row.split("|")]
     assert cells[[c.strip() for c in header.split("|")].index("lm-eval avg")] == f"{stored['average']:.3f}"

@@ -93,7 +93,7 @@ def test_the_report_lists_every_scored_epoch_and_the_selected_one() -> None:
 
     scores = [{"epoch": e, "reward_margin": m, "reward_accuracy": 0.5, "logp_real": -3.0, "exact_match": None}
               for e, m in ((1, 0.1), (2, 0.4), (3, 0.2))]
-    lines = epoch_table({0: {"train": {"epochs": {"scores": scores, "selected": 2, "select": "best"}}}, 1: {"train": {}}})
+    lines = epoch_table({0: {"train": {"epoch_selection": {"scores": scores, "selected": 2, "select": "best"}}}, 1: {"train": {}}})
     body = [line for line in lines if line.startswith("| iter0")]
     assert len(body) == 3 and "**selected** (best)" in body[1] and "selected" not in body[0] + body[2]
     assert epoch_table({0: {"train": {}}}) == []

@@ -372,14 +372,14 @@ def test_every_epoch_is_kept_scored_and_the_best_becomes_the_model_and_a_kill_re
 
     metrics = run_train(run_dir, 0)
     assert metrics is not None and metrics["summary"]["resumed_from_step"] == 4  # the end of epoch 2
-    scores = metrics["epochs"]["scores"]
+    scores = metrics["epoch_selection"]["scores"]
     assert [s["epoch"] for s in scores] == [1, 2, 3]
     best = max(scores, key=lambda s: s["reward_margin"])
-    assert metrics["epochs"]["selected"] == best["epoch"]
+    assert metrics["epoch_selection"]["selected"] == best["epoch"]
     chosen = weights(run_dir / layout.epoch_dir(0, best["epoch"]))
     model = weights(run_dir / layout.model_dir(0))
     assert all(torch.equal(chosen[name], model[name]) for name in model)
-    saved = json.loads((run_dir / layout.metrics_path(0)).read_text())["train"]["epochs"]
+    saved = json.loads((run_dir / layout.metrics_path(0)).read_text())["train"]["epoch_selection"]
     assert saved["selected"] == best["epoch"] and len(saved["scores"]) == 3
 
 
