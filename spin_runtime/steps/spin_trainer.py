@@ -21,6 +21,7 @@ import ctypes
 import ctypes.util
 import functools
 import types
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -129,17 +130,82 @@ class CompactLogProbs(torch.autograd.Function):
         )
 
 
+def _scatter(mask: torch.Tensor, values: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """Compact per-token values back into `mask.shape`, zero elsewhere. masked_scatter keeps the
+    output connected to the graph even when no label is valid."""
+    return tuple(v.new_zeros(mask.shape).masked_scatter(mask, v) for v in values)
+
+
 def compact_log_probs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Per-token (log_probs, entropy, mean_logits, is_top1) of shape `labels.shape`, zero where
     the label is -100; `hidden` is [..., H] aligned with `labels` (already shifted)."""
     mask = labels != -100
-    logp, entropy, mean, top1 = CompactLogProbs.apply(hidden[mask], weight, labels[mask])
-    # masked_scatter keeps the output connected to the graph even when no label is valid
-    out_logp = logp.new_zeros(mask.shape).masked_scatter(mask, logp)
-    out_entropy = entropy.new_zeros(mask.shape).masked_scatter(mask, entropy)
-    out_mean = mean.new_zeros(mask.shape).masked_scatter(mask, mean)
-    out_top1 = top1.new_zeros(mask.shape).masked_scatter(mask, top1)
-    return out_logp, out_entropy, out_mean, out_top1
+    return _scatter(mask, CompactLogProbs.apply(hidden[mask], weight, labels[mask]))
+
+
+@dataclass(frozen=True)
+class PackedPairs:
+    """A preference batch with each pair's shared prompt computed once: row i holds the prompt,
+    the chosen answer, then the rejected answer, whose tokens see the prompt and themselves only
+    (not the chosen answer) and continue the prompt's positions. `predictor[j]` is the flat
+    index of the hidden state that predicts the j-th scored token, in the order of
+    `labels[:, 1:] != -100` over TRL's [chosen rows; rejected rows] batch."""
+
+    input_ids: torch.Tensor  # [pairs, length]
+    position_ids: torch.Tensor  # [pairs, length]
+    attention_mask: torch.Tensor  # [pairs, 1, length, length], True = may attend
+    predictor: torch.Tensor  # [scored tokens]
+
+
+def pack_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor) -> PackedPairs | None:
+    """`PackedPairs` of TRL's right-padded batch [chosen rows; rejected rows], or None when the
+    batch does not have that shape (odd rows, a pair whose prompts differ, an answer cut away
+    by truncation, scored tokens that are not one run at the end of a row)."""
+    rows, width = input_ids.shape
+    if rows % 2 or attention_mask is None or not right_padded(attention_mask):
+        return None
+    pairs = rows // 2
+    lengths = attention_mask.sum(1).tolist()
+    valid = labels != -100
+    starts: list[int] = []
+    for r in range(rows):
+        scored = valid[r].nonzero().flatten()
+        if scored.numel() == 0:
+            return None
+        first = int(scored[0])
+        if first < 1 or int(scored[-1]) != lengths[r] - 1 or scored.numel() != lengths[r] - first:
+            return None
+        starts.append(first)
+    for i in range(pairs):
+        p = starts[i]
+        if starts[pairs + i] != p or not torch.equal(input_ids[i, :p], input_ids[pairs + i, :p]):
+            return None
+    packed_len = [lengths[i] + lengths[pairs + i] - starts[i] for i in range(pairs)]
+    length = max(packed_len)
+    device = input_ids.device
+    ids = torch.zeros((pairs, length), dtype=input_ids.dtype, device=device)
+    pos = torch.zeros((pairs, length), dtype=torch.long, device=device)
+    allow = torch.zeros((pairs, length, length), dtype=torch.bool, device=device)
+    chosen_pred: list[torch.Tensor] = []
+    rejected_pred: list[torch.Tensor] = []
+    for i in range(pairs):
+        p, lc, lr, lp = starts[i], lengths[i], lengths[pairs + i], packed_len[i]
+        ids[i, :lc] = input_ids[i, :lc]
+        ids[i, lc:lp] = input_ids[pairs + i, p:lr]
+        pos[i, :lc] = torch.arange(lc, device=device)
+        pos[i, lc:lp] = torch.arange(p, lr, device=device)
+        allow[i, :lp, :lp] = torch.ones((lp, lp), dtype=torch.bool, device=device).tril()
+        allow[i, lc:lp, p:lc] = False  # the rejected answer never sees the chosen one
+        pad = torch.arange(lp, length, device=device)
+        allow[i, pad, pad] = True  # padding attends to itself (no empty softmax rows)
+        base = i * length
+        # chosen token t (p ≤ t < lc) is predicted by packed position t − 1
+        chosen_pred.append(base + torch.arange(p - 1, lc - 1, device=device))
+        # rejected token u (p ≤ u < lr) sits at lc + u − p; the first is predicted by the prompt's last
+        rest = torch.arange(lc, lc + (lr - p) - 1, device=device)
+        rejected_pred.append(base + torch.cat([torch.tensor([p - 1], device=device), rest]))
+    predictor = torch.cat(chosen_pred + rejected_pred)
+    return PackedPairs(ids, pos, allow[:, None], predictor)
 
 
 def right_padded(mask: torch.Tensor | None) -> bool:
@@ -165,7 +231,7 @@ def _plain_head(model: Any) -> bool:
     return head.weight.device.type == "cpu"
 
 
-def install_compact_head(model: Any) -> bool:
+def install_compact_head(model: Any, share_prompt: bool = True) -> bool:
     """Serve `model(..., labels=..., fused_lm_head=True)` with `compact_log_probs`; every other
     call goes to the forward it had (TRL's patched one, which calls the original). Returns
     False (and changes nothing) when the model's head is not a plain CPU projection."""
@@ -175,6 +241,7 @@ def install_compact_head(model: Any) -> bool:
         return False
     previous = model.forward
     drop_mask = model.config.get_text_config().model_type in CAUSAL_ARANGE_MODELS
+    share_prompts = drop_mask and share_prompt
 
     @functools.wraps(type(model).forward)
     def forward(self: Any, *args: Any, fused_lm_head: bool = False, labels: Any = None, **kwargs: Any) -> Any:
@@ -182,17 +249,33 @@ def install_compact_head(model: Any) -> bool:
             return previous(*args, fused_lm_head=fused_lm_head, labels=labels, **kwargs)
         kwargs.pop("num_items_in_batch", None)
         kwargs["use_cache"] = False
-        if drop_mask and right_padded(kwargs.get("attention_mask")):
-            # causal attention alone gives real tokens the same keys (padding only follows them):
-            # SDPA then takes its is_causal kernel with grouped-query heads instead of a
-            # materialised mask and repeated key/value heads
-            kwargs["attention_mask"] = None
-        backbone = self.base_model(*args, **kwargs)
-        hidden = backbone.last_hidden_state[:, :-1]
         shifted = labels[:, 1:]
-        log_probs, entropy, mean_logits, is_top1 = compact_log_probs(
-            hidden, self.get_output_embeddings().weight, shifted
-        )
+        weight = self.get_output_embeddings().weight
+        packed = None
+        if share_prompts and not args and set(kwargs) <= {"input_ids", "attention_mask", "use_cache"}:
+            packed = pack_pairs(kwargs["input_ids"], kwargs.get("attention_mask"), labels)
+        if packed is not None:
+            # each pair's prompt once: chosen and rejected answers attend to the same prompt states
+            backbone = self.base_model(
+                input_ids=packed.input_ids, position_ids=packed.position_ids,
+                attention_mask=packed.attention_mask, use_cache=False,
+            )  # fmt: skip
+            states = backbone.last_hidden_state
+            mask = shifted != -100
+            selected = states.reshape(-1, states.shape[-1]).index_select(0, packed.predictor)
+            log_probs, entropy, mean_logits, is_top1 = _scatter(
+                mask, CompactLogProbs.apply(selected, weight, shifted[mask])
+            )
+        else:
+            if drop_mask and right_padded(kwargs.get("attention_mask")):
+                # causal attention alone gives real tokens the same keys (padding only follows
+                # them): SDPA then takes its is_causal kernel with grouped-query heads instead of
+                # a materialised mask and repeated key/value heads
+                kwargs["attention_mask"] = None
+            backbone = self.base_model(*args, **kwargs)
+            log_probs, entropy, mean_logits, is_top1 = compact_log_probs(
+                backbone.last_hidden_state[:, :-1], weight, shifted
+            )
         mask = shifted != -100
         loss = -log_probs.sum() / mask.sum().clamp(min=1)
         return FusedCausalLMOutput(
