@@ -2,17 +2,24 @@
 
 TRL 1.16 computes per-token log-probs with a "fused LM head" that, off Triton devices, projects
 *every* position through the vocabulary (prompt and padding included, whose log-probs the loss
-masks away), folds each [tokens × 32k] tile with half a dozen full-size elementwise passes
+masks away), folds each [tokens × 32k] tile with about a dozen full-size elementwise passes
 (some multiplying by a scale of 1.0) and recomputes the projection in the backward. Here the
 same forward signature (`model(..., labels=..., fused_lm_head=True)` → log_probs, entropy,
-mean_logits, is_top1) is served by `CompactLogProbs`: only positions whose label is not -100
-are projected, each chunk's softmax is kept for the backward (one GEMM less), and the logging
-statistics are computed without gradient. The SPIN loss itself is still TRL's `_compute_loss`,
-unchanged; only the log-probs it reads come from here.
+mean_logits, is_top1) is served differently:
 
-Everything else TRL does stays: the fast head is installed only on CPU models without logit
-scaling or soft-capping, outside DeepSpeed, and when no loss weighting needs `log_sum_sq_probs`;
-otherwise the trainer is TRL's as is.
+- `CompactLogProbs`: only positions whose label is not -100 are projected; each chunk's
+  exp(z − max) is kept for the backward (two GEMMs there instead of three); the logging
+  statistics are computed without gradient.
+- `pack_pairs`: a pair's chosen and rejected answers share their prompt, so the prompt runs
+  through the model once; the rejected answer is masked from the chosen one and continues the
+  prompt's positions, which gives every scored token exactly the context it has in TRL's batch.
+- Right-padded batches that cannot be packed drop the attention mask (causal attention gives
+  real tokens the same keys), so SDPA takes its causal kernel.
+
+The SPIN loss itself is still TRL's `_compute_loss`, unchanged; only the log-probs it reads come
+from here (tests pin losses, metrics and gradients to TRL's on the same batch). The fast head is
+installed only on CPU models without logit scaling or soft-capping, outside DeepSpeed, and when
+no loss weighting needs `log_sum_sq_probs`; otherwise the trainer is TRL's as is.
 """
 
 from __future__ import annotations
