@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -250,7 +250,6 @@ class _Running:
     log: Path
     started: float
     pump: threading.Thread | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def poll(self) -> int | None:
         code = self.proc.poll()
