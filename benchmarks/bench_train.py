@@ -274,7 +274,10 @@ def gemm_probe() -> float:
 
 
 def _expect(conn: Any, kind: str) -> Any:
-    msg, payload = conn.recv()
+    try:
+        msg, payload = conn.recv()
+    except EOFError:
+        raise RuntimeError(f"a worker died while {kind!r} was expected (killed for memory? see dmesg)") from None
     if msg != kind:
         raise RuntimeError(f"worker sent {msg!r} while {kind!r} was expected")
     return payload
@@ -443,10 +446,17 @@ def main() -> int:
                 f"- {set_name}: spin-fast vs TRL defaults **{paired_ratio(base, fast):.2f}×** (paired; medians "
                 f"{fast['tokens_per_second'] / base['tokens_per_second']:.2f}×; target ≥ 1.8×), "
                 f"{fast['fraction_of_gemm_peak']:.2f} of the best GEMM probe and "
-                f"{fast['fraction_of_adjacent_gemm_probe']:.2f} of the probe after each step (target ≥ 0.6)"
+                f"{fast['fraction_of_adjacent_gemm_probe']:.2f} of the probe after each step (target ≥ 0.6); "
+                f"per CPU-second {fast['tokens_per_cpu_second_x_threads'] / base['tokens_per_cpu_second_x_threads']:.2f}×"
                 + (f"; before this fast path: {paired_ratio(base, before):.2f}×, "
                    f"{before['fraction_of_gemm_peak']:.2f} of the peak." if before else ".")
             )  # fmt: skip
+        _write(a, params, sets, notes, t_start)
+    return 0
+
+
+def _write(a: Any, params: int, sets: dict[str, Any], notes: list[str], t_start: float) -> None:
+    """train.json and train.md with the sets measured so far."""
     result = {
         "command": "python benchmarks/bench_train.py " + " ".join(sys.argv[1:]),
         "steps": a.steps,
@@ -460,8 +470,7 @@ def main() -> int:
     }
     (RESULTS / "train.json").write_text(json.dumps(result, indent=2) + "\n")
     write_markdown(result, RESULTS / "train.md")
-    print((RESULTS / "train.md").read_text())
-    return 0
+    print((RESULTS / "train.md").read_text(), flush=True)
 
 
 def _native_bf16() -> bool:

@@ -24,8 +24,6 @@ no loss weighting needs `log_sum_sq_probs`; otherwise the trainer is TRL's as is
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
 import types
 from dataclasses import dataclass
@@ -294,25 +292,6 @@ def install_compact_head(model: Any, share_prompt: bool = True) -> bool:
     return True
 
 
-def keep_freed_memory() -> bool:
-    """Ask glibc to keep freed memory for reuse instead of returning it to the OS at once: a
-    training step frees and re-requests the same large buffers every step, and each fresh
-    mmap costs page faults (measured: a quarter of the step time spent in the kernel).
-    Returns False where glibc's `mallopt` is not available."""
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    ok = mallopt(m_mmap_threshold, 32 * 1024 * 1024)  # glibc's largest: bigger blocks still use mmap
-    ok &= mallopt(m_trim_threshold, 4 * 1024 * 1024 * 1024)
-    return bool(ok)
-
-
 class SpinDPOTrainer(DPOTrainer):
     """`DPOTrainer` whose per-token log-probs come from `CompactLogProbs` on CPU (the policy,
     and a live reference model when there is one). Loss, metrics and everything else are TRL's."""
@@ -321,8 +300,6 @@ class SpinDPOTrainer(DPOTrainer):
         self.compact_head = False
         super().__init__(*args, **kwargs)
         self._install_fast_head()
-        if self.compact_head:
-            keep_freed_memory()
 
     def _install_fast_head(self) -> None:
         if getattr(self, "use_weighting", False) or getattr(self, "is_deepspeed_enabled", False):
