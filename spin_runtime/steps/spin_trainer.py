@@ -24,6 +24,7 @@ no loss weighting needs `log_sum_sq_probs`; otherwise the trainer is TRL's as is
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import types
 from dataclasses import dataclass
@@ -160,6 +161,11 @@ class PackedPairs:
     position_ids: torch.Tensor  # [pairs, length]
     attention_mask: torch.Tensor  # [pairs, 1, length, length], True = may attend
     predictor: torch.Tensor  # [scored tokens]
+    #: attention in TRL's layout: packed position of every [row, position] of the unpacked batch,
+    #: and the unpacked [row, position] whose attention output each packed position takes
+    unpacked_shape: tuple[int, int] = (0, 0)
+    to_unpacked: torch.Tensor | None = None  # [rows × width] indices into packed positions
+    to_packed: torch.Tensor | None = None  # [pairs × length] indices into unpacked positions
 
 
 def pack_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor) -> PackedPairs | None:
@@ -193,6 +199,9 @@ def pack_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, lab
     allow = torch.zeros((pairs, length, length), dtype=torch.bool, device=device)
     chosen_pred: list[torch.Tensor] = []
     rejected_pred: list[torch.Tensor] = []
+    uwidth = max(lengths)
+    to_unpacked = torch.zeros((rows, uwidth), dtype=torch.long, device=device)
+    to_packed = torch.zeros((pairs, length), dtype=torch.long, device=device)
     for i in range(pairs):
         p, lc, lr, lp = starts[i], lengths[i], lengths[pairs + i], packed_len[i]
         ids[i, :lc] = input_ids[i, :lc]
@@ -209,8 +218,52 @@ def pack_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, lab
         # rejected token u (p ≤ u < lr) sits at lc + u − p; the first is predicted by the prompt's last
         rest = torch.arange(lc, lc + (lr - p) - 1, device=device)
         rejected_pred.append(base + torch.cat([torch.tensor([p - 1], device=device), rest]))
+        # TRL's chosen row i = packed 0..lc−1; its rejected row = the prompt, then packed lc..lp−1
+        to_unpacked[i, :lc] = base + torch.arange(lc, device=device)
+        to_unpacked[i, lc:] = base
+        to_unpacked[pairs + i, :p] = base + torch.arange(p, device=device)
+        to_unpacked[pairs + i, p:lr] = base + torch.arange(lc, lp, device=device)
+        to_unpacked[pairs + i, lr:] = base
+        to_packed[i, :lc] = i * uwidth + torch.arange(lc, device=device)
+        to_packed[i, lc:lp] = (pairs + i) * uwidth + torch.arange(p, lr, device=device)
+        to_packed[i, lp:] = i * uwidth
     predictor = torch.cat(chosen_pred + rejected_pred)
-    return PackedPairs(ids, pos, allow[:, None], predictor)
+    return PackedPairs(ids, pos, allow[:, None], predictor, (rows, uwidth), to_unpacked.flatten(), to_packed.flatten())
+
+
+#: The packed batch whose attention `packed_attention` may compute in TRL's layout (set only
+#: while the policy's forward runs; a recomputation under gradient checkpointing finds it unset
+#: and uses the mask).
+_PACKED: contextvars.ContextVar[PackedPairs | None] = contextvars.ContextVar("spin_packed", default=None)
+#: Name under which `packed_attention` is registered with transformers' AttentionInterface.
+PACKED_ATTENTION = "spin_packed_sdpa"
+
+
+def packed_attention(
+    module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any, **kwargs: Any
+) -> tuple[torch.Tensor, None]:
+    """SDPA for packed pairs: the packed queries, keys and values are laid out as TRL's unpacked
+    batch (the prompt's once-computed keys and values copied to both rows), attended causally
+    with grouped-query heads, and laid back: a causal kernel over 2·B·L²/2 instead of a masked
+    one over B·(2L − prompt)². Anything else goes to transformers' own SDPA."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    packed = _PACKED.get()
+    if packed is None or attention_mask is not packed.attention_mask or packed.to_unpacked is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    rows, width = packed.unpacked_shape
+    pairs, _, length, dim = query.shape
+
+    def unpack(x: torch.Tensor) -> torch.Tensor:  # [pairs, heads, length, dim] → [rows, heads, width, dim]
+        flat = x.transpose(1, 2).reshape(pairs * length, x.shape[1], dim)
+        return flat.index_select(0, packed.to_unpacked).view(rows, width, x.shape[1], dim).transpose(1, 2)
+
+    out = torch.nn.functional.scaled_dot_product_attention(
+        unpack(query), unpack(key), unpack(value), is_causal=True, scale=kwargs.get("scaling"),
+        enable_gqa=query.shape[1] != key.shape[1],
+    )  # fmt: skip
+    flat = out.transpose(1, 2).reshape(rows * width, query.shape[1], dim)
+    return flat.index_select(0, packed.to_packed).view(pairs, length, query.shape[1], dim), None
 
 
 def right_padded(mask: torch.Tensor | None) -> bool:
@@ -236,6 +289,17 @@ def _plain_head(model: Any) -> bool:
     return head.weight.device.type == "cpu"
 
 
+def _use_packed_attention(model: Any) -> bool:
+    """Route the model's SDPA through `packed_attention` (a no-op outside packed forwards)."""
+    if model.config._attn_implementation != "sdpa":
+        return False
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(PACKED_ATTENTION, packed_attention)
+    model.config._attn_implementation = PACKED_ATTENTION  # not saved: config.json omits it
+    return True
+
+
 def install_compact_head(model: Any, share_prompt: bool = True) -> bool:
     """Serve `model(..., labels=..., fused_lm_head=True)` with `compact_log_probs`; every other
     call goes to the forward it had (TRL's patched one, which calls the original). Returns
@@ -247,6 +311,7 @@ def install_compact_head(model: Any, share_prompt: bool = True) -> bool:
     previous = model.forward
     drop_mask = model.config.get_text_config().model_type in CAUSAL_ARANGE_MODELS
     share_prompts = drop_mask and share_prompt
+    fast_attention = share_prompts and _use_packed_attention(model)
 
     @functools.wraps(type(model).forward)
     def forward(self: Any, *args: Any, fused_lm_head: bool = False, labels: Any = None, **kwargs: Any) -> Any:
@@ -261,10 +326,14 @@ def install_compact_head(model: Any, share_prompt: bool = True) -> bool:
             packed = pack_pairs(kwargs["input_ids"], kwargs.get("attention_mask"), labels)
         if packed is not None:
             # each pair's prompt once: chosen and rejected answers attend to the same prompt states
-            backbone = self.base_model(
-                input_ids=packed.input_ids, position_ids=packed.position_ids,
-                attention_mask=packed.attention_mask, use_cache=False,
-            )  # fmt: skip
+            token = _PACKED.set(packed if fast_attention else None)
+            try:
+                backbone = self.base_model(
+                    input_ids=packed.input_ids, position_ids=packed.position_ids,
+                    attention_mask=packed.attention_mask, use_cache=False,
+                )  # fmt: skip
+            finally:
+                _PACKED.reset(token)
             states = backbone.last_hidden_state
             mask = shifted != -100
             selected = states.reshape(-1, states.shape[-1]).index_select(0, packed.predictor)

@@ -217,3 +217,21 @@ def test_packed_and_unpacked_forwards_give_the_same_log_probs_and_gradients(tmp_
     assert torch.equal(packed.is_top1, plain.is_top1)
     for name, g in plain_grads.items():
         torch.testing.assert_close(packed_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_packed_attention_is_used_only_in_training_forwards_and_never_saved(tmp_path: Path, tiny_model_dir: Path) -> None:
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from spin_runtime.steps import spin_trainer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    assert install_compact_head(model)
+    assert model.config._attn_implementation == spin_trainer.PACKED_ATTENTION
+    plain = model(input_ids=torch.tensor([[5, 6, 7, 8]])).logits  # outside a packed forward: transformers' SDPA
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    torch.testing.assert_close(plain, reference(input_ids=torch.tensor([[5, 6, 7, 8]])).logits)
+    model.save_pretrained(tmp_path / "saved")
+    config = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert spin_trainer.PACKED_ATTENTION not in json.dumps(config)
