@@ -166,6 +166,7 @@ class PackedPairs:
     unpacked_shape: tuple[int, int] = (0, 0)
     to_unpacked: torch.Tensor | None = None  # [rows × width] indices into packed positions
     to_packed: torch.Tensor | None = None  # [pairs × length] indices into unpacked positions
+    tokens: int = 0  # real (non-padding) tokens of the packed rows
 
 
 def pack_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor) -> PackedPairs | None:
@@ -228,7 +229,9 @@ def pack_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, lab
         to_packed[i, lc:lp] = (pairs + i) * uwidth + torch.arange(p, lr, device=device)
         to_packed[i, lp:] = i * uwidth
     predictor = torch.cat(chosen_pred + rejected_pred)
-    return PackedPairs(ids, pos, allow[:, None], predictor, (rows, uwidth), to_unpacked.flatten(), to_packed.flatten())
+    return PackedPairs(
+        ids, pos, allow[:, None], predictor, (rows, uwidth), to_unpacked.flatten(), to_packed.flatten(), sum(packed_len)
+    )
 
 
 #: The packed batch whose attention `packed_attention` may compute in TRL's layout (set only
@@ -324,6 +327,8 @@ def install_compact_head(model: Any, share_prompt: bool = True) -> bool:
         packed = None
         if share_prompts and not args and set(kwargs) <= {"input_ids", "attention_mask", "use_cache"}:
             packed = pack_pairs(kwargs["input_ids"], kwargs.get("attention_mask"), labels)
+        given_mask = kwargs.get("attention_mask")
+        tokens = packed.tokens if packed is not None else int(given_mask.sum()) if given_mask is not None else 0
         if packed is not None:
             # each pair's prompt once: chosen and rejected answers attend to the same prompt states
             token = _PACKED.set(packed if fast_attention else None)
@@ -351,12 +356,16 @@ def install_compact_head(model: Any, share_prompt: bool = True) -> bool:
                 backbone.last_hidden_state[:, :-1], weight, shifted
             )
         mask = shifted != -100
+        if torch.is_grad_enabled():  # the tokens a training forward ran through the model and its head
+            self.spin_work["backbone_tokens"] += tokens or int(shifted.shape[0] * labels.shape[1])
+            self.spin_work["head_tokens"] += int(mask.sum())
         loss = -log_probs.sum() / mask.sum().clamp(min=1)
         return FusedCausalLMOutput(
             loss=loss, log_probs=log_probs, entropy=entropy, mean_logits=mean_logits, is_top1=is_top1, label_mask=mask
         )
 
     model.forward = types.MethodType(forward, model)
+    model.spin_work = {"backbone_tokens": 0, "head_tokens": 0}
     setattr(model, _MARK, True)
     return True
 
