@@ -96,7 +96,6 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=3, help="steps to run; the last one is profiled")
     p.add_argument("--pairs-per-step", type=int, default=0, help="default: 4 (long) or 8 (demo)")
     p.add_argument("--top", type=int, default=22)
-    p.add_argument("--default-malloc", action="store_true", help="fast trainer without keep_freed_memory()")
     a = p.parse_args()
     os.environ.setdefault("SPIN_CACHE_DIR", str(REPO / ".cache" / "spinrun"))
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -107,10 +106,6 @@ def main() -> int:
     from spin_runtime.modeling.models import resolve_source
 
     torch.set_num_threads(2)
-    if a.default_malloc:
-        from spin_runtime.steps import spin_trainer
-
-        spin_trainer.keep_freed_memory = lambda: False
     pairs_per_step = a.pairs_per_step or (4 if a.pairs == "long" else 8)
     model_dir = resolve_source(ModelSource(builtin="smollm2-135m-instruct"))
     prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -211,17 +211,20 @@ class Console:
             self._live = ""
 
 
-def live_text(labels: Sequence[str], records: Sequence[dict[str, Any] | None], now: float | None = None) -> str:
-    """The live line for the running steps: one step's label, bar and progress, or for several
-    shards their counts and rates added up (ETA = the slowest)."""
+def live_text(
+    labels: Sequence[str], records: Sequence[dict[str, Any] | None], now: float | None = None, bar: bool = True
+) -> str:
+    """The live line for the running steps: one step's label, bar (on a terminal) and progress,
+    or for several shards their counts and rates added up (ETA = the slowest)."""
     now = time.time() if now is None else now
+    draw = _bar if bar else (lambda frac: "")
     if not labels:
         return ""
     if len(labels) == 1:
         rec = records[0]
         if rec is None:
             return f"{labels[0]} … starting"
-        return f"{labels[0]} {_bar(progress.fraction(rec))}{progress.describe(rec, now)}"
+        return f"{labels[0]} {draw(progress.fraction(rec))}{progress.describe(rec, now)}"
     known = [r for r in records if r is not None]
     done = sum(r.get("done") or 0 for r in known)
     total = sum(r.get("total") or 0 for r in known)
@@ -233,7 +236,7 @@ def live_text(labels: Sequence[str], records: Sequence[dict[str, Any] | None], n
     if etas and all(e is not None for e in etas):
         parts.append(f"ETA {progress.fmt_duration(max(e for e in etas if e is not None))}")
     frac = done / total if total else None
-    return f"{len(labels)} shards running ({', '.join(labels)}) {_bar(frac)}" + " · ".join(parts)
+    return f"{len(labels)} shards running ({', '.join(labels)}) {draw(frac)}" + " · ".join(parts)
 
 
 # --------------------------------------------------------------------------- running steps
@@ -247,7 +250,6 @@ class _Running:
     log: Path
     started: float
     pump: threading.Thread | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def poll(self) -> int | None:
         code = self.proc.poll()
@@ -320,10 +322,10 @@ class StageRunner:
         runs = list(self.running.values())
         records = [progress.read_progress(progress.progress_file(self.run_dir, r.launch.step)) for r in runs]
         if len(runs) == 1:
-            self.console.live(live_text([runs[0].label], records))
+            self.console.live(live_text([runs[0].label], records, bar=self.console.tty))
         else:
             names = [progress.step_stem(r.launch.step).replace("generate-", "") for r in runs]
-            self.console.live(live_text(names, records))
+            self.console.live(live_text(names, records, bar=self.console.tty))
 
     def finished(self, launch_: Launch, code: int) -> None:
         step = launch_.step

@@ -285,7 +285,7 @@ def _plot_logps(metrics: dict[int, dict[str, Any]], out: Path) -> Path | None:
     for x, (a, b) in enumerate(zip(real, own, strict=True)):
         if a is not None and b is not None:
             ax.vlines(x, min(a, b), max(a, b), color=START_COLOUR, lw=0.8, ls=":")
-            ax.annotate(f"gap {abs(b - a):.1f}", (x, (a + b) / 2), textcoords="offset points", xytext=(5, 0),
+            ax.annotate(f"gap {abs(b - a):.1f}", (x, (a + b) / 2), textcoords="offset points", xytext=(8, -4),
                         fontsize=8, color=START_COLOUR)  # fmt: skip
     ax.set_xticks(xs, [r["model"] for r in rows])
     ax.set(title="held-out: each model's log p of real vs its own answers", ylabel="mean summed log-prob")

@@ -2,25 +2,32 @@
 
 TRL 1.16 computes per-token log-probs with a "fused LM head" that, off Triton devices, projects
 *every* position through the vocabulary (prompt and padding included, whose log-probs the loss
-masks away), folds each [tokens × 32k] tile with half a dozen full-size elementwise passes
+masks away), folds each [tokens × 32k] tile with about a dozen full-size elementwise passes
 (some multiplying by a scale of 1.0) and recomputes the projection in the backward. Here the
 same forward signature (`model(..., labels=..., fused_lm_head=True)` → log_probs, entropy,
-mean_logits, is_top1) is served by `CompactLogProbs`: only positions whose label is not -100
-are projected, each chunk's softmax is kept for the backward (one GEMM less), and the logging
-statistics are computed without gradient. The SPIN loss itself is still TRL's `_compute_loss`,
-unchanged; only the log-probs it reads come from here.
+mean_logits, is_top1) is served differently:
 
-Everything else TRL does stays: the fast head is installed only on CPU models without logit
-scaling or soft-capping, outside DeepSpeed, and when no loss weighting needs `log_sum_sq_probs`;
-otherwise the trainer is TRL's as is.
+- `CompactLogProbs`: only positions whose label is not -100 are projected; each chunk's
+  exp(z − max) is kept for the backward (two GEMMs there instead of three); the logging
+  statistics are computed without gradient.
+- `pack_pairs`: a pair's chosen and rejected answers share their prompt, so the prompt runs
+  through the model once; the rejected answer is masked from the chosen one and continues the
+  prompt's positions, which gives every scored token exactly the context it has in TRL's batch.
+- Right-padded batches that cannot be packed drop the attention mask (causal attention gives
+  real tokens the same keys), so SDPA takes its causal kernel.
+
+The SPIN loss itself is still TRL's `_compute_loss`, unchanged; only the log-probs it reads come
+from here (tests pin losses, metrics and gradients to TRL's on the same batch). The fast head is
+installed only on CPU models without logit scaling or soft-capping, outside DeepSpeed, and when
+no loss weighting needs `log_sum_sq_probs`; otherwise the trainer is TRL's as is.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
+import contextvars
 import functools
 import types
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -129,17 +136,137 @@ class CompactLogProbs(torch.autograd.Function):
         )
 
 
+def _scatter(mask: torch.Tensor, values: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """Compact per-token values back into `mask.shape`, zero elsewhere. masked_scatter keeps the
+    output connected to the graph even when no label is valid."""
+    return tuple(v.new_zeros(mask.shape).masked_scatter(mask, v) for v in values)
+
+
 def compact_log_probs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Per-token (log_probs, entropy, mean_logits, is_top1) of shape `labels.shape`, zero where
     the label is -100; `hidden` is [..., H] aligned with `labels` (already shifted)."""
     mask = labels != -100
-    logp, entropy, mean, top1 = CompactLogProbs.apply(hidden[mask], weight, labels[mask])
-    # masked_scatter keeps the output connected to the graph even when no label is valid
-    out_logp = logp.new_zeros(mask.shape).masked_scatter(mask, logp)
-    out_entropy = entropy.new_zeros(mask.shape).masked_scatter(mask, entropy)
-    out_mean = mean.new_zeros(mask.shape).masked_scatter(mask, mean)
-    out_top1 = top1.new_zeros(mask.shape).masked_scatter(mask, top1)
-    return out_logp, out_entropy, out_mean, out_top1
+    return _scatter(mask, CompactLogProbs.apply(hidden[mask], weight, labels[mask]))
+
+
+@dataclass(frozen=True)
+class PackedPairs:
+    """A preference batch with each pair's shared prompt computed once: row i holds the prompt,
+    the chosen answer, then the rejected answer, whose tokens see the prompt and themselves only
+    (not the chosen answer) and continue the prompt's positions. `predictor[j]` is the flat
+    index of the hidden state that predicts the j-th scored token, in the order of
+    `labels[:, 1:] != -100` over TRL's [chosen rows; rejected rows] batch."""
+
+    input_ids: torch.Tensor  # [pairs, length]
+    position_ids: torch.Tensor  # [pairs, length]
+    attention_mask: torch.Tensor  # [pairs, 1, length, length], True = may attend
+    predictor: torch.Tensor  # [scored tokens]
+    #: attention in TRL's layout: packed position of every [row, position] of the unpacked batch,
+    #: and the unpacked [row, position] whose attention output each packed position takes
+    unpacked_shape: tuple[int, int] = (0, 0)
+    to_unpacked: torch.Tensor | None = None  # [rows × width] indices into packed positions
+    to_packed: torch.Tensor | None = None  # [pairs × length] indices into unpacked positions
+    tokens: int = 0  # real (non-padding) tokens of the packed rows
+
+
+def pack_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor) -> PackedPairs | None:
+    """`PackedPairs` of TRL's right-padded batch [chosen rows; rejected rows], or None when the
+    batch does not have that shape (odd rows, a pair whose prompts differ, an answer cut away
+    by truncation, scored tokens that are not one run at the end of a row)."""
+    rows, width = input_ids.shape
+    if rows % 2 or attention_mask is None or not right_padded(attention_mask):
+        return None
+    pairs = rows // 2
+    lengths = attention_mask.sum(1).tolist()
+    valid = labels != -100
+    starts: list[int] = []
+    for r in range(rows):
+        scored = valid[r].nonzero().flatten()
+        if scored.numel() == 0:
+            return None
+        first = int(scored[0])
+        if first < 1 or int(scored[-1]) != lengths[r] - 1 or scored.numel() != lengths[r] - first:
+            return None
+        starts.append(first)
+    for i in range(pairs):
+        p = starts[i]
+        if starts[pairs + i] != p or not torch.equal(input_ids[i, :p], input_ids[pairs + i, :p]):
+            return None
+    packed_len = [lengths[i] + lengths[pairs + i] - starts[i] for i in range(pairs)]
+    length = max(packed_len)
+    device = input_ids.device
+    ids = torch.zeros((pairs, length), dtype=input_ids.dtype, device=device)
+    pos = torch.zeros((pairs, length), dtype=torch.long, device=device)
+    allow = torch.zeros((pairs, length, length), dtype=torch.bool, device=device)
+    chosen_pred: list[torch.Tensor] = []
+    rejected_pred: list[torch.Tensor] = []
+    uwidth = max(lengths)
+    to_unpacked = torch.zeros((rows, uwidth), dtype=torch.long, device=device)
+    to_packed = torch.zeros((pairs, length), dtype=torch.long, device=device)
+    for i in range(pairs):
+        p, lc, lr, lp = starts[i], lengths[i], lengths[pairs + i], packed_len[i]
+        ids[i, :lc] = input_ids[i, :lc]
+        ids[i, lc:lp] = input_ids[pairs + i, p:lr]
+        pos[i, :lc] = torch.arange(lc, device=device)
+        pos[i, lc:lp] = torch.arange(p, lr, device=device)
+        allow[i, :lp, :lp] = torch.ones((lp, lp), dtype=torch.bool, device=device).tril()
+        allow[i, lc:lp, p:lc] = False  # the rejected answer never sees the chosen one
+        pad = torch.arange(lp, length, device=device)
+        allow[i, pad, pad] = True  # padding attends to itself (no empty softmax rows)
+        base = i * length
+        # chosen token t (p ≤ t < lc) is predicted by packed position t − 1
+        chosen_pred.append(base + torch.arange(p - 1, lc - 1, device=device))
+        # rejected token u (p ≤ u < lr) sits at lc + u − p; the first is predicted by the prompt's last
+        rest = torch.arange(lc, lc + (lr - p) - 1, device=device)
+        rejected_pred.append(base + torch.cat([torch.tensor([p - 1], device=device), rest]))
+        # TRL's chosen row i = packed 0..lc−1; its rejected row = the prompt, then packed lc..lp−1
+        to_unpacked[i, :lc] = base + torch.arange(lc, device=device)
+        to_unpacked[i, lc:] = base
+        to_unpacked[pairs + i, :p] = base + torch.arange(p, device=device)
+        to_unpacked[pairs + i, p:lr] = base + torch.arange(lc, lp, device=device)
+        to_unpacked[pairs + i, lr:] = base
+        to_packed[i, :lc] = i * uwidth + torch.arange(lc, device=device)
+        to_packed[i, lc:lp] = (pairs + i) * uwidth + torch.arange(p, lr, device=device)
+        to_packed[i, lp:] = i * uwidth
+    predictor = torch.cat(chosen_pred + rejected_pred)
+    return PackedPairs(
+        ids, pos, allow[:, None], predictor, (rows, uwidth), to_unpacked.flatten(), to_packed.flatten(), sum(packed_len)
+    )
+
+
+#: The packed batch whose attention `packed_attention` may compute in TRL's layout (set only
+#: while the policy's forward runs; a recomputation under gradient checkpointing finds it unset
+#: and uses the mask).
+_PACKED: contextvars.ContextVar[PackedPairs | None] = contextvars.ContextVar("spin_packed", default=None)
+#: Name under which `packed_attention` is registered with transformers' AttentionInterface.
+PACKED_ATTENTION = "spin_packed_sdpa"
+
+
+def packed_attention(
+    module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any, **kwargs: Any
+) -> tuple[torch.Tensor, None]:
+    """SDPA for packed pairs: the packed queries, keys and values are laid out as TRL's unpacked
+    batch (the prompt's once-computed keys and values copied to both rows), attended causally
+    with grouped-query heads, and laid back: a causal kernel over 2·B·L²/2 instead of a masked
+    one over B·(2L − prompt)². Anything else goes to transformers' own SDPA."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    packed = _PACKED.get()
+    if packed is None or attention_mask is not packed.attention_mask or packed.to_unpacked is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    rows, width = packed.unpacked_shape
+    pairs, _, length, dim = query.shape
+
+    def unpack(x: torch.Tensor) -> torch.Tensor:  # [pairs, heads, length, dim] → [rows, heads, width, dim]
+        flat = x.transpose(1, 2).reshape(pairs * length, x.shape[1], dim)
+        return flat.index_select(0, packed.to_unpacked).view(rows, width, x.shape[1], dim).transpose(1, 2)
+
+    out = torch.nn.functional.scaled_dot_product_attention(
+        unpack(query), unpack(key), unpack(value), is_causal=True, scale=kwargs.get("scaling"),
+        enable_gqa=query.shape[1] != key.shape[1],
+    )  # fmt: skip
+    flat = out.transpose(1, 2).reshape(rows * width, query.shape[1], dim)
+    return flat.index_select(0, packed.to_packed).view(pairs, length, query.shape[1], dim), None
 
 
 def right_padded(mask: torch.Tensor | None) -> bool:
@@ -165,7 +292,18 @@ def _plain_head(model: Any) -> bool:
     return head.weight.device.type == "cpu"
 
 
-def install_compact_head(model: Any) -> bool:
+def _use_packed_attention(model: Any) -> bool:
+    """Route the model's SDPA through `packed_attention` (a no-op outside packed forwards)."""
+    if model.config._attn_implementation != "sdpa":
+        return False
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(PACKED_ATTENTION, packed_attention)
+    model.config._attn_implementation = PACKED_ATTENTION  # not saved: config.json omits it
+    return True
+
+
+def install_compact_head(model: Any, share_prompt: bool = True) -> bool:
     """Serve `model(..., labels=..., fused_lm_head=True)` with `compact_log_probs`; every other
     call goes to the forward it had (TRL's patched one, which calls the original). Returns
     False (and changes nothing) when the model's head is not a plain CPU projection."""
@@ -175,6 +313,8 @@ def install_compact_head(model: Any) -> bool:
         return False
     previous = model.forward
     drop_mask = model.config.get_text_config().model_type in CAUSAL_ARANGE_MODELS
+    share_prompts = drop_mask and share_prompt
+    fast_attention = share_prompts and _use_packed_attention(model)
 
     @functools.wraps(type(model).forward)
     def forward(self: Any, *args: Any, fused_lm_head: bool = False, labels: Any = None, **kwargs: Any) -> Any:
@@ -182,45 +322,52 @@ def install_compact_head(model: Any) -> bool:
             return previous(*args, fused_lm_head=fused_lm_head, labels=labels, **kwargs)
         kwargs.pop("num_items_in_batch", None)
         kwargs["use_cache"] = False
-        if drop_mask and right_padded(kwargs.get("attention_mask")):
-            # causal attention alone gives real tokens the same keys (padding only follows them):
-            # SDPA then takes its is_causal kernel with grouped-query heads instead of a
-            # materialised mask and repeated key/value heads
-            kwargs["attention_mask"] = None
-        backbone = self.base_model(*args, **kwargs)
-        hidden = backbone.last_hidden_state[:, :-1]
         shifted = labels[:, 1:]
-        log_probs, entropy, mean_logits, is_top1 = compact_log_probs(
-            hidden, self.get_output_embeddings().weight, shifted
-        )
+        weight = self.get_output_embeddings().weight
+        packed = None
+        if share_prompts and not args and set(kwargs) <= {"input_ids", "attention_mask", "use_cache"}:
+            packed = pack_pairs(kwargs["input_ids"], kwargs.get("attention_mask"), labels)
+        given_mask = kwargs.get("attention_mask")
+        tokens = packed.tokens if packed is not None else int(given_mask.sum()) if given_mask is not None else 0
+        if packed is not None:
+            # each pair's prompt once: chosen and rejected answers attend to the same prompt states
+            token = _PACKED.set(packed if fast_attention else None)
+            try:
+                backbone = self.base_model(
+                    input_ids=packed.input_ids, position_ids=packed.position_ids,
+                    attention_mask=packed.attention_mask, use_cache=False,
+                )  # fmt: skip
+            finally:
+                _PACKED.reset(token)
+            states = backbone.last_hidden_state
+            mask = shifted != -100
+            selected = states.reshape(-1, states.shape[-1]).index_select(0, packed.predictor)
+            log_probs, entropy, mean_logits, is_top1 = _scatter(
+                mask, CompactLogProbs.apply(selected, weight, shifted[mask])
+            )
+        else:
+            if drop_mask and right_padded(kwargs.get("attention_mask")):
+                # causal attention alone gives real tokens the same keys (padding only follows
+                # them): SDPA then takes its is_causal kernel with grouped-query heads instead of
+                # a materialised mask and repeated key/value heads
+                kwargs["attention_mask"] = None
+            backbone = self.base_model(*args, **kwargs)
+            log_probs, entropy, mean_logits, is_top1 = compact_log_probs(
+                backbone.last_hidden_state[:, :-1], weight, shifted
+            )
         mask = shifted != -100
+        if torch.is_grad_enabled():  # the tokens a training forward ran through the model and its head
+            self.spin_work["backbone_tokens"] += tokens or int(shifted.shape[0] * labels.shape[1])
+            self.spin_work["head_tokens"] += int(mask.sum())
         loss = -log_probs.sum() / mask.sum().clamp(min=1)
         return FusedCausalLMOutput(
             loss=loss, log_probs=log_probs, entropy=entropy, mean_logits=mean_logits, is_top1=is_top1, label_mask=mask
         )
 
     model.forward = types.MethodType(forward, model)
+    model.spin_work = {"backbone_tokens": 0, "head_tokens": 0}
     setattr(model, _MARK, True)
     return True
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc to keep freed memory for reuse instead of returning it to the OS at once: a
-    training step frees and re-requests the same large buffers every step, and each fresh
-    mmap costs page faults (measured: a quarter of the step time spent in the kernel).
-    Returns False where glibc's `mallopt` is not available."""
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    ok = mallopt(m_mmap_threshold, 32 * 1024 * 1024)  # glibc's largest: bigger blocks still use mmap
-    ok &= mallopt(m_trim_threshold, 4 * 1024 * 1024 * 1024)
-    return bool(ok)
 
 
 class SpinDPOTrainer(DPOTrainer):
@@ -231,8 +378,6 @@ class SpinDPOTrainer(DPOTrainer):
         self.compact_head = False
         super().__init__(*args, **kwargs)
         self._install_fast_head()
-        if self.compact_head:
-            keep_freed_memory()
 
     def _install_fast_head(self) -> None:
         if getattr(self, "use_weighting", False) or getattr(self, "is_deepspeed_enabled", False):

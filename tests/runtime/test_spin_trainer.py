@@ -166,3 +166,72 @@ def test_fast_head_is_not_installed_on_a_scaled_head(tiny_model_dir: Path) -> No
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     model.config.logit_scale = 0.5
     assert install_compact_head(model) is False
+
+
+def test_pairs_share_their_prompt_in_one_packed_row(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from trl import DPOTrainer
+
+    from spin_runtime.steps.spin_trainer import pack_pairs
+
+    trainer = _trainer(DPOTrainer, tiny_model_dir, tmp_path / "t", precompute=False)
+    batch = next(iter(trainer.get_train_dataloader()))
+    ids, attn = batch["input_ids"], batch["attention_mask"]
+    labels = ids.masked_fill(batch["completion_mask"] == 0, -100)
+    packed = pack_pairs(ids, attn, labels)
+    assert packed is not None
+    pairs = ids.shape[0] // 2
+    prompt = int((labels[0] != -100).nonzero()[0])
+    chosen, rejected = int(attn[0].sum()), int(attn[pairs].sum())
+    row = packed.input_ids[0, : chosen + rejected - prompt]
+    assert torch.equal(row, torch.cat([ids[0, :chosen], ids[pairs, prompt:rejected]]))
+    assert packed.position_ids[0, chosen] == prompt, "the rejected answer continues the prompt's positions"
+    mask = packed.attention_mask[0, 0]
+    assert mask[chosen, :prompt].all() and not mask[chosen, prompt:chosen].any() and mask[chosen, chosen]
+    assert packed.input_ids.numel() < ids.numel()
+    assert packed.predictor.numel() == int((labels[:, 1:] != -100).sum())
+
+    other = ids.clone()
+    other[pairs, 1] = (other[pairs, 1] + 1) % 1000  # the pair's prompts differ: not packed
+    assert pack_pairs(other, attn, labels) is None
+    assert pack_pairs(ids, attn, torch.full_like(labels, -100)) is None
+
+
+def test_packed_and_unpacked_forwards_give_the_same_log_probs_and_gradients(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM
+    from trl import DPOTrainer
+
+    batch = next(iter(_trainer(DPOTrainer, tiny_model_dir, tmp_path / "t", precompute=False).get_train_dataloader()))
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+    results = []
+    for share in (True, False):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        assert install_compact_head(model, share_prompt=share)
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
+                    fused_lm_head=True, use_cache=False)  # fmt: skip
+        (out.log_probs.sum() * 0.3).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((out, grads))
+    (packed, packed_grads), (plain, plain_grads) = results
+    for name in ("log_probs", "entropy", "mean_logits"):
+        torch.testing.assert_close(getattr(packed, name), getattr(plain, name), rtol=1e-5, atol=1e-5, msg=name)
+    assert torch.equal(packed.is_top1, plain.is_top1)
+    for name, g in plain_grads.items():
+        torch.testing.assert_close(packed_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_packed_attention_is_used_only_in_training_forwards_and_never_saved(tmp_path: Path, tiny_model_dir: Path) -> None:
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from spin_runtime.steps import spin_trainer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    assert install_compact_head(model)
+    assert model.config._attn_implementation == spin_trainer.PACKED_ATTENTION
+    plain = model(input_ids=torch.tensor([[5, 6, 7, 8]])).logits  # outside a packed forward: transformers' SDPA
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    torch.testing.assert_close(plain, reference(input_ids=torch.tensor([[5, 6, 7, 8]])).logits)
+    model.save_pretrained(tmp_path / "saved")
+    config = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert spin_trainer.PACKED_ATTENTION not in json.dumps(config)
