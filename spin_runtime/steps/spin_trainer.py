@@ -235,8 +235,8 @@ def pack_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, lab
 
 
 #: The packed batch whose attention `packed_attention` may compute in TRL's layout (set only
-#: while the policy's forward runs; a recomputation under gradient checkpointing finds it unset
-#: and uses the mask).
+#: while the policy's forward runs, and never under activation checkpointing: its recomputation
+#: in the backward would find it unset and save different tensors).
 _PACKED: contextvars.ContextVar[PackedPairs | None] = contextvars.ContextVar("spin_packed", default=None)
 #: Name under which `packed_attention` is registered with transformers' AttentionInterface.
 PACKED_ATTENTION = "spin_packed_sdpa"
@@ -303,6 +303,12 @@ def _use_packed_attention(model: Any) -> bool:
     return True
 
 
+def _checkpointing(model: Any) -> bool:
+    """Whether the model recomputes its layers in the backward (activation checkpointing)."""
+    flag = getattr(type(model), "is_activation_checkpointing", None) or getattr(type(model), "is_gradient_checkpointing", None)
+    return bool(flag.fget(model)) if isinstance(flag, property) else False
+
+
 def install_compact_head(model: Any, share_prompt: bool = True) -> bool:
     """Serve `model(..., labels=..., fused_lm_head=True)` with `compact_log_probs`; every other
     call goes to the forward it had (TRL's patched one, which calls the original). Returns
@@ -331,7 +337,9 @@ def install_compact_head(model: Any, share_prompt: bool = True) -> bool:
         tokens = packed.tokens if packed is not None else int(given_mask.sum()) if given_mask is not None else 0
         if packed is not None:
             # each pair's prompt once: chosen and rejected answers attend to the same prompt states
-            token = _PACKED.set(packed if fast_attention else None)
+            # under activation checkpointing the layers are recomputed in the backward, outside
+            # this forward: both passes must take the same (masked) attention
+            token = _PACKED.set(packed if fast_attention and not _checkpointing(self) else None)
             try:
                 backbone = self.base_model(
                     input_ids=packed.input_ids, position_ids=packed.position_ids,

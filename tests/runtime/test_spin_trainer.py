@@ -219,6 +219,30 @@ def test_packed_and_unpacked_forwards_give_the_same_log_probs_and_gradients(tmp_
         torch.testing.assert_close(packed_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_packed_pairs_train_under_gradient_checkpointing_as_without(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The layers recomputed in the backward take the same attention as the forward did (a
+    different one saves other tensors: torch's CheckpointError), and the gradients do not change."""
+    from transformers import AutoModelForCausalLM
+    from trl import DPOTrainer
+
+    batch = next(iter(_trainer(DPOTrainer, tiny_model_dir, tmp_path / "t", precompute=False).get_train_dataloader()))
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+    grads = []
+    for checkpointing in (False, True):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        assert install_compact_head(model)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
+                    fused_lm_head=True, use_cache=False)  # fmt: skip
+        out.log_probs.sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    plain, recomputed = grads
+    for name, g in plain.items():
+        torch.testing.assert_close(recomputed[name], g, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+
+
 def test_packed_attention_is_used_only_in_training_forwards_and_never_saved(tmp_path: Path, tiny_model_dir: Path) -> None:
     import json
 
