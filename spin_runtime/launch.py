@@ -114,6 +114,14 @@ def torchrun_from_env_argv(step_argv: Sequence[str]) -> list[str]:
 RUN_UID_ENV = "SPIN_RUN_UID"
 #: torchrun's --rdzv-conf as an environment variable (torchrun reads PET_<OPTION>).
 RDZV_CONF_ENV = "PET_RDZV_CONF"
+#: Port on which a step pod serves its live progress (`GET PROGRESS_HTTP_PATH`, the step's
+#: progress record as JSON); the operator polls it on running pods.
+PROGRESS_PORT = 8765
+#: The container port's name (for NetworkPolicies and readers of the pod spec).
+PROGRESS_PORT_NAME = "progress"
+#: Environment variable that tells a step to serve its progress, and on which port.
+PROGRESS_PORT_ENV = "SPIN_PROGRESS_PORT"
+PROGRESS_HTTP_PATH = "/progress"
 
 
 def rendezvous_conf(timeout_seconds: int) -> str:

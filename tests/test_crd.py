@@ -85,10 +85,18 @@ def test_printer_columns() -> None:
         ("Max", ".spec.iterations", 0),
         ("Checkpoint", ".status.lastCheckpoint.path", 0),
         ("Age", ".metadata.creationTimestamp", 0),
+        ("Step", ".status.progress.step", 1),
+        ("Progress", ".status.progress.summary", 1),
+        ("ETA", ".status.progress.eta", 1),
         ("Reason", ".status.reason", 1),
         ("Message", ".status.message", 1),
     ]
     assert not any("conditions" in c["jsonPath"] for c in PRINTER_COLUMNS)
+    schema = _crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for c in columns:  # every column reads a field the schema has
+        node = schema
+        for part in c["jsonPath"].strip(".").split("."):
+            node = node["properties"][part] if part != "creationTimestamp" else {}
 
 
 # --------------------------------------------------------------------------- structural

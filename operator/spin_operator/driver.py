@@ -3,11 +3,13 @@
 status (the only writer). Reconciles of one run are serialised by a per-run lock, triggers
 arriving while one waits are folded into it, and the next look at a run (a deadline, a timeout,
 a retry after an API error, the periodic resync) is scheduled here, in memory: no kopf timer,
-so SpinRuns carry no finalizer and can be deleted with the operator gone."""
+so SpinRuns carry no finalizer and can be deleted with the operator gone. While a step's pods
+serve their progress, each look polls it (kube/progress.py) at most once per poll interval."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -23,6 +25,7 @@ from spin_operator import launchers, metrics
 from spin_operator.kube import client
 from spin_operator.kube.expectations import Expectations, RunKey
 from spin_operator.kube.objects import JobState, Observed
+from spin_operator.kube.progress import ProgressPoller
 from spin_operator.reconcile.actions import Create, Delete
 from spin_operator.reconcile.conditions import is_terminal
 from spin_operator.reconcile.decide import Decision, reconcile, spec_of
@@ -57,6 +60,7 @@ class OperatorState:
     indexes: Indexes | None = None
     timers: dict[RunKey, tuple[float, asyncio.TimerHandle]] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    progress: ProgressPoller = field(default_factory=ProgressPoller)
 
     def schedule(self, key: RunKey, delay: float, start: Callable[[], Awaitable[None]]) -> None:
         """Look at the run again in `delay` seconds, unless a look is due sooner already."""
@@ -89,6 +93,7 @@ class OperatorState:
         self.cancel((namespace, name))
         self.locks.pop((namespace, name), None)
         self.expectations.forget_run(namespace, name)
+        self.progress.forget((namespace, name))
 
 
 @dataclass
@@ -208,6 +213,9 @@ async def _reconcile_locked(
     served, launched = await _observe_launched(namespace, name, body, settings)
     uid = str((body.get("metadata") or {}).get("uid") or "")
     observed = indexes.observed(key, uid, state.expectations, launched, served)
+    reporting = [p for p in observed.pods if p.serves_progress]
+    if reporting:
+        observed = dataclasses.replace(observed, progress=await state.progress.records(key, reporting))
     decision = reconcile(body, observed, datetime.now(timezone.utc), settings)
     failed = False
     for action in decision.actions:
@@ -234,7 +242,12 @@ async def _reconcile_locked(
     if not await _write_status(namespace, name, body, old_status, decision, logger):
         return READ_RETRY_SECONDS
     metrics.record(key, decision.status_document(), _planned_iterations(body))
-    return RETRY_SECONDS if failed else next_look(decision)
+    if failed:
+        return RETRY_SECONDS
+    look = next_look(decision)
+    if reporting and state.progress.enabled and look is not None:  # a step reports progress: poll it again
+        look = min(look, state.progress.interval)
+    return look
 
 
 async def _write_status(

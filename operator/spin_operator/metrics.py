@@ -1,6 +1,6 @@
 """Prometheus metrics of the operator: runs by namespace and phase (rebuilt from the cluster on
-every start: each run's first reconcile records its phase), iterations, per-run progress, step
-durations, retries, reconcile latency and API requests. Counters follow status transitions
+every start: each run's first reconcile records its phase), iterations, per-run progress, the
+running step's progress (share done, ETA, loss, reward margin), step durations, retries, reconcile latency and API requests. Counters follow status transitions
 (old → new), so a restarted operator does not count history twice."""
 
 from __future__ import annotations
@@ -20,6 +20,16 @@ RUN_ITERATIONS_DONE = Gauge(
     "spinrun_run_completed_iterations", "Iterations a run has completed (its training progress).", ["namespace", "run"]
 )
 RUN_ITERATIONS_PLANNED = Gauge("spinrun_run_planned_iterations", "Iterations a run will run in total.", ["namespace", "run"])
+STEP_DONE = Gauge(
+    "spinrun_step_progress_ratio",
+    "Share of the running step's work done, as its pods report it (shards' prompts, training steps).",
+    ["namespace", "run", "step"],
+)
+STEP_ETA = Gauge("spinrun_step_eta_seconds", "Seconds left in the running step at its current rate.", ["namespace", "run", "step"])
+TRAIN_LOSS = Gauge("spinrun_train_loss", "Training loss at the running training step's last logged step.", ["namespace", "run"])
+TRAIN_MARGIN = Gauge(
+    "spinrun_train_reward_margin", "Reward margin (chosen − rejected) at the last logged training step.", ["namespace", "run"]
+)
 STEP_SECONDS = Histogram(
     "spinrun_step_duration_seconds",
     "Wall time of a step from its Job's creation to its completion.",
@@ -37,6 +47,8 @@ API_REQUESTS = Counter("spinrun_api_requests_total", "Kubernetes API requests ma
 _phases: dict[tuple[str, str], str] = {}
 #: every namespace that had a run (its counts drop to 0 rather than vanish)
 _namespaces: set[str] = set()
+#: (namespace, run) → the live-progress series set for it (gauge, label values)
+_live: dict[tuple[str, str], list[tuple[Gauge, tuple[str, ...]]]] = {}
 
 
 def _refresh_phases() -> None:
@@ -55,6 +67,34 @@ def forget(key: tuple[str, str]) -> None:
     for gauge in (RUN_ITERATIONS_DONE, RUN_ITERATIONS_PLANNED):
         with contextlib.suppress(KeyError):
             gauge.remove(*key)
+    _clear_live(key)
+
+
+def _clear_live(key: tuple[str, str]) -> None:
+    for gauge, labels in _live.pop(key, []):
+        with contextlib.suppress(KeyError):
+            gauge.remove(*labels)
+
+
+def _set_live(key: tuple[str, str], gauge: Gauge, labels: tuple[str, ...], value: float) -> None:
+    gauge.labels(*labels).set(value)
+    _live.setdefault(key, []).append((gauge, labels))
+
+
+def _record_live(key: tuple[str, str], progress: Mapping[str, Any] | None) -> None:
+    """The running step's progress gauges (only the current step's series exist)."""
+    _clear_live(key)
+    if not progress:
+        return
+    step = str(progress.get("step") or "")
+    done, total = progress.get("done"), progress.get("total")
+    if isinstance(done, int) and isinstance(total, int) and total > 0:
+        _set_live(key, STEP_DONE, (*key, step), min(done / total, 1.0))
+    if isinstance(progress.get("etaSeconds"), int):
+        _set_live(key, STEP_ETA, (*key, step), progress["etaSeconds"])
+    for gauge, name in ((TRAIN_LOSS, "loss"), (TRAIN_MARGIN, "margin")):
+        if isinstance(progress.get(name), (int, float)):
+            _set_live(key, gauge, key, progress[name])
 
 
 def record(key: tuple[str, str], status: Mapping[str, Any], planned: int | None) -> None:
@@ -65,6 +105,7 @@ def record(key: tuple[str, str], status: Mapping[str, Any], planned: int | None)
     RUN_ITERATIONS_DONE.labels(*key).set(int(status.get("completedIterations") or 0))
     if planned is not None:
         RUN_ITERATIONS_PLANNED.labels(*key).set(planned)
+    _record_live(key, status.get("progress"))
 
 
 def observe(key: tuple[str, str], old: Mapping[str, Any], new: Mapping[str, Any]) -> None:

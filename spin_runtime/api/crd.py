@@ -41,6 +41,10 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Max", "type": "integer", "jsonPath": ".spec.iterations", "description": "Number of SPIN iterations."},
     {"name": "Checkpoint", "type": "string", "jsonPath": ".status.lastCheckpoint.path", "description": "Newest trained checkpoint."},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    {"name": "Step", "type": "string", "jsonPath": ".status.progress.step", "priority": 1, "description": "The running step."},
+    {"name": "Progress", "type": "string", "jsonPath": ".status.progress.summary", "priority": 1,
+     "description": "Live progress of the running step: shards, step of total, loss, reward margin."},
+    {"name": "ETA", "type": "string", "jsonPath": ".status.progress.eta", "priority": 1, "description": "Time left in the running step."},
     {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1, "description": "Reason of the phase."},
     {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1, "description": "Explanation of the phase."},
 ]

@@ -65,6 +65,24 @@ class IterationStatus(SpinModel):
     metrics: dict[str, float] = Field(default_factory=dict, description="A few metrics (reward margin, accuracy, exact match).")
 
 
+class StepProgress(SpinModel):
+    """Live progress of the running step, as its pods report it (absent while none runs)."""
+
+    iteration: int = Field(..., description="Iteration of the running step.")
+    step: StepName = Field(..., description="The running step.")
+    unit: str = Field("", max_length=32, description="What done/total count: prompts (generate), steps (train), examples.")
+    done: int | None = Field(None, ge=0, description="Work done so far (all shards of generation together).")
+    total: int | None = Field(None, ge=0, description="Work in all (None until the step knows it).")
+    shards_done: int | None = Field(None, ge=0, description="Generation shards finished.")
+    shards_total: int | None = Field(None, ge=0, description="Generation shards in all.")
+    loss: float | None = Field(None, description="Training loss at the last logged step.")
+    margin: float | None = Field(None, description="Training reward margin (chosen − rejected) at the last logged step.")
+    eta_seconds: int | None = Field(None, ge=0, description="Seconds left at the current rate (None until known).")
+    eta: str | None = Field(None, max_length=16, description="eta_seconds for people: 42s, 3m05s, 1h02m.")
+    summary: str = Field("", max_length=256, description="One line: e.g. `shards 1/4 · 812/2000 prompts` or `step 40/120 · loss 0.41 · margin 0.93`.")
+    updated: str | None = Field(None, description="When a pod last reported (RFC 3339).")
+
+
 class SpinRunStatus(SpinModel):
     """Observed state of a SpinRun, written only by the operator's reconcile."""
 
@@ -80,6 +98,7 @@ class SpinRunStatus(SpinModel):
     iterations: list[IterationStatus] = Field(
         default_factory=list, max_length=MAX_ITERATIONS, description="Per-iteration progress (one entry per iteration)."
     )
+    progress: StepProgress | None = Field(None, description="Live progress of the running step (shards, step of total, loss, margin, ETA).")
     conditions: list[Condition] = Field(default_factory=list, description="Complete, Failed, Suspended, Progressing.")
     start_time: str | None = Field(None, description="When the run started.")
     suspended_seconds: int = Field(0, ge=0, description="Seconds the run spent suspended (before the current suspension); activeDeadlineSeconds does not count them.")

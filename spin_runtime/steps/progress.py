@@ -2,9 +2,9 @@
 rewritten atomically at most once a second while the step runs, plus a plain line on stderr
 every 30 s for logs that have no terminal (a pod's log, the step's log file).
 
-The local driver polls the file to draw one live line per step; `spin status` shows it; the
-operator can read the same file from the run volume. Only global rank 0 writes. Reading and
-formatting (`read_progress`, `describe`) import nothing heavy.
+The local driver polls the file to draw one live line per step; `spin status` shows it; in a
+pod the same record is served over HTTP for the operator (`progress_server`). Only global rank 0
+writes. Reading and formatting (`read_progress`, `describe`) import nothing heavy.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from typing import Any, TextIO
 from spin_runtime.errors import SpinError
 from spin_runtime.plan import layout
 from spin_runtime.plan.stages import Step
+from spin_runtime.steps import progress_server
+from spin_runtime.steps.progress_server import ProgressServer
 from spin_runtime.store import atomic
 
 #: Seconds between two writes of the progress file (the last state is always written).
@@ -136,8 +138,10 @@ class Progress:
         clock: Callable[[], float] = time.time,
         write_interval: float = WRITE_INTERVAL,
         echo_interval: float = ECHO_INTERVAL,
+        server: ProgressServer | None = None,
     ) -> None:
         self.path = Path(path)
+        self.server = server
         self.enabled = enabled
         self.clock = clock
         self.write_interval = write_interval
@@ -206,6 +210,9 @@ class Progress:
         if not self.enabled:
             return
         now = self.clock()
+        if self.server is not None:  # served fresh on every call: no file I/O behind it
+            self.record["updated"] = now
+            self.server.publish(self.record)
         if not force and now - self._last_write < self.write_interval:
             return
         self._last_write = now
@@ -217,9 +224,11 @@ class Progress:
 
 def for_step(run_dir: Path, step: Step, *, unit: str = "", total: int | None = None, rank: int = 0) -> Progress:
     """The progress reporter of a step: a no-op on ranks other than 0 and outside a run
-    directory (no spec.json there: the step itself says what is wrong)."""
+    directory (no spec.json there: the step itself says what is wrong). In a pod (where
+    SPIN_PROGRESS_PORT is set) rank 0 also serves the record for the operator."""
     enabled = rank == 0 and (Path(run_dir) / layout.SPEC_FILE).exists()
-    return Progress(progress_file(run_dir, step), step.key, unit=unit, total=total, enabled=enabled)
+    server = progress_server.shared_server() if enabled else None
+    return Progress(progress_file(run_dir, step), step.key, unit=unit, total=total, enabled=enabled, server=server)
 
 
 def train_callback(progress: Progress) -> Any:

@@ -49,6 +49,7 @@ from kubernetes.client.exceptions import ApiException
 from typing_extensions import override
 
 from spin_runtime.api.spec import GROUP, PLURAL, VERSION
+from spin_runtime.launch import PROGRESS_PORT_ENV, PROGRESS_PORT_NAME
 
 HARNESS_AGENT = "spin-e2e-harness"
 VENV_BIN = Path(sys.executable).parent
@@ -515,6 +516,9 @@ class PodRun:
     pod_name: str | None = None
     incarnation: int = 0
     stuck: bool = False  # the current Pod object is one that could not start
+    #: real mode: the local port this incarnation serves its progress on (every pod of a real
+    #: cluster has its own IP; here they share 127.0.0.1, so each gets its own port)
+    progress_port: int | None = None
 
 
 @dataclass
@@ -814,8 +818,11 @@ class Kubelet:
             self._show_pod(job, jr, pod, "Succeeded", exit_code=0)
             return
         pod.phase = "running"
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            pod.progress_port = sock.getsockname()[1]
         self._show_pod(job, jr, pod, "Running")
-        pod.proc, pod.log = self._spawn(job, pod.index)
+        pod.proc, pod.log = self._spawn(job, pod.index, pod.progress_port)
 
     def _poll(self, job: dict[str, Any], jr: JobRun, pod: PodRun) -> None:
         if pod.proc is None:
@@ -900,10 +907,22 @@ class Kubelet:
                          "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": jr.name, "uid": jr.uid,
                                               "controller": True, "blockOwnerDeletion": True}]},
             "spec": {"containers": [{"name": container["name"], "image": container.get("image"),
-                                     "env": [e for e in container.get("env") or [] if "value" in e]}]},
+                                     "env": [e for e in container.get("env") or [] if "value" in e],
+                                     "ports": self._ports_of(container, pod)}]},
             "status": status,
         }
+        if phase == "Running" and self.mode == "real":
+            body["status"]["podIP"] = "127.0.0.1"
         self.core.create_namespaced_pod(jr.namespace, body, _preload_content=False)
+
+    @staticmethod
+    def _ports_of(container: dict[str, Any], pod: PodRun) -> list[dict[str, Any]]:
+        """The container's ports, the progress port moved to where this incarnation listens."""
+        ports = [dict(p) for p in container.get("ports") or []]
+        for p in ports:
+            if p.get("name") == PROGRESS_PORT_NAME and pod.progress_port is not None:
+                p["containerPort"] = pod.progress_port
+        return ports
 
     def _delete_pod(self, jr: JobRun, pod: PodRun) -> None:
         if not self.pods or pod.pod_name is None:
@@ -951,7 +970,7 @@ class Kubelet:
         rundir.mark_done(local, run, s, {"by": "harness"})
 
     # -- real mode
-    def _spawn(self, job: dict[str, Any], index: int) -> tuple[subprocess.Popen[bytes], Path]:
+    def _spawn(self, job: dict[str, Any], index: int, progress_port: int | None = None) -> tuple[subprocess.Popen[bytes], Path]:
         pod = job["spec"]["template"]["spec"]
         data, _ = self._spec_of(job)
         work = Path(tempfile.mkdtemp(prefix=f"{job['metadata']['name']}-{index}-", dir=self.data_root))
@@ -971,6 +990,8 @@ class Kubelet:
         env["XDG_CACHE_HOME"] = str(work / ".cache")
         env.pop("HF_HOME", None)
         env["JOB_COMPLETION_INDEX"] = str(index)
+        if progress_port is not None:
+            env[PROGRESS_PORT_ENV] = str(progress_port)
         script = " && ".join(" ".join(_quote(a) for a in cmd) for cmd in cmds)
         with open(log, "wb") as out:
             proc = subprocess.Popen(["/bin/sh", "-c", script], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=work)

@@ -4,6 +4,7 @@ objects and lets a test complete or fail Jobs, with a controllable clock."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -30,6 +31,8 @@ class Sim:
         self.settings: Any = None
         #: Kueue Workloads (de)activated: job name → spec.active
         self.workloads_active: dict[str, bool] = {}
+        #: Progress records the running pods serve (pod name → record), as the driver polls them.
+        self.progress: dict[str, dict[str, Any]] = {}
 
     # -- cluster view
     def kind(self, kind: str) -> list[dict[str, Any]]:
@@ -41,7 +44,7 @@ class Sim:
     def observed(self) -> Observed:
         name = self.body["metadata"]["name"]
         workloads = [o for (k, _), o in sorted(self.objects.items()) if k == "Job" or launchers.by_kind(k)]
-        return Observed.from_objects(
+        observed = Observed.from_objects(
             name,
             uid=self.body["metadata"].get("uid"),
             jobs=workloads,
@@ -52,6 +55,7 @@ class Sim:
             launcher_served=self.launcher_served,
             read_state=launchers.read_state,
         )
+        return dataclasses.replace(observed, progress=dict(self.progress))
 
     @property
     def status(self) -> dict[str, Any]:
@@ -107,6 +111,7 @@ class Sim:
         waiting: str | None = None,
         unschedulable: str | None = None,
         created: datetime | None = None,
+        ip: str | None = None,
     ) -> dict[str, Any]:
         """A pod of a Job as the Job controller and kubelet report it: Running, or Pending with a
         container waiting reason, or unschedulable with the scheduler's message."""
@@ -118,10 +123,12 @@ class Sim:
                                          "message": unschedulable, "lastTransitionTime": t})
         if waiting is not None:
             status["containerStatuses"] = [{"name": "step", "state": {"waiting": {"reason": waiting, "message": f"{waiting} (sim)"}}}]
-        env = owner["spec"]["template"]["spec"]["containers"][0]["env"]
+        container = owner["spec"]["template"]["spec"]["containers"][0]
+        if ip is not None:
+            status["podIP"] = ip
         pod = {
             "apiVersion": "v1", "kind": "Pod",
-            "spec": {"containers": [{"name": "step", "env": env}]},
+            "spec": {"containers": [{"name": "step", "env": container["env"], "ports": container.get("ports") or []}]},
             "metadata": {"name": f"{job}-{index}-abcde", "creationTimestamp": t,
                          "labels": dict(owner["spec"]["template"]["metadata"]["labels"]),
                          "ownerReferences": [{"kind": "Job", "name": job, "uid": owner["metadata"]["uid"], "controller": True}]},

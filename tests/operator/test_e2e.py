@@ -296,18 +296,59 @@ def _runtime_ready() -> str | None:
     return f"runtime steps not available yet: {', '.join(missing)}" if missing else None
 
 
+class StatusRecorder:
+    """Reads a SpinRun's status every 0.1 s in a thread and keeps each distinct `progress`."""
+
+    def __init__(self, c: Cluster, name: str) -> None:
+        import threading
+
+        self.c, self.name, self.seen = c, name, []  # type: list[dict[str, Any]]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> StatusRecorder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.1):
+            try:
+                run = self.c.get_run(self.name)
+            except Exception:
+                continue
+            progress = (run.get("status") or {}).get("progress")
+            if progress and (not self.seen or self.seen[-1]["progress"] != progress):
+                self.seen.append(run["status"] | {"wide": _wide_columns(run)})
+
+
+def _wide_columns(run: dict[str, Any]) -> dict[str, Any]:
+    """What `kubectl get spinruns -o wide` shows in the priority-1 columns."""
+    from spin_runtime.api.crd import PRINTER_COLUMNS
+
+    return {col["name"]: _jsonpath(run, col["jsonPath"]) for col in PRINTER_COLUMNS if col.get("priority") == 1}
+
+
 @pytest.mark.slow
-def test_real_steps_on_the_tiny_model_complete_an_iteration(tmp_path: Path) -> None:
+def test_real_steps_on_the_tiny_model_complete_an_iteration_showing_live_progress(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real steps serve their progress on their pods' progress port; the operator polls it
+    into status.progress (and the -o wide columns) while each step runs, and drops it after."""
     reason = _runtime_ready()
     if reason:
         pytest.skip(reason)
+    monkeypatch.setenv("SPIN_PROGRESS_SECONDS", "0.2")
     spec = {
         "iterations": 1,
         "generation": {"shards": 2, "maxNewTokens": 8, "batchSize": 8},
-        "training": {"maxLength": 64, "maxPromptLength": 32, "maxSteps": 1, "perDeviceBatchSize": 2, "reportTo": []},
+        "training": {"maxLength": 64, "maxPromptLength": 32, "maxSteps": 3, "perDeviceBatchSize": 2, "reportTo": []},
         "evaluation": {"maxSamples": 4},
     }
-    with cluster(tmp_path, mode="real") as c:
+    with cluster(tmp_path, mode="real", pods=True) as c, StatusRecorder(c, "e2e") as seen:
         c.start_operator()
         c.create_run(run_body(spec=spec))
         try:
@@ -315,11 +356,23 @@ def test_real_steps_on_the_tiny_model_complete_an_iteration(tmp_path: Path) -> N
         except AssertionError as e:
             raise AssertionError(f"{e}; pods started: {c.kubelet.pod_starts}; finished Jobs: {sorted(c.kubelet.done_at)}") from e
         assert run["status"]["phase"] == "Complete", (run["status"], c.kubelet.errors[-2:])
+        assert "progress" not in run["status"]
         run_dir = tmp_path / "data" / "runs" / "e2e"
         assert (run_dir / "spec.json").exists()
         assert (run_dir / "iter-0" / "model").is_dir()
         assert (run_dir / "iter-0" / "DONE").exists()
         _close(c)
+    by_step: dict[str, list[dict[str, Any]]] = {}
+    for st in seen.seen:
+        by_step.setdefault(st["progress"]["step"], []).append(st)
+    assert {"generate", "train"} <= set(by_step), [s["progress"] for s in seen.seen]
+    gen = by_step["generate"]
+    assert all(s["progress"]["shardsTotal"] == 2 and s["phase"] == "Generating" for s in gen)
+    assert all(s["wide"]["Progress"].startswith("shards ") and s["wide"]["Step"] == "generate" for s in gen)
+    train = [s["progress"] for s in by_step["train"]]
+    assert all(p["iteration"] == 0 and p["summary"] for p in train), train
+    counted = [p for p in train if p.get("total") is not None]
+    assert counted and all(p["unit"] == "steps" and p["total"] == 3 for p in counted), train
 
 
 @pytest.mark.slow

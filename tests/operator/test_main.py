@@ -137,6 +137,24 @@ def test_runs_by_phase_are_rebuilt_from_the_cluster_after_a_restart() -> None:
     assert REGISTRY.get_sample_value("spinrun_run_completed_iterations", {"run": "finished", **ns}) is None
 
 
+def test_running_step_progress_gauges_exist_only_while_the_step_reports() -> None:
+    key = ("metrics-live", "run-l")
+    labels = {"namespace": "metrics-live", "run": "run-l"}
+    progress = {"iteration": 0, "step": "train", "unit": "steps", "done": 30, "total": 120, "loss": 0.41,
+                "margin": 0.93, "etaSeconds": 900, "summary": "step 30/120"}
+    metrics.record(key, {"phase": "Training", "progress": progress}, planned=2)
+    assert REGISTRY.get_sample_value("spinrun_step_progress_ratio", {**labels, "step": "train"}) == 0.25
+    assert REGISTRY.get_sample_value("spinrun_step_eta_seconds", {**labels, "step": "train"}) == 900
+    assert REGISTRY.get_sample_value("spinrun_train_loss", labels) == 0.41
+    assert REGISTRY.get_sample_value("spinrun_train_reward_margin", labels) == 0.93
+    metrics.record(key, {"phase": "Evaluating", "progress": {"iteration": 0, "step": "evaluate", "summary": "x"}}, planned=2)
+    assert REGISTRY.get_sample_value("spinrun_step_progress_ratio", {**labels, "step": "train"}) is None
+    assert REGISTRY.get_sample_value("spinrun_train_loss", labels) is None
+    metrics.record(key, {"phase": "Training", "progress": progress}, planned=2)
+    metrics.forget(key)
+    assert REGISTRY.get_sample_value("spinrun_step_eta_seconds", {**labels, "step": "train"}) is None
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

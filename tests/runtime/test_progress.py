@@ -7,10 +7,13 @@ import io
 import json
 from pathlib import Path
 
+import pytest
+
 from spin_runtime.api.spec import SpinRun
+from spin_runtime.launch import PROGRESS_PORT_ENV
 from spin_runtime.local import status_text
 from spin_runtime.plan import layout, stages
-from spin_runtime.steps import progress
+from spin_runtime.steps import progress, progress_server
 from spin_runtime.store import rundir
 
 
@@ -104,3 +107,52 @@ def test_status_shows_the_running_step_and_notices_a_vanished_process(tmp_path: 
     record["pid"] = 2**22 + 12345  # no such process
     (tmp_path / layout.progress_path(0, "train")).write_text(json.dumps(record))
     assert "its process is gone (interrupted?)" in status_text(tmp_path)
+
+
+# --------------------------------------------------------------------------- served to the operator
+
+
+def _get(port: int, path: str = "/progress") -> tuple[int, bytes]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, b""
+
+
+def test_in_a_pod_rank_zero_serves_its_live_record_over_http(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(progress_server, "_server", None)
+    monkeypatch.setenv(PROGRESS_PORT_ENV, "0")  # any free port
+    rundir.init_run(tmp_path, SpinRun.model_validate({"apiVersion": "spin.dev/v1alpha1", "kind": "SpinRun",
+                                                       "metadata": {"name": "r"}, "spec": {}}))
+    step = stages.Step(0, "train")
+    p = progress.for_step(tmp_path, step, unit="steps", total=8)
+    assert p.server is not None
+    try:
+        p.update(3, loss=0.5)  # within a second of the first write: the file lags, the server does not
+        status, body = _get(p.server.port)
+        record = json.loads(body)
+        assert status == 200 and (record["step"], record["done"], record["total"], record["metrics"]) == (
+            "it0/train", 3, 8, {"loss": 0.5})
+        assert _get(p.server.port, "/metrics")[0] == 404
+        assert progress.for_step(tmp_path, step, rank=1).server is None  # other ranks serve nothing
+        assert progress.for_step(tmp_path, step).server is p.server  # one server per process
+    finally:
+        p.server.close()
+
+
+def test_a_bad_or_busy_progress_port_costs_a_warning_not_the_step(monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(progress_server, "_server", None)
+    assert progress_server.shared_server({PROGRESS_PORT_ENV: "http"}) is None
+    assert "not a port number" in capsys.readouterr().err
+    busy = progress_server.ProgressServer(0, host="127.0.0.1")
+    try:
+        assert progress_server.shared_server({PROGRESS_PORT_ENV: str(busy.port)}) is None
+        assert f"cannot serve progress on port {busy.port}" in capsys.readouterr().err
+    finally:
+        busy.close()
+    assert progress_server.shared_server({}) is None

@@ -9,7 +9,7 @@ from typing import Any
 from spin_operator.builders.context import BuildContext
 from spin_operator.builders.meta import claim_name, labels, spec_configmap_name
 from spin_runtime.api.spec import SpinRunSpec
-from spin_runtime.launch import RUN_UID_ENV
+from spin_runtime.launch import PROGRESS_PORT, PROGRESS_PORT_ENV, PROGRESS_PORT_NAME, RUN_UID_ENV
 
 DATA_MOUNT = "/data"
 SPEC_MOUNT = "/etc/spin"
@@ -58,8 +58,8 @@ def pod_security_context() -> dict[str, Any]:
 
 
 def env_vars(ctx: BuildContext) -> list[dict[str, Any]]:
-    """Environment of every step: caches on writable paths, the run's name and uid, the user's
-    env, HF_TOKEN by secretKeyRef."""
+    """Environment of every step: caches on writable paths, the run's name and uid, the port its
+    progress is served on, the user's env, HF_TOKEN by secretKeyRef."""
     spec = ctx.spec
     env: list[dict[str, Any]] = [
         {"name": "HOME", "value": "/tmp"},
@@ -68,6 +68,7 @@ def env_vars(ctx: BuildContext) -> list[dict[str, Any]]:
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "SPIN_RUN_NAME", "value": ctx.run.name},
         {"name": RUN_UID_ENV, "value": ctx.run.uid},
+        {"name": PROGRESS_PORT_ENV, "value": str(PROGRESS_PORT)},
     ]
     env += [{"name": e.name, "value": e.value} for e in spec.env]
     if spec.hf_token_secret is not None:
@@ -80,6 +81,11 @@ def env_vars(ctx: BuildContext) -> list[dict[str, Any]]:
             }
         )
     return env
+
+
+def progress_port() -> dict[str, Any]:
+    """The named container port the step serves its live progress on (the operator polls it)."""
+    return {"name": PROGRESS_PORT_NAME, "containerPort": PROGRESS_PORT, "protocol": "TCP"}
 
 
 def container_resources(requests: Mapping[str, str], limits: Mapping[str, str], gpus: int) -> dict[str, Any]:
@@ -173,8 +179,7 @@ def pod_template(
         "securityContext": container_security_context(),
         "volumeMounts": volume_mounts(shm=gpus > 0),
     }
-    if ports:
-        container["ports"] = ports
+    container["ports"] = [progress_port(), *(ports or [])]
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "securityContext": pod_security_context(),

@@ -21,7 +21,7 @@ from spin_operator.builders.meta import (
     controller_uid,
     pvc_name,
 )
-from spin_runtime.launch import RUN_UID_ENV
+from spin_runtime.launch import PROGRESS_PORT_ENV, PROGRESS_PORT_NAME, RUN_UID_ENV
 
 #: Container waiting reasons that mean the pod cannot start until someone fixes something.
 IMAGE_PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
@@ -115,6 +115,20 @@ def true_conditions(obj: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
 StateReader = Callable[[Mapping[str, Any]], JobState]
 
 
+def progress_port(containers: Iterable[Mapping[str, Any]]) -> int | None:
+    """The port a pod's step serves progress on: its container port named `progress`, else the
+    SPIN_PROGRESS_PORT of its env (launchers whose API has no ports field); None if neither."""
+    for c in containers:
+        for port in c.get("ports") or []:
+            if port.get("name") == PROGRESS_PORT_NAME and isinstance(port.get("containerPort"), int):
+                return int(port["containerPort"])
+    for c in containers:
+        for e in c.get("env") or []:
+            if e.get("name") == PROGRESS_PORT_ENV and str(e.get("value") or "").isdigit():
+                return int(e["value"])
+    return None
+
+
 @dataclass(frozen=True)
 class PodState:
     """One pod of a step's workload: its phase, and why it cannot start (if it cannot)."""
@@ -135,10 +149,20 @@ class PodState:
     trouble_since: str | None = None
     #: evicted or preempted (condition DisruptionTarget True)
     disrupted: bool = False
+    #: status.podIP, once the pod has one
+    ip: str | None = None
+    #: the port the step serves its progress on (the container port named `progress`, else
+    #: SPIN_PROGRESS_PORT of its env), None on pods that do not serve it
+    progress_port: int | None = None
 
     @property
     def finished(self) -> bool:
         return self.phase in ("Succeeded", "Failed")
+
+    @property
+    def serves_progress(self) -> bool:
+        """Running with an address and a progress port: worth polling."""
+        return self.phase == "Running" and bool(self.ip) and self.progress_port is not None
 
     @classmethod
     def from_pod(cls, obj: Mapping[str, Any]) -> PodState:
@@ -176,6 +200,8 @@ class PodState:
             trouble_message=message,
             trouble_since=since,
             disrupted=disrupted,
+            ip=status.get("podIP") or None,
+            progress_port=progress_port(containers),
         )
 
 
@@ -202,6 +228,9 @@ class Observed:
     launcher_served: bool | None = None
     #: Pods of this run (only when the operator watches pods), those of deleted Jobs included.
     pods: tuple[PodState, ...] = ()
+    #: Progress records the running pods serve, by pod name (polled by the driver; see
+    #: kube/progress.py), empty when none was polled.
+    progress: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: Same-named objects this run must not adopt (they belong to another SpinRun's uid).
     foreign: tuple[Foreign, ...] = ()
     #: The uid of the run that created the claim, when it outlives its run (annotation).

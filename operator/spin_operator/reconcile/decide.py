@@ -53,6 +53,7 @@ from spin_operator.reconcile.conditions import (
     set_condition,
     status_document,
 )
+from spin_operator.reconcile.progress import step_progress
 from spin_operator.settings import DeploymentSettings
 from spin_runtime.api.load import SpecError, validate_data
 from spin_runtime.api.spec import API_VERSION, KIND, SpinRun, SpinRunSpec
@@ -143,7 +144,8 @@ class ReconcilePass:
         self.now = now
         self.now_s = rfc3339(now)
         self.settings = settings
-        self.status = read_status(body.get("status"))
+        # live progress is recomputed each pass: it exists only while a step reports it
+        self.status = read_status({k: v for k, v in (body.get("status") or {}).items() if k != "progress"})
         for name in ALWAYS_SET:  # an assignment marks the field as set, so the document carries it
             setattr(self.status, name, getattr(self.status, name))
         self.decision = Decision()
@@ -551,6 +553,9 @@ def _running(rec: ReconcilePass, spec: SpinRunSpec, spec_k: SpinRunSpec, k: int,
         reason = "WaitingForPods"
     rec.phase(STEP_PHASE[step], reason, msg)  # type: ignore[index]
     rec.cond("Progressing", True, reason, msg)
+    progress = step_progress(k, step, js, pods, rec.observed.progress, shards=spec_k.generation.shards, now=rec.now)  # type: ignore[arg-type]
+    if progress is not None:  # an unset field stays out of the status document
+        rec.status.progress = progress
 
 
 def _pod_trouble(rec: ReconcilePass, spec: SpinRunSpec, k: int, step: str, pod: PodState) -> None:
