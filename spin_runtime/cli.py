@@ -45,15 +45,13 @@ def _cmd_crd(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from spin_runtime.api.load import SpecError, load_spinrun
+    from spin_runtime.api.load import load_or_report
+    from spin_runtime.errors import EXIT_USAGE
     from spin_runtime.plan.table import plan_table
 
-    try:
-        run = load_spinrun(Path(args.file))
-    except SpecError as e:
-        for problem in e.problems:
-            print(f"{args.file}: {problem}", file=sys.stderr)
-        return 2
+    run = load_or_report(args.file)
+    if run is None:
+        return EXIT_USAGE
     print(plan_table(run))
     print()
     print(_estimate_text(run, args))
@@ -100,15 +98,13 @@ def _estimate_text(run, args: argparse.Namespace) -> str:  # type: ignore[no-unt
 
 
 def _cmd_preview(args: argparse.Namespace) -> int:
-    from spin_runtime.api.load import SpecError, load_spinrun
+    from spin_runtime.api.load import load_or_report
+    from spin_runtime.errors import EXIT_USAGE
     from spin_runtime.preview import run_preview
 
-    try:
-        run = load_spinrun(Path(args.file))
-    except SpecError as e:
-        for problem in e.problems:
-            print(f"{args.file}: {problem}", file=sys.stderr)
-        return 2
+    run = load_or_report(args.file)
+    if run is None:
+        return EXIT_USAGE
     spec = run.spec
     if args.iteration is not None and not spec.start_iteration <= args.iteration < spec.iterations:
         print(
@@ -211,15 +207,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from spin_runtime.api.load import SpecError, load_spinrun
+    from spin_runtime.api.load import load_or_report
+    from spin_runtime.errors import EXIT_USAGE
     from spin_runtime.local import run_local
 
-    try:
-        run = load_spinrun(Path(args.file))
-    except SpecError as e:
-        for problem in e.problems:
-            print(f"{args.file}: {problem}", file=sys.stderr)
-        return 2
+    run = load_or_report(args.file)
+    if run is None:
+        return EXIT_USAGE
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / run.metadata.name
     return run_local(run, run_dir, rerun_changed=args.rerun_changed, verbose=args.verbose)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -90,13 +89,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
-    from spin_runtime.api.load import SpecError, load_spinrun
+    from spin_runtime.api.load import load_or_report
+    from spin_runtime.errors import EXIT_USAGE
 
-    try:
-        run = load_spinrun(Path(args.file))
-    except SpecError as e:
-        for problem in e.problems:
-            print(f"{args.file}: {problem}", file=sys.stderr)
-        return 2
+    run = load_or_report(args.file)
+    if run is None:
+        return EXIT_USAGE
     sys.stdout.write(render_yaml(run, namespace=args.namespace, iteration=args.iteration, uid=args.uid))
     return 0

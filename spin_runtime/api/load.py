@@ -12,10 +12,11 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -369,3 +370,14 @@ def load_spinrun(path: Path) -> SpinRun:
         return validate_data(parse_yaml(text))
     except SpecError as e:
         raise SpecError(e.problems, str(path)) from None
+
+
+def load_or_report(path: Path | str, err: TextIO | None = None) -> SpinRun | None:
+    """`load_spinrun` for a command line: None after printing one `<file>: <problem>` line per
+    problem on stderr (the caller exits with EXIT_USAGE)."""
+    try:
+        return load_spinrun(Path(path))
+    except SpecError as e:
+        for problem in e.problems:
+            print(f"{path}: {problem}", file=err or sys.stderr)
+        return None

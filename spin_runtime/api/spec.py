@@ -92,6 +92,11 @@ def _cel(rule: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"rule": rule, "message": message, **extra}
 
 
+def _cel_rules(*rules: dict[str, Any]) -> ConfigDict:
+    """A model config carrying CEL rules into the CRD (`x-kubernetes-validations`, crd.py)."""
+    return ConfigDict(json_schema_extra={"x-kubernetes-validations": list(rules)})
+
+
 def _empty_to_none(value: Any) -> Any:
     """'' stands for "none" where the default is not none: a null would be pruned and
     defaulted by the kube-apiserver, so null cannot say "none" in a cluster."""
@@ -133,24 +138,20 @@ Quantity = Annotated[
 class ModelSource(SpinModel):
     """Where a model comes from: exactly one of hub, path or builtin."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                _cel(
-                    "[has(self.hub), has(self.path), has(self.builtin)]"
-                    ".filter(x, x).size() == 1",
-                    "must set exactly one of hub, path or builtin",
-                ),
-                _cel(
-                    "!has(self.ggufFile) || has(self.path)",
-                    "ggufFile must be used together with path (the folder holding it)",
-                ),
-                _cel(
-                    "!has(self.revision) || has(self.hub)",
-                    "revision must be used with hub only: it applies to hub models, a path or GGUF file is one fixed version",
-                ),
-            ]
-        }
+    model_config = _cel_rules(
+        _cel(
+            "[has(self.hub), has(self.path), has(self.builtin)]"
+            ".filter(x, x).size() == 1",
+            "must set exactly one of hub, path or builtin",
+        ),
+        _cel(
+            "!has(self.ggufFile) || has(self.path)",
+            "ggufFile must be used together with path (the folder holding it)",
+        ),
+        _cel(
+            "!has(self.revision) || has(self.hub)",
+            "revision must be used with hub only: it applies to hub models, a path or GGUF file is one fixed version",
+        ),
     )
 
     hub: str | None = Field(
@@ -216,16 +217,12 @@ class BuiltinTask(SpinModel):
 class Dataset(SpinModel):
     """The SFT data: prompts with their real answers. Exactly one of hub, path or builtin."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                _cel(
-                    "[has(self.hub), has(self.path), has(self.builtin)]"
-                    ".filter(x, x).size() == 1",
-                    "must set exactly one of hub, path or builtin",
-                )
-            ]
-        }
+    model_config = _cel_rules(
+        _cel(
+            "[has(self.hub), has(self.path), has(self.builtin)]"
+            ".filter(x, x).size() == 1",
+            "must set exactly one of hub, path or builtin",
+        )
     )
 
     hub: str | None = Field(
@@ -280,12 +277,8 @@ class SyntheticData(SpinModel):
     """Pre-generated data for one iteration (e.g. the published SPIN_iter0..3 sets with
     `real`/`generated` columns); it replaces that iteration's generation step."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                _cel("has(self.hub) != has(self.path)", "must set exactly one of hub or path")
-            ]
-        }
+    model_config = _cel_rules(
+        _cel("has(self.hub) != has(self.path)", "must set exactly one of hub or path")
     )
 
     iteration: int = Field(..., ge=0, lt=MAX_ITERATIONS, description="The iteration this data belongs to.")
@@ -375,15 +368,11 @@ def _zero_stage(value: Any) -> Any:
 class DeepSpeed(SpinModel):
     """DeepSpeed ZeRO settings for GPU training."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                _cel(
-                    "!(has(self.offloadParams) && self.offloadParams) || !has(self.stage) || self.stage == 3",
-                    "offloadParams must be used with stage 3 (ZeRO offloads parameters only at stage 3)",
-                ),
-            ]
-        }
+    model_config = _cel_rules(
+        _cel(
+            "!(has(self.offloadParams) && self.offloadParams) || !has(self.stage) || self.stage == 3",
+            "offloadParams must be used with stage 3 (ZeRO offloads parameters only at stage 3)",
+        ),
     )
 
     enabled: bool = Field(True, description="Use DeepSpeed on GPUs (ignored on CPU).")
@@ -403,15 +392,11 @@ class DeepSpeed(SpinModel):
 class Lora(SpinModel):
     """Optional LoRA adapters (PEFT) instead of full fine-tuning."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                _cel(
-                    "!has(self.targetModules) || !self.targetModules.exists(m, m == 'lm_head')",
-                    "targetModules must not include lm_head (its weights are tied to the embeddings; adapt attention/MLP modules)",
-                ),
-            ]
-        }
+    model_config = _cel_rules(
+        _cel(
+            "!has(self.targetModules) || !self.targetModules.exists(m, m == 'lm_head')",
+            "targetModules must not include lm_head (its weights are tied to the embeddings; adapt attention/MLP modules)",
+        ),
     )
 
     enabled: bool = Field(False, description="Train LoRA adapters; the frozen base acts as the opponent.")
@@ -464,16 +449,12 @@ class GangScheduling(SpinModel):
 class Training(SpinModel):
     """The SPIN training step (TRL DPOTrainer with chosen = real, rejected = generated)."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                _cel("self.maxPromptLength < self.maxLength", "maxPromptLength must be smaller than maxLength"),
-                _cel(
-                    "!(has(self.precision) && self.precision == 'fp16') || !has(self.gpusPerNode) || self.gpusPerNode > 0",
-                    "precision fp16 must be used with GPUs (gpusPerNode > 0): use bf16 or fp32 on CPU",
-                ),
-            ]
-        }
+    model_config = _cel_rules(
+        _cel("self.maxPromptLength < self.maxLength", "maxPromptLength must be smaller than maxLength"),
+        _cel(
+            "!(has(self.precision) && self.precision == 'fp16') || !has(self.gpusPerNode) || self.gpusPerNode > 0",
+            "precision fp16 must be used with GPUs (gpusPerNode > 0): use bf16 or fp32 on CPU",
+        ),
     )
 
     loss_type: Literal["sigmoid", "hinge"] = Field("sigmoid", description="SPIN loss: sigmoid (−log σ(t)) or hinge (max(0, 1−t)).")
@@ -685,13 +666,9 @@ class NewClaim(SpinModel):
 class Storage(SpinModel):
     """Where the run directory lives: exactly one of an existing claim or a new claim."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                _cel("has(self.existingClaim) != has(self.newClaim)", "must set exactly one of existingClaim or newClaim"),
-                _cel("!self.subPath.matches('(^|/)[.][.](/|$)')", "subPath must not contain '..'"),
-            ]
-        }
+    model_config = _cel_rules(
+        _cel("has(self.existingClaim) != has(self.newClaim)", "must set exactly one of existingClaim or newClaim"),
+        _cel("!self.subPath.matches('(^|/)[.][.](/|$)')", "subPath must not contain '..'"),
     )
 
     existing_claim: str | None = Field(
@@ -764,42 +741,38 @@ class Toleration(SpinModel):
 class SpinRunSpec(SpinModel):
     """What a SPIN run does and where it runs."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                _cel("self.startIteration < self.iterations", "startIteration must be smaller than iterations"),
-                _cel(
-                    "!has(self.env) || self.env.all(e, !(e.name in "
-                    + "[" + ", ".join(f"'{n}'" for n in RESERVED_ENV) + "]))",
-                    "env must not set variables that torchrun, the Job controller or the token use: "
-                    + ", ".join(RESERVED_ENV),
-                ),
-                _cel(
-                    "!has(self.syntheticData) || self.syntheticData.all(d, d.iteration < self.iterations)",
-                    "syntheticData[].iteration must be smaller than iterations",
-                ),
-                _cel(
-                    "!has(self.syntheticData) || "
-                    "self.syntheticData.all(d, self.syntheticData.filter(e, e.iteration == d.iteration).size() == 1)",
-                    "syntheticData must list each iteration at most once",
-                ),
-                _cel(
-                    "!has(self.startIteration) || self.startIteration == 0 || (has(self.syntheticData) ? self.syntheticData.filter(d, d.iteration < self.startIteration && d.iteration >= self.startIteration - (has(self.dataWindow) ? self.dataWindow : 2) + 1).size() : 0) == ((has(self.dataWindow) ? self.dataWindow : 2) - 1 < self.startIteration ? (has(self.dataWindow) ? self.dataWindow : 2) - 1 : self.startIteration)",
-                    "syntheticData must cover every iteration before startIteration that the data window reaches "
-                    "(or dataWindow must be lower): the window would otherwise shrink silently",
-                ),
-                _cel(
-                    "!has(self.training) || !has(self.training.nodes) || self.training.nodes <= 1 || "
-                    "!has(self.storage) || !has(self.storage.newClaim) || !has(self.storage.newClaim.accessModes) || "
-                    "'ReadWriteMany' in self.storage.newClaim.accessModes",
-                    "training.nodes > 1 must use storage.newClaim.accessModes including ReadWriteMany",
-                ),
-                _cel(
-                    "has(self.storage) == has(oldSelf.storage)",
-                    "storage is immutable: must not be added or removed after creation",
-                ),
-            ]
-        }
+    model_config = _cel_rules(
+        _cel("self.startIteration < self.iterations", "startIteration must be smaller than iterations"),
+        _cel(
+            "!has(self.env) || self.env.all(e, !(e.name in "
+            + "[" + ", ".join(f"'{n}'" for n in RESERVED_ENV) + "]))",
+            "env must not set variables that torchrun, the Job controller or the token use: "
+            + ", ".join(RESERVED_ENV),
+        ),
+        _cel(
+            "!has(self.syntheticData) || self.syntheticData.all(d, d.iteration < self.iterations)",
+            "syntheticData[].iteration must be smaller than iterations",
+        ),
+        _cel(
+            "!has(self.syntheticData) || "
+            "self.syntheticData.all(d, self.syntheticData.filter(e, e.iteration == d.iteration).size() == 1)",
+            "syntheticData must list each iteration at most once",
+        ),
+        _cel(
+            "!has(self.startIteration) || self.startIteration == 0 || (has(self.syntheticData) ? self.syntheticData.filter(d, d.iteration < self.startIteration && d.iteration >= self.startIteration - (has(self.dataWindow) ? self.dataWindow : 2) + 1).size() : 0) == ((has(self.dataWindow) ? self.dataWindow : 2) - 1 < self.startIteration ? (has(self.dataWindow) ? self.dataWindow : 2) - 1 : self.startIteration)",
+            "syntheticData must cover every iteration before startIteration that the data window reaches "
+            "(or dataWindow must be lower): the window would otherwise shrink silently",
+        ),
+        _cel(
+            "!has(self.training) || !has(self.training.nodes) || self.training.nodes <= 1 || "
+            "!has(self.storage) || !has(self.storage.newClaim) || !has(self.storage.newClaim.accessModes) || "
+            "'ReadWriteMany' in self.storage.newClaim.accessModes",
+            "training.nodes > 1 must use storage.newClaim.accessModes including ReadWriteMany",
+        ),
+        _cel(
+            "has(self.storage) == has(oldSelf.storage)",
+            "storage is immutable: must not be added or removed after creation",
+        ),
     )
 
     recipe: Literal["none", "spin-paper"] = Field(

@@ -152,6 +152,23 @@ def volumes(ctx: BuildContext, shm: bool = False) -> list[dict[str, Any]]:
     return vols
 
 
+def scheduling_fields(spec: SpinRunSpec) -> dict[str, Any]:
+    """The pod fields the spec sets for every step pod: service account, node selector,
+    tolerations, priority class and image pull secrets (only those set)."""
+    out: dict[str, Any] = {}
+    if spec.service_account_name:
+        out["serviceAccountName"] = spec.service_account_name
+    if spec.node_selector:
+        out["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        out["tolerations"] = [t.dump() for t in spec.tolerations]
+    if spec.priority_class_name:
+        out["priorityClassName"] = spec.priority_class_name
+    if spec.image_pull_secrets:
+        out["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
+    return out
+
+
 def pod_template(
     ctx: BuildContext,
     step: str,
@@ -192,14 +209,5 @@ def pod_template(
         pod["subdomain"] = subdomain
     if scheduler_name:
         pod["schedulerName"] = scheduler_name
-    if spec.service_account_name:
-        pod["serviceAccountName"] = spec.service_account_name
-    if spec.node_selector:
-        pod["nodeSelector"] = dict(spec.node_selector)
-    if spec.tolerations:
-        pod["tolerations"] = [t.dump() for t in spec.tolerations]
-    if spec.priority_class_name:
-        pod["priorityClassName"] = spec.priority_class_name
-    if spec.image_pull_secrets:
-        pod["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
+    pod.update(scheduling_fields(spec))
     return {"metadata": {"labels": {**labels(ctx.run.name, ctx.iteration, step), **(extra_labels or {})}}, "spec": pod}

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from spin_operator.builders.context import BuildContext
-from spin_operator.kube.objects import JobState
+from spin_operator.builders.meta import suspended_by_annotation
+from spin_operator.kube.objects import JobState, true_conditions
 from spin_operator.settings import DeploymentSettings, launcher_switch_env
 from spin_runtime.api.spec import Training
 
@@ -97,3 +98,46 @@ def custom_resource_availability(
             f"install {provider} or set training.launcher: {DEFAULT_LAUNCHER}",
         )
     return None
+
+
+class CustomResourceLauncher:
+    """What the launchers on another project's CRD share: one training object and no companions,
+    its state read from its conditions and a suspend flag at `suspend_path` under spec, and
+    `custom_resource_availability`. Subclasses name the resource and build the object."""
+
+    name: str
+    kind: str
+    api_version: str
+    plural: str
+    custom_resource = True
+    #: the condition type the resource's controller sets on success
+    complete_condition = "Complete"
+    #: where the suspend flag is under spec
+    suspend_path: tuple[str, ...] = ("suspend",)
+    #: what a cluster admin installs to serve the resource
+    provider: str = ""
+
+    def build(self, ctx: BuildContext) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def objects(self, ctx: BuildContext) -> list[dict[str, Any]]:
+        return [self.build(ctx)]
+
+    def companions(self, ctx: BuildContext) -> list[dict[str, Any]]:
+        return []
+
+    def read_state(self, obj: Mapping[str, Any]) -> JobState:
+        true = true_conditions(obj)
+        node: Any = obj.get("spec") or {}
+        for key in self.suspend_path:
+            node = (node or {}).get(key) if isinstance(node, Mapping) else None
+        return JobState.from_workload(obj, complete=self.complete_condition in true, failed="Failed" in true, suspended=bool(node))
+
+    def suspend_patch(self, suspend: bool) -> dict[str, Any]:
+        spec: Any = suspend
+        for key in reversed(self.suspend_path):
+            spec = {key: spec}
+        return {"metadata": {"annotations": suspended_by_annotation(suspend)}, "spec": spec}
+
+    def availability(self, settings: DeploymentSettings, served: bool | None) -> Unavailable | None:
+        return custom_resource_availability(self, settings, served, provider=self.provider)

@@ -3,15 +3,12 @@ nodes−1 Workers; the training operator sets the rendezvous variables itself.""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from spin_operator.builders.context import BuildContext
-from spin_operator.builders.meta import job_name, metadata, suspended_by_annotation, workload_annotations
+from spin_operator.builders.meta import job_name, metadata, workload_annotations
 from spin_operator.builders.pod import container_resources, pod_template, run_dir, step_images
-from spin_operator.kube.objects import JobState, true_conditions
-from spin_operator.launchers.base import Unavailable, custom_resource_availability
-from spin_operator.settings import DeploymentSettings
+from spin_operator.launchers.base import CustomResourceLauncher
 from spin_runtime.launch import RDZV_CONF_ENV, procs_per_node, rendezvous_conf, torchrun_from_env_argv
 from spin_runtime.plan.stages import Step
 
@@ -61,29 +58,16 @@ def pytorchjob(ctx: BuildContext) -> dict[str, Any]:
     }
 
 
-class PyTorchJobLauncher:
-    """`training.launcher: pytorchjob`."""
+class PyTorchJobLauncher(CustomResourceLauncher):
+    """`training.launcher: pytorchjob`: conditions Succeeded/Failed, spec.runPolicy.suspend."""
 
     name = "pytorchjob"
     kind = PYTORCHJOB_KIND
     api_version = PYTORCHJOB_API_VERSION
     plural = PYTORCHJOB_PLURAL
-    custom_resource = True
+    complete_condition = "Succeeded"
+    suspend_path = ("runPolicy", "suspend")
+    provider = PROVIDER
 
-    def objects(self, ctx: BuildContext) -> list[dict[str, Any]]:
-        return [pytorchjob(ctx)]
-
-    def companions(self, ctx: BuildContext) -> list[dict[str, Any]]:
-        return []
-
-    def read_state(self, obj: Mapping[str, Any]) -> JobState:
-        """Conditions Succeeded/Failed and spec.runPolicy.suspend."""
-        true = true_conditions(obj)
-        suspended = bool(((obj.get("spec") or {}).get("runPolicy") or {}).get("suspend"))
-        return JobState.from_workload(obj, complete="Succeeded" in true, failed="Failed" in true, suspended=suspended)
-
-    def suspend_patch(self, suspend: bool) -> dict[str, Any]:
-        return {"metadata": {"annotations": suspended_by_annotation(suspend)}, "spec": {"runPolicy": {"suspend": suspend}}}
-
-    def availability(self, settings: DeploymentSettings, served: bool | None) -> Unavailable | None:
-        return custom_resource_availability(self, settings, served, provider=PROVIDER)
+    def build(self, ctx: BuildContext) -> dict[str, Any]:
+        return pytorchjob(ctx)

@@ -5,7 +5,6 @@ security contexts through `runtimePatches`; the runtime's torch plugin sets the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from spin_operator.builders.context import BuildContext
@@ -13,7 +12,6 @@ from spin_operator.builders.meta import (
     job_name,
     labels,
     metadata,
-    suspended_by_annotation,
     workload_annotations,
 )
 from spin_operator.builders.pod import (
@@ -22,13 +20,12 @@ from spin_operator.builders.pod import (
     env_vars,
     pod_security_context,
     run_dir,
+    scheduling_fields,
     step_images,
     volume_mounts,
     volumes,
 )
-from spin_operator.kube.objects import JobState, true_conditions
-from spin_operator.launchers.base import Unavailable, custom_resource_availability
-from spin_operator.settings import DeploymentSettings
+from spin_operator.launchers.base import CustomResourceLauncher
 from spin_runtime.launch import RDZV_CONF_ENV, procs_per_node, rendezvous_conf, torchrun_from_env_argv
 from spin_runtime.plan.stages import Step
 
@@ -57,14 +54,7 @@ def node_pod_patch(ctx: BuildContext) -> dict[str, Any]:
             {"name": TRAINER_NODE, "volumeMounts": volume_mounts(shm=shm), "securityContext": container_security_context()}
         ],
     }
-    if spec.service_account_name:
-        pod["serviceAccountName"] = spec.service_account_name
-    if spec.node_selector:
-        pod["nodeSelector"] = dict(spec.node_selector)
-    if spec.tolerations:
-        pod["tolerations"] = [t.dump() for t in spec.tolerations]
-    if spec.image_pull_secrets:
-        pod["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
+    pod.update(scheduling_fields(spec))
     return {"metadata": {"labels": labels(ctx.run.name, ctx.iteration, "train")}, "spec": pod}
 
 
@@ -117,29 +107,15 @@ def trainjob(ctx: BuildContext) -> dict[str, Any]:
     }
 
 
-class TrainJobLauncher:
-    """`training.launcher: trainjob`."""
+class TrainJobLauncher(CustomResourceLauncher):
+    """`training.launcher: trainjob`: conditions Complete/Failed and spec.suspend, as the TrainJob
+    controller writes them."""
 
     name = "trainjob"
     kind = TRAINJOB_KIND
     api_version = TRAINJOB_API_VERSION
     plural = TRAINJOB_PLURAL
-    custom_resource = True
+    provider = PROVIDER
 
-    def objects(self, ctx: BuildContext) -> list[dict[str, Any]]:
-        return [trainjob(ctx)]
-
-    def companions(self, ctx: BuildContext) -> list[dict[str, Any]]:
-        return []
-
-    def read_state(self, obj: Mapping[str, Any]) -> JobState:
-        """Conditions Complete/Failed and spec.suspend, as the TrainJob controller writes them."""
-        true = true_conditions(obj)
-        suspended = bool((obj.get("spec") or {}).get("suspend"))
-        return JobState.from_workload(obj, complete="Complete" in true, failed="Failed" in true, suspended=suspended)
-
-    def suspend_patch(self, suspend: bool) -> dict[str, Any]:
-        return {"metadata": {"annotations": suspended_by_annotation(suspend)}, "spec": {"suspend": suspend}}
-
-    def availability(self, settings: DeploymentSettings, served: bool | None) -> Unavailable | None:
-        return custom_resource_availability(self, settings, served, provider=PROVIDER)
+    def build(self, ctx: BuildContext) -> dict[str, Any]:
+        return trainjob(ctx)
