@@ -152,9 +152,10 @@ def volumes(ctx: BuildContext, shm: bool = False) -> list[dict[str, Any]]:
     return vols
 
 
-def scheduling_fields(spec: SpinRunSpec) -> dict[str, Any]:
+def scheduling_fields(spec: SpinRunSpec, *, priority_class: bool = True) -> dict[str, Any]:
     """The pod fields the spec sets for every step pod: service account, node selector,
-    tolerations, priority class and image pull secrets (only those set)."""
+    tolerations, priority class (unless `priority_class` is False: a TrainJob's runtime patch
+    has no such field) and image pull secrets; only those set."""
     out: dict[str, Any] = {}
     if spec.service_account_name:
         out["serviceAccountName"] = spec.service_account_name
@@ -162,7 +163,7 @@ def scheduling_fields(spec: SpinRunSpec) -> dict[str, Any]:
         out["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:
         out["tolerations"] = [t.dump() for t in spec.tolerations]
-    if spec.priority_class_name:
+    if spec.priority_class_name and priority_class:
         out["priorityClassName"] = spec.priority_class_name
     if spec.image_pull_secrets:
         out["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]

@@ -54,7 +54,7 @@ def node_pod_patch(ctx: BuildContext) -> dict[str, Any]:
             {"name": TRAINER_NODE, "volumeMounts": volume_mounts(shm=shm), "securityContext": container_security_context()}
         ],
     }
-    pod.update(scheduling_fields(spec))
+    pod.update(scheduling_fields(spec, priority_class=False))  # the runtime's priority class applies
     return {"metadata": {"labels": labels(ctx.run.name, ctx.iteration, "train")}, "spec": pod}
 
 

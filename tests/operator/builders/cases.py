@@ -45,7 +45,8 @@ CASES: dict[str, dict[str, Any]] = {
                               "resources": {"requests": {"cpu": "32", "memory": "512Gi"}}},
                  "storage": {"newClaim": {"accessModes": ["ReadWriteMany"]}},
                  "hfTokenSecret": {"name": "hf-token"}, "queueName": "gpu-queue",
-                 "nodeSelector": {"nvidia.com/gpu.product": "H100"}, "serviceAccountName": "spin-runner"},
+                 "nodeSelector": {"nvidia.com/gpu.product": "H100"}, "serviceAccountName": "spin-runner",
+                 "priorityClassName": "training"},
     "synthetic-no-eval": {
         "syntheticData": [{"iteration": 0, "hub": "UCLA-AGI/SPIN_iter0"}],
         "evaluation": {"enabled": False},

@@ -57,6 +57,7 @@ def test_trainer_pods_are_restricted_labelled_and_mount_the_run_volume() -> None
     assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
     assert {v["name"] for v in spec["volumes"]} == {"data", "spec", "tmp", "dshm"}
     assert spec["nodeSelector"] == {"nvidia.com/gpu.product": "H100"} and spec["serviceAccountName"] == "spin-runner"
+    assert "priorityClassName" not in spec  # no field of a runtime patch: the runtime's priority class applies
 
 
 def test_trainjob_is_owned_and_queued() -> None:
