@@ -70,6 +70,8 @@ def _fmt_metric(name: str, value: Any) -> str:
         return f"{name} {value}"
     if "/" in name:
         return f"{value:.0f} {name}" if value >= 100 else f"{value:.1f} {name}"
+    if value != 0 and abs(value) < 5e-4:  # rounding noise of a margin at the first steps: no e-notation
+        return f"{name} 0.000"
     return f"{name} {value:.3g}"
 
 

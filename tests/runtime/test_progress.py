@@ -156,3 +156,9 @@ def test_a_bad_or_busy_progress_port_costs_a_warning_not_the_step(monkeypatch: p
     finally:
         busy.close()
     assert progress_server.shared_server({}) is None
+
+
+def test_metrics_read_as_numbers_people_use() -> None:
+    record = {"state": "running", "done": 2, "total": 8, "unit": "steps",
+              "metrics": {"loss": 0.69314, "margin": -3.81e-07, "s/step": 4.2, "tok/s": 231.4}}
+    assert progress.describe(record, now=0) == "step 2/8 · loss 0.693 · margin 0.000 · 4.2 s/step · 231 tok/s"
