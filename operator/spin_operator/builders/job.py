@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from spin_operator.builders.context import BuildContext
-from spin_operator.builders.meta import job_name, metadata, suspended_by_annotation, workload_annotations
+from spin_operator.builders.meta import suspended_by_annotation
 from spin_runtime.errors import DETERMINISTIC_EXIT_CODES
 
 JOB_API_VERSION = "batch/v1"
@@ -45,14 +45,7 @@ def job(
     return {
         "apiVersion": JOB_API_VERSION,
         "kind": JOB_KIND,
-        "metadata": metadata(
-            ctx.run,
-            job_name(ctx.run.name, ctx.iteration, step),
-            iteration=ctx.iteration,
-            step=step,
-            queue_name=ctx.spec.queue_name,
-            annotations=workload_annotations(ctx.attempt, ctx.run.generation, ctx.suspend),
-        ),
+        "metadata": ctx.workload_metadata(step),
         "spec": spec,
     }
 

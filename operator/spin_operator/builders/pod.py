@@ -8,8 +8,15 @@ from typing import Any
 
 from spin_operator.builders.context import BuildContext
 from spin_operator.builders.meta import claim_name, labels, spec_configmap_name
-from spin_runtime.api.spec import SpinRunSpec
-from spin_runtime.launch import PROGRESS_PORT, PROGRESS_PORT_ENV, PROGRESS_PORT_NAME, RUN_UID_ENV
+from spin_runtime.api.spec import SpinRunSpec, Training
+from spin_runtime.launch import (
+    PROGRESS_PORT,
+    PROGRESS_PORT_ENV,
+    PROGRESS_PORT_NAME,
+    RDZV_CONF_ENV,
+    RUN_UID_ENV,
+    rendezvous_conf,
+)
 
 DATA_MOUNT = "/data"
 SPEC_MOUNT = "/etc/spin"
@@ -81,6 +88,14 @@ def env_vars(ctx: BuildContext) -> list[dict[str, Any]]:
             }
         )
     return env
+
+
+def rendezvous_env(training: Training) -> list[dict[str, Any]]:
+    """The env making every training node wait `rendezvousTimeoutSeconds` for the others
+    (Pending pods included) instead of torchrun's 600 s; none on a single node."""
+    if training.nodes <= 1:
+        return []
+    return [{"name": RDZV_CONF_ENV, "value": rendezvous_conf(training.rendezvous_timeout_seconds)}]
 
 
 def progress_port() -> dict[str, Any]:

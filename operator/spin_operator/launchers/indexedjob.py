@@ -11,11 +11,11 @@ from spin_operator.builders.context import BuildContext
 from spin_operator.builders.gang import POD_GROUP_LABEL, gang_enabled, pod_group, pod_group_name
 from spin_operator.builders.job import JOB_API_VERSION, JOB_KIND, job, suspend_patch
 from spin_operator.builders.meta import job_name, labels, metadata
-from spin_operator.builders.pod import container_resources, pod_template, run_dir, step_images
+from spin_operator.builders.pod import container_resources, pod_template, rendezvous_env, run_dir, step_images
 from spin_operator.kube.objects import JobState
 from spin_operator.launchers.base import Unavailable
 from spin_operator.settings import DeploymentSettings
-from spin_runtime.launch import DEFAULT_MASTER_PORT, NODE_RANK_ENV, RDZV_CONF_ENV, rendezvous_conf, training_argv
+from spin_runtime.launch import DEFAULT_MASTER_PORT, NODE_RANK_ENV, training_argv
 from spin_runtime.plan.stages import Step
 
 #: Pod annotation holding an Indexed Job pod's index (the node rank of a training pod).
@@ -63,8 +63,7 @@ def training_job(ctx: BuildContext) -> dict[str, Any]:
     extra_env: list[dict[str, Any]] = []
     if multi:
         extra_env.append({"name": NODE_RANK_ENV, "valueFrom": {"fieldRef": {"fieldPath": COMPLETION_INDEX_FIELD}}})
-        # every node waits this long for the others (Pending pods included), not torchrun's 600 s
-        extra_env.append({"name": RDZV_CONF_ENV, "value": rendezvous_conf(tr.rendezvous_timeout_seconds)})
+        extra_env += rendezvous_env(tr)
     template = pod_template(
         ctx,
         "train",

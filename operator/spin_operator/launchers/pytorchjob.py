@@ -6,10 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from spin_operator.builders.context import BuildContext
-from spin_operator.builders.meta import job_name, metadata, workload_annotations
-from spin_operator.builders.pod import container_resources, pod_template, run_dir, step_images
+from spin_operator.builders.pod import container_resources, pod_template, rendezvous_env, run_dir, step_images
 from spin_operator.launchers.base import CustomResourceLauncher
-from spin_runtime.launch import RDZV_CONF_ENV, procs_per_node, rendezvous_conf, torchrun_from_env_argv
+from spin_runtime.launch import procs_per_node, torchrun_from_env_argv
 from spin_runtime.plan.stages import Step
 
 PYTORCHJOB_API_VERSION = "kubeflow.org/v1"
@@ -33,7 +32,7 @@ def pytorchjob(ctx: BuildContext) -> dict[str, Any]:
         command=torchrun_from_env_argv(step_argv),
         resources=container_resources(tr.resources.requests, tr.resources.limits, tr.gpus_per_node),
         gpus=tr.gpus_per_node,
-        extra_env=[{"name": RDZV_CONF_ENV, "value": rendezvous_conf(tr.rendezvous_timeout_seconds)}] if tr.nodes > 1 else None,
+        extra_env=rendezvous_env(tr),
     )
     template["spec"]["containers"][0]["name"] = "pytorch"
     replicas: dict[str, Any] = {"Master": {"replicas": 1, "restartPolicy": "Never", "template": template}}
@@ -42,14 +41,7 @@ def pytorchjob(ctx: BuildContext) -> dict[str, Any]:
     return {
         "apiVersion": PYTORCHJOB_API_VERSION,
         "kind": PYTORCHJOB_KIND,
-        "metadata": metadata(
-            ctx.run,
-            job_name(ctx.run.name, ctx.iteration, "train"),
-            iteration=ctx.iteration,
-            step="train",
-            queue_name=ctx.spec.queue_name,
-            annotations=workload_annotations(ctx.attempt, ctx.run.generation, ctx.suspend),
-        ),
+        "metadata": ctx.workload_metadata("train"),
         "spec": {
             "nprocPerNode": str(procs_per_node(tr)),
             "runPolicy": {"backoffLimit": 0, "suspend": ctx.suspend},

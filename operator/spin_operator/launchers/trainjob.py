@@ -9,16 +9,14 @@ from typing import Any
 
 from spin_operator.builders.context import BuildContext
 from spin_operator.builders.meta import (
-    job_name,
     labels,
-    metadata,
-    workload_annotations,
 )
 from spin_operator.builders.pod import (
     container_resources,
     container_security_context,
     env_vars,
     pod_security_context,
+    rendezvous_env,
     run_dir,
     scheduling_fields,
     step_images,
@@ -26,7 +24,7 @@ from spin_operator.builders.pod import (
     volumes,
 )
 from spin_operator.launchers.base import CustomResourceLauncher
-from spin_runtime.launch import RDZV_CONF_ENV, procs_per_node, rendezvous_conf, torchrun_from_env_argv
+from spin_runtime.launch import procs_per_node, torchrun_from_env_argv
 from spin_runtime.plan.stages import Step
 
 TRAINJOB_API_VERSION = "trainer.kubeflow.org/v1alpha1"
@@ -64,20 +62,11 @@ def trainjob(ctx: BuildContext) -> dict[str, Any]:
     tr = ctx.spec.training
     _, image, _ = step_images(ctx)
     step_argv = Step(ctx.iteration, "train").argv(run_dir(ctx.run.name, ctx.spec))
-    env = env_vars(ctx)
-    if tr.nodes > 1:
-        env.append({"name": RDZV_CONF_ENV, "value": rendezvous_conf(tr.rendezvous_timeout_seconds)})
+    env = env_vars(ctx) + rendezvous_env(tr)
     return {
         "apiVersion": TRAINJOB_API_VERSION,
         "kind": TRAINJOB_KIND,
-        "metadata": metadata(
-            ctx.run,
-            job_name(ctx.run.name, ctx.iteration, "train"),
-            iteration=ctx.iteration,
-            step="train",
-            queue_name=ctx.spec.queue_name,
-            annotations=workload_annotations(ctx.attempt, ctx.run.generation, ctx.suspend),
-        ),
+        "metadata": ctx.workload_metadata("train"),
         "spec": {
             "runtimeRef": {"name": tr.training_runtime.name, "apiGroup": RUNTIME_API_GROUP, "kind": tr.training_runtime.kind},
             "trainer": {
