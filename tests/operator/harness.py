@@ -46,7 +46,7 @@ from kmock._internal import rendering as kmock_rendering
 from kmock._internal.k8s import KubernetesError
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from typing_extensions import override
+from typing_extensions import Self, override
 
 from spin_runtime.api.spec import GROUP, PLURAL, VERSION
 from spin_runtime.launch import PROGRESS_PORT_ENV, PROGRESS_PORT_NAME
@@ -1044,27 +1044,22 @@ def _ranges(idx: list[int]) -> str:
     return ",".join(out)
 
 
-# --------------------------------------------------------------------------- Kubeflow Trainer
+# --------------------------------------------------------------------------- controllers the harness plays
 
 
-class TrainJobController:
-    """Plays Kubeflow Trainer v2's TrainJob controller (instant): an unsuspended TrainJob writes
-    the training step's markers (as its `node` pods would) and gets condition Complete; a
-    suspended one gets condition Suspended (reason Suspended), as trainjob_types.go names them."""
+class PollingController:
+    """A cluster controller the harness plays: `step()` every `poll` seconds in a daemon thread
+    until `stop()`; what a step raises is kept in `errors` (tests assert on them)."""
 
-    def __init__(self, kubelet: Kubelet, namespace: str, poll: float = 0.05) -> None:
-        self.kubelet = kubelet
-        self.namespace = namespace
+    thread_name = "controller"
+
+    def __init__(self, poll: float) -> None:
         self.poll = poll
-        self.custom = client.CustomObjectsApi(kubelet.api)
-        self.completed: list[str] = []
         self.errors: list[str] = []
-        #: TrainJob names (suffix like "it0-train") that stay running until removed
-        self.hold: set[str] = set()
         self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="trainjob-controller", daemon=True)
+        self.thread = threading.Thread(target=self._loop, name=self.thread_name, daemon=True)
 
-    def start(self) -> TrainJobController:
+    def start(self) -> Self:
         self.thread.start()
         return self
 
@@ -1075,12 +1070,35 @@ class TrainJobController:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                items = self.custom.list_namespaced_custom_object("trainer.kubeflow.org", "v1alpha1", self.namespace, "trainjobs")
-                for tj in items.get("items") or []:
-                    self._tick(tj)
-            except Exception as e:
+                self.step()
+            except Exception as e:  # keep playing; tests assert on errors
                 self.errors.append(repr(e))
             self._stop.wait(self.poll)
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+
+class TrainJobController(PollingController):
+    """Plays Kubeflow Trainer v2's TrainJob controller (instant): an unsuspended TrainJob writes
+    the training step's markers (as its `node` pods would) and gets condition Complete; a
+    suspended one gets condition Suspended (reason Suspended), as trainjob_types.go names them."""
+
+    thread_name = "trainjob-controller"
+
+    def __init__(self, kubelet: Kubelet, namespace: str, poll: float = 0.05) -> None:
+        super().__init__(poll)
+        self.kubelet = kubelet
+        self.namespace = namespace
+        self.custom = client.CustomObjectsApi(kubelet.api)
+        self.completed: list[str] = []
+        #: TrainJob names (suffix like "it0-train") that stay running until removed
+        self.hold: set[str] = set()
+
+    def step(self) -> None:
+        items = self.custom.list_namespaced_custom_object("trainer.kubeflow.org", "v1alpha1", self.namespace, "trainjobs")
+        for tj in items.get("items") or []:
+            self._tick(tj)
 
     def _status(self, name: str, conditions: list[dict[str, Any]]) -> None:
         self.custom.patch_namespaced_custom_object_status(
@@ -1112,32 +1130,24 @@ class TrainJobController:
 # --------------------------------------------------------------------------- Kueue
 
 
-class KueueController:
+class KueueController(PollingController):
     """Plays Kueue (v0.19's jobframework reconciler, for batch Jobs) in one namespace: a Workload per
     queued Job (label kueue.x-k8s.io/job-uid), admission while `quota` allows, then Kueue itself
     unsuspends the Job; an admitted Job whose suspend flag someone else set is unsuspended again
     (counted in `unsuspended_behind`: the patch loop a wrong client causes); a Workload with
     spec.active false is evicted (its Job suspended) and not requeued; active again, requeued."""
 
+    thread_name = "kueue"
+
     def __init__(self, url: str, namespace: str, quota: int = 1, poll: float = 0.05) -> None:
+        super().__init__(poll)
         self.api = harness_client(url)
         self.batch, self.custom = client.BatchV1Api(self.api), client.CustomObjectsApi(self.api)
-        self.namespace, self.quota, self.poll = namespace, quota, poll
+        self.namespace, self.quota = namespace, quota
         self.admitted: set[str] = set()  # workload names
         self.admissions = 0
         self.evictions = 0
         self.unsuspended_behind = 0
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="kueue", daemon=True)
-
-    def start(self) -> KueueController:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.thread.join(10)
 
     def _wl(self, verb: str, *args: Any, **kw: Any) -> Any:
         return getattr(self.custom, f"{verb}_namespaced_custom_object")("kueue.x-k8s.io", "v1beta1", self.namespace, "workloads",
@@ -1147,15 +1157,7 @@ class KueueController:
         self.batch.patch_namespaced_job(job, self.namespace, {"spec": {"suspend": value}}, _content_type=MERGE,
                                         _preload_content=False)
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._tick()
-            except Exception as e:
-                self.errors.append(repr(e))
-            self._stop.wait(self.poll)
-
-    def _tick(self) -> None:
+    def step(self) -> None:
         jobs = json.loads(self.batch.list_namespaced_job(self.namespace, label_selector=KUEUE_QUEUE_LABEL,
                                                          _preload_content=False).data)["items"]
         workloads = {w["metadata"]["labels"][KUEUE_JOB_UID_LABEL]: w for w in self._wl("list")["items"]}
@@ -1198,63 +1200,50 @@ class KueueController:
 # --------------------------------------------------------------------------- garbage collector
 
 
-class GarbageCollector:
+class GarbageCollector(PollingController):
     """Plays Kubernetes' garbage collector in one namespace: an object whose ownerReferences all
     point at uids that no longer exist (a deleted SpinRun, a deleted Job) is deleted `delay`
     seconds after its owner went, as the real collector does some time after the owner's delete."""
 
+    thread_name = "gc"
+
     def __init__(self, url: str, namespace: str, delay: float = 0.5, poll: float = 0.1) -> None:
+        super().__init__(poll)
         self.api = harness_client(url)
         self.namespace = namespace
         self.delay = delay
-        self.poll = poll
         self.orphaned_at: dict[tuple[str, str], float] = {}
         #: (kind, name, seconds after its owner went) of everything collected
         self.collected: list[tuple[str, str, float]] = []
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="gc", daemon=True)
-
-    def start(self) -> GarbageCollector:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.thread.join(10)
-
-    def _loop(self) -> None:
-        ns = self.namespace
-        core, batch, custom = client.CoreV1Api(self.api), client.BatchV1Api(self.api), client.CustomObjectsApi(self.api)
-        kinds = {
+        core, batch = client.CoreV1Api(self.api), client.BatchV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+        self.kinds = {
             "job": (batch.list_namespaced_job, batch.delete_namespaced_job),
             "configmap": (core.list_namespaced_config_map, core.delete_namespaced_config_map),
             "service": (core.list_namespaced_service, core.delete_namespaced_service),
             "pvc": (core.list_namespaced_persistent_volume_claim, core.delete_namespaced_persistent_volume_claim),
             "pod": (core.list_namespaced_pod, core.delete_namespaced_pod),
         }
-        while not self._stop.is_set():
-            try:
-                objects = {kind: json.loads(lister(ns, _preload_content=False).data)["items"] for kind, (lister, _) in kinds.items()}
-                runs = custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]
-                alive = {o["metadata"].get("uid") for o in runs} | {o["metadata"].get("uid") for o in objects["job"]}
-                now = time.monotonic()
-                for kind, items in objects.items():
-                    for o in items:
-                        refs = o["metadata"].get("ownerReferences") or []
-                        key = (kind, o["metadata"]["name"])
-                        if not refs or any(r.get("uid") in alive for r in refs):
-                            self.orphaned_at.pop(key, None)
-                            continue
-                        since = self.orphaned_at.setdefault(key, now)
-                        if now - since >= self.delay:
-                            with contextlib.suppress(ApiException):
-                                kinds[kind][1](key[1], ns, _preload_content=False)
-                            self.collected.append((kind, key[1], now - since))
-                            self.orphaned_at.pop(key, None)
-            except Exception as e:  # keep collecting; tests assert on errors
-                self.errors.append(repr(e))
-            self._stop.wait(self.poll)
+
+    def step(self) -> None:
+        ns, kinds = self.namespace, self.kinds
+        objects = {kind: json.loads(lister(ns, _preload_content=False).data)["items"] for kind, (lister, _) in kinds.items()}
+        runs = self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]
+        alive = {o["metadata"].get("uid") for o in runs} | {o["metadata"].get("uid") for o in objects["job"]}
+        now = time.monotonic()
+        for kind, items in objects.items():
+            for o in items:
+                refs = o["metadata"].get("ownerReferences") or []
+                key = (kind, o["metadata"]["name"])
+                if not refs or any(r.get("uid") in alive for r in refs):
+                    self.orphaned_at.pop(key, None)
+                    continue
+                since = self.orphaned_at.setdefault(key, now)
+                if now - since >= self.delay:
+                    with contextlib.suppress(ApiException):
+                        kinds[kind][1](key[1], ns, _preload_content=False)
+                    self.collected.append((kind, key[1], now - since))
+                    self.orphaned_at.pop(key, None)
 
 
 # --------------------------------------------------------------------------- cluster helper
