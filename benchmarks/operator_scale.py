@@ -51,6 +51,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -105,12 +115,7 @@ def main() -> int:
         op_cpu = cpu_seconds(op.pid)
         harness_cpu = cpu_seconds(os.getpid())
     finally:  # never leave the operator running (it would retry against a dead emulator forever)
-        op.terminate()
-        try:
-            op.wait(30)
-        except subprocess.TimeoutExpired:
-            op.kill()
-            op.wait(10)
+        stop_process(op)
         kubelet.stop()
 
     # Job-done → next-Job-created delays, per run in plan order.
@@ -284,12 +289,7 @@ def _filter_once(args: argparse.Namespace, filtered: bool) -> dict:
         total_cpu, rss = cpu_seconds(op.pid), peak_rss_mb(op.pid)
     finally:
         churn.stop()
-        op.terminate()
-        try:
-            op.wait(30)
-        except subprocess.TimeoutExpired:
-            op.kill()
-            op.wait(10)
+        stop_process(op)
         kubelet.stop()
     reqs = [r for r in emu.requests() if r["agent"] in ("kopf", "spin-operator")]
     watch_lists = Counter(f"{r['verb']} {r['resource']}" for r in reqs if r["verb"] in ("list", "watch"))
