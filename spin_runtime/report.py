@@ -192,6 +192,18 @@ def _training_history(metrics: dict[int, dict[str, Any]]) -> list[tuple[int, lis
     return out
 
 
+def _save_figure(plt: Any, fig: Any, path: Path) -> Path:
+    """Lay out, write the PNG atomically (a report read mid-write never shows half a plot), close."""
+    import io
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic.atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
 def _plot_training(metrics: dict[int, dict[str, Any]], out: Path) -> Path:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -205,11 +217,7 @@ def _plot_training(metrics: dict[int, dict[str, Any]], out: Path) -> Path:
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "training.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(plt, fig, out / "training.png")
 
 
 #: Held-out panels: (metric key, title, y label).
@@ -242,11 +250,7 @@ def _plot_heldout(metrics: dict[int, dict[str, Any]], out: Path) -> Path | None:
         ax.set(title=title, ylabel=ylabel)
         ax.title.set_fontsize(10)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = out / "heldout.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(plt, fig, out / "heldout.png")
 
 
 def _plot_logps(metrics: dict[int, dict[str, Any]], out: Path) -> Path | None:
@@ -292,11 +296,7 @@ def _plot_logps(metrics: dict[int, dict[str, Any]], out: Path) -> Path | None:
     ax.title.set_fontsize(10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    path = out / "logps.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(plt, fig, out / "logps.png")
 
 
 # --------------------------------------------------------------------------- outputs
