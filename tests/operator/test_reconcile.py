@@ -4,6 +4,7 @@ server, no kopf, a fixed clock."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from spin_operator import launchers
@@ -401,14 +402,20 @@ def test_multi_node_training_creates_headless_service_with_the_job() -> None:
     assert sim.tick().creates() == ["demo-it0-train"]  # the Service again
 
 
-def test_pytorchjob_launcher_without_crd_reports_a_clear_condition() -> None:
-    sim = Sim(make_body(spec={"training": {"launcher": "pytorchjob"}}))
+def _training_without_its_crd(launcher: str) -> tuple[Sim, dict[str, Any]]:
+    """A run of `launcher` whose CRD the cluster does not serve, once training is due: nothing
+    created; the Progressing condition returned."""
+    sim = Sim(make_body(spec={"training": {"launcher": launcher}}))
     sim.launcher_served = False
     _to_convert(sim)
     sim.finish("demo-it0-convert")
     d = sim.tick()
     assert d.creates() == []
-    pc = cond(sim.status, "Progressing")
+    return sim, cond(sim.status, "Progressing")
+
+
+def test_pytorchjob_launcher_without_crd_reports_a_clear_condition() -> None:
+    sim, pc = _training_without_its_crd("pytorchjob")
     assert pc["status"] == "False" and pc["reason"] == "LauncherUnavailable"
     assert "install the Kubeflow training operator" in pc["message"]
     sim.launcher_served = True
@@ -673,13 +680,7 @@ def test_a_deterministic_exit_code_fails_the_run_without_a_retry() -> None:
 
 
 def test_trainjob_launcher_waits_for_the_crd_then_creates_an_owned_trainjob() -> None:
-    sim = Sim(make_body(spec={"training": {"launcher": "trainjob"}}))
-    sim.launcher_served = False
-    _to_convert(sim)
-    sim.finish("demo-it0-convert")
-    d = sim.tick()
-    assert d.creates() == []
-    pc = cond(sim.status, "Progressing")
+    sim, pc = _training_without_its_crd("trainjob")
     assert pc["status"] == "False" and pc["reason"] == "LauncherUnavailable" and "Kubeflow Trainer v2" in pc["message"]
     sim.launcher_served = True
     d = sim.tick()
