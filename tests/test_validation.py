@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from spin_runtime.api.load import SpecError, load_spinrun, parse_yaml, validate_data
 from spin_runtime.cli import main
 from spin_runtime.plan.table import plan_table
-from tests import crd_check
+from tests.admission import Admission
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
@@ -66,8 +66,8 @@ OBJECT_CASES = [c for c in BROKEN if _one_object(c["document"]) is not None]
 
 
 @pytest.mark.parametrize("case", OBJECT_CASES, ids=[c["name"] for c in OBJECT_CASES])
-def test_broken_spec_is_refused_by_the_crd_too(case: dict[str, str]) -> None:
-    assert crd_check.admission_problems(_one_object(case["document"]))
+def test_broken_spec_is_refused_by_the_crd_too(case: dict[str, str], admission: Admission) -> None:
+    assert admission.problems(_one_object(case["document"]))
 
 
 def test_examples_are_valid() -> None:
@@ -318,9 +318,9 @@ def malformed_specs(draw: st.DrawFn) -> dict[str, Any]:
 
 @settings(max_examples=250, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(malformed_specs())
-def test_malformed_specs_are_refused_cleanly(doc: dict[str, Any]) -> None:
+def test_malformed_specs_are_refused_cleanly(admission: Admission, doc: dict[str, Any]) -> None:
     """Every generated spec is accepted, or refused with lines that each start with a field
-    path; and what pydantic refuses, the CRD (schema + CEL) refuses as well.
+    path; and what pydantic refuses, the apiserver (the CRD's schema and CEL rules) refuses as well.
 
     Known gaps, all in the direction "the models accept, the apiserver refuses" (which is
     allowed here): integers beyond 64 bits; apiVersion/kind left out (the models default
@@ -332,5 +332,25 @@ def test_malformed_specs_are_refused_cleanly(doc: dict[str, Any]) -> None:
         assert e.problems
         for line in e.problems:
             assert "\n" not in line and FIELD_LINE.match(line), line
-        crd = crd_check.admission_problems(doc)
+        crd = admission.problems(doc)
         assert crd, f"the models refused {e.problems} but the CRD admits {doc!r}"
+
+
+def test_whole_number_floats_read_as_the_apiserver_stores_them(admission: Admission, kube: Any) -> None:
+    """`trainSize: 32.0` is admitted by the apiserver, stored as 32, and read so by `spin validate`
+    too (the two must agree on what a spec means)."""
+    from spin_cluster.api import path
+
+    doc = yaml.safe_load((REPO / "examples" / "spinrun-local.yaml").read_text())
+    doc["metadata"]["name"] = "floats"
+    doc["spec"]["dataset"]["builtin"]["trainSize"] = 32.0
+    doc["spec"]["schedule"][0]["epochs"] = 1.0
+    assert admission.problems(doc) == []
+    url = path("spin.dev", "v1alpha1", "spinruns", "admission")
+    stored = kube.api.create(url, doc)
+    kube.api.delete(f"{url}/floats")
+    assert stored["spec"]["dataset"]["builtin"]["trainSize"] == 32 and isinstance(stored["spec"]["dataset"]["builtin"]["trainSize"], int)
+    run = validate_data(doc)
+    assert run.spec.dataset.builtin is not None and run.spec.dataset.builtin.train_size == 32
+    with pytest.raises(SpecError, match="trainSize: must be an integer"):
+        validate_data({**doc, "spec": {**doc["spec"], "dataset": {"builtin": {"name": "addition-3digit", "trainSize": 32.5}}}})

@@ -50,7 +50,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.finalizer = f"{GROUP}/finalizer"  # the name kopf removes from older runs
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = "spin-operator"
-    settings.watching.server_timeout = float(os.environ.get("SPIN_WATCH_TIMEOUT", "300"))
+    # whole seconds: the apiserver parses timeoutSeconds as an integer (300.0 is a 400 Bad Request)
+    settings.watching.server_timeout = int(os.environ.get("SPIN_WATCH_TIMEOUT", "300"))
     settings.watching.client_timeout = settings.watching.server_timeout + 30
     if server_side_filter():
         for resource in CHILD_RESOURCES:

@@ -59,8 +59,18 @@ def main(argv: list[str] | None = None) -> int:
         clusterwide=clusterwide,
         namespaces=namespaces,
         liveness_endpoint=args.liveness or None,
+        identity=own_identity(),
     )
     return 0
+
+
+def own_identity() -> str:
+    """kopf's identity of this operator, `spin-operator@<host>`. Left to kopf it is `<user>@<host>`
+    from getpass, which raises for a uid without a passwd entry (a chart's runAsUser, OpenShift's
+    arbitrary uids) and the operator would crash at start."""
+    import socket
+
+    return f"spin-operator@{socket.gethostname()}"
 
 
 if __name__ == "__main__":

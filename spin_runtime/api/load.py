@@ -336,12 +336,16 @@ def problems_of(error: ValidationError) -> list[str]:
 # --------------------------------------------------------------------------- loading
 
 
-def _drop_nulls(value: Any) -> Any:
-    """Remove mapping entries whose value is null, as the kube-apiserver prunes them."""
+def _as_stored(value: Any) -> Any:
+    """The value as the kube-apiserver stores it: mapping entries whose value is null pruned, and
+    whole-number floats (`32.0`) read as integers, as it reads them for integer fields (so that
+    `spin validate` and `kubectl apply` agree; float fields accept integers)."""
     if isinstance(value, dict):
-        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
+        return {k: _as_stored(v) for k, v in value.items() if v is not None}
     if isinstance(value, list):
-        return [_drop_nulls(v) for v in value]
+        return [_as_stored(v) for v in value]
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
     return value
 
 
@@ -352,7 +356,7 @@ def validate_data(data: Any) -> SpinRun:
             [f"<root>: must be a mapping with apiVersion, kind, metadata and spec (got {_show(data)})"]
         )
     try:
-        return SpinRun.model_validate(_drop_nulls(data), strict=True, by_alias=True, by_name=False)
+        return SpinRun.model_validate(_as_stored(data), strict=True, by_alias=True, by_name=False)
     except ValidationError as e:
         raise SpecError(problems_of(e)) from None
 

@@ -1,16 +1,15 @@
 """The Helm chart, the Dockerfiles and the operator's RBAC, checked with the real tools:
 `helm lint`/`helm template` (helm v4 from `make tools`), Kubernetes' own JSON schemas
-(kubernetes-validate), hadolint, and the API requests the operator's e2e tests recorded."""
+(kubernetes-validate) and hadolint. The operator's RBAC is enforced by the real apiserver in the
+e2e and install tests (tests/operator/test_e2e.py, test_install.py)."""
 
 from __future__ import annotations
 
 import fnmatch
 import json
-import os
 import re
 import shutil
 import subprocess
-import warnings
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -451,56 +450,6 @@ def test_user_roles_aggregate_into_edit_and_view() -> None:
     assert "spinrun-edit" not in {
         r["metadata"]["name"] for r in of_kind(rendered("existing-service-account"), "ClusterRole")
     }
-
-
-#: Grants the operator needs although its e2e run (kmock, no admission plugins, happy paths)
-#: does not exercise them; each with the reason.
-_ADMISSION_ONLY = "checked by an admission plugin (blockOwnerDeletion), not an API call"
-_MULTI_NODE_ONLY = "headless Service of multi-node training (training.nodes > 1) only"
-KNOWN_UNEXERCISED = {
-    ("spin.dev", "spinruns/finalizers", "update"): _ADMISSION_ONLY,
-    ("", "services", "create"): _MULTI_NODE_ONLY,
-    ("", "services", "delete"): _MULTI_NODE_ONLY,
-}
-
-
-#: Where the operator's e2e tests (tests/operator/test_e2e.py) write the requests they saw.
-E2E_RECORDING = REPO / "tests" / "operator" / ".recorded_requests.json"
-
-
-def recorded_requests_file() -> Path:
-    return Path(os.environ.get("SPIN_RECORDED_REQUESTS") or E2E_RECORDING)
-
-
-def load_recording(path: Path) -> list[dict[str, Any]]:
-    """A JSON list of requests, or the e2e harness's {"format": 1, "requests": [...]}."""
-    data = json.loads(path.read_text())
-    if isinstance(data, dict):
-        assert data.get("format") == 1, f"{path}: unknown recording format {data.get('format')!r}"
-        data = data["requests"]
-    assert isinstance(data, list) and data, f"{path} must hold a non-empty list of requests"
-    return data
-
-
-def test_rbac_allows_every_request_the_operator_made() -> None:
-    """Replays the API requests the operator made in its e2e tests (kmock, cluster-wide)
-    against the rendered cluster-wide rules: any forbidden request fails; grants no request
-    used are reported as a warning (a failure with SPIN_RBAC_STRICT=1), except those listed
-    in KNOWN_UNEXERCISED."""
-    path = recorded_requests_file()
-    if not path.is_file():
-        pytest.skip(
-            f"no recorded operator requests at {path} (set SPIN_RECORDED_REQUESTS, or run tests/operator first)"
-        )
-    recorded = load_recording(path)
-    missing, unused = check_requests(recorded, operator_rules(rendered("defaults")))
-    assert not missing, "the chart's RBAC forbids requests the operator made:\n" + "\n".join(f"  {r}" for r in missing)
-    unexplained = [g for g in unused if g not in KNOWN_UNEXERCISED]
-    if unexplained:
-        msg = "RBAC grants no recorded request used: " + ", ".join(f"{v} {g or 'core'}/{r}" for g, r, v in unexplained)
-        if os.environ.get("SPIN_RBAC_STRICT") == "1":
-            pytest.fail(msg)
-        warnings.warn(msg, stacklevel=1)
 
 
 def test_request_normalisation_follows_the_api_server() -> None:

@@ -391,6 +391,7 @@ class OperatorThread:
         os.environ["KUBECONFIG"] = str(self.kubeconfig)
         kc.KUBE_CONFIG_DEFAULT_LOCATION = str(self.kubeconfig)
         import kopf
+
         from spin_operator import handlers  # noqa: F401  (importing it registers the handlers)
         from spin_operator.kube import client as kube_client
 

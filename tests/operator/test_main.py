@@ -13,6 +13,7 @@ from typing import Any
 import kopf
 import pytest
 from prometheus_client import REGISTRY
+
 from spin_operator import main as main_mod
 from spin_operator import metrics
 from spin_operator.builders import meta
@@ -21,7 +22,6 @@ from spin_operator.kube.expectations import EXPECTATION_TTL_SECONDS, Expectation
 from spin_operator.reconcile.actions import Create
 from spin_operator.reconcile.decide import reconcile
 from spin_operator.settings import DeploymentSettings
-
 from tests.operator.fixtures import make_body
 from tests.operator.sim import Sim
 
@@ -60,6 +60,27 @@ def test_metrics_port_and_liveness_flags(monkeypatch: pytest.MonkeyPatch) -> Non
         parse("--metrics-port", "many")
 
 
+def test_the_operator_identity_needs_no_passwd_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kopf's own identity reads the user name from getpass, which fails for a uid the image's
+    /etc/passwd lacks; seen on the real cluster with the chart's runAsUser."""
+    import getpass
+
+    monkeypatch.setattr(getpass, "getuser", lambda: (_ for _ in ()).throw(KeyError("getpwuid(): uid not found: 65532")))
+    assert main_mod.own_identity().startswith("spin-operator@")
+
+
+def test_the_watch_timeout_is_whole_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kopf sends settings.watching.server_timeout as timeoutSeconds; the real apiserver answers
+    `timeoutSeconds=300.0` with 400 "strconv.ParseInt: parsing \"300.0\"" and no watch starts."""
+    from spin_operator import handlers
+
+    settings = kopf.OperatorSettings()
+    monkeypatch.setenv("SPIN_WATCH_TIMEOUT", "120")
+    handlers.configure(settings=settings, memo=kopf.Memo())
+    assert settings.watching.server_timeout == 120 and isinstance(settings.watching.server_timeout, int)
+    assert str(settings.watching.server_timeout) == "120"
+
+
 def test_main_wires_flags_into_kopf(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: dict[str, Any] = {}
     monkeypatch.setattr(kube_client, "api_client", lambda: calls.setdefault("api_client", True))
@@ -68,6 +89,8 @@ def test_main_wires_flags_into_kopf(monkeypatch: pytest.MonkeyPatch) -> None:
     assert main_mod.main(["--namespace", "team-a", "--metrics-port", "0", "--liveness", ""]) == 0
     assert calls["api_client"] is True  # fails fast without a cluster config
     assert calls["metrics_port"] == 0
+    identity = calls["kopf"].pop("identity")
+    assert identity.startswith("spin-operator@")
     assert calls["kopf"] == {"standalone": True, "clusterwide": False, "namespaces": ["team-a"], "liveness_endpoint": None}
 
     calls.clear()
@@ -347,6 +370,7 @@ def test_a_retry_is_still_expected_while_the_index_shows_only_the_attempt_it_rep
 
 def test_children_are_listed_and_watched_with_the_managed_by_selector(monkeypatch: pytest.MonkeyPatch) -> None:
     from kopf._cogs.structs.references import Resource
+
     from spin_operator import handlers
 
     for value, expected in (("true", ["app.kubernetes.io/managed-by=spinrun"]), ("false", [])):
@@ -373,7 +397,6 @@ def test_no_handler_needs_a_finalizer() -> None:
 def test_the_next_look_follows_the_decision() -> None:
     from spin_operator.driver import RESYNC_SECONDS, next_look
     from spin_operator.reconcile.decide import Decision
-
     from spin_runtime.api.status import Condition, SpinRunStatus
 
     running = Decision(requeue_after=3.0)

@@ -7,13 +7,13 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+
 from spin_operator import launchers
 from spin_operator.builders import meta
 from spin_operator.kube.objects import Observed
 from spin_operator.reconcile.actions import Create, Delete, PatchJob
 from spin_operator.reconcile.conditions import is_terminal
 from spin_operator.reconcile.decide import reconcile
-
 from tests.operator.fixtures import make_body
 from tests.operator.sim import T0, Sim, annotation
 

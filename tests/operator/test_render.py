@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import yaml
+
 from spin_operator.builders.meta import PLACEHOLDER_UID
 from spin_operator.render import render_objects, render_yaml
-
 from tests.operator.builders.cases import CASES, SETTINGS, objects, run_of
 from tests.operator.fixtures import UID
 

@@ -193,14 +193,18 @@ def test_one_503_on_reading_the_spinrun_is_retried_within_seconds(tmp_path: Path
         c.create_run(run_body())
         backoff = "will try again in 60 seconds"
 
-        def progressed_or_backed_off() -> bool:
+        def outcome() -> str | None:
+            """What happened first: kopf's long backoff, or the run getting past its read (any
+            phase after Pending; a fast run may be past Generating by the time it is read)."""
+            if backoff in op.tail(100_000):
+                return "backed off"
             phase = (c.get_run("e2e").get("status") or {}).get("phase")
-            return phase == "Generating" or backoff in op.tail(100_000)
+            return phase if phase in ("Generating", "Converting", "Training", "Evaluating", "Complete") else None
 
-        c.wait(progressed_or_backed_off, 30, "the run to start or the operator to back off")
+        seen = c.wait(outcome, 30, "the run to start or the operator to back off")
         tally.add("faults.api_503_on_read", plan.injected())
-        assert backoff not in op.tail(100_000), "a 503 on GET spinrun is retried only after kopf's 60 s default backoff"
-        assert c.get_run("e2e")["status"]["phase"] == "Generating"
+        assert seen != "backed off", "a 503 on GET spinrun is retried only after kopf's 60 s default backoff"
+        assert plan.injected() == 1, "the fault was injected once"
 
 
 def test_fault_plan_counts_only_operator_requests(tmp_path: Path) -> None:

@@ -28,7 +28,6 @@ def warm() -> None:
     from spin_operator import handlers, main, render  # noqa: F401
     from spin_operator.kube.objects import Observed
     from spin_operator.reconcile.decide import reconcile
-
     from spin_runtime.api.spec import SpinRun
 
     body = {

@@ -14,7 +14,6 @@ from spin_operator.builders.steps import step_objects
 from spin_operator.builders.storage import persistent_volume_claim, spec_config_map
 from spin_operator.render import dump_all
 from spin_operator.settings import DeploymentSettings
-
 from spin_runtime.api.spec import SpinRun
 from spin_runtime.plan import stages
 from tests.operator.fixtures import UID, make_body

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from spin_operator.builders import meta
 
+from spin_operator.builders import meta
 from tests.operator.builders.cases import CASES, objects
 from tests.operator.fixtures import UID
 

@@ -4,8 +4,8 @@ the token only by secretKeyRef, images from the spec or the deployment."""
 from __future__ import annotations
 
 import pytest
-from spin_operator.settings import DeploymentSettings
 
+from spin_operator.settings import DeploymentSettings
 from spin_runtime.launch import RUN_UID_ENV
 from tests.operator.builders.cases import CASES, objects, pod_specs
 from tests.operator.fixtures import UID

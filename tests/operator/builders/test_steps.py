@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from spin_operator.builders import meta
 
+from spin_operator.builders import meta
 from spin_runtime.errors import DETERMINISTIC_EXIT_CODES
 from tests.operator.builders.cases import CASES, check_golden, objects, stage_objects
 

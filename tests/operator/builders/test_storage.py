@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from spin_operator.builders import meta
 from spin_operator.builders.storage import persistent_volume_claim, spec_config_map, spec_from_config_map
-
 from tests.operator.builders.cases import CASES, check_golden, run_of, storage_objects
 
 GOLDEN = Path(__file__).parent / "golden" / "storage"

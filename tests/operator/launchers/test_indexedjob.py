@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from spin_operator.builders.context import BuildContext
 from spin_operator.launchers.indexedjob import train_command
-
 from tests.operator.builders.cases import check_golden, objects, run_of, stage_objects
 
 GOLDEN = Path(__file__).parent / "golden" / "indexedjob"

@@ -8,7 +8,6 @@ from pathlib import Path
 from spin_operator.builders import meta
 from spin_operator.launchers.pytorchjob import PyTorchJobLauncher
 from spin_operator.settings import DeploymentSettings
-
 from tests.operator.builders.cases import check_golden, stage_objects
 
 GOLDEN = Path(__file__).parent / "golden" / "pytorchjob"

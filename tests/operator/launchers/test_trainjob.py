@@ -7,7 +7,6 @@ from pathlib import Path
 
 from spin_operator.builders import meta
 from spin_operator.launchers.trainjob import TrainJobLauncher
-
 from tests.operator.builders.cases import check_golden, stage_objects
 from tests.operator.fixtures import UID
 

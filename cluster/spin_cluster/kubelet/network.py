@@ -1,0 +1,104 @@
+"""The pod network of the process kubelet (what a CNI plugin does): a bridge on the host holding the
+pods' gateway, the `kubernetes` Service and the cluster DNS addresses, and per pod a network
+namespace with its own loopback and an eth0 on the bridge, so every pod has an address and ports of
+its own, as on a cluster."""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+import threading
+from pathlib import Path
+
+from spin_cluster.addresses import Addresses
+
+NETNS_DIR = Path("/run/netns")
+
+
+class NetworkError(RuntimeError):
+    pass
+
+
+def _ip(*args: str, batch: list[str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    cmd = ["ip", *args] + (["-batch", "-"] if batch is not None else [])
+    proc = subprocess.run(cmd, input="\n".join(batch) + "\n" if batch is not None else None, capture_output=True,
+                          text=True)
+    if check and proc.returncode != 0:
+        raise NetworkError(f"`{' '.join(cmd)}` failed: {proc.stderr.strip()} {batch or ''}")
+    return proc
+
+
+class PodNetwork:
+    """The bridge and the pods' namespaces of one cluster; addresses are handed out and returned."""
+
+    def __init__(self, addresses: Addresses) -> None:
+        self.addresses = addresses
+        self._lock = threading.Lock()
+        self._used: dict[int, str] = {}  # address number → pod uid
+
+    def bridge_up(self) -> None:
+        a = self.addresses
+        self.teardown()  # leftovers of a kubelet that did not stop cleanly
+        prefix = a.pod_cidr.prefixlen
+        _ip(batch=[
+            f"link add {a.bridge} type bridge",
+            f"addr add {a.gateway}/{prefix} dev {a.bridge}",
+            f"addr add {a.kubernetes_service}/32 dev {a.bridge}",
+            f"addr add {a.dns_service}/32 dev {a.bridge}",
+            f"link set {a.bridge} up",
+        ])
+
+    def netns_path(self, uid: str) -> Path:
+        return NETNS_DIR / self.netns_name(uid)
+
+    def netns_name(self, uid: str) -> str:
+        return f"{self.addresses.netns_prefix}{uid[:13]}"
+
+    def add_pod(self, uid: str) -> ipaddress.IPv4Address:
+        """A network namespace for pod `uid` with an address on the bridge; returns the address."""
+        with self._lock:
+            n = next(i for i in range(2, self.addresses.pod_cidr.num_addresses - 2) if i not in self._used)
+            self._used[n] = uid
+        a = self.addresses
+        ip = a.pod_ip(n)
+        ns = self.netns_name(uid)
+        host_if = f"vs{a.index}p{n}"
+        try:
+            _ip(batch=[
+                f"netns add {ns}",
+                f"link add {host_if} type veth peer name eth0 netns {ns}",
+                f"link set {host_if} master {a.bridge} up",
+            ])
+            _ip("-n", ns, batch=[
+                "link set lo up",
+                f"addr add {ip}/{a.pod_cidr.prefixlen} dev eth0",
+                "link set eth0 up",
+                f"route add default via {a.gateway}",
+            ])
+        except NetworkError:
+            self.remove_pod(uid)
+            raise
+        return ip
+
+    def remove_pod(self, uid: str) -> None:
+        _ip("netns", "del", self.netns_name(uid), check=False)  # takes its veth pair along
+        with self._lock:
+            for n, owner in list(self._used.items()):
+                if owner == uid:
+                    del self._used[n]
+
+    def teardown(self) -> None:
+        """Every namespace of this cluster's pods, and the bridge."""
+        prefix = self.addresses.netns_prefix
+        if NETNS_DIR.is_dir():
+            for ns in NETNS_DIR.iterdir():
+                if ns.name.startswith(prefix):
+                    _ip("netns", "del", ns.name, check=False)
+        if Path(f"/sys/class/net/{self.addresses.bridge}").exists():
+            _ip("link", "del", self.addresses.bridge, check=False)
+        with self._lock:
+            self._used.clear()
+
+
+def bridge_exists(addresses: Addresses) -> bool:
+    return Path(f"/sys/class/net/{addresses.bridge}").exists()

@@ -1,0 +1,70 @@
+"""`helm install` of the chart into the session's real cluster, as the README says: the operator's
+Deployment runs as a pod of the process kubelet with only its ServiceAccount's token (the chart's
+RBAC is all it has), reaches Ready through its probes, runs a SpinRun to Complete that `kubectl get
+spinruns` shows; deleting the SpinRun keeps its claim; `helm uninstall` removes the operator."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from spin_cluster.api import path
+from tests.chart.rbac import CHART, find_helm
+from tests.kube import OPERATOR_NAMESPACE, Kube, wait
+from tests.operator.e2e import run_body
+
+HELM = find_helm()
+pytestmark = pytest.mark.skipif(HELM is None, reason="helm not found on PATH or in .tools/: run `make tools`")
+RELEASE = "spin-operator"
+
+
+def helm(kube: Kube, *args: str) -> str:
+    import subprocess
+
+    assert HELM is not None
+    proc = subprocess.run([HELM, "--kubeconfig", str(kube.kubeconfig), *args], capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, f"helm {' '.join(args)}: {proc.stderr}"
+    return proc.stdout
+
+
+@pytest.fixture()
+def installed(kube: Kube) -> Iterator[str]:
+    """The chart installed as the README says (its CRD with it); uninstalled after the test."""
+    out = helm(kube, "install", RELEASE, str(CHART), "-n", OPERATOR_NAMESPACE, "--create-namespace", "--wait",
+               "--timeout", "120s")
+    try:
+        yield out
+    finally:
+        helm(kube, "uninstall", RELEASE, "-n", OPERATOR_NAMESPACE, "--wait", "--timeout", "60s")
+
+
+def test_helm_install_runs_a_spinrun_to_complete_under_the_charts_rbac(kube: Kube, installed: str) -> None:
+    assert "STATUS: deployed" in installed
+    pods = kube.api.get(path("", "v1", "pods", OPERATOR_NAMESPACE),
+                        labelSelector="app.kubernetes.io/name=spin-operator")["items"]
+    (pod,) = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+    assert pod["spec"]["serviceAccountName"] == RELEASE
+    assert any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"]["conditions"])
+    assert pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    kube._crd = True  # helm installed it
+    with kube.namespace("helm") as ns:
+        body = run_body("demo", spec={"iterations": 1})
+        body["metadata"]["namespace"] = ns
+        kube.apply([body])
+
+        def phase() -> str | None:
+            status = kube.api.get(path("spin.dev", "v1alpha1", "spinruns", ns, "demo")).get("status") or {}
+            return status.get("phase") if status.get("phase") in ("Complete", "Failed") else None
+
+        assert wait(phase, 120, "the SpinRun to finish") == "Complete", kube.kubectl("logs", "-n", OPERATOR_NAMESPACE,
+                                                                                      f"deploy/{RELEASE}").stdout[-3000:]
+        table = kube.kubectl("get", "spinruns", "-n", ns).stdout.splitlines()
+        assert table[1].split()[:3] == ["demo", "Complete", "0"], table
+        kube.kubectl("delete", "spinrun", "demo", "-n", ns)
+        wait(lambda: not kube.api.get(path("batch", "v1", "jobs", ns))["items"], 60, "the garbage collector")
+        claims = [c["metadata"]["name"] for c in kube.api.get(path("", "v1", "persistentvolumeclaims", ns))["items"]]
+        assert claims == ["demo-data"], "the claim outlives the run"
+    log = kube.kubectl("logs", "-n", OPERATOR_NAMESPACE, f"deploy/{RELEASE}").stdout
+    assert "Forbidden" not in log and " 403" not in log, log[-3000:]

@@ -1,0 +1,372 @@
+"""The operator end to end on the session's real cluster (tests/kube.py): the real operator (kopf, in
+a thread of the test process) with the chart's RBAC as its only rights, in a namespace of the
+test's own; its Jobs are admitted, run and retried by the real apiserver, Job controller, garbage
+collector and scheduler, and their pods by the process kubelet (the instant image by default: steps
+that finish at once, steerable through the control file)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from spin_runtime.api.spec import GROUP, PLURAL, VERSION
+from tests.kube import INSTANT_IMAGE, Kube, wait
+from tests.operator.fixtures import deep_merge, make_body
+
+MERGE = "application/merge-patch+json"
+
+
+def run_body(name: str = "e2e", spec: dict[str, Any] | None = None, *, instant: bool = True) -> dict[str, Any]:
+    """A SpinRun as a user writes it (no uid, generation or resourceVersion); `instant` runs its
+    steps in the instant image."""
+    base = deep_merge({"images": {"generator": INSTANT_IMAGE, "trainer": INSTANT_IMAGE}}, spec or {}) if instant else spec
+    body = make_body(name, base)
+    for k in ("uid", "generation", "resourceVersion", "namespace"):
+        body["metadata"].pop(k, None)
+    return body
+
+
+class E2E:
+    """One test's namespace on the real cluster, with the operator and helpers to drive a SpinRun."""
+
+    def __init__(self, kube: Kube, namespace: str) -> None:
+        self.kube = kube
+        self.namespace = namespace
+        self.api = config.new_client_from_config(str(kube.kubeconfig))
+        self.api.user_agent = "spin-tests"
+        self.custom = client.CustomObjectsApi(self.api)
+        self.batch = client.BatchV1Api(self.api)
+        self.core = client.CoreV1Api(self.api)
+        self.operator: Any = None
+        self.operator_config: Path | None = None
+        self._saved_env: dict[str, str | None] = {}
+
+    # ------------------------------------------------------------------ the operator
+
+    def start_operator(self, values: dict[str, Any] | None = None, *, clusterwide: bool = False) -> Any:
+        """The operator in a thread, as the chart's ServiceAccount: the chart rendered with `values`
+        and, unless `clusterwide`, `watchNamespaces: [this namespace]` (its namespaced mode: a Role
+        here and a ClusterRole to watch namespaces), watching what the chart makes it watch."""
+        from tests.operator.harness import OperatorThread
+
+        chart_values = dict(values or {})
+        if not clusterwide:
+            chart_values["watchNamespaces"] = [self.namespace]
+        self.operator_config, env = self.kube.operator_identity(chart_values)
+        for name, value in env.items():  # the container's environment, as the chart sets it
+            self._saved_env.setdefault(name, os.environ.get(name))
+            os.environ[name] = value
+        self.operator = OperatorThread(self.operator_config, None if clusterwide else self.namespace).start()
+        return self.operator
+
+    def stop_operator(self) -> None:
+        if self.operator is not None:
+            self.operator.stop()
+            self.operator = None
+
+    def close(self) -> None:
+        self.stop_operator()
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self.api.close()
+
+    # ------------------------------------------------------------------ SpinRuns
+
+    def create_run(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
+
+    def get_run(self, name: str) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
+        """A user's change of the spec (the apiserver raises metadata.generation)."""
+        self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name, {"spec": spec},
+                                                   _content_type=MERGE)
+
+    def delete_run(self, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+
+    def run_exists(self, name: str) -> bool:
+        try:
+            self.get_run(name)
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
+    def run_dir(self, name: str = "e2e") -> Path:
+        """The run's folder on its claim (the PersistentVolume's host folder)."""
+        return self.kube.claim_dir(self.namespace, f"{name}-data") / "runs" / name
+
+    # ------------------------------------------------------------------ waiting
+
+    def wait(self, pred: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
+        return wait(pred, timeout, what, errors=(ApiException,), detail=self.describe)
+
+    def wait_phase(self, name: str, phases: tuple[str, ...] | str, timeout: float = 90) -> dict[str, Any]:
+        """The SpinRun once its phase is one of `phases` (the object read then: assert on it)."""
+        phases = (phases,) if isinstance(phases, str) else phases
+
+        def reached() -> dict[str, Any] | None:
+            run = self.get_run(name)
+            return run if (run.get("status") or {}).get("phase") in phases else None
+
+        return self.wait(reached, timeout, f"{name} phase in {phases}")
+
+    def describe(self) -> str:
+        """What a person would look at when a wait times out: the run's status, Jobs and pods."""
+        parts = []
+        with contextlib.suppress(Exception):
+            runs = self.custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL)["items"]
+            parts += [f"run {r['metadata']['name']}: {json.dumps(r.get('status', {}))[:1500]}" for r in runs]
+        with contextlib.suppress(Exception):
+            parts.append("jobs: " + ", ".join(f"{n}={_job_state(j)}" for n, j in self.jobs().items()))
+        with contextlib.suppress(Exception):
+            parts.append("pods: " + ", ".join(f"{n}={p['status'].get('phase')}" for n, p in self.pods().items()))
+        return "; ".join(parts)
+
+    # ------------------------------------------------------------------ reading the cluster
+
+    def jobs(self) -> dict[str, dict[str, Any]]:
+        out = self.batch.list_namespaced_job(self.namespace, _preload_content=False)
+        return {j["metadata"]["name"]: j for j in json.loads(out.data)["items"]}
+
+    def pods(self) -> dict[str, dict[str, Any]]:
+        out = self.core.list_namespaced_pod(self.namespace, _preload_content=False)
+        return {o["metadata"]["name"]: o for o in json.loads(out.data)["items"]}
+
+    def pvcs(self) -> dict[str, dict[str, Any]]:
+        out = self.core.list_namespaced_persistent_volume_claim(self.namespace, _preload_content=False)
+        return {o["metadata"]["name"]: o for o in json.loads(out.data)["items"]}
+
+    def events(self, name: str, kind: str = "SpinRun") -> list[tuple[str, str, str]]:
+        out = self.core.list_namespaced_event(self.namespace, _preload_content=False)
+        return [(e.get("type"), e.get("reason"), e.get("message")) for e in json.loads(out.data)["items"]
+                if (e.get("involvedObject") or {}).get("name") == name and (e.get("involvedObject") or {}).get("kind") == kind]
+
+    def job_creations(self) -> list[str]:
+        """Names of the Jobs the operator created (the apiserver's audit log: 201s of its ServiceAccount)."""
+        return self.kube.creations(self.namespace, "jobs")
+
+    # ------------------------------------------------------------------ the instant steps
+
+    def hold(self, *suffixes: str) -> None:
+        """Steps with these Job-name suffixes (`it0-train`) run until released."""
+        control = self.kube.current_control()
+        control["hold"] = sorted(set(control.get("hold", [])) | set(suffixes))
+        self.kube.set_control(**control)
+
+    def release(self, *suffixes: str) -> None:
+        """Let held steps finish (all of them without arguments)."""
+        control = self.kube.current_control()
+        control["hold"] = sorted(set(control.get("hold", [])) - set(suffixes)) if suffixes else []
+        self.kube.set_control(**control)
+
+    def starts(self, job: str) -> list[int]:
+        """The indexes of `job`'s pods that started a step, in order."""
+        return [i for j, i in self.kube.starts() if j == job]
+
+
+def _job_state(job: dict[str, Any]) -> str:
+    st = job.get("status") or {}
+    conds = [c["type"] for c in st.get("conditions") or [] if c.get("status") == "True"]
+    return f"{','.join(conds) or 'running'}(active={st.get('active', 0)},failed={st.get('failed', 0)})"
+
+
+def job_done(job: dict[str, Any] | None) -> bool:
+    return any(c.get("type") == "Complete" and c.get("status") == "True"
+               for c in ((job or {}).get("status") or {}).get("conditions") or [])
+
+
+@contextlib.contextmanager
+def e2e(kube: Kube, **control: Any) -> Iterator[E2E]:
+    """A namespace of its own on the session's cluster, the CRD applied, the instant image's control set."""
+    kube.ensure_crd()
+    kube.control(**control)
+    with kube.namespace("e2e") as ns:
+        run = E2E(kube, ns)
+        try:
+            yield run
+        finally:
+            run.close()
+            kube.control()
+
+
+# --------------------------------------------------------------------------- other projects' controllers
+# Kueue and Kubeflow Trainer do not run on this cluster yet: their CRDs are installed (permissive
+# schemas) and the tests play their controllers on the real API, as the emulator's harness did.
+
+TRAINJOBS = ("trainer.kubeflow.org", "v1alpha1", "trainjobs")
+WORKLOADS = ("kueue.x-k8s.io", "v1beta1", "workloads")
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
+
+
+def permissive_crd(group: str, version: str, plural: str, kind: str) -> dict[str, Any]:
+    """A CRD that stores any object of the kind (no schema of the real project's)."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{group}"},
+        "spec": {"group": group, "scope": "Namespaced",
+                 "names": {"plural": plural, "singular": kind.lower(), "kind": kind, "listKind": f"{kind}List"},
+                 "versions": [{"name": version, "served": True, "storage": True, "subresources": {"status": {}},
+                               "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]},
+    }
+
+
+#: Kueue's mutating webhook for batch Jobs, as a MutatingAdmissionPolicy: a Job created with the
+#: queue-name label is stored suspended (Kueue unsuspends it once its Workload is admitted).
+KUEUE_WEBHOOK = [
+    {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingAdmissionPolicy",
+     "metadata": {"name": "spin-tests-kueue-suspend"},
+     "spec": {"matchConstraints": {"resourceRules": [{"apiGroups": ["batch"], "apiVersions": ["v1"],
+                                                      "operations": ["CREATE"], "resources": ["jobs"]}]},
+              "matchConditions": [{"name": "queued", "expression":
+                                   f"has(object.metadata.labels) && '{KUEUE_QUEUE_LABEL}' in object.metadata.labels"}],
+              "failurePolicy": "Fail", "reinvocationPolicy": "Never",
+              "mutations": [{"patchType": "ApplyConfiguration", "applyConfiguration": {
+                  "expression": "Object{spec: Object.spec{suspend: true}}"}}]}},
+    {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingAdmissionPolicyBinding",
+     "metadata": {"name": "spin-tests-kueue-suspend"}, "spec": {"policyName": "spin-tests-kueue-suspend"}},
+]
+
+
+class Player:
+    """A controller the test plays: `step()` every `poll` seconds in a thread; errors kept."""
+
+    def __init__(self, e2e: E2E, poll: float = 0.1) -> None:
+        import threading
+
+        self.e2e, self.poll = e2e, poll
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> Any:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self.thread.join(10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll):
+            try:
+                self.step()
+            except Exception as e:
+                self.errors.append(repr(e))
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+
+class TrainerPlayer(Player):
+    """Kubeflow Trainer v2's TrainJob controller, instant: an unsuspended TrainJob writes the training
+    step's marker on the claim (as its node pods would) and gets condition Complete; a suspended
+    one gets condition Suspended (the names of trainjob_types.go)."""
+
+    def __init__(self, e2e: E2E) -> None:
+        super().__init__(e2e)
+        self.completed: list[str] = []
+        self.hold: set[str] = set()
+
+    def _status(self, name: str, kind: str, reason: str) -> None:
+        self.e2e.custom.patch_namespaced_custom_object_status(
+            *TRAINJOBS[:2], self.e2e.namespace, TRAINJOBS[2], name,
+            {"status": {"conditions": [{"type": kind, "status": "True", "reason": reason, "message": "",
+                                        "lastTransitionTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]}},
+            _content_type=MERGE)
+
+    def step(self) -> None:
+        from spin_runtime.plan import stages
+        from spin_runtime.store import rundir
+
+        items = self.e2e.custom.list_namespaced_custom_object(*TRAINJOBS[:2], self.e2e.namespace, TRAINJOBS[2])["items"]
+        for tj in items:
+            name = tj["metadata"]["name"]
+            conds = {c["type"]: c for c in (tj.get("status") or {}).get("conditions") or []}
+            if any(conds.get(t, {}).get("status") == "True" for t in ("Complete", "Failed")):
+                continue
+            if tj["spec"].get("suspend"):
+                if conds.get("Suspended", {}).get("status") != "True":
+                    self._status(name, "Suspended", "Suspended")
+                continue
+            if "-".join(name.split("-")[-2:]) in self.hold:
+                continue
+            run_name = tj["metadata"]["labels"]["spin.dev/run"]
+            k = int(tj["metadata"]["labels"]["spin.dev/iteration"])
+            run_dir = self.e2e.run_dir(run_name)
+            run = rundir.load_run(run_dir)
+            rundir.mark_done(run_dir, run, stages.Step(k, "train"), {"by": "trainer-player"})
+            self._status(name, "Complete", "JobsCompleted")
+            self.completed.append(name)
+
+
+class KueuePlayer(Player):
+    """Kueue (v0.19's jobframework reconciler for batch Jobs) in the test's namespace, with the
+    webhook installed as KUEUE_WEBHOOK: a Workload per queued Job, admission while `quota` allows
+    (Kueue unsuspends the Job), an admitted Job someone else suspended is unsuspended again (counted
+    in `unsuspended_behind`), a Workload with spec.active false is evicted (its Job suspended)."""
+
+    def __init__(self, e2e: E2E, quota: int) -> None:
+        super().__init__(e2e)
+        self.quota = quota
+        self.admitted: set[str] = set()
+        self.evictions = 0
+        self.unsuspended_behind = 0
+
+    def _suspend(self, job: str, value: bool) -> None:
+        self.e2e.batch.patch_namespaced_job(job, self.e2e.namespace, {"spec": {"suspend": value}}, _content_type=MERGE,
+                                            _preload_content=False)
+
+    def step(self) -> None:
+        ns, custom = self.e2e.namespace, self.e2e.custom
+        jobs = json.loads(self.e2e.batch.list_namespaced_job(ns, label_selector=KUEUE_QUEUE_LABEL,
+                                                             _preload_content=False).data)["items"]
+        workloads = {w["metadata"]["labels"][KUEUE_JOB_UID_LABEL]: w
+                     for w in custom.list_namespaced_custom_object(*WORKLOADS[:2], ns, WORKLOADS[2])["items"]}
+        for job in jobs:
+            meta, uid = job["metadata"], job["metadata"]["uid"]
+            done = any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+                       for c in (job.get("status") or {}).get("conditions") or [])
+            wl = workloads.get(uid)
+            if wl is None:
+                if done:
+                    continue
+                wl = custom.create_namespaced_custom_object(*WORKLOADS[:2], ns, WORKLOADS[2], {
+                    "apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "Workload",
+                    "metadata": {"name": f"job-{meta['name']}-{uid[:5]}", "labels": {KUEUE_JOB_UID_LABEL: uid}},
+                    "spec": {"active": True, "queueName": meta["labels"][KUEUE_QUEUE_LABEL]}})
+            name = wl["metadata"]["name"]
+            if done:
+                self.admitted.discard(name)
+                continue
+            active = wl["spec"].get("active", True)
+            suspended = bool(job["spec"].get("suspend"))
+            if name in self.admitted and not active:
+                self.admitted.discard(name)
+                self.evictions += 1
+                if not suspended:
+                    self._suspend(meta["name"], True)
+            elif name in self.admitted and suspended:
+                self.unsuspended_behind += 1
+                self._suspend(meta["name"], False)
+            elif name not in self.admitted and active and len(self.admitted) < self.quota:
+                self.admitted.add(name)
+                if suspended:
+                    self._suspend(meta["name"], False)
+            elif name not in self.admitted and not suspended:
+                self._suspend(meta["name"], True)
