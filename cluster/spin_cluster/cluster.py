@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spin_cluster import build, controlplane, procs
+from spin_cluster import build, controlplane, kwok, procs
 from spin_cluster.addresses import MAX_CLUSTERS, Addresses
-from spin_cluster.components import ETCD, KUBERNETES
+from spin_cluster.components import ETCD, KUBERNETES, KWOK
 from spin_cluster.controlplane import STATE_FILE, ClusterError, State
 from spin_cluster.kubelet.config import ImageConfig, KubeletConfig, NodeConfig
 from spin_cluster.kubelet.main import CONFIG_FILE
@@ -35,6 +35,8 @@ class Options:
     memory: str = "256Gi"
     node_prefix: str = "spin-node"
     images: list[ImageConfig] = field(default_factory=list)
+    #: nodes whose pods kwok fakes (Running at once, Job pods Complete after it): no processes
+    kwok_nodes: int = 0
 
 
 def _claimed(index: int) -> bool:
@@ -82,7 +84,7 @@ def up(root: Path, options: Options | None = None) -> State:
         shutil.rmtree(root)
     root.mkdir(parents=True)
     started = time.monotonic()
-    binaries = build.ensure_all([ETCD, KUBERNETES])
+    binaries = build.ensure_all([ETCD, KUBERNETES, *([KWOK] if options.kwok_nodes else [])])
     built = time.monotonic()
     index = _allocate_index(root)
     names = [f"{options.node_prefix}-{i}" for i in range(options.nodes)]
@@ -113,6 +115,8 @@ def up(root: Path, options: Options | None = None) -> State:
             return set(names) <= ready
 
         controlplane.wait_until(nodes_ready, 60, "the nodes to be Ready", [state.log("spin-kubelet")], kubelet)
+        if options.kwok_nodes:
+            kwok.start(state, binaries, options.kwok_nodes, capacity)
 
         def default_account() -> bool:
             try:

@@ -52,7 +52,8 @@ KUBERNETES = Component(
     ),
 )
 ETCD = Component("etcd", "go.etcd.io/etcd/server/v3", (("etcd", "go.etcd.io/etcd/server/v3"),))
-KWOK = Component("kwok", "sigs.k8s.io/kwok", (("kwok", "sigs.k8s.io/kwok/cmd/kwok"),))
+KWOK = Component("kwok", "sigs.k8s.io/kwok", (("kwok", "sigs.k8s.io/kwok/cmd/kwok"),
+                                              ("kwok-stages", "spinrun.dev/cluster/kwok/stages")))
 
 COMPONENTS = (ETCD, KUBERNETES, KWOK)
 

@@ -188,3 +188,30 @@ def test_down_stops_every_process_and_removes_the_pod_network(tmp_path: Path) ->
     assert not [n for n in NETNS_DIR.iterdir() if n.name.startswith(state.addresses.netns_prefix)]
     assert not Path(f"/sys/class/net/{state.addresses.bridge}").exists()
     assert not root.exists()
+
+
+def test_kwok_nodes_complete_job_pods_without_processes(tmp_path: Path) -> None:
+    """A cluster of kwok nodes only (what scale tests need): the real Job controller and scheduler,
+    pods faked by kwok with its default stages."""
+    from spin_cluster.cluster import Options, down, up
+
+    root = tmp_path / "cluster"
+    state = up(root, Options(nodes=0, kwok_nodes=2))
+    try:
+        api = state.client()
+        api.create(path("batch", "v1", "jobs", "default"), {
+            "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "many"},
+            "spec": {"completions": 20, "parallelism": 20, "completionMode": "Indexed", "template": {"spec": {
+                "restartPolicy": "Never", "containers": [{"name": "c", "image": "none", "command": ["false"]}]}}}})
+
+        def complete() -> dict[str, Any] | None:
+            job = api.get(path("batch", "v1", "jobs", "default", "many"))
+            done = any(c["type"] == "Complete" and c["status"] == "True" for c in job["status"].get("conditions") or [])
+            return job if done else None
+
+        job = wait(complete, 90, "the Job to complete on kwok's nodes")
+        assert job["status"]["succeeded"] == 20
+        pods = api.get(path("", "v1", "pods", "default"))["items"]
+        assert {p["spec"]["nodeName"] for p in pods} <= {"kwok-node-0", "kwok-node-1"} and len(pods) == 20
+    finally:
+        down(root)
