@@ -215,3 +215,19 @@ def test_kwok_nodes_complete_job_pods_without_processes(tmp_path: Path) -> None:
         assert {p["spec"]["nodeName"] for p in pods} <= {"kwok-node-0", "kwok-node-1"} and len(pods) == 20
     finally:
         down(root)
+
+
+def test_a_volume_over_the_projects_folder_does_not_hide_the_image(kube: Kube) -> None:
+    """Every image is the host's root with the project's environment; a pod's volume mounted where
+    that environment lives (an emptyDir at /tmp, with the checkout under /tmp in CI) must not hide
+    it, as a real image's files are not under the pod's volumes."""
+    from tests.kube import REPO
+
+    with kube.namespace("hidden") as ns:
+        body = pod_body("spin", "pass", volumes=[{"name": "scratch", "emptyDir": {}}])
+        container = body["spec"]["containers"][0]
+        container["command"] = ["spin", "validate", str(REPO / "examples" / "spinrun-local.yaml")]
+        container["volumeMounts"] = [{"name": "scratch", "mountPath": str(REPO.parent)}]
+        kube.api.create(path("", "v1", "pods", ns), body)
+        pod = wait_phase(kube, ns, "spin", ("Succeeded", "Failed"))
+        assert pod["status"]["phase"] == "Succeeded", kube.kubectl("logs", "-n", ns, "spin").stdout

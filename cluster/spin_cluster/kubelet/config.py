@@ -45,6 +45,11 @@ class KubeletConfig:
     images: list[ImageConfig] = field(default_factory=list)
     #: the project environment's bin folder (spin, spin-operator, torchrun, python)
     venv_bin: str = field(default_factory=lambda: str(Path(sys.executable).parent))
+    #: the host folders every image is made of (the environment, its Python, the project's
+    #: sources of an editable install): bound again over any volume that would hide them (a
+    #: checkout under /tmp, where pods mount an emptyDir)
+    image_paths: list[str] = field(default_factory=lambda: sorted(
+        {sys.prefix, sys.base_prefix, str(Path(__file__).resolve().parents[3])}))
 
     def image(self, image: str) -> ImageConfig | None:
         """The first image configuration whose pattern matches `image`."""
@@ -72,4 +77,4 @@ class KubeletConfig:
     def load(cls, path: Path) -> KubeletConfig:
         doc: dict[str, Any] = json.loads(path.read_text())
         return cls(nodes=[NodeConfig(**n) for n in doc["nodes"]], images=[ImageConfig(**i) for i in doc["images"]],
-                   venv_bin=doc["venv_bin"])
+                   venv_bin=doc["venv_bin"], image_paths=doc["image_paths"])

@@ -6,7 +6,7 @@ with a fresh /run and /dev, the pod's volumes and kubelet-managed files (/etc/ho
 and no_new_privs, and execs the command. The standard library only: this runs before anything else.
 
 CONFIG: {netns, hostname, upper, work, merged, readonly, traversable: [host dirs the user must be able to
-enter], mounts: [{source, target, readonly}], uid, gid, groups, no_new_privs, cwd, argv, env,
+enter], mounts: [{source, target, readonly}], image_paths: [host folders the image is made of, bound again where a volume hides them], uid, gid, groups, no_new_privs, cwd, argv, env,
 status: a host file where a start error is written}."""
 
 from __future__ import annotations
@@ -72,6 +72,11 @@ def secure_join(root: str, path: str) -> str:
     return os.path.join(root, *resolved)
 
 
+def _under(path: str, mount_path: str) -> bool:
+    root = mount_path.rstrip("/") or "/"
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
 def _mountpoint(merged: str, target: str, is_file: bool) -> str:
     where = secure_join(merged, target)
     if is_file:
@@ -135,6 +140,12 @@ def setup(cfg: dict) -> None:  # type: ignore[type-arg]
     for m, where in zip(cfg["mounts"], targets, strict=True):
         mount(m["source"], where, None, MS_BIND | MS_REC)
         if m.get("readonly"):
+            mount(None, where, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+    for host in cfg.get("image_paths", []):  # what a volume hides of the image is the image's again
+        if any(_under(host, m["target"]) for m in cfg["mounts"]) and os.path.isdir(host):
+            where = secure_join(merged, host)
+            os.makedirs(where, exist_ok=True)
+            mount(host, where, None, MS_BIND | MS_REC)
             mount(None, where, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
     os.chdir(merged)
     os.chroot(".")

@@ -362,7 +362,8 @@ class PodWorker:
         cfg = {"netns": str(self.network.netns_path(self.uid)),
                "hostname": self.pod["spec"].get("hostname") or self.pod["metadata"]["name"], "upper": str(rootfs / "upper"),
                "work": str(rootfs / "work"), "merged": str(rootfs / "merged"), "readonly": readonly,
-               "traversable": self.config.traversable(), "mounts": mounts, "uid": uid, "gid": gid, "groups": groups,
+               "traversable": self.config.traversable(), "mounts": mounts,
+               "image_paths": [*self.config.image_paths, *(m["source"] for m in self.config.image_mounts(spec.get("image", "")))], "uid": uid, "gid": gid, "groups": groups,
                "no_new_privs": no_new_privs, "cwd": spec.get("workingDir") or "/", "argv": argv, "env": environment,
                "status": str(status_file)}
         (folder / "config.json").write_text(json.dumps(cfg))
