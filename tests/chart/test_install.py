@@ -48,7 +48,7 @@ def test_helm_install_runs_a_spinrun_to_complete_under_the_charts_rbac(kube: Kub
     assert pod["spec"]["serviceAccountName"] == RELEASE
     assert any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"]["conditions"])
     assert pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
-    kube._crd = True  # helm installed it
+    kube.ensure_crd()  # helm installed it (or an earlier test): Established before the first SpinRun
     with kube.namespace("helm") as ns:
         body = run_body("demo", spec={"iterations": 1})
         body["metadata"]["namespace"] = ns

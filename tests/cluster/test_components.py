@@ -49,3 +49,20 @@ def test_version_ldflags_name_both_version_packages() -> None:
         assert f"-X '{package}.gitMajor=1'" in flags and f"-X '{package}.gitMinor=37'" in flags
     with pytest.raises(ValueError):
         version_ldflags("v1.37.2-dirty")
+
+
+@pytest.mark.parametrize(("cached", "keep", "cleaned"), [(False, "", True), (False, "1", False), (True, "", False)])
+def test_the_go_build_cache_is_emptied_after_a_build(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cached: bool,
+                                                     keep: str, cleaned: bool) -> None:
+    """Go's build cache (gigabytes) only speeds up a rebuild after a pin changes: emptied after a build."""
+    from spin_cluster import build
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(build, "built", lambda component: tmp_path if cached else None)
+    monkeypatch.setattr(build, "ensure", lambda component, log=None: tmp_path)
+    monkeypatch.setattr(build, "go_binary", lambda: "go")
+    monkeypatch.setattr(build.subprocess, "run", lambda argv, **kw: calls.append(argv))
+    monkeypatch.setenv(build.KEEP_GOCACHE_ENV, keep)
+    binaries = build.ensure_all([KWOK])
+    assert binaries == {"kwok": tmp_path / "kwok", "kwok-stages": tmp_path / "kwok-stages"}
+    assert calls == ([["go", "clean", "-cache"]] if cleaned else [])
