@@ -55,7 +55,7 @@ class E2E:
         """The operator in a thread, as the chart's ServiceAccount: the chart rendered with `values`
         and, unless `clusterwide`, `watchNamespaces: [this namespace]` (its namespaced mode: a Role
         here and a ClusterRole to watch namespaces), watching what the chart makes it watch."""
-        from tests.operator.harness import OperatorThread
+        from tests.operator.operator_thread import OperatorThread
 
         chart_values = dict(values or {})
         if not clusterwide:

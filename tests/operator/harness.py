@@ -1,5 +1,8 @@
-"""End-to-end harness: kmock's Kubernetes emulator in a thread, the real operator (kopf) in a
-thread (or a subprocess), and a fake kubelet + Job controller that runs Jobs.
+"""The emulator harness: kmock's Kubernetes emulator in a thread, the real operator (kopf) in a
+thread (or a subprocess), and a fake kubelet + Job controller that runs Jobs. The operator's e2e
+suite runs on a real control plane (tests/operator/e2e.py); this harness remains for what still
+needs faults a real control plane cannot make on request (tests/reliability, until the fault
+suite moves there), the operator image test and the scale benchmark.
 
 The kubelet has two modes:
 - `instant`: every pod "succeeds" at once; it stores the spec like the init container would
@@ -50,6 +53,7 @@ from typing_extensions import Self, override
 
 from spin_runtime.api.spec import GROUP, PLURAL, VERSION
 from spin_runtime.launch import PROGRESS_PORT_ENV, PROGRESS_PORT_NAME
+from tests.operator.operator_thread import OperatorThread
 
 HARNESS_AGENT = "spin-e2e-harness"
 VENV_BIN = Path(sys.executable).parent
@@ -132,9 +136,6 @@ class SpinEmulator(kmock.KubernetesEmulator, FastMatching):
     `generateName` (kopf's events) and uid/resourceVersion/creationTimestamp on create;
     reactions are matched in O(1) per request instead of O(request log) (`FastMatching`)."""
 
-    #: Play Kueue's mutating webhook: a Job created with the queue-name label is stored suspended.
-    kueue_webhook: bool = False
-
 
     @override
     async def _handle(self, request: Any) -> Any:
@@ -146,9 +147,6 @@ class SpinEmulator(kmock.KubernetesEmulator, FastMatching):
     async def _handle_request(self, request: Any) -> Any:
         if request.action is not None and request.action.value == "CREATE" and isinstance(request.data, dict):
             meta = request.data.setdefault("metadata", {})
-            if (self.kueue_webhook and getattr(request.resource, "plural", None) == "jobs"
-                    and (meta.get("labels") or {}).get(KUEUE_QUEUE_LABEL)):
-                request.data.setdefault("spec", {})["suspend"] = True
             if not meta.get("name") and meta.get("generateName"):
                 meta["name"] = f"{meta['generateName']}{uuid.uuid4().hex[:10]}"
             meta.setdefault("uid", str(uuid.uuid4()))
@@ -259,22 +257,10 @@ def labels_match(obj: dict[str, Any], selector: list[tuple[str, str, str]]) -> b
 
 
 
-#: Custom resources of other projects a test may install (plural path → ResourceInfo kwargs).
-FOREIGN_CRDS: dict[str, dict[str, Any]] = {
-    "trainer.kubeflow.org/v1alpha1/trainjobs": {"kind": "TrainJob", "singular": "trainjob", "namespaced": True,
-                                                 "subresources": {"status"}},
-    "kueue.x-k8s.io/v1beta1/workloads": {"kind": "Workload", "singular": "workload", "namespaced": True,
-                                         "subresources": {"status"}},
-}
-KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
-
-
 class Emulator:
     """kmock's KubernetesEmulator served on a local port from its own thread and loop."""
 
-    def __init__(self, crds: tuple[str, ...] = ()) -> None:
-        self.crds = crds
+    def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.stopping: asyncio.Event | None = None
@@ -299,9 +285,6 @@ class Emulator:
             kind="SpinRun", singular="spinrun", namespaced=True, shortnames={"spin"}, subresources={"status"},
             verbs={"list", "watch", "get", "create", "update", "patch", "delete"},
         )
-        for path in self.crds:
-            mock.resources[path] = kmock.ResourceInfo(
-                **FOREIGN_CRDS[path], verbs={"list", "watch", "get", "create", "update", "patch", "delete"})
         async with mock, kmock.Server(mock) as server:
             self.mock = mock
             self.url = str(server.url).rstrip("/")
@@ -372,56 +355,6 @@ def harness_client(url: str) -> client.ApiClient:
 
 
 # --------------------------------------------------------------------------- operator
-
-
-class OperatorThread:
-    """The real operator (kopf + handlers) in a thread with its own event loop."""
-
-    def __init__(self, kubeconfig: Path, namespace: str | None = None) -> None:
-        self.kubeconfig = kubeconfig
-        self.namespace = namespace
-        self.thread: threading.Thread | None = None
-        self.stop_flag = threading.Event()
-        self.ready_flag = threading.Event()
-        self.error: BaseException | None = None
-
-    def start(self) -> OperatorThread:
-        import kubernetes.config.kube_config as kc
-
-        os.environ["KUBECONFIG"] = str(self.kubeconfig)
-        kc.KUBE_CONFIG_DEFAULT_LOCATION = str(self.kubeconfig)
-        import kopf
-
-        from spin_operator import handlers  # noqa: F401  (importing it registers the handlers)
-        from spin_operator.kube import client as kube_client
-
-        kube_client.reset_api_client()
-
-        def run() -> None:
-            try:
-                asyncio.run(
-                    kopf.operator(
-                        standalone=True,
-                        clusterwide=self.namespace is None,
-                        namespaces=[self.namespace] if self.namespace else (),
-                        ready_flag=self.ready_flag,
-                        stop_flag=self.stop_flag,
-                    )
-                )
-            except BaseException as e:
-                self.error = e
-
-        self.thread = threading.Thread(target=run, name="operator", daemon=True)
-        self.thread.start()
-        if not self.ready_flag.wait(30):
-            raise RuntimeError(f"operator not ready: {self.error!r}")
-        return self
-
-    def stop(self) -> None:
-        self.stop_flag.set()
-        if self.thread is not None:
-            self.thread.join(30)
-            assert not self.thread.is_alive(), "operator did not stop within 30 s"
 
 
 #: Arguments of an `OperatorCommand`: every namespace, no metrics or liveness ports.
@@ -1080,124 +1013,6 @@ class PollingController:
         raise NotImplementedError
 
 
-class TrainJobController(PollingController):
-    """Plays Kubeflow Trainer v2's TrainJob controller (instant): an unsuspended TrainJob writes
-    the training step's markers (as its `node` pods would) and gets condition Complete; a
-    suspended one gets condition Suspended (reason Suspended), as trainjob_types.go names them."""
-
-    thread_name = "trainjob-controller"
-
-    def __init__(self, kubelet: Kubelet, namespace: str, poll: float = 0.05) -> None:
-        super().__init__(poll)
-        self.kubelet = kubelet
-        self.namespace = namespace
-        self.custom = client.CustomObjectsApi(kubelet.api)
-        self.completed: list[str] = []
-        #: TrainJob names (suffix like "it0-train") that stay running until removed
-        self.hold: set[str] = set()
-
-    def step(self) -> None:
-        items = self.custom.list_namespaced_custom_object("trainer.kubeflow.org", "v1alpha1", self.namespace, "trainjobs")
-        for tj in items.get("items") or []:
-            self._tick(tj)
-
-    def _status(self, name: str, conditions: list[dict[str, Any]]) -> None:
-        self.custom.patch_namespaced_custom_object_status(
-            "trainer.kubeflow.org", "v1alpha1", self.namespace, "trainjobs", name, {"status": {"conditions": conditions}})
-
-    def _tick(self, tj: dict[str, Any]) -> None:
-        name = tj["metadata"]["name"]
-        conds = {c["type"]: c for c in (tj.get("status") or {}).get("conditions") or []}
-        if any(conds.get(t, {}).get("status") == "True" for t in ("Complete", "Failed")):
-            return
-        if tj["spec"].get("suspend"):
-            if conds.get("Suspended", {}).get("status") != "True":
-                self._status(name, [{"type": "Suspended", "status": "True", "reason": "Suspended", "message": "",
-                                     "lastTransitionTime": now_iso()}])
-            return
-        if "-".join(name.split("-")[-2:]) in self.hold:
-            return
-        (patch,) = tj["spec"]["runtimePatches"]
-        (node,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
-        pod = node["template"]["spec"]["template"]["spec"]
-        as_job = {"metadata": tj["metadata"], "spec": {"template": {"spec": {
-            "volumes": pod["volumes"], "containers": [{"command": tj["spec"]["trainer"]["command"]}]}}}}
-        self.kubelet._instant(as_job, 0)
-        self._status(name, [{"type": "Complete", "status": "True", "reason": "JobsCompleted", "message": "",
-                             "lastTransitionTime": now_iso()}])
-        self.completed.append(name)
-
-
-# --------------------------------------------------------------------------- Kueue
-
-
-class KueueController(PollingController):
-    """Plays Kueue (v0.19's jobframework reconciler, for batch Jobs) in one namespace: a Workload per
-    queued Job (label kueue.x-k8s.io/job-uid), admission while `quota` allows, then Kueue itself
-    unsuspends the Job; an admitted Job whose suspend flag someone else set is unsuspended again
-    (counted in `unsuspended_behind`: the patch loop a wrong client causes); a Workload with
-    spec.active false is evicted (its Job suspended) and not requeued; active again, requeued."""
-
-    thread_name = "kueue"
-
-    def __init__(self, url: str, namespace: str, quota: int = 1, poll: float = 0.05) -> None:
-        super().__init__(poll)
-        self.api = harness_client(url)
-        self.batch, self.custom = client.BatchV1Api(self.api), client.CustomObjectsApi(self.api)
-        self.namespace, self.quota = namespace, quota
-        self.admitted: set[str] = set()  # workload names
-        self.admissions = 0
-        self.evictions = 0
-        self.unsuspended_behind = 0
-
-    def _wl(self, verb: str, *args: Any, **kw: Any) -> Any:
-        return getattr(self.custom, f"{verb}_namespaced_custom_object")("kueue.x-k8s.io", "v1beta1", self.namespace, "workloads",
-                                                                       *args, **kw)
-
-    def _suspend(self, job: str, value: bool) -> None:
-        self.batch.patch_namespaced_job(job, self.namespace, {"spec": {"suspend": value}}, _content_type=MERGE,
-                                        _preload_content=False)
-
-    def step(self) -> None:
-        jobs = json.loads(self.batch.list_namespaced_job(self.namespace, label_selector=KUEUE_QUEUE_LABEL,
-                                                         _preload_content=False).data)["items"]
-        workloads = {w["metadata"]["labels"][KUEUE_JOB_UID_LABEL]: w for w in self._wl("list")["items"]}
-        for job in jobs:
-            meta, uid = job["metadata"], job["metadata"]["uid"]
-            done = any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-                       for c in (job.get("status") or {}).get("conditions") or [])
-            wl = workloads.get(uid)
-            if wl is None:
-                if done:
-                    continue
-                wl = self._wl("create", {
-                    "apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "Workload",
-                    "metadata": {"name": f"job-{meta['name']}-{uid[:5]}", "namespace": self.namespace,
-                                 "labels": {KUEUE_JOB_UID_LABEL: uid}},
-                    "spec": {"active": True, "queueName": meta["labels"][KUEUE_QUEUE_LABEL]}})
-            name = wl["metadata"]["name"]
-            if done:
-                self.admitted.discard(name)
-                continue
-            active = wl["spec"].get("active", True)
-            suspended = bool(job["spec"].get("suspend"))
-            if name in self.admitted and not active:  # deactivated: evicted, not requeued
-                self.admitted.discard(name)
-                self.evictions += 1
-                if not suspended:
-                    self._suspend(meta["name"], True)
-            elif name in self.admitted and suspended:  # someone else suspended an admitted Job
-                self.unsuspended_behind += 1
-                self._suspend(meta["name"], False)
-            elif name not in self.admitted and active and len(self.admitted) < self.quota:
-                self.admitted.add(name)
-                self.admissions += 1
-                if suspended:
-                    self._suspend(meta["name"], False)
-            elif name not in self.admitted and not suspended:  # running without admission
-                self._suspend(meta["name"], True)
-
-
 # --------------------------------------------------------------------------- garbage collector
 
 
@@ -1255,15 +1070,10 @@ class Cluster:
 
     def __init__(self, tmp: Path, *, mode: str = "instant", failures: dict[tuple[str, int], int] | None = None,
                  namespace: str = "e2e", markers: bool = True, pods: bool = False, gc_delay: float | None = None,
-                 trainjob_crd: bool = False, kueue_quota: int | None = None) -> None:
+) -> None:
         self.tmp = Path(tmp)
         self.namespace = namespace
-        crds = (("trainer.kubeflow.org/v1alpha1/trainjobs",) if trainjob_crd else ()) + (
-            ("kueue.x-k8s.io/v1beta1/workloads",) if kueue_quota is not None else ())
-        self.emulator = Emulator(crds=crds).start()
-        if kueue_quota is not None:
-            assert self.emulator.mock is not None
-            self.emulator.mock.kueue_webhook = True
+        self.emulator = Emulator().start()
         self.kubeconfig = self.emulator.kubeconfig(self.tmp / "kubeconfig.yaml")
         self.api = harness_client(self.emulator.url)
         self.custom = client.CustomObjectsApi(self.api)
@@ -1272,10 +1082,6 @@ class Cluster:
                                pods=pods).start()
         #: The garbage collector, when `gc_delay` is given (otherwise tests call collect_garbage).
         self.gc = GarbageCollector(self.emulator.url, namespace, gc_delay).start() if gc_delay is not None else None
-        #: Kubeflow Trainer's TrainJob controller, when the TrainJob CRD is installed.
-        self.trainer = TrainJobController(self.kubelet, namespace).start() if trainjob_crd else None
-        #: Kueue, when `kueue_quota` (workloads admitted at once) is given.
-        self.kueue = KueueController(self.emulator.url, namespace, kueue_quota).start() if kueue_quota is not None else None
         self.operator: OperatorThread | OperatorCommand | None = None
 
     def start_operator(self, command: Sequence[str] | None = None) -> OperatorThread | OperatorCommand:
@@ -1296,10 +1102,6 @@ class Cluster:
         self.stop_operator()
         if self.gc is not None:
             self.gc.stop()
-        if self.trainer is not None:
-            self.trainer.stop()
-        if self.kueue is not None:
-            self.kueue.stop()
         self.kubelet.stop()
         self.emulator.stop()
 
@@ -1410,33 +1212,3 @@ def cluster(tmp: Path, **kw: Any) -> Iterator[Cluster]:
         yield c
     finally:
         c.close()
-
-
-def summarize_requests(requests: list[dict[str, Any]]) -> dict[str, Any]:
-    """The recorded-requests document the chart's RBAC test reads (format 1):
-
-    {"format": 1,
-     "requests": [{"apiGroup": "batch", "resource": "jobs", "subresource": null,
-                   "verb": "create", "clusterWide": false, "count": 31}, ...],
-     "nonResourceURLs": [{"path": "/apis", "verb": "get", "count": 9}, ...]}
-
-    `clusterWide` is true when some request of that kind had no namespace in its URL
-    (list/watch across namespaces needs a ClusterRole)."""
-    counts: dict[tuple[Any, ...], list[int]] = {}
-    paths: dict[tuple[str, str], int] = {}
-    for r in requests:
-        if r["resource"] is None:
-            paths[(r["path"], r["verb"])] = paths.get((r["path"], r["verb"]), 0) + 1
-            continue
-        key = (r["group"] or "", r["resource"], r["subresource"], r["verb"])
-        entry = counts.setdefault(key, [0, 0])
-        entry[0] += 1
-        entry[1] += int(r["namespace"] is None)
-    return {
-        "format": 1,
-        "requests": [
-            {"apiGroup": g, "resource": res, "subresource": sub, "verb": v, "clusterWide": bool(cw), "count": n}
-            for (g, res, sub, v), (n, cw) in sorted(counts.items(), key=lambda kv: tuple(str(x) for x in kv[0]))
-        ],
-        "nonResourceURLs": [{"path": p, "verb": v, "count": n} for (p, v), n in sorted(paths.items())],
-    }

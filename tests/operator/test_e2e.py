@@ -399,7 +399,7 @@ def test_another_cluster_two_iterations(tmp_path: Path) -> None:  # pragma: no c
     can run the tiny model; the operator runs here, the Jobs run there."""
     from kubernetes import client, config
 
-    from tests.operator.harness import OperatorThread
+    from tests.operator.operator_thread import OperatorThread
 
     kubeconfig = Path(os.environ["SPIN_E2E_KUBECONFIG"])
     namespace = os.environ.get("SPIN_E2E_NAMESPACE", "default")
