@@ -197,11 +197,8 @@ def rule_grants(rules: Iterable[Mapping[str, Any]]) -> set[tuple[str, str, str]]
 
 #: Grants the operator needs although its e2e runs do not exercise them; each with the reason.
 _ADMISSION_ONLY = "checked by an admission plugin (blockOwnerDeletion), not an API call"
-_MULTI_NODE_ONLY = "headless Service of multi-node training (training.nodes > 1) only"
 KNOWN_UNEXERCISED = {
     ("spin.dev", "spinruns/finalizers", "update"): _ADMISSION_ONLY,
-    ("", "services", "create"): _MULTI_NODE_ONLY,
-    ("", "services", "delete"): _MULTI_NODE_ONLY,
 }
 
 

@@ -420,3 +420,26 @@ def test_another_cluster_two_iterations(tmp_path: Path) -> None:  # pragma: no c
     finally:
         api.delete_namespaced_custom_object("spin.dev", "v1alpha1", namespace, "spinruns", body["metadata"]["name"])
         op.stop()
+
+
+@pytest.mark.slow
+def test_two_node_training_finds_its_master_through_cluster_dns(c: E2E) -> None:
+    """training.nodes 2 on CPU: an Indexed Job of two pods with a headless Service; each pod's
+    torchrun reaches node 0 at `<job>-0.<service>` (the operator's own name for it, resolved by the
+    cluster DNS from the EndpointSlices) and the two train together over gloo."""
+    spec = {
+        "iterations": 1,
+        "generation": {"shards": 1, "maxNewTokens": 8, "batchSize": 8},
+        "training": {"nodes": 2, "maxLength": 64, "maxPromptLength": 32, "maxSteps": 2, "perDeviceBatchSize": 2,
+                     "reportTo": []},
+        "evaluation": {"enabled": False},
+        "storage": {"newClaim": {"size": "1Gi", "accessModes": ["ReadWriteMany"]}},
+    }
+    c.start_operator()
+    c.create_run(run_body(spec=spec, instant=False))
+    run = c.wait_phase("e2e", ("Complete", "Failed"), float(os.environ.get("SPIN_E2E_REAL_TIMEOUT", "400")))
+    logs = {n: c.kube.kubectl("logs", "-n", c.namespace, n).stdout for n, p in c.pods().items()
+            if p["metadata"]["labels"].get("spin.dev/step") == "train"}
+    assert run["status"]["phase"] == "Complete", (run["status"], {n: log[-2000:] for n, log in logs.items()})
+    assert len(logs) == 2, sorted(logs)
+    assert (c.run_dir() / "iter-0" / "model").is_dir()
