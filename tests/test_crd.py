@@ -19,7 +19,8 @@ import yaml
 from spin_runtime.api.crd import PRINTER_COLUMNS, crd_dict, crd_yaml
 from spin_runtime.api.crd import openapi_schema as _openapi_schema
 from spin_runtime.api.load import SpecError, validate_data
-from spin_runtime.api.spec import SpinRun
+from spin_runtime.api.recipes import RECIPES
+from spin_runtime.api.spec import DEFAULT_MAX_LENGTH, DEFAULT_MAX_PROMPT_LENGTH, SpinRun
 from tests.admission import Admission
 
 REPO = Path(__file__).resolve().parents[1]
@@ -221,6 +222,69 @@ def test_examples_and_defaults_are_admitted(admission: Admission) -> None:
     assert admission.problems(full) == []
 
 
+def _object_blocks(node: dict[str, Any], prefix: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
+    """The path of every object-valued field under `node` (not list items or maps)."""
+    for name, sub in node.get("properties", {}).items():
+        if sub.get("type") == "object" and "properties" in sub:
+            yield (*prefix, name)
+            yield from _object_blocks(sub, (*prefix, name))
+
+
+def _scalar_leaves(value: Any, prefix: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """Every scalar in a dumped spec with its path (lists are left whole)."""
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            yield from _scalar_leaves(sub, (*prefix, key))
+    elif not isinstance(value, list):
+        yield prefix, value
+
+
+def _with(path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    doc = {"apiVersion": "spin.dev/v1alpha1", "kind": "SpinRun", "metadata": {"name": "r"}}
+    node: dict[str, Any] = doc
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = value
+    return doc
+
+
+def _validate_verdict(doc: dict[str, Any]) -> list[str]:
+    try:
+        validate_data(doc)
+    except SpecError as e:
+        return e.problems
+    return []
+
+
+def test_every_block_left_empty_is_judged_alike_by_validate_and_the_apiserver(admission: Admission) -> None:
+    """`training: {}`, `generation: {}`, ... : a block whose fields all have documented defaults is
+    admitted by both, one with a required choice is refused by both (a CEL rule reading an absent
+    field without has() refuses every spec that leaves it out)."""
+    spec_schema = openapi_schema()["properties"]["spec"]
+    differ = []
+    for block in _object_blocks(spec_schema, ("spec",)):
+        doc = _with(block, {})
+        ours, theirs = _validate_verdict(doc), admission.problems(doc)
+        if bool(ours) != bool(theirs):
+            differ.append(f"{'.'.join(block)}: {{}}: validate says {ours or 'ok'}, the apiserver {theirs or 'ok'}")
+    assert not differ, "\n".join(differ)
+
+
+def test_each_documented_default_given_alone_is_admitted(admission: Admission) -> None:
+    """A spec that writes out one default (as a user copying docs/spec-reference.md does) is
+    admitted wherever `spin validate` admits it."""
+    minimal = {"apiVersion": "spin.dev/v1alpha1", "kind": "SpinRun", "metadata": {"name": "r"}}
+    dumped = SpinRun.model_validate(minimal).dump()["spec"]
+    refused = []
+    for path, value in _scalar_leaves(dumped, ("spec",)):
+        if value is None:
+            continue
+        doc = _with(path, value)
+        if _validate_verdict(doc) == [] and (problems := admission.problems(doc)):
+            refused.append(f"{'.'.join(path)}: {value!r}: {problems}")
+    assert not refused, "\n".join(refused)
+
+
 def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     def mutate(doc: dict[str, Any]) -> None:
         *parents, last = path.split(".")
@@ -248,6 +312,8 @@ CEL_CASES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("synthetic data twice", _set("spec.syntheticData", [{"iteration": 0, "hub": "a/b"}, {"iteration": 0, "path": "/d"}]), "at most once"),
     ("multi-node on a single-node volume", lambda d: (_set("spec.training.nodes", 2)(d), _set("spec.storage", {"newClaim": {"accessModes": ["ReadWriteOnce"]}})(d)), "ReadWriteMany"),
     ("prompt as long as the sequence", _set("spec.training.maxPromptLength", 128), "maxPromptLength must be smaller than maxLength"),
+    ("prompt longer than the default sequence", lambda d: d["spec"]["training"].pop("maxLength") and _set("spec.training.maxPromptLength", 2048)(d), "maxPromptLength must be smaller than maxLength"),
+    ("sequence shorter than the default prompt", lambda d: d["spec"]["training"].pop("maxPromptLength") and _set("spec.training.maxLength", 256)(d), "maxPromptLength must be smaller than maxLength"),
     ("name too long", _set("metadata.name", "r" * 41), "at most 40 characters"),
     ("name starting with a digit", _set("metadata.name", "1run"), "DNS label that starts with a letter"),
     ("name with a dot", _set("metadata.name", "run.one"), "DNS label that starts with a letter"),
@@ -265,6 +331,15 @@ def test_cel_rule_refuses_what_the_model_refuses(
     assert any(message in p for p in problems), problems
     with pytest.raises(SpecError):
         validate_data(doc)
+
+
+def test_recipes_keep_the_sequence_lengths_the_cel_rule_assumes() -> None:
+    """Training's CEL rule cannot see the recipe, so it compares against the model's defaults where
+    a field is left out: a recipe that set other lengths would make the CRD judge differently."""
+    for name, recipe in RECIPES.items():
+        training = recipe.get("training", {})
+        assert training.get("maxLength", DEFAULT_MAX_LENGTH) == DEFAULT_MAX_LENGTH, name
+        assert training.get("maxPromptLength", DEFAULT_MAX_PROMPT_LENGTH) == DEFAULT_MAX_PROMPT_LENGTH, name
 
 
 def test_storage_is_immutable_but_other_fields_may_change(admission: Admission) -> None:

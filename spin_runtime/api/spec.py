@@ -446,11 +446,22 @@ class GangScheduling(SpinModel):
     )
 
 
+#: Training's sequence lengths when a spec leaves them out (also read by its CEL rule).
+DEFAULT_MAX_LENGTH = 1024
+DEFAULT_MAX_PROMPT_LENGTH = 512
+
+
 class Training(SpinModel):
     """The SPIN training step (TRL DPOTrainer with chosen = real, rejected = generated)."""
 
     model_config = _cel_rules(
-        _cel("self.maxPromptLength < self.maxLength", "maxPromptLength must be smaller than maxLength"),
+        # both fields are recipe fields, so the CRD gives them no default: the rule reads the
+        # model's defaults where the object leaves them out (a CEL "no such key" refuses the object)
+        _cel(
+            f"(has(self.maxPromptLength) ? self.maxPromptLength : {DEFAULT_MAX_PROMPT_LENGTH}) < "
+            f"(has(self.maxLength) ? self.maxLength : {DEFAULT_MAX_LENGTH})",
+            "maxPromptLength must be smaller than maxLength",
+        ),
         _cel(
             "!(has(self.precision) && self.precision == 'fp16') || !has(self.gpusPerNode) || self.gpusPerNode > 0",
             "precision fp16 must be used with GPUs (gpusPerNode > 0): use bf16 or fp32 on CPU",
@@ -467,8 +478,8 @@ class Training(SpinModel):
     warmup_ratio: float = Field(0.1, ge=0, le=1, description="Fraction of steps spent warming up.")
     per_device_batch_size: int = Field(8, ge=1, le=4096, description="Pairs per device per step.")
     gradient_accumulation_steps: int = Field(1, ge=1, le=4096, description="Steps accumulated before an optimizer update.")
-    max_length: int = Field(1024, ge=16, le=131072, description="Longest prompt + answer in tokens.")
-    max_prompt_length: int = Field(512, ge=8, le=131072, description="Prompts are truncated from the left to this many tokens (see truncation).")
+    max_length: int = Field(DEFAULT_MAX_LENGTH, ge=16, le=131072, description="Longest prompt + answer in tokens.")
+    max_prompt_length: int = Field(DEFAULT_MAX_PROMPT_LENGTH, ge=8, le=131072, description="Prompts are truncated from the left to this many tokens (see truncation).")
     collator: Literal["trl", "original"] = Field(
         "trl",
         description="trl: TRL renders and tokenises each sequence in one piece and attends every token. original "
