@@ -218,10 +218,11 @@ def test_non_finite_numbers_are_refused() -> None:
         SpinRunSpec.model_validate({"schedule": [{"learningRate": float("nan")}]})
 
 
-def test_queue_name_fits_a_label_value() -> None:
-    with pytest.raises(ValidationError):
-        SpinRunSpec(queue_name="q" * 64)
-    assert SpinRunSpec(queue_name="team-a.gpu_queue").queue_name == "team-a.gpu_queue"
+def test_queue_name_is_a_dns_subdomain_that_fits_a_label_value() -> None:
+    for bad in ("q" * 64, "team-a.gpu_queue", "GPU"):
+        with pytest.raises(ValidationError):
+            SpinRunSpec(queue_name=bad)
+    assert SpinRunSpec(queue_name="team-a.gpu-queue").queue_name == "team-a.gpu-queue"
 
 
 def test_spec_reference_is_up_to_date() -> None:

@@ -354,3 +354,35 @@ def test_whole_number_floats_read_as_the_apiserver_stores_them(admission: Admiss
     assert run.spec.dataset.builtin is not None and run.spec.dataset.builtin.train_size == 32
     with pytest.raises(SpecError, match="trainSize: must be an integer"):
         validate_data({**doc, "spec": {**doc["spec"], "dataset": {"builtin": {"name": "addition-3digit", "trainSize": 32.5}}}})
+
+
+QUEUE_NAMES = ["gpu-queue", "team-a.gpu", "q", "a" * 63, "a" * 64, "GPU-Queue", "gpu_queue", "-gpu", "gpu.", ""]
+
+
+def test_a_queue_name_is_admitted_only_if_it_can_name_a_local_queue_and_label_a_job(admission: Admission) -> None:
+    """queueName becomes the LocalQueue's name and the kueue.x-k8s.io/queue-name label of every
+    child (Kueue's webhook requires a DNS-1123 subdomain there): `spin validate` and the CRD admit
+    exactly the names the real apiserver takes as an object name and as that label's value."""
+    from spin_cluster.api import ApiError, path
+    from spin_operator.builders.meta import LABEL_QUEUE
+
+    url = path("", "v1", "configmaps", "admission")
+    for name in QUEUE_NAMES:
+        doc = {"apiVersion": "spin.dev/v1alpha1", "kind": "SpinRun", "metadata": {"name": "r"}, "spec": {"queueName": name}}
+        ours = _verdict(doc)
+        try:
+            admission.kube.api.request("POST", url, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
+                "name": name, "labels": {LABEL_QUEUE: name}}}, params={"dryRun": "All"})
+            theirs = True
+        except ApiError:
+            theirs = False
+        assert ours == theirs, f"queueName {name!r}: spin validate {'admits' if ours else 'refuses'} it, the apiserver {'takes' if theirs else 'refuses'} it as a name and label"
+        assert (admission.problems(doc) == []) == ours, name
+
+
+def _verdict(doc: dict[str, Any]) -> bool:
+    try:
+        validate_data(doc)
+    except SpecError:
+        return False
+    return True

@@ -52,7 +52,7 @@ MAX_SEED = 2**32 - 1
 RUN_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 #: A DNS-1123 subdomain: names of Secrets, PVCs, StorageClasses, ServiceAccounts, ...
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-#: A label value (the Kueue queue name is copied into a label).
+#: A label value.
 LABEL_VALUE_PATTERN = r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$"
 #: A Hugging Face Hub repository id: `name` or `namespace/name`.
 HUB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$"
@@ -859,8 +859,9 @@ class SpinRunSpec(SpinModel):
     queue_name: str | None = Field(
         None,
         max_length=63,
-        pattern=LABEL_VALUE_PATTERN,
-        description="Kueue LocalQueue; copied to children as the label kueue.x-k8s.io/queue-name (a label value).",
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="Kueue LocalQueue (its object name, at most 63 characters); copied to children as the label "
+        "kueue.x-k8s.io/queue-name, which Kueue's webhook requires to be a DNS-1123 subdomain.",
     )
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector of every pod.")
     tolerations: list[Toleration] = Field(default_factory=list, max_length=64, description="Tolerations of every pod.")
