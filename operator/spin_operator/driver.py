@@ -26,9 +26,11 @@ from spin_operator.kube import client
 from spin_operator.kube.expectations import Expectations, RunKey
 from spin_operator.kube.objects import JobState, Observed
 from spin_operator.kube.progress import ProgressPoller
+from spin_operator.kube.timestamps import rfc3339
 from spin_operator.reconcile.actions import Create, Delete
 from spin_operator.reconcile.conditions import is_terminal
 from spin_operator.reconcile.decide import Decision, reconcile, spec_of
+from spin_operator.reconcile.refusals import Refusal, after_refusal, refusal_of
 from spin_operator.settings import DeploymentSettings
 from spin_runtime.api.load import SpecError
 
@@ -216,8 +218,9 @@ async def _reconcile_locked(
     reporting = [p for p in observed.pods if p.serves_progress]
     if reporting:
         observed = dataclasses.replace(observed, progress=await state.progress.records(key, reporting))
-    decision = reconcile(body, observed, datetime.now(timezone.utc), settings)
-    failed = False
+    now = datetime.now(timezone.utc)
+    decision = reconcile(body, observed, now, settings)
+    refusal: Refusal | None = None
     for action in decision.actions:
         creates_job = isinstance(action, Create) and action.kind == "Job"
         if creates_job:
@@ -233,16 +236,16 @@ async def _reconcile_locked(
         except ApiException as e:
             if creates_job:
                 state.expectations.settle(key, action.name)
-            failed = True
             metrics.RECONCILE_ERRORS.inc()
-            msg = f"{type(action).__name__.lower()} {action.kind} {action.name} failed: {e.status} {e.reason}: {(e.body or '')[:300]}"
-            logger.warning(msg)
-            decision.events.append(("Warning", "ApiError", msg))
+            refusal = refusal_of(int(e.status or 0), str(e.reason or ""), e.body)
+            logger.warning(f"{type(action).__name__.lower()} {action.kind} {action.name} failed: {refusal.code} {refusal.reason}: {refusal.message}")
+            generation = int((body.get("metadata") or {}).get("generation") or 0)
+            decision = after_refusal(decision, action, refusal, old_status, rfc3339(now), generation)
             break
     if not await _write_status(namespace, name, body, old_status, decision, logger):
         return READ_RETRY_SECONDS
     metrics.record(key, decision.status_document(), _planned_iterations(body))
-    if failed:
+    if refusal is not None and not is_terminal(decision.status):
         return RETRY_SECONDS
     look = next_look(decision)
     if reporting and state.progress.enabled and look is not None:  # a step reports progress: poll it again

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from tests.kube import OPERATOR_NAMESPACE, Kube
 from tests.operator.e2e import (
@@ -40,14 +41,16 @@ OPERATOR_USERS = f"system:serviceaccount:{OPERATOR_NAMESPACE}:"
 @pytest.fixture()
 def c(kube: Kube) -> Iterator[E2E]:
     """A namespace of the test's own with the instant image's control reset; on exit, no request
-    of the operator's was refused by RBAC while the test ran."""
+    of the operator's was refused by RBAC while the test ran (the authorizer's decision: a 403 of
+    admission, e.g. quota, is not RBAC's)."""
     started = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
     with e2e(kube) as run:
         yield run
     refused = [f"{e['verb']} {e['objectRef'].get('apiGroup') or 'core'}/{e['objectRef'].get('resource')}"
                f"{'/' + e['objectRef']['subresource'] if e['objectRef'].get('subresource') else ''}"
                for e in kube.audit() if e["user"]["username"].startswith(OPERATOR_USERS)
-               and e["stageTimestamp"] >= started and (e.get("responseStatus") or {}).get("code") == 403]
+               and e["stageTimestamp"] >= started
+               and (e.get("annotations") or {}).get("authorization.k8s.io/decision") == "forbid"]
     assert not refused, f"the chart's RBAC refused the operator: {sorted(set(refused))}"
 
 
@@ -443,3 +446,87 @@ def test_two_node_training_finds_its_master_through_cluster_dns(c: E2E) -> None:
     assert run["status"]["phase"] == "Complete", (run["status"], {n: log[-2000:] for n, log in logs.items()})
     assert len(logs) == 2, sorted(logs)
     assert (c.run_dir() / "iter-0" / "model").is_dir()
+
+
+def _refused_creates(c: E2E, job: str) -> list[dict[str, Any]]:
+    """The audit events of the operator's creates of `job` that the apiserver refused."""
+    return [e for e in c.kube.audit(c.namespace) if e["verb"] == "create" and e["objectRef"].get("resource") == "jobs"
+            and e["objectRef"].get("name") == job and e["user"]["username"].startswith(OPERATOR_USERS)
+            and (e.get("responseStatus") or {}).get("code") != 201]
+
+
+@pytest.fixture()
+def training_forbidden(c: E2E) -> Iterator[str]:
+    """An admission policy (a real ValidatingAdmissionPolicy) that forbids this namespace's training
+    Jobs, as a cluster's policy engine may; yields its message."""
+    message = "training Jobs are not allowed in this namespace (cluster policy)"
+    name = f"spin-tests-refuse-{c.namespace}"
+    c.kube.apply([
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy", "metadata": {"name": name},
+         "spec": {"failurePolicy": "Fail",
+                  "matchConstraints": {"resourceRules": [{"apiGroups": ["batch"], "apiVersions": ["v1"],
+                                                          "operations": ["CREATE"], "resources": ["jobs"]}]},
+                  "matchConditions": [{"name": "this-namespace", "expression": f"request.namespace == '{c.namespace}'"}],
+                  "validations": [{"expression": "!object.metadata.name.endsWith('-train')", "message": message,
+                                   "reason": "Forbidden"}]}},
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+         "metadata": {"name": name}, "spec": {"policyName": name, "validationActions": ["Deny"]}},
+    ])
+    probe = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "probe-train"}, "spec": {"template": {"spec": {
+        "restartPolicy": "Never", "containers": [{"name": "c", "image": "x"}]}}}}
+
+    def enforced() -> bool:
+        try:
+            c.batch.create_namespaced_job(c.namespace, probe, dry_run="All")
+        except ApiException as e:
+            return e.status == 403
+        return False
+
+    c.wait(enforced, 30, "the admission policy in force")
+    yield message
+    c.kube.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", name, "--wait=true", check=False)
+
+
+def test_a_create_the_apiserver_refuses_fails_the_run_once_with_its_message(c: E2E, training_forbidden: str) -> None:
+    """Before: the refused create raised, the driver tried again every 5 s for ever, the phase said
+    Training, StepStarted was posted on every pass, the run never failed. Now: one attempt, the run
+    Failed with the API's own message in the phase, the Failed condition and one Event."""
+    c.start_operator()
+    c.create_run(run_body(spec={"iterations": 1}))
+    run = c.wait_phase("e2e", ("Complete", "Failed"), 90)
+    st = run["status"]
+    assert (st["phase"], st["reason"]) == ("Failed", "CreateRefused"), st
+    assert "create Job e2e-it0-train (403" in st["message"] and training_forbidden in st["message"]
+    failed = next(x for x in st["conditions"] if x["type"] == "Failed")
+    assert failed["status"] == "True" and training_forbidden in failed["message"]
+    assert len(_refused_creates(c, "e2e-it0-train")) == 1
+    events = wait_event(c, "e2e", "CreateRefused")
+    assert events.count("CreateRefused") == 1
+    train_started = [m for _, r, m in c.events("e2e") if r == "StepStarted" and "e2e-it0-train" in m]
+    assert train_started == []
+
+
+def test_a_create_over_quota_waits_says_so_once_and_goes_on_when_quota_frees(c: E2E) -> None:
+    """A ResourceQuota on the number of Jobs (real quota admission, counted by the real quota
+    controller) refuses the training Job with a 403 that passes: the run waits, says why in
+    Progressing and one Event, tries again, and completes once the quota is raised."""
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "jobs", "namespace": c.namespace},
+             "spec": {"hard": {"count/jobs.batch": "2"}}}
+    c.core.create_namespaced_resource_quota(c.namespace, quota)
+    c.wait(lambda: (c.core.read_namespaced_resource_quota("jobs", c.namespace).status.hard or {}).get("count/jobs.batch"),
+           30, "the quota counted")
+    c.start_operator()
+    c.create_run(run_body(spec={"iterations": 1}))
+    st = c.wait(lambda: (r := c.get_run("e2e")).get("status", {}).get("reason") == "CreateRetrying" and r["status"], 90,
+                "the training create refused for quota")
+    assert "exceeded quota" in st["message"] and st["phase"] == "Training", st
+    progressing = next(x for x in st["conditions"] if x["type"] == "Progressing")
+    assert (progressing["status"], progressing["reason"]) == ("False", "CreateRetrying")
+    c.wait(lambda: len(_refused_creates(c, "e2e-it0-train")) >= 2, 30, "a second attempt")
+    c.core.patch_namespaced_resource_quota("jobs", c.namespace, {"spec": {"hard": {"count/jobs.batch": "10"}}})
+    run = c.wait_phase("e2e", ("Complete", "Failed"), 120)
+    assert run["status"]["phase"] == "Complete", run["status"]
+    reasons = wait_event(c, "e2e", "RunCompleted")
+    assert reasons.count("CreateRetrying") == 1
+    train_started = [m for _, r, m in c.events("e2e") if r == "StepStarted" and "e2e-it0-train" in m]
+    assert len(train_started) == 1

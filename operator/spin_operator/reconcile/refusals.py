@@ -1,0 +1,84 @@
+"""What an action the API server refused does to the run. A refusal no retry can change (the
+object is invalid, or an admission policy or RBAC forbids it) fails the run once, with the API's
+own message; a passing one (quota, throttling, a conflict, the server) leaves the step waiting,
+said once in Progressing, and the action is tried again. Pure: the driver executes, this decides."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from spin_operator.reconcile.actions import Action, Create
+from spin_operator.reconcile.conditions import MAX_MESSAGE, condition, read_status, set_condition
+from spin_operator.reconcile.decide import Decision
+
+#: Events that announce what a failed action would have done (posted once it succeeds).
+ANNOUNCING = frozenset({"StepStarted", "ClaimCreated"})
+REFUSED = "CreateRefused"
+RETRYING = "CreateRetrying"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The API server's answer to one action: HTTP code, reason and message."""
+
+    code: int
+    reason: str
+    message: str
+
+    @property
+    def lasting(self) -> bool:
+        """Whether sending the same request again can only get the same answer: an invalid object
+        (400, 422) or a forbidden one (403: RBAC, an admission webhook or policy), except a 403 for
+        exceeded quota, which passes once other objects go."""
+        if self.code in (400, 422):
+            return True
+        return self.code == 403 and "exceeded quota" not in self.message
+
+
+def refusal_of(code: int, reason: str, body: str | None) -> Refusal:
+    """The refusal an ApiException carries: the Status object's message when the body is one."""
+    message = ""
+    try:
+        doc: Any = json.loads(body or "")
+        if isinstance(doc, Mapping):
+            message = str(doc.get("message") or "")
+    except ValueError:
+        message = (body or "").strip()
+    return Refusal(code, reason or "", message or reason or f"HTTP {code}")
+
+
+def _what(action: Action) -> str:
+    verb = "create" if isinstance(action, Create) else type(action).__name__.lower()
+    return f"{verb} {action.kind} {action.name}"
+
+
+def after_refusal(
+    decision: Decision, action: Action, refusal: Refusal, old_status: Mapping[str, Any], now: str, generation: int
+) -> Decision:
+    """The decision to write after `action` was refused: its status and events amended so the
+    run says what happened (failed once for a lasting refusal; waiting, warned once, otherwise)."""
+    status = read_status(decision.status)
+    events = [e for e in decision.events if e[1] not in ANNOUNCING]
+    said = f"{refusal.code} {refusal.reason}: {refusal.message}".strip()
+    if refusal.lasting and isinstance(action, Create):
+        msg = (
+            f"the API server refused to {_what(action)} ({said}); retrying cannot change its answer: fix the "
+            "cause (the spec field it names, or the cluster's admission policy or RBAC) and create a new SpinRun "
+            "(finished steps are kept on the volume)"
+        )
+        status.phase, status.reason, status.message = "Failed", REFUSED, msg
+        set_condition(status, "Failed", True, REFUSED, msg, now, generation)
+        set_condition(status, "Progressing", False, REFUSED, msg, now, generation)
+        status.completion_time = now
+        events.append(("Warning", REFUSED, msg))
+        return Decision(actions=[], status=status, events=events, requeue_after=None)
+    msg = f"waiting: the API server refused to {_what(action)} ({said}); trying again"
+    before = condition(read_status(old_status), "Progressing")
+    status.reason, status.message = RETRYING, msg
+    set_condition(status, "Progressing", False, RETRYING, msg, now, generation)
+    if before is None or (before.status, before.reason, before.message) != ("False", RETRYING, msg[:MAX_MESSAGE]):
+        events.append(("Warning", RETRYING, msg))
+    return Decision(actions=[], status=status, events=events, requeue_after=decision.requeue_after)

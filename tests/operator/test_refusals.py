@@ -1,0 +1,77 @@
+"""What a refused action does to the run (reconcile/refusals.py): a lasting refusal fails the
+run once with the API's message; a passing one keeps it waiting and warns once."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from spin_operator.reconcile.actions import Create
+from spin_operator.reconcile.conditions import is_terminal
+from spin_operator.reconcile.refusals import REFUSED, RETRYING, Refusal, after_refusal, refusal_of
+from tests.operator.fixtures import make_body
+from tests.operator.sim import Sim
+
+NOW = "2026-01-01T12:00:00Z"
+
+
+def _first_pass() -> tuple[Sim, Create]:
+    sim = Sim(make_body())
+    d = sim.tick()
+    job = next(a for a in d.actions if isinstance(a, Create) and a.kind == "Job")
+    return sim, job
+
+
+@pytest.mark.parametrize(("code", "message", "lasting"), [
+    (422, 'Job.batch "demo-it0-gen" is invalid: spec.template.spec.tolerations[0].operator: Invalid value', True),
+    (400, "bad request", True),
+    (403, 'jobs.batch is forbidden: User "system:serviceaccount:spin:spin-operator" cannot create', True),
+    (403, 'admission webhook "policy.example.com" denied the request', True),
+    (403, 'jobs.batch "demo-it0-gen" is forbidden: exceeded quota: objects, requested: count/jobs.batch=1', False),
+    (429, "too many requests", False),
+    (404, 'namespaces "ns1" not found', False),
+    (500, "etcdserver: request timed out", False),
+])
+def test_which_refusals_no_retry_can_change(code: int, message: str, lasting: bool) -> None:
+    assert Refusal(code, "", message).lasting is lasting
+
+
+def test_refusal_reads_the_status_message_of_the_body() -> None:
+    body = json.dumps({"kind": "Status", "code": 422, "reason": "Invalid", "message": "spec.x: Invalid value"})
+    assert refusal_of(422, "Unprocessable Entity", body) == Refusal(422, "Unprocessable Entity", "spec.x: Invalid value")
+    assert refusal_of(500, "Internal Server Error", "<html>oops</html>").message == "<html>oops</html>"
+    assert refusal_of(503, "Service Unavailable", None).message == "Service Unavailable"
+
+
+def test_a_lasting_refusal_fails_the_run_once_with_the_apis_message() -> None:
+    sim, job = _first_pass()
+    decision = sim.decisions[-1]
+    refused = after_refusal(decision, job, Refusal(422, "Invalid", "spec.template.spec.tolerations[0]: bad"), {}, NOW, 1)
+    st = refused.status_document()
+    assert st["phase"] == "Failed" and st["reason"] == REFUSED
+    assert "create Job demo-it0-gen (422 Invalid: spec.template.spec.tolerations[0]: bad)" in st["message"]
+    assert is_terminal(refused.status)
+    assert refused.actions == [] and refused.requeue_after is None
+    reasons = [r for _, r, _ in refused.events]
+    assert "StepStarted" not in reasons and "ClaimCreated" not in reasons  # what did not happen is not announced
+    assert reasons.count(REFUSED) == 1
+
+
+def test_a_passing_refusal_keeps_the_step_waiting_and_warns_once() -> None:
+    sim, job = _first_pass()
+    quota = Refusal(403, "Forbidden", "exceeded quota: objects, requested: count/jobs.batch=1, used: 1, limited: 1")
+    first = after_refusal(sim.decisions[-1], job, quota, {}, NOW, 1)
+    st = first.status_document()
+    assert st["phase"] == "Generating" and st["reason"] == RETRYING and "exceeded quota" in st["message"]
+    progressing = next(c for c in st["conditions"] if c["type"] == "Progressing")
+    assert (progressing["status"], progressing["reason"]) == ("False", RETRYING)
+    assert not is_terminal(first.status)
+    assert [r for _, r, _ in first.events].count(RETRYING) == 1
+    assert "StepStarted" not in [r for _, r, _ in first.events]
+    # the next pass starts the step again and is refused alike: no second warning, no StepStarted
+    sim.body["status"] = st
+    sim.objects.pop(("Job", job.name), None)
+    again = sim.tick()
+    second = after_refusal(again, job, quota, st, NOW, 1)
+    assert [r for _, r, _ in second.events] == []
