@@ -20,7 +20,7 @@ from spin_runtime.api.crd import PRINTER_COLUMNS, crd_dict, crd_yaml
 from spin_runtime.api.crd import openapi_schema as _openapi_schema
 from spin_runtime.api.load import SpecError, validate_data
 from spin_runtime.api.recipes import RECIPES
-from spin_runtime.api.spec import DEFAULT_MAX_LENGTH, DEFAULT_MAX_PROMPT_LENGTH, SpinRun
+from spin_runtime.api.spec import DEFAULT_MAX_LENGTH, DEFAULT_MAX_PROMPT_LENGTH, LABEL_VALUE_PATTERN, SpinRun
 from tests.admission import Admission
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,7 +139,17 @@ def test_optional_fields_keep_their_non_null_branch_and_bounds() -> None:
     assert spec["startIteration"]["maximum"] == 63  # lt=64 on an integer
     assert spec["training"]["properties"]["deepspeed"]["properties"]["stage"]["enum"] == [0, 1, 2, 3]
     assert spec["training"]["properties"]["deepspeed"]["properties"]["stage"]["type"] == "integer"
-    assert spec["nodeSelector"]["additionalProperties"] == {"type": "string"}
+    assert spec["nodeSelector"]["additionalProperties"] == {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE_PATTERN}
+    assert spec["nodeSelector"]["maxProperties"] == 64
+
+
+def test_integer_bounds_survive_float64() -> None:
+    """The apiserver reads schema bounds as float64 and refuses every value of a field whose bound
+    is not an exact integer there: 2**63 - 1 on tolerationSeconds made the CRD refuse any
+    toleration with tolerationSeconds (seen on the real apiserver, #20)."""
+    inexact = [f"{p}.{b}" for p, n in _nodes(openapi_schema()) if n.get("type") == "integer"
+               for b in ("minimum", "maximum") if b in n and abs(n[b]) > 2**53]
+    assert inexact == []
 
 
 def test_every_property_has_a_description() -> None:

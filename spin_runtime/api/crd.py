@@ -65,6 +65,7 @@ _ORDER = (
     "pattern",
     "minItems",
     "maxItems",
+    "maxProperties",
     "items",
     "properties",
     "additionalProperties",

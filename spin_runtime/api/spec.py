@@ -7,12 +7,20 @@ Defaults follow the SPIN paper (Chen et al., ICML 2024): zephyr-style recipe, 4-
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from spin_runtime.api.base import MAX_ITERATIONS, SpinModel
 from spin_runtime.api.recipes import apply_recipe
+from spin_runtime.api.resources import (
+    QUALIFIED_NAME_PATTERN,
+    RESOURCE_CEL_RULES,
+    gpu_request_cel,
+    gpu_request_problem,
+    resource_problems,
+)
 from spin_runtime.api.status import SpinRunStatus
 
 GROUP = "spin.dev"
@@ -39,6 +47,23 @@ RESERVED_ENV = (
     "JOB_COMPLETION_INDEX",
     "HF_TOKEN",
 )
+#: Variables the operator sets in every step (pod.env_vars, rendezvous_env): a second entry of the
+#: same name would make a TrainJob's trainer.env (a map keyed by name) invalid.
+OPERATOR_ENV = (
+    "HOME",
+    "XDG_CACHE_HOME",
+    "HF_HOME",
+    "PYTHONUNBUFFERED",
+    "SPIN_RUN_NAME",
+    "SPIN_RUN_UID",
+    "SPIN_PROGRESS_PORT",
+    "PET_RDZV_CONF",
+)
+#: Variables Kubeflow Trainer's torch plugin sets and refuses in a TrainJob's trainer.env.
+TRAINER_RESERVED_ENV = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
+#: The largest bound an integer field may have: the apiserver checks schema bounds as float64
+#: (2**63 - 1 is not one: a CRD with it refuses every value of the field).
+MAX_SAFE_INTEGER = 2**53 - 1
 
 BUILTIN_MODELS = ("smollm2-135m-instruct", "tiny-random-llama")
 BUILTIN_TASKS = ("addition-3digit", "addition-2digit", "reverse-words")
@@ -76,6 +101,8 @@ PATTERN_HINTS: dict[str, str] = {
     DNS_SUBDOMAIN_PATTERN: "a Kubernetes object name: lowercase letters, digits, '-' and '.', "
     "starting and ending with a letter or digit",
     LABEL_VALUE_PATTERN: "a label value: letters, digits, '-', '_' and '.', starting and ending with a letter or digit",
+    QUALIFIED_NAME_PATTERN: "a label key: an optional DNS subdomain and '/', then letters, digits, '-', '_' and '.', "
+    "starting and ending with a letter or digit (at most 63)",
     HUB_ID_PATTERN: "a Hugging Face Hub id, 'name' or 'namespace/name' (letters, digits, '.', '_' and '-')",
     QUANTITY_PATTERN: "a Kubernetes quantity such as 8, 500m or 64Gi",
     STORAGE_SIZE_PATTERN: "a storage size such as 500Gi or 2Ti",
@@ -322,16 +349,36 @@ def paper_schedule() -> list[ScheduleEntry]:
 
 
 class Resources(SpinModel):
-    """Container resource requests and limits (Kubernetes quantities as strings)."""
+    """Container resource requests and limits (Kubernetes quantities as strings), judged as the
+    kube-apiserver judges a container's (resources.py)."""
+
+    model_config = _cel_rules(*(_cel(rule, message) for rule, message in RESOURCE_CEL_RULES))
 
     requests: dict[str, Quantity] = Field(
-        default_factory=dict, description="Resource requests, e.g. {cpu: 8, memory: 64Gi}."
+        default_factory=dict, max_length=32, description="Resource requests, e.g. {cpu: 8, memory: 64Gi}."
     )
-    limits: dict[str, Quantity] = Field(default_factory=dict, description="Resource limits, e.g. {memory: 64Gi}.")
+    limits: dict[str, Quantity] = Field(
+        default_factory=dict, max_length=32, description="Resource limits, e.g. {memory: 64Gi}."
+    )
+
+    @model_validator(mode="after")
+    def _as_a_container_takes_them(self) -> Resources:
+        problems = resource_problems(self.requests, self.limits)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class Generation(SpinModel):
     """How the current model answers the prompts each iteration."""
+
+    model_config = _cel_rules(
+        _cel(*gpu_request_cel(
+            "(has(self.engine) && self.engine == 'transformers') ? 0 : "
+            "(has(self.tensorParallelSize) ? self.tensorParallelSize : 1)",
+            "generation.tensorParallelSize (engine transformers: none)",
+        )),
+    )
 
     engine: Literal["auto", "vllm", "transformers"] = Field(
         "auto", description="vllm on GPUs (one engine per shard), transformers as fallback; auto picks vllm when it is importable and a GPU is present."
@@ -356,6 +403,19 @@ class Generation(SpinModel):
         None, ge=64, le=1_048_576, description="vLLM max model length (default: the model's)."
     )
     resources: Resources = Field(default_factory=Resources, description="Resources of each generation pod (GPUs are added from tensorParallelSize).")
+
+    @property
+    def gpus_per_pod(self) -> int:
+        """GPUs of each generation pod: tensorParallelSize, none for the transformers (CPU) engine."""
+        return 0 if self.engine == "transformers" else self.tensor_parallel_size
+
+    @model_validator(mode="after")
+    def _gpu_request(self) -> Generation:
+        problem = gpu_request_problem(self.resources.requests, self.resources.limits, self.gpus_per_pod,
+                                      "generation.tensorParallelSize (engine transformers: none)")
+        if problem:
+            raise ValueError(problem)
+        return self
 
 
 def _zero_stage(value: Any) -> Any:
@@ -462,6 +522,7 @@ class Training(SpinModel):
             f"(has(self.maxLength) ? self.maxLength : {DEFAULT_MAX_LENGTH})",
             "maxPromptLength must be smaller than maxLength",
         ),
+        _cel(*gpu_request_cel("has(self.gpusPerNode) ? self.gpusPerNode : 8", "training.gpusPerNode")),
         _cel(
             "!(has(self.precision) && self.precision == 'fp16') || !has(self.gpusPerNode) || self.gpusPerNode > 0",
             "precision fp16 must be used with GPUs (gpusPerNode > 0): use bf16 or fp32 on CPU",
@@ -569,6 +630,10 @@ class Training(SpinModel):
 
     @model_validator(mode="after")
     def _lengths(self) -> Training:
+        problem = gpu_request_problem(self.resources.requests, self.resources.limits, self.gpus_per_node,
+                                      "training.gpusPerNode")
+        if problem:
+            raise ValueError(problem)
         if self.max_prompt_length >= self.max_length:
             raise ValueError(
                 f"maxPromptLength ({self.max_prompt_length}) must be smaller than maxLength ({self.max_length})"
@@ -735,15 +800,34 @@ class LocalObjectReference(SpinModel):
 
 
 class Toleration(SpinModel):
-    """A pod toleration (Kubernetes core/v1 Toleration)."""
+    """A pod toleration (Kubernetes core/v1 Toleration), with the apiserver's rules."""
 
-    key: str | None = Field(None, max_length=253, description="Taint key.")
-    operator: Literal["Exists", "Equal"] | None = Field(None, description="Exists or Equal.")
-    value: str | None = Field(None, max_length=253, description="Taint value.")
+    model_config = _cel_rules(
+        _cel("!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+             "tolerationSeconds must be used with effect NoExecute (only NoExecute taints evict after a while)"),
+        _cel("!(has(self.operator) && self.operator == 'Exists') || !has(self.value) || self.value == ''",
+             "value must be empty when operator is Exists"),
+        _cel("(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+             "operator must be Exists when key is empty (it then tolerates every taint)"),
+    )
+
+    key: str | None = Field(None, max_length=317, pattern=rf"^$|{QUALIFIED_NAME_PATTERN}", description="Taint key.")
+    operator: Literal["Exists", "Equal"] | None = Field(None, description="Exists or Equal (the default).")
+    value: str | None = Field(None, max_length=63, pattern=LABEL_VALUE_PATTERN, description="Taint value.")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(None, description="Taint effect.")
     toleration_seconds: int | None = Field(
-        None, ge=-(2**63), le=2**63 - 1, description="How long a NoExecute taint is tolerated."
+        None, ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER, description="How long a NoExecute taint is tolerated."
     )
+
+    @model_validator(mode="after")
+    def _as_kubernetes_takes_it(self) -> Toleration:
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("tolerationSeconds must be used with effect NoExecute (only NoExecute taints evict after a while)")
+        if self.operator == "Exists" and self.value:
+            raise ValueError("value must be empty when operator is Exists")
+        if not self.key and self.operator != "Exists":
+            raise ValueError("operator must be Exists when key is empty (it then tolerates every taint)")
+        return self
 
 
 # --------------------------------------------------------------------------- spec
@@ -759,6 +843,21 @@ class SpinRunSpec(SpinModel):
             + "[" + ", ".join(f"'{n}'" for n in RESERVED_ENV) + "]))",
             "env must not set variables that torchrun, the Job controller or the token use: "
             + ", ".join(RESERVED_ENV),
+        ),
+        _cel(
+            "!has(self.env) || self.env.all(e, !(e.name in "
+            + "[" + ", ".join(f"'{n}'" for n in OPERATOR_ENV + TRAINER_RESERVED_ENV) + "]))",
+            "env must not set variables the operator or Kubeflow Trainer set in every step: "
+            + ", ".join(OPERATOR_ENV + TRAINER_RESERVED_ENV),
+        ),
+        _cel(
+            "!has(self.env) || self.env.all(e, self.env.filter(f, f.name == e.name).size() == 1)",
+            "env must name each variable once",
+        ),
+        _cel(
+            f"!has(self.nodeSelector) || self.nodeSelector.all(k, k.matches(r'{QUALIFIED_NAME_PATTERN}'))",
+            "nodeSelector keys must be label keys: an optional DNS subdomain and '/', then at most 63 letters, digits, "
+            "'-', '_' and '.', starting and ending with a letter or digit",
         ),
         _cel(
             "!has(self.syntheticData) || self.syntheticData.all(d, d.iteration < self.iterations)",
@@ -841,7 +940,7 @@ class SpinRunSpec(SpinModel):
     suspend: bool = Field(False, description="Pause the run: active Jobs are suspended; resuming continues from the last completed step.")
     backoff_limit: int = Field(2, ge=0, le=100, description="Retries of each step (each shard for generation) before the run fails.")
     active_deadline_seconds: int | None = Field(
-        None, ge=1, le=2**63 - 1, description="Fail the run (DeadlineExceeded) after this many seconds."
+        None, ge=1, le=MAX_SAFE_INTEGER, description="Fail the run (DeadlineExceeded) after this many seconds."
     )
     pod_startup_timeout_seconds: int = Field(
         1800,
@@ -863,7 +962,9 @@ class SpinRunSpec(SpinModel):
         description="Kueue LocalQueue (its object name, at most 63 characters); copied to children as the label "
         "kueue.x-k8s.io/queue-name, which Kueue's webhook requires to be a DNS-1123 subdomain.",
     )
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector of every pod.")
+    node_selector: dict[str, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]] = Field(
+        default_factory=dict, max_length=64, description="Node selector of every pod (label keys and values)."
+    )
     tolerations: list[Toleration] = Field(default_factory=list, max_length=64, description="Tolerations of every pod.")
     priority_class_name: str | None = Field(
         None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="PriorityClass of every pod."
@@ -872,6 +973,35 @@ class SpinRunSpec(SpinModel):
         None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="ServiceAccount of every pod."
     )
     image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list, max_length=16, description="Pull secrets of every pod.")
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: list[EnvVar]) -> list[EnvVar]:
+        names: set[str] = set()
+        for e in env:
+            if e.name in RESERVED_ENV:
+                raise ValueError(
+                    f"must not set {e.name}: torchrun, the Job controller or hfTokenSecret sets it; remove it from env"
+                )
+            if e.name in OPERATOR_ENV or e.name in TRAINER_RESERVED_ENV:
+                raise ValueError(
+                    f"must not set {e.name}: the operator (or Kubeflow Trainer) sets it in every step; remove it from env"
+                )
+            if e.name in names:
+                raise ValueError(f"must name each variable once ({e.name} twice)")
+            names.add(e.name)
+        return env
+
+    @field_validator("node_selector")
+    @classmethod
+    def _label_keys(cls, selector: dict[str, str]) -> dict[str, str]:
+        for key in selector:
+            if not re.match(QUALIFIED_NAME_PATTERN, key) or len(key) > 317:
+                raise ValueError(
+                    f"key {key!r} must be a label key: an optional DNS subdomain and '/', then at most 63 letters, "
+                    "digits, '-', '_' and '.', starting and ending with a letter or digit"
+                )
+        return selector
 
     @model_validator(mode="before")
     @classmethod
@@ -902,12 +1032,6 @@ class SpinRunSpec(SpinModel):
                         f"iteration {j} (e.g. the published SPIN_iter{j} set), or lower dataWindow; the window would "
                         "otherwise shrink silently"
                     )
-        for e in self.env:
-            if e.name in RESERVED_ENV:
-                raise ValueError(
-                    f"env must not set {e.name}: torchrun, the Job controller or hfTokenSecret sets it; "
-                    "remove it from env"
-                )
         tr = self.training
         if tr.select_epoch == "best" or tr.save_epochs:
             if tr.lora.enabled:

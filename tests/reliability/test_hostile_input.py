@@ -321,8 +321,7 @@ def test_the_fixed_worst_case_spec_reaches_no_shell(tally: Tally) -> None:
         ("spec", "env", 0, "value"): "$(touch /tmp/pwned); `reboot`",
         ("spec", "images", "generator"): "reg/gen:1;reboot",
         ("spec", "images", "trainer"): "reg/t:$(id)",
-        ("spec", "nodeSelector", "disk"): "; rm -rf /",
-        ("spec", "tolerations", 0, "value"): "`x`",
+        # nodeSelector values and toleration values are label values now: refused before any object
         ("spec", "training", "lora", "targetModules", 0): "$(x)",
         ("spec", "evaluation", "lmEval", "tasks", 0, "name"): "; rm -rf /",
     }

@@ -8,6 +8,7 @@ from typing import Any
 
 from spin_operator.builders.context import BuildContext
 from spin_operator.builders.meta import claim_name, labels, spec_configmap_name
+from spin_runtime.api.resources import GPU_RESOURCE
 from spin_runtime.api.spec import SpinRunSpec, Training
 from spin_runtime.launch import (
     PROGRESS_PORT,
@@ -21,7 +22,6 @@ from spin_runtime.launch import (
 DATA_MOUNT = "/data"
 SPEC_MOUNT = "/etc/spin"
 SPEC_KEY = "spec.json"
-GPU_RESOURCE = "nvidia.com/gpu"
 #: The uid/gid the spinrun images run as (non-root, created in images/*.Dockerfile); the
 #: volume is group-writable through fsGroup.
 POD_UID = 65532

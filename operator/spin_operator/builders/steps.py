@@ -18,7 +18,7 @@ CONVERT_RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memo
 
 def generation_gpus(spec: SpinRunSpec) -> int:
     """GPUs per generation pod: tensorParallelSize, none for the transformers (CPU) engine."""
-    return 0 if spec.generation.engine == "transformers" else spec.generation.tensor_parallel_size
+    return spec.generation.gpus_per_pod
 
 
 def generate_job(ctx: BuildContext, stage: Stage) -> dict[str, Any]:
