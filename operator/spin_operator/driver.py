@@ -28,7 +28,7 @@ from spin_operator.kube.objects import JobState, Observed
 from spin_operator.kube.progress import ProgressPoller
 from spin_operator.kube.timestamps import rfc3339
 from spin_operator.reconcile.actions import Create, Delete
-from spin_operator.reconcile.conditions import is_terminal
+from spin_operator.reconcile.conditions import is_terminal, status_patch
 from spin_operator.reconcile.decide import Decision, reconcile, spec_of
 from spin_operator.reconcile.refusals import Refusal, after_refusal, refusal_of
 from spin_operator.settings import DeploymentSettings
@@ -135,15 +135,6 @@ def _planned_iterations(body: Mapping[str, Any]) -> int | None:
     except SpecError:
         return None
     return spec.iterations - spec.start_iteration
-
-
-def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """Merge patch turning `old` into `new` at the top level (removed keys become null)."""
-    patch: dict[str, Any] = {k: v for k, v in new.items() if old.get(k) != v}
-    for k in old:
-        if k not in new and k != "kopf":
-            patch[k] = None
-    return patch
 
 
 async def reconcile_run(namespace: str, name: str, indexes: Indexes, state: OperatorState, logger: Logger) -> None:

@@ -40,8 +40,36 @@ def read_status(doc: Mapping[str, Any] | SpinRunStatus | None) -> SpinRunStatus:
 
 
 def status_document(status: SpinRunStatus) -> dict[str, Any]:
-    """The status as the API server stores it: camelCase, only the fields that were set."""
-    return status.model_dump(by_alias=True, exclude_unset=True, mode="json")
+    """The status as the API server stores it: camelCase, only the fields that were set, no nulls
+    (a null in a merge patch deletes the key, so the stored status never holds one)."""
+    return _without_nulls(status.model_dump(by_alias=True, exclude_unset=True, mode="json"))
+
+
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
+def status_patch(old: Mapping[str, Any], new: Mapping[str, Any], keep: frozenset[str] = frozenset({"kopf"})) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns the stored status `old` into `new`: only what
+    differs, nested objects patched key by key, a key `new` lacks deleted (null), except the
+    top-level `keep` (kopf's own bookkeeping). Empty when nothing differs."""
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key)
+        if before == value:
+            continue
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            patch[key] = status_patch(before, value, frozenset())
+        else:
+            patch[key] = value
+    for key in old:
+        if key not in new and key not in keep:
+            patch[key] = None
+    return patch
 
 
 def condition(status: SpinRunStatus, ctype: str) -> Condition | None:
