@@ -294,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_init_run(sub)
 
+    s = sub.add_parser(
+        "torchrun",
+        help="torchrun ARGS..., exiting with a worker's deterministic exit code (2, 65, 66, 78) instead of 1",
+        add_help=False,
+    )
+    s.add_argument("args", nargs=argparse.REMAINDER, help="torchrun's options and `-m spin_runtime.cli <step> ...`")
+
     s = sub.add_parser("crd", help="print the SpinRun CustomResourceDefinition")
     s.set_defaults(func=_cmd_crd)
 
@@ -316,6 +323,11 @@ def _add_plugin_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `spin` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["torchrun"]:  # torchrun's own options pass through untouched (argparse would take them)
+        from spin_runtime.exit_relay import run_torchrun
+
+        return run_torchrun(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
@@ -331,5 +343,9 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # how launchers start each worker: its exit code is recorded for `spin torchrun`
+    from spin_runtime.exit_relay import record_exit
+
+    code = main()
+    record_exit(code)
+    sys.exit(code)

@@ -1,5 +1,5 @@
-"""Every command line that starts a `spin <step>`: the step itself, or torchrun over N nodes × G
-processes per node. Pure; the operator's Job builders and the local driver put them into
+"""Every command line that starts a `spin <step>`: the step itself, or torchrun (through `spin
+torchrun`, which relays the workers' exit codes) over N nodes × G processes per node. Pure; the operator's Job builders and the local driver put them into
 pods/processes.
 
 The node rank is not part of the command: torchrun reads it from `PET_NODE_RANK` (set per pod,
@@ -19,6 +19,9 @@ NODE_RANK_ENV = "PET_NODE_RANK"
 #: Module run by every worker process.
 CLI_MODULE = "spin_runtime.cli"
 DEFAULT_MASTER_PORT = 29500
+#: How every command line here starts torchrun: through `spin torchrun` (exit_relay.py), which
+#: exits with a worker's deterministic exit code where torchrun itself would exit 1.
+TORCHRUN = ("spin", "torchrun")
 
 
 class LaunchError(SpecConfigError):
@@ -56,12 +59,12 @@ def torchrun_argv(
     master_port: int,
     step_argv: Sequence[str],
 ) -> list[str]:
-    """`torchrun --nnodes N --nproc_per_node G --master_addr A --master_port P --max_restarts 0
+    """`spin torchrun --nnodes N --nproc_per_node G --master_addr A --master_port P --max_restarts 0
     -m spin_runtime.cli <step> ...`; the node rank comes from $PET_NODE_RANK. Restarts are
     left to Kubernetes (the Job's backoffLimit), where a rerun resumes from the markers."""
     _check(nnodes, nproc_per_node, master_addr, master_port)
     return [
-        "torchrun",
+        *TORCHRUN,
         "--nnodes",
         str(nnodes),
         "--nproc_per_node",
@@ -90,20 +93,20 @@ def training_argv(
 
 
 def standalone_argv(nproc_per_node: int, step_argv: Sequence[str]) -> list[str]:
-    """One node, several processes: `torchrun --standalone` (a local rendezvous, no Service)."""
+    """One node, several processes: `spin torchrun --standalone` (a local rendezvous, no Service)."""
     if nproc_per_node < 1:
         raise LaunchError(f"nproc_per_node must be at least 1 (got {nproc_per_node})")
     return [
-        "torchrun", "--standalone", "--nnodes", "1", "--nproc_per_node", str(nproc_per_node),
+        *TORCHRUN, "--standalone", "--nnodes", "1", "--nproc_per_node", str(nproc_per_node),
         "--max_restarts", "0", *module_args(step_argv),
     ]  # fmt: skip
 
 
 def torchrun_from_env_argv(step_argv: Sequence[str]) -> list[str]:
-    """`torchrun -m spin_runtime.cli <step> ...` with every rendezvous option left to torchrun's
-    `PET_*` environment variables, which Kubeflow's training operator sets on each replica
-    (PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK, MASTER_ADDR, MASTER_PORT)."""
-    return ["torchrun", *module_args(step_argv)]
+    """`spin torchrun -m spin_runtime.cli <step> ...` with every rendezvous option left to
+    torchrun's `PET_*` environment variables, which Kubeflow's training operator sets on each
+    replica (PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK, MASTER_ADDR, MASTER_PORT)."""
+    return [*TORCHRUN, *module_args(step_argv)]
 
 
 # --------------------------------------------------------------------------- the pod contract

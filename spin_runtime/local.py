@@ -131,11 +131,10 @@ def run_pool(
 
 def step_command(launch_: Launch, run_dir: Path) -> list[str]:
     """The process to start for a step: `spin <step> ...` through this Python, wrapped in
-    `torchrun --standalone` when training runs on several local GPUs."""
+    `spin torchrun --standalone` when training runs on several local GPUs."""
     argv = launch_.step.argv(str(run_dir))
     if launch_.nproc > 1:
-        launcher = launch.standalone_argv(launch_.nproc, argv)
-        return [sys.executable, "-m", "torch.distributed.run", *launcher[1:]]
+        argv = launch.standalone_argv(launch_.nproc, argv)
     return [sys.executable, *launch.module_args(argv)]
 
 

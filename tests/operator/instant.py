@@ -1,5 +1,5 @@
 """The `spin` of the e2e tests' `instant` image: `spin init-run` is the real one; every step
-(`spin generate|convert|train|evaluate`, or `torchrun -m spin_runtime.cli train ...`) writes its
+(`spin generate|convert|train|evaluate`, or `spin torchrun -m spin_runtime.cli train ...`) writes its
 completion marker at once instead of doing the work, unless the test's control file says
 otherwise. The pods themselves are real: scheduled, run by the process kubelet, counted by the
 real Job controller.
@@ -7,7 +7,8 @@ real Job controller.
 The control folder (mounted at /spin-instant by the kubelet's image configuration) holds
 `control.json`: {"hold": ["it0-train", ...]: run until removed from the list,
 "fail": {"it0-gen/1": n}: fail the first n runs of that index (exit 1),
-"exit": {"it0-train/0": 78}: exit with that code every time},
+"exit": {"it0-train/0": 78}: exit with that code every time,
+"real": ["it0-train"]: run that step for real, through the same command line (`spin torchrun` included)},
 and gets `starts.jsonl`, one line per step start: {"job": "<run>-it0-gen", "index": 1}."""
 
 from __future__ import annotations
@@ -80,8 +81,15 @@ def step(argv: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
-    # `torchrun [options] -m spin_runtime.cli train ...` or `spin <command> ...`
-    argv = argv[argv.index("-m") + 2:] if argv[:1] == ["torchrun"] else argv[1:]
+    # `[spin] torchrun [options] -m spin_runtime.cli train ...` or `spin <command> ...`
+    original = argv
+    launched = argv[:1] == ["torchrun"] or argv[:2] == ["spin", "torchrun"]
+    argv = argv[argv.index("-m") + 2:] if launched else argv[1:]
+    if argv[:1] and argv[0] in SHORT and "--iteration" in argv:
+        suffix = f"it{argv[argv.index('--iteration') + 1]}-{SHORT[argv[0]]}"
+        if suffix in _control().get("real", []):
+            real = original[1:] if original[0] == "spin" else ["torchrun", *original[1:]]
+            os.execv(sys.executable, [sys.executable, "-m", "spin_runtime.cli", *real])
     if argv[:1] == ["init-run"]:
         from spin_runtime.cli import main as spin
 

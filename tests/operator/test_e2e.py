@@ -530,3 +530,23 @@ def test_a_create_over_quota_waits_says_so_once_and_goes_on_when_quota_frees(c: 
     assert reasons.count("CreateRetrying") == 1
     train_started = [m for _, r, m in c.events("e2e") if r == "StepStarted" and "e2e-it0-train" in m]
     assert len(train_started) == 1
+
+
+def test_a_bad_data_exit_under_torchrun_fails_the_step_without_a_retry(c: E2E) -> None:
+    """Two-node training (real `spin torchrun`, real torchrun, real `spin train` workers) on an
+    iteration without training data: the workers exit 65 (bad data). Before, torchrun exited 1,
+    the podFailurePolicy saw a retryable failure and the Job ran backoffLimit more times; now the
+    pods exit 65, the Job fails at once (FailJob) and the run says why."""
+    c.kube.control(real=["it0-train"])
+    c.start_operator()
+    c.create_run(run_body(spec={"iterations": 1, "backoffLimit": 2, "training": {"nodes": 2},
+                                "storage": {"newClaim": {"size": "1Gi", "accessModes": ["ReadWriteMany"]}}}))
+    run = c.wait_phase("e2e", ("Complete", "Failed"), 180)
+    st = run["status"]
+    assert (st["phase"], st["reason"]) == ("Failed", "StepFailed"), st
+    assert "an exit code a retry cannot fix" in st["message"], st["message"]
+    assert c.job_creations().count("e2e-it0-train") == 1
+    codes = [cs["state"]["terminated"]["exitCode"] for p in c.pods().values()
+             if p["metadata"]["labels"].get("spin.dev/step") == "train"
+             for cs in p["status"].get("containerStatuses", []) if (cs.get("state") or {}).get("terminated")]
+    assert 65 in codes, codes

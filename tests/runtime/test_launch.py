@@ -29,7 +29,7 @@ STEP = ["spin", "train", "--run-dir", "/runs/r1", "--iteration", "2"]
 def test_torchrun_argv_runs_the_cli_module_and_takes_node_rank_from_the_environment() -> None:
     argv = launch.torchrun_argv(4, 8, "r1-it2-train-0.r1-train", 29500, STEP)
     assert argv == [
-        "torchrun",
+        "spin", "torchrun",
         "--nnodes", "4",
         "--nproc_per_node", "8",
         "--master_addr", "r1-it2-train-0.r1-train",
@@ -103,8 +103,8 @@ def test_two_nodes_over_torchrun_match_one_process_with_the_same_global_batch(
 
     step = stages.Step(0, "train").argv(str(multi))
     argv = launch.torchrun_argv(2, 1, "127.0.0.1", _free_port(), step)
-    assert argv[0] == "torchrun"
-    argv = [sys.executable, "-m", "torch.distributed.run", *argv[1:]]
+    assert argv[:2] == ["spin", "torchrun"]
+    argv = [sys.executable, "-m", "spin_runtime.cli", *argv[1:]]  # through `spin torchrun`, as in pods
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
     logs = [(tmp_path / f"node{r}.log").open("w") for r in (0, 1)]
     nodes = [

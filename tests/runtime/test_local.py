@@ -236,7 +236,7 @@ def test_training_runs_under_torchrun_across_the_local_gpus():
     assert training_procs(spec(8), 8) == 8 and training_procs(spec(8), 4) == 4
     assert training_procs(spec(0), 8) == 0 and training_procs(spec(1), 8) == 0 and training_procs(spec(8), 0) == 0
     argv = step_command(Launch(stages.Step(0, "train"), nproc=8), Path("/r"))
-    assert argv[1:3] == ["-m", "torch.distributed.run"] and "--nproc_per_node" in argv and "8" in argv
+    assert argv[1:4] == ["-m", "spin_runtime.cli", "torchrun"] and "--nproc_per_node" in argv and "8" in argv
     assert step_command(Launch(stages.Step(0, "train")), Path("/r"))[1:3] == ["-m", "spin_runtime.cli"]
 
 

@@ -29,7 +29,8 @@ def test_multi_node_training_wires_torchrun_to_pod_zero() -> None:
     assert (train["spec"]["completions"], train["spec"]["parallelism"]) == (2, 2)
     assert train["spec"]["backoffLimit"] == 0
     cmd = train["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert cmd[:7] == ["torchrun", "--nnodes", "2", "--nproc_per_node", "8", "--master_addr", "demo-it0-train-0.demo-it0-train"]
+    assert cmd[:8] == ["spin", "torchrun", "--nnodes", "2", "--nproc_per_node", "8", "--master_addr",
+                       "demo-it0-train-0.demo-it0-train"]
     assert cmd[cmd.index("-m") + 1 : cmd.index("-m") + 3] == ["spin_runtime.cli", "train"]
     env = train["spec"]["template"]["spec"]["containers"][0]["env"]
     rank = next(e for e in env if e["name"] == "PET_NODE_RANK")

@@ -24,7 +24,7 @@ def test_master_and_workers_run_torchrun_configured_by_the_training_operator() -
     assert (replicas["Master"]["replicas"], replicas["Worker"]["replicas"]) == (1, 2)
     assert job["spec"]["nprocPerNode"] == "4"
     c = replicas["Master"]["template"]["spec"]["containers"][0]
-    assert c["name"] == "pytorch" and c["command"][:3] == ["torchrun", "-m", "spin_runtime.cli"]
+    assert c["name"] == "pytorch" and c["command"][:4] == ["spin", "torchrun", "-m", "spin_runtime.cli"]
 
 
 def test_state_and_suspension_are_read_from_run_policy() -> None:

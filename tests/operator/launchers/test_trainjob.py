@@ -32,7 +32,7 @@ def test_trainjob_references_the_runtime_and_runs_spin_train_on_every_node() -> 
     trainer = obj["spec"]["trainer"]
     assert set(trainer) == {"image", "command", "env", "numNodes", "numProcPerNode", "resourcesPerNode"}
     assert (trainer["numNodes"], trainer["numProcPerNode"]) == (2, 8)
-    assert trainer["command"][:3] == ["torchrun", "-m", "spin_runtime.cli"] and "train" in trainer["command"]
+    assert trainer["command"][:4] == ["spin", "torchrun", "-m", "spin_runtime.cli"] and "train" in trainer["command"]
     assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "8"
     env = {e["name"]: e for e in trainer["env"]}
     assert env["HF_TOKEN"] == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}}
