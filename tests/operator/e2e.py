@@ -209,7 +209,8 @@ def e2e(kube: Kube, **control: Any) -> Iterator[E2E]:
 # schemas) and the tests play their controllers on the real API, as the emulator's harness did.
 
 TRAINJOBS = ("trainer.kubeflow.org", "v1alpha1", "trainjobs")
-WORKLOADS = ("kueue.x-k8s.io", "v1beta1", "workloads")
+#: Kueue's Workload API as current Kueue serves it (v1beta2 only once v1beta1 is removed).
+WORKLOADS = ("kueue.x-k8s.io", "v1beta2", "workloads")
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
 
@@ -347,7 +348,7 @@ class KueuePlayer(Player):
                 if done:
                     continue
                 wl = custom.create_namespaced_custom_object(*WORKLOADS[:2], ns, WORKLOADS[2], {
-                    "apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "Workload",
+                    "apiVersion": "/".join(WORKLOADS[:2]), "kind": "Workload",
                     "metadata": {"name": f"job-{meta['name']}-{uid[:5]}", "labels": {KUEUE_JOB_UID_LABEL: uid}},
                     "spec": {"active": True, "queueName": meta["labels"][KUEUE_QUEUE_LABEL]}})
             name = wl["metadata"]["name"]

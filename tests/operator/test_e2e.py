@@ -550,3 +550,22 @@ def test_a_bad_data_exit_under_torchrun_fails_the_step_without_a_retry(c: E2E) -
              if p["metadata"]["labels"].get("spin.dev/step") == "train"
              for cs in p["status"].get("containerStatuses", []) if (cs.get("state") or {}).get("terminated")]
     assert 65 in codes, codes
+
+
+def test_suspending_a_queued_run_without_kueues_workload_api_says_so(c: E2E) -> None:
+    """The chart says Kueue runs (kueue.enabled) but the cluster serves no Workload API. Before,
+    the Workload list at v1beta1 got a 404 that counted as done: the run said Suspended while its
+    Job ran on. Now the missing API is a condition, the phase stays, and the request is retried."""
+    c.hold("it0-gen")
+    c.start_operator({"kueue": {"enabled": True}})
+    c.create_run(run_body(spec={"iterations": 1, "queueName": "gpu-queue"}))
+    c.wait(lambda: (c.jobs().get("e2e-it0-gen") or {}).get("metadata", {}).get("uid")
+           and c.get_run("e2e").get("status", {}).get("phase") == "Generating", 60, "the generation Job")
+    c.patch_spec("e2e", {"suspend": True})
+    st = c.wait(lambda: (r := c.get_run("e2e")).get("status", {}).get("reason") == "RequestRetrying" and r["status"], 60,
+                "the failed suspension reported")
+    assert "Kueue's Workload API is not served" in st["message"] and "kueue.enabled=false" in st["message"], st
+    assert st["phase"] == "Generating", st
+    progressing = next(x for x in st["conditions"] if x["type"] == "Progressing")
+    assert (progressing["status"], progressing["reason"]) == ("False", "RequestRetrying")
+    c.release()

@@ -75,3 +75,19 @@ def test_a_passing_refusal_keeps_the_step_waiting_and_warns_once() -> None:
     again = sim.tick()
     second = after_refusal(again, job, quota, st, NOW, 1)
     assert [r for _, r, _ in second.events] == []
+
+
+def test_a_refused_suspension_keeps_the_phase_and_says_why() -> None:
+    from spin_operator.reconcile.actions import SetWorkloadActive
+    from spin_operator.reconcile.refusals import REQUEST_RETRYING
+
+    sim, job = _first_pass()
+    before = dict(sim.status)
+    sim.body["spec"]["suspend"] = True
+    decision = sim.tick()
+    assert decision.status_document()["phase"] == "Suspended"
+    stop = SetWorkloadActive(job.name, "uid-1", False)
+    gone = Refusal(404, "Kueue's Workload API is not served", "Kueue's Workload API is not served")
+    refused = after_refusal(decision, stop, gone, before, NOW, 2).status_document()
+    assert refused["phase"] == "Generating" and refused["reason"] == REQUEST_RETRYING
+    assert "setworkloadactive Job demo-it0-gen (404" in refused["message"]

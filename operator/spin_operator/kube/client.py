@@ -14,7 +14,7 @@ from spin_operator import launchers, metrics
 from spin_operator.builders.gang import PODGROUP_GROUP, PODGROUP_KIND, PODGROUP_PLURAL, PODGROUP_VERSION
 from spin_operator.builders.meta import LABEL_RUN
 from spin_operator.launchers.base import Launcher, api_group, api_version_only
-from spin_operator.reconcile.actions import Action, Create, Delete, SetWorkloadActive
+from spin_operator.reconcile.actions import Action, Create, Delete, PatchJob, SetWorkloadActive
 from spin_runtime.api.spec import GROUP, PLURAL, VERSION
 
 USER_AGENT = "spin-operator/0.1"
@@ -22,9 +22,11 @@ USER_AGENT = "spin-operator/0.1"
 PLURALS = {"Job": "jobs", "ConfigMap": "configmaps", "Service": "services", "PersistentVolumeClaim": "persistentvolumeclaims",
            PODGROUP_KIND: PODGROUP_PLURAL}
 MERGE_PATCH = "application/merge-patch+json"
-#: Kueue's Workload API (served by Kueue v0.6 through v0.19, beside v1beta2) and the label that
-#: ties a Workload to its job (pkg/controller/constants: JobUIDLabel).
-KUEUE_GROUP, KUEUE_VERSION, KUEUE_WORKLOADS = "kueue.x-k8s.io", "v1beta1", "workloads"
+#: Kueue's Workload API and the label that ties a Workload to its job (pkg/controller/constants:
+#: JobUIDLabel). Kueue stores v1beta2 and is removing v1beta1: the version is discovered.
+KUEUE_GROUP, KUEUE_WORKLOADS = "kueue.x-k8s.io", "workloads"
+#: The Workload versions spinrun can patch (`spec.active` in both), most recent first.
+KUEUE_VERSIONS = ("v1beta2", "v1beta1")
 KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
 
 log = logging.getLogger("spin_operator")
@@ -52,9 +54,10 @@ def api_client() -> client.ApiClient:
 
 
 def reset_api_client() -> None:
-    """Forget the cached client (tests point the operator at a new server)."""
-    global _api
+    """Forget the cached client and what it discovered (tests point the operator at a new server)."""
+    global _api, _workload_version
     _api = None
+    _workload_version = None
 
 
 def _count(verb: str, resource: str) -> None:
@@ -101,25 +104,54 @@ def list_launched(namespace: str, run: str, launcher: Launcher) -> tuple[bool, l
 
 
 def execute(namespace: str, action: Action) -> None:
-    """Run one action; 409 on create and 404 on delete/patch count as done."""
+    """Run one action; 409 on create and 404 on delete/patch of a child count as done (a missing
+    Kueue Workload API does not: it is raised, and the run says so)."""
     try:
         _execute(namespace, action)
     except ApiException as e:
         if isinstance(action, Create) and e.status == 409:
             return
-        if not isinstance(action, Create) and e.status == 404:
+        if isinstance(action, Delete | PatchJob) and e.status == 404:
             return
         raise
+
+
+_workload_version: str | None = None
+
+
+def workload_version() -> str:
+    """The Kueue Workload version this cluster serves (discovered once, again after a 404); an
+    ApiException 404 naming what to install when it serves none spinrun can patch."""
+    global _workload_version
+    if _workload_version is None:
+        _count("get", "discovery")
+        groups = client.ApisApi(api_client()).get_api_versions().groups or []
+        served = {v.version for g in groups if g.name == KUEUE_GROUP for v in g.versions or []}
+        version = next((v for v in KUEUE_VERSIONS if v in served), None)
+        if version is None:
+            raise ApiException(status=404, reason=(
+                f"Kueue's Workload API is not served ({KUEUE_GROUP} {'/'.join(KUEUE_VERSIONS)}; served: "
+                f"{', '.join(sorted(served)) or 'none'}): a queued job cannot be stopped or resumed; install Kueue "
+                "v0.9 or later, or set the Helm value kueue.enabled=false"))
+        _workload_version = version
+    return _workload_version
 
 
 def set_workload_active(namespace: str, action: SetWorkloadActive) -> None:
     """Patch `spec.active` of the Kueue Workload(s) of a job, then annotate the job; a Workload Kueue
     has not created yet is left for the next reconcile (the annotation tells it what was done)."""
+    global _workload_version
     custom = client.CustomObjectsApi(api_client())
+    version = workload_version()
     _count("list", KUEUE_WORKLOADS)
-    found = custom.list_namespaced_custom_object(
-        KUEUE_GROUP, KUEUE_VERSION, namespace, KUEUE_WORKLOADS, label_selector=f"{KUEUE_JOB_UID_LABEL}={action.job_uid}"
-    )
+    try:
+        found = custom.list_namespaced_custom_object(
+            KUEUE_GROUP, version, namespace, KUEUE_WORKLOADS, label_selector=f"{KUEUE_JOB_UID_LABEL}={action.job_uid}"
+        )
+    except ApiException as e:
+        if e.status == 404:
+            _workload_version = None  # Kueue upgraded or removed: discover again next time
+        raise
     workloads = [w["metadata"]["name"] for w in found.get("items") or []]
     if not workloads:
         log.info(f"no Kueue Workload for {action.kind} {namespace}/{action.name} yet; the next reconcile tries again")
@@ -127,7 +159,7 @@ def set_workload_active(namespace: str, action: SetWorkloadActive) -> None:
     for name in workloads:
         _count("patch", KUEUE_WORKLOADS)
         custom.patch_namespaced_custom_object(
-            KUEUE_GROUP, KUEUE_VERSION, namespace, KUEUE_WORKLOADS, name, {"spec": {"active": action.active}},
+            KUEUE_GROUP, version, namespace, KUEUE_WORKLOADS, name, {"spec": {"active": action.active}},
             _content_type=MERGE_PATCH,
         )
     launcher = launchers.by_kind(action.kind)

@@ -18,6 +18,8 @@ from spin_operator.reconcile.decide import Decision
 ANNOUNCING = frozenset({"StepStarted", "ClaimCreated"})
 REFUSED = "CreateRefused"
 RETRYING = "CreateRetrying"
+#: The reason of any other request (suspend, resume, delete) that waits to be tried again.
+REQUEST_RETRYING = "RequestRetrying"
 
 
 @dataclass(frozen=True)
@@ -76,9 +78,13 @@ def after_refusal(
         events.append(("Warning", REFUSED, msg))
         return Decision(actions=[], status=status, events=events, requeue_after=None)
     msg = f"waiting: the API server refused to {_what(action)} ({said}); trying again"
-    before = condition(read_status(old_status), "Progressing")
-    status.reason, status.message = RETRYING, msg
-    set_condition(status, "Progressing", False, RETRYING, msg, now, generation)
-    if before is None or (before.status, before.reason, before.message) != ("False", RETRYING, msg[:MAX_MESSAGE]):
-        events.append(("Warning", RETRYING, msg))
+    reason = RETRYING if isinstance(action, Create) else REQUEST_RETRYING
+    old = read_status(old_status)
+    before = condition(old, "Progressing")
+    if not isinstance(action, Create) and old_status:
+        status.phase = old.phase  # a suspend that did not happen does not make the run Suspended
+    status.reason, status.message = reason, msg
+    set_condition(status, "Progressing", False, reason, msg, now, generation)
+    if before is None or (before.status, before.reason, before.message) != ("False", reason, msg[:MAX_MESSAGE]):
+        events.append(("Warning", reason, msg))
     return Decision(actions=[], status=status, events=events, requeue_after=decision.requeue_after)
