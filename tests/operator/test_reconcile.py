@@ -177,18 +177,37 @@ def _to_convert(sim: Sim) -> None:
     sim.tick()
 
 
-def test_failed_step_is_retried_as_a_new_attempt() -> None:
+def test_failed_step_is_retried_as_a_new_attempt_once_the_old_job_is_gone() -> None:
     sim = Sim(make_body())
     _to_convert(sim)
     sim.finish("demo-it0-convert", ok=False)
     d = sim.tick()
-    assert d.actions[0] == Delete("Job", "demo-it0-convert", "batch/v1")
-    assert isinstance(d.actions[1], Create) and d.actions[1].name == "demo-it0-convert"
-    assert annotation(sim.job("demo-it0-convert"), meta.ANNOTATION_ATTEMPT) == "1"
+    assert d.actions == [Delete("Job", "demo-it0-convert", "batch/v1")]  # no create beside the dying Job
     step = sim.status["iterations"][0]["steps"][1]
     assert step["retries"] == 1
     assert ("Warning", "StepRetrying") in [(t, r) for t, r, _ in d.events]
-    assert sim.status["phase"] == "Converting"
+    assert (sim.status["phase"], sim.status["reason"]) == ("Converting", "WaitingForPreviousAttempt")
+    assert d.requeue_after is not None and d.requeue_after <= 2
+    d = sim.tick()
+    assert d.creates() == ["demo-it0-convert"]
+    assert annotation(sim.job("demo-it0-convert"), meta.ANNOTATION_ATTEMPT) == "1"
+    assert [r for _, r, _ in d.events] == []  # StepRetrying said it; no StepStarted again
+    assert (sim.status["phase"], sim.status["reason"]) == ("Converting", "StepRunning")
+
+
+def test_a_retry_waits_for_the_failed_attempts_pods_to_stop() -> None:
+    """A pod of the failed attempt still Terminating has the hostname the new attempt's pod gets:
+    nothing is created until it is gone, and the run says which pod it waits for."""
+    sim = Sim(make_body())
+    _to_convert(sim)
+    old = sim.pod("demo-it0-convert", phase="Running")["metadata"]["name"]
+    sim.finish("demo-it0-convert", ok=False)
+    sim.tick()  # the Job is deleted; its pod is still terminating
+    d = sim.tick()
+    assert d.creates() == [] and sim.status["reason"] == "WaitingForPreviousAttempt"
+    assert old in sim.status["message"] and "kubectl delete pod" in sim.status["message"]
+    del sim.objects[("Pod", old)]
+    assert sim.tick().creates() == ["demo-it0-convert"]
 
 
 def test_a_failed_job_still_listed_after_its_retry_is_not_counted_twice() -> None:
@@ -200,17 +219,20 @@ def test_a_failed_job_still_listed_after_its_retry_is_not_counted_twice() -> Non
     sim.objects[("Job", "demo-it0-convert")] = stale  # the watch index lags: old attempt seen again
     d = sim.tick()
     assert sim.status["iterations"][0]["steps"][1]["retries"] == 1
-    assert d.deletes() == ["demo-it0-convert"] and d.creates() == ["demo-it0-convert"]
+    assert d.deletes() == ["demo-it0-convert"] and d.creates() == []
     assert "StepRetrying" not in [r for _, r, _ in d.events]
+    assert sim.tick().creates() == ["demo-it0-convert"]
 
 
 def test_step_failing_past_backoff_limit_fails_the_run() -> None:
     sim = Sim(make_body(spec={"backoffLimit": 1}))
     _to_convert(sim)
     sim.tick()
-    for _ in range(2):
-        sim.finish("demo-it0-convert", ok=False)
-        sim.tick()
+    sim.finish("demo-it0-convert", ok=False)
+    sim.tick()  # deleted
+    sim.tick()  # attempt 2 created
+    sim.finish("demo-it0-convert", ok=False)
+    sim.tick()
     st = sim.status
     assert st["phase"] == "Failed" and st["reason"] == "StepFailed"
     assert "convert of iteration 0 failed 2 time(s)" in st["message"]
@@ -353,7 +375,8 @@ def test_spec_change_applies_from_the_next_iteration() -> None:
     sim.finish("demo-it0-convert", ok=False)
     d = sim.tick()
     # iteration 0 keeps its pinned spec (backoffLimit 2): retried, not failed
-    assert d.creates() == ["demo-it0-convert"] and sim.status["phase"] == "Converting"
+    assert d.deletes() == ["demo-it0-convert"] and sim.status["phase"] == "Converting"
+    assert sim.tick().creates() == ["demo-it0-convert"]
     assert sim.status["observedGeneration"] == 2
     sim.run_to_end()  # it1 starts under generation 2
     gen1 = sim.job("demo-it1-gen")
@@ -700,8 +723,9 @@ def test_a_trainjob_is_followed_suspended_and_retried_like_a_job() -> None:
     assert sim.tick().actions == [PatchJob("demo-it0-train", False, "TrainJob")]
     tj["status"] = {"conditions": [{"type": "Failed", "status": "True", "reason": "Failed", "message": "node 1 OOM"}]}
     d = sim.tick()
-    assert d.deletes() == ["demo-it0-train"] and d.creates() == ["demo-it0-train"]
+    assert d.deletes() == ["demo-it0-train"] and d.creates() == []
     assert "node 1 OOM" in next(m for _, r, m in d.events if r == "StepRetrying")
+    assert sim.tick().creates() == ["demo-it0-train"]
     sim.objects[("TrainJob", "demo-it0-train")]["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
     sim.tick()
     assert sim.status["lastCheckpoint"]["iteration"] == 0 and sim.status["phase"] == "Evaluating"

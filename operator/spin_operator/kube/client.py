@@ -4,6 +4,7 @@ Every request is counted in the metrics; blocking calls (run them in a thread)."
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -12,7 +13,7 @@ from kubernetes.client.exceptions import ApiException
 
 from spin_operator import launchers, metrics
 from spin_operator.builders.gang import PODGROUP_GROUP, PODGROUP_KIND, PODGROUP_PLURAL, PODGROUP_VERSION
-from spin_operator.builders.meta import LABEL_RUN
+from spin_operator.builders.meta import ANNOTATION_ATTEMPT, LABEL_RUN
 from spin_operator.launchers.base import Launcher, api_group, api_version_only
 from spin_operator.reconcile.actions import Action, Create, Delete, PatchJob, SetWorkloadActive
 from spin_runtime.api.spec import GROUP, PLURAL, VERSION
@@ -109,11 +110,50 @@ def execute(namespace: str, action: Action) -> None:
     try:
         _execute(namespace, action)
     except ApiException as e:
-        if isinstance(action, Create) and e.status == 409:
+        if isinstance(action, Create) and e.status == 409 and _already_made(namespace, action):
             return
         if isinstance(action, Delete | PatchJob) and e.status == 404:
             return
         raise
+
+
+def _already_made(namespace: str, action: Create) -> bool:
+    """Whether the object in the way of a create is this one: for a step's workload, the same
+    attempt of the same run (an earlier attempt's Job still being deleted is not: the create is
+    tried again once it is gone); any other kind of child counts as made."""
+    if action.kind != "Job" and launchers.by_kind(action.kind) is None:
+        return True
+    try:
+        existing = _read(namespace, action)
+    except ApiException as e:
+        if e.status == 404:  # gone meanwhile: create it again on the next pass
+            return False
+        raise
+    def key(obj: dict[str, Any]) -> tuple[str | None, list[str]]:
+        meta = obj.get("metadata") or {}
+        owners = sorted(str(o.get("uid")) for o in meta.get("ownerReferences") or [] if o.get("controller"))
+        return (meta.get("annotations") or {}).get(ANNOTATION_ATTEMPT), owners
+    same = key(existing) == key(action.obj) and not (existing.get("metadata") or {}).get("deletionTimestamp")
+    if not same:
+        log.info(f"{action.kind} {namespace}/{action.name} exists from another attempt or run; creating it once that is gone")
+    return same
+
+
+def _read(namespace: str, action: Create) -> dict[str, Any]:
+    """The object of this kind and name (a list by name: the chart grants list, not get); 404 if none."""
+    _count("list", plural_of(action.kind))
+    api = api_client()
+    selector = f"metadata.name={action.name}"
+    launcher = launchers.by_kind(action.kind)
+    if launcher is not None:
+        items = client.CustomObjectsApi(api).list_namespaced_custom_object(
+            api_group(launcher), api_version_only(launcher), namespace, launcher.plural, field_selector=selector).get("items")
+    else:
+        resp = client.BatchV1Api(api).list_namespaced_job(namespace, field_selector=selector, _preload_content=False)
+        items = json.loads(resp.data).get("items")
+    if not items:
+        raise ApiException(status=404, reason=f"{action.kind} {action.name} not found")
+    return dict(items[0])
 
 
 _workload_version: str | None = None

@@ -67,6 +67,8 @@ MAX_ITERATION_HISTORY = 20
 ALWAYS_SET = ("phase", "completed_iterations", "conditions", "iterations")
 #: How often a run waiting for something without an event (old objects to be collected) looks again.
 WAIT_RECHECK_SECONDS = 5.0
+#: How soon a retry looks again whether the failed attempt's Job and pods are gone.
+RETRY_WAIT_SECONDS = 2.0
 GANG_DISABLED = Unavailable(
     "GangSchedulingDisabled",
     "training.gangScheduling.enabled is true but this operator may not create PodGroups (Helm value "
@@ -508,9 +510,9 @@ def _drive_iteration(rec: ReconcilePass, spec: SpinRunSpec, spec_k: SpinRunSpec,
         if js is not None and js.attempt > entry.retries:
             entry.retries = js.attempt  # status lagged behind the Job we created
         if js is not None and js.attempt < entry.retries:
-            # A previous attempt's Job still exists: remove it, then start the current attempt.
+            # A previous attempt's Job still exists: remove it; the attempt starts once it is gone.
             rec.delete_job(js)
-            _start(rec, ctx, stage, entry, restart=True)
+            _wait_for_previous_attempt(rec, k, step, entry, f"job {js.name} of attempt {js.attempt + 1} is being deleted")
             return False
         if js is not None and js.complete:
             _step_done(rec, spec_k, k, step, entry, js)
@@ -523,9 +525,26 @@ def _drive_iteration(rec: ReconcilePass, spec: SpinRunSpec, spec_k: SpinRunSpec,
             if step == "train":
                 _ensure_companions(rec, ctx)
             return False
-        _start(rec, ctx, stage, entry, restart=False)
+        leftover = rec.observed.pods_of(k, step)
+        if leftover:  # the previous attempt's pods still run (Terminating): same hostnames, same Service
+            names = sorted(p.name for p in leftover)
+            _wait_for_previous_attempt(rec, k, step, entry, f"{len(names)} pod(s) of the previous attempt still stopping; "
+                                       f"a pod on a lost node stops only when deleted: kubectl delete pod -n {rec.ref.namespace} "
+                                       f"--force {' '.join(names[:3])}")
+            return False
+        _start(rec, ctx, stage, entry, restart=entry.retries > 0 and entry.start_time is not None)
         return False
     return True
+
+
+def _wait_for_previous_attempt(rec: ReconcilePass, k: int, step: str, entry: StepStatus, why: str) -> None:
+    """A retry starts only once the failed attempt's Job and pods are gone: a new pod with the same
+    hostname beside a dying one would share its Service name (the master address of multi-node
+    training could resolve to the dying pod), and a create would meet the old Job's name."""
+    msg = f"iteration {k}: {step} attempt {entry.retries + 1} waits: {why}"
+    rec.phase(STEP_PHASE[step], "WaitingForPreviousAttempt", msg)  # type: ignore[index]
+    rec.cond("Progressing", True, "WaitingForPreviousAttempt", msg)
+    rec.requeue(RETRY_WAIT_SECONDS)
 
 
 def _running(rec: ReconcilePass, spec: SpinRunSpec, spec_k: SpinRunSpec, k: int, step: str, js: JobState) -> None:
@@ -539,7 +558,8 @@ def _running(rec: ReconcilePass, spec: SpinRunSpec, spec_k: SpinRunSpec, k: int,
         rec.phase(STEP_PHASE[step], "WaitingForQuota", msg)  # type: ignore[index]
         rec.cond("Progressing", True, "WaitingForQuota", msg)
         return
-    pods = rec.observed.pods_of(k, step)
+    # a Job's own pods only (a pod of an earlier attempt is not this attempt's progress or trouble)
+    pods = [p for p in rec.observed.pods_of(k, step) if js.kind != "Job" or not js.uid or p.owner_uid in (None, js.uid)]
     troubled = next((p for p in pods if p.trouble), None)
     if troubled is not None:
         _pod_trouble(rec, spec, k, step, troubled)
@@ -664,8 +684,7 @@ def _step_failed(rec: ReconcilePass, ctx: BuildContext, stage: stages.Stage, ent
             f"iteration {k}: {step} failed (attempt {attempt + 1} of {limit + 1}, job {js.name}: {why}); retrying",
         )
         rec.delete_job(js)
-        retry = BuildContext(ctx.run, ctx.spec, k, attempt + 1, ctx.suspend, ctx.settings)
-        _start(rec, retry, stage, entry, restart=True)
+        _wait_for_previous_attempt(rec, k, step, entry, f"job {js.name} of attempt {attempt + 1} is being deleted")
         return
     entry.retries = attempt
     rec.fail(
