@@ -178,9 +178,14 @@ def test_down_stops_every_process_and_removes_the_pod_network(tmp_path: Path) ->
         pids = [p.pid for p in state.procs]
         namespaces = [n.name for n in NETNS_DIR.iterdir() if n.name.startswith(state.addresses.netns_prefix)]
         assert namespaces, "the pod has a network namespace"
-        in_pod = [int(p) for ns in namespaces
-                  for p in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()]
-        assert in_pod, "the pod's container runs in its namespace"
+
+        def pod_pids() -> list[int]:
+            return [int(p) for ns in namespaces
+                    for p in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()]
+
+        # Running is reported once the container process is started; it joins the pod's network
+        # namespace as it sets itself up (enter.py), a moment later on a loaded machine
+        in_pod = wait(pod_pids, 30, "the pod's container in its network namespace")
     finally:
         down(root)
     assert not procs.sessions_members(set(pids)), "a control-plane process outlived `down`"
