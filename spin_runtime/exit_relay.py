@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from spin_runtime.errors import DETERMINISTIC_EXIT_CODES, EXIT_BAD_DATA, EXIT_BAD_MODEL, EXIT_BAD_SPEC, EXIT_USAGE
@@ -23,7 +23,7 @@ EXIT_CODE_DIR_ENV = "SPIN_EXIT_CODE_DIR"
 _PRECEDENCE = (EXIT_BAD_SPEC, EXIT_BAD_MODEL, EXIT_BAD_DATA, EXIT_USAGE)
 
 
-def record_exit(code: int, env: dict[str, str] | os._Environ[str] | None = None) -> None:
+def record_exit(code: int, env: Mapping[str, str] | None = None) -> None:
     """Write this worker's exit code where the wrapper reads it (nothing outside `spin torchrun`)."""
     folder = (os.environ if env is None else env).get(EXIT_CODE_DIR_ENV)
     if not folder or code == 0:

@@ -116,22 +116,20 @@ def _q(expr: str) -> str:
     return f"quantity(string({expr}))"
 
 
+#: Rules that hold for each of the two maps (MAP: requests, then limits).
+_PER_MAP_CEL_RULES: list[tuple[str, str]] = [
+    (f"!has(self.MAP) || self.MAP.all(k, k.matches(r'{RESOURCE_NAME_PATTERN}'))",
+     "MAP: every name must be a container resource: cpu, memory, ephemeral-storage, hugepages-<size> or "
+     "a fully qualified name such as nvidia.com/gpu"),
+    (f"!has(self.MAP) || self.MAP.all(k, !{_q('self.MAP[k]')}.isLessThan(quantity('0')))",
+     "MAP: must not be negative"),
+    (f"!has(self.MAP) || self.MAP.all(k, !{_CEL_EXTENDED} || {_q('self.MAP[k]')}.isInteger())",
+     "MAP: an extended resource (such as nvidia.com/gpu) must be a whole number"),
+]
+
 #: CEL rules of a Resources object: the Python rules of `resource_problems`, for the CRD.
 RESOURCE_CEL_RULES: list[tuple[str, str]] = [
-    (f"!has(self.requests) || self.requests.all(k, k.matches(r'{RESOURCE_NAME_PATTERN}'))",
-     "requests: every name must be a container resource: cpu, memory, ephemeral-storage, hugepages-<size> or "
-     "a fully qualified name such as nvidia.com/gpu"),
-    (f"!has(self.limits) || self.limits.all(k, k.matches(r'{RESOURCE_NAME_PATTERN}'))",
-     "limits: every name must be a container resource: cpu, memory, ephemeral-storage, hugepages-<size> or "
-     "a fully qualified name such as nvidia.com/gpu"),
-    (f"!has(self.requests) || self.requests.all(k, !{_q('self.requests[k]')}.isLessThan(quantity('0')))",
-     "requests: must not be negative"),
-    (f"!has(self.limits) || self.limits.all(k, !{_q('self.limits[k]')}.isLessThan(quantity('0')))",
-     "limits: must not be negative"),
-    (f"!has(self.requests) || self.requests.all(k, !{_CEL_EXTENDED} || {_q('self.requests[k]')}.isInteger())",
-     "requests: an extended resource (such as nvidia.com/gpu) must be a whole number"),
-    (f"!has(self.limits) || self.limits.all(k, !{_CEL_EXTENDED} || {_q('self.limits[k]')}.isInteger())",
-     "limits: an extended resource (such as nvidia.com/gpu) must be a whole number"),
+    *((rule.replace("MAP", m), message.replace("MAP", m)) for rule, message in _PER_MAP_CEL_RULES for m in ("requests", "limits")),
     (f"!has(self.requests) || self.requests.all(k, !{_CEL_NO_OVERCOMMIT} || k == '{GPU_RESOURCE}' || "
      "(has(self.limits) && k in self.limits))",
      "limits: a resource that cannot be overcommitted (extended, hugepages) must have a limit equal to its request"),

@@ -799,16 +799,19 @@ class LocalObjectReference(SpinModel):
     name: str = Field(..., min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Object name.")
 
 
+#: Kubernetes' rules for a toleration, each said the same way by the CRD and by `spin validate`.
+_TOLERATION_SECONDS_RULE = "tolerationSeconds must be used with effect NoExecute (only NoExecute taints evict after a while)"
+_EXISTS_VALUE_RULE = "value must be empty when operator is Exists"
+_EMPTY_KEY_RULE = "operator must be Exists when key is empty (it then tolerates every taint)"
+
+
 class Toleration(SpinModel):
     """A pod toleration (Kubernetes core/v1 Toleration), with the apiserver's rules."""
 
     model_config = _cel_rules(
-        _cel("!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
-             "tolerationSeconds must be used with effect NoExecute (only NoExecute taints evict after a while)"),
-        _cel("!(has(self.operator) && self.operator == 'Exists') || !has(self.value) || self.value == ''",
-             "value must be empty when operator is Exists"),
-        _cel("(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
-             "operator must be Exists when key is empty (it then tolerates every taint)"),
+        _cel("!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')", _TOLERATION_SECONDS_RULE),
+        _cel("!(has(self.operator) && self.operator == 'Exists') || !has(self.value) || self.value == ''", _EXISTS_VALUE_RULE),
+        _cel("(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')", _EMPTY_KEY_RULE),
     )
 
     key: str | None = Field(None, max_length=317, pattern=rf"^$|{QUALIFIED_NAME_PATTERN}", description="Taint key.")
@@ -822,11 +825,11 @@ class Toleration(SpinModel):
     @model_validator(mode="after")
     def _as_kubernetes_takes_it(self) -> Toleration:
         if self.toleration_seconds is not None and self.effect != "NoExecute":
-            raise ValueError("tolerationSeconds must be used with effect NoExecute (only NoExecute taints evict after a while)")
+            raise ValueError(_TOLERATION_SECONDS_RULE)
         if self.operator == "Exists" and self.value:
-            raise ValueError("value must be empty when operator is Exists")
+            raise ValueError(_EXISTS_VALUE_RULE)
         if not self.key and self.operator != "Exists":
-            raise ValueError("operator must be Exists when key is empty (it then tolerates every taint)")
+            raise ValueError(_EMPTY_KEY_RULE)
         return self
 
 

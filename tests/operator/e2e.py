@@ -125,6 +125,15 @@ class E2E:
 
         return self.wait(reached, timeout, f"{name} phase in {phases}")
 
+    def wait_reason(self, name: str, reason: str, timeout: float = 60) -> dict[str, Any]:
+        """The SpinRun's status once its reason is `reason` (the status read then: assert on it)."""
+
+        def reached() -> dict[str, Any] | None:
+            status = self.get_run(name).get("status") or {}
+            return status if status.get("reason") == reason else None
+
+        return self.wait(reached, timeout, f"{name} reason {reason}")
+
     def describe(self) -> str:
         """What a person would look at when a wait times out: the run's status, Jobs and pods."""
         parts = []

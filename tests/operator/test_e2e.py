@@ -26,6 +26,7 @@ from tests.operator.e2e import (
     TRAINJOBS,
     WORKLOADS,
     KueuePlayer,
+    Player,
     TrainerPlayer,
     e2e,
     job_done,
@@ -253,9 +254,8 @@ def test_trainjob_launcher_without_the_crd_says_what_to_install(c: E2E) -> None:
     """The chart enables TrainJobs (RBAC to list them), the cluster does not serve them: 404."""
     c.start_operator({"trainjob": {"enabled": True}})
     c.create_run(run_body(spec={"iterations": 1, "training": {"launcher": "trainjob"}}))
-    run = c.wait(lambda: (r := c.get_run("e2e")).get("status", {}).get("reason") == "LauncherUnavailable" and r, 60,
-                 "LauncherUnavailable")
-    assert "install Kubeflow Trainer v2" in run["status"]["message"]
+    st = c.wait_reason("e2e", "LauncherUnavailable")
+    assert "install Kubeflow Trainer v2" in st["message"]
 
 
 def test_trainjob_launcher_the_chart_does_not_enable_says_which_value(c: E2E) -> None:
@@ -263,9 +263,8 @@ def test_trainjob_launcher_the_chart_does_not_enable_says_which_value(c: E2E) ->
     lists TrainJobs (the apiserver would refuse it) and names the Helm value."""
     c.start_operator()
     c.create_run(run_body(spec={"iterations": 1, "training": {"launcher": "trainjob"}}))
-    run = c.wait(lambda: (r := c.get_run("e2e")).get("status", {}).get("reason") == "LauncherDisabled" and r, 60,
-                 "LauncherDisabled")
-    assert "Helm value trainjob.enabled=false" in run["status"]["message"]
+    st = c.wait_reason("e2e", "LauncherDisabled")
+    assert "Helm value trainjob.enabled=false" in st["message"]
 
 
 @pytest.fixture()
@@ -289,8 +288,7 @@ def test_suspend_and_resume_under_kueue(kueue_rules: bool, c: E2E, kueue_api: No
         c.hold("it0-convert")
         c.start_operator({"kueue": {"enabled": True}} if kueue_rules else None)
         c.create_run(run_body(spec={"iterations": 1, "queueName": "gpu-queue"}))
-        st = c.wait(lambda: (r := c.get_run("e2e")).get("status", {}).get("reason") == "WaitingForQuota" and r["status"],
-                    60, "waiting for quota")
+        st = c.wait_reason("e2e", "WaitingForQuota", 60)
         assert "waiting for quota in queue gpu-queue" in st["message"]
         kueue.quota = 1
         c.wait(lambda: "e2e-it0-convert" in c.jobs() and not c.jobs()["e2e-it0-convert"]["spec"]["suspend"], 60,
@@ -311,33 +309,19 @@ def test_suspend_and_resume_under_kueue(kueue_rules: bool, c: E2E, kueue_api: No
         assert c.job_creations().count("e2e-it0-convert") == 1
 
 
-class StatusRecorder:
+class StatusRecorder(Player):
     """Reads a SpinRun's status every 0.1 s in a thread and keeps each distinct `progress`."""
 
     def __init__(self, c: E2E, name: str) -> None:
-        import threading
+        super().__init__(c)
+        self.name = name
+        self.seen: list[dict[str, Any]] = []
 
-        self.c, self.name, self.seen = c, name, []  # type: list[dict[str, Any]]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self) -> StatusRecorder:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(0.1):
-            try:
-                run = self.c.get_run(self.name)
-            except Exception:
-                continue
-            progress = (run.get("status") or {}).get("progress")
-            if progress and (not self.seen or self.seen[-1]["progress"] != progress):
-                self.seen.append(run["status"] | {"wide": _wide_columns(run)})
+    def step(self) -> None:
+        run = self.e2e.get_run(self.name)
+        progress = (run.get("status") or {}).get("progress")
+        if progress and (not self.seen or self.seen[-1]["progress"] != progress):
+            self.seen.append(run["status"] | {"wide": _wide_columns(run)})
 
 
 def _wide_columns(run: dict[str, Any]) -> dict[str, Any]:
@@ -517,8 +501,7 @@ def test_a_create_over_quota_waits_says_so_once_and_goes_on_when_quota_frees(c: 
            30, "the quota counted")
     c.start_operator()
     c.create_run(run_body(spec={"iterations": 1}))
-    st = c.wait(lambda: (r := c.get_run("e2e")).get("status", {}).get("reason") == "CreateRetrying" and r["status"], 90,
-                "the training create refused for quota")
+    st = c.wait_reason("e2e", "CreateRetrying", 90)
     assert "exceeded quota" in st["message"] and st["phase"] == "Training", st
     progressing = next(x for x in st["conditions"] if x["type"] == "Progressing")
     assert (progressing["status"], progressing["reason"]) == ("False", "CreateRetrying")
@@ -562,8 +545,7 @@ def test_suspending_a_queued_run_without_kueues_workload_api_says_so(c: E2E) -> 
     c.wait(lambda: (c.jobs().get("e2e-it0-gen") or {}).get("metadata", {}).get("uid")
            and c.get_run("e2e").get("status", {}).get("phase") == "Generating", 60, "the generation Job")
     c.patch_spec("e2e", {"suspend": True})
-    st = c.wait(lambda: (r := c.get_run("e2e")).get("status", {}).get("reason") == "RequestRetrying" and r["status"], 60,
-                "the failed suspension reported")
+    st = c.wait_reason("e2e", "RequestRetrying", 60)
     assert "Kueue's Workload API is not served" in st["message"] and "kueue.enabled=false" in st["message"], st
     assert st["phase"] == "Generating", st
     progressing = next(x for x in st["conditions"] if x["type"] == "Progressing")

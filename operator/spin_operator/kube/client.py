@@ -13,7 +13,7 @@ from kubernetes.client.exceptions import ApiException
 
 from spin_operator import launchers, metrics
 from spin_operator.builders.gang import PODGROUP_GROUP, PODGROUP_KIND, PODGROUP_PLURAL, PODGROUP_VERSION
-from spin_operator.builders.meta import ANNOTATION_ATTEMPT, LABEL_RUN
+from spin_operator.builders.meta import ANNOTATION_ATTEMPT, LABEL_RUN, controller_uid
 from spin_operator.launchers.base import Launcher, api_group, api_version_only
 from spin_operator.reconcile.actions import Action, Create, Delete, PatchJob, SetWorkloadActive
 from spin_runtime.api.spec import GROUP, PLURAL, VERSION
@@ -129,14 +129,15 @@ def _already_made(namespace: str, action: Create) -> bool:
         if e.status == 404:  # gone meanwhile: create it again on the next pass
             return False
         raise
-    def key(obj: dict[str, Any]) -> tuple[str | None, list[str]]:
-        meta = obj.get("metadata") or {}
-        owners = sorted(str(o.get("uid")) for o in meta.get("ownerReferences") or [] if o.get("controller"))
-        return (meta.get("annotations") or {}).get(ANNOTATION_ATTEMPT), owners
-    same = key(existing) == key(action.obj) and not (existing.get("metadata") or {}).get("deletionTimestamp")
+    same = _attempt_of(existing) == _attempt_of(action.obj) and not (existing.get("metadata") or {}).get("deletionTimestamp")
     if not same:
         log.info(f"{action.kind} {namespace}/{action.name} exists from another attempt or run; creating it once that is gone")
     return same
+
+
+def _attempt_of(obj: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(attempt annotation, controller uid): which attempt of which run a workload is."""
+    return ((obj.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_ATTEMPT), controller_uid(obj)
 
 
 def _read(namespace: str, action: Create) -> dict[str, Any]:
