@@ -151,7 +151,7 @@ class Kube:
 
     def control(self, **control: Any) -> None:
         """The instant steps' control (hold, fail, exit); resets the failure counts and starts."""
-        for f in ("counts.json", "starts.jsonl", "stops.jsonl"):
+        for f in ("counts.json", "starts.jsonl"):
             (self.control_dir / f).unlink(missing_ok=True)
         self.set_control(**control)
 
@@ -170,11 +170,6 @@ class Kube:
         if not file.exists():
             return []
         return [(d["job"], d["index"]) for d in map(json.loads, file.read_text().splitlines()) if d]
-
-    def step_times(self, name: str) -> list[dict[str, Any]]:
-        """The records of `starts.jsonl` or `stops.jsonl` (job, index, pid, t), in order."""
-        file = self.control_dir / f"{name}.jsonl"
-        return [json.loads(line) for line in file.read_text().splitlines() if line] if file.exists() else []
 
     # ------------------------------------------------------------------ audit
 

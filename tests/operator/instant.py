@@ -5,13 +5,11 @@ otherwise. The pods themselves are real: scheduled, run by the process kubelet, 
 real Job controller.
 
 The control folder (mounted at /spin-instant by the kubelet's image configuration) holds
-`control.json`: {"hold": ["it0-train", "it0-train/1", ...]: run until removed from the list
-(a step, or one index of it), "linger": 4: seconds a step keeps running after SIGTERM,
+`control.json`: {"hold": ["it0-train", ...]: run until removed from the list,
 "fail": {"it0-gen/1": n}: fail the first n runs of that index (exit 1),
 "exit": {"it0-train/0": 78}: exit with that code every time,
 "real": ["it0-train"]: run that step for real, through the same command line (`spin torchrun` included)},
-and gets `starts.jsonl`, one line per step start: {"job": "<run>-it0-gen", "index": 1, "t": <time>},
-and `stops.jsonl`, one line per step stopped by SIGTERM."""
+and gets `starts.jsonl`, one line per step start: {"job": "<run>-it0-gen", "index": 1}."""
 
 from __future__ import annotations
 
@@ -57,18 +55,10 @@ def step(argv: list[str]) -> int:
     index = int(os.environ.get("JOB_COMPLETION_INDEX", os.environ.get("PET_NODE_RANK", "0")) or 0)
     suffix = f"it{k}-{SHORT[name]}"
     key = f"{suffix}/{index}"
-    job = f"{run_dir.name}-{suffix}"
     with open(CONTROL / "starts.jsonl", "a") as starts:
-        starts.write(json.dumps({"job": job, "index": index, "pid": os.getpid(), "t": time.time()}) + "\n")
-
-    def stop(*_: object) -> None:  # SIGTERM: linger as a slow step would, then say when it stopped
-        time.sleep(float(_control().get("linger", 0)))
-        with open(CONTROL / "stops.jsonl", "a") as stops:
-            stops.write(json.dumps({"job": job, "index": index, "pid": os.getpid(), "t": time.time()}) + "\n")
-        sys.exit(143)
-
-    signal.signal(signal.SIGTERM, stop)
-    while suffix in _control().get("hold", []) or key in _control().get("hold", []):
+        starts.write(json.dumps({"job": f"{run_dir.name}-{suffix}", "index": index, "pid": os.getpid()}) + "\n")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    while suffix in _control().get("hold", []):
         time.sleep(0.1)
     code = _control().get("exit", {}).get(key)
     if code is not None:
