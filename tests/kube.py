@@ -82,8 +82,21 @@ class Kube:
         if self._crd:
             return
         self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-        self.kubectl("wait", "--for=condition=Established", "crd/spinruns.spin.dev", "--timeout=60s")
+        self.wait_established("spinruns.spin.dev")
         self._crd = True
+
+    def wait_established(self, name: str, timeout: float = 60.0) -> None:
+        """Until the CRD `name` is Established. (`kubectl wait --for=condition=Established` fails at
+        once, instead of waiting, when it reads the CRD before the apiserver wrote any condition.)"""
+        url = path("apiextensions.k8s.io", "v1", "customresourcedefinitions", name=name)
+        deadline = time.monotonic() + timeout
+        conditions: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            conditions = (self.api.get(url).get("status") or {}).get("conditions") or []
+            if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"crd/{name} not Established after {timeout:.0f} s: {conditions}")
 
     @contextlib.contextmanager
     def namespace(self, prefix: str = "t") -> Iterator[str]:

@@ -217,7 +217,7 @@ def test_deleting_the_spinrun_stops_its_work_cleanly(c: E2E) -> None:
 def trainjob_crd(kube: Kube) -> Iterator[None]:
     """Kubeflow Trainer's TrainJob CRD (permissive schema) for one test; removed after it."""
     kube.apply([permissive_crd(*TRAINJOBS, "TrainJob")])
-    kube.kubectl("wait", "--for=condition=Established", f"crd/{TRAINJOBS[2]}.{TRAINJOBS[0]}", "--timeout=60s")
+    kube.wait_established(f"{TRAINJOBS[2]}.{TRAINJOBS[0]}")
     yield
     kube.kubectl("delete", "crd", f"{TRAINJOBS[2]}.{TRAINJOBS[0]}", "--wait=true", "--timeout=60s")
 
@@ -271,7 +271,7 @@ def test_trainjob_launcher_the_chart_does_not_enable_says_which_value(c: E2E) ->
 def kueue_api(kube: Kube) -> Iterator[None]:
     """Kueue's Workload CRD (permissive) and its Job webhook (a MutatingAdmissionPolicy), for one test."""
     kube.apply([permissive_crd(*WORKLOADS, "Workload"), *KUEUE_WEBHOOK])
-    kube.kubectl("wait", "--for=condition=Established", f"crd/{WORKLOADS[2]}.{WORKLOADS[0]}", "--timeout=60s")
+    kube.wait_established(f"{WORKLOADS[2]}.{WORKLOADS[0]}")
     yield
     kube.kubectl("delete", "mutatingadmissionpolicybinding,mutatingadmissionpolicy", "spin-tests-kueue-suspend",
                  "--wait=true", check=False)
