@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # The training image: CUDA PyTorch + DeepSpeed + FlashAttention-2 + the spinrun runtime.
-# It runs `spin convert`, `spin train` (torchrun, one pod per node) and `spin evaluate`.
+# It runs `spin convert`, `spin train` (torchrun, one pod per node) and `spin evaluate` (with
+# lm-evaluation-harness in /opt/lm-eval for evaluation.lmEval).
 # Build from the repository root:
 #   docker buildx build -f images/trainer.Dockerfile -t REG/spinrun-trainer:0.1.0 .
 # FlashAttention is compiled from source unless a prebuilt wheel matches (this can take an
@@ -58,6 +59,20 @@ RUN if [ "${INSTALL_FLASH_ATTN}" = "true" ]; then \
    && MAX_JOBS="${MAX_JOBS}" python -m pip install --no-cache-dir --no-build-isolation \
         -c /opt/spinrun/torch-constraints.txt "flash-attn==${FLASH_ATTN_VERSION}"; \
     fi
+
+# lm-evaluation-harness (evaluation.lmEval) in its own environment, as `make lmeval` makes it: its
+# dependencies conflict with the kubernetes client's. It sees the base image's CUDA torch (system
+# site packages, the same constraint), and the evaluate step finds it through SPIN_LM_EVAL. The
+# default is the version the test suite runs; the paper's scores came from v0.4.0
+# (--build-arg LM_EVAL_VERSION=0.4.0; it fetches its exact_match metric from the Hub when it starts),
+# and the evaluate step warns when the harness differs from evaluation.lmEval.version.
+ARG LM_EVAL_VERSION=0.4.13
+RUN python -m venv --system-site-packages /opt/lm-eval \
+ && /opt/lm-eval/bin/python -m pip install --no-cache-dir -c /opt/spinrun/torch-constraints.txt \
+      "lm-eval[hf]==${LM_EVAL_VERSION}" \
+ && /opt/lm-eval/bin/python -c "import importlib.metadata as m; print('lm-eval', m.version('lm_eval'))" \
+ && /opt/lm-eval/bin/lm_eval --help > /dev/null
+ENV SPIN_LM_EVAL=/opt/lm-eval/bin/lm_eval
 
 # Non-root user 65532 (the UID the operator's pods should run as). Caches (Hugging Face,
 # vLLM, Triton, torch) follow HOME / XDG_CACHE_HOME, which the operator points at writable

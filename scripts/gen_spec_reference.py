@@ -187,7 +187,7 @@ def _at(data: Any, path: str) -> Any:
 
 def _paper_section() -> list[str]:
     """Which defaults follow the original SPIN code, and what `recipe: spin-paper` sets."""
-    from spin_runtime.api.recipes import PAPER_MODEL_REVISIONS, RECIPE_PATHS, RECIPES
+    from spin_runtime.api.recipes import PAPER_MODEL_REVISIONS, RECIPE_NOTES, RECIPE_PATHS, RECIPES
 
     defaults = {"spec": SpinRunSpec().dump()}
     paper = {"spec": RECIPES["spin-paper"]}
@@ -200,13 +200,14 @@ def _paper_section() -> list[str]:
         "*differs* are where spinrun's default is not what the paper ran (faster or more common choices). "
         "Convert always counts exact duplicate pairs and, as the original did, keeps them (`dataset.dropDuplicates`).",
         "",
-        "| Field | Default | Original (`spin-paper`) | |",
-        "|---|---|---|---|",
+        "| Field | Default | Original (`spin-paper`) | | Why it matters |",
+        "|---|---|---|---|---|",
     ]
     for path in sorted(RECIPE_PATHS):
         ours, theirs = _at(defaults, path), _at(paper, path)
         mark = "same" if ours == theirs else "*differs*"
-        out.append(f"| `{path[5:]}` | `{json.dumps(ours)}` | `{json.dumps(theirs)}` | {mark} |")
+        note = _cell(RECIPE_NOTES.get(path, ""))
+        out.append(f"| `{path[5:]}` | `{json.dumps(ours)}` | `{json.dumps(theirs)}` | {mark} | {note} |")
     out.append("")
     return out
 

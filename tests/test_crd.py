@@ -324,6 +324,10 @@ CEL_CASES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("prompt as long as the sequence", _set("spec.training.maxPromptLength", 128), "maxPromptLength must be smaller than maxLength"),
     ("prompt longer than the default sequence", lambda d: d["spec"]["training"].pop("maxLength") and _set("spec.training.maxPromptLength", 2048)(d), "maxPromptLength must be smaller than maxLength"),
     ("sequence shorter than the default prompt", lambda d: d["spec"]["training"].pop("maxPromptLength") and _set("spec.training.maxLength", 256)(d), "maxPromptLength must be smaller than maxLength"),
+    ("select epoch past a schedule entry's epochs", _set("spec.training.selectEpoch", 2), "must not exceed any schedule entry"),
+    ("select epoch beside max steps", lambda d: (_set("spec.schedule", [{"learningRate": 1e-6, "epochs": 3}])(d),
+                                                  _set("spec.training.selectEpoch", 2)(d),
+                                                  _set("spec.training.maxSteps", 10)(d)), "remove training.maxSteps"),
     ("name too long", _set("metadata.name", "r" * 41), "at most 40 characters"),
     ("name starting with a digit", _set("metadata.name", "1run"), "DNS label that starts with a letter"),
     ("name with a dot", _set("metadata.name", "run.one"), "DNS label that starts with a letter"),
@@ -341,6 +345,24 @@ def test_cel_rule_refuses_what_the_model_refuses(
     assert any(message in p for p in problems), problems
     with pytest.raises(SpecError):
         validate_data(doc)
+
+
+def test_select_epoch_is_last_best_or_an_unquoted_epoch_number_for_validate_and_the_apiserver(
+    admission: Admission,
+) -> None:
+    verdicts = {}
+    for value in ["last", "best", 1, 6, "first", "2", 0, 1001, "Last"]:
+        doc = _base()
+        doc["spec"]["schedule"] = [{"learningRate": 1e-6, "epochs": 6}]
+        doc["spec"]["training"]["selectEpoch"] = value
+        doc["spec"]["training"].pop("maxSteps", None)
+        theirs, ours = admission.problems(doc), _validate_verdict(doc)
+        verdicts[repr(value)] = (bool(ours), bool(theirs))
+        if isinstance(value, str) and value not in ("last", "best"):
+            assert any("spec.training.selectEpoch: must be last, best or an epoch number" in p for p in ours), ours
+    assert verdicts == {"'last'": (False, False), "'best'": (False, False), "1": (False, False), "6": (False, False),
+                        "'first'": (True, True), "'2'": (True, True), "0": (True, True), "1001": (True, True),
+                        "'Last'": (True, True)}
 
 
 def test_recipes_keep_the_sequence_lengths_the_cel_rule_assumes() -> None:

@@ -103,6 +103,20 @@ def test_paper_run_estimate_upper_bounds_and_gpu_hours() -> None:
     assert run.total("train_gpu_hours") == pytest.approx(sum(i.train_gpu_hours for i in run.iterations))
 
 
+def test_select_epoch_n_counts_the_steps_and_gpu_hours_of_n_epochs_only() -> None:
+    """The paper's reading (epoch 2 of a 6-epoch schedule) trains 2 epochs, not 6."""
+    six = [{"learningRate": 5e-7, "epochs": 6}]
+    a = est.Assumptions("H100", est.params_from_name("HuggingFaceH4/zephyr-7b-sft-full"))
+    base = _paper().dump()
+    all6 = est.estimate_run(spec(**{**base, "schedule": six}), a).iterations[0]
+    base["training"]["selectEpoch"] = 2
+    two = est.estimate_run(spec(**{**base, "schedule": six}), a).iterations[0]
+    per_epoch = est.steps_per_epoch(50_000, _paper().training)
+    assert (all6.steps, two.steps) == (6 * per_epoch, 2 * per_epoch)
+    assert two.train_gpu_hours == pytest.approx(all6.train_gpu_hours / 3)
+    assert est.epochs_trained(spec(training={"selectEpoch": 2}, schedule=six).training, 6) == 2
+
+
 def test_measured_tokens_replace_the_bounds_in_gpu_hours() -> None:
     s = _paper()
     a = est.Assumptions("A100", est.ParamCount(7_000_000_000, "given"))

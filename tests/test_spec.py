@@ -241,8 +241,12 @@ def test_the_spin_paper_recipe_sets_the_originals_details_where_the_spec_is_sile
     assert spec.system_prompt == ""
     assert (spec.generation.engine, spec.generation.prompt_format, spec.generation.decoding) == ("transformers", "instruction", "greedy")
     assert spec.generation.max_new_tokens == 256
-    assert (spec.training.truncation, spec.training.select_epoch, spec.training.save_epochs) == ("original", "best", True)
+    # the repository literally: 6 epochs, each kept and scored, the final one continues
+    assert (spec.training.truncation, spec.training.select_epoch, spec.training.save_epochs) == ("original", "last", True)
     assert spec.training.collator == "original"
+    # never clipped; attention that hides the masked EOS inside an answer as a key only, as sdpa did then
+    assert (spec.training.max_grad_norm, spec.training.attn_implementation) == (0, "sdpa")
+    assert spec.evaluation.lm_eval.version == "0.4.0"
     assert [e.epochs for e in spec.schedule] == [6, 6, 6, 6]
     assert spec.model.revision == PAPER_MODEL_REVISIONS["alignment-handbook/zephyr-7b-sft-full"]
     # what the spec sets wins
@@ -258,3 +262,19 @@ def test_recipe_fields_have_no_crd_default_so_the_operator_can_fill_them() -> No
     gen = openapi_schema()["properties"]["spec"]["properties"]["generation"]["properties"]
     assert "default" not in gen["promptFormat"] and "default" not in gen["engine"]
     assert gen["batchSize"]["default"] == 64  # fields no recipe sets keep theirs
+
+
+def test_every_recipe_field_that_differs_from_the_default_says_why_it_matters() -> None:
+    from spin_runtime.api.recipes import RECIPE_NOTES, RECIPE_PATHS, RECIPES
+
+    defaults = {"spec": SpinRunSpec().dump()}
+    paper = {"spec": RECIPES["spin-paper"]}
+
+    def at(data: dict, path: str) -> object:
+        for key in path.split("."):
+            data = data.get(key) if isinstance(data, dict) else None  # type: ignore[assignment]
+        return data
+
+    differing = {p for p in RECIPE_PATHS if at(defaults, p) != at(paper, p)}
+    assert differing <= set(RECIPE_NOTES), sorted(differing - set(RECIPE_NOTES))
+    assert set(RECIPE_NOTES) <= RECIPE_PATHS, "a note for a field the recipe does not set"

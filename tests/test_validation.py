@@ -192,6 +192,12 @@ def test_plan_table_shows_the_papers_schedule() -> None:
     assert all("generate x8 > convert > train > evaluate" in line for line in lines[4:])
 
 
+def test_plan_table_shows_an_epoch_number_as_n_of_the_schedules_epochs() -> None:
+    run = validate_data({"metadata": {"name": "r"}, "spec": {"recipe": "spin-paper", "training": {"selectEpoch": 2}}})
+    rows = [line.split() for line in plan_table(run).splitlines()[4:]]
+    assert all(r[5:8] == ["2", "of", "6"] for r in rows), rows
+
+
 def test_plan_table_marks_given_data_and_start_iteration() -> None:
     run = validate_data(
         {

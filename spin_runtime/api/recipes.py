@@ -14,13 +14,14 @@ PAPER_MODEL_REVISIONS = {
     "HuggingFaceH4/zephyr-7b-sft-full": "ac6e600eefcce74f5e8bae1035d4f66019e93190",
 }
 
-#: What the original code did, as spec values (camelCase, as written in YAML).
+#: What the original code did, as spec values (camelCase, as written in YAML); RECIPE_NOTES says why
+#: each matters.
 RECIPES: dict[str, dict[str, Any]] = {
     "spin-paper": {
         # the original inserted {"role": "system", "content": ""} before every user turn
         "systemPrompt": "",
         "dataWindow": 2,
-        "schedule": [  # the paper's lr/β; "set 6 epochs and stop as needed" (the authors)
+        "schedule": [  # the paper's lr/β; "set 6 epochs and stop as needed" (the authors); the paper reports 2
             {"learningRate": 5.0e-7, "beta": 0.1, "epochs": 6},
             {"learningRate": 5.0e-7, "beta": 0.1, "epochs": 6},
             {"learningRate": 1.0e-7, "beta": 0.1, "epochs": 6},
@@ -32,6 +33,7 @@ RECIPES: dict[str, dict[str, Any]] = {
             "decoding": "greedy",
             "maxNewTokens": 256,
         },
+        "evaluation": {"lmEval": {"version": "0.4.0"}},
         "training": {
             "lossType": "sigmoid",
             "optimizer": "rmsprop",
@@ -43,9 +45,35 @@ RECIPES: dict[str, dict[str, Any]] = {
             "collator": "original",
             "seed": 42,
             "saveEpochs": True,
-            "selectEpoch": "best",
+            "selectEpoch": "last",
+            "maxGradNorm": 0,
+            "attnImplementation": "sdpa",
         },
     }
+}
+
+
+#: Why the original's value matters, per recipe field (docs/spec-reference.md's paper table).
+RECIPE_NOTES: dict[str, str] = {
+    "spec.systemPrompt": "the original inserted an empty system turn before every user turn; without it every "
+    "log-prob has another context",
+    "spec.generation.engine": "the authors: vLLM generation differs from the HF generation they used",
+    "spec.generation.promptFormat": "the original generated from the instruction string, without special tokens",
+    "spec.schedule": "the authors: \"set 6 epochs and stop as needed\"; the paper reports 2 "
+    "(`training.selectEpoch: 2`)",
+    "spec.training.collator": "prompt and answers tokenised apart, each inner EOS masked, one EOS appended",
+    "spec.training.truncation": "the prompt is cut only when prompt + the longer answer exceed maxLength",
+    "spec.training.saveEpochs": "every epoch's model kept and scored on the held-out split (to stop as needed)",
+    "spec.training.selectEpoch": "the repository's next iteration starts from the final epoch's output; "
+    "`best` (by held-out reward margin) is spinrun's own rule, a number N the paper's reading (epoch N of the "
+    "schedule, training stops there)",
+    "spec.training.maxGradNorm": "the original never clipped: accelerate 0.23 clipped only when asked, its "
+    "ZeRO-3 config set none, DeepSpeed's default is 0; TRL clips at 1.0",
+    "spec.training.attnImplementation": "with collator original, flash_attention_2 drops each masked EOS inside "
+    "an answer as a query as well as a key (one label per sequence changes); the original ran sdpa/eager "
+    "(transformers 4.37), which hide it as a key only",
+    "spec.evaluation.lmEval.version": "the paper's scores come from lm-evaluation-harness v0.4.0; other versions "
+    "give other numbers (the evaluate step warns when the installed one differs)",
 }
 
 

@@ -10,7 +10,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from spin_runtime.api.base import MAX_ITERATIONS, SpinModel
 from spin_runtime.api.recipes import apply_recipe
@@ -91,6 +99,8 @@ ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
 IMAGE_PATTERN = r"^[^\t\n\f\r ]+$"
 LM_EVAL_BATCH_PATTERN = r"^(auto(:[1-9][0-9]*)?|[1-9][0-9]*)$"
+#: An lm-evaluation-harness version to compare against: 0.4 or 0.4.0 (release numbers only).
+LM_EVAL_VERSION_PATTERN = r"^[0-9]+(\.[0-9]+){0,2}$"
 #: A Python callable named as `package.module:function`.
 SCORER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -111,6 +121,7 @@ PATTERN_HINTS: dict[str, str] = {
     SECRET_KEY_PATTERN: "a Secret key: letters, digits, '-', '_' and '.'",
     IMAGE_PATTERN: "an image reference without spaces",
     LM_EVAL_BATCH_PATTERN: "a number, auto or auto:N",
+    LM_EVAL_VERSION_PATTERN: "a release number such as 0.4.0",
     SCORER_PATTERN: "a Python callable as 'module:function', e.g. 'myscorers:judge' or 'pkg.scoring:f1'",
 }
 
@@ -154,6 +165,37 @@ Quantity = Annotated[
             "x-kubernetes-int-or-string": True,
             "pattern": QUANTITY_PATTERN,
             "maxLength": 64,
+        }
+    ),
+]
+
+
+#: Most epochs an iteration may train (schedule[].epochs) and the highest selectEpoch number.
+MAX_EPOCHS = 1000
+#: The named choices of training.selectEpoch (besides an epoch number).
+EPOCH_CHOICES = ("last", "best")
+
+
+def _epoch_choice(value: Any) -> str | int:
+    """training.selectEpoch: last, best or an epoch number (a YAML integer, not a quoted one)."""
+    if value in EPOCH_CHOICES:
+        return str(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_EPOCHS:
+        return value
+    raise ValueError(f"must be last, best or an epoch number from 1 to {MAX_EPOCHS}, unquoted (got {value!r})")
+
+
+#: Which epoch's model an iteration keeps: "last", "best" or an epoch number.
+EpochChoice = Annotated[
+    str | int,
+    PlainValidator(_epoch_choice),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "x-kubernetes-int-or-string": True,
+            "minimum": 1,
+            "maximum": MAX_EPOCHS,
+            "pattern": "^(" + "|".join(EPOCH_CHOICES) + ")$",
         }
     ),
 ]
@@ -335,7 +377,13 @@ class ScheduleEntry(SpinModel):
 
     learning_rate: float = Field(5e-7, gt=0, le=1, description="Peak learning rate.")
     beta: float = Field(0.1, gt=0, le=1000, description="β of the SPIN/DPO loss (strength of the opponent term).")
-    epochs: float = Field(2.0, gt=0, le=1000, description="Training epochs over the iteration's data window.")
+    epochs: float = Field(
+        2.0,
+        gt=0,
+        le=MAX_EPOCHS,
+        description="Training epochs over the iteration's data window (the learning-rate schedule spans them all, "
+        "also when training.selectEpoch stops earlier).",
+    )
 
 
 def paper_schedule() -> list[ScheduleEntry]:
@@ -562,7 +610,17 @@ class Training(SpinModel):
     )
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto = bf16 on GPU, fp32 on CPU.")
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = Field(
-        "auto", description="auto = flash_attention_2 when installed on GPU, else sdpa."
+        "auto",
+        description="auto = flash_attention_2 when installed on GPU, else sdpa. With collator: original, "
+        "flash_attention_2 drops each masked EOS inside an answer as a query as well as a key (one label per "
+        "sequence changes); sdpa and eager hide it as a key only, as the original code did (recipe spin-paper: sdpa).",
+    )
+    max_grad_norm: float = Field(
+        1.0,
+        ge=0,
+        le=1e6,
+        description="Clip the gradient norm to this value (TRL's default 1.0); 0 = no clipping, as the original SPIN "
+        "code (accelerate clipped only when asked, its ZeRO-3 config set none).",
     )
     seed: int = Field(42, ge=0, le=MAX_SEED, description="Training seed (also the seed of the data-window shuffle).")
     logging_steps: int = Field(10, ge=1, le=1_000_000, description="Log metrics every this many steps.")
@@ -585,9 +643,11 @@ class Training(SpinModel):
         description="Save the model at the end of every epoch of an iteration (iter-<k>/epochs/epoch-<e>) and score "
         "each on the held-out split (the authors trained 6 epochs and kept the best). On with selectEpoch: best.",
     )
-    select_epoch: Literal["last", "best"] = Field(
+    select_epoch: EpochChoice = Field(
         "last",
-        description="Which epoch becomes the iteration's model: the last, or the best by selectMetric on the held-out split.",
+        description="Which epoch becomes the iteration's model: last; best by selectMetric on the held-out split; or "
+        "an epoch number N: training stops at the end of epoch N of the schedule's epochs (its learning-rate schedule "
+        "still spans them all), e.g. the paper's epoch 2 of a 6-epoch schedule.",
     )
     select_metric: Literal["reward_margin", "reward_accuracy", "logp_real", "exact_match"] = Field(
         "reward_margin",
@@ -666,9 +726,17 @@ LM_EVAL_PAPER_VERSION = "0.4.0"
 
 class LmEval(SpinModel):
     """Optional paper-style evaluation with lm-evaluation-harness (Open LLM Leaderboard shots; the paper
-    used harness v0.4.0, and the evaluate step warns when the installed version differs)."""
+    used harness v0.4.0: with `version` set, the evaluate step warns when the installed one differs)."""
 
     enabled: bool = Field(False, description="Run lm-evaluation-harness on each iteration's checkpoint.")
+    version: str | None = Field(
+        None,
+        max_length=32,
+        pattern=LM_EVAL_VERSION_PATTERN,
+        description="The harness version the scores are meant to be compared with, e.g. 0.4.0 (the paper's; recipe "
+        "spin-paper sets it): the evaluate step records the installed version and warns when its release differs "
+        "(other versions give other numbers on the same tasks). Unset: the installed version is recorded only.",
+    )
     tasks: list[LmEvalTask] = Field(
         default_factory=lambda: [LmEvalTask(name=n, num_fewshot=s) for n, s in LM_EVAL_PAPER_TASKS.items()],
         max_length=64,
@@ -883,6 +951,18 @@ class SpinRunSpec(SpinModel):
             "training.nodes > 1 must use storage.newClaim.accessModes including ReadWriteMany",
         ),
         _cel(
+            "!has(self.training) || !has(self.training.selectEpoch) || type(self.training.selectEpoch) == string || "
+            "!has(self.schedule) || self.schedule.all(e, (has(e.epochs) ? e.epochs : 2.0) >= "
+            "double(self.training.selectEpoch))",
+            "training.selectEpoch N must not exceed any schedule entry's epochs (it needs at least N epochs in each)",
+        ),
+        _cel(
+            "!has(self.training) || !has(self.training.selectEpoch) || type(self.training.selectEpoch) == string || "
+            "!has(self.training.maxSteps)",
+            "training.selectEpoch N must be used without training.maxSteps (it stops after a whole epoch): remove "
+            "training.maxSteps",
+        ),
+        _cel(
             "has(self.storage) == has(oldSelf.storage)",
             "storage is immutable: must not be added or removed after creation",
         ),
@@ -892,8 +972,8 @@ class SpinRunSpec(SpinModel):
         "none",
         description="spin-paper: every detail of the original SPIN code that changes results, for each field this "
         "spec leaves unset (empty system turn, HF generation with the instruction string, greedy 256 tokens, the "
-        "original truncation, 6 epochs per iteration with the best kept, the pinned zephyr revision); see "
-        "docs/spec-reference.md for the list.",
+        "original truncation, 6 epochs per iteration with each scored and the last continuing, no gradient "
+        "clipping, sdpa attention, the pinned zephyr revision); see docs/spec-reference.md for the list.",
     )
     model: ModelSource = Field(
         default_factory=lambda: ModelSource(builtin="smollm2-135m-instruct"),
@@ -1046,6 +1126,18 @@ class SpinRunSpec(SpinModel):
                 raise ValueError(
                     "training.selectEpoch best / saveEpochs count whole epochs: remove training.maxSteps"
                 )
+        if isinstance(tr.select_epoch, int):
+            if tr.max_steps is not None:
+                raise ValueError(
+                    f"training.selectEpoch {tr.select_epoch} stops after a whole epoch: remove training.maxSteps"
+                )
+            for i, entry in enumerate(self.schedule):
+                if entry.epochs < tr.select_epoch:
+                    raise ValueError(
+                        f"training.selectEpoch {tr.select_epoch} needs at least {tr.select_epoch} epochs in every "
+                        f"schedule entry, but schedule[{i}] trains {entry.epochs:g}: raise its epochs or lower "
+                        "selectEpoch"
+                    )
         if self.training.nodes > 1 and self.storage.new_claim is not None:
             modes = self.storage.new_claim.access_modes
             if "ReadWriteMany" not in modes:

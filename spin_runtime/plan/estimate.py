@@ -180,11 +180,19 @@ def steps_per_epoch(pairs: int, training: Training) -> int:
     return max(1, math.ceil(batches / training.gradient_accumulation_steps))
 
 
+def epochs_trained(training: Training, epochs: float) -> float:
+    """Epochs an iteration trains: its schedule's, or fewer when training.selectEpoch names the
+    epoch after which training stops."""
+    choice = training.select_epoch
+    return min(float(choice), epochs) if isinstance(choice, int) else epochs
+
+
 def optimizer_steps(pairs: int, training: Training, epochs: float) -> int:
-    """Optimizer steps of an iteration: ceil(epochs × steps per epoch), or training.maxSteps."""
+    """Optimizer steps of an iteration: ceil(epochs × steps per epoch) (to training.selectEpoch's
+    epoch when it names one), or training.maxSteps."""
     if training.max_steps is not None:
         return training.max_steps
-    return math.ceil(epochs * steps_per_epoch(pairs, training))
+    return math.ceil(epochs_trained(training, epochs) * steps_per_epoch(pairs, training))
 
 
 def pair_tokens_bound(spec: SpinRunSpec) -> int:
@@ -318,7 +326,7 @@ def estimate_run(
         h = hparams.hparams(spec, k)
         steps = optimizer_steps(pairs, spec.training, h.epochs) if pairs is not None else None
         per_epoch = steps_per_epoch(pairs, spec.training) if pairs is not None else None
-        epochs_run = (steps / per_epoch) if steps is not None and per_epoch else h.epochs
+        epochs_run = (steps / per_epoch) if steps is not None and per_epoch else epochs_trained(spec.training, h.epochs)
         train_bound = pairs * pair_tokens_bound(spec) if pairs is not None else None
         train_tokens = m.train_tokens if m.train_tokens is not None else train_bound
         train_hours = None

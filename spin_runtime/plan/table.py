@@ -3,7 +3,7 @@ epochs, loss and steps."""
 
 from __future__ import annotations
 
-from spin_runtime.api.spec import SpinRun
+from spin_runtime.api.spec import SpinRun, SpinRunSpec
 from spin_runtime.plan import hparams, stages
 
 
@@ -17,6 +17,12 @@ def _steps(run: SpinRun, k: int) -> str:
     names = [s.name for s in steps if s.name != "generate"]
     head = [f"generate x{len(shards)}" if len(shards) > 1 else "generate"] if shards else ["(data given)"]
     return " > ".join(head + names)
+
+
+def _epochs(spec: SpinRunSpec, epochs: float) -> str:
+    """The epochs column: the schedule's, or "N of M" when training stops after epoch N."""
+    choice = spec.training.select_epoch
+    return f"{choice} of {epochs:g}" if isinstance(choice, int) else f"{epochs:g}"
 
 
 def plan_table(run: SpinRun) -> str:
@@ -34,7 +40,7 @@ def plan_table(run: SpinRun) -> str:
                 _window(h.window),
                 f"{h.learning_rate:g}",
                 f"{h.beta:g}",
-                f"{h.epochs:g}",
+                _epochs(spec, h.epochs),
                 h.loss_type,
                 _steps(run, k),
             ]

@@ -1,7 +1,7 @@
 """Epochs as the SPIN authors used them: the model at the end of every epoch of an iteration is
 kept (`iter-<k>/epochs/epoch-<e>`), scored on the held-out split against the iteration's
-opponent, and `training.selectEpoch` (last, or best by `selectMetric`) decides which one becomes
-the iteration's model. Each epoch's end is also a resumable checkpoint, so a run killed after
+opponent, and `training.selectEpoch` (last, best by `selectMetric`, or an epoch number N, after
+which training stops) decides which one becomes the iteration's model. Each epoch's end is also a resumable checkpoint, so a run killed after
 epoch e resumes from there."""
 
 from __future__ import annotations
@@ -50,11 +50,17 @@ def saved_epochs(run_dir: Path, k: int) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
-def choose(scores: list[dict[str, Any]], select: str, metric: str) -> dict[str, Any]:
-    """The epoch entry that becomes the iteration's model: the last, or the one with the highest
-    `metric` (the earliest among equals; entries without the metric never win)."""
+def choose(scores: list[dict[str, Any]], select: str | int, metric: str) -> dict[str, Any]:
+    """The epoch entry that becomes the iteration's model: the last, epoch `select` when it is a
+    number, or the one with the highest `metric` (the earliest among equals; entries without the
+    metric never win)."""
     if not scores:
         raise ValueError("no epoch was scored")
+    if isinstance(select, int):
+        numbered = [s for s in scores if s["epoch"] == select]
+        if not numbered:
+            raise ValueError(f"epoch {select} (training.selectEpoch) was not saved; saved: {[s['epoch'] for s in scores]}")
+        return numbered[0]
     if select == "last":
         return scores[-1]
     ranked = [s for s in scores if s.get(metric) is not None]
@@ -62,6 +68,28 @@ def choose(scores: list[dict[str, Any]], select: str, metric: str) -> dict[str, 
         raise ValueError(f"training.selectMetric {metric} was not measured for any epoch (exact_match needs answers)")
     best = max(s[metric] for s in ranked)
     return next(s for s in ranked if s[metric] == best)
+
+
+def stop_epoch(spec: SpinRunSpec) -> int | None:
+    """The epoch after which training stops (training.selectEpoch given as a number), or None."""
+    choice = spec.training.select_epoch
+    return choice if isinstance(choice, int) else None
+
+
+def stop_after_epoch_callback(epoch: int) -> Any:
+    """A TrainerCallback that ends training at the end of epoch `epoch`: the learning-rate schedule
+    keeps the length of every scheduled epoch, so the model is "epoch N of an M-epoch run"."""
+    from transformers import TrainerCallback
+
+    class StopAfterEpoch(TrainerCallback):
+        """Training stops once `epoch` whole epochs are done."""
+
+        def on_epoch_end(self, args: Any, state: Any, control: Any, **_: Any) -> Any:
+            if int(round(state.epoch or 0)) >= epoch:
+                control.should_training_stop = True
+            return control
+
+    return StopAfterEpoch()
 
 
 def epoch_callback(run_dir: Path, k: int) -> Any:

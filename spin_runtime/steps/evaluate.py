@@ -68,8 +68,7 @@ def run_evaluate(run_dir: Path, iteration: int, force: bool = False) -> dict[str
     if spec.evaluation.lm_eval.enabled:
         from spin_runtime.steps import lm_eval
 
-        if lm_eval.find_executable() is None:  # fail before spending time on the other metrics
-            raise lm_eval.LmEvalError(f"evaluation.lmEval.enabled needs the lm_eval command: {lm_eval.INSTALL_HINT}")
+        lm_eval.require_executable()  # fail before spending time on the other metrics
     test_path = run_dir / layout.data_path(k, "test")
     if not test_path.exists():
         raise DataError(f"{test_path}: held-out data not found; run `spin convert --run-dir {run_dir} --iteration {k}` first")

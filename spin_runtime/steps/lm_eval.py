@@ -1,7 +1,8 @@
 """Paper-style benchmark scores with lm-evaluation-harness (Open LLM Leaderboard shots): the
 `lm_eval` command lines for a checkpoint (one per distinct shot count), running them, and
 reading their results JSON into metrics.json's "lm_eval" section, with the harness version that
-ran beside the paper's (v0.4.0) and a warning when they differ.
+ran beside the one the spec expects (evaluation.lmEval.version; the paper's is v0.4.0) and a
+warning when they differ.
 
 lm-eval lives in its own environment (its dependencies conflict with the kubernetes client's):
 the command is `$SPIN_LM_EVAL`, else the `lm_eval` beside this Python, else the one on PATH.
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from spin_runtime.api.spec import LM_EVAL_PAPER_VERSION, LmEval
-from spin_runtime.errors import SpinError
+from spin_runtime.errors import SpecConfigError, SpinError
 
 #: Environment variable naming the `lm_eval` executable (e.g. .venv-lmeval/bin/lm_eval).
 EXECUTABLE_ENV = "SPIN_LM_EVAL"
@@ -44,7 +45,11 @@ INSTALL_HINT = (
 
 
 class LmEvalError(SpinError):
-    """lm-evaluation-harness is missing, failed, or wrote no results."""
+    """lm-evaluation-harness failed or wrote no results (may be transient: its datasets download)."""
+
+
+class LmEvalMissingError(SpecConfigError):
+    """The spec turns lm-eval on and this environment (image) has no harness: no retry can help."""
 
 
 def shots_groups(lm: LmEval) -> dict[int, list[str]]:
@@ -155,12 +160,26 @@ def find_executable() -> str | None:
     if named:
         found = shutil.which(named)
         if found is None:
-            raise LmEvalError(f"{EXECUTABLE_ENV}={named}: no such executable; point it at lm-eval's bin/lm_eval")
+            raise LmEvalMissingError(
+                f"{EXECUTABLE_ENV}={named}: no such executable; point it at lm-eval's bin/lm_eval"
+            )
         return found
     beside = Path(sys.executable).with_name("lm_eval")
     if beside.exists():
         return str(beside)
     return shutil.which("lm_eval")
+
+
+def require_executable() -> str:
+    """The `lm_eval` command, or the error that ends the step at once (exit 78: the spec turns
+    lm-eval on and this environment cannot serve it; a retry would fail the same way)."""
+    exe = find_executable()
+    if exe is None:
+        raise LmEvalMissingError(
+            f"evaluation.lmEval.enabled needs the lm_eval command, and this environment has none: {INSTALL_HINT}; "
+            "spinrun's trainer image carries it in /opt/lm-eval, or turn evaluation.lmEval off"
+        )
+    return exe
 
 
 def installed_version(executable: str) -> str | None:
@@ -189,18 +208,24 @@ def _release(version: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def version_info(version: str | None) -> dict[str, Any]:
-    """metrics.json's record of the harness version against the paper's, with a warning when they
-    differ (newer harnesses give other numbers on the same tasks)."""
-    info: dict[str, Any] = {"harness_version": version, "paper_harness_version": LM_EVAL_PAPER_VERSION}
+def version_info(version: str | None, expected: str | None) -> dict[str, Any]:
+    """metrics.json's record of the harness version, and of the one the spec expects
+    (evaluation.lmEval.version; the paper's is 0.4.0) with a warning when their releases differ
+    (other harness versions give other numbers on the same tasks)."""
+    info: dict[str, Any] = {"harness_version": version}
+    if expected is None:
+        return info
+    info["expected_harness_version"] = expected
+    paper = " (the paper's)" if _release(expected) == _release(LM_EVAL_PAPER_VERSION) else ""
     if version is None:
         info["version_warning"] = (
-            f"the lm-eval version is unknown; the paper used v{LM_EVAL_PAPER_VERSION}, other versions give other numbers"
+            f"the lm-eval version is unknown; evaluation.lmEval.version asks for v{expected}{paper}, and other "
+            "versions give other numbers"
         )
-    elif _release(version) != _release(LM_EVAL_PAPER_VERSION):
+    elif _release(version)[: len(_release(expected))] != _release(expected):  # 0.4 admits any 0.4.x
         info["version_warning"] = (
-            f"lm-eval {version} is not the paper's v{LM_EVAL_PAPER_VERSION}: its scores are not comparable with the "
-            f"paper's tables; install lm-eval=={LM_EVAL_PAPER_VERSION} in the lm-eval environment to compare"
+            f"lm-eval {version} is not v{expected}{paper} (evaluation.lmEval.version): its scores are not comparable "
+            f"with that version's; install lm-eval=={expected} in the lm-eval environment to compare"
         )
     return info
 
@@ -210,9 +235,7 @@ def run_lm_eval(
 ) -> dict[str, Any]:
     """Run lm-evaluation-harness on `checkpoint` and return the "lm_eval" metrics section (with
     the version record of `version_info`; its warning is also printed)."""
-    exe = find_executable()
-    if exe is None:
-        raise LmEvalError(f"evaluation.lmEval.enabled needs the lm_eval command: {INSTALL_HINT}")
+    exe = require_executable()
     version = installed_version(exe)
     tasks: dict[str, dict[str, Any]] = {}
     for cmd, (shots, names) in zip(
@@ -230,7 +253,7 @@ def run_lm_eval(
         data = json.loads(path.read_text(encoding="utf-8"))
         tasks.update(parse_results(data))
         version = version or (str(data["lm_eval_version"]) if data.get("lm_eval_version") else None)
-    info = version_info(version)
+    info = version_info(version, lm.version)
     if "version_warning" in info:
         print(f"spin evaluate: warning: {info['version_warning']}", file=sys.stderr, flush=True)
     return {**summarize(tasks, [t.name for t in lm.tasks]), **info, "executable": exe}

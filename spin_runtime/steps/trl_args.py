@@ -141,6 +141,7 @@ def dpo_config_kwargs(
         "max_length": t.max_length,
         "truncation_mode": "keep_start",
         "precompute_ref_log_probs": t.precompute_ref_log_probs,
+        "max_grad_norm": t.max_grad_norm,  # 0: no clipping (transformers and DeepSpeed's "auto" alike)
         "seed": t.seed,
         "data_seed": t.seed,
         "logging_strategy": "steps",

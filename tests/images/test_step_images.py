@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -20,12 +21,26 @@ from typing import Any
 import pytest
 import yaml
 
+from spin_operator.builders.pod import DATA_MOUNT
 from tests.images.buildah import UID, Container, Volume, image_config
 from tests.images.pods import ImageKubelet, render
+from tests.runtime.lm_eval_tasks import write_lm_eval_tasks
 
 pytestmark = pytest.mark.slow
 
 SPIN = Path(sys.executable).parent / "spin"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _make_variable(name: str) -> str:
+    """A variable's default in the Makefile (`NAME ?= value`)."""
+    found = re.search(rf"^{name} \?= (\S+)$", (REPO / "Makefile").read_text(), re.M)
+    assert found, f"the Makefile sets no {name}"
+    return found.group(1)
+
+
+#: The harness `make lmeval` installs for the test suite; the trainer image must carry the same.
+LM_EVAL_VERSION = _make_variable("LM_EVAL_VERSION")
 CACHE = "/cache/spinrun"
 #: Tests never reach a hub (tests/conftest.py); neither do the containers.
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -45,7 +60,10 @@ def spinrun(images: dict[str, str]) -> dict[str, Any]:
             "generation": {"shards": 2, "maxNewTokens": 6, "batchSize": 8},
             "training": {"gpusPerNode": 0, "perDeviceBatchSize": 2, "maxSteps": 1, "maxLength": 64, "maxPromptLength": 48,
                          "precision": "fp32", "gradientCheckpointing": False, "loggingSteps": 1, "reportTo": []},
-            "evaluation": {"maxSamples": 4},
+            # the trainer image's own lm-evaluation-harness, on local tasks the test writes to the volume
+            "evaluation": {"maxSamples": 4, "lmEval": {"enabled": True, "tasks": [{"name": "spin_choice"}, {"name": "spin_sum"}],
+                                                       "includePath": f"{DATA_MOUNT}/tasks", "batchSize": "4",
+                                                       "version": LM_EVAL_VERSION}},
             "storage": {"newClaim": {"size": "1Gi"}},
         },
     }
@@ -55,6 +73,12 @@ def spinrun(images: dict[str, str]) -> dict[str, Any]:
 def step_containers(images: dict[str, str]) -> Iterator[dict[str, Container]]:
     with ExitStack() as stack:
         yield {images[n]: stack.enter_context(Container(images[n])) for n in ("generator", "trainer")}
+
+
+def test_the_trainer_image_pins_the_lm_eval_version_the_test_suite_runs() -> None:
+    dockerfile = (REPO / "images" / "trainer.Dockerfile").read_text()
+    assert f"ARG LM_EVAL_VERSION={LM_EVAL_VERSION}\n" in dockerfile
+    assert "ENV SPIN_LM_EVAL=/opt/lm-eval/bin/lm_eval" in dockerfile
 
 
 @pytest.mark.parametrize("name", ["generator", "trainer"])
@@ -77,6 +101,7 @@ def test_one_iteration_runs_in_the_step_images_on_a_host_run_directory(
     os.chown(data, 0, UID)
     data.chmod(0o2775)
     cache = Path(os.environ["SPIN_CACHE_DIR"])
+    write_lm_eval_tasks(data / "tasks", seen_at=f"{DATA_MOUNT}/tasks")
     owner_only = [str(p) for p in tiny_model_dir.rglob("*") if not p.stat().st_mode & 0o004]
     assert not owner_only, f"{owner_only}: written owner-only by an older spinrun; delete {cache} to rebuild it"
     kubelet = ImageKubelet(tmp_path / "pods", data, step_containers, objects, extra_env=OFFLINE,
@@ -97,5 +122,9 @@ def test_one_iteration_runs_in_the_step_images_on_a_host_run_directory(
     assert not unreadable, f"not readable by the host's other users: {unreadable}"
     metrics = json.loads((run_dir / "iter-0" / "metrics.json").read_text())
     assert metrics["train"]["history"] and "reward_margin" in metrics["eval"]
+    lm = metrics["lm_eval"]
+    assert lm["executable"] == "/opt/lm-eval/bin/lm_eval" and lm["harness_version"] == LM_EVAL_VERSION
+    assert "version_warning" not in lm and set(lm["tasks"]) == {"spin_choice", "spin_sum"}
+    assert lm["tasks"]["spin_choice"]["score_metric"] == "acc_norm,none"
     status = subprocess.run([str(SPIN), "status", str(run_dir)], capture_output=True, text=True)
     assert status.returncode == 0 and "iteration 0: done" in status.stdout, status.stdout + status.stderr

@@ -21,11 +21,14 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from spin_runtime.api.spec import LmEval, LmEvalTask, SpinRunSpec
+from spin_runtime.api.load import SpecError, validate_data
+from spin_runtime.api.spec import LM_EVAL_PAPER_VERSION, LmEval, LmEvalTask, SpinRunSpec
+from spin_runtime.errors import EXIT_BAD_SPEC
 from spin_runtime.modeling import scoring
 from spin_runtime.plan import layout, stages
 from spin_runtime.steps import lm_eval as lme
 from spin_runtime.steps.evaluate import run_evaluate
+from tests.runtime.lm_eval_tasks import write_lm_eval_tasks
 from tests.runtime.train_helpers import (
     addition_rows,
     answer_logp,
@@ -320,11 +323,26 @@ def test_lm_eval_runner_stores_scores_through_a_stand_in_command(
     assert "eval" in stored and (run_dir / stages.Step(0, "evaluate").marker).exists()
 
 
-def test_lm_eval_version_is_compared_with_the_papers() -> None:
-    assert lme.version_info("0.4.0") == {"harness_version": "0.4.0", "paper_harness_version": "0.4.0"}
-    newer = lme.version_info("0.4.13")
-    assert "not the paper's v0.4.0" in newer["version_warning"] and "lm-eval==0.4.0" in newer["version_warning"]
-    assert "unknown" in lme.version_info(None)["version_warning"]
+def test_lm_eval_version_is_compared_with_the_one_the_spec_expects() -> None:
+    assert lme.version_info("0.4.0", "0.4.0") == {"harness_version": "0.4.0", "expected_harness_version": "0.4.0"}
+    assert lme.version_info("0.4.13", "0.4") == {"harness_version": "0.4.13", "expected_harness_version": "0.4"}
+    newer = lme.version_info("0.4.13", "0.4.0")
+    assert "is not v0.4.0 (the paper's)" in newer["version_warning"] and "lm-eval==0.4.0" in newer["version_warning"]
+    assert "asks for v0.4.0" in lme.version_info(None, "0.4.0")["version_warning"]
+    assert "the paper's" not in lme.version_info("0.4.0", "0.4.13")["version_warning"]
+
+
+def test_without_an_expected_lm_eval_version_the_installed_one_is_recorded_only() -> None:
+    assert lme.version_info("0.4.13", None) == {"harness_version": "0.4.13"}
+    assert lme.version_info(None, None) == {"harness_version": None}
+
+
+def test_the_paper_recipe_expects_the_papers_lm_eval_version() -> None:
+    paper = SpinRunSpec.model_validate({"recipe": "spin-paper", "evaluation": {"lmEval": {"enabled": True}}})
+    assert paper.evaluation.lm_eval.version == LM_EVAL_PAPER_VERSION == "0.4.0"
+    assert SpinRunSpec.model_validate({"evaluation": {"lmEval": {"enabled": True}}}).evaluation.lm_eval.version is None
+    with pytest.raises(SpecError, match=r"spec.evaluation.lmEval.version.*a release number such as 0.4.0"):
+        validate_data({"metadata": {"name": "r"}, "spec": {"evaluation": {"lmEval": {"version": "v0.4"}}}})
 
 
 def test_lm_eval_executable_comes_from_spin_lm_eval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -334,56 +352,20 @@ def test_lm_eval_executable_comes_from_spin_lm_eval(tmp_path: Path, monkeypatch:
     monkeypatch.setenv(lme.EXECUTABLE_ENV, str(script))
     assert lme.find_executable() == str(script)
     monkeypatch.setenv(lme.EXECUTABLE_ENV, str(tmp_path / "missing"))
-    with pytest.raises(lme.LmEvalError, match="SPIN_LM_EVAL=.*no such executable"):
+    with pytest.raises(lme.LmEvalMissingError, match="SPIN_LM_EVAL=.*no such executable") as missing:
         lme.find_executable()
+    assert missing.value.exit_code == EXIT_BAD_SPEC, "a missing harness fails the step once, not every retry"
 
 
-CHOICE_TASK = """task: spin_choice
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{question}}}}"
-doc_to_choice: choices
-doc_to_target: label
-metric_list:
-  - metric: acc
-  - metric: acc_norm
-"""
-
-SUM_TASK = """task: spin_sum
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: generate_until
-doc_to_text: "{{{{question}}}}"
-doc_to_target: "{{{{answer}}}}"
-generation_kwargs:
-  until: ["\\n"]
-  max_gen_toks: 8
-  do_sample: false
-metric_list:
-  - metric: exact_match
-"""
-
-
-def _local_tasks(folder: Path) -> Path:
-    """Two lm-eval tasks over JSONL files: a multiple choice between a one-token answer and a
-    long one (any model's summed log-prob prefers the short one, its per-byte log-prob the long
-    one), and a generated sum."""
-    folder.mkdir()
-    long = " ".join(["elephant"] * 10)
-    choice = [{"question": f"Pick {i}:", "choices": ["a", long], "label": 0 if i < 3 else 1} for i in range(4)]
-    (folder / "choice.jsonl").write_text("".join(json.dumps(r) + "\n" for r in choice))
-    sums = [{"question": f"{a} + {a} =", "answer": str(2 * a)} for a in (10, 11, 12)]
-    (folder / "sum.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sums))
-    (folder / "spin_choice.yaml").write_text(CHOICE_TASK.format(data=folder / "choice.jsonl"))
-    (folder / "spin_sum.yaml").write_text(SUM_TASK.format(data=folder / "sum.jsonl"))
-    return folder
+def test_lm_eval_on_without_a_harness_is_a_spec_the_environment_cannot_serve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(lme.EXECUTABLE_ENV, raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(lme.sys, "executable", str(tmp_path / "python"))
+    with pytest.raises(lme.LmEvalMissingError, match="needs the lm_eval command.*turn evaluation.lmEval off") as e:
+        lme.run_lm_eval(tmp_path / "model", LmEval(enabled=True), tmp_path / "out")
+    assert e.value.exit_code == EXIT_BAD_SPEC
 
 
 def test_evaluate_runs_lm_eval_on_local_tasks_and_stores_scores_and_version(
@@ -394,10 +376,10 @@ def test_evaluate_runs_lm_eval_on_local_tasks_and_stores_scores_and_version(
         if os.environ.get("SPIN_REQUIRE_LM_EVAL"):
             pytest.fail(f"SPIN_REQUIRE_LM_EVAL is set but no lm_eval command was found: {lme.INSTALL_HINT}")
         pytest.skip("lm-eval is not installed here (make lmeval, then SPIN_LM_EVAL=.venv-lmeval/bin/lm_eval)")
-    tasks = _local_tasks(tmp_path / "tasks")
+    tasks = write_lm_eval_tasks(tmp_path / "tasks")
     run_dir = tmp_path / "run"
     lm = {"enabled": True, "tasks": [{"name": "spin_choice"}, {"name": "spin_sum"}], "includePath": str(tasks),
-          "batchSize": "4"}  # fmt: skip
+          "batchSize": "4", "version": "0.4.0"}  # fmt: skip
     _run(run_dir, tiny_model_dir, trained, exactMatch=False, lmEval=lm)
     run_evaluate(run_dir, 0)
 
@@ -409,9 +391,9 @@ def test_evaluate_runs_lm_eval_on_local_tasks_and_stores_scores_and_version(
     assert choice["score"] == pytest.approx(0.25) and choice["score_metric"] == "acc_norm,none"
     assert stored["tasks"]["spin_sum"]["score_metric"] == "exact_match,none"
     assert stored["average"] == pytest.approx((0.25 + stored["tasks"]["spin_sum"]["score"]) / 2)
-    assert stored["harness_version"] == results["lm_eval_version"] and stored["paper_harness_version"] == "0.4.0"
+    assert stored["harness_version"] == results["lm_eval_version"] and stored["expected_harness_version"] == "0.4.0"
     if stored["harness_version"] != "0.4.0":
-        assert "not the paper's v0.4.0" in stored["version_warning"]
+        assert "is not v0.4.0 (the paper's)" in stored["version_warning"]
         assert "warning: lm-eval" in capfd.readouterr().err, "the evaluate log warns too"
 
     from spin_runtime.report import summary_table

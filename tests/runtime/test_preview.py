@@ -4,12 +4,15 @@ the chat template, with the prompt/answer boundary, cut tokens and masks marked.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import yaml
 from transformers import AutoTokenizer
 
 from spin_runtime import preview
+from spin_runtime.api.load import load_spinrun
 from spin_runtime.api.spec import SpinRun, SpinRunSpec
 from spin_runtime.cli import main
 from spin_runtime.modeling.chat import encode_prompts
@@ -140,3 +143,57 @@ def test_original_collator_rows_show_the_eos_tokens_it_does_not_attend(tiny_mode
     text = preview.render_sequence(tok, p.chosen)
     assert f"{preview.UNATTENDED[0]}{tok.eos_token}{preview.UNATTENDED[1]}" in text
     assert "<|im_start|>system" in tok.decode(p.generation_ids), "systemPrompt '' = an empty system turn"
+
+
+def _published_stand_in(folder: Path, model: Path) -> Path:
+    """examples/spinrun-zephyr-7b-published.yaml with every hub id replaced by a local stand-in of
+    the same shape: SPIN_iter<k> folders with train/test files of `real`/`generated` message lists
+    (as the published sets hold them), the tiny model for zephyr and for the iter0 checkpoint."""
+    doc = yaml.safe_load((REPO / "examples" / "spinrun-zephyr-7b-published.yaml").read_text())
+    spec = doc["spec"]
+    hub_ids = [spec["model"]["hub"], spec["startCheckpoint"]["hub"], spec["dataset"]["hub"],
+               *(d["hub"] for d in spec["syntheticData"])]
+    assert hub_ids[:2] == ["alignment-handbook/zephyr-7b-sft-full", "UCLA-AGI/zephyr-7b-sft-full-SPIN-iter0"]
+    assert hub_ids[2:] == ["UCLA-AGI/SPIN_iter0", "UCLA-AGI/SPIN_iter0", "UCLA-AGI/SPIN_iter1", "UCLA-AGI/SPIN_iter2",
+                           "UCLA-AGI/SPIN_iter3"]
+    for d in spec["syntheticData"]:
+        k = d["iteration"]
+        sets = folder / f"SPIN_iter{k}"
+        sets.mkdir(parents=True)
+        for split, offset in (("train", 0), ("test", 100)):
+            rows = [{"real": [{"role": "user", "content": f"What is {k}{i} + {i}?"},
+                              {"role": "assistant", "content": f"The sum is {k * 10 + 2 * i + offset}."}],
+                     "generated": [{"role": "user", "content": f"What is {k}{i} + {i}?"},
+                                   {"role": "assistant", "content": f"iter{k} model says {i}"}]}
+                    for i in range(3)]
+            (sets / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        del d["hub"]
+        d["path"] = str(sets)
+    spec["model"] = {"path": str(model)}
+    spec["startCheckpoint"] = {"path": str(model)}
+    spec["dataset"] = {"path": str(folder / "SPIN_iter0"), "split": "train", "testSplit": "test", "messagesField": "real"}
+    out = folder / "published.yaml"
+    out.write_text(yaml.safe_dump(doc))
+    return out
+
+
+def test_the_published_data_example_validates_and_previews_the_authors_pairs_on_a_local_stand_in(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["validate", str(REPO / "examples" / "spinrun-zephyr-7b-published.yaml")]) == 0
+    spec = load_spinrun(REPO / "examples" / "spinrun-zephyr-7b-published.yaml").spec
+    assert (spec.start_iteration, spec.training.select_epoch, spec.schedule[0].epochs) == (1, 2, 6)
+    assert spec.training.collator == "original" and spec.system_prompt == "" and spec.training.max_grad_norm == 0
+    capsys.readouterr()
+
+    stand_in = _published_stand_in(tmp_path / "hub", tiny_model_dir)
+    assert main(["validate", str(stand_in)]) == 0
+    assert main(["preview", str(stand_in), "--rows", "2"]) == 0
+    out = capsys.readouterr().out
+    assert f"spin preview: iteration 1, tokenizer of {tiny_model_dir}, first 2 training row(s)" in out
+    assert "generated answers from syntheticData of iteration 1" in out
+    assert "iter1 model says 0" in out and "iter1 model says 1" in out and "The sum is 12." in out
+    assert "iter0 model says" not in out, "the first rows of the window come from iteration 1's set"
+    assert preview.UNATTENDED[0] in out, "the original collator's masked EOS inside the sequences is shown"
+    assert main(["preview", str(stand_in), "--rows", "1", "--iteration", "3"]) == 0
+    assert "iter3 model says 0" in capsys.readouterr().out

@@ -383,6 +383,52 @@ def test_every_epoch_is_kept_scored_and_the_best_becomes_the_model_and_a_kill_re
     assert saved["selected"] == best["epoch"] and len(saved["scores"]) == 3
 
 
+def test_select_epoch_n_is_epoch_n_of_the_full_learning_rate_schedule_and_training_stops_there(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """training.selectEpoch: 2 of a 3-epoch schedule: what the paper reports (epoch 2 of 6) without
+    training the epochs after it."""
+    schedule = [{"learningRate": 1e-3, "beta": 0.1, "epochs": 3}]
+    base = {"maxSteps": None, "perDeviceBatchSize": 2, "saveMinutes": 0}
+    full, two = tmp_path / "full", tmp_path / "two"
+    make_run(full, tiny_model_dir, training={**base, "saveEpochs": True}, schedule=schedule)
+    make_run(two, tiny_model_dir, training={**base, "selectEpoch": 2}, schedule=schedule)
+    for run_dir in (full, two):
+        write_pairs(run_dir, 0, "train", addition_rows(4, 0))
+        write_pairs(run_dir, 0, "test", addition_rows(4, 9))
+
+    whole, part = run_train(full, 0), run_train(two, 0)
+    assert whole is not None and part is not None
+    assert (whole["summary"]["steps"], part["summary"]["steps"]) == (6, 4)  # 2 optimizer steps per epoch
+    rates = [[h["learning_rate"] for h in m["history"]] for m in (whole, part)]
+    assert rates[1] == rates[0][:4] and rates[1][-1] > 0, "the schedule spans all 3 epochs, not the 2 trained"
+    epoch2, model = weights(full / layout.epoch_dir(0, 2)), weights(two / layout.model_dir(0))
+    assert all(torch.allclose(epoch2[name], model[name], rtol=0, atol=1e-6) for name in model)
+    assert not (two / "iter-0" / "epochs").exists() and "epoch_selection" not in part
+
+
+def test_max_grad_norm_zero_leaves_the_gradient_unclipped(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """training.maxGradNorm: 0 (the original SPIN code never clipped): one plain SGD step moves the
+    weights by lr × the whole gradient; clipped at 0.5 they move by lr × 0.5."""
+    lr, clip = 1e-2, 0.5
+    steps = {}
+    for name, norm in (("free", 0), ("clipped", clip)):
+        run_dir = tmp_path / name
+        training = {"maxSteps": 1, "optimizer": "sgd", "lrScheduler": "constant", "warmupRatio": 0.0, "maxGradNorm": norm}
+        make_run(run_dir, tiny_model_dir, training=training, schedule=[{"learningRate": lr, "beta": 0.1}])
+        write_pairs(run_dir, 0, "train", addition_rows(4, 0))
+        metrics = run_train(run_dir, 0)
+        assert metrics is not None
+        after = weights(run_dir / layout.model_dir(0))
+        before = weights(tiny_model_dir)
+        moved = torch.sqrt(sum(((after[k].float() - before[k].float()) ** 2).sum() for k in after))
+        steps[name] = (float(moved), metrics["history"][0].get("grad_norm"))
+    grad_norm = steps["clipped"][1]  # the norm before clipping (not measured when clipping is off)
+    assert grad_norm is not None and grad_norm > 5 * clip
+    assert steps["free"][0] == pytest.approx(lr * grad_norm, rel=1e-3)
+    assert steps["clipped"][0] == pytest.approx(lr * clip, rel=1e-3)
+
+
 def test_select_epoch_last_or_best_by_the_named_metric() -> None:
     from spin_runtime.steps.epochs import choose
 
@@ -392,3 +438,6 @@ def test_select_epoch_last_or_best_by_the_named_metric() -> None:
     assert choose(scores, "best", "reward_margin")["epoch"] == 2  # the earliest among equals
     with pytest.raises(ValueError, match="exact_match was not measured"):
         choose(scores, "best", "exact_match")
+    assert choose(scores, 2, "reward_margin")["epoch"] == 2  # a number: that epoch, whatever its metric
+    with pytest.raises(ValueError, match="epoch 4 .* was not saved"):
+        choose(scores, 4, "reward_margin")
