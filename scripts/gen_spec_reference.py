@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from spin_runtime.api.crd import ROOT_RULES, openapi_schema
-from spin_runtime.api.load import _unwrap
+from spin_runtime.api.load import unwrap
 from spin_runtime.api.spec import PATTERN_HINTS, ObjectMeta, SpinRun, SpinRunSpec
 from spin_runtime.api.status import SpinRunStatus
 
@@ -57,9 +57,9 @@ def _cell(text: str) -> str:
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:
     """The model a field holds, directly or as the items of a list."""
-    tp = _unwrap(annotation)
+    tp = unwrap(annotation)
     if typing.get_origin(tp) is list:
-        tp = _unwrap(typing.get_args(tp)[0])
+        tp = unwrap(typing.get_args(tp)[0])
     return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
 
 

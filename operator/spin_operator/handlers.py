@@ -85,38 +85,46 @@ def _brief(body: Mapping[str, Any], *status_keys: str) -> dict[str, Any]:
     return out
 
 
-@kopf.index("batch", "v1", "jobs", labels=MANAGED)
+#: The kopf indexes of the run's children, by the ids they are registered under and read back by
+#: (kopf passes each index as the keyword argument named by its id), in Indexes' field order.
+JOBS_INDEX, CONFIGMAPS_INDEX, SERVICES_INDEX, PVCS_INDEX, PODS_INDEX = INDEX_IDS = (
+    "spin_jobs", "spin_configmaps", "spin_services", "spin_pvcs", "spin_pods"
+)
+
+
+@kopf.index("batch", "v1", "jobs", labels=MANAGED, id=JOBS_INDEX)
 def spin_jobs(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
     key = _owner_key(namespace, labels)
     return {key: dict(body)} if key else {}
 
 
-@kopf.index("", "v1", "configmaps", labels=MANAGED)
+@kopf.index("", "v1", "configmaps", labels=MANAGED, id=CONFIGMAPS_INDEX)
 def spin_configmaps(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
     key = _owner_key(namespace, labels)
     return {key: dict(body)} if key else {}
 
 
-@kopf.index("", "v1", "services", labels=MANAGED)
+@kopf.index("", "v1", "services", labels=MANAGED, id=SERVICES_INDEX)
 def spin_services(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
     key = _owner_key(namespace, labels)
     return {key: _brief(body)} if key else {}
 
 
-@kopf.index("", "v1", "persistentvolumeclaims", labels=MANAGED)
+@kopf.index("", "v1", "persistentvolumeclaims", labels=MANAGED, id=PVCS_INDEX)
 def spin_pvcs(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
     key = _owner_key(namespace, labels)
     return {key: _brief(body, "phase")} if key else {}
 
 
-@kopf.index("", "v1", "pods", labels=MANAGED)
+@kopf.index("", "v1", "pods", labels=MANAGED, id=PODS_INDEX)
 def spin_pods(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
     key = _owner_key(namespace, labels)
     return {key: PodState.from_pod(body)} if key else {}
 
 
 def _indexes(kw: Mapping[str, Any]) -> Indexes:
-    return Indexes(kw.get("spin_jobs"), kw.get("spin_configmaps"), kw.get("spin_services"), kw.get("spin_pvcs"), kw.get("spin_pods"))
+    """The children indexes kopf passed a handler (a KeyError, not an empty index, if one is missing)."""
+    return Indexes(*(kw[index_id] for index_id in INDEX_IDS))
 
 
 # One handler per cause, each with its own id: kopf keys its progress annotations by handler

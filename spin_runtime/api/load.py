@@ -162,7 +162,7 @@ def _num(value: Any) -> str:
     return str(value)
 
 
-def _unwrap(tp: Any) -> Any:
+def unwrap(tp: Any) -> Any:
     """Strip Annotated and Optional from a type annotation."""
     while True:
         origin = typing.get_origin(tp)
@@ -190,7 +190,7 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The model class found at `loc` inside a SpinRun, or None."""
     tp: Any = SpinRun
     for el in loc:
-        tp = _unwrap(tp)
+        tp = unwrap(tp)
         origin = typing.get_origin(tp)
         if _is_model(tp):
             name = _aliases(tp).get(el) if isinstance(el, str) else None
@@ -203,7 +203,7 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
             tp = typing.get_args(tp)[1]
         else:
             return None
-    tp = _unwrap(tp)
+    tp = unwrap(tp)
     return tp if _is_model(tp) else None
 
 
@@ -216,10 +216,10 @@ def _nested_field(model: type[BaseModel], key: str, depth: int = 3) -> str | Non
         below: list[tuple[str, type[BaseModel]]] = []
         for prefix, m in level:
             for alias, name in _aliases(m).items():
-                tp = _unwrap(m.model_fields[name].annotation)
+                tp = unwrap(m.model_fields[name].annotation)
                 suffix = ""
                 if typing.get_origin(tp) is list:
-                    tp, suffix = _unwrap(typing.get_args(tp)[0]), "[]"
+                    tp, suffix = unwrap(typing.get_args(tp)[0]), "[]"
                 if _is_model(tp):
                     below.append((f"{prefix}{alias}{suffix}.", tp))
         found += [prefix + key for prefix, m in below if key in _aliases(m)]

@@ -73,9 +73,6 @@ TRAINER_RESERVED_ENV = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PE
 #: (2**63 - 1 is not one: a CRD with it refuses every value of the field).
 MAX_SAFE_INTEGER = 2**53 - 1
 
-BUILTIN_MODELS = ("smollm2-135m-instruct", "tiny-random-llama")
-BUILTIN_TASKS = ("addition-3digit", "addition-2digit", "reverse-words")
-
 
 #: Largest seed: numpy (used by transformers' set_seed) accepts 0..2**32-1.
 MAX_SEED = 2**32 - 1

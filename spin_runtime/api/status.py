@@ -12,8 +12,6 @@ from spin_runtime.api.base import MAX_ITERATIONS, SpinModel
 Phase = Literal["Pending", "Generating", "Converting", "Training", "Evaluating", "Complete", "Failed", "Suspended"]
 #: Every phase, in display order.
 PHASES: tuple[Phase, ...] = ("Pending", "Generating", "Converting", "Training", "Evaluating", "Complete", "Failed", "Suspended")
-#: Phases a run never leaves (sticky: a finished run never creates children again).
-TERMINAL_PHASES: tuple[Phase, ...] = ("Complete", "Failed")
 
 StepName = Literal["generate", "convert", "train", "evaluate"]
 #: The steps of an iteration, in order.

@@ -6,7 +6,7 @@ tokenisation renders and tokenises each sequence in one piece and attends every 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from spin_runtime.errors import SpecConfigError
@@ -91,7 +91,3 @@ def original_collator(pad_token_id: int, eos_token_id: int, max_length: int | No
 
     return OriginalCollator(pad_token_id=pad_token_id, max_length=max_length)
 
-
-def pretokenized(rows: Sequence[Mapping[str, Any]]) -> bool:
-    """Whether rows already hold token ids (TRL's own tokenisation must then be skipped)."""
-    return bool(rows) and "prompt_ids" in rows[0]

@@ -5,8 +5,6 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import pytest
-
 UID = "0b5c7d2e-0000-4000-8000-000000000001"
 
 
@@ -47,6 +45,3 @@ def deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@pytest.fixture()
-def body() -> dict[str, Any]:
-    return make_body()

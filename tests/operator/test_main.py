@@ -382,6 +382,16 @@ def test_children_are_listed_and_watched_with_the_managed_by_selector(monkeypatc
         assert list(settings.watching.label_selectors.collect(Resource("spin.dev", "v1alpha1", "spinruns"))) == []
 
 
+def test_children_indexes_are_read_by_the_ids_they_are_registered_under() -> None:
+    from spin_operator import handlers
+
+    given = {index_id: f"index {index_id}" for index_id in handlers.INDEX_IDS}
+    indexes = handlers._indexes({**given, "logger": None})
+    assert (indexes.jobs, indexes.config_maps, indexes.services, indexes.pvcs, indexes.pods) == tuple(given.values())
+    with pytest.raises(KeyError, match=handlers.PODS_INDEX):  # a renamed index fails, never reads as empty
+        handlers._indexes({k: v for k, v in given.items() if k != handlers.PODS_INDEX})
+
+
 def test_no_handler_needs_a_finalizer() -> None:
     """kopf puts its finalizer on an object when a handler requires it (a timer or daemon, or a
     mandatory delete handler); with the operator gone, deleting such a SpinRun would hang."""

@@ -259,3 +259,17 @@ def test_packed_attention_is_used_only_in_training_forwards_and_never_saved(tmp_
     model.save_pretrained(tmp_path / "saved")
     config = json.loads((tmp_path / "saved" / "config.json").read_text())
     assert spin_trainer.PACKED_ATTENTION not in json.dumps(config)
+
+
+def test_the_private_trl_hook_spin_trainer_overrides_is_still_there() -> None:
+    """SpinDPOTrainer overrides DPOTrainer._precompute_ref_logps (TRL is bounded to the minor
+    version it was read against): a TRL that moved it must fail here, not train silently without
+    the fast head while the opponent's log-probs are precomputed."""
+    import inspect
+
+    from trl import DPOTrainer
+
+    hook = getattr(DPOTrainer, "_precompute_ref_logps", None)
+    assert callable(hook), "TRL no longer has DPOTrainer._precompute_ref_logps"
+    assert list(inspect.signature(hook).parameters) == ["self", "dataset", "name", "batch_size"]
+    assert SpinDPOTrainer._precompute_ref_logps is not hook
