@@ -14,7 +14,7 @@ LMEVAL_STAMP := $(LMEVAL_VENV)/.installed-$(LM_EVAL_VERSION)
 HELM := $(TOOLS)/helm
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: venv demo test test-fast lint bench crd format clean tools images lmeval cluster cluster-down cluster-bin
+.PHONY: venv demo test test-fast lint bench crd format clean tools images push-images lmeval cluster cluster-down cluster-bin
 
 venv: $(STAMP)
 
@@ -60,6 +60,12 @@ crd: venv
 # bases (no daemon, no registry); up-to-date images are kept. See images/README.md.
 images:
 	$(PYTHON) scripts/build_images.py
+
+# Those images pushed to your registry as $(REGISTRY)/spinrun-<image>:<commit> (TAG= to choose;
+# INSECURE=1 for a registry without TLS); prints the helm values that install them.
+push-images:
+	@test -n "$(REGISTRY)" || { echo "make push-images needs REGISTRY=, e.g. REGISTRY=registry.example.com:5000/ml"; exit 2; }
+	$(PYTHON) scripts/build_images.py --push "$(REGISTRY)" $(if $(TAG),--tag "$(TAG)") $(if $(INSECURE),--insecure)
 
 # A real Kubernetes control plane on this machine (cluster/README.md): etcd, kube-apiserver,
 # kube-controller-manager and kube-scheduler built from the Go module proxy (once, cached in

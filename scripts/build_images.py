@@ -13,7 +13,9 @@ builds images/*.Dockerfile unchanged, on local bases made with debootstrap inste
      less the CUDA-only torchvision/torchaudio/torchcodec (stand-in for `vllm/vllm-openai`; vLLM's
      CUDA kernels cannot run here, so `spin generate` takes its transformers engine);
 3. builds `localhost/spinrun-operator:local`, `localhost/spinrun-trainer:cpu`
-   (INSTALL_FLASH_ATTN=false) and `localhost/spinrun-generator:cpu` from those bases.
+   (INSTALL_FLASH_ATTN=false) and `localhost/spinrun-generator:cpu` from those bases;
+4. with `--push REGISTRY` (`make push-images REGISTRY=...`), pushes them as
+   REGISTRY/spinrun-<image>:<commit> and prints the helm values that install them.
 
 An image is labelled with a hash of everything it is built from (Dockerfile, build context,
 build arguments, base image id) and is rebuilt only when that hash changes, so a second run is a
@@ -106,9 +108,10 @@ def run(argv: Sequence[str], *, capture: bool = False, quiet: bool = False, stdi
 # --------------------------------------------------------------------------- tools
 
 
-def ensure_tools() -> None:
-    """apt-get install the Debian packages of buildah, debootstrap and podman when missing."""
-    missing = sorted({pkg for cmd, pkg in TOOLS.items() if shutil.which(cmd) is None})
+def ensure_tools(tools: dict[str, str] = TOOLS) -> None:
+    """apt-get install the Debian packages of these commands (buildah, debootstrap and podman)
+    when missing."""
+    missing = sorted({pkg for cmd, pkg in tools.items() if shutil.which(cmd) is None})
     if not missing:
         return
     if os.geteuid() != 0:
@@ -436,12 +439,70 @@ def write_report(built: dict[str, float | None], bases: dict[str, float]) -> dic
     return report
 
 
+# --------------------------------------------------------------------------- push
+
+
+def release_tag(names: Sequence[str]) -> str:
+    """The tag `--push` gives the images: the commit they were built from, and for a tree with
+    uncommitted changes also the images' inputs hash (a tag is never reused for other contents,
+    which nodes with pullPolicy IfNotPresent would keep running)."""
+    commit = run(["git", "rev-parse", "--short=12", "HEAD"], capture=True, cwd=REPO).strip()
+    if not run(["git", "status", "--porcelain", "--untracked-files=no"], capture=True, cwd=REPO).strip():
+        return commit
+    inputs = hashlib.sha256("".join(inputs_hash(IMAGES[n]) for n in sorted(names)).encode()).hexdigest()[:8]
+    return f"{commit}-dirty-{inputs}"
+
+
+def pushed_ref(registry: str, name: str, tag: str) -> str:
+    """Where image `name` goes: <registry>/spinrun-<name>:<tag>, the names the chart derives from
+    images.registry and images.tag."""
+    return f"{registry.rstrip('/')}/spinrun-{name}:{tag}"
+
+
+def push_command(image: Image, ref: str, digest_file: Path, insecure: bool) -> list[str]:
+    """buildah push of a local image to `ref` in a registry, writing the pushed manifest's digest."""
+    tls = ["--tls-verify=false"] if insecure else []
+    return ["buildah", "push", *tls, "--digestfile", str(digest_file), image.tag, f"docker://{ref}"]
+
+
+def install_hint(registry: str, tag: str, digests: dict[str, str]) -> str:
+    """The helm flags that install the chart with the pushed images (by tag, or pinned by digest)."""
+    lines = ["install the chart with these images:",
+             "  helm install spin-operator charts/spin-operator -n spinrun-system --create-namespace \\",
+             f"    --set images.registry={registry.rstrip('/')} --set images.tag={tag}"]
+    if digests:
+        pins = " ".join(f"--set images.{name}.tag={digest}" for name, digest in digests.items())
+        lines += ["or pinned by digest (the tag may be pushed again; a digest cannot change):", f"    {pins}"]
+    return "\n".join(lines)
+
+
+def push(names: Sequence[str], registry: str, tag: str | None, insecure: bool) -> str:
+    """Push the built images to `registry` as spinrun-<name>:<tag>; returns the install hint."""
+    tag = tag or release_tag(names)
+    digests: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            ref = pushed_ref(registry, name, tag)
+            digest_file = Path(tmp) / f"{name}.digest"
+            log(f"pushing {IMAGES[name].tag} to {ref}")
+            run(push_command(IMAGES[name], ref, digest_file, insecure))
+            digests[name] = digest_file.read_text().strip()
+            log(f"{ref}: {digests[name]}")
+    return install_hint(registry, tag, digests)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="*", metavar="IMAGE",
                    help=f"images to build (default: all of {', '.join(IMAGES)})")
     p.add_argument("--force", action="store_true", help="rebuild the images even when up to date")
     p.add_argument("--rebuild-bases", action="store_true", help="remake the local base images too")
+    p.add_argument("--push", metavar="REGISTRY",
+                   help="then push them as REGISTRY/spinrun-<image>:<tag> (e.g. registry.example.com:5000/ml) and "
+                        "print the helm values that install them")
+    p.add_argument("--tag", help="tag of the pushed images (default: the commit, plus a hash of the inputs when "
+                                 "the tree has uncommitted changes)")
+    p.add_argument("--insecure", action="store_true", help="push over plain HTTP (a registry without TLS)")
     args = p.parse_args(argv)
     names = args.images or list(IMAGES)
     unknown = sorted(set(names) - set(IMAGES))
@@ -454,12 +515,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             ensure_base(IMAGES[name].base, args.rebuild_bases, bases)
         built = {name: build_image(IMAGES[name], args.force) for name in names}
         report = write_report(built, bases)
+        hint = push(names, args.push, args.tag, args.insecure) if args.push else ""
     except BuildError as e:
         print(f"build_images: {e}", file=sys.stderr)
         return 1
     for tag, entry in report.items():
         seconds = entry.get("seconds")
         log(f"{tag:40s} {human(float(entry.get('bytes', 0))):>9s}  {'' if seconds is None else f'{seconds:.0f} s'}")
+    if hint:
+        print(hint, flush=True)
     return 0
 
 

@@ -56,6 +56,17 @@ def find_helm() -> str | None:
     return str(local) if local.is_file() else None
 
 
+#: The registry the tests install from (the chart requires one: no spinrun image is published).
+TEST_REGISTRY = "registry.example.com/ml"
+
+
+def with_registry(values: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`values` with images.registry set to TEST_REGISTRY unless they set one."""
+    out = dict(values or {})
+    out["images"] = {"registry": TEST_REGISTRY, **dict(out.get("images") or {})}
+    return out
+
+
 def render(
     values: Mapping[str, Any] | None = None, namespace: str = "spinrun-system", helm: str | None = None,
     release: str = "spin-operator",
@@ -68,7 +79,7 @@ def render(
     if helm is None:
         raise FileNotFoundError("helm not found on PATH or in .tools/ (run `make tools`)")
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        json.dump(dict(values or {}), f)  # JSON is YAML
+        json.dump(with_registry(values), f)  # JSON is YAML
         values_file = f.name
     try:
         proc = subprocess.run(

@@ -19,7 +19,7 @@ import pytest
 import tomllib
 import yaml
 
-from tests.chart.rbac import CHART, REPO, check_requests, find_helm, operator_rules
+from tests.chart.rbac import CHART, REPO, TEST_REGISTRY, check_requests, find_helm, operator_rules, with_registry
 
 HELM = find_helm()
 pytestmark = pytest.mark.skipif(HELM is None, reason="helm not found on PATH or in .tools/: run `make tools`")
@@ -77,7 +77,8 @@ def _rendered(name: str) -> tuple[dict[str, Any], ...]:
 
     with tempfile.TemporaryDirectory() as tmp:
         proc = run_helm(
-            "template", "spin-operator", str(CHART), "-n", "spinrun-system", values=VARIANTS[name], tmp=Path(tmp)
+            "template", "spin-operator", str(CHART), "-n", "spinrun-system", values=with_registry(VARIANTS[name]),
+            tmp=Path(tmp),
         )
     assert proc.returncode == 0, f"helm template ({name}) failed:\n{proc.stderr}"
     return tuple(d for d in yaml.safe_load_all(proc.stdout) if d)
@@ -110,7 +111,7 @@ def env_of(c: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_helm_lint_passes(variant: str, tmp_path: Path) -> None:
-    proc = run_helm("lint", "--strict", str(CHART), values=VARIANTS[variant], tmp=tmp_path)
+    proc = run_helm("lint", "--strict", str(CHART), values=with_registry(VARIANTS[variant]), tmp=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -156,14 +157,15 @@ def test_crd_file_is_a_valid_customresourcedefinition() -> None:
 
 def test_notes_tell_the_next_commands(tmp_path: Path) -> None:
     proc = run_helm(
-        "install", "spin-operator", str(CHART), "-n", "spinrun-system", "--dry-run=client", values={}, tmp=tmp_path
+        "install", "spin-operator", str(CHART), "-n", "spinrun-system", "--dry-run=client", values=with_registry({}),
+        tmp=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     notes = proc.stdout.split("NOTES:", 1)[1]
     for expected in (
         "kubectl apply -n NAMESPACE -f examples/spinrun-zephyr-7b.yaml",
         "kubectl get spinruns -n NAMESPACE -w",
-        "kubectl wait -n NAMESPACE --for=condition=Complete spinrun/NAME --timeout=48h",
+        "kubectl wait -n NAMESPACE --for=condition=Complete spinrun/NAME --timeout=72h",
         "kubectl apply --server-side -f charts/spin-operator/crds/",
     ):
         assert expected in notes
@@ -206,7 +208,7 @@ def test_servicemonitor_without_metrics_is_refused(tmp_path: Path) -> None:
     proc = run_helm(
         "template",
         str(CHART),
-        values={"metrics": {"enabled": False, "serviceMonitor": {"enabled": True}}},
+        values=with_registry({"metrics": {"enabled": False, "serviceMonitor": {"enabled": True}}}),
         tmp=tmp_path,
     )
     assert proc.returncode != 0 and "metrics.serviceMonitor.enabled needs metrics.enabled" in proc.stderr
@@ -335,11 +337,29 @@ def test_metrics_can_be_turned_off() -> None:
     assert not of_kind(rendered("defaults"), "ServiceMonitor")
 
 
-def test_step_images_reach_the_operator_environment() -> None:
+def test_without_a_registry_the_chart_refuses_to_render_and_says_what_to_set(tmp_path: Path) -> None:
+    proc = run_helm("template", "spin-operator", str(CHART), "-n", "spinrun-system")
+    assert proc.returncode != 0
+    assert "images.registry must be set: no spinrun image is published anywhere" in proc.stderr
+    assert "make push-images REGISTRY=" in proc.stderr and "--set images.tag=" in proc.stderr
+    one = {"images": {"operator": {"repository": "r.example.com/op"}}}  # the operator alone named: the steps still need one
+    proc = run_helm("template", "spin-operator", str(CHART), "-n", "spinrun-system", values=one, tmp=tmp_path)
+    assert proc.returncode != 0 and "or set images.generator.repository" in proc.stderr
+
+
+def test_step_images_reach_the_operator_environment(tmp_path: Path) -> None:
     env = env_of(container())
-    assert env["SPIN_GENERATOR_IMAGE"] == "spinrun/spinrun-generator:0.1.0"  # tag = appVersion
-    assert env["SPIN_TRAINER_IMAGE"] == "spinrun/spinrun-trainer:0.1.0"
+    assert env["SPIN_GENERATOR_IMAGE"] == f"{TEST_REGISTRY}/spinrun-generator:0.1.0"  # tag = appVersion
+    assert env["SPIN_TRAINER_IMAGE"] == f"{TEST_REGISTRY}/spinrun-trainer:0.1.0"
+    assert container()["image"] == f"{TEST_REGISTRY}/spinrun-operator:0.1.0"
     assert env["SPIN_IMAGE_PULL_POLICY"] == "IfNotPresent"
+    tagged = {"images": {"registry": "r.example.com:5000/team", "tag": "3f2c1ab"}}
+    proc = run_helm("template", "spin-operator", str(CHART), "-n", "spinrun-system", values=tagged, tmp=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (dep,) = [d for d in yaml.safe_load_all(proc.stdout) if d and d["kind"] == "Deployment"]
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == "r.example.com:5000/team/spinrun-operator:3f2c1ab"
+    assert env_of(c)["SPIN_TRAINER_IMAGE"] == "r.example.com:5000/team/spinrun-trainer:3f2c1ab"
     env = env_of(container("custom-images"))
     assert env["SPIN_GENERATOR_IMAGE"] == "registry.example.com:5000/ml/spinrun-generator:1.2.3-cu129"
     assert env["SPIN_TRAINER_IMAGE"] == "registry.example.com:5000/ml/spinrun-trainer@sha256:" + "a" * 64

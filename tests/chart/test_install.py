@@ -32,8 +32,9 @@ def helm(kube: Kube, *args: str) -> str:
 @pytest.fixture()
 def installed(kube: Kube) -> Iterator[str]:
     """The chart installed as the README says (its CRD with it); uninstalled after the test."""
+    # the process kubelet runs any image from this checkout; a cluster pulls what make push-images pushed
     out = helm(kube, "install", RELEASE, str(CHART), "-n", OPERATOR_NAMESPACE, "--create-namespace", "--wait",
-               "--timeout", "120s")
+               "--timeout", "120s", "--set", "images.registry=localhost/spinrun", "--set", "images.tag=test")
     try:
         yield out
     finally:

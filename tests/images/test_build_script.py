@@ -76,3 +76,27 @@ def test_only_the_empty_mount_targets_a_build_made_are_removed(tmp_path: Path) -
     assert sorted(map(str, removed)) == ["/etc/pip.conf", "/etc/xdg", "/etc/xdg/pip", "/etc/xdg/pip/constraints.txt",
                                          "/opt/wheels"]
     assert not (root / "etc" / "xdg").exists() and (root / "opt" / "app" / "x").exists() and (root / "srv" / "data").is_dir()
+
+
+def test_pushed_images_take_the_names_the_chart_derives_from_registry_and_tag(tmp_path: Path) -> None:
+    assert b.pushed_ref("registry.example.com:5000/ml/", "trainer", "3f2c1ab") == \
+        "registry.example.com:5000/ml/spinrun-trainer:3f2c1ab"
+    argv = b.push_command(b.IMAGES["operator"], "r.example.com/ml/spinrun-operator:t", tmp_path / "d", insecure=True)
+    assert argv == ["buildah", "push", "--tls-verify=false", "--digestfile", str(tmp_path / "d"),
+                    "localhost/spinrun-operator:local", "docker://r.example.com/ml/spinrun-operator:t"]
+    assert "--tls-verify=false" not in b.push_command(b.IMAGES["operator"], "r/x:t", tmp_path / "d", insecure=False)
+    hint = b.install_hint("r.example.com/ml", "3f2c1ab", {"operator": "sha256:" + "a" * 64})
+    assert "--set images.registry=r.example.com/ml --set images.tag=3f2c1ab" in hint
+    assert "--set images.operator.tag=sha256:" + "a" * 64 in hint
+
+
+def test_the_release_tag_is_the_commit_and_never_reused_for_uncommitted_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = {"rev-parse": "0123456789ab\n", "status": ""}
+    monkeypatch.setattr(b, "run", lambda argv, **_: answers[argv[1]])
+    monkeypatch.setattr(b, "inputs_hash", lambda image: f"hash-of-{image.name}")
+    assert b.release_tag(["operator"]) == "0123456789ab"
+    answers["status"] = " M spin_runtime/cli.py\n"
+    dirty = b.release_tag(["operator"])
+    assert dirty.startswith("0123456789ab-dirty-") and len(dirty) == len("0123456789ab-dirty-") + 8
+    monkeypatch.setattr(b, "inputs_hash", lambda image: f"other-{image.name}")
+    assert b.release_tag(["operator"]) != dirty, "other contents, another tag"

@@ -64,16 +64,26 @@ app.kubernetes.io/component: operator
 {{- end }}
 
 {{/*
-An image reference from {repository, tag}: tag defaults to the chart's appVersion; a tag of
-the form sha256:... is a digest (repository@sha256:...).
-Usage: include "spin-operator.image" (dict "image" .Values.images.trainer "root" .)
+An image reference: the image's repository, else <images.registry>/spinrun-<name>; its tag, else
+images.tag, else the chart's appVersion; a tag of the form sha256:... is a digest
+(repository@sha256:...). With neither a repository nor a registry the chart refuses to render.
+Usage: include "spin-operator.image" (dict "name" "trainer" "root" .)
 */}}
 {{- define "spin-operator.image" -}}
-{{- $tag := default .root.Chart.AppVersion .image.tag | toString }}
+{{- $images := .root.Values.images }}
+{{- $image := get $images .name }}
+{{- $repository := $image.repository }}
+{{- if not $repository }}
+{{- if not $images.registry }}
+{{- fail (printf "images.registry must be set: no spinrun image is published anywhere. Build the images and push them to a registry your nodes can pull from (make images, then make push-images REGISTRY=registry.example.com/ml, which prints the values), then install with --set images.registry=registry.example.com/ml --set images.tag=<the printed tag>, or set images.%s.repository (images/README.md)" .name) }}
+{{- end }}
+{{- $repository = printf "%s/spinrun-%s" (trimSuffix "/" $images.registry) .name }}
+{{- end }}
+{{- $tag := $image.tag | default $images.tag | default .root.Chart.AppVersion | toString }}
 {{- if hasPrefix "sha256:" $tag }}
-{{- printf "%s@%s" .image.repository $tag }}
+{{- printf "%s@%s" $repository $tag }}
 {{- else }}
-{{- printf "%s:%s" .image.repository $tag }}
+{{- printf "%s:%s" $repository $tag }}
 {{- end }}
 {{- end }}
 
