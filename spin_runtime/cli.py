@@ -181,14 +181,35 @@ def _cmd_train(args: argparse.Namespace) -> int:
     prog.phase("loading the data and the models")
     metrics = run_train(Path(args.run_dir), args.iteration, force=args.force, callbacks=[progress.train_callback(prog)])
     prog.finish(_train_summary(metrics))
+    if metrics is not None:  # rank 0, trained now: the report, unless an evaluate step follows to write it
+        from spin_runtime.store import rundir
+
+        if not rundir.load_run(Path(args.run_dir)).spec.evaluation.enabled:
+            _update_report(Path(args.run_dir))
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from spin_runtime.steps.evaluate import run_evaluate
 
-    run_evaluate(Path(args.run_dir), args.iteration, force=args.force)
+    if run_evaluate(Path(args.run_dir), args.iteration, force=args.force) is not None:
+        _update_report(Path(args.run_dir))
     return 0
+
+
+def _update_report(run_dir: Path) -> None:
+    """The run's report (report/ in the run directory) brought up to date after an iteration, in
+    both drivers: on a cluster it is then on the volume, after the pods and the SpinRun are gone.
+    A report that cannot be drawn is a warning: the step's work is done and marked."""
+    from spin_runtime.report import write_report
+
+    try:
+        path = write_report(run_dir)
+    except Exception as e:  # the step succeeded; only its report failed
+        print(f"spin: warning: the report could not be written ({type(e).__name__}: {e}); "
+              f"`spin report {run_dir}` retries it", file=sys.stderr, flush=True)
+        return
+    print(f"spin: report updated: {path}", file=sys.stderr, flush=True)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

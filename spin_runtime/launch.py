@@ -125,6 +125,9 @@ PROGRESS_PORT_NAME = "progress"
 #: Environment variable that tells a step to serve its progress, and on which port.
 PROGRESS_PORT_ENV = "SPIN_PROGRESS_PORT"
 PROGRESS_HTTP_PATH = "/progress"
+#: Set to 1 on every step pod: the step keeps its output in iter-<k>/logs/ on the run volume too
+#: (spin_runtime/steps/step_log.py), so the logs outlive the pods.
+STEP_LOGS_ENV = "SPIN_STEP_LOGS"
 
 
 def rendezvous_conf(timeout_seconds: int) -> str:

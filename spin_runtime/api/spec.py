@@ -65,10 +65,13 @@ OPERATOR_ENV = (
     "SPIN_RUN_NAME",
     "SPIN_RUN_UID",
     "SPIN_PROGRESS_PORT",
+    "SPIN_STEP_LOGS",
     "PET_RDZV_CONF",
 )
 #: Variables Kubeflow Trainer's torch plugin sets and refuses in a TrainJob's trainer.env.
 TRAINER_RESERVED_ENV = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
+#: The user and group of the images (images/*.Dockerfile) and, by default, of every step pod.
+POD_UID = 65532
 #: The largest bound an integer field may have: the apiserver checks schema bounds as float64
 #: (2**63 - 1 is not one: a CRD with it refuses every value of the field).
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -898,6 +901,16 @@ class Toleration(SpinModel):
         return self
 
 
+class PodSecurity(SpinModel):
+    """Who the step pods run as. The images' own user is 65532; the run volume is made group-writable
+    through fsGroup, which some volumes ignore (NFS exports, hostPath): there, set the user and group
+    the volume lets write."""
+
+    run_as_user: int = Field(POD_UID, ge=1, le=2**31 - 1, description="UID of every step container (not root).")
+    run_as_group: int = Field(POD_UID, ge=0, le=2**31 - 1, description="GID of every step container.")
+    fs_group: int = Field(POD_UID, ge=0, le=2**31 - 1, description="fsGroup: the group the run volume is made writable for.")
+
+
 # --------------------------------------------------------------------------- spec
 
 
@@ -1026,8 +1039,16 @@ class SpinRunSpec(SpinModel):
         1800,
         ge=0,
         le=2**31 - 1,
-        description="How long a step's pod may stay unable to start (ImagePullBackOff, CreateContainerConfigError, "
-        "Unschedulable, an unbound claim) before the run fails with that reason; 0 = wait forever.",
+        description="How long a step's pod may stay unable to start for trouble that does not heal by itself "
+        "(ImagePullBackOff, CreateContainerConfigError, an unbound claim) before the run fails with that reason; "
+        "0 = wait forever. Waiting for capacity (Unschedulable) is unschedulableTimeoutSeconds'.",
+    )
+    unschedulable_timeout_seconds: int = Field(
+        0,
+        ge=0,
+        le=2**31 - 1,
+        description="How long a step's pod may wait Unschedulable (no node has room now: a busy or autoscaling "
+        "cluster) before the run fails; 0 = wait for capacity as long as it takes (the status says it waits).",
     )
     ttl_seconds_after_finished: int | None = Field(
         None,
@@ -1051,6 +1072,10 @@ class SpinRunSpec(SpinModel):
     )
     service_account_name: str | None = Field(
         None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="ServiceAccount of every pod."
+    )
+    pod_security: PodSecurity = Field(
+        default_factory=lambda: PodSecurity(),
+        description="The user, group and fsGroup every step pod runs as (for volumes that ignore fsGroup).",
     )
     image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list, max_length=16, description="Pull secrets of every pod.")
 

@@ -28,7 +28,9 @@ STEP_PHASE: dict[StepName, Phase] = {
 class Condition(SpinModel):
     """A Kubernetes-style condition."""
 
-    type: Literal["Complete", "Failed", "Suspended", "Progressing", "ValidationFailed"] = Field(..., description="Condition type.")
+    type: Literal["Complete", "Failed", "Suspended", "Progressing", "ValidationFailed", "QueueUnmanaged"] = Field(
+        ..., description="Condition type."
+    )
     status: Literal["True", "False", "Unknown"] = Field(..., description="True, False or Unknown.")
     reason: str = Field("", max_length=128, description="CamelCase reason.")
     message: str = Field("", max_length=4096, description="Human-readable message.")

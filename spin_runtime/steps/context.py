@@ -37,9 +37,13 @@ class StepContext:
     @classmethod
     def open(cls, run_dir: Path, step: Step) -> StepContext:
         """Load the run stored in `run_dir` (once) for `step`."""
+        from spin_runtime.steps.step_log import keep_step_log
+
         run_dir = Path(run_dir)
         rank, world = distributed_env()
-        return cls(run_dir, rundir.load_run(run_dir), step, rank, world, f"spin {step.name}")
+        run = rundir.load_run(run_dir)
+        keep_step_log(run_dir, step, rank)  # in a cluster: the output on the run volume too
+        return cls(run_dir, run, step, rank, world, f"spin {step.name}")
 
     @property
     def spec(self) -> SpinRunSpec:

@@ -48,7 +48,7 @@ class LmEvalError(SpinError):
     """lm-evaluation-harness failed or wrote no results (may be transient: its datasets download)."""
 
 
-class LmEvalMissingError(SpecConfigError):
+class LmEvalMissingError(LmEvalError, SpecConfigError):
     """The spec turns lm-eval on and this environment (image) has no harness: no retry can help."""
 
 

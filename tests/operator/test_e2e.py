@@ -115,6 +115,23 @@ def test_two_iterations_complete_with_status_events_and_columns(c: E2E) -> None:
     assert "REASON" in wide.splitlines()[0] and "RunCompleted" in wide.splitlines()[1], wide
 
 
+def test_generation_shards_on_a_read_write_once_volume_share_one_node(c: E2E) -> None:
+    """The real kube-scheduler with the builders' required pod affinity: the shards of a run whose
+    new claim is ReadWriteOnce land on one node (two nodes to choose from), else they spread."""
+    c.start_operator()
+    for name, modes in (("rwo", ["ReadWriteOnce"]), ("rwx", ["ReadWriteMany"])):
+        spec = {"iterations": 1, "generation": {"shards": 4},
+                "storage": {"newClaim": {"size": "1Gi", "accessModes": modes}}}
+        c.create_run(run_body(name, spec))
+        assert c.wait_phase(name, ("Complete", "Failed"), timeout=120)["status"]["phase"] == "Complete"
+    nodes = {}
+    for name in ("rwo", "rwx"):
+        pods = c.core.list_namespaced_pod(c.namespace, label_selector=f"spin.dev/run={name},spin.dev/step=generate")
+        nodes[name] = {p.spec.node_name for p in pods.items}
+        assert len(pods.items) == 4 and all(p.spec.node_name for p in pods.items)
+    assert len(nodes["rwo"]) == 1, nodes
+
+
 def test_operator_restarts_mid_step_and_at_a_phase_boundary_create_no_duplicates(c: E2E) -> None:
     c.hold("it0-train", "it1-gen")
     c.start_operator()
@@ -366,6 +383,18 @@ def test_real_steps_on_the_tiny_model_complete_an_iteration_showing_live_progres
         assert (run_dir / "spec.json").exists()
         assert (run_dir / "iter-0" / "model").is_dir()
         assert (run_dir / "iter-0" / "DONE").exists()
+        # what the user fetches after the pods and the run are gone: the report and every step's log
+        summary = (run_dir / "report" / "summary.md").read_text()
+        assert "# SPIN run `e2e`" in summary and "| iter0 |" in summary, summary
+        logs = run_dir / "iter-0" / "logs"
+        assert sorted(p.name for p in logs.glob("*.log")) == [
+            "convert.log", "evaluate.log", "generate-0-of-2.log", "generate-1-of-2.log", "train.log"]
+        for step, says in (("generate-1-of-2", "spin generate"), ("train", "spin train: iteration 0: saved"),
+                           ("evaluate", "spin evaluate: iteration 0: margin")):
+            text = (logs / f"{step}.log").read_text()
+            assert text.startswith("# ") and says in text, f"{step}.log:\n{text[-2000:]}"
+        assert "spin evaluate: iteration 0: margin" in c.kube.kubectl("logs", "-n", c.namespace,
+                                                                       "job/e2e-it0-eval").stdout, "and on stdout"
     by_step: dict[str, list[dict[str, Any]]] = {}
     for st in seen.seen:
         by_step.setdefault(st["progress"]["step"], []).append(st)

@@ -365,6 +365,30 @@ def test_resume_leaves_jobs_suspended_by_kueue_alone() -> None:
     assert sim.job("demo-it0-gen")["metadata"]["labels"][meta.LABEL_QUEUE] == "q"
 
 
+def test_a_queued_run_on_an_operator_without_kueue_support_says_so_once() -> None:
+    sim = Sim(make_body(spec={"queueName": "q"}))
+    d = sim.tick()
+    qc = cond(sim.status, "QueueUnmanaged")
+    assert qc["status"] == "True" and qc["reason"] == "KueueDisabled" and "kueue.enabled=true" in qc["message"]
+    assert ("Warning", "KueueDisabled") in [(t, r) for t, r, _ in d.events]
+    assert "KueueDisabled" not in [r for _, r, _ in sim.tick().events], "said once"
+    sim.set_spec({"queueName": None})
+    sim.tick()
+    assert cond(sim.status, "QueueUnmanaged")["status"] == "False"
+
+
+def test_a_queued_run_on_an_operator_with_kueue_support_has_no_warning() -> None:
+    from spin_operator.settings import DeploymentSettings
+
+    sim = Sim(make_body(spec={"queueName": "q"}))
+    sim.settings = DeploymentSettings(kueue=True)
+    sim.tick()
+    assert "QueueUnmanaged" not in [c["type"] for c in sim.status["conditions"]]
+    plain = Sim(make_body())
+    plain.tick()
+    assert "QueueUnmanaged" not in [c["type"] for c in plain.status["conditions"]]
+
+
 # --------------------------------------------------------------------------- spec changes
 
 
@@ -617,7 +641,6 @@ def test_a_claim_owned_by_a_deleted_run_is_not_reused() -> None:
         ("ImagePullBackOff", {"waiting": "ImagePullBackOff"}),
         ("ImagePullBackOff", {"waiting": "ErrImagePull"}),
         ("CreateContainerConfigError", {"waiting": "CreateContainerConfigError"}),
-        ("Unschedulable", {"unschedulable": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."}),
         ("ClaimPending", {"unschedulable": "0/4 nodes are available: pod has unbound immediate PersistentVolumeClaims."}),
     ],
 )
@@ -650,6 +673,40 @@ def test_pod_trouble_clears_when_the_pod_runs() -> None:
     pod["status"] = {"phase": "Running"}
     sim.tick()
     assert cond(sim.status, "Progressing")["status"] == "True" and sim.status["reason"] == "StepRunning"
+
+
+def test_waiting_for_capacity_is_not_an_error_by_default() -> None:
+    """Unschedulable 8-GPU pods on a busy or autoscaling cluster: the run waits (saying so), past
+    podStartupTimeoutSeconds, as long as unschedulableTimeoutSeconds allows (default: always)."""
+    sim = Sim(make_body(spec={"podStartupTimeoutSeconds": 600}))
+    sim.tick()
+    sim.running("demo-it0-gen")
+    sim.pod("demo-it0-gen", 0, unschedulable="0/4 nodes are available: 4 Insufficient nvidia.com/gpu.")
+    d = sim.tick()
+    pc = cond(sim.status, "Progressing")
+    assert pc["status"] == "False" and pc["reason"] == "Unschedulable"
+    assert "the run waits for capacity (spec.unschedulableTimeoutSeconds sets a limit)" in pc["message"]
+    assert [(t, r) for t, r, _ in d.events] == [("Warning", "Unschedulable")] and d.requeue_after is None
+    sim.now = T0 + timedelta(days=2)
+    sim.tick()
+    assert sim.status["phase"] == "Generating" and sim.status["reason"] == "Unschedulable"
+
+
+def test_unschedulable_timeout_fails_a_run_that_waited_that_long_for_capacity() -> None:
+    sim = Sim(make_body(spec={"unschedulableTimeoutSeconds": 3600}))
+    sim.tick()
+    sim.running("demo-it0-gen")
+    sim.pod("demo-it0-gen", 0, unschedulable="0/4 nodes are available: 4 Insufficient nvidia.com/gpu.")
+    d = sim.tick()
+    assert "waits for capacity up to unschedulableTimeoutSeconds (3600s)" in cond(sim.status, "Progressing")["message"]
+    assert 3590 <= (d.requeue_after or 0) <= 3600
+    sim.now = T0 + timedelta(seconds=1801)
+    assert sim.tick() and sim.status["phase"] == "Generating", "podStartupTimeoutSeconds does not apply"
+    sim.now = T0 + timedelta(seconds=3601)
+    sim.tick()
+    st = sim.status
+    assert st["phase"] == "Failed" and st["reason"] == "Unschedulable"
+    assert "unschedulableTimeoutSeconds (3600s)" in st["message"]
 
 
 def test_zero_pod_startup_timeout_waits_forever() -> None:

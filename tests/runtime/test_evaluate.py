@@ -250,8 +250,9 @@ def test_lm_eval_enabled_without_the_package_fails_first_and_says_what_to_instal
     run_dir = tmp_path / "run"
     _run(run_dir, tiny_model_dir, trained, lmEval={"enabled": True})
     monkeypatch.setattr(lme, "find_executable", lambda: None)
-    with pytest.raises(lme.LmEvalError, match=r"own environment \(`make lmeval` builds \.venv-lmeval.*SPIN_LM_EVAL"):
+    with pytest.raises(lme.LmEvalError, match=r"own environment \(`make lmeval` builds \.venv-lmeval.*SPIN_LM_EVAL") as e:
         run_evaluate(run_dir, 0)
+    assert e.value.exit_code == EXIT_BAD_SPEC, "an image without the harness fails the step at once, never retried"
     assert not (run_dir / stages.Step(0, "evaluate").marker).exists()
     assert not (run_dir / layout.metrics_path(0)).exists()
 

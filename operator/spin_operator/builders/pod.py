@@ -16,16 +16,13 @@ from spin_runtime.launch import (
     PROGRESS_PORT_NAME,
     RDZV_CONF_ENV,
     RUN_UID_ENV,
+    STEP_LOGS_ENV,
     rendezvous_conf,
 )
 
 DATA_MOUNT = "/data"
 SPEC_MOUNT = "/etc/spin"
 SPEC_KEY = "spec.json"
-#: The uid/gid the spinrun images run as (non-root, created in images/*.Dockerfile); the
-#: volume is group-writable through fsGroup.
-POD_UID = 65532
-
 
 def run_dir(run: str, spec: SpinRunSpec) -> str:
     """The run directory inside pods: `/data/<storage.subPath>/<run-name>`."""
@@ -53,13 +50,15 @@ def container_security_context() -> dict[str, Any]:
     }
 
 
-def pod_security_context() -> dict[str, Any]:
-    """Pod security context: non-root, RuntimeDefault seccomp, the volume group-writable."""
+def pod_security_context(spec: SpinRunSpec) -> dict[str, Any]:
+    """Pod security context: non-root as spec.podSecurity says (the images' 65532 by default),
+    RuntimeDefault seccomp, the volume group-writable through fsGroup."""
+    sec = spec.pod_security
     return {
         "runAsNonRoot": True,
-        "runAsUser": POD_UID,
-        "runAsGroup": POD_UID,
-        "fsGroup": POD_UID,
+        "runAsUser": sec.run_as_user,
+        "runAsGroup": sec.run_as_group,
+        "fsGroup": sec.fs_group,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
 
@@ -76,6 +75,7 @@ def env_vars(ctx: BuildContext) -> list[dict[str, Any]]:
         {"name": "SPIN_RUN_NAME", "value": ctx.run.name},
         {"name": RUN_UID_ENV, "value": ctx.run.uid},
         {"name": PROGRESS_PORT_ENV, "value": str(PROGRESS_PORT)},
+        {"name": STEP_LOGS_ENV, "value": "1"},
     ]
     env += [{"name": e.name, "value": e.value} for e in spec.env]
     if spec.hf_token_secret is not None:
@@ -167,6 +167,29 @@ def volumes(ctx: BuildContext, shm: bool = False) -> list[dict[str, Any]]:
     return vols
 
 
+def single_node_volume(spec: SpinRunSpec) -> bool:
+    """Whether the run volume mounts on one node at a time: a new claim without ReadWriteMany (an
+    existing claim's access modes are its owner's to know)."""
+    claim = spec.storage.new_claim
+    return claim is not None and "ReadWriteMany" not in claim.access_modes
+
+
+def same_node_affinity(ctx: BuildContext, step: str) -> dict[str, Any]:
+    """Required pod affinity that puts every pod of the step on one node (the first goes where
+    it fits; the scheduler lets a pod that matches its own term lead): a ReadWriteOnce volume is
+    mounted by the pods of one node only."""
+    return {
+        "podAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "labelSelector": {"matchLabels": labels(ctx.run.name, ctx.iteration, step)},
+                    "topologyKey": "kubernetes.io/hostname",
+                }
+            ]
+        }
+    }
+
+
 def scheduling_fields(spec: SpinRunSpec, *, priority_class: bool = True) -> dict[str, Any]:
     """The pod fields the spec sets for every step pod: service account, node selector,
     tolerations, priority class (unless `priority_class` is False: a TrainJob's runtime patch
@@ -199,6 +222,7 @@ def pod_template(
     ports: list[dict[str, Any]] | None = None,
     scheduler_name: str | None = None,
     extra_labels: dict[str, str] | None = None,
+    affinity: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The pod template shared by every step: init container, security, scheduling fields."""
     spec = ctx.spec
@@ -215,7 +239,7 @@ def pod_template(
     container["ports"] = [progress_port(), *(ports or [])]
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
-        "securityContext": pod_security_context(),
+        "securityContext": pod_security_context(spec),
         "initContainers": [init_container(ctx, image, pull_policy)],
         "containers": [container],
         "volumes": volumes(ctx, shm=gpus > 0),
@@ -225,5 +249,7 @@ def pod_template(
         pod["subdomain"] = subdomain
     if scheduler_name:
         pod["schedulerName"] = scheduler_name
+    if affinity:
+        pod["affinity"] = affinity
     pod.update(scheduling_fields(spec))
     return {"metadata": {"labels": {**labels(ctx.run.name, ctx.iteration, step), **(extra_labels or {})}}, "spec": pod}

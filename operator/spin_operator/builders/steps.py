@@ -9,7 +9,14 @@ from typing import Any
 from spin_operator import launchers
 from spin_operator.builders.context import BuildContext
 from spin_operator.builders.job import job
-from spin_operator.builders.pod import container_resources, pod_template, run_dir, step_images
+from spin_operator.builders.pod import (
+    container_resources,
+    pod_template,
+    run_dir,
+    same_node_affinity,
+    single_node_volume,
+    step_images,
+)
 from spin_runtime.api.spec import SpinRunSpec
 from spin_runtime.plan.stages import Stage, Step
 
@@ -24,7 +31,8 @@ def generation_gpus(spec: SpinRunSpec) -> int:
 def generate_job(ctx: BuildContext, stage: Stage) -> dict[str, Any]:
     """One Indexed Job per iteration, one index per shard (`spin generate` reads
     JOB_COMPLETION_INDEX). A failed shard re-runs alone up to backoffLimit times
-    (backoffLimitPerIndex); one shard over its limit fails the Job (maxFailedIndexes 0)."""
+    (backoffLimitPerIndex); one shard over its limit fails the Job (maxFailedIndexes 0). On a
+    ReadWriteOnce run volume the shards share one node."""
     gen = ctx.spec.generation
     image, _, pull = step_images(ctx)
     gpus = generation_gpus(ctx.spec)
@@ -36,6 +44,8 @@ def generate_job(ctx: BuildContext, stage: Stage) -> dict[str, Any]:
         command=stage.steps[0].argv(run_dir(ctx.run.name, ctx.spec), shard_from_env=True),
         resources=container_resources(gen.resources.requests, gen.resources.limits, gpus),
         gpus=gpus,
+        # shards run at once: on a ReadWriteOnce volume, all on the node that mounts it
+        affinity=same_node_affinity(ctx, "generate") if stage.shards > 1 and single_node_volume(ctx.spec) else None,
     )
     return job(
         ctx,

@@ -20,7 +20,8 @@ Rules (each pinned by tests/operator/test_reconcile.py):
 - Children are adopted only through their controller ownerReference to this run's uid; objects
   of a deleted run with the same name are waited for until the garbage collector removes them.
 - A pod that cannot start (image, config, scheduling, claim) turns Progressing False with that
-  reason; after podStartupTimeoutSeconds the run fails with it.
+  reason; after podStartupTimeoutSeconds the run fails with it (waiting Unschedulable for capacity:
+  after unschedulableTimeoutSeconds, by default never).
 - activeDeadlineSeconds counts running time only: suspended time is excluded.
 - A queued workload (Kueue) is Kueue's to suspend: the run stops and resumes it through its
   Workload's spec.active, and says "waiting for quota" while Kueue holds it.
@@ -247,6 +248,7 @@ def reconcile(
         return rec.finish()
 
     _suspension(rec, spec)
+    _queue_management(rec, spec)
     if observed.foreign:
         _wait_for_foreign(rec)
         return rec.finish()
@@ -396,6 +398,25 @@ def _suspension(rec: ReconcilePass, spec: SpinRunSpec) -> None:
         rec.status.suspended_seconds = _suspended_seconds(rec)
         rec.cond("Suspended", False, "Resumed", "spec.suspend is false")
         rec.event("Normal", "Resumed", "run resumed: suspended Jobs continue")
+
+
+#: What a queued run on an operator installed without Kueue support is told.
+QUEUE_UNMANAGED = (
+    "spec.queueName is set, but the operator was installed with kueue.enabled=false: Kueue suspends and "
+    "admits the run's Jobs by its own rules while spec.suspend sets the same flag, and the two fight "
+    "(docs/cluster.md). Install the operator with --set kueue.enabled=true, or remove spec.queueName"
+)
+
+
+def _queue_management(rec: ReconcilePass, spec: SpinRunSpec) -> None:
+    """A queueName on an operator that does not manage Kueue's Workloads: a condition that says so
+    and one Warning event, instead of a silent fight over the Jobs' suspend flag."""
+    if spec.queue_name and not rec.settings.kueue:
+        if rec.cond("QueueUnmanaged", True, "KueueDisabled", QUEUE_UNMANAGED):
+            rec.event("Warning", "KueueDisabled", QUEUE_UNMANAGED)
+    elif condition(rec.status, "QueueUnmanaged") is not None:
+        why = "the operator manages Kueue's Workloads" if spec.queue_name else "spec.queueName is not set"
+        rec.cond("QueueUnmanaged", False, "KueueEnabled" if spec.queue_name else "NotQueued", why)
 
 
 def _iteration_entry(status: SpinRunStatus, k: int) -> IterationStatus | None:
@@ -583,10 +604,15 @@ def _pod_trouble(rec: ReconcilePass, spec: SpinRunSpec, k: int, step: str, pod: 
     when the reason appears, and the run failed once podStartupTimeoutSeconds passed."""
     hint = POD_TROUBLE_HINTS.get(pod.trouble, "see `kubectl describe pod`")
     msg = f"iteration {k}: {step} cannot start: pod {pod.name}: {pod.trouble_message or pod.trouble}; {hint}"
-    timeout = spec.pod_startup_timeout_seconds
+    capacity = pod.trouble == "Unschedulable"  # waiting for room heals by itself; the other reasons do not
+    timeout, field_name = ((spec.unschedulable_timeout_seconds, "unschedulableTimeoutSeconds") if capacity
+                           else (spec.pod_startup_timeout_seconds, "podStartupTimeoutSeconds"))
+    if capacity:
+        msg += ("; the run waits for capacity" + (f" up to unschedulableTimeoutSeconds ({timeout}s)" if timeout
+                                                  else " (spec.unschedulableTimeoutSeconds sets a limit)"))
     since = parse_time(pod.trouble_since)
     if timeout and since is not None and rec.now >= since + timedelta(seconds=timeout):
-        rec.fail(pod.trouble, f"{msg}; it could not start for more than podStartupTimeoutSeconds ({timeout}s)")
+        rec.fail(pod.trouble, f"{msg}; it could not start for more than {field_name} ({timeout}s)")
         return
     if timeout and since is not None:
         rec.requeue((since + timedelta(seconds=timeout) - rec.now).total_seconds())

@@ -7,7 +7,7 @@ import pytest
 
 from spin_operator.settings import DeploymentSettings
 from spin_runtime.launch import RUN_UID_ENV
-from tests.operator.builders.cases import CASES, objects, pod_specs
+from tests.operator.builders.cases import CASES, objects, pod_specs, stage_objects
 from tests.operator.fixtures import UID
 
 
@@ -55,3 +55,13 @@ def test_every_pod_knows_its_runs_uid(case: str) -> None:
         for pod in pod_specs(obj):
             for c in pod["containers"]:
                 assert {"name": RUN_UID_ENV, "value": UID} in c["env"]
+
+
+def test_pods_run_as_spec_pod_security_says_for_volumes_that_ignore_fs_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    default = stage_objects("cpu-single-node")[0]["spec"]["template"]["spec"]["securityContext"]
+    assert (default["runAsUser"], default["runAsGroup"], default["fsGroup"]) == (65532, 65532, 65532)
+    monkeypatch.setitem(CASES, "nfs", {"podSecurity": {"runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000}})
+    for obj in stage_objects("nfs"):
+        for spec in pod_specs(obj):
+            sec = spec["securityContext"]
+            assert (sec["runAsUser"], sec["runAsGroup"], sec["fsGroup"], sec["runAsNonRoot"]) == (1000, 1000, 1000, True)

@@ -54,3 +54,24 @@ def test_every_job_ignores_disruptions_and_fails_at_once_on_deterministic_exit_c
         assert rules[1]["action"] == ("FailIndex" if per_index else "FailJob")
         assert rules[1]["onExitCodes"] == {"operator": "In", "values": sorted(DETERMINISTIC_EXIT_CODES)}
         assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"  # required by podFailurePolicy
+
+
+@pytest.mark.parametrize(("modes", "shards", "together"), [
+    (["ReadWriteOnce"], 2, True), (["ReadWriteOncePod"], 3, True), (["ReadWriteMany"], 2, False),
+    (["ReadWriteOnce", "ReadWriteMany"], 2, False), (["ReadWriteOnce"], 1, False),
+])
+def test_generation_shards_share_the_node_of_a_read_write_once_volume(
+    modes: list[str], shards: int, together: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    case = {"generation": {"shards": shards}, "storage": {"newClaim": {"size": "1Gi", "accessModes": modes}}}
+    monkeypatch.setitem(CASES, "volume", case)
+    gen = next(o for o in stage_objects("volume", training=False) if o["metadata"]["name"].endswith("-gen"))
+    pod = gen["spec"]["template"]["spec"]
+    if not together:
+        assert "affinity" not in pod
+        return
+    (term,) = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"] == {**gen["spec"]["template"]["metadata"]["labels"],
+                                                     **term["labelSelector"]["matchLabels"]}, "it selects the shards"
+    assert term["labelSelector"]["matchLabels"]["spin.dev/step"] == "generate"
