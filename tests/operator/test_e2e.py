@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from spin_runtime.cli import main as spin_cli
 from tests.kube import OPERATOR_NAMESPACE, Kube
 from tests.operator.e2e import (
     E2E,
@@ -360,7 +361,7 @@ def _jsonpath(obj: Any, path: str) -> Any:
 
 @pytest.mark.slow
 def test_real_steps_on_the_tiny_model_complete_an_iteration_showing_live_progress(
-    c: E2E, monkeypatch: pytest.MonkeyPatch
+    c: E2E, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """The real `spin` steps in pods with the operator's restricted security context (non-root,
     read-only root) on the claim; each serves its progress on its pod's own address (port
@@ -395,6 +396,17 @@ def test_real_steps_on_the_tiny_model_complete_an_iteration_showing_live_progres
             assert text.startswith("# ") and says in text, f"{step}.log:\n{text[-2000:]}"
         assert "spin evaluate: iteration 0: margin" in c.kube.kubectl("logs", "-n", c.namespace,
                                                                        "job/e2e-it0-eval").stdout, "and on stdout"
+        # `spin fetch` through a reader pod: while the run exists (its Jobs' image), and after it is deleted
+        fetch = ["fetch", "e2e", "-n", c.namespace, "--kubeconfig", str(c.kube.kubeconfig)]
+        assert spin_cli([*fetch, "--to", str(tmp_path / "live")]) == 0
+        c.delete_run("e2e")
+        c.wait(lambda: not c.run_exists("e2e") and not c.jobs(), 60, "the run and its Jobs to go")
+        assert spin_cli([*fetch, "--to", str(tmp_path / "after"), "--image", "localhost/spinrun/spinrun-trainer:t"]) == 0
+        for got in (tmp_path / "live", tmp_path / "after"):
+            assert (got / "report" / "summary.md").read_text() == summary
+            assert (got / "iter-0" / "logs" / "train.log").read_text() == (logs / "train.log").read_text()
+            assert (got / "iter-0" / "metrics.json").is_file() and not (got / "iter-0" / "model").exists()
+        assert not [p for p in c.pods() if "-fetch-" in p], "the reader pods are gone"
     by_step: dict[str, list[dict[str, Any]]] = {}
     for st in seen.seen:
         by_step.setdefault(st["progress"]["step"], []).append(st)
