@@ -278,3 +278,12 @@ def test_every_recipe_field_that_differs_from_the_default_says_why_it_matters() 
     differing = {p for p in RECIPE_PATHS if at(defaults, p) != at(paper, p)}
     assert differing <= set(RECIPE_NOTES), sorted(differing - set(RECIPE_NOTES))
     assert set(RECIPE_NOTES) <= RECIPE_PATHS, "a note for a field the recipe does not set"
+
+
+def test_a_paper_recipe_spec_with_a_malformed_model_is_refused_not_crashed() -> None:
+    """Found by the hypothesis test against the real apiserver: a list where the hub id goes made
+    the recipe's revision lookup raise TypeError instead of the validator's message."""
+    from spin_runtime.api.load import SpecError, validate_data
+
+    with pytest.raises(SpecError, match=r"spec.model.hub"):
+        validate_data({"metadata": {"name": "r"}, "spec": {"recipe": "spin-paper", "model": {"hub": [{"name": "x"}]}}})

@@ -109,6 +109,7 @@ def apply_recipe(spec: Mapping[str, Any]) -> dict[str, Any]:
         return dict(spec)  # none, or a wrong value: the validator's to refuse
     out = _merge_under(RECIPES[name], spec)
     model = out.get("model")
-    if name == "spin-paper" and isinstance(model, Mapping) and model.get("hub") in PAPER_MODEL_REVISIONS:
-        out["model"] = {"revision": PAPER_MODEL_REVISIONS[model["hub"]], **model}
+    hub = model.get("hub") if isinstance(model, Mapping) else None
+    if name == "spin-paper" and isinstance(hub, str) and hub in PAPER_MODEL_REVISIONS:  # else the validator's
+        out["model"] = {"revision": PAPER_MODEL_REVISIONS[hub], **model}
     return out
