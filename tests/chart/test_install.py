@@ -1,15 +1,19 @@
-"""`helm install` of the chart into the session's real cluster, as the README says: the operator's
-Deployment runs as a pod of the process kubelet with only its ServiceAccount's token (the chart's
-RBAC is all it has), reaches Ready through its probes, runs a SpinRun to Complete that `kubectl get
-spinruns` shows; deleting the SpinRun keeps its claim; `helm uninstall` removes the operator."""
+"""`helm install` of the chart into the session's real cluster, as the docs say (images named by
+images.registry and images.tag): the operator's Deployment runs as a pod of the process kubelet
+with only its ServiceAccount's token (the chart's RBAC is all it has), reaches Ready through its
+probes, runs the real steps of a SpinRun on the tiny model to Complete that `kubectl get spinruns`
+shows; deleting the SpinRun keeps its claim, and `spin fetch` then copies the run's report and
+step logs from it; `helm uninstall` removes the operator."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from spin_cluster.api import path
+from spin_runtime.cli import main as spin_cli
 from tests.chart.rbac import CHART, find_helm
 from tests.kube import OPERATOR_NAMESPACE, Kube, wait
 from tests.operator.e2e import run_body
@@ -17,6 +21,8 @@ from tests.operator.e2e import run_body
 HELM = find_helm()
 pytestmark = pytest.mark.skipif(HELM is None, reason="helm not found on PATH or in .tools/: run `make tools`")
 RELEASE = "spin-operator"
+#: The images as `make push-images REGISTRY=... ` names them (the process kubelet runs any image from this checkout).
+REGISTRY, TAG = "localhost/spinrun", "test"
 
 
 def helm(kube: Kube, *args: str) -> str:
@@ -34,14 +40,25 @@ def installed(kube: Kube) -> Iterator[str]:
     """The chart installed as the README says (its CRD with it); uninstalled after the test."""
     # the process kubelet runs any image from this checkout; a cluster pulls what make push-images pushed
     out = helm(kube, "install", RELEASE, str(CHART), "-n", OPERATOR_NAMESPACE, "--create-namespace", "--wait",
-               "--timeout", "120s", "--set", "images.registry=localhost/spinrun", "--set", "images.tag=test")
+               "--timeout", "120s", "--set", f"images.registry={REGISTRY}", "--set", f"images.tag={TAG}")
     try:
         yield out
     finally:
         helm(kube, "uninstall", RELEASE, "-n", OPERATOR_NAMESPACE, "--wait", "--timeout", "60s")
 
 
-def test_helm_install_runs_a_spinrun_to_complete_under_the_charts_rbac(kube: Kube, installed: str) -> None:
+#: A SpinRun with the local example's steps, sized for a test: the tiny model, two generation shards.
+TINY = {
+    "iterations": 1,
+    "generation": {"shards": 2, "maxNewTokens": 8, "batchSize": 8},
+    "training": {"maxLength": 64, "maxPromptLength": 32, "maxSteps": 3, "perDeviceBatchSize": 2, "reportTo": []},
+    "evaluation": {"maxSamples": 4},
+}
+
+
+def test_helm_install_runs_a_spinrun_to_complete_under_the_charts_rbac(
+    kube: Kube, installed: str, tmp_path: Path
+) -> None:
     assert "STATUS: deployed" in installed
     pods = kube.api.get(path("", "v1", "pods", OPERATOR_NAMESPACE),
                         labelSelector="app.kubernetes.io/name=spin-operator")["items"]
@@ -51,7 +68,7 @@ def test_helm_install_runs_a_spinrun_to_complete_under_the_charts_rbac(kube: Kub
     assert pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
     kube.ensure_crd()  # helm installed it (or an earlier test): Established before the first SpinRun
     with kube.namespace("helm") as ns:
-        body = run_body("demo", spec={"iterations": 1})
+        body = run_body("demo", spec=TINY, instant=False)  # the chart's step images: the real `spin` steps
         body["metadata"]["namespace"] = ns
         kube.apply([body])
 
@@ -59,7 +76,7 @@ def test_helm_install_runs_a_spinrun_to_complete_under_the_charts_rbac(kube: Kub
             status = kube.api.get(path("spin.dev", "v1alpha1", "spinruns", ns, "demo")).get("status") or {}
             return status.get("phase") if status.get("phase") in ("Complete", "Failed") else None
 
-        assert wait(phase, 120, "the SpinRun to finish") == "Complete", kube.kubectl("logs", "-n", OPERATOR_NAMESPACE,
+        assert wait(phase, 400, "the SpinRun to finish") == "Complete", kube.kubectl("logs", "-n", OPERATOR_NAMESPACE,
                                                                                       f"deploy/{RELEASE}").stdout[-3000:]
         table = kube.kubectl("get", "spinruns", "-n", ns).stdout.splitlines()
         assert table[1].split()[:3] == ["demo", "Complete", "0"], table
@@ -67,5 +84,15 @@ def test_helm_install_runs_a_spinrun_to_complete_under_the_charts_rbac(kube: Kub
         wait(lambda: not kube.api.get(path("batch", "v1", "jobs", ns))["items"], 60, "the garbage collector")
         claims = [c["metadata"]["name"] for c in kube.api.get(path("", "v1", "persistentvolumeclaims", ns))["items"]]
         assert claims == ["demo-data"], "the claim outlives the run"
+        # the documented command, after the run is gone: a reader pod with the trainer image the docs name
+        fetched = tmp_path / "demo"
+        assert spin_cli(["fetch", "demo", "-n", ns, "--to", str(fetched), "--kubeconfig", str(kube.kubeconfig),
+                         "--image", f"{REGISTRY}/spinrun-trainer:{TAG}"]) == 0
+        assert "# SPIN run `demo`" in (fetched / "report" / "summary.md").read_text()
+        assert (fetched / "report" / "index.html").is_file() and (fetched / "iter-0" / "metrics.json").is_file()
+        logs = sorted(p.name for p in (fetched / "iter-0" / "logs").glob("*.log"))
+        assert logs == ["convert.log", "evaluate.log", "generate-0-of-2.log", "generate-1-of-2.log", "train.log"]
+        assert "spin train: iteration 0: saved" in (fetched / "iter-0" / "logs" / "train.log").read_text()
+        assert not [p for p in kube.api.get(path("", "v1", "pods", ns))["items"] if "-fetch-" in p["metadata"]["name"]]
     log = kube.kubectl("logs", "-n", OPERATOR_NAMESPACE, f"deploy/{RELEASE}").stdout
     assert "Forbidden" not in log and " 403" not in log, log[-3000:]
