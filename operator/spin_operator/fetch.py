@@ -14,6 +14,7 @@ import secrets
 import sys
 import tarfile
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 from spin_operator.builders.meta import LABEL_RUN, claim_name, pvc_name
 from spin_operator.builders.pod import DATA_MOUNT
 from spin_operator.builders.reader import FETCHED, reader_pod
+from spin_runtime.api.load import SpecError, validate_data
 from spin_runtime.api.spec import API_VERSION, GROUP, PLURAL, PodSecurity, SpinRun
 from spin_runtime.errors import SpinError
 
@@ -68,9 +70,15 @@ def unpack(log: str, to: Path) -> list[Path]:
     except binascii.Error as e:
         raise FetchError(f"the reader pod's output is not what it should be ({e}): {log[:300]!r}") from e
     to.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        members = [m for m in tar.getmembers() if m.isfile()]
-        tar.extractall(to, filter="data")
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            members = [m for m in tar.getmembers() if m.isfile()]
+            tar.extractall(to, filter="data")
+    except (tarfile.ReadError, EOFError, zlib.error) as e:
+        raise FetchError(
+            f"the reader pod's output ends early ({e}): a pod log is cut at the node's containerLogMaxSize (10 MiB "
+            "by default); copy large files with kubectl cp from a pod that mounts the claim (docs/cluster.md)"
+        ) from e
     return sorted(to / m.name for m in members)
 
 
@@ -95,13 +103,15 @@ def fetch(name: str, namespace: str | None, to: Path, *, kubeconfig: str | None 
 
     core, batch, custom, default_ns = _clients(kubeconfig)
     ns = namespace or default_ns
+    run: SpinRun | None = None  # deleted (its claim and data stay), or a spec this spin cannot read
     try:
         body = custom.get_namespaced_custom_object(GROUP, API_VERSION.split("/")[1], ns, PLURAL, name)
-        run: SpinRun | None = SpinRun.model_validate({k: body[k] for k in ("metadata", "spec")})
     except ApiException as e:
         if e.status != 404:
             raise FetchError(f"reading spinrun {ns}/{name}: {e.status} {e.reason}") from e
-        run = None  # deleted: its claim (and data) stay
+    else:
+        with contextlib.suppress(SpecError):
+            run = validate_data({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body})
     jobs = batch.list_namespaced_job(ns, label_selector=f"{LABEL_RUN}={name}").items
     images = [c.image for j in jobs for c in j.spec.template.spec.containers if j.metadata.name.endswith(("-train", "-eval", "-convert"))]
     src = source_of(name, run, images, claim=claim, sub_path=sub_path, image=image)

@@ -81,3 +81,8 @@ def test_unpacking_keeps_every_file_inside_the_target(tmp_path: Path) -> None:
     assert not (tmp_path / "outside.txt").exists()
     with pytest.raises(FetchError, match="not what it should be"):
         unpack("this is not base64!", tmp_path / "got")
+    whole = base64.b64encode(buf.getvalue()).decode()
+    cut = base64.b64encode(buf.getvalue()[: len(buf.getvalue()) // 2]).decode()
+    assert whole != cut
+    with pytest.raises(FetchError, match="ends early.*containerLogMaxSize"):
+        unpack(cut, tmp_path / "cut")
