@@ -117,20 +117,21 @@ def test_two_iterations_complete_with_status_events_and_columns(c: E2E) -> None:
 
 
 def test_generation_shards_on_a_read_write_once_volume_share_one_node(c: E2E) -> None:
-    """The real kube-scheduler with the builders' required pod affinity: the shards of a run whose
-    new claim is ReadWriteOnce land on one node (two nodes to choose from), else they spread."""
+    """The real kube-scheduler with the builders' required pod affinity: the four shards of a run
+    whose new claim is ReadWriteOnce run at once on one node (of two), held running until all are."""
+    c.hold("it0-gen")
     c.start_operator()
-    for name, modes in (("rwo", ["ReadWriteOnce"]), ("rwx", ["ReadWriteMany"])):
-        spec = {"iterations": 1, "generation": {"shards": 4},
-                "storage": {"newClaim": {"size": "1Gi", "accessModes": modes}}}
-        c.create_run(run_body(name, spec))
-        assert c.wait_phase(name, ("Complete", "Failed"), timeout=120)["status"]["phase"] == "Complete"
-    nodes = {}
-    for name in ("rwo", "rwx"):
-        pods = c.core.list_namespaced_pod(c.namespace, label_selector=f"spin.dev/run={name},spin.dev/step=generate")
-        nodes[name] = {p.spec.node_name for p in pods.items}
-        assert len(pods.items) == 4 and all(p.spec.node_name for p in pods.items)
-    assert len(nodes["rwo"]) == 1, nodes
+    spec = {"iterations": 1, "generation": {"shards": 4}, "storage": {"newClaim": {"size": "1Gi", "accessModes": ["ReadWriteOnce"]}}}
+    c.create_run(run_body("rwo", spec))
+
+    def running() -> list[Any] | None:
+        pods = c.core.list_namespaced_pod(c.namespace, label_selector="spin.dev/run=rwo,spin.dev/step=generate").items
+        return pods if len(pods) == 4 and all(p.status.phase == "Running" for p in pods) else None
+
+    pods = c.wait(running, 90, "the four shards running")
+    assert len({p.spec.node_name for p in pods}) == 1, [(p.metadata.name, p.spec.node_name) for p in pods]
+    c.release()
+    assert c.wait_phase("rwo", ("Complete", "Failed"), timeout=120)["status"]["phase"] == "Complete"
 
 
 def test_operator_restarts_mid_step_and_at_a_phase_boundary_create_no_duplicates(c: E2E) -> None:
