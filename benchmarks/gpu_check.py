@@ -282,18 +282,14 @@ def ensure_model(plan: Plan, work: Path, tok_dir: Path, shape: str) -> Path:
 
 
 def count_params(model_dir: Path) -> int:
-    """Parameters of a saved model (tied embeddings counted once), read from the safetensors header."""
-    from safetensors import safe_open
+    """Parameters of a saved Llama-shaped model (tied embeddings counted once), from its config as
+    `spin plan` counts them."""
+    from spin_runtime.plan.estimate import params_from_config
 
-    total = 0
-    for f in sorted(model_dir.glob("*.safetensors")):
-        with safe_open(str(f), "pt") as st:
-            for k in st.keys():  # noqa: SIM118 - safe_open is not a mapping
-                n = 1
-                for s in st.get_slice(k).get_shape():
-                    n *= s
-                total += n
-    return total
+    n = params_from_config(json.loads((model_dir / "config.json").read_text()))
+    if n is None:
+        raise ValueError(f"{model_dir}: not a Llama-shaped config")
+    return n
 
 
 _WORDS = (
@@ -345,9 +341,8 @@ def make_pairs(tok: Any, n: int, length: int, seed: int = SEED) -> list[dict[str
 
 def write_run_dir(run_dir: Path, model_dir: Path, rows: list[dict[str, Any]], training: dict[str, Any], lr: float) -> Path:
     """A `spin` run directory (spec.json + iteration 0's converted pairs) for `spin train`."""
-    import pandas as pd
-
     from spin_runtime.api.spec import SpinRun
+    from spin_runtime.data.pairs import PairRow, write_pairs
     from spin_runtime.plan import layout
     from spin_runtime.store import rundir
 
@@ -359,9 +354,7 @@ def write_run_dir(run_dir: Path, model_dir: Path, rows: list[dict[str, Any]], tr
     rundir.init_run(run_dir, run)
     path = run_dir / layout.data_path(0, "train")
     path.parent.mkdir(parents=True)
-    frame = pd.DataFrame(rows, columns=["id", "prompt", "real", "generated", "answer"])
-    frame["answer"] = frame["answer"].astype("string")
-    frame.to_parquet(path, index=False)
+    write_pairs(path, [PairRow(**r) for r in rows])
     return run_dir
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from spin_operator.builders.meta import LABEL_RUN, claim_name, pvc_name
-from spin_operator.builders.pod import DATA_MOUNT
+from spin_operator.builders.pod import run_dir_at
 from spin_operator.builders.reader import FETCHED, reader_pod
 from spin_runtime.api.load import SpecError, validate_data
 from spin_runtime.api.spec import API_VERSION, GROUP, PLURAL, PodSecurity, SpinRun
@@ -59,8 +59,7 @@ def source_of(name: str, run: SpinRun | None, job_images: list[str], *, claim: s
     chosen = image or (spec.images.trainer if spec is not None and spec.images.trainer else None) or next(iter(job_images), None)
     if not chosen:
         raise FetchError(f"no image to read run {name}'s volume with: {IMAGE_HINT}")
-    return Source(found_claim, f"{DATA_MOUNT}/{path}/{name}".replace("//", "/"), chosen,
-                  spec.pod_security if spec is not None else PodSecurity())
+    return Source(found_claim, run_dir_at(path, name), chosen, spec.pod_security if spec is not None else PodSecurity())
 
 
 def unpack(log: str, to: Path) -> list[Path]:

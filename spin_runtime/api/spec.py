@@ -688,6 +688,11 @@ class Training(SpinModel):
     lora: Lora = Field(default_factory=Lora, description="Optional LoRA adapters.")
     resources: Resources = Field(default_factory=Resources, description="Resources of each training pod (GPUs are added from gpusPerNode).")
 
+    @property
+    def stop_epoch(self) -> int | None:
+        """The epoch after which training stops (selectEpoch given as a number), or None."""
+        return self.select_epoch if isinstance(self.select_epoch, int) else None
+
     @model_validator(mode="after")
     def _lengths(self) -> Training:
         problem = gpu_request_problem(self.resources.requests, self.resources.limits, self.gpus_per_node,
@@ -1148,15 +1153,14 @@ class SpinRunSpec(SpinModel):
                 raise ValueError(
                     "training.selectEpoch best / saveEpochs count whole epochs: remove training.maxSteps"
                 )
-        if isinstance(tr.select_epoch, int):
+        stop = tr.stop_epoch
+        if stop is not None:
             if tr.max_steps is not None:
-                raise ValueError(
-                    f"training.selectEpoch {tr.select_epoch} stops after a whole epoch: remove training.maxSteps"
-                )
+                raise ValueError(f"training.selectEpoch {stop} stops after a whole epoch: remove training.maxSteps")
             for i, entry in enumerate(self.schedule):
-                if entry.epochs < tr.select_epoch:
+                if entry.epochs < stop:
                     raise ValueError(
-                        f"training.selectEpoch {tr.select_epoch} needs at least {tr.select_epoch} epochs in every "
+                        f"training.selectEpoch {stop} needs at least {stop} epochs in every "
                         f"schedule entry, but schedule[{i}] trains {entry.epochs:g}: raise its epochs or lower "
                         "selectEpoch"
                     )

@@ -183,8 +183,8 @@ def steps_per_epoch(pairs: int, training: Training) -> int:
 def epochs_trained(training: Training, epochs: float) -> float:
     """Epochs an iteration trains: its schedule's, or fewer when training.selectEpoch names the
     epoch after which training stops."""
-    choice = training.select_epoch
-    return min(float(choice), epochs) if isinstance(choice, int) else epochs
+    stop = training.stop_epoch
+    return epochs if stop is None else min(float(stop), epochs)
 
 
 def optimizer_steps(pairs: int, training: Training, epochs: float) -> int:

@@ -21,8 +21,8 @@ def _steps(run: SpinRun, k: int) -> str:
 
 def _epochs(spec: SpinRunSpec, epochs: float) -> str:
     """The epochs column: the schedule's, or "N of M" when training stops after epoch N."""
-    choice = spec.training.select_epoch
-    return f"{choice} of {epochs:g}" if isinstance(choice, int) else f"{epochs:g}"
+    stop = spec.training.stop_epoch
+    return f"{epochs:g}" if stop is None else f"{stop} of {epochs:g}"
 
 
 def plan_table(run: SpinRun) -> str:

@@ -70,12 +70,6 @@ def choose(scores: list[dict[str, Any]], select: str | int, metric: str) -> dict
     return next(s for s in ranked if s[metric] == best)
 
 
-def stop_epoch(spec: SpinRunSpec) -> int | None:
-    """The epoch after which training stops (training.selectEpoch given as a number), or None."""
-    choice = spec.training.select_epoch
-    return choice if isinstance(choice, int) else None
-
-
 def stop_after_epoch_callback(epoch: int) -> Any:
     """A TrainerCallback that ends training at the end of epoch `epoch`: the learning-rate schedule
     keeps the length of every scheduled epoch, so the model is "epoch N of an M-epoch run"."""

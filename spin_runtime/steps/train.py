@@ -236,7 +236,7 @@ def _callbacks(ctx: StepContext, fingerprint: str, extra: Sequence[TrainerCallba
     out: list[Any] = [resume.timed_checkpoints(spec.training.save_minutes, fingerprint), *extra]
     if epochs.wants_epochs(spec):
         out.insert(1, epochs.epoch_callback(ctx.run_dir, k))
-    stop = epochs.stop_epoch(spec)
+    stop = spec.training.stop_epoch
     if stop is not None:  # after the epoch-model export, which reads the same epoch's end
         out.insert(2 if epochs.wants_epochs(spec) else 1, epochs.stop_after_epoch_callback(stop))
     if "tensorboard" in spec.training.report_to:

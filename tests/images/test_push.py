@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from spin_cluster.procs import free_port
 from tests.images.buildah import SCRIPT, build_script
 
 pytestmark = pytest.mark.slow
@@ -24,18 +24,12 @@ pytestmark = pytest.mark.slow
 MANIFESTS = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture()
 def registry(tmp_path: Path) -> Iterator[str]:
     """A registry on loopback (plain HTTP), its storage in tmp_path; yields host:port."""
     if shutil.which("docker-registry") is None:
         build_script().ensure_tools({"docker-registry": "docker-registry"})
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "registry.yml"
     config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path / 'data'}\n"
                       f"http:\n  addr: 127.0.0.1:{port}\nlog:\n  level: warn\n")

@@ -9,7 +9,7 @@ from typing import Any
 from spin_operator.builders.context import BuildContext
 from spin_operator.builders.meta import claim_name, labels, spec_configmap_name
 from spin_runtime.api.resources import GPU_RESOURCE
-from spin_runtime.api.spec import SpinRunSpec, Training
+from spin_runtime.api.spec import PodSecurity, SpinRunSpec, Training
 from spin_runtime.launch import (
     PROGRESS_PORT,
     PROGRESS_PORT_ENV,
@@ -26,7 +26,12 @@ SPEC_KEY = "spec.json"
 
 def run_dir(run: str, spec: SpinRunSpec) -> str:
     """The run directory inside pods: `/data/<storage.subPath>/<run-name>`."""
-    return f"{DATA_MOUNT}/{spec.storage.sub_path}/{run}"
+    return run_dir_at(spec.storage.sub_path, run)
+
+
+def run_dir_at(sub_path: str, run: str) -> str:
+    """The run directory inside pods for a claim's subPath (also once the SpinRun is gone)."""
+    return f"{DATA_MOUNT}/{sub_path}/{run}"
 
 
 def step_images(ctx: BuildContext) -> tuple[str, str, str]:
@@ -50,10 +55,9 @@ def container_security_context() -> dict[str, Any]:
     }
 
 
-def pod_security_context(spec: SpinRunSpec) -> dict[str, Any]:
+def pod_security_context(sec: PodSecurity) -> dict[str, Any]:
     """Pod security context: non-root as spec.podSecurity says (the images' 65532 by default),
     RuntimeDefault seccomp, the volume group-writable through fsGroup."""
-    sec = spec.pod_security
     return {
         "runAsNonRoot": True,
         "runAsUser": sec.run_as_user,
@@ -239,7 +243,7 @@ def pod_template(
     container["ports"] = [progress_port(), *(ports or [])]
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
-        "securityContext": pod_security_context(spec),
+        "securityContext": pod_security_context(spec.pod_security),
         "initContainers": [init_container(ctx, image, pull_policy)],
         "containers": [container],
         "volumes": volumes(ctx, shm=gpus > 0),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from spin_operator.builders.pod import DATA_MOUNT, container_security_context
+from spin_operator.builders.pod import DATA_MOUNT, container_security_context, pod_security_context
 from spin_runtime.api.spec import PodSecurity
 
 #: What `spin fetch` copies by default (shell globs inside the run directory).
@@ -41,7 +41,6 @@ def reader_pod(
 ) -> dict[str, Any]:
     """A pod that prints `paths` of the run directory at `run_path` (inside the pod) as base64
     tar.gz on its stdout, then ends."""
-    sec = security or PodSecurity()
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -50,13 +49,7 @@ def reader_pod(
             "restartPolicy": "Never",
             "enableServiceLinks": False,
             "automountServiceAccountToken": False,
-            "securityContext": {
-                "runAsNonRoot": True,
-                "runAsUser": sec.run_as_user,
-                "runAsGroup": sec.run_as_group,
-                "fsGroup": sec.fs_group,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
+            "securityContext": pod_security_context(security or PodSecurity()),
             "containers": [
                 {
                     "name": "reader",

@@ -46,7 +46,7 @@ def node_pod_patch(ctx: BuildContext) -> dict[str, Any]:
     spec, tr = ctx.spec, ctx.spec.training
     shm = tr.gpus_per_node > 0
     pod: dict[str, Any] = {
-        "securityContext": pod_security_context(ctx.spec),
+        "securityContext": pod_security_context(ctx.spec.pod_security),
         "volumes": volumes(ctx, shm=shm),
         "containers": [
             {"name": TRAINER_NODE, "volumeMounts": volume_mounts(shm=shm), "securityContext": container_security_context()}
