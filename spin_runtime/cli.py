@@ -189,6 +189,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sft(args: argparse.Namespace) -> int:
+    from spin_runtime.plan.stages import Step
+    from spin_runtime.steps import progress
+    from spin_runtime.steps.context import distributed_env
+    from spin_runtime.steps.sft import run_sft
+
+    prog = progress.for_step(Path(args.run_dir), Step(args.iteration, "sft"), unit="steps", rank=distributed_env()[0])
+    prog.phase("loading the data and the arm's model")
+    metrics = run_sft(Path(args.run_dir), args.iteration, force=args.force, callbacks=[progress.train_callback(prog)])
+    prog.finish(_train_summary(metrics))
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from spin_runtime.steps.evaluate import run_evaluate
 
@@ -271,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--shards", type=int, required=True)
     step("convert", "gather the shards into train/test parquet", _cmd_convert)
     step("train", "train the iteration's model with the SPIN loss", _cmd_train)
+    step("sft", "train the continued-SFT arm at equal compute (evaluation.sftBaseline)", _cmd_sft)
     step("evaluate", "held-out metrics of the iteration's model", _cmd_evaluate)
 
     s = sub.add_parser("report", help="plots and a summary table of a run directory")

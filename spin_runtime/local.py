@@ -25,6 +25,7 @@ from typing import IO, Any, Protocol
 
 from spin_runtime import launch
 from spin_runtime.api.spec import SpinRun, SpinRunSpec
+from spin_runtime.api.status import TRAINING_STEPS
 from spin_runtime.errors import SpinError
 from spin_runtime.plan import layout, stages
 from spin_runtime.plan.fingerprint import changed_fields
@@ -431,7 +432,7 @@ def run_local(
                 slots = generation_slots(run.spec, gpu_ids)
                 code = run_pool(todo, slots, runner.start, runner.tick, runner.finished)
             else:
-                nproc = training_procs(run.spec, devices) if stage.name == "train" else 0
+                nproc = training_procs(run.spec, devices) if stage.name in TRAINING_STEPS else 0
                 code = run_pool(todo, [()], lambda la, nproc=nproc: runner.start(Launch(la.step, la.env, nproc)),
                                 runner.tick, runner.finished)  # fmt: skip
             if code != 0:
@@ -512,4 +513,8 @@ def status_text(run_dir: Path) -> str:
             last_ckpt = run_dir / layout.model_dir(k)
     lines += progress_lines(run_dir, stages.all_steps(run.spec))
     lines.append(f"  last checkpoint: {last_ckpt or 'none yet'}")
+    if run.spec.evaluation.sft_baseline.enabled:
+        from spin_runtime.report import arm_verdict, load_metrics
+
+        lines.append(f"  {arm_verdict(load_metrics(run_dir)) or 'SPIN vs continued SFT: no iteration has scored both yet'}")
     return "\n".join(lines)

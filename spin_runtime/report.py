@@ -43,6 +43,16 @@ COLUMNS: tuple[tuple[str, str, str, str], ...] = (
 #: Colours: the start model in grey, iterations from matplotlib's default cycle.
 START_COLOUR = "#777777"
 REAL_COLOUR, GENERATED_COLOUR = "#1f77b4", "#d62728"
+SPIN_COLOUR, SFT_COLOUR = "#2a6f97", "#e07b00"
+
+SFT_PREFIX = layout.SFT_METRICS_PREFIX
+#: The held-out metrics the arms are compared on (higher is better), the first one both arms
+#: have deciding: (key, name, format).
+VERDICT_METRICS: tuple[tuple[str, str, str], ...] = (
+    ("exact_match", "held-out exact match", "{:.3f}"),
+    ("score", "held-out score", "{:.3f}"),
+    ("logp_real", "held-out log p(real answer)", "{:.2f}"),
+)
 
 
 def load_metrics(run_dir: Path) -> dict[int, dict[str, Any]]:
@@ -72,6 +82,56 @@ def load_metrics(run_dir: Path) -> dict[int, dict[str, Any]]:
         m["train"] = {**train, **(train.get("summary") or {})}
         out[k] = m
     return out
+
+
+def sft_arm(metrics: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """The continued-SFT arm's metrics in the SPIN arm's shape (hparams, train, eval, lm_eval),
+    for the iterations that trained or evaluated it; the start model's values stay with SPIN's."""
+    out: dict[int, dict[str, Any]] = {}
+    for k, m in metrics.items():
+        sft = m.get("sft") or {}
+        summary = sft.get("summary") or {}
+        ev = {key[len(SFT_PREFIX):]: v for key, v in (m.get("eval") or {}).items() if key.startswith(SFT_PREFIX)}
+        if not summary and not ev:
+            continue
+        out[k] = {
+            "hparams": {"learning_rate": summary.get("learning_rate"), "beta": None, "epochs": summary.get("epochs")},
+            "train": {**summary, "train_samples": summary.get("samples"), "final_margin": None},
+            "eval": ev,
+            "lm_eval": m.get(f"{SFT_PREFIX}lm_eval") or {},
+        }
+    return out
+
+
+def arm_verdict(metrics: dict[int, dict[str, Any]]) -> str | None:
+    """One sentence: after the last iteration where both arms were evaluated, which is ahead on
+    the first held-out metric both have (exact match, score, log p(real)) and by how much; when
+    they are level there, the next metric says who leads."""
+    arm = sft_arm(metrics)
+    both = [k for k in sorted(arm) if (metrics[k].get("eval") or {}) and arm[k]["eval"]]
+    if not both:
+        return None
+    k = both[-1]
+    spin, sft = metrics[k]["eval"], arm[k]["eval"]
+    steps = (metrics[k].get("train") or {}).get("steps")
+    compute = f" at equal compute ({steps:.0f} optimizer steps in iteration {k})" if steps is not None else ""
+    level: list[str] = []
+    for key, name, fmt in VERDICT_METRICS:
+        a, b = spin.get(key), sft.get(key)
+        if a is None or b is None:
+            continue
+        if fmt.format(a) == fmt.format(b):
+            level.append(f"{name} ({fmt.format(a)})")
+            continue
+        ahead, behind = ("SPIN", "continued SFT") if a > b else ("continued SFT", "SPIN")
+        lead = f"{ahead} is ahead of {behind}{'' if level else compute} by {fmt.format(abs(a - b))} {name} " \
+               f"({fmt.format(max(a, b))} vs {fmt.format(min(a, b))})"
+        if level:
+            return f"After iteration {k}, SPIN and continued SFT{compute} are level on {' and '.join(level)}; {lead}."
+        return f"After iteration {k}, {lead}."
+    if level:
+        return f"After iteration {k}, SPIN and continued SFT{compute} are level on {' and '.join(level)}."
+    return None
 
 
 def _fmt(value: Any, fmt: str) -> str:
@@ -155,8 +215,11 @@ def summary_rows(run_dir: Path, metrics: dict[int, dict[str, Any]] | None = None
             _fmt(start.get(key), fmt) if sec == "eval" and key in ("logp_real", "logp_generated", "exact_match", "score") else "–"
             for _, sec, key, fmt in COLUMNS
         ]])  # fmt: skip
+    arm = sft_arm(metrics)
     for k, m in sorted(metrics.items()):
         rows.append([f"iter{k}", *[_fmt((m.get(sec) or {}).get(key), fmt) for _, sec, key, fmt in COLUMNS]])
+        if k in arm:
+            rows.append([f"iter{k} · SFT", *[_fmt((arm[k].get(sec) or {}).get(key), fmt) for _, sec, key, fmt in COLUMNS]])
     return header, rows
 
 
@@ -229,6 +292,19 @@ HELDOUT_PANELS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+def arm_series(metrics: dict[int, dict[str, Any]], key: str) -> tuple[list[str], list[float]]:
+    """(labels, values) of one held-out metric for the continued-SFT arm: the start model (both
+    arms start there), then every iteration whose arm was evaluated; empty without the arm."""
+    arm = sft_arm(metrics)
+    points = [(f"iter{k}", arm[k]["eval"][key]) for k in sorted(arm) if arm[k]["eval"].get(key) is not None]
+    if not points:
+        return [], []
+    start = start_model_eval(metrics).get(key)
+    if start is not None:
+        points.insert(0, ("start", start))
+    return [p[0] for p in points], [float(p[1]) for p in points]
+
+
 def _plot_heldout(metrics: dict[int, dict[str, Any]], out: Path) -> Path | None:
     panels = [(key, title, ylabel) for key, title, ylabel in HELDOUT_PANELS if heldout_series(metrics, key)[1]]
     if not panels:
@@ -238,12 +314,19 @@ def _plot_heldout(metrics: dict[int, dict[str, Any]], out: Path) -> Path | None:
     for ax, (key, title, ylabel) in zip(axes[0], panels, strict=True):
         labels, values = heldout_series(metrics, key)
         xs = list(range(len(labels)))
-        ax.plot(xs, values, marker="o", color="#2a6f97")
+        arm_labels, arm_values = arm_series(metrics, key)
+        ax.plot(xs, values, marker="o", color=SPIN_COLOUR, label="SPIN" if arm_values else None)
+        if arm_values:
+            ax.plot([labels.index(a) for a in arm_labels if a in labels],
+                    [v for a, v in zip(arm_labels, arm_values, strict=True) if a in labels],
+                    marker="s", color=SFT_COLOUR, ls="--", label="continued SFT, equal compute")  # fmt: skip
         if labels and labels[0] == "start":
             ax.plot([0], [values[0]], marker="o", ms=9, color=START_COLOUR, ls="none", label="start model")
             if key == "reward_margin":
                 ax.annotate("0 by definition", (0, values[0]), textcoords="offset points", xytext=(6, 8), fontsize=8,
                             color=START_COLOUR)  # fmt: skip
+        if arm_values:
+            ax.legend(fontsize=7, loc="best")
         ax.set_xticks(xs, labels)
         if key == "exact_match":
             ax.set_ylim(-0.03, 1.03)
@@ -308,7 +391,8 @@ CAPTIONS: dict[str, str] = {
     "at log 2 and zero margin, because its opponent is its own start model.",
     "heldout": "Held-out metrics of every model, the start model first (grey): its log-probs are those it gives as "
     "the first iteration's opponent, its reward margin is 0 by definition. The generated answers of iteration k "
-    "are those of iteration k's start model.",
+    "are those of iteration k's start model. With evaluation.sftBaseline the continued-SFT arm (dashed, orange) "
+    "trained at equal compute from the same start model is drawn beside SPIN.",
     "logps": "SPIN's picture of success: the log-probs of real and generated answers converge. Left, within each "
     "iteration the model learns to prefer the real answers of its training batches over its opponent's; right, each "
     "model's held-out log-prob of the real answers and of its own greedy answers (generated at the start of the "
@@ -316,7 +400,9 @@ CAPTIONS: dict[str, str] = {
 }
 
 
-def _html_page(run: Any, header: list[str], rows: list[list[str]], plots: list[Path], run_dir: Path) -> str:
+def _html_page(
+    run: Any, header: list[str], rows: list[list[str]], plots: list[Path], run_dir: Path, verdict: str | None = None
+) -> str:
     def esc(x: Any) -> str:
         return html.escape(str(x))
 
@@ -351,6 +437,7 @@ def _html_page(run: Any, header: list[str], rows: list[list[str]], plots: list[P
         f"<p>Model {esc(spec.model.describe())} · iterations {spec.start_iteration}..{spec.iterations - 1} · "
         f"{esc(spec.training.loss_type)} loss · written {esc(atomic.now_iso())}</p>",
         *table,
+        f"<p><strong>{esc(verdict)}</strong></p>" if verdict else "",
         *figures,
         ("<h2>Step logs</h2><ul>" + "".join(logs) + "</ul>") if logs else "",
         "</body></html>",
@@ -399,11 +486,12 @@ def write_report(run_dir: Path) -> Path:
         "",
         *table,
         "",
+        *([verdict, ""] if (verdict := arm_verdict(metrics)) else []),
         *epoch_table(metrics),
     ]
     for p in plots:
         lines += [f"![{p.stem}]({p.name})", "", CAPTIONS.get(p.stem, ""), ""]
     path = out / "summary.md"
     atomic.atomic_write_text(path, "\n".join(lines))
-    atomic.atomic_write_text(out / INDEX_FILE, _html_page(run, header, rows, plots, run_dir))
+    atomic.atomic_write_text(out / INDEX_FILE, _html_page(run, header, rows, plots, run_dir, verdict))
     return path

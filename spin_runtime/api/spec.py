@@ -769,8 +769,35 @@ class LmEval(SpinModel):
     )
 
 
+class SftBaseline(SpinModel):
+    """A continued-SFT arm beside SPIN at equal compute: did SPIN beat simply training longer?"""
+
+    enabled: bool = Field(
+        False,
+        description="Beside each iteration, train a continued-SFT arm (TRL's SFTTrainer, loss on the real answers) "
+        "on the real answers of that iteration's data window, for as many optimizer steps and examples as the "
+        "iteration's SPIN training, from the previous iteration's arm (the first from the run's start model); the "
+        "evaluate step scores it like the SPIN model and the report puts the two side by side.",
+    )
+    learning_rate: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="The arm's learning rate (default: the iteration's SPIN learning rate). Scheduler, warmup, "
+        "optimizer, batch, epochs and precision are the iteration's training settings.",
+    )
+
+
 class Evaluation(SpinModel):
     """Held-out metrics after each iteration."""
+
+    model_config = _cel_rules(
+        _cel(
+            "!has(self.sftBaseline) || !has(self.sftBaseline.enabled) || !self.sftBaseline.enabled"
+            " || !has(self.enabled) || self.enabled",
+            "must keep enabled true when sftBaseline.enabled is true: the evaluate step scores the arm",
+        )
+    )
 
     enabled: bool = Field(True, description="Run the evaluate step after training.")
     max_samples: int | None = Field(None, ge=1, le=1_000_000_000, description="Held-out rows used (default: all).")
@@ -790,6 +817,15 @@ class Evaluation(SpinModel):
         "returns a float or bool; its mean is 'score' in metrics.json.",
     )
     lm_eval: LmEval = Field(default_factory=LmEval, description="lm-evaluation-harness settings.")
+    sft_baseline: SftBaseline = Field(
+        default_factory=SftBaseline, description="A continued-SFT arm at equal compute beside each iteration."
+    )
+
+    @model_validator(mode="after")
+    def _baseline_needs_evaluation(self) -> Evaluation:
+        if self.sft_baseline.enabled and not self.enabled:
+            raise ValueError("must keep enabled true when sftBaseline.enabled is true: the evaluate step scores the arm")
+        return self
 
 
 # --------------------------------------------------------------------------- cluster

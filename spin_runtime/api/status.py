@@ -13,14 +13,17 @@ Phase = Literal["Pending", "Generating", "Converting", "Training", "Evaluating",
 #: Every phase, in display order.
 PHASES: tuple[Phase, ...] = ("Pending", "Generating", "Converting", "Training", "Evaluating", "Complete", "Failed", "Suspended")
 
-StepName = Literal["generate", "convert", "train", "evaluate"]
-#: The steps of an iteration, in order.
-STEP_ORDER: tuple[StepName, ...] = ("generate", "convert", "train", "evaluate")
+StepName = Literal["generate", "convert", "train", "sft", "evaluate"]
+#: The steps of an iteration, in order (sft: the continued-SFT arm, when evaluation.sftBaseline asks).
+STEP_ORDER: tuple[StepName, ...] = ("generate", "convert", "train", "sft", "evaluate")
+#: The steps that train a model (torchrun, the training launcher and resources, resumable checkpoints).
+TRAINING_STEPS: frozenset[StepName] = frozenset({"train", "sft"})
 #: status.phase while a step runs.
 STEP_PHASE: dict[StepName, Phase] = {
     "generate": "Generating",
     "convert": "Converting",
     "train": "Training",
+    "sft": "Training",
     "evaluate": "Evaluating",
 }
 
@@ -49,7 +52,7 @@ class Checkpoint(SpinModel):
 class StepStatus(SpinModel):
     """One step of one iteration."""
 
-    step: StepName = Field(..., description="generate, convert, train or evaluate.")
+    step: StepName = Field(..., description="generate, convert, train, sft or evaluate.")
     job_name: str | None = Field(None, description="Job running the step.")
     start_time: str | None = Field(None, description="When the step's Job was created.")
     completion_time: str | None = Field(None, description="When it succeeded.")

@@ -33,12 +33,28 @@ def _without(section: Mapping[str, Any], ignored: tuple[str, ...]) -> dict[str, 
     return {k: v for k, v in section.items() if k not in ignored}
 
 
+def _window_prints(spec: SpinRunSpec, k: int, data_prints: Mapping[int, str]) -> list[Any]:
+    """What iteration k's data window is made of: the fingerprints of the converted data, or the
+    data given in the spec (before startIteration)."""
+    out: list[Any] = []
+    for j in hparams.data_window(spec, k):
+        if j in data_prints:
+            out.append(data_prints[j])
+        else:
+            given = hparams.synthetic_data_for(spec, j)
+            out.append(given.dump() if given is not None else None)
+    return out
+
+
 def step_fingerprints(spec: SpinRunSpec) -> dict[str, str]:
     """Fingerprint of every step of the run, by step key (`it0/train`, `it1/generate-0-of-2`)."""
     dump = spec.dump()
     generation = _without(dump.get("generation", {}), _GENERATION_IGNORED)
     training = _without(dump.get("training", {}), _TRAINING_IGNORED)
-    evaluation = dump.get("evaluation", {})
+    # the arm's settings reach the evaluate step through the arm's fingerprint (a run without the
+    # arm keeps the fingerprints it had before the field existed)
+    evaluation = {k: v for k, v in dump.get("evaluation", {}).items() if k != "sftBaseline"}
+    sft_baseline = dump.get("evaluation", {}).get("sftBaseline", {})
     prints: dict[str, str] = {}
     data_prints: dict[int, str] = {}  # iteration → fingerprint of its converted data
     for k in iterations(spec):
@@ -58,18 +74,17 @@ def step_fingerprints(spec: SpinRunSpec) -> dict[str, str]:
                         source = [prints[s.key] for s in stages_for_iteration(spec, k)[0].steps]
                     parts = {"source": source, "dataset": dump.get("dataset")}
                 elif step.name == "train":
-                    window = []
-                    for j in hparams.data_window(spec, k):
-                        if j in data_prints:
-                            window.append(data_prints[j])
-                        else:  # before startIteration: the data given in the spec
-                            given_j = hparams.synthetic_data_for(spec, j)
-                            window.append(given_j.dump() if given_j is not None else None)
-                    parts = {"start": start, "window": window, "training": training,
+                    parts = {"start": start, "window": _window_prints(spec, k, data_prints), "training": training,
                              "schedule": schedule_for(spec, k).dump()}
+                elif step.name == "sft":
+                    arm_start = start if k == spec.start_iteration else prints[Step(k - 1, "sft").key]
+                    parts = {"start": arm_start, "window": _window_prints(spec, k, data_prints), "training": training,
+                             "schedule": schedule_for(spec, k).dump(), "sft": sft_baseline}
                 else:
                     parts = {"model": prints[Step(k, "train").key], "start": start, "evaluation": evaluation,
                              "lengths": [spec.training.max_prompt_length, spec.training.max_length]}
+                    if spec.evaluation.sft_baseline.enabled:
+                        parts["sft"] = prints[Step(k, "sft").key]
                 prints[step.key] = _digest({"step": step.key, **parts})
                 if step.name == "convert":
                     data_prints[k] = prints[step.key]

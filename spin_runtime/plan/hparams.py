@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from spin_runtime.api.spec import ModelSource, SpinRunSpec, SyntheticData, schedule_for
-from spin_runtime.plan.layout import model_dir
+from spin_runtime.plan.layout import model_dir, sft_model_dir
 
 
 def generated_by_run(spec: SpinRunSpec, k: int) -> bool:
@@ -39,6 +39,19 @@ def start_model(spec: SpinRunSpec, k: int) -> ModelRef:
     if k > spec.start_iteration:
         return ModelRef(run_path=model_dir(k - 1))
     return ModelRef(source=spec.start_checkpoint or spec.model)
+
+
+def sft_start_model(spec: SpinRunSpec, k: int) -> ModelRef:
+    """The model iteration k's continued-SFT arm starts from: the arm's previous model, or the
+    run's start model at startIteration (both arms start from the same model)."""
+    if k > spec.start_iteration:
+        return ModelRef(run_path=sft_model_dir(k - 1))
+    return start_model(spec, k)
+
+
+def sft_learning_rate(spec: SpinRunSpec, k: int) -> float:
+    """The arm's learning rate in iteration k: evaluation.sftBaseline.learningRate, or SPIN's."""
+    return spec.evaluation.sft_baseline.learning_rate or schedule_for(spec, k).learning_rate
 
 
 def data_window(spec: SpinRunSpec, k: int) -> list[int]:

@@ -28,6 +28,16 @@ def model_dir(k: int) -> str:
     return f"{iter_dir(k)}/model"
 
 
+def sft_model_dir(k: int) -> str:
+    """HF-format checkpoint of the continued-SFT arm after iteration k (evaluation.sftBaseline)."""
+    return f"{iter_dir(k)}/sft-model"
+
+
+#: metrics.json: the prefix of the continued-SFT arm's keys in the "eval" section and of its
+#: lm-eval section ("sft_lm_eval"); its training is the "sft" section.
+SFT_METRICS_PREFIX = "sft_"
+
+
 def metrics_path(k: int) -> str:
     """Train and eval metrics of iteration k."""
     return f"{iter_dir(k)}/metrics.json"
@@ -56,10 +66,10 @@ def done_path(k: int) -> str:
     return f"{iter_dir(k)}/DONE"
 
 
-def checkpoints_dir(k: int) -> str:
-    """Resumable training checkpoints of iteration k (`checkpoint-<step>/`), kept across attempts
-    and removed once the iteration's model is saved."""
-    return f"{iter_dir(k)}/checkpoints"
+def checkpoints_dir(k: int, step: str = "train") -> str:
+    """Resumable training checkpoints of iteration k's training step (`checkpoint-<step>/`), kept
+    across attempts and removed once the step's model is saved."""
+    return f"{iter_dir(k)}/checkpoints" if step == "train" else f"{iter_dir(k)}/{step}-checkpoints"
 
 
 def epoch_dir(k: int, epoch: int) -> str:

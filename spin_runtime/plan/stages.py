@@ -75,17 +75,24 @@ class Stage:
         return (Step(self.iteration, self.name),)
 
 
+def _runs(spec: SpinRunSpec, k: int, name: StepName) -> bool:
+    if name == "generate":
+        return generated_by_run(spec, k)
+    if name == "sft":
+        return spec.evaluation.sft_baseline.enabled
+    if name == "evaluate":
+        return spec.evaluation.enabled
+    return True
+
+
 def stages_for_iteration(spec: SpinRunSpec, k: int) -> list[Stage]:
     """Stages of iteration k in order: generate (unless the spec gives the data), convert,
-    train, evaluate (when enabled)."""
-    out: list[Stage] = []
-    for name in STEP_ORDER:
-        if name == "generate":
-            if generated_by_run(spec, k):
-                out.append(Stage(k, name, spec.generation.shards))
-        elif name != "evaluate" or spec.evaluation.enabled:
-            out.append(Stage(k, name))
-    return out
+    train, sft (the continued-SFT arm, when evaluation.sftBaseline asks), evaluate (when enabled)."""
+    return [
+        Stage(k, name, spec.generation.shards if name == "generate" else 1)
+        for name in STEP_ORDER
+        if _runs(spec, k, name)
+    ]
 
 
 def run_stages(spec: SpinRunSpec) -> list[Stage]:

@@ -173,10 +173,10 @@ class TrainSetup:
 
     @property
     def checkpoints(self) -> Path:
-        return self.ctx.path(layout.checkpoints_dir(self.ctx.iteration))
+        return self.ctx.path(layout.checkpoints_dir(self.ctx.iteration, self.ctx.step.name))
 
 
-def _check_chat_template(tok: PreTrainedTokenizerBase, path: str) -> None:
+def check_chat_template(tok: PreTrainedTokenizerBase, path: str) -> None:
     if not getattr(tok, "chat_template", None):
         raise ModelError(
             f"{path}: the tokenizer has no chat template; SPIN trains on the chat format: add a "
@@ -184,10 +184,9 @@ def _check_chat_template(tok: PreTrainedTokenizerBase, path: str) -> None:
         )
 
 
-def _dpo_args(ctx: StepContext, on_gpu: bool) -> Any:
-    """TRL's DPOConfig for the iteration (writing the DeepSpeed config first when it is used)."""
-    from trl import DPOConfig
-
+def config_kwargs(ctx: StepContext, on_gpu: bool) -> dict[str, Any]:
+    """The iteration's `DPOConfig` arguments for the step's checkpoints folder, writing the
+    DeepSpeed config first when it is used (the training steps share them)."""
     spec, k = ctx.spec, ctx.iteration
     ds_path: str | None = None
     if tc.uses_deepspeed(spec.training, on_gpu):
@@ -195,22 +194,34 @@ def _dpo_args(ctx: StepContext, on_gpu: bool) -> Any:
         # every rank writes the same content atomically: the config must exist before DPOConfig
         atomic.atomic_write_json(ds_file, tc.deepspeed_config(spec.training.deepspeed))
         ds_path = str(ds_file)
-    kwargs = tc.dpo_config_kwargs(
+    return tc.dpo_config_kwargs(
         spec,
         ctx.hparams,
         on_gpu=on_gpu,
-        output_dir=str(ctx.path(layout.checkpoints_dir(k))),
+        output_dir=str(ctx.path(layout.checkpoints_dir(k, ctx.step.name))),
         attn_implementation=models.resolve_attn_implementation(spec.training.attn_implementation, on_gpu),
         deepspeed_path=ds_path,
         world_size=ctx.world_size,
     )
-    if "activation_checkpointing" in {f.name for f in dataclasses.fields(DPOConfig)}:
+
+
+def make_config(config_class: Any, kwargs: dict[str, Any]) -> Any:
+    """A TRL config from its arguments (under torchrun this sets up torch.distributed)."""
+    if "activation_checkpointing" in {f.name for f in dataclasses.fields(config_class)}:
         # transformers 5 renamed it; passing the old name only warns
-        kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
-    return DPOConfig(**kwargs)  # sets up torch.distributed under torchrun
+        kwargs = {**kwargs, "activation_checkpointing": kwargs["gradient_checkpointing"]}
+        del kwargs["gradient_checkpointing"]
+    return config_class(**kwargs)
 
 
-def _stage_window(ctx: StepContext, prepared: list[dict[str, Any]], scratch: Path, fingerprint: str) -> tuple[Any, Path | None]:
+def _dpo_args(ctx: StepContext, on_gpu: bool) -> Any:
+    """TRL's DPOConfig for the iteration."""
+    from trl import DPOConfig
+
+    return make_config(DPOConfig, config_kwargs(ctx, on_gpu))
+
+
+def stage_window(ctx: StepContext, prepared: list[dict[str, Any]], scratch: Path, fingerprint: str) -> tuple[Any, Path | None]:
     """(the window as a dataset every rank reads, the checkpoint to resume from). Rank 0 clears what
     a killed attempt left (but its complete checkpoints) and stores the window on the run volume,
     so every rank shares one dataset cache (TRL's reference log-probs are cached beside it)."""
@@ -219,12 +230,12 @@ def _stage_window(ctx: StepContext, prepared: list[dict[str, Any]], scratch: Pat
 
     state = PartialState()
     window_dir = scratch / "window"
-    checkpoints = ctx.path(layout.checkpoints_dir(ctx.iteration))
+    checkpoints = ctx.path(layout.checkpoints_dir(ctx.iteration, ctx.step.name))
     with state.main_process_first():
         if state.is_main_process:
             resume_from = resume.prepare_resume(checkpoints, fingerprint, ctx.log)
             shutil.rmtree(scratch, ignore_errors=True)
-            if resume_from is None:
+            if resume_from is None and ctx.step.name == "train":  # its TensorBoard folder
                 shutil.rmtree(ctx.path(layout.logs_dir(ctx.iteration)), ignore_errors=True)
             Dataset.from_list(prepared).save_to_disk(str(window_dir))
     return load_from_disk(str(window_dir)), resume.newest(checkpoints, fingerprint)
@@ -263,19 +274,14 @@ def build_trainer(
         _warn_slow_bf16(spec, on_gpu)
     start_path = models.resolve(ctx.start_model, ctx.run_dir)
     tok = models.load_tokenizer(start_path, padding_side="right")
-    _check_chat_template(tok, start_path)
+    check_chat_template(tok, start_path)
     rows = tc.shuffled(window_rows(ctx.run_dir, spec, ctx.iteration), tr.seed)
     prepared = training_rows(rows, tok, spec)
 
     args = _dpo_args(ctx, on_gpu)
     scratch = ctx.path(layout.iter_dir(ctx.iteration)) / SCRATCH
     fingerprint = rundir.fingerprints(ctx.run)[ctx.step.key]
-    dataset, resume_from = _stage_window(ctx, prepared, scratch, fingerprint)
-    peft_config = None
-    if tr.lora.enabled:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(**tc.lora_kwargs(tr.lora))
+    dataset, resume_from = stage_window(ctx, prepared, scratch, fingerprint)
     trainer = _trainer_class()(
         model=start_path,
         ref_model=None,
@@ -283,7 +289,7 @@ def build_trainer(
         train_dataset=dataset,
         processing_class=tok,
         data_collator=original_collator(tok.pad_token_id, tok.eos_token_id, tr.max_length) if tr.collator == "original" else None,
-        peft_config=peft_config,
+        peft_config=lora_config(spec),
         callbacks=_callbacks(ctx, fingerprint, callbacks),
     )
     setup = TrainSetup(
@@ -300,6 +306,15 @@ def build_trainer(
 
 
 # --------------------------------------------------------------------------- saving
+
+
+def lora_config(spec: SpinRunSpec) -> Any:
+    """PEFT's LoraConfig when training.lora asks for adapters, else None."""
+    if not spec.training.lora.enabled:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(**tc.lora_kwargs(spec.training.lora))
 
 
 def _tidy_checkpoint(folder: Path) -> None:
@@ -329,10 +344,11 @@ def _merge_lora(setup: TrainSetup, adapter_dir: Path, out: Path, tok: Any) -> No
     shutil.copytree(adapter_dir, out / "adapter")
 
 
-def save_checkpoint(trainer: DPOTrainer, setup: TrainSetup) -> Path:
+def save_checkpoint(trainer: Any, setup: TrainSetup, folder: str | None = None) -> Path:
     """Save the trained model (safetensors + tokenizer with its chat template) atomically to
-    `iter-<k>/model`. All ranks take part (ZeRO-3 gathers weights); only rank 0 writes."""
-    final = setup.ctx.path(layout.model_dir(setup.ctx.iteration))
+    `folder` (default `iter-<k>/model`). All ranks take part (ZeRO-3 gathers weights); only rank 0
+    writes."""
+    final = setup.ctx.path(folder or layout.model_dir(setup.ctx.iteration))
     lora = setup.ctx.spec.training.lora.enabled
     main = trainer.accelerator.is_main_process
     if not main:

@@ -174,6 +174,20 @@ def dpo_config_kwargs(
     return kwargs
 
 
+#: DPOConfig arguments SFTConfig does not take: the preference loss and its frozen opponent.
+_PREFERENCE_ONLY = ("beta", "loss_type", "precompute_ref_log_probs", "disable_dropout")
+
+
+def sft_config_kwargs(dpo_kwargs: dict[str, Any], learning_rate: float) -> dict[str, Any]:
+    """Keyword arguments of TRL's `SFTConfig` for the continued-SFT arm: the iteration's
+    `DPOConfig` arguments (scheduler, warmup, batch, epochs, precision, checkpoints, seed, so
+    the arm takes the same optimizer steps over the same examples) with the arm's learning rate,
+    the loss on the answer tokens only and no packing (one example per SPIN pair)."""
+    kwargs = {k: v for k, v in dpo_kwargs.items() if k not in _PREFERENCE_ONLY}
+    kwargs.update({"learning_rate": learning_rate, "completion_only_loss": True, "packing": False})
+    return kwargs
+
+
 def lora_kwargs(lora: Lora) -> dict[str, Any]:
     """Keyword arguments of `peft.LoraConfig` (causal LM adapters on `lora.targetModules`)."""
     if "lm_head" in lora.target_modules:
