@@ -240,10 +240,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of `spin`."""
+    """The argument parser of `spin`: one group of subcommands per concern, in the order `spin --help`
+    lists them; a new subcommand is one `add_parser` call in its group."""
     p = argparse.ArgumentParser(prog="spin", description="Self-Play Fine-Tuning runs, locally or on Kubernetes.")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_run_commands(sub)
+    _add_step_commands(sub)
+    _add_inspection_commands(sub)
+    _add_cluster_commands(sub)
+    _add_plugin_commands(sub)
+    return p
 
+
+def _add_run_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Commands that drive a whole run: `spin run`."""
     s = sub.add_parser("run", help="run a SpinRun file on this machine (resumes from markers)")
     s.add_argument("file")
     s.add_argument("--run-dir", help="run directory (default: runs/<name>)")
@@ -258,21 +268,29 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     s.set_defaults(func=_cmd_run)
 
-    def step(name: str, helptext: str, func) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=helptext)
-        sp.add_argument("--run-dir", required=True, help="run directory holding spec.json")
-        sp.add_argument("--iteration", type=int, required=True)
-        sp.add_argument("--force", action="store_true", help="rerun even when the step's marker exists")
-        sp.set_defaults(func=func)
-        return sp
 
-    g = step("generate", "answer shard i of n of the prompts with the iteration's start model", _cmd_generate)
+def _add_step(sub: argparse._SubParsersAction, name: str, helptext: str, func) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def,type-arg]
+    """One step command with the options every step takes: --run-dir, --iteration and --force."""
+    sp = sub.add_parser(name, help=helptext)
+    sp.add_argument("--run-dir", required=True, help="run directory holding spec.json")
+    sp.add_argument("--iteration", type=int, required=True)
+    sp.add_argument("--force", action="store_true", help="rerun even when the step's marker exists")
+    sp.set_defaults(func=func)
+    return sp
+
+
+def _add_step_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """The steps of an iteration, each run by a driver (`spin run` or the operator's Jobs)."""
+    g = _add_step(sub, "generate", "answer shard i of n of the prompts with the iteration's start model", _cmd_generate)
     g.add_argument("--shard", type=int, default=None, help="shard index (default: $JOB_COMPLETION_INDEX)")
     g.add_argument("--shards", type=int, required=True)
-    step("convert", "gather the shards into train/test parquet", _cmd_convert)
-    step("train", "train the iteration's model with the SPIN loss", _cmd_train)
-    step("evaluate", "held-out metrics of the iteration's model", _cmd_evaluate)
+    _add_step(sub, "convert", "gather the shards into train/test parquet", _cmd_convert)
+    _add_step(sub, "train", "train the iteration's model with the SPIN loss", _cmd_train)
+    _add_step(sub, "evaluate", "held-out metrics of the iteration's model", _cmd_evaluate)
 
+
+def _add_inspection_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Commands that read a run directory or a SpinRun file and show what it holds or would do."""
     s = sub.add_parser("report", help="plots and a summary table of a run directory")
     s.add_argument("run_dir")
     s.set_defaults(func=_cmd_report)
@@ -311,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tokens", action="store_true", help="also one line per token: id, token, attention and loss mask")
     s.set_defaults(func=_cmd_preview)
 
+
+def _add_cluster_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Commands the operator and its pods use: the init step, the torchrun relay and the CRD."""
     from spin_runtime.steps.init_run import add_parser as add_init_run
 
     add_init_run(sub)
@@ -324,9 +345,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("crd", help="print the SpinRun CustomResourceDefinition")
     s.set_defaults(func=_cmd_crd)
-
-    _add_plugin_commands(sub)
-    return p
 
 
 def _add_plugin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
