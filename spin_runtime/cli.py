@@ -141,12 +141,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from spin_runtime.plan.stages import Step
-    from spin_runtime.steps import progress
+    from spin_runtime.steps import step_progress
     from spin_runtime.steps.convert import run_convert
 
-    prog = progress.for_step(Path(args.run_dir), Step(args.iteration, "convert"))
+    progress = step_progress.for_step(Path(args.run_dir), Step(args.iteration, "convert"))
     info = run_convert(Path(args.run_dir), args.iteration, force=args.force)
-    prog.finish(_convert_summary(info))
+    progress.finish(_convert_summary(info))
     return 0
 
 
@@ -173,14 +173,16 @@ def _train_summary(metrics: dict | None) -> str:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from spin_runtime.plan.stages import Step
-    from spin_runtime.steps import progress
+    from spin_runtime.steps import step_progress
     from spin_runtime.steps.context import distributed_env
     from spin_runtime.steps.train import run_train
 
-    prog = progress.for_step(Path(args.run_dir), Step(args.iteration, "train"), unit="steps", rank=distributed_env()[0])
-    prog.phase("loading the data and the models")
-    metrics = run_train(Path(args.run_dir), args.iteration, force=args.force, callbacks=[progress.train_callback(prog)])
-    prog.finish(_train_summary(metrics))
+    step = Step(args.iteration, "train")
+    progress = step_progress.for_step(Path(args.run_dir), step, unit="steps", rank=distributed_env()[0])
+    progress.phase("loading the data and the models")
+    callbacks = [step_progress.train_callback(progress)]
+    metrics = run_train(Path(args.run_dir), args.iteration, force=args.force, callbacks=callbacks)
+    progress.finish(_train_summary(metrics))
     if metrics is not None:  # rank 0, trained now: the report, unless an evaluate step follows to write it
         from spin_runtime.store import rundir
 
