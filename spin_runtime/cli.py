@@ -162,12 +162,13 @@ def _convert_summary(info: dict) -> str:
 def _train_summary(metrics: dict | None) -> str:
     if not metrics:
         return "already done"
-    s = metrics.get("summary") or {}
-    parts = [f"{s.get('steps', 0)} steps"]
+    summary = metrics.get("summary") or {}
+    parts = [f"{summary.get('steps', 0)} steps"]
     for key, name, fmt in (("final_loss", "loss", "{:.3f}"), ("final_margin", "margin", "{:.3f}"),
                            ("tokens_per_second", "tok/s", "{:.0f}")):  # fmt: skip
-        if s.get(key) is not None:
-            parts.append(f"{fmt.format(s[key])} {name}" if name == "tok/s" else f"{name} {fmt.format(s[key])}")
+        if summary.get(key) is not None:
+            value = fmt.format(summary[key])
+            parts.append(f"{value} {name}" if name == "tok/s" else f"{name} {value}")
     return ", ".join(parts)
 
 
