@@ -141,12 +141,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from spin_runtime.plan.stages import Step
-    from spin_runtime.steps import progress
+    from spin_runtime.steps import step_progress
     from spin_runtime.steps.convert import run_convert
 
-    prog = progress.for_step(Path(args.run_dir), Step(args.iteration, "convert"))
+    progress = step_progress.for_step(Path(args.run_dir), Step(args.iteration, "convert"))
     info = run_convert(Path(args.run_dir), args.iteration, force=args.force)
-    prog.finish(_convert_summary(info))
+    progress.finish(_convert_summary(info))
     return 0
 
 
@@ -162,25 +162,28 @@ def _convert_summary(info: dict) -> str:
 def _train_summary(metrics: dict | None) -> str:
     if not metrics:
         return "already done"
-    s = metrics.get("summary") or {}
-    parts = [f"{s.get('steps', 0)} steps"]
+    summary = metrics.get("summary") or {}
+    parts = [f"{summary.get('steps', 0)} steps"]
     for key, name, fmt in (("final_loss", "loss", "{:.3f}"), ("final_margin", "margin", "{:.3f}"),
                            ("tokens_per_second", "tok/s", "{:.0f}")):  # fmt: skip
-        if s.get(key) is not None:
-            parts.append(f"{fmt.format(s[key])} {name}" if name == "tok/s" else f"{name} {fmt.format(s[key])}")
+        if summary.get(key) is not None:
+            value = fmt.format(summary[key])
+            parts.append(f"{value} {name}" if name == "tok/s" else f"{name} {value}")
     return ", ".join(parts)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from spin_runtime.plan.stages import Step
-    from spin_runtime.steps import progress
+    from spin_runtime.steps import step_progress
     from spin_runtime.steps.context import distributed_env
     from spin_runtime.steps.train import run_train
 
-    prog = progress.for_step(Path(args.run_dir), Step(args.iteration, "train"), unit="steps", rank=distributed_env()[0])
-    prog.phase("loading the data and the models")
-    metrics = run_train(Path(args.run_dir), args.iteration, force=args.force, callbacks=[progress.train_callback(prog)])
-    prog.finish(_train_summary(metrics))
+    step = Step(args.iteration, "train")
+    progress = step_progress.for_step(Path(args.run_dir), step, unit="steps", rank=distributed_env()[0])
+    progress.phase("loading the data and the models")
+    callbacks = [step_progress.train_callback(progress)]
+    metrics = run_train(Path(args.run_dir), args.iteration, force=args.force, callbacks=callbacks)
+    progress.finish(_train_summary(metrics))
     if metrics is not None:  # rank 0, trained now: the report, unless an evaluate step follows to write it
         from spin_runtime.store import rundir
 
@@ -191,13 +194,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_sft(args: argparse.Namespace) -> int:
     from spin_runtime.plan.stages import Step
-    from spin_runtime.steps import progress
+    from spin_runtime.steps import step_progress
     from spin_runtime.steps.context import distributed_env
     from spin_runtime.steps.sft import run_sft
 
-    prog = progress.for_step(Path(args.run_dir), Step(args.iteration, "sft"), unit="steps", rank=distributed_env()[0])
+    prog = step_progress.for_step(Path(args.run_dir), Step(args.iteration, "sft"), unit="steps", rank=distributed_env()[0])
     prog.phase("loading the data and the arm's model")
-    metrics = run_sft(Path(args.run_dir), args.iteration, force=args.force, callbacks=[progress.train_callback(prog)])
+    metrics = run_sft(Path(args.run_dir), args.iteration, force=args.force, callbacks=[step_progress.train_callback(prog)])
     prog.finish(_train_summary(metrics))
     return 0
 
@@ -253,10 +256,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of `spin`."""
+    """The argument parser of `spin`: one group of subcommands per concern, in the order `spin --help`
+    lists them; a new subcommand is one `add_parser` call in its group."""
     p = argparse.ArgumentParser(prog="spin", description="Self-Play Fine-Tuning runs, locally or on Kubernetes.")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_run_commands(sub)
+    _add_step_commands(sub)
+    _add_inspection_commands(sub)
+    _add_cluster_commands(sub)
+    _add_plugin_commands(sub)
+    return p
 
+
+def _add_run_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Commands that drive a whole run: `spin run`."""
     s = sub.add_parser("run", help="run a SpinRun file on this machine (resumes from markers)")
     s.add_argument("file")
     s.add_argument("--run-dir", help="run directory (default: runs/<name>)")
@@ -271,22 +284,30 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     s.set_defaults(func=_cmd_run)
 
-    def step(name: str, helptext: str, func) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=helptext)
-        sp.add_argument("--run-dir", required=True, help="run directory holding spec.json")
-        sp.add_argument("--iteration", type=int, required=True)
-        sp.add_argument("--force", action="store_true", help="rerun even when the step's marker exists")
-        sp.set_defaults(func=func)
-        return sp
 
-    g = step("generate", "answer shard i of n of the prompts with the iteration's start model", _cmd_generate)
+def _add_step(sub: argparse._SubParsersAction, name: str, helptext: str, func) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def,type-arg]
+    """One step command with the options every step takes: --run-dir, --iteration and --force."""
+    sp = sub.add_parser(name, help=helptext)
+    sp.add_argument("--run-dir", required=True, help="run directory holding spec.json")
+    sp.add_argument("--iteration", type=int, required=True)
+    sp.add_argument("--force", action="store_true", help="rerun even when the step's marker exists")
+    sp.set_defaults(func=func)
+    return sp
+
+
+def _add_step_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """The steps of an iteration, each run by a driver (`spin run` or the operator's Jobs)."""
+    g = _add_step(sub, "generate", "answer shard i of n of the prompts with the iteration's start model", _cmd_generate)
     g.add_argument("--shard", type=int, default=None, help="shard index (default: $JOB_COMPLETION_INDEX)")
     g.add_argument("--shards", type=int, required=True)
-    step("convert", "gather the shards into train/test parquet", _cmd_convert)
-    step("train", "train the iteration's model with the SPIN loss", _cmd_train)
-    step("sft", "train the continued-SFT arm at equal compute (evaluation.sftBaseline)", _cmd_sft)
-    step("evaluate", "held-out metrics of the iteration's model", _cmd_evaluate)
+    _add_step(sub, "convert", "gather the shards into train/test parquet", _cmd_convert)
+    _add_step(sub, "train", "train the iteration's model with the SPIN loss", _cmd_train)
+    _add_step(sub, "sft", "train the continued-SFT arm at equal compute (evaluation.sftBaseline)", _cmd_sft)
+    _add_step(sub, "evaluate", "held-out metrics of the iteration's model", _cmd_evaluate)
 
+
+def _add_inspection_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Commands that read a run directory or a SpinRun file and show what it holds or would do."""
     s = sub.add_parser("report", help="plots and a summary table of a run directory")
     s.add_argument("run_dir")
     s.set_defaults(func=_cmd_report)
@@ -325,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tokens", action="store_true", help="also one line per token: id, token, attention and loss mask")
     s.set_defaults(func=_cmd_preview)
 
+
+def _add_cluster_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Commands the operator and its pods use: the init step, the torchrun relay and the CRD."""
     from spin_runtime.steps.init_run import add_parser as add_init_run
 
     add_init_run(sub)
@@ -338,9 +362,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("crd", help="print the SpinRun CustomResourceDefinition")
     s.set_defaults(func=_cmd_crd)
-
-    _add_plugin_commands(sub)
-    return p
 
 
 def _add_plugin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -29,7 +29,7 @@ from spin_runtime.api.status import TRAINING_STEPS
 from spin_runtime.errors import SpinError
 from spin_runtime.plan import layout, stages
 from spin_runtime.plan.fingerprint import changed_fields
-from spin_runtime.steps import progress
+from spin_runtime.steps import step_progress
 from spin_runtime.store import atomic, rundir
 
 #: Seconds between two redraws of the live line on a terminal.
@@ -224,17 +224,17 @@ def live_text(
         rec = records[0]
         if rec is None:
             return f"{labels[0]} … starting"
-        return f"{labels[0]} {draw(progress.fraction(rec))}{progress.describe(rec, now)}"
+        return f"{labels[0]} {draw(step_progress.fraction(rec))}{step_progress.describe(rec, now)}"
     known = [r for r in records if r is not None]
     done = sum(r.get("done") or 0 for r in known)
     total = sum(r.get("total") or 0 for r in known)
     rate = sum((r.get("metrics") or {}).get("tok/s") or 0 for r in known)
-    etas = [progress.eta_seconds(r) for r in known]
+    etas = [step_progress.eta_seconds(r) for r in known]
     parts = [f"{done}/{total} {known[0].get('unit') or ''}".rstrip()] if total else ["starting"]
     if rate:
         parts.append(f"{rate:.0f} tok/s")
     if etas and all(e is not None for e in etas):
-        parts.append(f"ETA {progress.fmt_duration(max(e for e in etas if e is not None))}")
+        parts.append(f"ETA {step_progress.fmt_duration(max(e for e in etas if e is not None))}")
     frac = done / total if total else None
     return f"{len(labels)} shards running ({', '.join(labels)}) {draw(frac)}" + " · ".join(parts)
 
@@ -280,15 +280,15 @@ class StageRunner:
         self.running: dict[str, _Running] = {}
 
     def label(self, step: stages.Step, n: int) -> str:
-        text = f"[{n}/{self.total}] iteration {step.iteration} · {progress.step_stem(step)}"
+        text = f"[{n}/{self.total}] iteration {step.iteration} · {step_progress.step_stem(step)}"
         self.labels[step.key] = text
         return text
 
     def start(self, launch_: Launch) -> _Running:
         step = launch_.step
-        log = progress.log_file(self.run_dir, step)
+        log = step_progress.log_file(self.run_dir, step)
         log.parent.mkdir(parents=True, exist_ok=True)
-        prog_file = progress.progress_file(self.run_dir, step)
+        prog_file = step_progress.progress_file(self.run_dir, step)
         prog_file.unlink(missing_ok=True)
         argv = step_command(launch_, self.run_dir)
         env = {**os.environ, **dict(launch_.env), "PYTHONUNBUFFERED": "1"}
@@ -320,22 +320,22 @@ class StageRunner:
 
     def tick(self) -> None:
         runs = list(self.running.values())
-        records = [progress.read_progress(progress.progress_file(self.run_dir, r.launch.step)) for r in runs]
+        records = [step_progress.read_progress(step_progress.progress_file(self.run_dir, r.launch.step)) for r in runs]
         if len(runs) == 1:
             self.console.live(live_text([runs[0].label], records, bar=self.console.tty))
         else:
-            names = [progress.step_stem(r.launch.step).replace("generate-", "") for r in runs]
+            names = [step_progress.step_stem(r.launch.step).replace("generate-", "") for r in runs]
             self.console.live(live_text(names, records, bar=self.console.tty))
 
     def finished(self, launch_: Launch, code: int) -> None:
         step = launch_.step
         r = self.running.pop(step.key)
         seconds = time.monotonic() - r.started
-        record = progress.read_progress(progress.progress_file(self.run_dir, step)) or {}
+        record = step_progress.read_progress(step_progress.progress_file(self.run_dir, step)) or {}
         if code == 0:
             summary = record.get("summary")
             self.console.line(
-                f"{r.label}: done in {progress.fmt_duration(seconds)}" + (f" · {summary}" if summary else "")
+                f"{r.label}: done in {step_progress.fmt_duration(seconds)}" + (f" · {summary}" if summary else "")
             )
             return
         self._mark_failed(step, record, code, r.log)
@@ -343,7 +343,7 @@ class StageRunner:
         if code < 0 or code == 130:
             return
         self.console.line(
-            f"{r.label}: failed (exit {code}) after {progress.fmt_duration(seconds)}; log: {r.log}", error=True
+            f"{r.label}: failed (exit {code}) after {step_progress.fmt_duration(seconds)}; log: {r.log}", error=True
         )
         if not self.verbose:
             for ln in _tail(r.log, FAILURE_TAIL):
@@ -354,7 +354,7 @@ class StageRunner:
         record = {**record, "step": step.key, "state": "failed", "exit_code": code, "updated": time.time(),
                   "log": str(log.relative_to(self.run_dir))}  # fmt: skip
         with contextlib.suppress(OSError, SpinError):
-            atomic.atomic_write_json(progress.progress_file(self.run_dir, step), record)
+            atomic.atomic_write_json(step_progress.progress_file(self.run_dir, step), record)
 
 
 # --------------------------------------------------------------------------- the run
@@ -450,7 +450,7 @@ def run_local(
     from spin_runtime.report import summary_table, write_report
 
     report = write_report(run_dir)
-    console.line(f"run complete in {progress.fmt_duration(time.monotonic() - started)}; report: {report.parent / 'index.html'}")
+    console.line(f"run complete in {step_progress.fmt_duration(time.monotonic() - started)}; report: {report.parent / 'index.html'}")
     console.line(summary_table(run_dir))
     return 0
 
@@ -481,16 +481,16 @@ def progress_lines(run_dir: Path, steps: Sequence[stages.Step], now: float | Non
     for step in steps:
         if rundir.is_done(run_dir, step):
             continue
-        rec = progress.read_progress(progress.progress_file(run_dir, step))
+        rec = step_progress.read_progress(step_progress.progress_file(run_dir, step))
         if rec is None:
             continue
-        age = progress.fmt_duration(now - float(rec.get("updated") or now))
+        age = step_progress.fmt_duration(now - float(rec.get("updated") or now))
         if rec.get("state") == "failed":
             out.append(f"  failed: {step.key} (exit {rec.get('exit_code')}), log: {rec.get('log') or '?'}")
         elif rec.get("state") == "running":
             alive = _alive(rec)
             note = "; its process is gone (interrupted?)" if alive is False else ""
-            out.append(f"  running: {step.key} — {progress.describe(rec, now)} (updated {age} ago{note})")
+            out.append(f"  running: {step.key} — {step_progress.describe(rec, now)} (updated {age} ago{note})")
     return out
 
 

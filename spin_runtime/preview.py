@@ -259,29 +259,29 @@ def format_preview(
     tok: PreTrainedTokenizerBase, spec: SpinRunSpec, previews: Sequence[RowPreview], tokens: bool = False
 ) -> str:
     """The preview as text, one block per row."""
-    g, t = spec.generation, spec.training
-    fmt = "the chat template with the generation prompt" if g.prompt_format == "chat" else (
+    generation, training = spec.generation, spec.training
+    fmt = "the chat template with the generation prompt" if generation.prompt_format == "chat" else (
         "the instruction string, no special tokens"
     )
     head = [
-        f"Generation prompts: generation.promptFormat {g.prompt_format} ({fmt}); "
+        f"Generation prompts: generation.promptFormat {generation.prompt_format} ({fmt}); "
         f"systemPrompt {'unset (no system message)' if spec.system_prompt is None else repr(spec.system_prompt)}; "
-        f"training: collator {t.collator}, truncation {t.truncation}, maxLength {t.max_length}, "
-        f"maxPromptLength {t.max_prompt_length}.",
+        f"training: collator {training.collator}, truncation {training.truncation}, maxLength {training.max_length}, "
+        f"maxPromptLength {training.max_prompt_length}.",
         f"Marks: {PROMPT_MARK} / {ANSWER_MARK} = where the loss starts; "
         f"{UNATTENDED[0]}…{UNATTENDED[1]} = attention mask 0; {NEWLINE} = newline; {CUT_MARK} = dropped.",
     ]
     if previews:
         head.append(f"Rows: {previews[0].generated_from}.")
     blocks = ["\n".join(head)]
-    for i, p in enumerate(previews):
-        lines = [f"── row {i} (id {p.id}) " + "─" * 20]
-        gen_text = tok.decode(p.generation_ids, skip_special_tokens=False)
-        lines.append(f"  generation prompt ({len(p.generation_ids)} tokens):")
+    for i, preview in enumerate(previews):
+        lines = [f"── row {i} (id {preview.id}) " + "─" * 20]
+        gen_text = tok.decode(preview.generation_ids, skip_special_tokens=False)
+        lines.append(f"  generation prompt ({len(preview.generation_ids)} tokens):")
         lines.append("    " + _visible(gen_text, "    "))
-        if p.dropped:
-            lines.append(f"  {p.dropped}")
-        for name, seq in (("chosen = real answer", p.chosen), ("rejected = generated answer", p.rejected)):
+        if preview.dropped:
+            lines.append(f"  {preview.dropped}")
+        for name, seq in (("chosen = real answer", preview.chosen), ("rejected = generated answer", preview.rejected)):
             if seq is None:
                 continue
             masked = seq.unattended
@@ -294,8 +294,8 @@ def format_preview(
             lines.append(render_sequence(tok, seq))
             if tokens:
                 lines.append(token_table(tok, seq))
-        if p.chosen is not None:
-            lines.append("  " + _prompt_comparison(p.generation_ids, p.chosen, tok))
+        if preview.chosen is not None:
+            lines.append("  " + _prompt_comparison(preview.generation_ids, preview.chosen, tok))
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 

@@ -254,7 +254,7 @@ def split_files(folder: Path, names: Sequence[str]) -> list[Path]:
 def records_of(paths: Sequence[Path]) -> list[tuple[str, dict[str, Any]]]:
     out: list[tuple[str, dict[str, Any]]] = []
     for p in paths:
-        out += [(f"{p.name} {loc}" if len(paths) > 1 else loc, rec) for loc, rec in read_records(p)]
+        out += [(f"{p.name} {loc}" if len(paths) > 1 else loc, record) for loc, record in read_records(p)]
     return out
 
 
@@ -290,7 +290,7 @@ def load_hub_split(hub: str, split: str, revision: str | None = None) -> list[tu
         ds = datasets.load_dataset(hub, split=split, revision=revision)
     except Exception as e:  # network, auth and missing-split errors all land here
         raise DataError(f"dataset {hub} split {split!r}: cannot load ({e}); check the id, split and HF_TOKEN") from e
-    return [(f"row {i + 1}", dict(rec)) for i, rec in enumerate(ds)]
+    return [(f"row {i + 1}", dict(record)) for i, record in enumerate(ds)]
 
 
 def _hub_rows(dataset: Dataset) -> tuple[list[Row], list[Row]]:

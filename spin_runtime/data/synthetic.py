@@ -41,30 +41,30 @@ def synthetic_rows(records: Sequence[tuple[str, dict[str, Any]]], source: str, s
     if not records:
         raise DataError(f"{source}: no rows; the {split} data must not be empty")
     rows: list[PairRow] = []
-    for i, (loc, rec) in enumerate(records):
+    for i, (loc, record) in enumerate(records):
         where = f"{source} {loc}"
         for col in ("real", "generated"):
-            if col not in rec:
-                found = ", ".join(sorted(rec)) or "none"
+            if col not in record:
+                found = ", ".join(sorted(record)) or "none"
                 raise DataError(f"{where}: missing column {col!r} (columns found: {found})")
-        if isinstance(rec["real"], str):
-            if "prompt" not in rec:
+        if isinstance(record["real"], str):
+            if "prompt" not in record:
                 raise DataError(f"{where}: text columns real/generated need a 'prompt' column too")
-            prompt = text_field(rec["prompt"], where, "column 'prompt'")
-            real = text_field(rec["real"], where, "column 'real'")
-            if not isinstance(rec["generated"], str):
+            prompt = text_field(record["prompt"], where, "column 'prompt'")
+            real = text_field(record["real"], where, "column 'real'")
+            if not isinstance(record["generated"], str):
                 raise DataError(f"{where}: column 'generated' must be text like 'real'")
-            generated = rec["generated"]
+            generated = record["generated"]
         else:
-            prompt, real = _pair_messages(rec["real"], where, "real")
-            gprompt, generated = _pair_messages(rec["generated"], where, "generated")
+            prompt, real = _pair_messages(record["real"], where, "real")
+            gprompt, generated = _pair_messages(record["generated"], where, "generated")
             if gprompt != prompt:
                 raise DataError(
                     f"{where}: the user turns of 'real' and 'generated' differ; both must hold the same prompt"
                 )
             text_field(real, where, "real[1].content")
-        row_id = rec.get("id")
-        answer = rec.get("answer")
+        row_id = record.get("id")
+        answer = record.get("answer")
         rows.append(
             PairRow(
                 id=str(row_id) if row_id not in (None, "") else f"{split}:{i}",

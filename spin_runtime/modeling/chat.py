@@ -139,13 +139,14 @@ def prepare_rows(
     if truncation == "original" and max_length is None:
         raise SpecConfigError("training.truncation original needs training.maxLength")
     overhead = len(_template_ids(tok, chat_messages("", system), True))
-    prompts = [r["prompt"] for r in rows]
+    prompts = [pair["prompt"] for pair in rows]
     enc = tok(prompts, add_special_tokens=False)["input_ids"]
-    answers = tok([r["real"] for r in rows] + [r["generated"] for r in rows], add_special_tokens=False)["input_ids"]
+    answer_texts = [pair["real"] for pair in rows] + [pair["generated"] for pair in rows]
+    answers = tok(answer_texts, add_special_tokens=False)["input_ids"]
     n = len(rows)
     out: list[dict[str, Any]] = []
-    for i, r in enumerate(rows):
-        prompt, real, generated = r["prompt"], r["real"], r["generated"]
+    for i, pair in enumerate(rows):
+        prompt, real, generated = pair["prompt"], pair["real"], pair["generated"]
         prompt_len = len(enc[i]) + overhead
         real_ids, gen_ids = answers[i], answers[n + i]
         longer = max(len(real_ids), len(gen_ids))
@@ -162,7 +163,7 @@ def prepare_rows(
             generated = tok.decode(gen_ids[:budget], skip_special_tokens=False) if len(gen_ids) > budget else generated
             longer = min(longer, budget)
         row = conversational_row(prompt, real, generated, system)
-        row["id"] = str(r.get("id", i))
+        row["id"] = str(pair.get("id", i))
         row[LENGTH_COLUMN] = prompt_len + longer + 2
         out.append(row)
     return out

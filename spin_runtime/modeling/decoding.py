@@ -96,17 +96,8 @@ def decode_batch(
     import torch
     from transformers import DynamicCache
 
-    n = len(batch)
-    width = max(len(ids) for ids in batch)
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    for r, ids in enumerate(batch):
-        input_ids[r, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-        mask[r, width - len(ids) :] = 1
-    positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
     device = model.device
-    input_ids, mask, positions = input_ids.to(device), mask.to(device), positions.to(device)
-
+    input_ids, mask, positions = (tensor.to(device) for tensor in _left_padded(batch, pad_id))
     cache_kw, keep_kw = _forward_kwargs(model)
     cache = DynamicCache(config=model.config)
     extra: dict[str, Any] = {"logits_to_keep": 1} if keep_kw else {}
@@ -114,41 +105,87 @@ def decode_batch(
         input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_kw: cache}, **extra
     )
     logits = out.logits[:, -1, :]
-    last_pos = positions[:, -1]
-    active = list(range(n))  # batch row → original row
-    answers: list[list[int]] = [[] for _ in range(n)]
+    rows = _LiveRows(active=list(range(len(batch))), mask=mask, last_pos=positions[:, -1], cache=cache, device=device)
+    answers: list[list[int]] = [[] for _ in batch]
     for step in range(max_new_tokens):
         tokens = sampler(logits).tolist()
-        keep: list[int] = []
-        for j, tok in enumerate(tokens):
-            row = active[j]
-            if tok in stop_ids:
-                continue
-            answers[row].append(tok)
-            if step + 1 < max_new_tokens:
-                keep.append(j)
+        keep = _append_tokens(answers, tokens, rows.active, stop_ids, more_to_come=step + 1 < max_new_tokens)
         if on_step is not None:
             on_step(len(tokens), len(tokens) - len(keep))
         if not keep:
             break
         next_tokens = torch.tensor([tokens[j] for j in keep], dtype=torch.long, device=device)[:, None]
-        if len(keep) < len(active):
-            index = torch.tensor(keep, dtype=torch.long, device=device)
-            cache.batch_select_indices(index)
-            mask = mask[index]
-            last_pos = last_pos[index]
-            active = [active[j] for j in keep]
-        mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=-1)
-        last_pos = last_pos + 1
+        rows.keep_only(keep)
+        rows.advance()
         out = model(
             input_ids=next_tokens,
-            attention_mask=mask,
-            position_ids=last_pos[:, None],
+            attention_mask=rows.mask,
+            position_ids=rows.last_pos[:, None],
             use_cache=True,
             **{cache_kw: cache},
         )
         logits = out.logits[:, -1, :]
     return answers
+
+
+def _left_padded(batch: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input ids, attention mask, position ids) of the prompts padded on the left to the longest;
+    a row's positions count from 0 at its first real token."""
+    import torch
+
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, ids in enumerate(batch):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        mask[row, width - len(ids) :] = 1
+    positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
+    return input_ids, mask, positions
+
+
+def _append_tokens(
+    answers: list[list[int]], tokens: Sequence[int], active: Sequence[int], stop_ids: set[int], more_to_come: bool
+) -> list[int]:
+    """Add each live row's new token to its answer (a stop token ends the row instead); returns the
+    batch rows that go on (none when no further token is to come)."""
+    keep: list[int] = []
+    for j, token in enumerate(tokens):
+        if token in stop_ids:
+            continue
+        answers[active[j]].append(token)
+        if more_to_come:
+            keep.append(j)
+    return keep
+
+
+@dataclass
+class _LiveRows:
+    """The rows still decoding: their original row numbers, attention mask, last positions and the
+    KV cache they share."""
+
+    active: list[int]  # batch row → original row
+    mask: torch.Tensor
+    last_pos: torch.Tensor
+    cache: Any
+    device: Any
+
+    def keep_only(self, keep: list[int]) -> None:
+        """Drop the finished rows from the batch and its KV cache."""
+        import torch
+
+        if len(keep) < len(self.active):
+            index = torch.tensor(keep, dtype=torch.long, device=self.device)
+            self.cache.batch_select_indices(index)
+            self.mask = self.mask[index]
+            self.last_pos = self.last_pos[index]
+            self.active = [self.active[j] for j in keep]
+
+    def advance(self) -> None:
+        """One more attended token per row, one position further."""
+        import torch
+
+        self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.active), 1))], dim=-1)
+        self.last_pos = self.last_pos + 1
 
 
 @dataclass

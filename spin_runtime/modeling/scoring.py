@@ -100,10 +100,11 @@ def answer_logps(model: PreTrainedModel, sequences: Sequence[tuple[list[int], li
             attn = torch.zeros((len(seqs), width), dtype=torch.long)
             mask = torch.zeros((len(seqs), width), dtype=torch.bool)
             for row, i in enumerate(idx):
-                p, a = sequences[i]
-                ids[row, : len(p) + len(a)] = torch.tensor(p + a)
-                attn[row, : len(p) + len(a)] = 1
-                mask[row, len(p) : len(p) + len(a)] = True
+                prompt_ids, answer_ids = sequences[i]
+                end = len(prompt_ids) + len(answer_ids)
+                ids[row, :end] = torch.tensor(prompt_ids + answer_ids)
+                attn[row, :end] = 1
+                mask[row, len(prompt_ids) : end] = True
             logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits[:, :-1].float()
             logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
             sums = (logp * mask[:, 1:].to(device)).sum(dim=1).cpu().tolist()
@@ -286,15 +287,15 @@ def heldout_scores(
     """Greedy answers of `model` to the held-out rows, scored: `exact_match` (built-in rows with
     their task scorer, the others by normalised match with `real`) when evaluation.exactMatch, and
     `score` (the mean of evaluation.scorer) when a scorer is given. Keys get `prefix`."""
-    ev = spec.evaluation
-    if not rows or not (ev.exact_match or scorer is not None):
+    evaluation = spec.evaluation
+    if not rows or not (evaluation.exact_match or scorer is not None):
         return {}
     builtin_only = all(row_task(spec, r) for r in rows)
     cap = MAX_NEW_TOKENS if builtin_only else max(MIN_NEW_TOKENS, spec.generation.max_new_tokens)
     budget = new_token_budget(tok, [r["real"] for r in rows], cap)
     answers = generate_answers(model, tok, [r["prompt"] for r in rows], budget, spec.generation, spec.system_prompt)
     out: dict[str, Any] = {}
-    if ev.exact_match:
+    if evaluation.exact_match:
         hits = [
             tasks.score(task, text, str(r["answer"])) if (task := row_task(spec, r)) else normalised_match(text, r["real"])
             for r, text in zip(rows, answers, strict=True)
@@ -303,12 +304,12 @@ def heldout_scores(
         if not prefix:
             out["exact_match_samples"] = len(hits)
             out["exact_match_rule"] = exact_match_rule(spec, rows)
-    if scorer is not None and ev.scorer is not None:
-        values = [call_scorer(scorer, ev.scorer, r, text) for r, text in zip(rows, answers, strict=True)]
+    if scorer is not None and evaluation.scorer is not None:
+        values = [call_scorer(scorer, evaluation.scorer, r, text) for r, text in zip(rows, answers, strict=True)]
         out[f"{prefix}score"] = sum(values) / len(values)
         if not prefix:
             out["score_samples"] = len(values)
-            out["scorer"] = ev.scorer
+            out["scorer"] = evaluation.scorer
     return out
 
 

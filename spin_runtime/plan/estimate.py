@@ -12,7 +12,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from spin_runtime.api.spec import SpinRunSpec, Training
 from spin_runtime.plan import hparams, stages
@@ -101,20 +101,20 @@ def params_from_config(config: Mapping[str, Any]) -> int | None:
     embeddings, attention (grouped KV heads, optional biases), gated MLP, norms and an untied
     LM head. None for other architectures (mixtures of experts included)."""
     try:
-        v, h, layers = int(config["vocab_size"]), int(config["hidden_size"]), int(config["num_hidden_layers"])
+        vocab, hidden, layers = int(config["vocab_size"]), int(config["hidden_size"]), int(config["num_hidden_layers"])
         inter, heads = int(config["intermediate_size"]), int(config["num_attention_heads"])
     except (KeyError, TypeError, ValueError):
         return None
     if any(k in config for k in ("num_local_experts", "num_experts", "n_routed_experts")):
         return None
-    kv = int(config.get("num_key_value_heads") or heads)
-    head_dim = int(config.get("head_dim") or h // heads)
-    attn = h * heads * head_dim + 2 * h * kv * head_dim + heads * head_dim * h
+    kv_heads = int(config.get("num_key_value_heads") or heads)
+    head_dim = int(config.get("head_dim") or hidden // heads)
+    attn = hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim + heads * head_dim * hidden
     if config.get("attention_bias"):
-        attn += heads * head_dim + 2 * kv * head_dim
-    per_layer = attn + 3 * h * inter + 2 * h
-    head = 0 if config.get("tie_word_embeddings", False) else v * h
-    return v * h + layers * per_layer + h + head
+        attn += heads * head_dim + 2 * kv_heads * head_dim
+    per_layer = attn + 3 * hidden * inter + 2 * hidden
+    head = 0 if config.get("tie_word_embeddings", False) else vocab * hidden
+    return vocab * hidden + layers * per_layer + hidden + head
 
 
 def params_from_name(name: str) -> ParamCount:
@@ -126,8 +126,8 @@ def params_from_name(name: str) -> ParamCount:
     found = _SIZE_IN_NAME.findall(key.rsplit("/", 1)[-1])
     if found:
         number, unit = found[-1]
-        n = int(float(number) * (1e9 if unit.lower() == "b" else 1e6))
-        return ParamCount(n, f"guessed from the name {name!r} ({number}{unit.upper()}); pass --params to set it")
+        n_params = int(float(number) * (1e9 if unit.lower() == "b" else 1e6))
+        return ParamCount(n_params, f"guessed from the name {name!r} ({number}{unit.upper()}); pass --params to set it")
     return ParamCount(None, f"unknown for {name!r}: not in the known-model table; pass --params")
 
 
@@ -147,11 +147,12 @@ class PromptCounts:
 def prompt_counts(spec: SpinRunSpec) -> PromptCounts:
     """The prompts the spec asks for, without reading data: exact for built-in tasks, at most
     maxSamples/testSize for files and hub splits."""
-    d = spec.dataset
-    if d.builtin is not None:
-        train = d.builtin.train_size if d.max_samples is None else min(d.builtin.train_size, d.max_samples)
-        return PromptCounts(train, min(d.builtin.test_size, d.test_size), True)
-    return PromptCounts(d.max_samples, d.test_size, False)
+    dataset = spec.dataset
+    builtin = dataset.builtin
+    if builtin is not None:
+        train = builtin.train_size if dataset.max_samples is None else min(builtin.train_size, dataset.max_samples)
+        return PromptCounts(train, min(builtin.test_size, dataset.test_size), True)
+    return PromptCounts(dataset.max_samples, dataset.test_size, False)
 
 
 @dataclass(frozen=True)
@@ -198,9 +199,9 @@ def optimizer_steps(pairs: int, training: Training, epochs: float) -> int:
 def pair_tokens_bound(spec: SpinRunSpec) -> int:
     """Most tokens one pair puts through the model: the chosen sequence is at most maxLength, the
     rejected one at most maxPromptLength + maxNewTokens + template tokens (and maxLength)."""
-    t = spec.training
-    rejected = min(t.max_length, t.max_prompt_length + spec.generation.max_new_tokens + TEMPLATE_TOKENS)
-    return t.max_length + rejected
+    training = spec.training
+    rejected = min(training.max_length, training.max_prompt_length + spec.generation.max_new_tokens + TEMPLATE_TOKENS)
+    return training.max_length + rejected
 
 
 def training_flops(tokens_per_epoch: float, n_params: int, epochs: float, precompute_ref: bool, lora: bool) -> float:
@@ -301,58 +302,99 @@ def estimate_run(
     says without reading data); `measured` holds what a run directory already has."""
     counts = counts or prompt_counts(spec)
     measured = measured or {}
-    n = assumptions.params.n
-    gen = spec.generation
-    tps = engine_tokens_per_s(assumptions.gpu, n, _engine(spec), assumptions.gen_tokens_per_s)
-    prompts_per_gen = None if counts.train is None or counts.test is None else counts.train + counts.test
-    out: list[IterationEstimate] = []
+    tokens_per_s = engine_tokens_per_s(
+        assumptions.gpu, assumptions.params.n, _engine(spec), assumptions.gen_tokens_per_s
+    )
+    iterations: list[IterationEstimate] = []
     for k in stages.iterations(spec):
-        m = measured.get(k, Measured())
+        held = measured.get(k, Measured())
         generates = hparams.generated_by_run(spec, k)
-        prompts = (m.generated_rows if m.generated_rows is not None else prompts_per_gen) if generates else None
-        gen_bound = prompts * gen.max_new_tokens if prompts is not None else None
-        gen_measured = m.generated_tokens if generates else None
-        gen_tokens = gen_measured if gen_measured is not None else gen_bound
-        gen_hours = None
-        if generates and gen_tokens is not None and tps:
-            gen_hours = generation_gpu_hours(gen_tokens, tps, gen.tensor_parallel_size)
-        elif not generates:
-            gen_hours = 0.0
-
-        window = hparams.data_window(spec, k)
-        pairs = m.pairs
-        if pairs is None and counts.train is not None:
-            pairs = counts.train * len(window)  # given syntheticData assumed as large as a generated set
-        h = hparams.hparams(spec, k)
-        steps = optimizer_steps(pairs, spec.training, h.epochs) if pairs is not None else None
-        per_epoch = steps_per_epoch(pairs, spec.training) if pairs is not None else None
-        epochs_run = (steps / per_epoch) if steps is not None and per_epoch else epochs_trained(spec.training, h.epochs)
-        train_bound = pairs * pair_tokens_bound(spec) if pairs is not None else None
-        train_tokens = m.train_tokens if m.train_tokens is not None else train_bound
-        train_hours = None
-        if train_tokens is not None and n is not None:
-            flops = training_flops(
-                train_tokens, n, epochs_run, spec.training.precompute_ref_log_probs, spec.training.lora.enabled
-            )
-            train_hours = training_gpu_hours(flops, assumptions.peak_flops, assumptions.mfu)
-        out.append(
+        generation = _generation_cost(spec, generates, counts, held, tokens_per_s)
+        training = _training_cost(spec, k, counts, held, assumptions)
+        iterations.append(
             IterationEstimate(
                 iteration=k,
                 generates=generates,
-                prompts=prompts,
-                gen_tokens_bound=gen_bound,
-                gen_tokens_measured=gen_measured,
-                pairs=pairs,
-                pairs_measured=m.pairs is not None,
-                train_tokens_bound=train_bound,
-                train_tokens_measured=m.train_tokens,
-                steps=steps,
-                gen_gpu_hours=gen_hours,
-                train_gpu_hours=train_hours,
-                gen_basis="measured" if gen_measured is not None else "bound",
-                train_basis="measured" if m.train_tokens is not None else "bound",
+                prompts=generation.prompts,
+                gen_tokens_bound=generation.tokens_bound,
+                gen_tokens_measured=generation.tokens_measured,
+                pairs=training.pairs,
+                pairs_measured=held.pairs is not None,
+                train_tokens_bound=training.tokens_bound,
+                train_tokens_measured=held.train_tokens,
+                steps=training.steps,
+                gen_gpu_hours=generation.gpu_hours,
+                train_gpu_hours=training.gpu_hours,
+                gen_basis="measured" if generation.tokens_measured is not None else "bound",
+                train_basis="measured" if held.train_tokens is not None else "bound",
             )
         )
+    return RunEstimate(iterations, assumptions, counts, _estimate_notes(spec, counts))
+
+
+class _GenerationCost(NamedTuple):
+    """One iteration's generation: prompts answered, tokens (bound, measured) and GPU-hours."""
+
+    prompts: int | None
+    tokens_bound: int | None
+    tokens_measured: int | None
+    gpu_hours: float | None
+
+
+def _generation_cost(
+    spec: SpinRunSpec, generates: bool, counts: PromptCounts, held: Measured, tokens_per_s: float | None
+) -> _GenerationCost:
+    """What generating costs in one iteration: every training and held-out prompt (or the answers
+    stored) times generation.maxNewTokens, the measured tokens when stored; none (0 GPU-hours)
+    when the iteration's pairs are given (syntheticData)."""
+    if not generates:
+        return _GenerationCost(None, None, None, 0.0)
+    prompts = held.generated_rows
+    if prompts is None and counts.train is not None and counts.test is not None:
+        prompts = counts.train + counts.test
+    bound = prompts * spec.generation.max_new_tokens if prompts is not None else None
+    tokens = held.generated_tokens if held.generated_tokens is not None else bound
+    gpu_hours = None
+    if tokens is not None and tokens_per_s:
+        gpu_hours = generation_gpu_hours(tokens, tokens_per_s, spec.generation.tensor_parallel_size)
+    return _GenerationCost(prompts, bound, held.generated_tokens, gpu_hours)
+
+
+class _TrainingCost(NamedTuple):
+    """One iteration's training: pairs, optimizer steps, tokens per epoch (bound) and GPU-hours."""
+
+    pairs: int | None
+    steps: int | None
+    tokens_bound: int | None
+    gpu_hours: float | None
+
+
+def _training_cost(
+    spec: SpinRunSpec, k: int, counts: PromptCounts, held: Measured, assumptions: Assumptions
+) -> _TrainingCost:
+    """What training costs in iteration k: its pairs (measured, else training prompts × data-window
+    iterations), the optimizer steps, and the FLOPs of the measured or bounded tokens on the GPU."""
+    training = spec.training
+    pairs = held.pairs
+    if pairs is None and counts.train is not None:
+        # given syntheticData assumed as large as a generated set
+        pairs = counts.train * len(hparams.data_window(spec, k))
+    epochs = hparams.hparams(spec, k).epochs
+    steps = optimizer_steps(pairs, training, epochs) if pairs is not None else None
+    per_epoch = steps_per_epoch(pairs, training) if pairs is not None else None
+    epochs_run = (steps / per_epoch) if steps is not None and per_epoch else epochs_trained(training, epochs)
+    bound = pairs * pair_tokens_bound(spec) if pairs is not None else None
+    tokens = held.train_tokens if held.train_tokens is not None else bound
+    n_params = assumptions.params.n
+    gpu_hours = None
+    if tokens is not None and n_params is not None:
+        flops = training_flops(tokens, n_params, epochs_run, training.precompute_ref_log_probs, training.lora.enabled)
+        gpu_hours = training_gpu_hours(flops, assumptions.peak_flops, assumptions.mfu)
+    return _TrainingCost(pairs, steps, bound, gpu_hours)
+
+
+def _estimate_notes(spec: SpinRunSpec, counts: PromptCounts) -> list[str]:
+    """What the counts behind the estimate are not sure of."""
     notes: list[str] = []
     if not counts.exact:
         notes.append(
@@ -361,7 +403,7 @@ def estimate_run(
         )
     if spec.synthetic_data:
         notes.append("iterations with syntheticData are assumed to hold as many pairs as a generated set")
-    return RunEstimate(out, assumptions, counts, notes)
+    return notes
 
 
 # --------------------------------------------------------------------------- text
@@ -388,10 +430,21 @@ def _table(rows: list[list[str]]) -> list[str]:
 
 def format_estimate(spec: SpinRunSpec, est: RunEstimate) -> str:
     """The estimate as text: a per-iteration table, totals, then every assumption it used."""
-    a = est.assumptions
-    gen, t = spec.generation, spec.training
-    gpus_per_engine = gen.tensor_parallel_size
-    engines = gen.shards
+    lines = [
+        f"Estimate on {est.assumptions.gpu} GPUs (GPU-hours summed over GPUs; 'm' = from measured tokens, "
+        "else from the bounds)",
+        "",
+    ]
+    lines += _table(_estimate_rows(est))
+    lines += _wall_clock_lines(spec, est)
+    lines += ["", "Assumptions:"]
+    lines += _rate_assumptions(spec, est.assumptions)
+    lines += _count_assumptions(spec, est)
+    return "\n".join(lines)
+
+
+def _estimate_rows(est: RunEstimate) -> list[list[str]]:
+    """The table's header, one row per iteration and the totals ('≤' marks bounds, 'm' measured hours)."""
     header = ["iter", "prompts", "gen tokens ≤", "gen measured", "pairs", "train tok/epoch ≤", "train measured",
               "opt steps", "gen GPU-h", "train GPU-h"]  # fmt: skip
     rows = [header]
@@ -410,65 +463,84 @@ def format_estimate(spec: SpinRunSpec, est: RunEstimate) -> str:
                 _hours(it.train_gpu_hours) + ("" if it.train_basis == "bound" else " m"),
             ]
         )
-    gen_total, train_total = est.total("gen_gpu_hours"), est.total("train_gpu_hours")
-    gen_bounds = [i.gen_tokens_bound for i in est.iterations if i.generates]
+    gen_bounds = [it.gen_tokens_bound for it in est.iterations if it.generates]
     gen_sum = None if any(v is None for v in gen_bounds) else sum(v for v in gen_bounds if v is not None)
     rows.append(["total", "", _int(gen_sum), "", "", _int(est.total("train_tokens_bound")), "",
-                 _int(est.total("steps")), _hours(gen_total), _hours(train_total)])  # fmt: skip
-    world = t.nodes * max(1, t.gpus_per_node)
-    lines = [f"Estimate on {a.gpu} GPUs (GPU-hours summed over GPUs; 'm' = from measured tokens, else from the bounds)", ""]
-    lines += _table(rows)
-    if gen_total is not None and train_total is not None:
-        gen_wall = gen_total / (engines * gpus_per_engine)
-        lines += [
-            "",
-            f"wall-clock ≈ {gen_wall:.2f} h generating ({engines} engine(s) × {gpus_per_engine} GPU(s), all at once) "
-            f"+ {train_total / world:.2f} h training ({world} GPU(s)) = {gen_wall + train_total / world:.2f} h; "
-            f"{gen_total + train_total:.2f} GPU-hours",
-        ]
-    n = a.params.n
-    tps = engine_tokens_per_s(a.gpu, n, _engine(spec), a.gen_tokens_per_s)
-    policy = LORA_POLICY_FLOPS_PER_PARAM if t.lora.enabled else POLICY_FLOPS_PER_PARAM
-    opp = "once (precomputeRefLogProbs)" if t.precompute_ref_log_probs else "every epoch"
-    lines += ["", "Assumptions:"]
-    lines.append(f"  N = {n:,} parameters: {a.params.source}" if n is not None else f"  N unknown: {a.params.source}")
-    lines.append(
-        f"  training FLOPs = {policy}N per token per epoch (policy forward + backward"
-        f"{'; LoRA: no weight gradients of the frozen base' if t.lora.enabled else ''}) + {OPPONENT_FLOPS_PER_PARAM}N "
-        f"per token for the opponent's forward, {opp}; attention-score FLOPs ignored"
-    )
-    lines.append(
-        f"  {a.gpu}: peak bf16 {a.peak_flops / 1e12:,.0f} TFLOP/s (dense) × model-FLOPs utilisation {a.mfu:g} "
-        f"= {a.peak_flops * a.mfu / 1e12:,.0f} TFLOP/s per GPU"
-    )
-    if a.gen_tokens_per_s is not None:
-        src = f"{a.gen_tokens_per_s:,.0f} output tokens/s per engine (given)"
-    elif a.gpu in VLLM_TOKENS_PER_S_7B and n is not None:
-        scale = min(MAX_THROUGHPUT_SCALE, REFERENCE_PARAMS / n)
-        src = (
-            f"vLLM {VLLM_TOKENS_PER_S_7B[a.gpu]:,.0f} output tokens/s per {a.gpu} for a 7B bf16 model (offline batch, "
+                 _int(est.total("steps")), _hours(est.total("gen_gpu_hours")),
+                 _hours(est.total("train_gpu_hours"))])  # fmt: skip
+    return rows
+
+
+def _wall_clock_lines(spec: SpinRunSpec, est: RunEstimate) -> list[str]:
+    """Hours from start to end, generation engines all at once, then training; nothing while a
+    total is unknown."""
+    gen_total, train_total = est.total("gen_gpu_hours"), est.total("train_gpu_hours")
+    if gen_total is None or train_total is None:
+        return []
+    engines, gpus_per_engine = spec.generation.shards, spec.generation.tensor_parallel_size
+    world = world_size(spec.training)
+    gen_wall = gen_total / (engines * gpus_per_engine)
+    return [
+        "",
+        f"wall-clock ≈ {gen_wall:.2f} h generating ({engines} engine(s) × {gpus_per_engine} GPU(s), all at once) "
+        f"+ {train_total / world:.2f} h training ({world} GPU(s)) = {gen_wall + train_total / world:.2f} h; "
+        f"{gen_total + train_total:.2f} GPU-hours",
+    ]
+
+
+def _rate_assumptions(spec: SpinRunSpec, assumptions: Assumptions) -> list[str]:
+    """The assumptions behind the GPU-hours: N, FLOPs per token, the GPU's rate, generation throughput."""
+    training = spec.training
+    n_params = assumptions.params.n
+    policy = LORA_POLICY_FLOPS_PER_PARAM if training.lora.enabled else POLICY_FLOPS_PER_PARAM
+    opponent = "once (precomputeRefLogProbs)" if training.precompute_ref_log_probs else "every epoch"
+    source = assumptions.params.source
+    lora = "; LoRA: no weight gradients of the frozen base" if training.lora.enabled else ""
+    tokens_per_s = engine_tokens_per_s(assumptions.gpu, n_params, _engine(spec), assumptions.gen_tokens_per_s)
+    return [
+        f"  N = {n_params:,} parameters: {source}" if n_params is not None else f"  N unknown: {source}",
+        f"  training FLOPs = {policy}N per token per epoch (policy forward + backward{lora}) + "
+        f"{OPPONENT_FLOPS_PER_PARAM}N per token for the opponent's forward, {opponent}; attention-score FLOPs ignored",
+        f"  {assumptions.gpu}: peak bf16 {assumptions.peak_flops / 1e12:,.0f} TFLOP/s (dense) × model-FLOPs "
+        f"utilisation {assumptions.mfu:g} = {assumptions.peak_flops * assumptions.mfu / 1e12:,.0f} TFLOP/s per GPU",
+        f"  generation: {_throughput_source(spec, assumptions)}"
+        + (f" → {tokens_per_s:,.0f} tokens/s per engine" if tokens_per_s else ""),
+    ]
+
+
+def _throughput_source(spec: SpinRunSpec, assumptions: Assumptions) -> str:
+    """Where the generation throughput comes from: given, or the vLLM table scaled to N."""
+    gpu, n_params = assumptions.gpu, assumptions.params.n
+    if assumptions.gen_tokens_per_s is not None:
+        source = f"{assumptions.gen_tokens_per_s:,.0f} output tokens/s per engine (given)"
+    elif gpu in VLLM_TOKENS_PER_S_7B and n_params is not None:
+        scale = min(MAX_THROUGHPUT_SCALE, REFERENCE_PARAMS / n_params)
+        source = (
+            f"vLLM {VLLM_TOKENS_PER_S_7B[gpu]:,.0f} output tokens/s per {gpu} for a 7B bf16 model (offline batch, "
             f"greedy), scaled by 7B/N = ×{scale:.2f} (at most ×{MAX_THROUGHPUT_SCALE:g})"
         )
     else:
-        src = "no vLLM throughput for this GPU/model: pass --gen-tokens-per-s"
+        source = "no vLLM throughput for this GPU/model: pass --gen-tokens-per-s"
     if _engine(spec) == "transformers":
-        src += f"; generation.engine transformers: ×{TRANSFORMERS_ENGINE_FACTOR:g} of vLLM"
-    lines.append(f"  generation: {src}" + (f" → {tps:,.0f} tokens/s per engine" if tps else ""))
-    lines.append(
-        f"  tokens to generate ≤ prompts × generation.maxNewTokens ({gen.max_new_tokens}); measured = tokens of "
-        "the stored answers"
-    )
-    lines.append(
-        f"  training tokens per pair ≤ maxLength ({t.max_length}, real) + min(maxLength, maxPromptLength "
-        f"{t.max_prompt_length} + maxNewTokens {gen.max_new_tokens} + {TEMPLATE_TOKENS} template tokens) (generated) "
-        f"= {pair_tokens_bound(spec):,}; pairs = training prompts × data-window iterations"
-    )
-    lines.append(
-        f"  optimizer steps = ceil(epochs × ceil(ceil(pairs / (perDeviceBatchSize {t.per_device_batch_size} × "
-        f"{world} process(es))) / gradientAccumulationSteps {t.gradient_accumulation_steps}))"
-        + (f"; training.maxSteps {t.max_steps} overrides" if t.max_steps is not None else "")
-    )
-    if t.gpus_per_node == 0:
-        lines.append(f"  training.gpusPerNode is 0 (CPU): the GPU-hours are those of the same steps on {a.gpu} GPUs")
+        source += f"; generation.engine transformers: ×{TRANSFORMERS_ENGINE_FACTOR:g} of vLLM"
+    return source
+
+
+def _count_assumptions(spec: SpinRunSpec, est: RunEstimate) -> list[str]:
+    """The rules behind the counts: tokens to generate, tokens per pair, optimizer steps, and the notes."""
+    generation, training = spec.generation, spec.training
+    lines = [
+        f"  tokens to generate ≤ prompts × generation.maxNewTokens ({generation.max_new_tokens}); measured = "
+        "tokens of the stored answers",
+        f"  training tokens per pair ≤ maxLength ({training.max_length}, real) + min(maxLength, maxPromptLength "
+        f"{training.max_prompt_length} + maxNewTokens {generation.max_new_tokens} + {TEMPLATE_TOKENS} template "
+        f"tokens) (generated) = {pair_tokens_bound(spec):,}; pairs = training prompts × data-window iterations",
+        f"  optimizer steps = ceil(epochs × ceil(ceil(pairs / (perDeviceBatchSize {training.per_device_batch_size} "
+        f"× {world_size(training)} process(es))) / gradientAccumulationSteps {training.gradient_accumulation_steps}))"
+        + (f"; training.maxSteps {training.max_steps} overrides" if training.max_steps is not None else ""),
+    ]
+    if training.gpus_per_node == 0:
+        gpu = est.assumptions.gpu
+        lines.append(f"  training.gpusPerNode is 0 (CPU): the GPU-hours are those of the same steps on {gpu} GPUs")
     lines += [f"  {note}" for note in est.notes]
-    return "\n".join(lines)
+    return lines

@@ -32,16 +32,16 @@ def plan_table(run: SpinRun) -> str:
     header = ["iter", "start model", "data window", "lr", "β", "epochs", "loss", "steps"]
     rows = [header]
     for k in stages.iterations(spec):
-        h = hparams.hparams(spec, k)
+        iter_hparams = hparams.hparams(spec, k)
         rows.append(
             [
                 str(k),
-                h.start_model,
-                _window(h.window),
-                f"{h.learning_rate:g}",
-                f"{h.beta:g}",
-                _epochs(spec, h.epochs),
-                h.loss_type,
+                iter_hparams.start_model,
+                _window(iter_hparams.window),
+                f"{iter_hparams.learning_rate:g}",
+                f"{iter_hparams.beta:g}",
+                _epochs(spec, iter_hparams.epochs),
+                iter_hparams.loss_type,
                 _steps(run, k),
             ]
         )
@@ -49,8 +49,8 @@ def plan_table(run: SpinRun) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     total = len(stages.all_steps(spec))
-    tr = spec.training
-    where = "CPU" if tr.gpus_per_node == 0 else f"{tr.nodes} node(s) x {tr.gpus_per_node} GPU(s)"
+    training = spec.training
+    where = "CPU" if training.gpus_per_node == 0 else f"{training.nodes} node(s) x {training.gpus_per_node} GPU(s)"
     title = (
         f"SpinRun {run.metadata.name}: iterations {spec.start_iteration}..{spec.iterations - 1}, "
         f"{total} steps, training on {where}"

@@ -34,7 +34,7 @@ from spin_runtime.modeling.scoring import (
     reward_metrics,
 )
 from spin_runtime.plan import layout, stages
-from spin_runtime.steps import progress as step_progress
+from spin_runtime.steps import step_progress
 from spin_runtime.steps.context import StepContext
 
 SFT_PREFIX = layout.SFT_METRICS_PREFIX

@@ -28,7 +28,7 @@ from spin_runtime.modeling.decoding import (
     transformers_generate,
 )
 from spin_runtime.plan import hparams, layout, stages
-from spin_runtime.steps import progress as step_progress
+from spin_runtime.steps import step_progress
 from spin_runtime.steps.context import StepContext
 from spin_runtime.store import atomic
 

@@ -25,8 +25,7 @@ from spin_runtime.modeling import models
 from spin_runtime.modeling.chat import LENGTH_COLUMN, prepare_rows
 from spin_runtime.plan import hparams, layout
 from spin_runtime.plan.stages import Step
-from spin_runtime.steps import resume, train
-from spin_runtime.steps import trl_args as tc
+from spin_runtime.steps import resume, train, trl_args
 from spin_runtime.steps.context import StepContext
 from spin_runtime.steps.train_metrics import history_from_log, train_summary
 from spin_runtime.store import rundir
@@ -42,10 +41,10 @@ def sft_rows(
 ) -> list[dict[str, Any]]:
     """TRL prompt-completion rows of the window's real answers: the SPIN rows' prompt and chosen
     answer, truncated by the same rule (`training.truncation`), with their approximate length."""
-    tr = spec.training
+    training = spec.training
     pairs = prepare_rows(
-        [dict(r) for r in rows], tok, tr.max_prompt_length, system=spec.system_prompt,
-        truncation=tr.truncation, max_length=tr.max_length,
+        [dict(r) for r in rows], tok, training.max_prompt_length, system=spec.system_prompt,
+        truncation=training.truncation, max_length=training.max_length,
     )  # fmt: skip
     return [{"prompt": p["prompt"], "completion": p["chosen"], LENGTH_COLUMN: p[LENGTH_COLUMN]} for p in pairs]
 
@@ -83,10 +82,10 @@ def build_sft_trainer(
     start_path = models.resolve(hparams.sft_start_model(spec, k), ctx.run_dir)
     tok = models.load_tokenizer(start_path, padding_side="right")
     train.check_chat_template(tok, start_path)
-    rows = tc.shuffled(train.window_rows(ctx.run_dir, spec, k), spec.training.seed)
+    rows = trl_args.shuffled(train.window_rows(ctx.run_dir, spec, k), spec.training.seed)
     prepared = sft_rows(rows, tok, spec)
     lr = hparams.sft_learning_rate(spec, k)
-    kwargs = tc.sft_config_kwargs(train.config_kwargs(ctx, on_gpu), lr)
+    kwargs = trl_args.sft_config_kwargs(train.config_kwargs(ctx, on_gpu), lr)
     args = train.make_config(SFTConfig, kwargs)
     scratch = ctx.path(layout.iter_dir(k)) / SCRATCH
     fingerprint = rundir.fingerprints(ctx.run)[ctx.step.key]

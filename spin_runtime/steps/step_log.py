@@ -14,7 +14,7 @@ from pathlib import Path
 
 from spin_runtime.launch import STEP_LOGS_ENV
 from spin_runtime.plan.stages import Step
-from spin_runtime.steps import progress
+from spin_runtime.steps import step_progress
 from spin_runtime.store import atomic
 
 #: Set once a process copies its output, so that its children (which inherit the copied fds)
@@ -27,7 +27,7 @@ DRAIN_SECONDS = 10.0
 def log_path(run_dir: Path, step: Step, rank: int) -> Path:
     """Where a step's process keeps its output: the local driver's file for rank 0,
     `<step>.rank<r>.log` beside it for the other ranks."""
-    path = progress.log_file(run_dir, step)
+    path = step_progress.log_file(run_dir, step)
     return path if rank == 0 else path.with_name(f"{path.stem}.rank{rank}.log")
 
 

@@ -30,8 +30,7 @@ from spin_runtime.modeling.chat import LENGTH_COLUMN, chat_messages, prepare_row
 from spin_runtime.modeling.original_collator import original_collator, original_tokens
 from spin_runtime.plan import hparams, layout
 from spin_runtime.plan.stages import Step
-from spin_runtime.steps import epochs, resume
-from spin_runtime.steps import trl_args as tc
+from spin_runtime.steps import epochs, resume, trl_args
 from spin_runtime.steps.context import StepContext
 from spin_runtime.steps.train_metrics import history_from_log, train_summary
 from spin_runtime.store import atomic, rundir
@@ -97,14 +96,14 @@ def identical_pairs(rows: Sequence[Mapping[str, Any]]) -> int:
 def training_rows(rows: Sequence[dict[str, Any]], tok: PreTrainedTokenizerBase, spec: SpinRunSpec) -> list[dict[str, Any]]:
     """The rows TRL trains on: conversational rows TRL tokenises (collator trl), or token ids
     built as the original code built them (collator original)."""
-    tr = spec.training
-    if tr.collator == "trl":
-        return prepare_rows(rows, tok, tr.max_prompt_length, system=spec.system_prompt, truncation=tr.truncation,
-                            max_length=tr.max_length)
+    training = spec.training
+    if training.collator == "trl":
+        return prepare_rows(rows, tok, training.max_prompt_length, system=spec.system_prompt,
+                            truncation=training.truncation, max_length=training.max_length)
     out = []
     for i, r in enumerate(rows):
         ids = original_tokens(tok, chat_messages(r["prompt"], spec.system_prompt), r["real"], r["generated"],
-                              tr.max_length, tr.max_prompt_length)
+                              training.max_length, training.max_prompt_length)
         length = len(ids["prompt_ids"]) + max(len(ids["chosen_ids"]), len(ids["rejected_ids"]))
         out.append({**ids, "id": str(r.get("id", i)), LENGTH_COLUMN: length})
     return out
@@ -147,10 +146,10 @@ def cpu_flags() -> set[str]:
 
 
 def _warn_slow_bf16(spec: SpinRunSpec, on_gpu: bool) -> None:
-    if on_gpu or tc.resolved_precision(spec.training.precision, on_gpu) != "bf16":
+    if on_gpu or trl_args.resolved_precision(spec.training.precision, on_gpu) != "bf16":
         return
     flags = cpu_flags()
-    if flags and not tc.cpu_has_native_bf16(flags):
+    if flags and not trl_args.cpu_has_native_bf16(flags):
         _log(
             "warning: training.precision bf16 on a CPU without AVX512-BF16/AMX: bf16 matmuls run far slower "
             "than fp32 here; set training.precision: fp32 (or auto)"
@@ -189,12 +188,12 @@ def config_kwargs(ctx: StepContext, on_gpu: bool) -> dict[str, Any]:
     DeepSpeed config first when it is used (the training steps share them)."""
     spec, k = ctx.spec, ctx.iteration
     ds_path: str | None = None
-    if tc.uses_deepspeed(spec.training, on_gpu):
+    if trl_args.uses_deepspeed(spec.training, on_gpu):
         ds_file = ctx.path(layout.iter_dir(k)) / DEEPSPEED_FILE
         # every rank writes the same content atomically: the config must exist before DPOConfig
-        atomic.atomic_write_json(ds_file, tc.deepspeed_config(spec.training.deepspeed))
+        atomic.atomic_write_json(ds_file, trl_args.deepspeed_config(spec.training.deepspeed))
         ds_path = str(ds_file)
-    return tc.dpo_config_kwargs(
+    return trl_args.dpo_config_kwargs(
         spec,
         ctx.hparams,
         on_gpu=on_gpu,
@@ -268,27 +267,30 @@ def build_trainer(
     so TRL reloads that same folder as the frozen opponent (or precomputes its log-probs)."""
     t0 = time.perf_counter()
     ctx = ctx or StepContext.open(run_dir, Step(iteration, "train"))
-    spec, tr = ctx.spec, ctx.spec.training
+    spec, training = ctx.spec, ctx.spec.training
     on_gpu = training_on_gpu(spec)
     if ctx.is_main:
         _warn_slow_bf16(spec, on_gpu)
     start_path = models.resolve(ctx.start_model, ctx.run_dir)
     tok = models.load_tokenizer(start_path, padding_side="right")
     check_chat_template(tok, start_path)
-    rows = tc.shuffled(window_rows(ctx.run_dir, spec, ctx.iteration), tr.seed)
+    rows = trl_args.shuffled(window_rows(ctx.run_dir, spec, ctx.iteration), training.seed)
     prepared = training_rows(rows, tok, spec)
 
     args = _dpo_args(ctx, on_gpu)
     scratch = ctx.path(layout.iter_dir(ctx.iteration)) / SCRATCH
     fingerprint = rundir.fingerprints(ctx.run)[ctx.step.key]
     dataset, resume_from = stage_window(ctx, prepared, scratch, fingerprint)
+    collator = None
+    if training.collator == "original":
+        collator = original_collator(tok.pad_token_id, tok.eos_token_id, training.max_length)
     trainer = _trainer_class()(
         model=start_path,
         ref_model=None,
         args=args,
         train_dataset=dataset,
         processing_class=tok,
-        data_collator=original_collator(tok.pad_token_id, tok.eos_token_id, tr.max_length) if tr.collator == "original" else None,
+        data_collator=collator,
         peft_config=lora_config(spec),
         callbacks=_callbacks(ctx, fingerprint, callbacks),
     )
@@ -314,7 +316,7 @@ def lora_config(spec: SpinRunSpec) -> Any:
         return None
     from peft import LoraConfig
 
-    return LoraConfig(**tc.lora_kwargs(spec.training.lora))
+    return LoraConfig(**trl_args.lora_kwargs(spec.training.lora))
 
 
 def _tidy_checkpoint(folder: Path) -> None:
@@ -371,23 +373,27 @@ def save_checkpoint(trainer: Any, setup: TrainSetup, folder: str | None = None) 
 def select_epoch(setup: TrainSetup, final: Path) -> dict[str, Any]:
     """Score every epoch's model on the held-out split and make the selected one the iteration's
     model (rank 0; `final` holds the last epoch's). Returns what metrics.json records."""
-    ctx, tr = setup.ctx, setup.ctx.spec.training
+    ctx, training = setup.ctx, setup.ctx.spec.training
     saved = epochs.saved_epochs(ctx.run_dir, ctx.iteration)
     if not saved:
         raise ModelError(f"{ctx.path(layout.iter_dir(ctx.iteration))}/epochs: no epoch model was saved")
     scores = epochs.score_epoch_models(ctx.run_dir, ctx.spec, ctx.iteration, setup.start_path, ctx.hparams.beta, saved)
-    chosen = epochs.choose(scores, tr.select_epoch, tr.select_metric)
+    chosen = epochs.choose(scores, training.select_epoch, training.select_metric)
     if chosen["epoch"] != saved[-1][0]:
         with atomic.atomic_dir(final) as tmp:
             shutil.copytree(ctx.path(chosen["path"]), tmp, dirs_exist_ok=True)
             (tmp / epochs.EPOCH_FILE).unlink(missing_ok=True)
             _tidy_checkpoint(tmp)
             models.check_checkpoint(tmp)
+    metric = training.select_metric
+    by_metric = f", {metric} {chosen.get(metric)}" if training.select_epoch == "best" else ""
     ctx.log(
         f"iteration {ctx.iteration}: epoch {chosen['epoch']} of {saved[-1][0]} becomes the model "
-        f"(selectEpoch {tr.select_epoch}" + (f", {tr.select_metric} {chosen.get(tr.select_metric)}" if tr.select_epoch == "best" else "") + ")"
+        f"(selectEpoch {training.select_epoch}{by_metric})"
     )
-    return {"scores": scores, "selected": chosen["epoch"], "select": tr.select_epoch, "metric": tr.select_metric}
+    return {
+        "scores": scores, "selected": chosen["epoch"], "select": training.select_epoch, "metric": training.select_metric
+    }
 
 
 # --------------------------------------------------------------------------- metrics
@@ -396,7 +402,7 @@ def select_epoch(setup: TrainSetup, final: Path) -> dict[str, Any]:
 def train_metrics(trainer: DPOTrainer, setup: TrainSetup) -> dict[str, Any]:
     """metrics.json "train" section: per-logging-step history and the run summary."""
     spec = setup.ctx.spec
-    hp = setup.ctx.hparams
+    iter_hparams = setup.ctx.hparams
     history = history_from_log(trainer.state.log_history)
     summary = train_summary(trainer.state.log_history, history, tokens=float(getattr(trainer, "_total_train_tokens", 0)))
     summary.update(
@@ -404,20 +410,20 @@ def train_metrics(trainer: DPOTrainer, setup: TrainSetup) -> dict[str, Any]:
             "samples": setup.samples,
             "train_samples": setup.samples,
             "identical_pairs": setup.identical_pairs,
-            "window": list(hp.window),
-            "learning_rate": hp.learning_rate,
-            "beta": hp.beta,
-            "epochs": hp.epochs,
-            "loss_type": hp.loss_type,
-            "start_model": hp.start_model,
-            "precision": tc.resolved_precision(spec.training.precision, setup.on_gpu),
+            "window": list(iter_hparams.window),
+            "learning_rate": iter_hparams.learning_rate,
+            "beta": iter_hparams.beta,
+            "epochs": iter_hparams.epochs,
+            "loss_type": iter_hparams.loss_type,
+            "start_model": iter_hparams.start_model,
+            "precision": trl_args.resolved_precision(spec.training.precision, setup.on_gpu),
             "device": "gpu" if setup.on_gpu else "cpu",
             "world_size": setup.ctx.world_size,
             "precompute_ref_log_probs": spec.training.precompute_ref_log_probs,
             "gradient_checkpointing": spec.training.gradient_checkpointing,
             "group_by_length": spec.training.group_by_length,
             "lora": spec.training.lora.enabled,
-            "deepspeed": tc.uses_deepspeed(spec.training, setup.on_gpu),
+            "deepspeed": trl_args.uses_deepspeed(spec.training, setup.on_gpu),
             "setup_seconds": setup.setup_seconds,
             "resumed_from_step": resume.checkpoint_step(setup.resume_from) if setup.resume_from else None,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
@@ -446,10 +452,11 @@ def run_train(
     if setup.resume_from is not None and ctx.is_main:
         ctx.log(f"iteration {iteration}: resuming from {setup.resume_from} (a previous attempt was interrupted)")
     if ctx.is_main:
-        hp = ctx.hparams
+        iter_hparams = ctx.hparams
         ctx.log(
-            f"iteration {iteration}: {setup.samples} pairs from iterations {list(hp.window)}, lr {hp.learning_rate:g}, "
-            f"β {hp.beta:g}, {hp.loss_type} loss, opponent {hp.start_model}, world size {ctx.world_size}"
+            f"iteration {iteration}: {setup.samples} pairs from iterations {list(iter_hparams.window)}, "
+            f"lr {iter_hparams.learning_rate:g}, β {iter_hparams.beta:g}, {iter_hparams.loss_type} loss, "
+            f"opponent {iter_hparams.start_model}, world size {ctx.world_size}"
         )
         if setup.identical_pairs * 2 > setup.samples:
             ctx.log(

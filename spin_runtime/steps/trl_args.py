@@ -111,7 +111,7 @@ def deepspeed_config(ds: DeepSpeed) -> dict[str, Any]:
 
 def dpo_config_kwargs(
     spec: SpinRunSpec,
-    hp: hparams.IterationHparams,
+    iter_hparams: hparams.IterationHparams,
     *,
     on_gpu: bool,
     output_dir: str,
@@ -121,48 +121,51 @@ def dpo_config_kwargs(
 ) -> dict[str, Any]:
     """Keyword arguments of TRL's `DPOConfig` for one iteration (its resolved lr, β, epochs and
     loss; the rest from `spec.training`). TensorBoard is attached by `train.py`."""
-    t = spec.training
+    training = spec.training
     if deepspeed_path is not None and not on_gpu:
         raise TrainConfigError("DeepSpeed runs only on GPUs here: set training.deepspeed.enabled: false on CPU")
     kwargs: dict[str, Any] = {
         "output_dir": output_dir,
-        "learning_rate": hp.learning_rate,
-        "beta": hp.beta,
-        "loss_type": [hp.loss_type],
-        "num_train_epochs": hp.epochs,
-        "max_steps": t.max_steps if t.max_steps is not None else -1,
-        "optim": t.optimizer,
-        "lr_scheduler_type": t.lr_scheduler,
+        "learning_rate": iter_hparams.learning_rate,
+        "beta": iter_hparams.beta,
+        "loss_type": [iter_hparams.loss_type],
+        "num_train_epochs": iter_hparams.epochs,
+        "max_steps": training.max_steps if training.max_steps is not None else -1,
+        "optim": training.optimizer,
+        "lr_scheduler_type": training.lr_scheduler,
         # transformers 5 reads a float below 1 as a ratio of the total steps (1.0 would mean one step).
-        "warmup_steps": min(t.warmup_ratio, 0.999999),
-        "per_device_train_batch_size": t.per_device_batch_size,
-        "gradient_accumulation_steps": t.gradient_accumulation_steps,
-        "gradient_checkpointing": t.gradient_checkpointing,
-        "max_length": t.max_length,
+        "warmup_steps": min(training.warmup_ratio, 0.999999),
+        "per_device_train_batch_size": training.per_device_batch_size,
+        "gradient_accumulation_steps": training.gradient_accumulation_steps,
+        "gradient_checkpointing": training.gradient_checkpointing,
+        "max_length": training.max_length,
         "truncation_mode": "keep_start",
-        "precompute_ref_log_probs": t.precompute_ref_log_probs,
-        "max_grad_norm": t.max_grad_norm,  # 0: no clipping (transformers and DeepSpeed's "auto" alike)
-        "seed": t.seed,
-        "data_seed": t.seed,
+        "precompute_ref_log_probs": training.precompute_ref_log_probs,
+        "max_grad_norm": training.max_grad_norm,  # 0: no clipping (transformers and DeepSpeed's "auto" alike)
+        "seed": training.seed,
+        "data_seed": training.seed,
         "logging_strategy": "steps",
-        "logging_steps": t.logging_steps,
+        "logging_steps": training.logging_steps,
         "logging_first_step": True,
-        "report_to": [r for r in t.report_to if r != "tensorboard"] or "none",
+        "report_to": [r for r in training.report_to if r != "tensorboard"] or "none",
         **resume.save_strategy_kwargs(
-            t.save_steps, t.save_minutes, t.keep_checkpoints, epochs=t.save_epochs or t.select_epoch == "best"
+            training.save_steps,
+            training.save_minutes,
+            training.keep_checkpoints,
+            epochs=training.save_epochs or training.select_epoch == "best"
         ),
         "eval_strategy": "no",
         "disable_dropout": True,
         "dataloader_num_workers": 0,
         "ddp_find_unused_parameters": False,
         "model_init_kwargs": {"dtype": "float32", "attn_implementation": attn_implementation},
-        **precision_kwargs(t.precision, on_gpu),
+        **precision_kwargs(training.precision, on_gpu),
     }
     if not on_gpu and world_size > 1:
         kwargs["ddp_backend"] = "gloo"
     if deepspeed_path is not None:
         kwargs["deepspeed"] = deepspeed_path
-    if t.group_by_length:
+    if training.group_by_length:
         kwargs.update(
             {
                 "train_sampling_strategy": "group_by_length",

@@ -12,7 +12,7 @@ from typing import Any
 from spin_operator.kube.objects import JobState, PodState
 from spin_operator.kube.timestamps import rfc3339
 from spin_runtime.api.status import StepName, StepProgress
-from spin_runtime.steps.progress import describe, eta_seconds, fmt_duration
+from spin_runtime.steps.step_progress import describe, eta_seconds, fmt_duration
 
 SUMMARY_MAX = 256
 

@@ -13,7 +13,7 @@ from spin_runtime.api.spec import SpinRun
 from spin_runtime.launch import PROGRESS_PORT_ENV
 from spin_runtime.local import status_text
 from spin_runtime.plan import layout, stages
-from spin_runtime.steps import progress, progress_server
+from spin_runtime.steps import progress_server, step_progress
 from spin_runtime.store import rundir
 
 
@@ -25,9 +25,9 @@ class Clock:
         return self.now
 
 
-def _progress(tmp_path: Path, clock: Clock, echo: io.StringIO, **kw: object) -> progress.Progress:
-    return progress.Progress(tmp_path / "p.json", "it0/generate-0-of-2", unit="prompts", total=64, echo=echo,
-                             clock=clock, **kw)  # type: ignore[arg-type]  # fmt: skip
+def _progress(tmp_path: Path, clock: Clock, echo: io.StringIO, **kw: object) -> step_progress.Progress:
+    return step_progress.Progress(tmp_path / "p.json", "it0/generate-0-of-2", unit="prompts", total=64,
+                                  echo=echo, clock=clock, **kw)  # type: ignore[arg-type]  # fmt: skip
 
 
 def test_updates_are_written_at_most_once_a_second_and_the_end_always(tmp_path: Path) -> None:
@@ -57,8 +57,8 @@ def test_rate_and_eta_count_from_the_first_update_not_from_set_up(tmp_path: Path
     clock.now += 10
     p.update(16, **{"tok/s": 231.4})
     rec = p.record
-    assert rec["rate"] == 1.6 and progress.eta_seconds(rec) == 30
-    assert progress.describe(rec, clock.now) == "16/64 prompts · 231 tok/s · ETA 30s"
+    assert rec["rate"] == 1.6 and step_progress.eta_seconds(rec) == 30
+    assert step_progress.describe(rec, clock.now) == "16/64 prompts · 231 tok/s · ETA 30s"
 
 
 def test_plain_progress_lines_on_stderr_every_thirty_seconds(tmp_path: Path) -> None:
@@ -75,31 +75,31 @@ def test_plain_progress_lines_on_stderr_every_thirty_seconds(tmp_path: Path) -> 
 def test_describe_training_and_set_up_phases() -> None:
     rec = {"state": "running", "unit": "steps", "done": 5, "total": 8, "rate": 0.1,
            "metrics": {"loss": 0.41234, "margin": 0.931, "s/step": 9.8}}  # fmt: skip
-    assert progress.describe(rec) == "step 5/8 · loss 0.412 · margin 0.931 · 9.8 s/step · ETA 30s"
+    assert step_progress.describe(rec) == "step 5/8 · loss 0.412 · margin 0.931 · 9.8 s/step · ETA 30s"
     phase = {"state": "running", "phase": "opponent log-probs of 64 train pairs", "phase_started": 0.0}
-    assert progress.describe(phase, now=75.0) == "opponent log-probs of 64 train pairs (1m15s)"
-    assert progress.describe({"state": "done", "summary": "8 steps, loss 0.41"}) == "8 steps, loss 0.41"
-    assert progress.fmt_duration(3725) == "1h02m" and progress.fmt_duration(None) == "?"
+    assert step_progress.describe(phase, now=75.0) == "opponent log-probs of 64 train pairs (1m15s)"
+    assert step_progress.describe({"state": "done", "summary": "8 steps, loss 0.41"}) == "8 steps, loss 0.41"
+    assert step_progress.fmt_duration(3725) == "1h02m" and step_progress.fmt_duration(None) == "?"
 
 
 def test_other_ranks_and_missing_run_directories_write_nothing(tmp_path: Path) -> None:
     run_dir = tmp_path / "not-a-run"
-    p = progress.for_step(run_dir, stages.Step(0, "train"), unit="steps")
+    p = step_progress.for_step(run_dir, stages.Step(0, "train"), unit="steps")
     p.update(1, total=2)
     p.finish("done")
     assert not run_dir.exists()
     spec = {"metadata": {"name": "t"}, "spec": {"model": {"builtin": "tiny-random-llama"}, "storage": {"newClaim": {}}}}
     rundir.init_run(tmp_path / "run", SpinRun.model_validate(spec))
-    progress.for_step(tmp_path / "run", stages.Step(0, "train"), rank=1).update(1, total=2)
+    step_progress.for_step(tmp_path / "run", stages.Step(0, "train"), rank=1).update(1, total=2)
     assert not (tmp_path / "run" / layout.progress_path(0, "train")).exists()
-    progress.for_step(tmp_path / "run", stages.Step(0, "train")).update(1, total=2)
+    step_progress.for_step(tmp_path / "run", stages.Step(0, "train")).update(1, total=2)
     assert (tmp_path / "run" / layout.progress_path(0, "train")).exists()
 
 
 def test_status_shows_the_running_step_and_notices_a_vanished_process(tmp_path: Path) -> None:
     spec = {"metadata": {"name": "t"}, "spec": {"model": {"builtin": "tiny-random-llama"}, "storage": {"newClaim": {}}}}
     rundir.init_run(tmp_path, SpinRun.model_validate(spec))
-    p = progress.for_step(tmp_path, stages.Step(0, "train"), unit="steps")
+    p = step_progress.for_step(tmp_path, stages.Step(0, "train"), unit="steps")
     p.update(3, total=8, loss=0.5)
     text = status_text(tmp_path)
     assert "running: it0/train — step 3/8 · loss 0.5" in text and "process is gone" not in text
@@ -129,7 +129,7 @@ def test_in_a_pod_rank_zero_serves_its_live_record_over_http(tmp_path: Path, mon
     rundir.init_run(tmp_path, SpinRun.model_validate({"apiVersion": "spin.dev/v1alpha1", "kind": "SpinRun",
                                                        "metadata": {"name": "r"}, "spec": {}}))
     step = stages.Step(0, "train")
-    p = progress.for_step(tmp_path, step, unit="steps", total=8)
+    p = step_progress.for_step(tmp_path, step, unit="steps", total=8)
     assert p.server is not None
     try:
         p.update(3, loss=0.5)  # within a second of the first write: the file lags, the server does not
@@ -138,8 +138,8 @@ def test_in_a_pod_rank_zero_serves_its_live_record_over_http(tmp_path: Path, mon
         assert status == 200 and (record["step"], record["done"], record["total"], record["metrics"]) == (
             "it0/train", 3, 8, {"loss": 0.5})
         assert _get(p.server.port, "/metrics")[0] == 404
-        assert progress.for_step(tmp_path, step, rank=1).server is None  # other ranks serve nothing
-        assert progress.for_step(tmp_path, step).server is p.server  # one server per process
+        assert step_progress.for_step(tmp_path, step, rank=1).server is None  # other ranks serve nothing
+        assert step_progress.for_step(tmp_path, step).server is p.server  # one server per process
     finally:
         p.server.close()
 
@@ -161,4 +161,4 @@ def test_a_bad_or_busy_progress_port_costs_a_warning_not_the_step(monkeypatch: p
 def test_metrics_read_as_numbers_people_use() -> None:
     record = {"state": "running", "done": 2, "total": 8, "unit": "steps",
               "metrics": {"loss": 0.69314, "margin": -3.81e-07, "s/step": 4.2, "tok/s": 231.4}}
-    assert progress.describe(record, now=0) == "step 2/8 · loss 0.693 · margin 0.000 · 4.2 s/step · 231 tok/s"
+    assert step_progress.describe(record, now=0) == "step 2/8 · loss 0.693 · margin 0.000 · 4.2 s/step · 231 tok/s"
