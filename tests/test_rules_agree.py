@@ -117,7 +117,8 @@ def _typed(value: Any, node: dict[str, Any]) -> Any:
     """`value` as CEL sees it: typed by the schema (a `number` field holds a double, also when YAML wrote 2)."""
     if isinstance(value, dict):
         props, extra = node.get("properties", {}), node.get("additionalProperties")
-        return celtypes.MapType({celtypes.StringType(k): _typed(v, props.get(k) or extra or {}) for k, v in value.items()})
+        typed = {celtypes.StringType(k): _typed(v, props.get(k) or extra or {}) for k, v in value.items()}
+        return celtypes.MapType(typed)
     if isinstance(value, list):
         return celtypes.ListType([_typed(v, node.get("items", {})) for v in value])
     if isinstance(value, bool):
@@ -225,4 +226,5 @@ def test_cel_and_python_give_the_same_verdict(
     python = not _python_refuses(rule, path, problems)
     assert python is accepted, f"spin validate {'refuses' if not python else 'accepts'} it: {problems}"
     if rule.cel is not None:
-        assert _cel_holds(rule.cel, node, example) is accepted, f"the CRD's CEL {'accepts' if not accepted else 'refuses'} it"
+        cel = _cel_holds(rule.cel, node, example)
+        assert cel is accepted, f"the CRD's CEL {'accepts' if cel else 'refuses'} it"

@@ -196,7 +196,8 @@ def gpu_request_rule(
         message=f"resources.requests[{GPU_RESOURCE}] must equal the GPUs of {gpus_field} (or be left out: the "
         "operator requests them)",
         cel=cel(
-            f"!has(self.resources) || !has(self.resources.requests) || !('{GPU_RESOURCE}' in self.resources.requests) || ",
+            "!has(self.resources) || !has(self.resources.requests) || ",
+            f"!('{GPU_RESOURCE}' in self.resources.requests) || ",
             f"(has(self.resources.limits) && '{GPU_RESOURCE}' in self.resources.limits) || ",
             f"(({gpus_cel}) > 0 && {request}.isInteger() && {request}.asInteger() == ({gpus_cel}))",
         ),

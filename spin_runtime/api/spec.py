@@ -284,9 +284,17 @@ class Dataset(SpinModel):
         None, max_length=1024, description="Local JSONL or parquet file (messages, or prompt/response columns)."
     )
     builtin: BuiltinTask | None = Field(None, description="A built-in synthetic task with exact-match scoring.")
-    prompt_field: str = Field("prompt", max_length=64, description="Column holding the prompt (prompt/response format).")
-    response_field: str = Field("response", max_length=64, description="Column holding the real answer (prompt/response format).")
-    messages_field: str = Field("messages", max_length=64, description="Column holding the conversation (messages format); the first user and assistant turns are used.")
+    prompt_field: str = Field(
+        "prompt", max_length=64, description="Column holding the prompt (prompt/response format)."
+    )
+    response_field: str = Field(
+        "response", max_length=64, description="Column holding the real answer (prompt/response format)."
+    )
+    messages_field: str = Field(
+        "messages",
+        max_length=64,
+        description="Column holding the conversation (messages format); the first user and assistant turns are used.",
+    )
     max_samples: int | None = Field(
         50_000,
         ge=1,
@@ -306,7 +314,8 @@ class Dataset(SpinModel):
         False,
         description="Drop exact duplicate pairs (same split, prompt, real and generated answer) when converting. "
         "Off by default: the original SPIN code kept them, and reproducing its data means keeping them; they are "
-        "always counted (metrics.json convert.exact_duplicates). The same row twice (an appended shard) is always dropped.",
+        "always counted (metrics.json convert.exact_duplicates). The same row twice (an appended shard) is always "
+        "dropped.",
     )
 
 
@@ -397,12 +406,18 @@ class Generation(SpinModel):
     )
 
     engine: Literal["auto", "vllm", "transformers"] = Field(
-        "auto", description="vllm on GPUs (one engine per shard), transformers as fallback; auto picks vllm when it is importable and a GPU is present."
+        "auto",
+        description="vllm on GPUs (one engine per shard), transformers as fallback; auto picks vllm when it is "
+        "importable and a GPU is present.",
     )
     prompt_format: Literal["chat", "instruction"] = Field(
-        "chat", description="The model's chat template, or the original's '### Instruction: {q}\\n\\n### Response: ' string."
+        "chat",
+        description="The model's chat template, or the original's '### Instruction: {q}\\n\\n### Response: ' "
+        "string.",
     )
-    decoding: Literal["greedy", "sample"] = Field("greedy", description="Greedy decoding (the paper's HF path) or sampling.")
+    decoding: Literal["greedy", "sample"] = Field(
+        "greedy", description="Greedy decoding (the paper's HF path) or sampling."
+    )
     temperature: float = Field(1.0, gt=0, le=10, description="Sampling temperature (decoding: sample).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (decoding: sample).")
     seed: int = Field(42, ge=0, le=MAX_SEED, description="Seed of sampling and of the prompt shuffle.")
@@ -412,13 +427,18 @@ class Generation(SpinModel):
         "auto", description="Generation dtype; auto = bfloat16 on GPU, float32 on CPU (exact greedy texts)."
     )
     shards: int = Field(1, ge=1, le=MAX_SHARDS, description="Number of shards (one process/pod each).")
-    parallelism: int | None = Field(None, ge=1, le=MAX_SHARDS, description="Shards running at once in a cluster (default: all).")
+    parallelism: int | None = Field(
+        None, ge=1, le=MAX_SHARDS, description="Shards running at once in a cluster (default: all)."
+    )
     tensor_parallel_size: int = Field(1, ge=1, le=64, description="GPUs per vLLM engine (= GPUs per generation pod).")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may take.")
     max_model_len: int | None = Field(
         None, ge=64, le=1_048_576, description="vLLM max model length (default: the model's)."
     )
-    resources: Resources = Field(default_factory=Resources, description="Resources of each generation pod (GPUs are added from tensorParallelSize).")
+    resources: Resources = Field(
+        default_factory=Resources,
+        description="Resources of each generation pod (GPUs are added from tensorParallelSize).",
+    )
 
     @property
     def gpus_per_pod(self) -> int:
@@ -494,7 +514,10 @@ class GangScheduling(SpinModel):
     """All-or-nothing start of multi-node training with the scheduler-plugins Coscheduling plugin:
     a PodGroup of `training.nodes` pods, scheduled by the scheduler that runs the plugin."""
 
-    enabled: bool = Field(False, description="Create a PodGroup (scheduling.x-k8s.io/v1alpha1) for multi-node training (launcher: indexedjob).")
+    enabled: bool = Field(
+        False,
+        description="Create a PodGroup (scheduling.x-k8s.io/v1alpha1) for multi-node training (launcher: indexedjob).",
+    )
     scheduler_name: str = Field(
         "scheduler-plugins-scheduler",
         min_length=1,
@@ -503,7 +526,10 @@ class GangScheduling(SpinModel):
         description="schedulerName of the training pods: the scheduler profile with Coscheduling enabled.",
     )
     schedule_timeout_seconds: int = Field(
-        600, ge=1, le=86400, description="How long the scheduler holds part of the group before it gives all its nodes back."
+        600,
+        ge=1,
+        le=86400,
+        description="How long the scheduler holds part of the group before it gives all its nodes back.",
     )
 
 
@@ -550,7 +576,10 @@ class Training(SpinModel):
         ),
     )
 
-    loss_type: Literal["sigmoid", "hinge"] = Field("sigmoid", description="SPIN loss: sigmoid (−log σ(t)) or hinge (max(0, 1−t)).")
+    # ---- the loss and the optimiser
+    loss_type: Literal["sigmoid", "hinge"] = Field(
+        "sigmoid", description="SPIN loss: sigmoid (−log σ(t)) or hinge (max(0, 1−t))."
+    )
     optimizer: Literal["rmsprop", "adamw_torch", "adamw_torch_fused", "sgd", "adafactor"] = Field(
         "rmsprop", description="Optimizer (transformers `optim` name); the paper used RMSProp."
     )
@@ -559,34 +588,8 @@ class Training(SpinModel):
     )
     warmup_ratio: float = Field(0.1, ge=0, le=1, description="Fraction of steps spent warming up.")
     per_device_batch_size: int = Field(8, ge=1, le=4096, description="Pairs per device per step.")
-    gradient_accumulation_steps: int = Field(1, ge=1, le=4096, description="Steps accumulated before an optimizer update.")
-    max_length: int = Field(DEFAULT_MAX_LENGTH, ge=16, le=131072, description="Longest prompt + answer in tokens.")
-    max_prompt_length: int = Field(DEFAULT_MAX_PROMPT_LENGTH, ge=8, le=131072, description="Prompts are truncated from the left to this many tokens (see truncation).")
-    collator: Literal["trl", "original"] = Field(
-        "trl",
-        description="trl: TRL renders and tokenises each sequence in one piece and attends every token. original "
-        "(the original SPIN code): prompt and answers tokenised separately without special tokens, attention masked at "
-        "every EOS inside them, one EOS appended to each answer, and the original truncation on token ids.",
-    )
-    truncation: Literal["always", "original"] = Field(
-        "always",
-        description="always: every prompt is cut from the left to maxPromptLength template tokens, then each "
-        "sequence to maxLength. original (the original SPIN code): only when prompt + the longer answer exceed "
-        "maxLength is the prompt cut to its last maxPromptLength tokens, then both answers to maxLength − maxPromptLength.",
-    )
-    precompute_ref_log_probs: bool = Field(
-        False, description="Compute the opponent's log-probs once up front instead of holding it during training."
-    )
-    gradient_checkpointing: bool = Field(True, description="Recompute activations to save memory.")
-    group_by_length: bool = Field(
-        False, description="Batch pairs of similar length together (less padding; the order is no longer the seeded shuffle)."
-    )
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto = bf16 on GPU, fp32 on CPU.")
-    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = Field(
-        "auto",
-        description="auto = flash_attention_2 when installed on GPU, else sdpa. With collator: original, "
-        "flash_attention_2 drops each masked EOS inside an answer as a query as well as a key (one label per "
-        "sequence changes); sdpa and eager hide it as a key only, as the original code did (recipe spin-paper: sdpa).",
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, le=4096, description="Steps accumulated before an optimizer update."
     )
     max_grad_norm: float = Field(
         1.0,
@@ -596,13 +599,60 @@ class Training(SpinModel):
         "code (accelerate clipped only when asked, its ZeRO-3 config set none).",
     )
     seed: int = Field(42, ge=0, le=MAX_SEED, description="Training seed (also the seed of the data-window shuffle).")
+
+    # ---- sequences: how long, how tokenised, how cut
+    max_length: int = Field(DEFAULT_MAX_LENGTH, ge=16, le=131072, description="Longest prompt + answer in tokens.")
+    max_prompt_length: int = Field(
+        DEFAULT_MAX_PROMPT_LENGTH,
+        ge=8,
+        le=131072,
+        description="Prompts are truncated from the left to this many tokens (see truncation).",
+    )
+    collator: Literal["trl", "original"] = Field(
+        "trl",
+        description="trl: TRL renders and tokenises each sequence in one piece and attends every token. original "
+        "(the original SPIN code): prompt and answers tokenised separately without special tokens, attention masked "
+        "at every EOS inside them, one EOS appended to each answer, and the original truncation on token ids.",
+    )
+    truncation: Literal["always", "original"] = Field(
+        "always",
+        description="always: every prompt is cut from the left to maxPromptLength template tokens, then each "
+        "sequence to maxLength. original (the original SPIN code): only when prompt + the longer answer exceed "
+        "maxLength is the prompt cut to its last maxPromptLength tokens, then both answers to maxLength − "
+        "maxPromptLength.",
+    )
+
+    # ---- memory and speed
+    precompute_ref_log_probs: bool = Field(
+        False, description="Compute the opponent's log-probs once up front instead of holding it during training."
+    )
+    gradient_checkpointing: bool = Field(True, description="Recompute activations to save memory.")
+    group_by_length: bool = Field(
+        False,
+        description="Batch pairs of similar length together (less padding; the order is no longer the seeded "
+        "shuffle).",
+    )
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto = bf16 on GPU, fp32 on CPU.")
+    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = Field(
+        "auto",
+        description="auto = flash_attention_2 when installed on GPU, else sdpa. With collator: original, "
+        "flash_attention_2 drops each masked EOS inside an answer as a query as well as a key (one label per "
+        "sequence changes); sdpa and eager hide it as a key only, as the original code did (recipe spin-paper: sdpa).",
+    )
+
+    # ---- logs and resumable checkpoints
     logging_steps: int = Field(10, ge=1, le=1_000_000, description="Log metrics every this many steps.")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        max_length=3,
+        description="Where training logs go besides metrics.json.",
+    )
     save_steps: int | None = Field(
         None,
         ge=1,
         le=10_000_000,
-        description="Save a resumable checkpoint (weights, optimizer, scheduler, RNG) every this many optimizer steps; "
-        "a retried or resumed train step continues from the newest one.",
+        description="Save a resumable checkpoint (weights, optimizer, scheduler, RNG) every this many optimizer "
+        "steps; a retried or resumed train step continues from the newest one.",
     )
     save_minutes: float = Field(
         30.0,
@@ -610,6 +660,18 @@ class Training(SpinModel):
         le=10_080,
         description="Also save a resumable checkpoint when this many minutes passed since the last one "
         "(a preempted node then costs at most this much training); 0 turns time-based saving off.",
+    )
+    keep_checkpoints: int = Field(
+        2,
+        ge=1,
+        le=100,
+        description="Resumable checkpoints kept per iteration (the newest); removed once the iteration's model is "
+        "saved.",
+    )
+
+    # ---- how long it trains and which epoch's model it keeps
+    max_steps: int | None = Field(
+        None, ge=1, le=1_000_000_000, description="Stop after this many optimizer steps (overrides epochs)."
     )
     save_epochs: bool = Field(
         False,
@@ -619,30 +681,27 @@ class Training(SpinModel):
     select_epoch: EpochChoice = Field(
         "last",
         description="Which epoch becomes the iteration's model: last; best by selectMetric on the held-out split; or "
-        "an epoch number N: training stops at the end of epoch N of the schedule's epochs (its learning-rate schedule "
-        "still spans them all), e.g. the paper's epoch 2 of a 6-epoch schedule.",
+        "an epoch number N: training stops at the end of epoch N of the schedule's epochs (its learning-rate "
+        "schedule still spans them all), e.g. the paper's epoch 2 of a 6-epoch schedule.",
     )
     select_metric: Literal["reward_margin", "reward_accuracy", "logp_real", "exact_match"] = Field(
         "reward_margin",
         description="Held-out metric (higher is better) selectEpoch: best ranks epochs by; exact_match needs answers.",
     )
-    keep_checkpoints: int = Field(
-        2, ge=1, le=100, description="Resumable checkpoints kept per iteration (the newest); removed once the iteration's model is saved."
-    )
-    max_steps: int | None = Field(
-        None, ge=1, le=1_000_000_000, description="Stop after this many optimizer steps (overrides epochs)."
-    )
-    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
-        default_factory=lambda: ["tensorboard"], max_length=3, description="Where training logs go besides metrics.json."
-    )
+
+    # ---- what it trains: the whole model, or LoRA adapters
+    lora: Lora = Field(default_factory=Lora, description="Optional LoRA adapters.")
+
+    # ---- placement: the launcher, its pods and their GPUs
     launcher: Literal["indexedjob", "pytorchjob", "trainjob"] = Field(
         "indexedjob",
-        description="Cluster launcher: an Indexed Job + headless Service, a Kubeflow PyTorchJob (training operator v1), "
-        "or a Kubeflow Trainer v2 TrainJob.",
+        description="Cluster launcher: an Indexed Job + headless Service, a Kubeflow PyTorchJob (training operator "
+        "v1), or a Kubeflow Trainer v2 TrainJob.",
     )
     gang_scheduling: GangScheduling = Field(
         default_factory=lambda: GangScheduling(),
-        description="Start every node of a multi-node training step at once, or none (scheduler-plugins Coscheduling).",
+        description="Start every node of a multi-node training step at once, or none (scheduler-plugins "
+        "Coscheduling).",
     )
     training_runtime: TrainingRuntimeRef = Field(
         default_factory=lambda: TrainingRuntimeRef(),
@@ -658,8 +717,9 @@ class Training(SpinModel):
     )
     gpus_per_node: int = Field(8, ge=0, le=64, description="GPUs per training pod (0 = CPU).")
     deepspeed: DeepSpeed = Field(default_factory=DeepSpeed, description="DeepSpeed ZeRO settings.")
-    lora: Lora = Field(default_factory=Lora, description="Optional LoRA adapters.")
-    resources: Resources = Field(default_factory=Resources, description="Resources of each training pod (GPUs are added from gpusPerNode).")
+    resources: Resources = Field(
+        default_factory=Resources, description="Resources of each training pod (GPUs are added from gpusPerNode)."
+    )
 
     @property
     def stop_epoch(self) -> int | None:
@@ -704,7 +764,8 @@ class LmEval(SpinModel):
     tasks: list[LmEvalTask] = Field(
         default_factory=lambda: [LmEvalTask(name=n, num_fewshot=s) for n, s in LM_EVAL_PAPER_TASKS.items()],
         max_length=64,
-        description="Tasks and shots; the default is the paper's (ARC 25, HellaSwag 10, MMLU 5, TruthfulQA 0, Winogrande 5, GSM8k 5).",
+        description="Tasks and shots; the default is the paper's (ARC 25, HellaSwag 10, MMLU 5, TruthfulQA 0, "
+        "Winogrande 5, GSM8k 5).",
     )
     batch_size: Annotated[
         str,
@@ -718,7 +779,12 @@ class LmEval(SpinModel):
                 "maxLength": 16,
             }
         ),
-    ] = Field("auto", max_length=16, pattern=LM_EVAL_BATCH_PATTERN, description="lm-eval batch size: a number, auto or auto:N.")
+    ] = Field(
+        "auto",
+        max_length=16,
+        pattern=LM_EVAL_BATCH_PATTERN,
+        description="lm-eval batch size: a number, auto or auto:N.",
+    )
     limit: int | None = Field(None, ge=1, le=1_000_000_000, description="Examples per task (for smoke tests).")
     include_path: str | None = Field(
         None,
@@ -762,7 +828,10 @@ class NewClaim(SpinModel):
         None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="StorageClass (default: the cluster's)."
     )
     access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod", "ReadOnlyMany"]] = Field(
-        default_factory=lambda: ["ReadWriteMany"], min_length=1, max_length=4, description="Access modes; multi-node runs need ReadWriteMany."
+        default_factory=lambda: ["ReadWriteMany"],
+        min_length=1,
+        max_length=4,
+        description="Access modes; multi-node runs need ReadWriteMany.",
     )
     delete_with_run: bool = Field(
         False,
@@ -793,7 +862,9 @@ class Storage(SpinModel):
         None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Name of an existing PVC."
     )
     new_claim: NewClaim | None = Field(None, description="Create a PVC with these settings.")
-    sub_path: str = Field("runs", max_length=253, pattern=SUB_PATH_PATTERN, description="Folder on the volume holding run directories.")
+    sub_path: str = Field(
+        "runs", max_length=253, pattern=SUB_PATH_PATTERN, description="Folder on the volume holding run directories."
+    )
 
 
 class Images(SpinModel):
@@ -841,8 +912,10 @@ class Toleration(SpinModel):
             message="tolerationSeconds must be used with effect NoExecute (only NoExecute taints evict after a while)",
             cel="!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
             holds=lambda m: m.toleration_seconds is None or m.effect == "NoExecute",
-            accepts=({"key": "k", "effect": "NoExecute", "tolerationSeconds": 60}, {"key": "k", "effect": "NoSchedule"}),
-            refuses=({"key": "k", "effect": "NoSchedule", "tolerationSeconds": 30}, {"key": "k", "tolerationSeconds": 0}),
+            accepts=({"key": "k", "effect": "NoExecute", "tolerationSeconds": 60},
+                     {"key": "k", "effect": "NoSchedule"}),
+            refuses=({"key": "k", "effect": "NoSchedule", "tolerationSeconds": 30},
+                     {"key": "k", "tolerationSeconds": 0}),
         ),
         Rule(
             message="value must be empty when operator is Exists",
@@ -877,7 +950,9 @@ class PodSecurity(SpinModel):
 
     run_as_user: int = Field(POD_UID, ge=1, le=2**31 - 1, description="UID of every step container (not root).")
     run_as_group: int = Field(POD_UID, ge=0, le=2**31 - 1, description="GID of every step container.")
-    fs_group: int = Field(POD_UID, ge=0, le=2**31 - 1, description="fsGroup: the group the run volume is made writable for.")
+    fs_group: int = Field(
+        POD_UID, ge=0, le=2**31 - 1, description="fsGroup: the group the run volume is made writable for."
+    )
 
 
 # --------------------------------------------------------------------------- spec
@@ -1053,13 +1128,15 @@ SPEC_RULES: tuple[Rule | UpdateRule, ...] = (
         holds=lambda m: (m.training.nodes <= 1 or m.storage.new_claim is None
                          or "ReadWriteMany" in m.storage.new_claim.access_modes),
         accepts=({"training": {"nodes": 2}},
-                 {"training": {"nodes": 2}, "storage": {"newClaim": {"accessModes": ["ReadWriteOnce", "ReadWriteMany"]}}},
+                 {"training": {"nodes": 2},
+                  "storage": {"newClaim": {"accessModes": ["ReadWriteOnce", "ReadWriteMany"]}}},
                  {"training": {"nodes": 2}, "storage": {"existingClaim": "pvc"}},
                  {"storage": {"newClaim": {"accessModes": ["ReadWriteOnce"]}}}),
         refuses=({"training": {"nodes": 2}, "storage": {"newClaim": {"accessModes": ["ReadWriteOnce"]}}},),
     ),
     Rule(
-        message="training.selectEpoch N must not exceed any schedule entry's epochs (it needs at least N epochs in each)",
+        message="training.selectEpoch N must not exceed any schedule entry's epochs (it needs at least N epochs in "
+        "each)",
         cel=cel(
             f"{_CEL_NO_EPOCH_NUMBER} || (has(self.schedule) ? ",
             "self.schedule.all(e, (has(e.epochs) ? e.epochs : 2.0) >= double(self.training.selectEpoch)) : ",
@@ -1099,7 +1176,8 @@ SPEC_RULES: tuple[Rule | UpdateRule, ...] = (
         "training.maxSteps",
         cel=None,
         python_only=_RECIPE_BLIND,
-        holds=lambda m: not ((m.training.select_epoch == "best" or m.training.save_epochs) and m.training.max_steps is not None),
+        holds=lambda m: not ((m.training.select_epoch == "best" or m.training.save_epochs)
+                             and m.training.max_steps is not None),
         accepts=({"training": {"saveEpochs": True}}, {"training": {"maxSteps": 10}}),
         refuses=({"training": {"saveEpochs": True, "maxSteps": 10}},
                  {"recipe": "spin-paper", "training": {"maxSteps": 10}}),
@@ -1141,22 +1219,34 @@ class SpinRunSpec(SpinModel):
         default_factory=lambda: Dataset(builtin=BuiltinTask()),
         description="The SFT data (prompts and real answers).",
     )
-    iterations: int = Field(4, ge=1, le=MAX_ITERATIONS, description="Number of SPIN iterations; the paper ran 4 (iter0..iter3).")
-    start_iteration: int = Field(0, ge=0, lt=MAX_ITERATIONS, description="First iteration to run (continue a run started elsewhere).")
+    iterations: int = Field(
+        4, ge=1, le=MAX_ITERATIONS, description="Number of SPIN iterations; the paper ran 4 (iter0..iter3)."
+    )
+    start_iteration: int = Field(
+        0, ge=0, lt=MAX_ITERATIONS, description="First iteration to run (continue a run started elsewhere)."
+    )
     start_checkpoint: ModelSource | None = Field(
-        None, description="Model that startIteration starts from (default: model). E.g. the iter1 checkpoint to run iteration 2."
+        None,
+        description="Model that startIteration starts from (default: model). E.g. the iter1 checkpoint to run "
+        "iteration 2.",
     )
     schedule: list[ScheduleEntry] = Field(
         default_factory=paper_schedule,
         min_length=1,
         max_length=MAX_ITERATIONS,
-        description="Per-iteration learning rate, β and epochs; the last entry repeats for later iterations. Default: the paper's.",
+        description="Per-iteration learning rate, β and epochs; the last entry repeats for later iterations. "
+        "Default: the paper's.",
     )
     data_window: int = Field(
-        2, ge=1, le=MAX_ITERATIONS, description="Iteration k trains on the synthetic data of iterations k−w+1..k; the paper used 2."
+        2,
+        ge=1,
+        le=MAX_ITERATIONS,
+        description="Iteration k trains on the synthetic data of iterations k−w+1..k; the paper used 2.",
     )
     synthetic_data: list[SyntheticData] = Field(
-        default_factory=list, max_length=MAX_ITERATIONS, description="Pre-generated data that replaces an iteration's generation."
+        default_factory=list,
+        max_length=MAX_ITERATIONS,
+        description="Pre-generated data that replaces an iteration's generation.",
     )
     generation: Generation = Field(default_factory=Generation, description="Generation settings.")
     training: Training = Field(default_factory=Training, description="Training settings.")
@@ -1175,10 +1265,18 @@ class SpinRunSpec(SpinModel):
         description="Volume holding the run directory (cluster only); immutable.",
     )
     images: Images = Field(default_factory=Images, description="Container images (cluster only).")
-    hf_token_secret: SecretKeyRef | None = Field(None, description="Secret key holding the Hugging Face token (given to pods as HF_TOKEN via secretKeyRef).")
-    env: list[EnvVar] = Field(default_factory=list, max_length=64, description="Extra environment variables of every step.")
-    suspend: bool = Field(False, description="Pause the run: active Jobs are suspended; resuming continues from the last completed step.")
-    backoff_limit: int = Field(2, ge=0, le=100, description="Retries of each step (each shard for generation) before the run fails.")
+    hf_token_secret: SecretKeyRef | None = Field(
+        None, description="Secret key holding the Hugging Face token (given to pods as HF_TOKEN via secretKeyRef)."
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list, max_length=64, description="Extra environment variables of every step."
+    )
+    suspend: bool = Field(
+        False, description="Pause the run: active Jobs are suspended; resuming continues from the last completed step."
+    )
+    backoff_limit: int = Field(
+        2, ge=0, le=100, description="Retries of each step (each shard for generation) before the run fails."
+    )
     active_deadline_seconds: int | None = Field(
         None, ge=1, le=MAX_SAFE_INTEGER, description="Fail the run (DeadlineExceeded) after this many seconds."
     )
@@ -1224,7 +1322,9 @@ class SpinRunSpec(SpinModel):
         default_factory=lambda: PodSecurity(),
         description="The user, group and fsGroup every step pod runs as (for volumes that ignore fsGroup).",
     )
-    image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list, max_length=16, description="Pull secrets of every pod.")
+    image_pull_secrets: list[LocalObjectReference] = Field(
+        default_factory=list, max_length=16, description="Pull secrets of every pod."
+    )
 
     @model_validator(mode="before")
     @classmethod
