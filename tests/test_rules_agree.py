@@ -3,7 +3,8 @@ examples declared beside it, at every place of a SpinRun its model occurs: the C
 evaluated by cel-python on the object as the kube-apiserver holds it (CRD defaults applied, values
 typed by the schema), and `spin validate` (the loader, so the Python check and the line it prints).
 Both accept an accepted example; both refuse a refused one, `spin validate` with the rule's message
-at its field. The real apiserver's answers are test_crd.py's and test_admitted_objects.py's."""
+at its field. test_crd.py asks the real apiserver the same of every example (so cel-python and the
+quantity functions here are held to it)."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def _places() -> list[tuple[type[SpinModel], dict[str, Any], Path]]:
     return out
 
 
-def _shown(path: Path) -> str:
+def shown(path: Path) -> str:
     """A path as `spin validate` prints it: spec.tolerations[0].key."""
     return "".join("[0]" if p == "[]" else f".{p}" for p in path).lstrip(".")
 
@@ -61,7 +62,7 @@ def _cases() -> Iterator[tuple[str, type[SpinModel], dict[str, Any], Path, Rule 
             for accepted, examples in ((True, rule.accepts), (False, rule.refuses)):
                 for i, example in enumerate(examples):
                     verb = "accepts" if accepted else "refuses"
-                    case_id = f"{_shown(path)}: {rule.message[:60]}: {verb}[{i}]"
+                    case_id = f"{shown(path)}: {rule.message[:60]}: {verb}[{i}]"
                     yield case_id, model, node, path, rule, example, accepted
 
 
@@ -146,7 +147,7 @@ def _cel_holds(expr: str, node: dict[str, Any], new: Any, old: Any = None) -> bo
 # --------------------------------------------------------------------------- `spin validate`
 
 
-def _document(path: Path, example: Example) -> dict[str, Any]:
+def document(path: Path, example: Example) -> dict[str, Any]:
     """A SpinRun holding `example` at `path` (in the first item of each list on the way)."""
     value: Any = copy.deepcopy(example)
     for key in reversed(path):
@@ -163,14 +164,14 @@ def _problems(doc: dict[str, Any]) -> list[str]:
 
 
 def _python_refuses(rule: Rule, path: Path, problems: list[str]) -> bool:
-    where = _shown((*path, rule.field) if rule.field else path)
+    where = shown((*path, rule.field) if rule.field else path)
     return any(line.startswith(f"{where}: {rule.message}") for line in problems)
 
 
 def _below(model: type[SpinModel], path: Path, problems: list[str]) -> list[str]:
     """Problems inside the object at `path` other than its own rules' (they keep its rules from running)."""
-    here = _shown(path)
-    own = tuple(f"{_shown((*path, r.field))}: {r.message}" for r in model.rules if isinstance(r, Rule) and r.field)
+    here = shown(path)
+    own = tuple(f"{shown((*path, r.field))}: {r.message}" for r in model.rules if isinstance(r, Rule) and r.field)
     return [p for p in problems if p.startswith((f"{here}.", f"{here}[")) and not p.startswith(own)]
 
 
@@ -221,7 +222,7 @@ def test_cel_and_python_give_the_same_verdict(
             node, old, new = node["properties"][rule.on], old[rule.on], new[rule.on]
         assert _cel_holds(rule.cel, node, new, old) is accepted
         return
-    problems = _problems(_document(path, example))
+    problems = _problems(document(path, example))
     assert not _below(model, path, problems), f"the example breaks something else first: {problems}"
     python = not _python_refuses(rule, path, problems)
     assert python is accepted, f"spin validate {'refuses' if not python else 'accepts'} it: {problems}"
