@@ -21,6 +21,7 @@ from pydantic_core import PydanticUndefined
 
 from spin_runtime.api.crd import ROOT_RULES, openapi_schema
 from spin_runtime.api.load import unwrap
+from spin_runtime.api.rules import Rule
 from spin_runtime.api.spec import PATTERN_HINTS, ObjectMeta, SpinRun, SpinRunSpec
 from spin_runtime.api.status import SpinRunStatus
 
@@ -41,7 +42,9 @@ Defaults follow the SPIN paper (Chen et al., 2024): zephyr-7b-sft-full, four ite
 learning rates 5e-7, 5e-7, 1e-7, 1e-7 and β 0.1, 0.1, 0.1, 5.0, RMSProp, DeepSpeed ZeRO-3.
 The spec defaults to a small built-in model and task so that an empty spec runs on a laptop.
 
-*Rules* are checked both by `spin validate` and, as CEL rules of the CRD, by the kube-apiserver.
+*Rules* are checked both by `spin validate` and, as CEL rules of the CRD, by the kube-apiserver
+(each is declared once, in spin_runtime/api/rules.py's form), except those marked `spin validate`
+only, and the rules on changes ("immutable"), which only the apiserver sees.
 """
 
 
@@ -126,14 +129,18 @@ def _type(node: dict[str, Any], link: str | None) -> str:
     return text + (f" ({'; '.join(limits)})" if limits else "")
 
 
-def _rules(node: dict[str, Any]) -> list[str]:
-    return [r["message"] for r in node.get("x-kubernetes-validations", [])]
+def _rules(node: dict[str, Any], model: type[BaseModel]) -> list[str]:
+    """The CRD's rules of a node, then the model's rules that have no CEL side."""
+    crd = [r["message"] for r in node.get("x-kubernetes-validations", [])]
+    python_only = [f"{r.message} (`spin validate` only)" for r in getattr(model, "rules", ())
+                   if isinstance(r, Rule) and r.cel is None]
+    return crd + python_only
 
 
 def _section(path: str, node: dict[str, Any], model: type[BaseModel], out: list[str]) -> None:
     """A heading, the model's doc, its rules and a table of its fields; then its children."""
     out += [f"## `{path}`", "", (model.__doc__ or "").strip().replace("\n", " "), ""]
-    rules = _rules(node)
+    rules = _rules(node, model)
     if rules:
         out += ["Rules: " + "; ".join(rules) + ".", ""]
     out += ["| Field | Type | Default | Description |", "|---|---|---|---|"]

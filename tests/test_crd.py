@@ -20,8 +20,10 @@ from spin_runtime.api.crd import PRINTER_COLUMNS, crd_dict, crd_yaml
 from spin_runtime.api.crd import openapi_schema as _openapi_schema
 from spin_runtime.api.load import SpecError, validate_data
 from spin_runtime.api.recipes import RECIPES
+from spin_runtime.api.rules import Rule, UpdateRule
 from spin_runtime.api.spec import DEFAULT_MAX_LENGTH, DEFAULT_MAX_PROMPT_LENGTH, LABEL_VALUE_PATTERN, SpinRun
 from tests.admission import Admission
+from tests.test_rules_agree import CASES, document, shown
 
 REPO = Path(__file__).resolve().parents[1]
 CRD_FILE = REPO / "charts" / "spin-operator" / "crds" / "spinruns.spin.dev.yaml"
@@ -345,6 +347,27 @@ def test_cel_rule_refuses_what_the_model_refuses(
     assert any(message in p for p in problems), problems
     with pytest.raises(SpecError):
         validate_data(doc)
+
+
+def test_every_declared_rule_example_gets_its_verdict_from_the_apiserver(admission: Admission) -> None:
+    """The examples beside each rule (test_rules_agree.py judges them with cel-python and `spin
+    validate`): the real apiserver refuses each refused one with the rule's message at the rule's
+    place, and names no accepted one with it."""
+    wrong = []
+    for case_id, _, _, path, rule, example, accepted in CASES:
+        if isinstance(rule, UpdateRule):
+            old, new = (document(path, e) for e in example)
+            where, message = shown((*path, rule.on) if rule.on else path), rule.message
+            problems = admission.problems(new, old=old)
+        elif isinstance(rule, Rule) and rule.cel is not None:
+            where, message, problems = shown(path), rule.crd_message, admission.problems(document(path, example))
+        else:
+            continue
+        said = re.compile(rf'{re.escape(where)}: Invalid value: ("object": )?{re.escape(message)}')
+        refused = any(said.search(p) for p in problems)
+        if refused == accepted:
+            wrong.append(f"{case_id}: the apiserver {'refuses' if refused else 'admits'} it: {problems}")
+    assert not wrong, "\n".join(wrong)
 
 
 def test_select_epoch_is_last_best_or_an_unquoted_epoch_number_for_validate_and_the_apiserver(

