@@ -816,12 +816,18 @@ class SftBaseline(SpinModel):
 class Evaluation(SpinModel):
     """Held-out metrics after each iteration."""
 
-    model_config = _cel_rules(
-        _cel(
-            "!has(self.sftBaseline) || !has(self.sftBaseline.enabled) || !self.sftBaseline.enabled"
-            " || !has(self.enabled) || self.enabled",
-            "must keep enabled true when sftBaseline.enabled is true: the evaluate step scores the arm",
-        )
+    rules = (
+        Rule(
+            message="must stay true when sftBaseline.enabled is true (the evaluate step scores the arm)",
+            field="enabled",
+            cel=cel(
+                "!has(self.sftBaseline) || !has(self.sftBaseline.enabled) || !self.sftBaseline.enabled",
+                " || !has(self.enabled) || self.enabled",
+            ),
+            holds=lambda m: m.enabled or not m.sft_baseline.enabled,
+            accepts=({"sftBaseline": {"enabled": True}}, {"enabled": False}, {"enabled": False, "sftBaseline": {}}),
+            refuses=({"enabled": False, "sftBaseline": {"enabled": True}},),
+        ),
     )
 
     enabled: bool = Field(True, description="Run the evaluate step after training.")
@@ -845,12 +851,6 @@ class Evaluation(SpinModel):
     sft_baseline: SftBaseline = Field(
         default_factory=SftBaseline, description="A continued-SFT arm at equal compute beside each iteration."
     )
-
-    @model_validator(mode="after")
-    def _baseline_needs_evaluation(self) -> Evaluation:
-        if self.sft_baseline.enabled and not self.enabled:
-            raise ValueError("must keep enabled true when sftBaseline.enabled is true: the evaluate step scores the arm")
-        return self
 
 
 # --------------------------------------------------------------------------- cluster
