@@ -4,7 +4,7 @@ status (the only writer). Reconciles of one run are serialised by a per-run lock
 arriving while one waits are folded into it, and the next look at a run (a deadline, a timeout,
 a retry after an API error, the periodic resync) is scheduled here, in memory: no kopf timer,
 so SpinRuns carry no finalizer and can be deleted with the operator gone. While a step's pods
-serve their progress, each look polls it (kube/progress.py) at most once per poll interval."""
+serve their progress, each look polls it (kube/progress_poller.py) at most once per poll interval."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from spin_operator import launchers, metrics
 from spin_operator.kube import client
 from spin_operator.kube.expectations import Expectations, RunKey
 from spin_operator.kube.objects import JobState, Observed
-from spin_operator.kube.progress import ProgressPoller
+from spin_operator.kube.progress_poller import ProgressPoller
 from spin_operator.kube.timestamps import rfc3339
 from spin_operator.reconcile.actions import Create, Delete
 from spin_operator.reconcile.conditions import is_terminal, status_patch

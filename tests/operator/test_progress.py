@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 from spin_operator.kube.objects import PodState
-from spin_operator.kube.progress import ProgressPoller, poll_seconds, url
+from spin_operator.kube.progress_poller import ProgressPoller, poll_seconds, url
 from spin_operator.reconcile.decide import reconcile
 from spin_runtime.launch import PROGRESS_PORT, PROGRESS_PORT_ENV, PROGRESS_PORT_NAME
 from spin_runtime.steps.progress_server import ProgressServer

@@ -229,7 +229,7 @@ class Observed:
     #: Pods of this run (only when the operator watches pods), those of deleted Jobs included.
     pods: tuple[PodState, ...] = ()
     #: Progress records the running pods serve, by pod name (polled by the driver; see
-    #: kube/progress.py), empty when none was polled.
+    #: kube/progress_poller.py), empty when none was polled.
     progress: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: Same-named objects this run must not adopt (they belong to another SpinRun's uid).
     foreign: tuple[Foreign, ...] = ()

@@ -54,7 +54,7 @@ from spin_operator.reconcile.conditions import (
     set_condition,
     status_document,
 )
-from spin_operator.reconcile.progress import step_progress
+from spin_operator.reconcile.step_progress import step_progress
 from spin_operator.settings import DeploymentSettings
 from spin_runtime.api.load import SpecError, validate_data
 from spin_runtime.api.spec import API_VERSION, KIND, SpinRun, SpinRunSpec
