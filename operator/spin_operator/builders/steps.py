@@ -78,16 +78,16 @@ def convert_job(ctx: BuildContext) -> dict[str, Any]:
 
 def evaluate_job(ctx: BuildContext) -> dict[str, Any]:
     """Held-out metrics of the iteration's checkpoint on one training-sized pod."""
-    tr = ctx.spec.training
+    training = ctx.spec.training
     _, image, pull = step_images(ctx)
-    gpus = tr.gpus_per_node
+    gpus = training.gpus_per_node
     template = pod_template(
         ctx,
         "evaluate",
         image=image,
         pull_policy=pull,
         command=Step(ctx.iteration, "evaluate").argv(run_dir(ctx.run.name, ctx.spec)),
-        resources=container_resources(tr.resources.requests, tr.resources.limits, gpus),
+        resources=container_resources(training.resources.requests, training.resources.limits, gpus),
         gpus=gpus,
     )
     return job(ctx, "evaluate", template)

@@ -276,7 +276,7 @@ class Observed:
         cms = {o["metadata"]["name"]: o for o in config_maps if mine(o, "ConfigMap")}
         svcs = frozenset(o["metadata"]["name"] for o in services if mine(o, "Service"))
         claim = next((o for o in pvcs if o["metadata"]["name"] == pvc_name(run) and mine(o, "PersistentVolumeClaim", True)), None)
-        workload_uids = {js.uid for js in states.values() if js.uid}
+        workload_uids = {state.uid for state in states.values() if state.uid}
 
         def my_pod(p: PodState) -> bool:  # the run's uid in its env, else a workload of ours owns it
             if uid is None:
