@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -37,8 +36,6 @@ from spin_runtime.api.load import SpecError
 Logger = logging.Logger | logging.LoggerAdapter  # type: ignore[type-arg]
 log = logging.getLogger("spin_operator")
 
-#: Seconds between looks at an unfinished run without any event (missed events, slow clocks).
-RESYNC_SECONDS = float(os.environ.get("SPIN_RESYNC_SECONDS", "20"))
 #: Seconds before a reconcile that hit an API error runs again.
 RETRY_SECONDS = 5.0
 READ_RETRY_SECONDS = 2.0
@@ -54,15 +51,22 @@ class RunLock:
 
 @dataclass
 class OperatorState:
-    """What one operator process keeps between reconciles (kopf's memo carries it): per-run
-    locks, the expectations, the latest kopf indexes, and each run's next scheduled look."""
+    """What one operator process keeps between reconciles (kopf's memo carries it): the
+    deployment's settings, per-run locks, the expectations, the latest kopf indexes, each run's
+    next scheduled look and the progress poller."""
 
+    deployment: DeploymentSettings = field(default_factory=DeploymentSettings)
     locks: dict[RunKey, RunLock] = field(default_factory=dict)
     expectations: Expectations = field(default_factory=Expectations)
     indexes: Indexes | None = None
     timers: dict[RunKey, tuple[float, asyncio.TimerHandle]] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     progress: ProgressPoller = field(default_factory=ProgressPoller)
+
+    @classmethod
+    def of(cls, deployment: DeploymentSettings) -> OperatorState:
+        """A fresh state for an operator deployed with these settings."""
+        return cls(deployment=deployment, progress=ProgressPoller(interval=deployment.progress_seconds))
 
     def schedule(self, key: RunKey, delay: float, start: Callable[[], Awaitable[None]]) -> None:
         """Look at the run again in `delay` seconds, unless a look is due sooner already."""
@@ -167,12 +171,12 @@ async def _scheduled(namespace: str, name: str, state: OperatorState) -> None:
         await reconcile_run(namespace, name, state.indexes, state, log)
 
 
-def next_look(decision: Decision) -> float | None:
+def next_look(decision: Decision, resync_seconds: float) -> float | None:
     """When to look at the run again without an event: what the decision asked for, at the
-    latest after RESYNC_SECONDS while it runs; a finished run only for its TTL."""
+    latest after `resync_seconds` (the deployment's) while it runs; a finished run only for its TTL."""
     if is_terminal(decision.status):
         return decision.requeue_after
-    return min(decision.requeue_after or RESYNC_SECONDS, RESYNC_SECONDS)
+    return min(decision.requeue_after or resync_seconds, resync_seconds)
 
 
 async def _observe_launched(namespace: str, name: str, body: Mapping[str, Any], settings: DeploymentSettings) -> tuple[bool | None, list[dict[str, Any]]]:
@@ -202,7 +206,7 @@ async def _reconcile_locked(
         state.forget_run(namespace, name)
         return None
     old_status = dict(body.get("status") or {})
-    settings = DeploymentSettings.from_env()
+    settings = state.deployment
     served, launched = await _observe_launched(namespace, name, body, settings)
     uid = str((body.get("metadata") or {}).get("uid") or "")
     observed = indexes.observed(key, uid, state.expectations, launched, served)
@@ -238,7 +242,7 @@ async def _reconcile_locked(
     metrics.record(key, decision.status_document(), _planned_iterations(body))
     if refusal is not None and not is_terminal(decision.status):
         return RETRY_SECONDS
-    look = next_look(decision)
+    look = next_look(decision, settings.resync_seconds)
     if reporting and state.progress.enabled and look is not None:  # a step reports progress: poll it again
         look = min(look, state.progress.interval)
     return look

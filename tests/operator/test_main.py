@@ -44,7 +44,7 @@ def parse(*argv: str) -> argparse.Namespace:
     ],
 )
 def test_namespaces_come_from_the_flags_else_watch_namespaces(argv: list[str], env: dict[str, str], expected: Any) -> None:
-    assert main_mod.namespaces_from(parse(*argv), env) == expected
+    assert main_mod.namespaces_from(parse(*argv), DeploymentSettings.from_env(env)) == expected
 
 
 def test_metrics_port_and_liveness_flags(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -221,6 +221,38 @@ def test_pytorchjob_switch_is_read_from_the_environment(value: str | None, expec
 def test_pytorchjob_switch_rejects_nonsense() -> None:
     with pytest.raises(ValueError, match="SPIN_PYTORCHJOB_ENABLED"):
         DeploymentSettings.from_env({"SPIN_PYTORCHJOB_ENABLED": "maybe"})
+
+
+def test_the_operator_reads_its_settings_once_at_start_and_keeps_them_in_its_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resync, progress polling, Kueue: read by DeploymentSettings.from_env when the operator
+    starts and passed down through the per-process state, not looked up at each reconcile."""
+    from spin_operator import handlers
+
+    monkeypatch.setenv("SPIN_RESYNC_SECONDS", "7")
+    monkeypatch.setenv("SPIN_PROGRESS_SECONDS", "3")
+    monkeypatch.setenv("SPIN_KUEUE_ENABLED", "true")
+    memo = kopf.Memo()
+    handlers.configure(settings=kopf.OperatorSettings(), memo=memo)
+    assert memo.state.deployment.resync_seconds == 7.0 and memo.state.deployment.kueue is True
+    assert memo.state.progress.interval == 3.0
+
+
+def test_only_the_settings_module_reads_the_environment() -> None:
+    """Every environment variable of the deployment is read in one place (settings.py), so the
+    Helm chart's variables and the operator's settings are one list."""
+    import ast
+    from pathlib import Path
+
+    import spin_operator
+
+    root = Path(spin_operator.__file__).parent
+    readers = set()
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "os" \
+                    and node.attr in ("environ", "getenv"):
+                readers.add(path.relative_to(root).as_posix())
+    assert readers == {"settings.py"}
 
 
 def test_disabled_pytorchjob_launcher_gets_a_clear_condition_and_no_pytorchjob() -> None:
@@ -405,9 +437,14 @@ def test_no_handler_needs_a_finalizer() -> None:
 
 
 def test_the_next_look_follows_the_decision() -> None:
-    from spin_operator.driver import RESYNC_SECONDS, next_look
+    from spin_operator import driver
     from spin_operator.reconcile.decide import Decision
     from spin_runtime.api.status import Condition, SpinRunStatus
+
+    RESYNC_SECONDS = DeploymentSettings().resync_seconds
+
+    def next_look(decision: Decision) -> float | None:
+        return driver.next_look(decision, RESYNC_SECONDS)
 
     running = Decision(requeue_after=3.0)
     assert next_look(running) == 3.0
