@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -28,7 +28,7 @@ from spin_operator.kube.progress_poller import ProgressPoller
 from spin_operator.kube.timestamps import rfc3339
 from spin_operator.reconcile.actions import Create, Delete
 from spin_operator.reconcile.conditions import is_terminal, status_patch
-from spin_operator.reconcile.decide import Decision, reconcile, spec_of
+from spin_operator.reconcile.decide import Decision, ParsedSpec, parse_spec, reconcile
 from spin_operator.reconcile.refusals import Refusal, after_refusal, refusal_of
 from spin_operator.settings import DeploymentSettings
 from spin_runtime.api.load import SpecError
@@ -132,11 +132,9 @@ class Indexes:
         )
 
 
-def _planned_iterations(body: Mapping[str, Any]) -> int | None:
+def _planned_iterations(spec: ParsedSpec) -> int | None:
     """How many iterations the run will run (None when its spec is invalid)."""
-    try:
-        spec = spec_of(body)
-    except SpecError:
+    if isinstance(spec, SpecError):
         return None
     return spec.iterations - spec.start_iteration
 
@@ -179,13 +177,14 @@ def next_look(decision: Decision, resync_seconds: float) -> float | None:
     return min(decision.requeue_after or resync_seconds, resync_seconds)
 
 
-async def _observe_launched(namespace: str, name: str, body: Mapping[str, Any], settings: DeploymentSettings) -> tuple[bool | None, list[dict[str, Any]]]:
+async def _observe_launched(
+    namespace: str, name: str, spec: ParsedSpec, settings: DeploymentSettings
+) -> tuple[bool | None, list[dict[str, Any]]]:
     """(launcher resource served?, its objects) for a spec whose launcher is a custom resource
     the deployment allows; (None, []) otherwise (an invalid spec included: the decision reports it)."""
-    try:
-        launcher = launchers.for_spec(spec_of(body))
-    except SpecError:
+    if isinstance(spec, SpecError):
         return None, []
+    launcher = launchers.for_spec(spec)
     if not launchers.may_list(launcher, settings):
         return None, []
     return await asyncio.to_thread(client.list_launched, namespace, name, launcher)
@@ -207,14 +206,15 @@ async def _reconcile_locked(
         return None
     old_status = dict(body.get("status") or {})
     settings = state.deployment
-    served, launched = await _observe_launched(namespace, name, body, settings)
+    spec = parse_spec(body)  # once: the launcher, the decision and the metrics read this result
+    served, launched = await _observe_launched(namespace, name, spec, settings)
     uid = str((body.get("metadata") or {}).get("uid") or "")
     observed = indexes.observed(key, uid, state.expectations, launched, served)
     reporting = [p for p in observed.pods if p.serves_progress]
     if reporting:
         observed = dataclasses.replace(observed, progress=await state.progress.records(key, reporting))
     now = datetime.now(timezone.utc)
-    decision = reconcile(body, observed, now, settings)
+    decision = reconcile(body, observed, now, settings, spec=spec)
     refusal: Refusal | None = None
     for action in decision.actions:
         creates_job = isinstance(action, Create) and action.kind == "Job"
@@ -239,7 +239,7 @@ async def _reconcile_locked(
             break
     if not await _write_status(namespace, name, body, old_status, decision, logger):
         return READ_RETRY_SECONDS
-    metrics.record(key, decision.status_document(), _planned_iterations(body))
+    metrics.record(key, decision.status_document(), _planned_iterations(spec))
     if refusal is not None and not is_terminal(decision.status):
         return RETRY_SECONDS
     look = next_look(decision, settings.resync_seconds)

@@ -120,6 +120,19 @@ def spec_of(body: Mapping[str, Any]) -> SpinRunSpec:
     ).spec
 
 
+#: A SpinRun's spec as its reconcile reads it: the typed spec, or why it is invalid.
+ParsedSpec = SpinRunSpec | SpecError
+
+
+def parse_spec(body: Mapping[str, Any]) -> ParsedSpec:
+    """The spec of a SpinRun object parsed once per reconcile (spec_of), the SpecError in place of
+    the spec when it is invalid: the driver and the decision read this one result."""
+    try:
+        return spec_of(body)
+    except SpecError as e:
+        return e
+
+
 def validation_message(e: SpecError) -> str:
     """The condition message of an invalid spec: its first five problems."""
     shown = e.problems[:5]
@@ -223,17 +236,20 @@ def reconcile(
     observed: Observed,
     now: datetime,
     settings: DeploymentSettings | None = None,
+    *,
+    spec: ParsedSpec | None = None,
 ) -> Decision:
-    """Decide the next actions and the new status of one SpinRun. Pure."""
+    """Decide the next actions and the new status of one SpinRun. Pure. `spec`: the run's spec as
+    the caller already parsed it (parse_spec); parsed here when not given."""
     run_pass = ReconcilePass(_as_body(run), observed, now, settings or DeploymentSettings())
     if is_terminal(run_pass.status):
         _terminal(run_pass)
         return run_pass.finish()
 
-    try:
-        spec = spec_of(run_pass.body)
-    except SpecError as e:
-        _invalid_spec(run_pass, validation_message(e))
+    if spec is None:
+        spec = parse_spec(run_pass.body)
+    if isinstance(spec, SpecError):
+        _invalid_spec(run_pass, validation_message(spec))
         return run_pass.finish()
     if condition(run_pass.status, "ValidationFailed") is not None:
         run_pass.cond("ValidationFailed", False, "Valid", "spec is valid")
