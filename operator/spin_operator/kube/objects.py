@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from spin_operator.builders.meta import (
     ANNOTATION_ATTEMPT,
@@ -21,11 +21,12 @@ from spin_operator.builders.meta import (
     controller_uid,
     pvc_name,
 )
+from spin_runtime.api.status import Reason
 from spin_runtime.launch import PROGRESS_PORT_ENV, PROGRESS_PORT_NAME, RUN_UID_ENV
 
 #: Container waiting reasons that mean the pod cannot start until someone fixes something.
 IMAGE_PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
-CONFIG_REASONS = frozenset({"CreateContainerConfigError", "CreateContainerError"})
+CONFIG_REASONS = frozenset({Reason.CREATE_CONTAINER_CONFIG_ERROR, Reason.CREATE_CONTAINER_ERROR})
 
 
 @dataclass(frozen=True)
@@ -141,9 +142,9 @@ class PodState:
     #: uid of the SpinRun the pod runs for (its SPIN_RUN_UID), None on pods without it
     run_uid: str | None = None
     phase: str = "Pending"
-    #: CamelCase reason the pod cannot start: ImagePullBackOff, CreateContainerConfigError,
+    #: Why the pod cannot start: ImagePullBackOff, CreateContainerConfigError, CreateContainerError,
     #: Unschedulable, ClaimPending ("" = none)
-    trouble: str = ""
+    trouble: Reason | Literal[""] = ""
     trouble_message: str = ""
     #: since when the trouble lasts (RFC 3339)
     trouble_since: str | None = None
@@ -171,18 +172,19 @@ class PodState:
         status = obj.get("status") or {}
         conds = {c.get("type"): c for c in status.get("conditions") or []}
         iteration = lab.get(LABEL_ITERATION)
-        trouble, message, since = "", "", None
+        trouble: Reason | Literal[""] = ""
+        message, since = "", None
         sched = conds.get("PodScheduled") or {}
         if sched.get("status") == "False" and sched.get("reason") == "Unschedulable":
             message = str(sched.get("message") or "")
-            trouble = "ClaimPending" if "persistentvolumeclaim" in message.lower() else "Unschedulable"
+            trouble = Reason.CLAIM_PENDING if "persistentvolumeclaim" in message.lower() else Reason.UNSCHEDULABLE
             since = sched.get("lastTransitionTime") or meta.get("creationTimestamp")
         else:
             for c in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
                 waiting = (c.get("state") or {}).get("waiting") or {}
                 reason = str(waiting.get("reason") or "")
                 if reason in IMAGE_PULL_REASONS or reason in CONFIG_REASONS:
-                    trouble = "ImagePullBackOff" if reason in IMAGE_PULL_REASONS else reason
+                    trouble = Reason.IMAGE_PULL_BACK_OFF if reason in IMAGE_PULL_REASONS else Reason(reason)
                     message = f"container {c.get('name')}: {reason}: {waiting.get('message') or ''}".rstrip(": ")
                     since = meta.get("creationTimestamp") or status.get("startTime")
                     break

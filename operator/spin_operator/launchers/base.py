@@ -13,6 +13,7 @@ from spin_operator.builders.meta import suspended_by_annotation
 from spin_operator.kube.objects import JobState, true_conditions
 from spin_operator.settings import DeploymentSettings, launcher_switch_env
 from spin_runtime.api.spec import Training
+from spin_runtime.api.status import Reason
 
 #: The launcher a spec gets when it names none (the spec's default).
 DEFAULT_LAUNCHER: str = Training.model_fields["launcher"].default
@@ -20,9 +21,9 @@ DEFAULT_LAUNCHER: str = Training.model_fields["launcher"].default
 
 @dataclass(frozen=True)
 class Unavailable:
-    """Why a launcher cannot start training now: a CamelCase reason and what to do about it."""
+    """Why a launcher cannot start training now: a reason and what to do about it."""
 
-    reason: str
+    reason: Reason
     message: str
 
 
@@ -86,14 +87,14 @@ def custom_resource_availability(
     name, env = launcher.name, launcher_switch_env(launcher.name)
     if settings.launcher_enabled(name) is False:
         return Unavailable(
-            "LauncherDisabled",
+            Reason.LAUNCHER_DISABLED,
             f"training.launcher is {name} but this operator was installed without {launcher.kind} support "
             f"(Helm value {name}.enabled=false, env {env}=false): ask the cluster admin to enable it "
             f"(needs {provider}) or set training.launcher: {DEFAULT_LAUNCHER}",
         )
     if served is False:
         return Unavailable(
-            "LauncherUnavailable",
+            Reason.LAUNCHER_UNAVAILABLE,
             f"training.launcher is {name} but {launcher.api_version} {launcher.kind} is not served by this cluster: "
             f"install {provider} or set training.launcher: {DEFAULT_LAUNCHER}",
         )

@@ -58,7 +58,17 @@ from spin_operator.reconcile.step_progress import step_progress
 from spin_operator.settings import DeploymentSettings
 from spin_runtime.api.load import SpecError, validate_data
 from spin_runtime.api.spec import API_VERSION, KIND, SpinRun, SpinRunSpec
-from spin_runtime.api.status import STEP_PHASE, Checkpoint, IterationStatus, Phase, SpinRunStatus, StepStatus
+from spin_runtime.api.status import (
+    STEP_PHASE,
+    Checkpoint,
+    ConditionType,
+    EventType,
+    IterationStatus,
+    Phase,
+    Reason,
+    SpinRunStatus,
+    StepStatus,
+)
 from spin_runtime.errors import EXIT_BAD_DATA, EXIT_BAD_MODEL, EXIT_BAD_SPEC
 from spin_runtime.plan import layout, stages
 
@@ -71,18 +81,18 @@ WAIT_RECHECK_SECONDS = 5.0
 #: How soon a retry looks again whether the failed attempt's Job and pods are gone.
 RETRY_WAIT_SECONDS = 2.0
 GANG_DISABLED = Unavailable(
-    "GangSchedulingDisabled",
+    Reason.GANG_SCHEDULING_DISABLED,
     "training.gangScheduling.enabled is true but this operator may not create PodGroups (Helm value "
     "gangScheduling.enabled=false, env SPIN_GANG_SCHEDULING_ENABLED=false): ask the cluster admin to install the "
     "scheduler-plugins Coscheduling plugin and enable it, or set training.gangScheduling.enabled: false",
 )
 #: What to do about each reason a pod cannot start.
-POD_TROUBLE_HINTS = {
-    "ImagePullBackOff": "check spec.images (or the operator's image settings) and spec.imagePullSecrets",
-    "CreateContainerConfigError": "a Secret or ConfigMap the pod needs is missing (spec.hfTokenSecret?): create it",
-    "CreateContainerError": "the container runtime refused the container: see `kubectl describe pod`",
-    "Unschedulable": "no node fits: check the step's resources, spec.nodeSelector, spec.tolerations and GPU quota",
-    "ClaimPending": "the run's PersistentVolumeClaim is not bound: check its StorageClass and capacity",
+POD_TROUBLE_HINTS: dict[Reason, str] = {
+    Reason.IMAGE_PULL_BACK_OFF: "check spec.images (or the operator's image settings) and spec.imagePullSecrets",
+    Reason.CREATE_CONTAINER_CONFIG_ERROR: "a Secret or ConfigMap the pod needs is missing (spec.hfTokenSecret?): create it",
+    Reason.CREATE_CONTAINER_ERROR: "the container runtime refused the container: see `kubectl describe pod`",
+    Reason.UNSCHEDULABLE: "no node fits: check the step's resources, spec.nodeSelector, spec.tolerations and GPU quota",
+    Reason.CLAIM_PENDING: "the run's PersistentVolumeClaim is not bound: check its StorageClass and capacity",
 }
 
 
@@ -167,13 +177,13 @@ class ReconcilePass:
         self.decision = Decision()
 
     # -- small helpers
-    def event(self, etype: str, reason: str, message: str) -> None:
+    def event(self, etype: EventType, reason: Reason, message: str) -> None:
         self.decision.events.append((etype, reason, message))
 
     def act(self, action: Action) -> None:
         self.decision.actions.append(action)
 
-    def cond(self, ctype: str, value: bool, reason: str, message: str) -> bool:
+    def cond(self, ctype: ConditionType, value: bool, reason: Reason, message: str) -> bool:
         return set_condition(self.status, ctype, value, reason, message, self.now_s, self.generation)
 
     def requeue(self, seconds: float) -> None:
@@ -181,7 +191,7 @@ class ReconcilePass:
         current = self.decision.requeue_after
         self.decision.requeue_after = seconds if current is None else min(current, seconds)
 
-    def phase(self, phase: Phase, reason: str, message: str) -> None:
+    def phase(self, phase: Phase, reason: Reason, message: str) -> None:
         self.status.phase, self.status.reason, self.status.message = phase, reason, message
 
     def delete_job(self, job: JobState) -> None:
@@ -213,10 +223,10 @@ class ReconcilePass:
             if not job.finished:
                 self.delete_job(job)
 
-    def fail(self, reason: str, message: str) -> None:
+    def fail(self, reason: Reason, message: str) -> None:
         self.phase("Failed", reason, message)
-        self.cond("Failed", True, reason, message)
-        self.cond("Progressing", False, reason, message)
+        self.cond(ConditionType.FAILED, True, reason, message)
+        self.cond(ConditionType.PROGRESSING, False, reason, message)
         self.status.completion_time = self.now_s
         self.event("Warning", reason, message)
         self.delete_unfinished()
@@ -251,14 +261,14 @@ def reconcile(
     if isinstance(spec, SpecError):
         _invalid_spec(run_pass, validation_message(spec))
         return run_pass.finish()
-    if condition(run_pass.status, "ValidationFailed") is not None:
-        run_pass.cond("ValidationFailed", False, "Valid", "spec is valid")
-        if is_true(run_pass.status, "Failed"):
-            run_pass.cond("Failed", False, "Valid", "spec is valid again")
+    if condition(run_pass.status, ConditionType.VALIDATION_FAILED) is not None:
+        run_pass.cond(ConditionType.VALIDATION_FAILED, False, Reason.VALID, "spec is valid")
+        if is_true(run_pass.status, ConditionType.FAILED):
+            run_pass.cond(ConditionType.FAILED, False, Reason.VALID, "spec is valid again")
 
     if not run_pass.status.start_time:
         run_pass.status.start_time = run_pass.now_s
-        run_pass.event("Normal", "Started", f"run started: iterations {spec.start_iteration}..{spec.iterations - 1}")
+        run_pass.event("Normal", Reason.STARTED, f"run started: iterations {spec.start_iteration}..{spec.iterations - 1}")
 
     if _deadline(run_pass, spec):
         return run_pass.finish()
@@ -277,11 +287,11 @@ def reconcile(
 def _invalid_spec(run_pass: ReconcilePass, msg: str) -> None:
     """ValidationFailed: Failed (not sticky: fixing the spec resumes the run), Jobs suspended so
     they hold no GPUs while nobody can say what the run should do."""
-    if run_pass.cond("ValidationFailed", True, "ValidationFailed", msg):
-        run_pass.event("Warning", "ValidationFailed", msg)
-    run_pass.phase("Failed", "ValidationFailed", msg)
-    run_pass.cond("Failed", True, "ValidationFailed", msg)
-    run_pass.cond("Progressing", False, "ValidationFailed", msg)
+    if run_pass.cond(ConditionType.VALIDATION_FAILED, True, Reason.VALIDATION_FAILED, msg):
+        run_pass.event("Warning", Reason.VALIDATION_FAILED, msg)
+    run_pass.phase("Failed", Reason.VALIDATION_FAILED, msg)
+    run_pass.cond(ConditionType.FAILED, True, Reason.VALIDATION_FAILED, msg)
+    run_pass.cond(ConditionType.PROGRESSING, False, Reason.VALIDATION_FAILED, msg)
     for job in sorted(run_pass.observed.jobs.values(), key=lambda j: j.name):
         if not job.finished and not job.suspended_by_us and not (job.suspended and not run_pass.queued_by_kueue(job)):
             run_pass.stop(job)
@@ -299,9 +309,9 @@ def _wait_for_foreign(run_pass: ReconcilePass) -> None:
         f"the garbage collector removes a deleted run's objects, or delete them: kubectl delete -n {run_pass.ref.namespace} "
         + " ".join(f"{f.kind.lower()}/{f.name}" for f in run_pass.observed.foreign[:5])
     )
-    run_pass.status.reason, run_pass.status.message = "WaitingForOldObjects", msg
-    if run_pass.cond("Progressing", False, "WaitingForOldObjects", msg):
-        run_pass.event("Warning", "WaitingForOldObjects", msg)
+    run_pass.status.reason, run_pass.status.message = Reason.WAITING_FOR_OLD_OBJECTS, msg
+    if run_pass.cond(ConditionType.PROGRESSING, False, Reason.WAITING_FOR_OLD_OBJECTS, msg):
+        run_pass.event("Warning", Reason.WAITING_FOR_OLD_OBJECTS, msg)
     run_pass.requeue(WAIT_RECHECK_SECONDS)
 
 
@@ -318,7 +328,7 @@ def _claim(run_pass: ReconcilePass, spec: SpinRunSpec) -> None:
         if created_by and created_by != run_pass.ref.uid and not run_pass.status.iterations:
             run_pass.event(
                 "Normal",
-                "ClaimReused",
+                Reason.CLAIM_REUSED,
                 f"PVC {name} exists from an earlier SpinRun of this name (uid {created_by}): this run uses it "
                 "and the results already on it",
             )
@@ -331,12 +341,12 @@ def _claim(run_pass: ReconcilePass, spec: SpinRunSpec) -> None:
             "it is kept when the SpinRun is deleted, with every checkpoint and result "
             f"(storage.newClaim.deleteWithRun: false); remove it with `kubectl delete pvc -n {ns} {name}`"
         )
-    run_pass.event("Normal", "ClaimCreated", f"created PVC {name} ({claim.size}): {fate}")
+    run_pass.event("Normal", Reason.CLAIM_CREATED, f"created PVC {name} ({claim.size}): {fate}")
 
 
 def _terminal(run_pass: ReconcilePass) -> None:
     """Finished runs: never create; clean up leftovers; apply ttlSecondsAfterFinished."""
-    if is_true(run_pass.status, "Failed"):
+    if is_true(run_pass.status, ConditionType.FAILED):
         run_pass.delete_unfinished()
     ttl = (run_pass.body.get("spec") or {}).get("ttlSecondsAfterFinished")
     done_at = parse_time(run_pass.status.completion_time)
@@ -353,7 +363,7 @@ def _terminal(run_pass: ReconcilePass) -> None:
             run_pass.act(deletion)
         run_pass.event(
             "Normal",
-            "TTLExpired",
+            Reason.TTL_EXPIRED,
             f"ttlSecondsAfterFinished ({ttl}s) passed: deleting {len(deletions)} Job(s)/Service(s); results stay on the volume",
         )
 
@@ -367,7 +377,7 @@ def _deadline(run_pass: ReconcilePass, spec: SpinRunSpec) -> bool:
         return False
     due = started + timedelta(seconds=deadline_seconds + _suspended_seconds(run_pass))
     if run_pass.now >= due:
-        run_pass.fail("DeadlineExceeded", f"run exceeded activeDeadlineSeconds ({deadline_seconds}s){_where(run_pass.status)}; its Jobs were stopped")
+        run_pass.fail(Reason.DEADLINE_EXCEEDED, f"run exceeded activeDeadlineSeconds ({deadline_seconds}s){_where(run_pass.status)}; its Jobs were stopped")
         return True
     run_pass.requeue((due - run_pass.now).total_seconds())
     return False
@@ -376,7 +386,7 @@ def _deadline(run_pass: ReconcilePass, spec: SpinRunSpec) -> bool:
 def _suspended_seconds(run_pass: ReconcilePass) -> int:
     """Seconds spent suspended so far: the finished suspensions plus the current one."""
     total = run_pass.status.suspended_seconds
-    c = condition(run_pass.status, "Suspended")
+    c = condition(run_pass.status, ConditionType.SUSPENDED)
     since = parse_time(c.last_transition_time) if c is not None and c.status == "True" else None
     if since is not None:
         total += max(int((run_pass.now - since).total_seconds()), 0)
@@ -408,12 +418,12 @@ def _suspension(run_pass: ReconcilePass, spec: SpinRunSpec) -> None:
         elif not spec.suspend and job.suspended and job.suspended_by_us:
             run_pass.resume(job)
     if spec.suspend:
-        if run_pass.cond("Suspended", True, "Suspended", "spec.suspend is true: Jobs are suspended; set it to false to resume"):
-            run_pass.event("Normal", "Suspended", "run suspended: active Jobs suspended")
-    elif is_true(run_pass.status, "Suspended"):
+        if run_pass.cond(ConditionType.SUSPENDED, True, Reason.SUSPENDED, "spec.suspend is true: Jobs are suspended; set it to false to resume"):
+            run_pass.event("Normal", Reason.SUSPENDED, "run suspended: active Jobs suspended")
+    elif is_true(run_pass.status, ConditionType.SUSPENDED):
         run_pass.status.suspended_seconds = _suspended_seconds(run_pass)
-        run_pass.cond("Suspended", False, "Resumed", "spec.suspend is false")
-        run_pass.event("Normal", "Resumed", "run resumed: suspended Jobs continue")
+        run_pass.cond(ConditionType.SUSPENDED, False, Reason.RESUMED, "spec.suspend is false")
+        run_pass.event("Normal", Reason.RESUMED, "run resumed: suspended Jobs continue")
 
 
 #: What a queued run on an operator installed without Kueue support is told.
@@ -428,11 +438,11 @@ def _queue_management(run_pass: ReconcilePass, spec: SpinRunSpec) -> None:
     """A queueName on an operator that does not manage Kueue's Workloads: a condition that says so
     and one Warning event, instead of a silent fight over the Jobs' suspend flag."""
     if spec.queue_name and not run_pass.settings.kueue:
-        if run_pass.cond("QueueUnmanaged", True, "KueueDisabled", QUEUE_UNMANAGED):
-            run_pass.event("Warning", "KueueDisabled", QUEUE_UNMANAGED)
-    elif condition(run_pass.status, "QueueUnmanaged") is not None:
+        if run_pass.cond(ConditionType.QUEUE_UNMANAGED, True, Reason.KUEUE_DISABLED, QUEUE_UNMANAGED):
+            run_pass.event("Warning", Reason.KUEUE_DISABLED, QUEUE_UNMANAGED)
+    elif condition(run_pass.status, ConditionType.QUEUE_UNMANAGED) is not None:
         why = "the operator manages Kueue's Workloads" if spec.queue_name else "spec.queueName is not set"
-        run_pass.cond("QueueUnmanaged", False, "KueueEnabled" if spec.queue_name else "NotQueued", why)
+        run_pass.cond(ConditionType.QUEUE_UNMANAGED, False, Reason.KUEUE_ENABLED if spec.queue_name else Reason.NOT_QUEUED, why)
 
 
 def _iteration_entry(status: SpinRunStatus, k: int) -> IterationStatus | None:
@@ -452,7 +462,7 @@ def _pinned_spec(run_pass: ReconcilePass, spec: SpinRunSpec, k: int, it: Iterati
         try:
             return spec_from_config_map(cm)
         except (KeyError, ValueError, SpecError):
-            run_pass.event("Warning", "SpecConfigMapInvalid", f"ConfigMap {name} is unreadable: using the current spec")
+            run_pass.event("Warning", Reason.SPEC_CONFIG_MAP_INVALID, f"ConfigMap {name} is unreadable: using the current spec")
     ref = RunRef(run_pass.ref.name, run_pass.ref.namespace, run_pass.ref.uid, int(it.generation or run_pass.generation))
     run_pass.act(Create(spec_config_map(ref, spec, k)))
     return spec
@@ -469,7 +479,7 @@ def _walk_plan(run_pass: ReconcilePass, spec: SpinRunSpec) -> None:
             it = IterationStatus(iteration=k, generation=run_pass.generation, steps=[])
             run_pass.status.iterations.append(it)
             run_pass.status.current_iteration = k
-            run_pass.event("Normal", "IterationStarted", f"iteration {k} started with spec generation {run_pass.generation}")
+            run_pass.event("Normal", Reason.ITERATION_STARTED, f"iteration {k} started with spec generation {run_pass.generation}")
             run_pass.act(Create(spec_config_map(run_pass.ref, spec, k)))
             spec_k = spec
         else:
@@ -480,8 +490,8 @@ def _walk_plan(run_pass: ReconcilePass, spec: SpinRunSpec) -> None:
         done = k - spec.start_iteration + 1
         if run_pass.status.completed_iterations < done:
             run_pass.status.completed_iterations = done
-            run_pass.event("Normal", "IterationCompleted", f"iteration {k} completed")
-            run_pass.cond("Progressing", True, "IterationCompleted", f"iteration {k} completed")
+            run_pass.event("Normal", Reason.ITERATION_COMPLETED, f"iteration {k} completed")
+            run_pass.cond(ConditionType.PROGRESSING, True, Reason.ITERATION_COMPLETED, f"iteration {k} completed")
     if _stop_iterations_beyond(run_pass, spec):
         return
     _complete(run_pass, spec)
@@ -503,10 +513,10 @@ def _stop_iterations_beyond(run_pass: ReconcilePass, spec: SpinRunSpec) -> bool:
         f"{len(pods)} pod(s) still running); the run completes once they are gone"
     )
     before = _progressing(run_pass)
-    run_pass.status.reason, run_pass.status.message = "StoppingIterations", msg
-    run_pass.cond("Progressing", True, "StoppingIterations", msg)
-    if before != ("True", "StoppingIterations"):
-        run_pass.event("Normal", "StoppingIterations", msg)
+    run_pass.status.reason, run_pass.status.message = Reason.STOPPING_ITERATIONS, msg
+    run_pass.cond(ConditionType.PROGRESSING, True, Reason.STOPPING_ITERATIONS, msg)
+    if before != ("True", Reason.STOPPING_ITERATIONS):
+        run_pass.event("Normal", Reason.STOPPING_ITERATIONS, msg)
     return True
 
 
@@ -514,11 +524,11 @@ def _complete(run_pass: ReconcilePass, spec: SpinRunSpec) -> None:
     ckpt = run_pass.status.last_checkpoint.path if run_pass.status.last_checkpoint else ""
     n = run_pass.status.completed_iterations
     msg = f"{n} iteration(s) completed; last checkpoint {ckpt}" if ckpt else f"{n} iteration(s) completed"
-    run_pass.phase("Complete", "RunCompleted", msg)
-    run_pass.cond("Complete", True, "RunCompleted", msg)
-    run_pass.cond("Progressing", False, "RunCompleted", msg)
+    run_pass.phase("Complete", Reason.RUN_COMPLETED, msg)
+    run_pass.cond(ConditionType.COMPLETE, True, Reason.RUN_COMPLETED, msg)
+    run_pass.cond(ConditionType.PROGRESSING, False, Reason.RUN_COMPLETED, msg)
     run_pass.status.completion_time = run_pass.now_s
-    run_pass.event("Normal", "RunCompleted", msg)
+    run_pass.event("Normal", Reason.RUN_COMPLETED, msg)
     if spec.ttl_seconds_after_finished is not None:
         run_pass.requeue(spec.ttl_seconds_after_finished)
 
@@ -579,8 +589,8 @@ def _wait_for_previous_attempt(run_pass: ReconcilePass, k: int, step: str, entry
     hostname beside a dying one would share its Service name (the master address of multi-node
     training could resolve to the dying pod), and a create would meet the old Job's name."""
     msg = f"iteration {k}: {step} attempt {entry.retries + 1} waits: {why}"
-    run_pass.phase(STEP_PHASE[step], "WaitingForPreviousAttempt", msg)  # type: ignore[index]
-    run_pass.cond("Progressing", True, "WaitingForPreviousAttempt", msg)
+    run_pass.phase(STEP_PHASE[step], Reason.WAITING_FOR_PREVIOUS_ATTEMPT, msg)  # type: ignore[index]
+    run_pass.cond(ConditionType.PROGRESSING, True, Reason.WAITING_FOR_PREVIOUS_ATTEMPT, msg)
     run_pass.requeue(RETRY_WAIT_SECONDS)
 
 
@@ -588,12 +598,12 @@ def _running(run_pass: ReconcilePass, spec: SpinRunSpec, spec_k: SpinRunSpec, k:
     """The stage's workload exists and is unfinished: say what it is doing (running, waiting for
     its pods, or unable to start)."""
     if spec.suspend:
-        run_pass.phase("Suspended", "Suspended", f"suspended during iteration {k}, step {step}")
+        run_pass.phase("Suspended", Reason.SUSPENDED, f"suspended during iteration {k}, step {step}")
         return
     if job.suspended and not job.suspended_by_us and job.queue_name:  # Kueue holds it until admitted
         msg = f"iteration {k}: {step} waiting for quota in queue {job.queue_name} (Kueue admits job {job.name})"
-        run_pass.phase(STEP_PHASE[step], "WaitingForQuota", msg)  # type: ignore[index]
-        run_pass.cond("Progressing", True, "WaitingForQuota", msg)
+        run_pass.phase(STEP_PHASE[step], Reason.WAITING_FOR_QUOTA, msg)  # type: ignore[index]
+        run_pass.cond(ConditionType.PROGRESSING, True, Reason.WAITING_FOR_QUOTA, msg)
         return
     # a Job's own pods only (a pod of an earlier attempt is not this attempt's progress or trouble)
     pods = [p for p in run_pass.observed.pods_of(k, step) if job.kind != "Job" or not job.uid or p.owner_uid in (None, job.uid)]
@@ -602,14 +612,14 @@ def _running(run_pass: ReconcilePass, spec: SpinRunSpec, spec_k: SpinRunSpec, k:
         _pod_trouble(run_pass, spec, k, step, troubled)
         return
     msg = f"iteration {k}: {step} running (job {job.name})"
-    reason = "StepRunning"
+    reason = Reason.STEP_RUNNING
     expected = spec_k.training.nodes
     running = sum(p.phase == "Running" for p in pods)
     if step == "train" and pods and running < expected:  # all nodes must run before training starts
         msg = f"iteration {k}: {step} waiting for {expected - running} of {expected} pods to run (job {job.name})"
-        reason = "WaitingForPods"
+        reason = Reason.WAITING_FOR_PODS
     run_pass.phase(STEP_PHASE[step], reason, msg)  # type: ignore[index]
-    run_pass.cond("Progressing", True, reason, msg)
+    run_pass.cond(ConditionType.PROGRESSING, True, reason, msg)
     progress = step_progress(k, step, job, pods, run_pass.observed.progress, shards=spec_k.generation.shards, now=run_pass.now)  # type: ignore[arg-type]
     if progress is not None:  # an unset field stays out of the status document
         run_pass.status.progress = progress
@@ -620,7 +630,7 @@ def _pod_trouble(run_pass: ReconcilePass, spec: SpinRunSpec, k: int, step: str, 
     when the reason appears, and the run failed once podStartupTimeoutSeconds passed."""
     hint = POD_TROUBLE_HINTS.get(pod.trouble, "see `kubectl describe pod`")
     msg = f"iteration {k}: {step} cannot start: pod {pod.name}: {pod.trouble_message or pod.trouble}; {hint}"
-    capacity = pod.trouble == "Unschedulable"  # waiting for room heals by itself; the other reasons do not
+    capacity = pod.trouble == Reason.UNSCHEDULABLE  # waiting for room heals by itself; the other reasons do not
     timeout, field_name = ((spec.unschedulable_timeout_seconds, "unschedulableTimeoutSeconds") if capacity
                            else (spec.pod_startup_timeout_seconds, "podStartupTimeoutSeconds"))
     if capacity:
@@ -634,14 +644,14 @@ def _pod_trouble(run_pass: ReconcilePass, spec: SpinRunSpec, k: int, step: str, 
         run_pass.requeue((since + timedelta(seconds=timeout) - run_pass.now).total_seconds())
     before = _progressing(run_pass)
     run_pass.phase(STEP_PHASE[step], pod.trouble, msg)  # type: ignore[index]
-    run_pass.cond("Progressing", False, pod.trouble, msg)
+    run_pass.cond(ConditionType.PROGRESSING, False, pod.trouble, msg)
     if before != ("False", pod.trouble):
         run_pass.event("Warning", pod.trouble, msg)
 
 
 def _progressing(run_pass: ReconcilePass) -> tuple[str, str] | None:
     """(status, reason) of the Progressing condition before this pass changes it."""
-    c = condition(run_pass.status, "Progressing")
+    c = condition(run_pass.status, ConditionType.PROGRESSING)
     return (c.status, c.reason) if c is not None else None
 
 
@@ -661,12 +671,12 @@ def _start(run_pass: ReconcilePass, ctx: BuildContext, stage: stages.Stage, entr
             blocked = GANG_DISABLED
         if blocked is not None:
             run_pass.phase(STEP_PHASE["train"], blocked.reason, blocked.message)
-            if run_pass.cond("Progressing", False, blocked.reason, blocked.message):
+            if run_pass.cond(ConditionType.PROGRESSING, False, blocked.reason, blocked.message):
                 run_pass.event("Warning", blocked.reason, blocked.message)
             return
     if ctx.suspend and ctx.spec.queue_name and run_pass.settings.kueue:
         # Kueue would admit and unsuspend a Job created suspended: queue nothing until resumed
-        run_pass.phase("Suspended", "Suspended", f"suspended before iteration {k}, step {step} (queue {ctx.spec.queue_name})")
+        run_pass.phase("Suspended", Reason.SUSPENDED, f"suspended before iteration {k}, step {step} (queue {ctx.spec.queue_name})")
         return
     for obj in step_objects(ctx, stage):
         if obj["kind"] == "Service" and obj["metadata"]["name"] in run_pass.observed.services:
@@ -677,13 +687,13 @@ def _start(run_pass: ReconcilePass, ctx: BuildContext, stage: stages.Stage, entr
         entry.start_time = run_pass.now_s
     entry.job_name = name
     if not restart:
-        run_pass.event("Normal", "StepStarted", f"iteration {k}: {step} started (job {name})")
+        run_pass.event("Normal", Reason.STEP_STARTED, f"iteration {k}: {step} started (job {name})")
     if ctx.suspend:
-        run_pass.phase("Suspended", "Suspended", f"suspended during iteration {k}, step {step}")
+        run_pass.phase("Suspended", Reason.SUSPENDED, f"suspended during iteration {k}, step {step}")
     else:
         msg = f"iteration {k}: {step} running (job {name})"
-        run_pass.phase(STEP_PHASE[step], "StepRunning", msg)
-        run_pass.cond("Progressing", True, "StepRunning", msg)
+        run_pass.phase(STEP_PHASE[step], Reason.STEP_RUNNING, msg)
+        run_pass.cond(ConditionType.PROGRESSING, True, Reason.STEP_RUNNING, msg)
 
 
 def _step_done(run_pass: ReconcilePass, spec_k: SpinRunSpec, k: int, step: str, entry: StepStatus, job: JobState) -> None:
@@ -691,7 +701,7 @@ def _step_done(run_pass: ReconcilePass, spec_k: SpinRunSpec, k: int, step: str, 
     entry.retries = max(entry.retries, job.attempt)
     if not entry.start_time:
         entry.start_time = job.start_time or run_pass.now_s
-    run_pass.event("Normal", "StepSucceeded", f"iteration {k}: {step} succeeded (job {job.name})")
+    run_pass.event("Normal", Reason.STEP_SUCCEEDED, f"iteration {k}: {step} succeeded (job {job.name})")
     if step == "train":
         path = f"{run_dir(run_pass.ref.name, spec_k)}/{layout.model_dir(k)}"
         run_pass.status.last_checkpoint = Checkpoint(iteration=k, path=path, time=entry.completion_time)
@@ -704,14 +714,14 @@ def _step_failed(run_pass: ReconcilePass, ctx: BuildContext, stage: stages.Stage
     if step == "generate":
         shards = job.failed_indexes or "?"
         run_pass.fail(
-            "StepFailed",
+            Reason.STEP_FAILED,
             f"generate of iteration {k} failed: shard {shards} failed more than backoffLimit ({limit}) "
             f"times (job {job.name}: {why}); see `kubectl logs job/{job.name}`",
         )
         return
     if job.reason == "PodFailurePolicy":
         run_pass.fail(
-            "StepFailed",
+            Reason.STEP_FAILED,
             f"{step} of iteration {k} failed with an exit code a retry cannot fix ({EXIT_BAD_DATA}: bad data, "
             f"{EXIT_BAD_MODEL}: bad model, {EXIT_BAD_SPEC}: bad spec) (job {job.name}: {why}); see `kubectl logs job/{job.name}`, fix the cause and "
             "create a new SpinRun (finished steps are kept on the volume)",
@@ -722,7 +732,7 @@ def _step_failed(run_pass: ReconcilePass, ctx: BuildContext, stage: stages.Stage
         entry.retries = attempt + 1
         run_pass.event(
             "Warning",
-            "StepRetrying",
+            Reason.STEP_RETRYING,
             f"iteration {k}: {step} failed (attempt {attempt + 1} of {limit + 1}, job {job.name}: {why}); retrying",
         )
         run_pass.delete_job(job)
@@ -730,7 +740,7 @@ def _step_failed(run_pass: ReconcilePass, ctx: BuildContext, stage: stages.Stage
         return
     entry.retries = attempt
     run_pass.fail(
-        "StepFailed",
+        Reason.STEP_FAILED,
         f"{step} of iteration {k} failed {attempt + 1} time(s), more than backoffLimit ({limit}) allows "
         f"(job {job.name}: {why}); fix the cause and create a new SpinRun (finished steps are kept on the volume)",
     )
