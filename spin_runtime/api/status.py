@@ -17,6 +17,8 @@ PHASES: tuple[Phase, ...] = ("Pending", "Generating", "Converting", "Training", 
 StepName = Literal["generate", "convert", "train", "evaluate"]
 #: The steps of an iteration, in order.
 STEP_ORDER: tuple[StepName, ...] = ("generate", "convert", "train", "evaluate")
+#: The step whose output is the iteration's model: its success is recorded as status.lastCheckpoint.
+MODEL_STEP: StepName = "train"
 #: status.phase while a step runs.
 STEP_PHASE: dict[StepName, Phase] = {
     "generate": "Generating",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from spin_operator.builders.meta import (
     ANNOTATION_ATTEMPT,
@@ -143,8 +143,8 @@ class PodState:
     run_uid: str | None = None
     phase: str = "Pending"
     #: Why the pod cannot start: ImagePullBackOff, CreateContainerConfigError, CreateContainerError,
-    #: Unschedulable, ClaimPending ("" = none)
-    trouble: Reason | Literal[""] = ""
+    #: Unschedulable, ClaimPending (None: it can start)
+    trouble: Reason | None = None
     trouble_message: str = ""
     #: since when the trouble lasts (RFC 3339)
     trouble_since: str | None = None
@@ -172,7 +172,7 @@ class PodState:
         status = obj.get("status") or {}
         conds = {c.get("type"): c for c in status.get("conditions") or []}
         iteration = lab.get(LABEL_ITERATION)
-        trouble: Reason | Literal[""] = ""
+        trouble: Reason | None = None
         message, since = "", None
         sched = conds.get("PodScheduled") or {}
         if sched.get("status") == "False" and sched.get("reason") == "Unschedulable":
@@ -298,6 +298,10 @@ class Observed:
             pvc_created_by=(claim_meta.get("annotations") or {}).get(ANNOTATION_CREATED_BY_RUN),
             pvc_phase=((claim or {}).get("status") or {}).get("phase"),
         )
+
+    def jobs_sorted(self) -> list[JobState]:
+        """The workloads by name: the order every decision that walks all of them acts in."""
+        return sorted(self.jobs.values(), key=lambda job: job.name)
 
     def pods_of(self, iteration: int, step: str) -> list[PodState]:
         """The unfinished pods of one stage's workload."""

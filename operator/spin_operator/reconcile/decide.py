@@ -59,6 +59,7 @@ from spin_operator.settings import DeploymentSettings
 from spin_runtime.api.load import SpecError, validate_data
 from spin_runtime.api.spec import API_VERSION, KIND, SpinRun, SpinRunSpec
 from spin_runtime.api.status import (
+    MODEL_STEP,
     STEP_PHASE,
     Checkpoint,
     ConditionType,
@@ -67,6 +68,7 @@ from spin_runtime.api.status import (
     Phase,
     Reason,
     SpinRunStatus,
+    StepName,
     StepStatus,
 )
 from spin_runtime.errors import EXIT_BAD_DATA, EXIT_BAD_MODEL, EXIT_BAD_SPEC
@@ -219,7 +221,7 @@ class ReconcilePass:
             self.act(PatchJob(job.name, False, job.kind))
 
     def delete_unfinished(self) -> None:
-        for job in sorted(self.observed.jobs.values(), key=lambda j: j.name):
+        for job in self.observed.jobs_sorted():
             if not job.finished:
                 self.delete_job(job)
 
@@ -292,7 +294,7 @@ def _invalid_spec(run_pass: ReconcilePass, msg: str) -> None:
     run_pass.phase("Failed", Reason.VALIDATION_FAILED, msg)
     run_pass.cond(ConditionType.FAILED, True, Reason.VALIDATION_FAILED, msg)
     run_pass.cond(ConditionType.PROGRESSING, False, Reason.VALIDATION_FAILED, msg)
-    for job in sorted(run_pass.observed.jobs.values(), key=lambda j: j.name):
+    for job in run_pass.observed.jobs_sorted():
         if not job.finished and not job.suspended_by_us and not (job.suspended and not run_pass.queued_by_kueue(job)):
             run_pass.stop(job)
 
@@ -356,7 +358,7 @@ def _terminal(run_pass: ReconcilePass) -> None:
     if run_pass.now < due:
         run_pass.requeue((due - run_pass.now).total_seconds())
         return
-    deletions = [Delete(job.kind, job.name, job.api_version) for job in sorted(run_pass.observed.jobs.values(), key=lambda j: j.name)]
+    deletions = [Delete(job.kind, job.name, job.api_version) for job in run_pass.observed.jobs_sorted()]
     deletions += [Delete("Service", s, "v1") for s in sorted(run_pass.observed.services)]
     if deletions:
         for deletion in deletions:
@@ -405,7 +407,7 @@ def _where(status: SpinRunStatus) -> str:
 
 def _suspension(run_pass: ReconcilePass, spec: SpinRunSpec) -> None:
     """spec.suspend: suspend unfinished Jobs; on resume unsuspend the ones we suspended."""
-    for job in sorted(run_pass.observed.jobs.values(), key=lambda j: j.name):
+    for job in run_pass.observed.jobs_sorted():
         if job.finished:
             continue
         if run_pass.queued_by_kueue(job):  # Kueue sets the flag; we (de)activate its Workload
@@ -449,7 +451,7 @@ def _iteration_entry(status: SpinRunStatus, k: int) -> IterationStatus | None:
     return next((it for it in status.iterations if it.iteration == k), None)
 
 
-def _step_entry(it: IterationStatus, step: str) -> StepStatus | None:
+def _step_entry(it: IterationStatus, step: StepName) -> StepStatus | None:
     return next((s for s in it.steps if s.step == step), None)
 
 
@@ -481,11 +483,11 @@ def _walk_plan(run_pass: ReconcilePass, spec: SpinRunSpec) -> None:
             run_pass.status.current_iteration = k
             run_pass.event("Normal", Reason.ITERATION_STARTED, f"iteration {k} started with spec generation {run_pass.generation}")
             run_pass.act(Create(spec_config_map(run_pass.ref, spec, k)))
-            spec_k = spec
+            pinned_spec = spec
         else:
             run_pass.status.current_iteration = k
-            spec_k = _pinned_spec(run_pass, spec, k, it)
-        if not _drive_iteration(run_pass, spec, spec_k, k, it):
+            pinned_spec = _pinned_spec(run_pass, spec, k, it)
+        if not _drive_iteration(run_pass, spec, pinned_spec, k, it):
             return  # a stage is in flight (or the run failed)
         done = k - spec.start_iteration + 1
         if run_pass.status.completed_iterations < done:
@@ -500,7 +502,7 @@ def _walk_plan(run_pass: ReconcilePass, spec: SpinRunSpec) -> None:
 def _stop_iterations_beyond(run_pass: ReconcilePass, spec: SpinRunSpec) -> bool:
     """spec.iterations lowered below an iteration that already started: delete its unfinished
     Jobs and complete only once none of them (nor their pods) holds resources. True while stopping."""
-    stale = [job for job in sorted(run_pass.observed.jobs.values(), key=lambda j: j.name)
+    stale = [job for job in run_pass.observed.jobs_sorted()
              if job.iteration is not None and job.iteration >= spec.iterations and not job.finished]
     pods = [p for p in run_pass.observed.pods if p.iteration is not None and p.iteration >= spec.iterations and not p.finished]
     if not stale and not pods:
@@ -533,10 +535,14 @@ def _complete(run_pass: ReconcilePass, spec: SpinRunSpec) -> None:
         run_pass.requeue(spec.ttl_seconds_after_finished)
 
 
-def _drive_iteration(run_pass: ReconcilePass, spec: SpinRunSpec, spec_k: SpinRunSpec, k: int, it: IterationStatus) -> bool:
-    """Advance iteration k's stages; True when all of them are done."""
+def _drive_iteration(
+    run_pass: ReconcilePass, spec: SpinRunSpec, pinned_spec: SpinRunSpec, k: int, it: IterationStatus
+) -> bool:
+    """Advance iteration k's stages; True when all of them are done. `pinned_spec`: the spec the
+    iteration started under (what its objects are built from); `spec`: the run's current spec
+    (suspension, timeouts)."""
     generation = int(it.generation or run_pass.generation)
-    for stage in stages.stages_for_iteration(spec_k, k):
+    for stage in stages.stages_for_iteration(pinned_spec, k):
         step = stage.name
         entry = _step_entry(it, step)
         if entry is not None and entry.completion_time:
@@ -548,7 +554,7 @@ def _drive_iteration(run_pass: ReconcilePass, spec: SpinRunSpec, spec_k: SpinRun
         job = run_pass.observed.jobs.get(name)
         ctx = BuildContext(
             run=RunRef(run_pass.ref.name, run_pass.ref.namespace, run_pass.ref.uid, generation),
-            spec=spec_k,
+            spec=pinned_spec,
             iteration=k,
             attempt=entry.retries,
             suspend=spec.suspend,
@@ -562,15 +568,14 @@ def _drive_iteration(run_pass: ReconcilePass, spec: SpinRunSpec, spec_k: SpinRun
             _wait_for_previous_attempt(run_pass, k, step, entry, f"job {job.name} of attempt {job.attempt + 1} is being deleted")
             return False
         if job is not None and job.complete:
-            _step_done(run_pass, spec_k, k, step, entry, job)
+            _step_done(run_pass, pinned_spec, k, step, entry, job)
             continue
         if job is not None and job.failed_condition:
             _step_failed(run_pass, ctx, stage, entry, job)
             return False
         if job is not None:
-            _running(run_pass, spec, spec_k, k, step, job)
-            if step == "train":
-                _ensure_companions(run_pass, ctx)
+            _running(run_pass, spec, pinned_spec, k, step, job)
+            _ensure_companions(run_pass, ctx, step)
             return False
         leftover = run_pass.observed.pods_of(k, step)
         if leftover:  # the previous attempt's pods still run (Terminating): same hostnames, same Service
@@ -584,17 +589,19 @@ def _drive_iteration(run_pass: ReconcilePass, spec: SpinRunSpec, spec_k: SpinRun
     return True
 
 
-def _wait_for_previous_attempt(run_pass: ReconcilePass, k: int, step: str, entry: StepStatus, why: str) -> None:
+def _wait_for_previous_attempt(run_pass: ReconcilePass, k: int, step: StepName, entry: StepStatus, why: str) -> None:
     """A retry starts only once the failed attempt's Job and pods are gone: a new pod with the same
     hostname beside a dying one would share its Service name (the master address of multi-node
     training could resolve to the dying pod), and a create would meet the old Job's name."""
     msg = f"iteration {k}: {step} attempt {entry.retries + 1} waits: {why}"
-    run_pass.phase(STEP_PHASE[step], Reason.WAITING_FOR_PREVIOUS_ATTEMPT, msg)  # type: ignore[index]
+    run_pass.phase(STEP_PHASE[step], Reason.WAITING_FOR_PREVIOUS_ATTEMPT, msg)
     run_pass.cond(ConditionType.PROGRESSING, True, Reason.WAITING_FOR_PREVIOUS_ATTEMPT, msg)
     run_pass.requeue(RETRY_WAIT_SECONDS)
 
 
-def _running(run_pass: ReconcilePass, spec: SpinRunSpec, spec_k: SpinRunSpec, k: int, step: str, job: JobState) -> None:
+def _running(
+    run_pass: ReconcilePass, spec: SpinRunSpec, pinned_spec: SpinRunSpec, k: int, step: StepName, job: JobState
+) -> None:
     """The stage's workload exists and is unfinished: say what it is doing (running, waiting for
     its pods, or unable to start)."""
     if spec.suspend:
@@ -602,35 +609,38 @@ def _running(run_pass: ReconcilePass, spec: SpinRunSpec, spec_k: SpinRunSpec, k:
         return
     if job.suspended and not job.suspended_by_us and job.queue_name:  # Kueue holds it until admitted
         msg = f"iteration {k}: {step} waiting for quota in queue {job.queue_name} (Kueue admits job {job.name})"
-        run_pass.phase(STEP_PHASE[step], Reason.WAITING_FOR_QUOTA, msg)  # type: ignore[index]
+        run_pass.phase(STEP_PHASE[step], Reason.WAITING_FOR_QUOTA, msg)
         run_pass.cond(ConditionType.PROGRESSING, True, Reason.WAITING_FOR_QUOTA, msg)
         return
     # a Job's own pods only (a pod of an earlier attempt is not this attempt's progress or trouble)
     pods = [p for p in run_pass.observed.pods_of(k, step) if job.kind != "Job" or not job.uid or p.owner_uid in (None, job.uid)]
-    troubled = next((p for p in pods if p.trouble), None)
-    if troubled is not None:
-        _pod_trouble(run_pass, spec, k, step, troubled)
+    troubled = next((p for p in pods if p.trouble is not None), None)
+    if troubled is not None and troubled.trouble is not None:
+        _pod_trouble(run_pass, spec, k, step, troubled, troubled.trouble)
         return
     msg = f"iteration {k}: {step} running (job {job.name})"
     reason = Reason.STEP_RUNNING
-    expected = spec_k.training.nodes
+    expected = pinned_spec.training.nodes
     running = sum(p.phase == "Running" for p in pods)
-    if step == "train" and pods and running < expected:  # all nodes must run before training starts
+    training = launchers.runs_as_training(step)
+    if training and pods and running < expected:  # all nodes must run before training starts
         msg = f"iteration {k}: {step} waiting for {expected - running} of {expected} pods to run (job {job.name})"
         reason = Reason.WAITING_FOR_PODS
-    run_pass.phase(STEP_PHASE[step], reason, msg)  # type: ignore[index]
+    run_pass.phase(STEP_PHASE[step], reason, msg)
     run_pass.cond(ConditionType.PROGRESSING, True, reason, msg)
-    progress = step_progress(k, step, job, pods, run_pass.observed.progress, shards=spec_k.generation.shards, now=run_pass.now)  # type: ignore[arg-type]
+    progress = step_progress(k, step, job, pods, run_pass.observed.progress, shards=pinned_spec.generation.shards, now=run_pass.now)
     if progress is not None:  # an unset field stays out of the status document
         run_pass.status.progress = progress
 
 
-def _pod_trouble(run_pass: ReconcilePass, spec: SpinRunSpec, k: int, step: str, pod: PodState) -> None:
-    """A pod of the running step cannot start: Progressing False with the pod's reason, an Event
-    when the reason appears, and the run failed once podStartupTimeoutSeconds passed."""
-    hint = POD_TROUBLE_HINTS.get(pod.trouble, "see `kubectl describe pod`")
-    msg = f"iteration {k}: {step} cannot start: pod {pod.name}: {pod.trouble_message or pod.trouble}; {hint}"
-    capacity = pod.trouble == Reason.UNSCHEDULABLE  # waiting for room heals by itself; the other reasons do not
+def _pod_trouble(
+    run_pass: ReconcilePass, spec: SpinRunSpec, k: int, step: StepName, pod: PodState, trouble: Reason
+) -> None:
+    """A pod of the running step cannot start (`trouble`: why): Progressing False with the pod's
+    reason, an Event when the reason appears, and the run failed once podStartupTimeoutSeconds passed."""
+    hint = POD_TROUBLE_HINTS.get(trouble, "see `kubectl describe pod`")
+    msg = f"iteration {k}: {step} cannot start: pod {pod.name}: {pod.trouble_message or trouble}; {hint}"
+    capacity = trouble == Reason.UNSCHEDULABLE  # waiting for room heals by itself; the other reasons do not
     timeout, field_name = ((spec.unschedulable_timeout_seconds, "unschedulableTimeoutSeconds") if capacity
                            else (spec.pod_startup_timeout_seconds, "podStartupTimeoutSeconds"))
     if capacity:
@@ -638,15 +648,15 @@ def _pod_trouble(run_pass: ReconcilePass, spec: SpinRunSpec, k: int, step: str, 
                                                   else " (spec.unschedulableTimeoutSeconds sets a limit)"))
     since = parse_time(pod.trouble_since)
     if timeout and since is not None and run_pass.now >= since + timedelta(seconds=timeout):
-        run_pass.fail(pod.trouble, f"{msg}; it could not start for more than {field_name} ({timeout}s)")
+        run_pass.fail(trouble, f"{msg}; it could not start for more than {field_name} ({timeout}s)")
         return
     if timeout and since is not None:
         run_pass.requeue((since + timedelta(seconds=timeout) - run_pass.now).total_seconds())
     before = _progressing(run_pass)
-    run_pass.phase(STEP_PHASE[step], pod.trouble, msg)  # type: ignore[index]
-    run_pass.cond(ConditionType.PROGRESSING, False, pod.trouble, msg)
-    if before != ("False", pod.trouble):
-        run_pass.event("Warning", pod.trouble, msg)
+    run_pass.phase(STEP_PHASE[step], trouble, msg)
+    run_pass.cond(ConditionType.PROGRESSING, False, trouble, msg)
+    if before != ("False", trouble):
+        run_pass.event("Warning", trouble, msg)
 
 
 def _progressing(run_pass: ReconcilePass) -> tuple[str, str] | None:
@@ -655,22 +665,26 @@ def _progressing(run_pass: ReconcilePass) -> tuple[str, str] | None:
     return (c.status, c.reason) if c is not None else None
 
 
-def _ensure_companions(run_pass: ReconcilePass, ctx: BuildContext) -> None:
-    """Recreate what the training launcher needs beside its workload (a deleted Service)."""
-    for obj in launchers.for_spec(ctx.spec).companions(ctx):
+def _ensure_companions(run_pass: ReconcilePass, ctx: BuildContext, step: StepName) -> None:
+    """Recreate what the launcher of a training step needs beside its workload (a deleted Service)."""
+    launcher = launchers.for_step(ctx.spec, step)
+    if launcher is None:
+        return
+    for obj in launcher.companions(ctx):
         if obj["kind"] == "Service" and obj["metadata"]["name"] not in run_pass.observed.services:
             run_pass.act(Create(obj))
 
 
 def _start(run_pass: ReconcilePass, ctx: BuildContext, stage: stages.Stage, entry: StepStatus, *, restart: bool) -> None:
-    """Create the stage's objects (the Job; for training whatever the launcher makes)."""
+    """Create the stage's objects (the Job; for a training step whatever the launcher makes)."""
     k, step = ctx.iteration, stage.name
-    if step == "train":
-        blocked = launchers.for_spec(ctx.spec).availability(run_pass.settings, run_pass.observed.launcher_served)
+    launcher = launchers.for_step(ctx.spec, step)
+    if launcher is not None:
+        blocked = launcher.availability(run_pass.settings, run_pass.observed.launcher_served)
         if blocked is None and gang_enabled(ctx) and not run_pass.settings.gang_scheduling:
             blocked = GANG_DISABLED
         if blocked is not None:
-            run_pass.phase(STEP_PHASE["train"], blocked.reason, blocked.message)
+            run_pass.phase(STEP_PHASE[step], blocked.reason, blocked.message)
             if run_pass.cond(ConditionType.PROGRESSING, False, blocked.reason, blocked.message):
                 run_pass.event("Warning", blocked.reason, blocked.message)
             return
@@ -696,14 +710,16 @@ def _start(run_pass: ReconcilePass, ctx: BuildContext, stage: stages.Stage, entr
         run_pass.cond(ConditionType.PROGRESSING, True, Reason.STEP_RUNNING, msg)
 
 
-def _step_done(run_pass: ReconcilePass, spec_k: SpinRunSpec, k: int, step: str, entry: StepStatus, job: JobState) -> None:
+def _step_done(
+    run_pass: ReconcilePass, pinned_spec: SpinRunSpec, k: int, step: StepName, entry: StepStatus, job: JobState
+) -> None:
     entry.completion_time = job.completion_time or run_pass.now_s
     entry.retries = max(entry.retries, job.attempt)
     if not entry.start_time:
         entry.start_time = job.start_time or run_pass.now_s
     run_pass.event("Normal", Reason.STEP_SUCCEEDED, f"iteration {k}: {step} succeeded (job {job.name})")
-    if step == "train":
-        path = f"{run_dir(run_pass.ref.name, spec_k)}/{layout.model_dir(k)}"
+    if step == MODEL_STEP:
+        path = f"{run_dir(run_pass.ref.name, pinned_spec)}/{layout.model_dir(k)}"
         run_pass.status.last_checkpoint = Checkpoint(iteration=k, path=path, time=entry.completion_time)
 
 
