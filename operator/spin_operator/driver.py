@@ -20,7 +20,7 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from spin_operator import launchers, metrics
+from spin_operator import executor, launchers, metrics
 from spin_operator.kube import client
 from spin_operator.kube.expectations import Expectations, RunKey
 from spin_operator.kube.objects import JobState, Observed
@@ -187,7 +187,7 @@ async def _observe_launched(
     launcher = launchers.for_spec(spec)
     if not launchers.may_list(launcher, settings):
         return None, []
-    return await asyncio.to_thread(client.list_launched, namespace, name, launcher)
+    return await asyncio.to_thread(executor.list_launched, namespace, name, launcher)
 
 
 async def _reconcile_locked(
@@ -222,7 +222,7 @@ async def _reconcile_locked(
             # Expected before the call: its ADDED event may be handled before the call returns.
             state.expectations.expect(key, action.name, action.obj, time.monotonic())
         try:
-            await asyncio.to_thread(client.execute, namespace, action)
+            await asyncio.to_thread(executor.execute, namespace, action)
             if creates_job:
                 # Its ADDED event will bring nothing this reconcile did not already account for.
                 state.expectations.record(namespace, action.name, JobState.from_job(action.obj))

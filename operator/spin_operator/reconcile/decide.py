@@ -40,7 +40,6 @@ from spin_operator.builders.context import BuildContext
 from spin_operator.builders.gang import gang_enabled
 from spin_operator.builders.meta import RunRef, job_name, spec_configmap_name
 from spin_operator.builders.pod import run_dir
-from spin_operator.builders.steps import step_objects
 from spin_operator.builders.storage import persistent_volume_claim, spec_config_map, spec_from_config_map
 from spin_operator.kube.objects import JobState, Observed, PodState
 from spin_operator.kube.timestamps import parse_time, rfc3339
@@ -692,7 +691,7 @@ def _start(run_pass: ReconcilePass, ctx: BuildContext, stage: stages.Stage, entr
         # Kueue would admit and unsuspend a Job created suspended: queue nothing until resumed
         run_pass.phase("Suspended", Reason.SUSPENDED, f"suspended before iteration {k}, step {step} (queue {ctx.spec.queue_name})")
         return
-    for obj in step_objects(ctx, stage):
+    for obj in launchers.step_objects(ctx, stage):
         if obj["kind"] == "Service" and obj["metadata"]["name"] in run_pass.observed.services:
             continue
         run_pass.act(Create(obj))
