@@ -1,5 +1,5 @@
 """What a decision asks the cluster to do: create an object, delete a child, suspend or resume a
-workload (directly, or through its Kueue Workload). Plain values; kube/client.py executes them."""
+workload (directly, or through its Kueue Workload). Plain values; executor.py carries them out."""
 
 from __future__ import annotations
 
