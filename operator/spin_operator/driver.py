@@ -4,16 +4,15 @@ status (the only writer). Reconciles of one run are serialised by a per-run lock
 arriving while one waits are folded into it, and the next look at a run (a deadline, a timeout,
 a retry after an API error, the periodic resync) is scheduled here, in memory: no kopf timer,
 so SpinRuns carry no finalizer and can be deleted with the operator gone. While a step's pods
-serve their progress, each look polls it (kube/progress.py) at most once per poll interval."""
+serve their progress, each look polls it (kube/progress_poller.py) at most once per poll interval."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import logging
-import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -21,15 +20,15 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from spin_operator import launchers, metrics
+from spin_operator import executor, launchers, metrics
 from spin_operator.kube import client
 from spin_operator.kube.expectations import Expectations, RunKey
 from spin_operator.kube.objects import JobState, Observed
-from spin_operator.kube.progress import ProgressPoller
+from spin_operator.kube.progress_poller import ProgressPoller
 from spin_operator.kube.timestamps import rfc3339
 from spin_operator.reconcile.actions import Create, Delete
 from spin_operator.reconcile.conditions import is_terminal, status_patch
-from spin_operator.reconcile.decide import Decision, reconcile, spec_of
+from spin_operator.reconcile.decide import Decision, ParsedSpec, parse_spec, reconcile
 from spin_operator.reconcile.refusals import Refusal, after_refusal, refusal_of
 from spin_operator.settings import DeploymentSettings
 from spin_runtime.api.load import SpecError
@@ -37,8 +36,6 @@ from spin_runtime.api.load import SpecError
 Logger = logging.Logger | logging.LoggerAdapter  # type: ignore[type-arg]
 log = logging.getLogger("spin_operator")
 
-#: Seconds between looks at an unfinished run without any event (missed events, slow clocks).
-RESYNC_SECONDS = float(os.environ.get("SPIN_RESYNC_SECONDS", "20"))
 #: Seconds before a reconcile that hit an API error runs again.
 RETRY_SECONDS = 5.0
 READ_RETRY_SECONDS = 2.0
@@ -54,15 +51,22 @@ class RunLock:
 
 @dataclass
 class OperatorState:
-    """What one operator process keeps between reconciles (kopf's memo carries it): per-run
-    locks, the expectations, the latest kopf indexes, and each run's next scheduled look."""
+    """What one operator process keeps between reconciles (kopf's memo carries it): the
+    deployment's settings, per-run locks, the expectations, the latest kopf indexes, each run's
+    next scheduled look and the progress poller."""
 
+    deployment: DeploymentSettings = field(default_factory=DeploymentSettings)
     locks: dict[RunKey, RunLock] = field(default_factory=dict)
     expectations: Expectations = field(default_factory=Expectations)
     indexes: Indexes | None = None
     timers: dict[RunKey, tuple[float, asyncio.TimerHandle]] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     progress: ProgressPoller = field(default_factory=ProgressPoller)
+
+    @classmethod
+    def of(cls, deployment: DeploymentSettings) -> OperatorState:
+        """A fresh state for an operator deployed with these settings."""
+        return cls(deployment=deployment, progress=ProgressPoller(interval=deployment.progress_seconds))
 
     def schedule(self, key: RunKey, delay: float, start: Callable[[], Awaitable[None]]) -> None:
         """Look at the run again in `delay` seconds, unless a look is due sooner already."""
@@ -128,11 +132,9 @@ class Indexes:
         )
 
 
-def _planned_iterations(body: Mapping[str, Any]) -> int | None:
+def _planned_iterations(spec: ParsedSpec) -> int | None:
     """How many iterations the run will run (None when its spec is invalid)."""
-    try:
-        spec = spec_of(body)
-    except SpecError:
+    if isinstance(spec, SpecError):
         return None
     return spec.iterations - spec.start_iteration
 
@@ -167,24 +169,25 @@ async def _scheduled(namespace: str, name: str, state: OperatorState) -> None:
         await reconcile_run(namespace, name, state.indexes, state, log)
 
 
-def next_look(decision: Decision) -> float | None:
+def next_look(decision: Decision, resync_seconds: float) -> float | None:
     """When to look at the run again without an event: what the decision asked for, at the
-    latest after RESYNC_SECONDS while it runs; a finished run only for its TTL."""
+    latest after `resync_seconds` (the deployment's) while it runs; a finished run only for its TTL."""
     if is_terminal(decision.status):
         return decision.requeue_after
-    return min(decision.requeue_after or RESYNC_SECONDS, RESYNC_SECONDS)
+    return min(decision.requeue_after or resync_seconds, resync_seconds)
 
 
-async def _observe_launched(namespace: str, name: str, body: Mapping[str, Any], settings: DeploymentSettings) -> tuple[bool | None, list[dict[str, Any]]]:
+async def _observe_launched(
+    namespace: str, name: str, spec: ParsedSpec, settings: DeploymentSettings
+) -> tuple[bool | None, list[dict[str, Any]]]:
     """(launcher resource served?, its objects) for a spec whose launcher is a custom resource
     the deployment allows; (None, []) otherwise (an invalid spec included: the decision reports it)."""
-    try:
-        launcher = launchers.for_spec(spec_of(body))
-    except SpecError:
+    if isinstance(spec, SpecError):
         return None, []
+    launcher = launchers.for_spec(spec)
     if not launchers.may_list(launcher, settings):
         return None, []
-    return await asyncio.to_thread(client.list_launched, namespace, name, launcher)
+    return await asyncio.to_thread(executor.list_launched, namespace, name, launcher)
 
 
 async def _reconcile_locked(
@@ -202,15 +205,16 @@ async def _reconcile_locked(
         state.forget_run(namespace, name)
         return None
     old_status = dict(body.get("status") or {})
-    settings = DeploymentSettings.from_env()
-    served, launched = await _observe_launched(namespace, name, body, settings)
+    settings = state.deployment
+    spec = parse_spec(body)  # once: the launcher, the decision and the metrics read this result
+    served, launched = await _observe_launched(namespace, name, spec, settings)
     uid = str((body.get("metadata") or {}).get("uid") or "")
     observed = indexes.observed(key, uid, state.expectations, launched, served)
     reporting = [p for p in observed.pods if p.serves_progress]
     if reporting:
         observed = dataclasses.replace(observed, progress=await state.progress.records(key, reporting))
     now = datetime.now(timezone.utc)
-    decision = reconcile(body, observed, now, settings)
+    decision = reconcile(body, observed, now, settings, spec=spec)
     refusal: Refusal | None = None
     for action in decision.actions:
         creates_job = isinstance(action, Create) and action.kind == "Job"
@@ -218,7 +222,7 @@ async def _reconcile_locked(
             # Expected before the call: its ADDED event may be handled before the call returns.
             state.expectations.expect(key, action.name, action.obj, time.monotonic())
         try:
-            await asyncio.to_thread(client.execute, namespace, action)
+            await asyncio.to_thread(executor.execute, namespace, action)
             if creates_job:
                 # Its ADDED event will bring nothing this reconcile did not already account for.
                 state.expectations.record(namespace, action.name, JobState.from_job(action.obj))
@@ -235,10 +239,10 @@ async def _reconcile_locked(
             break
     if not await _write_status(namespace, name, body, old_status, decision, logger):
         return READ_RETRY_SECONDS
-    metrics.record(key, decision.status_document(), _planned_iterations(body))
+    metrics.record(key, decision.status_document(), _planned_iterations(spec))
     if refusal is not None and not is_terminal(decision.status):
         return RETRY_SECONDS
-    look = next_look(decision)
+    look = next_look(decision, settings.resync_seconds)
     if reporting and state.progress.enabled and look is not None:  # a step reports progress: poll it again
         look = min(look, state.progress.interval)
     return look

@@ -1,12 +1,12 @@
 """kopf registrations only: every trigger (a SpinRun created, resumed or changed, an event of an
 owned Job or pod) leads to `driver.reconcile_run`; kopf's indexes hold the owned children,
 filtered by label on the API server; kopf's memo holds the per-process state. No timer and no
-mandatory deletion handler: kopf puts no finalizer on SpinRuns (and removes an old one)."""
+mandatory deletion handler: kopf puts no finalizer on SpinRuns (and removes an old one). The
+deployment's settings are read once, when the operator starts, and kept in the memo's state."""
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +17,7 @@ from spin_operator.builders.meta import LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY
 from spin_operator.driver import Indexes, OperatorState, reconcile_run
 from spin_operator.kube.expectations import attempt_of
 from spin_operator.kube.objects import PodState
+from spin_operator.settings import DeploymentSettings
 from spin_runtime.api.spec import GROUP, PLURAL, VERSION
 
 SPINRUNS = (GROUP, VERSION, PLURAL)
@@ -33,27 +34,23 @@ CHILD_RESOURCES = (
 )
 
 
-def server_side_filter(env: Mapping[str, str] | None = None) -> bool:
-    """Whether list/watch of children carry the label selector (SPIN_SERVER_SIDE_FILTER=false
-    turns it off, for the benchmark that measures what it saves)."""
-    return (os.environ if env is None else env).get("SPIN_SERVER_SIDE_FILTER", "true").strip().lower() != "false"
-
-
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Our own annotation prefix for kopf's bookkeeping; only warnings as kopf's own events;
-    children watched through a server-side label selector; a fresh per-process state (an
-    operator restarted in the same process, as in tests, starts empty)."""
-    memo.state = OperatorState()
+    children watched through a server-side label selector (unless the deployment turns it off);
+    a fresh per-process state holding the deployment's settings (an operator restarted in the
+    same process, as in tests, starts empty and reads them again)."""
+    deployment = DeploymentSettings.from_env()
+    memo.state = OperatorState.of(deployment)
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")
     settings.persistence.finalizer = f"{GROUP}/finalizer"  # the name kopf removes from older runs
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = "spin-operator"
     # whole seconds: the apiserver parses timeoutSeconds as an integer (300.0 is a 400 Bad Request)
-    settings.watching.server_timeout = int(os.environ.get("SPIN_WATCH_TIMEOUT", "300"))
+    settings.watching.server_timeout = deployment.watch_timeout_seconds
     settings.watching.client_timeout = settings.watching.server_timeout + 30
-    if server_side_filter():
+    if deployment.server_side_filter:
         for resource in CHILD_RESOURCES:
             settings.watching.label_selectors[resource] = MANAGED_SELECTOR
 

@@ -1,36 +1,41 @@
 """`spin-operator`: the kopf operator standalone (one replica, no peering) with a liveness
 endpoint and Prometheus metrics, or `spin-operator render FILE`. Namespaces come from
---namespace/--all-namespaces or the WATCH_NAMESPACES env var (comma-separated; empty = all)."""
+--namespace/--all-namespaces or the deployment's WATCH_NAMESPACES (comma-separated; empty = all);
+every environment variable is read by `DeploymentSettings.from_env`."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 import kopf
 
+from spin_operator.settings import DeploymentSettings
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(deployment: DeploymentSettings | None = None) -> argparse.ArgumentParser:
+    """The operator's flags; their defaults are the deployment's settings (read from the
+    environment when not given)."""
+    deployment = deployment or DeploymentSettings.from_env()
     p = argparse.ArgumentParser(prog="spin-operator", description="The spinrun operator (SpinRun → Jobs).")
     p.add_argument("-n", "--namespace", action="append", default=[], help="namespace to watch (repeatable; globs allowed)")
     p.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (cluster-wide RBAC)")
-    p.add_argument("--metrics-port", type=int, default=int(os.environ.get("SPIN_METRICS_PORT", "8080")),
+    p.add_argument("--metrics-port", type=int, default=deployment.metrics_port,
                    help="Prometheus /metrics port (0 disables; default 8080)")
-    p.add_argument("--liveness", default=os.environ.get("SPIN_LIVENESS", "http://0.0.0.0:8081/healthz"),
+    p.add_argument("--liveness", default=deployment.liveness,
                    help="kopf liveness endpoint (default http://0.0.0.0:8081/healthz)")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p
 
 
-def namespaces_from(args: argparse.Namespace, env: dict[str, str] | os._Environ[str]) -> tuple[bool, list[str]]:
-    """(cluster-wide?, namespaces) from the flags, else WATCH_NAMESPACES."""
+def namespaces_from(args: argparse.Namespace, deployment: DeploymentSettings) -> tuple[bool, list[str]]:
+    """(cluster-wide?, namespaces) from the flags, else the deployment's WATCH_NAMESPACES."""
     if args.all_namespaces:
         return True, []
     if args.namespace:
         return False, list(args.namespace)
-    listed = [n.strip() for n in env.get("WATCH_NAMESPACES", "").split(",") if n.strip()]
+    listed = list(deployment.watch_namespaces)
     return (not listed), listed
 
 
@@ -44,10 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         add_parser(top.add_subparsers(dest="command", required=True))
         args = top.parse_args(argv)
         return int(args.func(args))
-    args = build_parser().parse_args(argv)
+    deployment = DeploymentSettings.from_env()  # a bad value stops the operator here, naming the variable
+    args = build_parser(deployment).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    clusterwide, namespaces = namespaces_from(args, os.environ)
+    clusterwide, namespaces = namespaces_from(args, deployment)
 
     from spin_operator import handlers, metrics  # noqa: F401  (importing handlers registers them)
     from spin_operator.kube import client

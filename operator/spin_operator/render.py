@@ -10,9 +10,9 @@ from typing import Any
 
 import yaml
 
+from spin_operator import launchers
 from spin_operator.builders.context import BuildContext
 from spin_operator.builders.meta import PLACEHOLDER_UID, RunRef
-from spin_operator.builders.steps import step_objects
 from spin_operator.builders.storage import persistent_volume_claim, spec_config_map
 from spin_operator.settings import DeploymentSettings
 from spin_runtime.api.spec import SpinRun
@@ -44,7 +44,7 @@ def render_objects(
         objs.append(spec_config_map(ref, spec, k))
         ctx = BuildContext(run=ref, spec=spec, iteration=k, suspend=spec.suspend, settings=settings)
         for stage in stages.stages_for_iteration(spec, k):
-            objs.extend(step_objects(ctx, stage))
+            objs.extend(launchers.step_objects(ctx, stage))
     return objs
 
 

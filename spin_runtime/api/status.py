@@ -1,8 +1,9 @@
-"""The SpinRun status: phases, step names, conditions and per-iteration progress; the one place
-that names a phase or a step."""
+"""The SpinRun status: phases, step names, condition types, reasons and per-iteration progress;
+the one place that names a phase, a step, a condition type or a reason."""
 
 from __future__ import annotations
 
+import enum
 from typing import Literal
 
 from pydantic import ConfigDict, Field
@@ -18,6 +19,8 @@ StepName = Literal["generate", "convert", "train", "sft", "evaluate"]
 STEP_ORDER: tuple[StepName, ...] = ("generate", "convert", "train", "sft", "evaluate")
 #: The steps that train a model (torchrun, the training launcher and resources, resumable checkpoints).
 TRAINING_STEPS: frozenset[StepName] = frozenset({"train", "sft"})
+#: The step whose output is the iteration's model: its success is recorded as status.lastCheckpoint.
+MODEL_STEP: StepName = "train"
 #: status.phase while a step runs.
 STEP_PHASE: dict[StepName, Phase] = {
     "generate": "Generating",
@@ -28,12 +31,84 @@ STEP_PHASE: dict[StepName, Phase] = {
 }
 
 
+class _Vocabulary(str, enum.Enum):
+    """Names written into the status as strings: members compare, hash and format as their value
+    (StrEnum, which Python 3.10 lacks). As kopf's `Reason`: no bare strings, no typos."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    __format__ = str.__format__
+
+
+class ConditionType(_Vocabulary):
+    """The type of each condition a SpinRun carries."""
+
+    COMPLETE = "Complete"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+    PROGRESSING = "Progressing"
+    VALIDATION_FAILED = "ValidationFailed"
+    QUEUE_UNMANAGED = "QueueUnmanaged"
+
+
+class Reason(_Vocabulary):
+    """Every CamelCase reason the operator writes: of the phase (status.reason), of a condition,
+    and of an Event."""
+
+    # the run
+    STARTED = "Started"
+    RUN_COMPLETED = "RunCompleted"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    TTL_EXPIRED = "TTLExpired"
+    VALIDATION_FAILED = "ValidationFailed"
+    VALID = "Valid"
+    WAITING_FOR_OLD_OBJECTS = "WaitingForOldObjects"
+    SUSPENDED = "Suspended"
+    RESUMED = "Resumed"
+    # the claim and the pinned spec
+    CLAIM_CREATED = "ClaimCreated"
+    CLAIM_REUSED = "ClaimReused"
+    SPEC_CONFIG_MAP_INVALID = "SpecConfigMapInvalid"
+    # iterations and steps
+    ITERATION_STARTED = "IterationStarted"
+    ITERATION_COMPLETED = "IterationCompleted"
+    STOPPING_ITERATIONS = "StoppingIterations"
+    STEP_STARTED = "StepStarted"
+    STEP_RUNNING = "StepRunning"
+    STEP_SUCCEEDED = "StepSucceeded"
+    STEP_RETRYING = "StepRetrying"
+    STEP_FAILED = "StepFailed"
+    WAITING_FOR_PODS = "WaitingForPods"
+    WAITING_FOR_PREVIOUS_ATTEMPT = "WaitingForPreviousAttempt"
+    # queues, launchers, gangs
+    WAITING_FOR_QUOTA = "WaitingForQuota"
+    KUEUE_DISABLED = "KueueDisabled"
+    KUEUE_ENABLED = "KueueEnabled"
+    NOT_QUEUED = "NotQueued"
+    LAUNCHER_DISABLED = "LauncherDisabled"
+    LAUNCHER_UNAVAILABLE = "LauncherUnavailable"
+    GANG_SCHEDULING_DISABLED = "GangSchedulingDisabled"
+    # a pod that cannot start (kube.objects.PodState.trouble)
+    IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
+    CREATE_CONTAINER_CONFIG_ERROR = "CreateContainerConfigError"
+    CREATE_CONTAINER_ERROR = "CreateContainerError"
+    UNSCHEDULABLE = "Unschedulable"
+    CLAIM_PENDING = "ClaimPending"
+    # an action the API server refused (reconcile.refusals)
+    CREATE_REFUSED = "CreateRefused"
+    CREATE_RETRYING = "CreateRetrying"
+    REQUEST_RETRYING = "RequestRetrying"
+
+
+#: The type of a Kubernetes Event.
+EventType = Literal["Normal", "Warning"]
+
+
 class Condition(SpinModel):
     """A Kubernetes-style condition."""
 
-    type: Literal["Complete", "Failed", "Suspended", "Progressing", "ValidationFailed", "QueueUnmanaged"] = Field(
-        ..., description="Condition type."
-    )
+    type: ConditionType = Field(..., description="Condition type.")
     status: Literal["True", "False", "Unknown"] = Field(..., description="True, False or Unknown.")
     reason: str = Field("", max_length=128, description="CamelCase reason.")
     message: str = Field("", max_length=4096, description="Human-readable message.")

@@ -388,7 +388,7 @@ def grants(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
     return {(g, res, v) for r in rules for g in r["apiGroups"] for res in r["resources"] for v in r["verbs"]}
 
 
-#: What the operator calls in a watched namespace (operator/spin_operator/kube/client.py and
+#: What the operator calls in a watched namespace (operator/spin_operator/kube/client.py, executor.py and
 #: kopf), verb by verb; the chart must grant exactly this.
 NAMESPACED_GRANTS = (
     {("spin.dev", "spinruns", v) for v in ("get", "list", "watch", "patch")}

@@ -43,16 +43,13 @@ import attrs
 import jsonpatch
 import kmock
 import yaml
-from kmock._internal import apps as kmock_apps
-from kmock._internal import dsl as kmock_dsl
-from kmock._internal import rendering as kmock_rendering
-from kmock._internal.k8s import KubernetesError
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from typing_extensions import Self, override
 
 from spin_runtime.api.spec import GROUP, PLURAL, VERSION
 from spin_runtime.launch import PROGRESS_PORT_ENV, PROGRESS_PORT_NAME
+from tests.operator.kmock_internals import KmockEmulator, request_log
 from tests.operator.operator_thread import OperatorThread
 
 HARNESS_AGENT = "spin-e2e-harness"
@@ -67,62 +64,8 @@ def now_iso() -> str:
 # --------------------------------------------------------------------------- emulator
 
 
-def _filter_chain_contains(view: Any, request: Any) -> bool | None:
-    """Whether `request` (the newest in the log) is in `view`, decided from the view's chain
-    alone: True/False for chains of plain Filters and Priorities down to a Root, None when
-    the chain holds anything whose membership depends on the request history (slices,
-    exclusions, groups, streams, callables of the history), so the caller must scan."""
-    while True:
-        if isinstance(view, kmock_dsl.Root):
-            return True
-        if type(view) is kmock_dsl.Priority:
-            view = view._source
-            continue
-        if type(view) is kmock_dsl.Filter:
-            if not view.criteria(request):
-                return False
-            view = view._source
-            continue
-        return None
-
-
-class FastMatching(kmock_apps.RawHandler):
-    """kmock 0.8's `RawHandler._handle` decides which reaction serves a request with
-    `request in payload._source`, which walks the *whole request log* for every reaction (the
-    emulator's own 14 fallbacks included): request n costs O(n), a run of R requests O(R²).
-    With a few thousand requests every response took hundreds of milliseconds and the
-    emulator, not the operator, set the pace of the scale benchmark. This mixin decides the
-    same membership from the filter chain itself when that is exact (plain Filter/Priority
-    chains, i.e. every built-in reaction and `kmock['get /x'] << ...`), and falls back to
-    kmock's scan for slices, groups and exclusions, so test-added reactions keep their meaning."""
-
-    __slots__ = ()
-
-    @override
-    async def _handle(self, request: Any) -> Any:
-        priorities = [payload.priorities for payload in self._payloads]
-        width = max((len(p) for p in priorities), default=0)
-        keys = [tuple(-x for x in p) + (0,) * (width - len(p)) for p in priorities]
-        order = sorted(range(len(keys)), key=lambda i: keys[i])
-        for payload in [self._payloads[i] for i in order]:
-            if payload._disabled.is_set():
-                continue
-            member = _filter_chain_contains(payload._source, request)
-            if member is None:
-                member = request in payload._source
-            if not member:
-                continue
-            try:
-                return await payload(request)
-            except kmock_rendering.ReactionMismatchError:  # either mismatch or depletion
-                payload._disabled.set()
-            except NotImplementedError:  # matched, but nothing to respond with
-                pass
-        raise NotImplementedError("Undefined server behaviour: no reaction matching the request is defined.")
-
-
 @attrs.frozen
-class PatchRejected(KubernetesError):
+class PatchRejected(kmock.KubernetesError):
     """A JSON patch whose `test` op failed (a stale resourceVersion): 422, as an API server says."""
 
     status: int = 422
@@ -131,20 +74,20 @@ class PatchRejected(KubernetesError):
 
 
 @attrs.define(kw_only=True)
-class SpinEmulator(kmock.KubernetesEmulator, FastMatching):
-    """kmock's emulator plus the bits of API-server behaviour the operator relies on:
-    `generateName` (kopf's events) and uid/resourceVersion/creationTimestamp on create;
-    reactions are matched in O(1) per request instead of O(request log) (`FastMatching`)."""
-
+class SpinEmulator(KmockEmulator):
+    """kmock's emulator (through the adapter, tests/operator/kmock_internals.py) plus the bits of
+    API-server behaviour the operator relies on: `generateName` (kopf's events) and
+    uid/resourceVersion/creationTimestamp on create, a new resourceVersion on every write, 422 for
+    a JSON patch whose test fails."""
 
     @override
-    async def _handle(self, request: Any) -> Any:
+    async def respond(self, request: Any) -> Any:
         try:
-            return await self._handle_request(request)
+            return await self._respond(request)
         except jsonpatch.JsonPatchException as e:  # kmock answers 500; an API server 422 Invalid
             raise PatchRejected(message=str(e)) from None
 
-    async def _handle_request(self, request: Any) -> Any:
+    async def _respond(self, request: Any) -> Any:
         if request.action is not None and request.action.value == "CREATE" and isinstance(request.data, dict):
             meta = request.data.setdefault("metadata", {})
             if not meta.get("name") and meta.get("generateName"):
@@ -158,103 +101,10 @@ class SpinEmulator(kmock.KubernetesEmulator, FastMatching):
         elif request.action is not None and request.action.value == "UPDATE" and isinstance(request.data, list):
             # a JSON patch (kopf removing its finalizer): after its own ops, as the server would
             request.data.append({"op": "add", "path": "/metadata/resourceVersion", "value": str(next(_rv))})
-        return await super()._handle(request)
-
-    # kmock 0.8 finds the object of a fetch/create/update/delete by scanning every stored object
-    # (O(objects) per request; thousands of Jobs and Events at scale). The store is a dict keyed
-    # by (resource, namespace, name), the key kmock's own `_handle` writes: look it up directly,
-    # and defer to kmock on a miss (404s and anything unusual keep kmock's exact behaviour).
-    def _stored(self, request: Any, namespace: str | None, name: str | None) -> Any:
-        if request.resource is None or name is None:
-            return None
-        return self._objects._objects.get((request.resource, namespace, name))
-
-    @override
-    async def _serve_fetch(self, request: Any) -> Any:
-        async with self._lock:
-            obj = self._stored(request, request.namespace, request.name)
-        if obj is None or obj.deleted:
-            return await super()._serve_fetch(request)
-        return obj.raw
-
-    @override
-    async def _serve_create(self, request: Any) -> Any:
-        meta = (request.data or {}).get("metadata", {}) if isinstance(request.data, dict) else {}
-        async with self._lock:
-            obj = self._stored(request, request.namespace or meta.get("namespace"), request.name or meta.get("name"))
-        if obj is None:
-            return await super()._serve_create(request)
-        return obj.raw
-
-    @override
-    async def _serve_update(self, request: Any) -> Any:
-        async with self._lock:
-            obj = self._stored(request, request.namespace, request.name)
-        if obj is None:
-            return await super()._serve_update(request)
-        return obj.last.raw
-
-    @override
-    async def _serve_delete(self, request: Any) -> Any:
-        async with self._lock:
-            obj = self._stored(request, request.namespace, request.name)
-        if obj is None:
-            return await super()._serve_delete(request)
-        return obj.last.raw
-
-
-    # kmock 0.8 ignores `labelSelector` on list and watch; a real API server filters there, and
-    # the operator's server-side filter (and its benchmark) depends on it.
-    @override
-    async def _serve_list(self, request: Any) -> Any:
-        result = await super()._serve_list(request)
-        selector = parse_label_selector((request.params or {}).get("labelSelector", ""))
-        if selector and isinstance(result, dict):
-            result = {**result, "items": [o for o in result["items"] if labels_match(o, selector)]}
-        return result
-
-    @override
-    async def _serve_watch(self, request: Any) -> Any:
-        selector = parse_label_selector((request.params or {}).get("labelSelector", ""))
-        async for event in super()._serve_watch(request):
-            if not selector or not isinstance(event, dict) or labels_match(event.get("object") or {}, selector):
-                yield event
+        return await super().respond(request)
 
 
 _rv = itertools.count(1000)
-
-
-def parse_label_selector(text: str) -> list[tuple[str, str, str]]:
-    """`a=b,c!=d,e,!f` → [(key, op, value)] with op in =, !=, exists, !exists (equality-based
-    selectors, what kopf and kubectl -l send)."""
-    out: list[tuple[str, str, str]] = []
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        if "!=" in part:
-            k, v = part.split("!=", 1)
-            out.append((k.strip(), "!=", v.strip()))
-        elif "=" in part:
-            k, v = part.split("==", 1) if "==" in part else part.split("=", 1)
-            out.append((k.strip(), "=", v.strip()))
-        elif part.startswith("!"):
-            out.append((part[1:].strip(), "!exists", ""))
-        else:
-            out.append((part, "exists", ""))
-    return out
-
-
-def labels_match(obj: dict[str, Any], selector: list[tuple[str, str, str]]) -> bool:
-    labels = (obj.get("metadata") or {}).get("labels") or {}
-    for key, op, value in selector:
-        if op == "=" and labels.get(key) != value:
-            return False
-        if op == "!=" and labels.get(key) == value:
-            return False
-        if op == "exists" and key not in labels:
-            return False
-        if op == "!exists" and key in labels:
-            return False
-    return True
-
 
 
 class Emulator:
@@ -319,7 +169,7 @@ class Emulator:
         """The requests not made by the harness: {method, path, verb, resource, subresource, agent}."""
         assert self.mock is not None
         out = []
-        for r in list(self.mock._requests):
+        for r in request_log(self.mock):
             agent = r.headers.get("User-Agent", "")
             if agent.startswith(exclude_agent):
                 continue
@@ -1197,7 +1047,7 @@ class Cluster:
         """Names of Jobs in every successful-looking operator create request, in order."""
         assert self.emulator.mock is not None
         out = []
-        for r in list(self.emulator.mock._requests):
+        for r in request_log(self.emulator.mock):
             if r.headers.get("User-Agent", "").startswith(HARNESS_AGENT):
                 continue
             if r.action is not None and r.action.value == "CREATE" and getattr(r.resource, "plural", None) == "jobs":

@@ -247,9 +247,7 @@ def test_training_as_a_kubeflow_trainjob_with_the_crd_installed(
     """launcher: trainjob; the test plays Trainer's controller. TrainJobs are listed at each
     reconcile (no watch), so the resync sets the pace: short here. The operator holds the chart's
     RBAC with trainjob.enabled."""
-    from spin_operator import driver
-
-    monkeypatch.setattr(driver, "RESYNC_SECONDS", 0.3)
+    monkeypatch.setenv("SPIN_RESYNC_SECONDS", "0.3")  # read when the operator starts
     with TrainerPlayer(c) as trainer:
         trainer.hold.add("it0-train")
         c.start_operator({"trainjob": {"enabled": True}})

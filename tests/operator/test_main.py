@@ -44,7 +44,7 @@ def parse(*argv: str) -> argparse.Namespace:
     ],
 )
 def test_namespaces_come_from_the_flags_else_watch_namespaces(argv: list[str], env: dict[str, str], expected: Any) -> None:
-    assert main_mod.namespaces_from(parse(*argv), env) == expected
+    assert main_mod.namespaces_from(parse(*argv), DeploymentSettings.from_env(env)) == expected
 
 
 def test_metrics_port_and_liveness_flags(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -223,6 +223,38 @@ def test_pytorchjob_switch_rejects_nonsense() -> None:
         DeploymentSettings.from_env({"SPIN_PYTORCHJOB_ENABLED": "maybe"})
 
 
+def test_the_operator_reads_its_settings_once_at_start_and_keeps_them_in_its_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resync, progress polling, Kueue: read by DeploymentSettings.from_env when the operator
+    starts and passed down through the per-process state, not looked up at each reconcile."""
+    from spin_operator import handlers
+
+    monkeypatch.setenv("SPIN_RESYNC_SECONDS", "7")
+    monkeypatch.setenv("SPIN_PROGRESS_SECONDS", "3")
+    monkeypatch.setenv("SPIN_KUEUE_ENABLED", "true")
+    memo = kopf.Memo()
+    handlers.configure(settings=kopf.OperatorSettings(), memo=memo)
+    assert memo.state.deployment.resync_seconds == 7.0 and memo.state.deployment.kueue is True
+    assert memo.state.progress.interval == 3.0
+
+
+def test_only_the_settings_module_reads_the_environment() -> None:
+    """Every environment variable of the deployment is read in one place (settings.py), so the
+    Helm chart's variables and the operator's settings are one list."""
+    import ast
+    from pathlib import Path
+
+    import spin_operator
+
+    root = Path(spin_operator.__file__).parent
+    readers = set()
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "os" \
+                    and node.attr in ("environ", "getenv"):
+                readers.add(path.relative_to(root).as_posix())
+    assert readers == {"settings.py"}
+
+
 def test_disabled_pytorchjob_launcher_gets_a_clear_condition_and_no_pytorchjob() -> None:
     disabled = DeploymentSettings(launchers_enabled={"pytorchjob": False})
     sim = Sim(make_body(spec={"training": {"launcher": "pytorchjob"}}))
@@ -272,14 +304,15 @@ def test_job_events_that_change_nothing_read_by_the_reconcile_are_dropped() -> N
 
 
 def test_emulator_fast_matching_agrees_with_kmocks_scan() -> None:
-    """tests/operator/harness.py decides reaction membership from the filter chain (O(1)) instead
+    """tests/operator/kmock_internals.py decides reaction membership from the filter chain (O(1)) instead
     of kmock's scan of the request log (O(log)); both must agree, including for test-added
     reactions, and a history-dependent one (a slice) must still fire only as often as it says."""
     import json as _json
 
     from kubernetes import client
 
-    from tests.operator.harness import Emulator, _filter_chain_contains, harness_client
+    from tests.operator.harness import Emulator, harness_client
+    from tests.operator.kmock_internals import filter_chain_contains, reaction_sources, request_log
 
     emu = Emulator().start()
     try:
@@ -303,12 +336,12 @@ def test_emulator_fast_matching_agrees_with_kmocks_scan() -> None:
             core.read_namespaced_config_map("teapot", "x", _preload_content=False)
         assert gone.value.status == 404
         decided = 0
-        for request in list(emu.mock._requests):
-            for payload in emu.mock._payloads:
-                fast = _filter_chain_contains(payload._source, request)
+        for request in request_log(emu.mock):
+            for source in reaction_sources(emu.mock):
+                fast = filter_chain_contains(source, request)
                 if fast is not None:
                     decided += 1
-                    assert fast == (request in payload._source), (request, payload)
+                    assert fast == (request in source), (request, source)
         assert decided > 0
     finally:
         emu.stop()
@@ -369,8 +402,6 @@ def test_a_retry_is_still_expected_while_the_index_shows_only_the_attempt_it_rep
 
 
 def test_children_are_listed_and_watched_with_the_managed_by_selector(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kopf._cogs.structs.references import Resource
-
     from spin_operator import handlers
 
     for value, expected in (("true", ["app.kubernetes.io/managed-by=spinrun"]), ("false", [])):
@@ -378,8 +409,8 @@ def test_children_are_listed_and_watched_with_the_managed_by_selector(monkeypatc
         settings, memo = kopf.OperatorSettings(), kopf.Memo()
         handlers.configure(settings=settings, memo=memo)
         for group, version, plural in handlers.CHILD_RESOURCES:
-            assert list(settings.watching.label_selectors.collect(Resource(group, version, plural))) == expected
-        assert list(settings.watching.label_selectors.collect(Resource("spin.dev", "v1alpha1", "spinruns"))) == []
+            assert list(settings.watching.label_selectors.collect(kopf.Resource(group, version, plural))) == expected
+        assert list(settings.watching.label_selectors.collect(kopf.Resource("spin.dev", "v1alpha1", "spinruns"))) == []
 
 
 def test_children_indexes_are_read_by_the_ids_they_are_registered_under() -> None:
@@ -396,18 +427,42 @@ def test_no_handler_needs_a_finalizer() -> None:
     """kopf puts its finalizer on an object when a handler requires it (a timer or daemon, or a
     mandatory delete handler); with the operator gone, deleting such a SpinRun would hang."""
     from spin_operator import handlers  # noqa: F401  (registers)
+    from tests.operator.kopf_internals import changing_handlers, spawning_handlers
 
     registry = kopf.get_default_registry()
-    spinruns = [h for h in registry._changing.get_all_handlers() if "spinrun" in getattr(h, "id", "")]
+    spinruns = [h for h in changing_handlers(registry) if "spinrun" in getattr(h, "id", "")]
     assert spinruns
-    assert not registry._spawning.get_all_handlers(), "a kopf timer or daemon requires a finalizer"
-    assert not [h for h in registry._changing.get_all_handlers() if getattr(h, "requires_finalizer", False)]
+    assert not spawning_handlers(registry), "a kopf timer or daemon requires a finalizer"
+    assert not [h for h in changing_handlers(registry) if getattr(h, "requires_finalizer", False)]
+
+
+def test_the_private_api_adapters_pin_what_pyproject_pins() -> None:
+    """kopf's and kmock's private parts are read in one adapter each; each checks the installed
+    version against its pin, which must be the dev extra's in pyproject.toml."""
+    import re
+    from pathlib import Path
+
+    from packaging.specifiers import SpecifierSet
+
+    from tests.operator.kmock_internals import KMOCK_VERSIONS
+    from tests.operator.kopf_internals import KOPF_VERSIONS
+
+    pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    dev = pyproject.split("dev = [", 1)[1].split("]", 1)[0]
+    for name, pinned in (("kmock", KMOCK_VERSIONS), ("kopf", KOPF_VERSIONS)):
+        found = re.search(rf'"{name}([^"]+)"', dev)
+        assert found and SpecifierSet(found.group(1)) == pinned, f"pyproject's dev extra must pin {name}{pinned}"
 
 
 def test_the_next_look_follows_the_decision() -> None:
-    from spin_operator.driver import RESYNC_SECONDS, next_look
+    from spin_operator import driver
     from spin_operator.reconcile.decide import Decision
     from spin_runtime.api.status import Condition, SpinRunStatus
+
+    RESYNC_SECONDS = DeploymentSettings().resync_seconds
+
+    def next_look(decision: Decision) -> float | None:
+        return driver.next_look(decision, RESYNC_SECONDS)
 
     running = Decision(requeue_after=3.0)
     assert next_look(running) == 3.0

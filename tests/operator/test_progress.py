@@ -7,8 +7,9 @@ import asyncio
 from typing import Any
 
 from spin_operator.kube.objects import PodState
-from spin_operator.kube.progress import ProgressPoller, poll_seconds, url
+from spin_operator.kube.progress_poller import ProgressPoller, url
 from spin_operator.reconcile.decide import reconcile
+from spin_operator.settings import DeploymentSettings
 from spin_runtime.launch import PROGRESS_PORT, PROGRESS_PORT_ENV, PROGRESS_PORT_NAME
 from spin_runtime.steps.progress_server import ProgressServer
 from tests.operator.fixtures import make_body
@@ -179,5 +180,9 @@ def test_pods_that_serve_nothing_cost_no_poll_and_polling_can_be_turned_off() ->
     poller = ProgressPoller(interval=1)
     pending = PodState(name="p", phase="Pending", ip="10.0.0.1", progress_port=8765)
     assert asyncio.run(poller.records(("ns", "r"), [pending])) == {} and poller.polls == 0
+
+    def poll_seconds(env: dict[str, str]) -> float:
+        return DeploymentSettings.from_env(env).progress_seconds
+
     assert poll_seconds({"SPIN_PROGRESS_SECONDS": "0"}) == 0 and not ProgressPoller(interval=0).enabled
     assert poll_seconds({}) == 15.0 and poll_seconds({"SPIN_PROGRESS_SECONDS": "x"}) == 15.0

@@ -13,7 +13,7 @@ from spin_operator.builders import meta
 from spin_operator.kube.objects import Observed
 from spin_operator.reconcile.actions import Create, Delete, PatchJob
 from spin_operator.reconcile.conditions import is_terminal
-from spin_operator.reconcile.decide import reconcile
+from spin_operator.reconcile.decide import parse_spec, reconcile
 from tests.operator.fixtures import make_body
 from tests.operator.sim import T0, Sim, annotation
 
@@ -409,6 +409,18 @@ def test_spec_change_applies_from_the_next_iteration() -> None:
     assert sim.job("demo-it0-gen")["spec"]["completions"] == 2
     its = sim.status["iterations"]
     assert [it["generation"] for it in its] == [1, 2]
+
+
+def test_the_decision_reads_the_spec_its_caller_parsed_once() -> None:
+    """The driver parses the spec once per reconcile (parse_spec) and hands the result down: the
+    decision decides on that result, valid or not, and parses the body itself only when given none."""
+    body = make_body()
+    observed = Observed.from_objects("demo")
+    parsed = parse_spec(body)
+    assert reconcile(body, observed, T0, spec=parsed) == reconcile(body, observed, T0)
+    invalid = parse_spec(make_body(spec={"training": {"maxLength": 32, "maxPromptLength": 64}}))
+    decided = reconcile(body, observed, T0, spec=invalid)
+    assert decided.actions == [] and decided.status_document()["reason"] == "ValidationFailed"
 
 
 def test_invalid_spec_reports_validation_failed_until_fixed() -> None:

@@ -28,11 +28,12 @@ from typing import Any
 
 import aiohttp.web
 import attrs
-from kmock._internal.k8s import KubernetesError
+from kmock import KubernetesError
 from typing_extensions import override
 
 from tests.operator import harness
 from tests.operator.harness import HARNESS_AGENT, VENV_BIN, Cluster, SpinEmulator
+from tests.operator.kmock_internals import request_transport
 
 OPERATOR_AGENTS = ("spin-operator", "kopf")
 
@@ -142,10 +143,10 @@ class FaultyEmulator(SpinEmulator):
     plan: FaultPlan | None = None
 
     @override
-    async def _handle(self, request: Any) -> Any:
+    async def respond(self, request: Any) -> Any:
         agent = request.headers.get("User-Agent", "")
         if self.plan is None or agent.startswith(HARNESS_AGENT) or request.resource is None:
-            return await super()._handle(request)
+            return await super().respond(request)
         plan = self.plan
         action = request.action.value.lower() if request.action is not None else ""
         resource = getattr(request.resource, "plural", None)
@@ -173,11 +174,11 @@ class FaultyEmulator(SpinEmulator):
                                             content_type="application/json")
             if fault.kind == "drop":
                 answer(200)
-                task = asyncio.ensure_future(super()._handle(request))
+                task = asyncio.ensure_future(super().respond(request))
                 done, _ = await asyncio.wait({task}, timeout=fault.after)
                 if task in done:
                     return task.result()
-                transport = getattr(request._raw_request, "transport", None)
+                transport = request_transport(request)
                 if transport is not None:
                     transport.close()
                 task.cancel()
@@ -185,7 +186,7 @@ class FaultyEmulator(SpinEmulator):
                     await task
                 raise asyncio.CancelledError  # the connection is gone: nothing to answer
         try:
-            result = await super()._handle(request)
+            result = await super().respond(request)
         except KubernetesError as e:
             answer(e.status)
             raise

@@ -9,6 +9,7 @@ from typing import Any
 from spin_operator.builders.meta import RunRef, job_name, metadata, workload_annotations
 from spin_operator.settings import DeploymentSettings
 from spin_runtime.api.spec import SpinRunSpec
+from spin_runtime.api.status import StepName
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class BuildContext:
     suspend: bool = False
     settings: DeploymentSettings = field(default_factory=DeploymentSettings)
 
-    def workload_metadata(self, step: str) -> dict[str, Any]:
+    def workload_metadata(self, step: StepName) -> dict[str, Any]:
         """ObjectMeta of the iteration's workload for `step` (a Job or a launcher's training
         object): its name, labels, Kueue queue, attempt/generation/suspension annotations, owner."""
         return metadata(

@@ -54,9 +54,9 @@ class RunRef:
 # --------------------------------------------------------------------------- names
 
 
-def job_name(run: str, iteration: int, step: str) -> str:
+def job_name(run: str, iteration: int, step: StepName) -> str:
     """Deterministic Job name of a step, e.g. `myrun-it0-gen`."""
-    return f"{run}-it{iteration}-{STEP_SUFFIX[step]}"  # type: ignore[index]
+    return f"{run}-it{iteration}-{STEP_SUFFIX[step]}"
 
 
 def spec_configmap_name(run: str, iteration: int) -> str:

@@ -1,12 +1,11 @@
-"""The Jobs of the generate, convert and evaluate stages, and `step_objects`, which builds any
-stage's objects (the training stage through its launcher)."""
+"""The Jobs of the stages that run as one batch Job (generate, convert, evaluate); a training
+step's objects come from its launcher (launchers.step_objects builds any stage's)."""
 
 from __future__ import annotations
 
 import copy
 from typing import Any
 
-from spin_operator import launchers
 from spin_operator.builders.context import BuildContext
 from spin_operator.builders.job import job
 from spin_operator.builders.pod import (
@@ -78,28 +77,27 @@ def convert_job(ctx: BuildContext) -> dict[str, Any]:
 
 def evaluate_job(ctx: BuildContext) -> dict[str, Any]:
     """Held-out metrics of the iteration's checkpoint on one training-sized pod."""
-    tr = ctx.spec.training
+    training = ctx.spec.training
     _, image, pull = step_images(ctx)
-    gpus = tr.gpus_per_node
+    gpus = training.gpus_per_node
     template = pod_template(
         ctx,
         "evaluate",
         image=image,
         pull_policy=pull,
         command=Step(ctx.iteration, "evaluate").argv(run_dir(ctx.run.name, ctx.spec)),
-        resources=container_resources(tr.resources.requests, tr.resources.limits, gpus),
+        resources=container_resources(training.resources.requests, training.resources.limits, gpus),
         gpus=gpus,
     )
     return job(ctx, "evaluate", template)
 
 
-def step_objects(ctx: BuildContext, stage: Stage) -> list[dict[str, Any]]:
-    """Every object one stage of one iteration needs, in creation order: one Job, or for
-    training whatever the spec's launcher makes (e.g. a Job plus its headless Service)."""
+def step_job(ctx: BuildContext, stage: Stage) -> dict[str, Any]:
+    """The one batch Job of a stage that is not a training step."""
     if stage.name == "generate":
-        return [generate_job(ctx, stage)]
+        return generate_job(ctx, stage)
     if stage.name == "convert":
-        return [convert_job(ctx)]
+        return convert_job(ctx)
     if stage.name == "evaluate":
-        return [evaluate_job(ctx)]
-    return launchers.for_spec(ctx.spec).objects(ctx)
+        return evaluate_job(ctx)
+    raise ValueError(f"step {stage.name} runs through the training launcher (launchers.step_objects), not as a step Job")

@@ -21,11 +21,12 @@ from spin_operator.builders.meta import (
     controller_uid,
     pvc_name,
 )
+from spin_runtime.api.status import Reason
 from spin_runtime.launch import PROGRESS_PORT_ENV, PROGRESS_PORT_NAME, RUN_UID_ENV
 
 #: Container waiting reasons that mean the pod cannot start until someone fixes something.
 IMAGE_PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
-CONFIG_REASONS = frozenset({"CreateContainerConfigError", "CreateContainerError"})
+CONFIG_REASONS = frozenset({Reason.CREATE_CONTAINER_CONFIG_ERROR, Reason.CREATE_CONTAINER_ERROR})
 
 
 @dataclass(frozen=True)
@@ -141,9 +142,9 @@ class PodState:
     #: uid of the SpinRun the pod runs for (its SPIN_RUN_UID), None on pods without it
     run_uid: str | None = None
     phase: str = "Pending"
-    #: CamelCase reason the pod cannot start: ImagePullBackOff, CreateContainerConfigError,
-    #: Unschedulable, ClaimPending ("" = none)
-    trouble: str = ""
+    #: Why the pod cannot start: ImagePullBackOff, CreateContainerConfigError, CreateContainerError,
+    #: Unschedulable, ClaimPending (None: it can start)
+    trouble: Reason | None = None
     trouble_message: str = ""
     #: since when the trouble lasts (RFC 3339)
     trouble_since: str | None = None
@@ -171,18 +172,19 @@ class PodState:
         status = obj.get("status") or {}
         conds = {c.get("type"): c for c in status.get("conditions") or []}
         iteration = lab.get(LABEL_ITERATION)
-        trouble, message, since = "", "", None
+        trouble: Reason | None = None
+        message, since = "", None
         sched = conds.get("PodScheduled") or {}
         if sched.get("status") == "False" and sched.get("reason") == "Unschedulable":
             message = str(sched.get("message") or "")
-            trouble = "ClaimPending" if "persistentvolumeclaim" in message.lower() else "Unschedulable"
+            trouble = Reason.CLAIM_PENDING if "persistentvolumeclaim" in message.lower() else Reason.UNSCHEDULABLE
             since = sched.get("lastTransitionTime") or meta.get("creationTimestamp")
         else:
             for c in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
                 waiting = (c.get("state") or {}).get("waiting") or {}
                 reason = str(waiting.get("reason") or "")
                 if reason in IMAGE_PULL_REASONS or reason in CONFIG_REASONS:
-                    trouble = "ImagePullBackOff" if reason in IMAGE_PULL_REASONS else reason
+                    trouble = Reason.IMAGE_PULL_BACK_OFF if reason in IMAGE_PULL_REASONS else Reason(reason)
                     message = f"container {c.get('name')}: {reason}: {waiting.get('message') or ''}".rstrip(": ")
                     since = meta.get("creationTimestamp") or status.get("startTime")
                     break
@@ -229,7 +231,7 @@ class Observed:
     #: Pods of this run (only when the operator watches pods), those of deleted Jobs included.
     pods: tuple[PodState, ...] = ()
     #: Progress records the running pods serve, by pod name (polled by the driver; see
-    #: kube/progress.py), empty when none was polled.
+    #: kube/progress_poller.py), empty when none was polled.
     progress: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: Same-named objects this run must not adopt (they belong to another SpinRun's uid).
     foreign: tuple[Foreign, ...] = ()
@@ -276,7 +278,7 @@ class Observed:
         cms = {o["metadata"]["name"]: o for o in config_maps if mine(o, "ConfigMap")}
         svcs = frozenset(o["metadata"]["name"] for o in services if mine(o, "Service"))
         claim = next((o for o in pvcs if o["metadata"]["name"] == pvc_name(run) and mine(o, "PersistentVolumeClaim", True)), None)
-        workload_uids = {js.uid for js in states.values() if js.uid}
+        workload_uids = {state.uid for state in states.values() if state.uid}
 
         def my_pod(p: PodState) -> bool:  # the run's uid in its env, else a workload of ours owns it
             if uid is None:
@@ -296,6 +298,10 @@ class Observed:
             pvc_created_by=(claim_meta.get("annotations") or {}).get(ANNOTATION_CREATED_BY_RUN),
             pvc_phase=((claim or {}).get("status") or {}).get("phase"),
         )
+
+    def jobs_sorted(self) -> list[JobState]:
+        """The workloads by name: the order every decision that walks all of them acts in."""
+        return sorted(self.jobs.values(), key=lambda job: job.name)
 
     def pods_of(self, iteration: int, step: str) -> list[PodState]:
         """The unfinished pods of one stage's workload."""

@@ -1,6 +1,7 @@
-"""The `Launcher` protocol: how the training step of an iteration is run — the objects to create
+"""The `Launcher` protocol: how the training steps of an iteration are run — the objects to create
 (companions such as a headless Service included), how to read a launched object's state, how to
-suspend it, and whether the cluster and this deployment allow it."""
+suspend it, and whether the cluster and this deployment allow it — and `TRAINING_STEPS`, the
+steps a launcher runs (every other step is one batch Job)."""
 
 from __future__ import annotations
 
@@ -13,21 +14,27 @@ from spin_operator.builders.meta import suspended_by_annotation
 from spin_operator.kube.objects import JobState, true_conditions
 from spin_operator.settings import DeploymentSettings, launcher_switch_env
 from spin_runtime.api.spec import Training
+from spin_runtime.api.status import Reason, StepName
 
+#: The steps the spec's launcher runs as a multi-node training object (its Job, PyTorchJob or
+#: TrainJob, with its companions, availability check, gang and all-nodes-running wait); every
+#: other step runs as one batch Job. A second training-like step is declared here (its objects
+#: come from the launcher's `objects`, which builds `train`'s today).
+TRAINING_STEPS: frozenset[StepName] = frozenset({"train"})
 #: The launcher a spec gets when it names none (the spec's default).
 DEFAULT_LAUNCHER: str = Training.model_fields["launcher"].default
 
 
 @dataclass(frozen=True)
 class Unavailable:
-    """Why a launcher cannot start training now: a CamelCase reason and what to do about it."""
+    """Why a launcher cannot start training now: a reason and what to do about it."""
 
-    reason: str
+    reason: Reason
     message: str
 
 
 class Launcher(Protocol):
-    """One way of running `spin train` on `training.nodes` pods."""
+    """One way of running a training step (TRAINING_STEPS) on `training.nodes` pods."""
 
     #: The `spec.training.launcher` value that selects it.
     name: str
@@ -86,14 +93,14 @@ def custom_resource_availability(
     name, env = launcher.name, launcher_switch_env(launcher.name)
     if settings.launcher_enabled(name) is False:
         return Unavailable(
-            "LauncherDisabled",
+            Reason.LAUNCHER_DISABLED,
             f"training.launcher is {name} but this operator was installed without {launcher.kind} support "
             f"(Helm value {name}.enabled=false, env {env}=false): ask the cluster admin to enable it "
             f"(needs {provider}) or set training.launcher: {DEFAULT_LAUNCHER}",
         )
     if served is False:
         return Unavailable(
-            "LauncherUnavailable",
+            Reason.LAUNCHER_UNAVAILABLE,
             f"training.launcher is {name} but {launcher.api_version} {launcher.kind} is not served by this cluster: "
             f"install {provider} or set training.launcher: {DEFAULT_LAUNCHER}",
         )

@@ -57,28 +57,28 @@ def headless_service(ctx: BuildContext) -> dict[str, Any]:
 def training_job(ctx: BuildContext) -> dict[str, Any]:
     """The Indexed Job: completions = parallelism = nodes; any pod failure fails the attempt,
     which the operator retries whole (backoffLimit 0)."""
-    tr = ctx.spec.training
+    training = ctx.spec.training
     _, image, pull = step_images(ctx)
-    multi = tr.nodes > 1
+    multi = training.nodes > 1
     extra_env: list[dict[str, Any]] = []
     if multi:
         extra_env.append({"name": NODE_RANK_ENV, "valueFrom": {"fieldRef": {"fieldPath": COMPLETION_INDEX_FIELD}}})
-        extra_env += rendezvous_env(tr)
+        extra_env += rendezvous_env(training)
     template = pod_template(
         ctx,
         "train",
         image=image,
         pull_policy=pull,
         command=train_command(ctx),
-        resources=container_resources(tr.resources.requests, tr.resources.limits, tr.gpus_per_node),
-        gpus=tr.gpus_per_node,
+        resources=container_resources(training.resources.requests, training.resources.limits, training.gpus_per_node),
+        gpus=training.gpus_per_node,
         extra_env=extra_env,
         subdomain=service_name(ctx) if multi else None,
         ports=[{"name": "rendezvous", "containerPort": DEFAULT_MASTER_PORT}] if multi else None,
-        scheduler_name=tr.gang_scheduling.scheduler_name if gang_enabled(ctx) else None,
+        scheduler_name=training.gang_scheduling.scheduler_name if gang_enabled(ctx) else None,
         extra_labels={POD_GROUP_LABEL: pod_group_name(ctx)} if gang_enabled(ctx) else None,
     )
-    return job(ctx, "train", template, completions=tr.nodes, indexed=True, backoff_limit=0)
+    return job(ctx, "train", template, completions=training.nodes, indexed=True, backoff_limit=0)
 
 
 class IndexedJobLauncher:

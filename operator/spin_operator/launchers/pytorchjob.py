@@ -21,7 +21,7 @@ PROVIDER = "the Kubeflow training operator"
 def pytorchjob(ctx: BuildContext) -> dict[str, Any]:
     """A PyTorchJob: one Master and nodes−1 Workers sharing one pod template, container `pytorch`
     (the name the training operator looks for)."""
-    tr = ctx.spec.training
+    training = ctx.spec.training
     _, image, pull = step_images(ctx)
     step_argv = Step(ctx.iteration, "train").argv(run_dir(ctx.run.name, ctx.spec))
     template = pod_template(
@@ -30,20 +30,20 @@ def pytorchjob(ctx: BuildContext) -> dict[str, Any]:
         image=image,
         pull_policy=pull,
         command=torchrun_from_env_argv(step_argv),
-        resources=container_resources(tr.resources.requests, tr.resources.limits, tr.gpus_per_node),
-        gpus=tr.gpus_per_node,
-        extra_env=rendezvous_env(tr),
+        resources=container_resources(training.resources.requests, training.resources.limits, training.gpus_per_node),
+        gpus=training.gpus_per_node,
+        extra_env=rendezvous_env(training),
     )
     template["spec"]["containers"][0]["name"] = "pytorch"
     replicas: dict[str, Any] = {"Master": {"replicas": 1, "restartPolicy": "Never", "template": template}}
-    if tr.nodes > 1:
-        replicas["Worker"] = {"replicas": tr.nodes - 1, "restartPolicy": "Never", "template": template}
+    if training.nodes > 1:
+        replicas["Worker"] = {"replicas": training.nodes - 1, "restartPolicy": "Never", "template": template}
     return {
         "apiVersion": PYTORCHJOB_API_VERSION,
         "kind": PYTORCHJOB_KIND,
         "metadata": ctx.workload_metadata("train"),
         "spec": {
-            "nprocPerNode": str(procs_per_node(tr)),
+            "nprocPerNode": str(procs_per_node(training)),
             "runPolicy": {"backoffLimit": 0, "suspend": ctx.suspend},
             "pytorchReplicaSpecs": replicas,
         },

@@ -43,8 +43,8 @@ def node_pod_patch(ctx: BuildContext) -> dict[str, Any]:
     """The runtime's trainer pod template patched with what every spinrun pod has: the run's
     labels (the operator watches its pods by them), the run volume and spec ConfigMap, the
     restricted security contexts and the scheduling fields of the spec."""
-    spec, tr = ctx.spec, ctx.spec.training
-    shm = tr.gpus_per_node > 0
+    spec, training = ctx.spec, ctx.spec.training
+    shm = training.gpus_per_node > 0
     pod: dict[str, Any] = {
         "securityContext": pod_security_context(ctx.spec.pod_security),
         "volumes": volumes(ctx, shm=shm),
@@ -59,23 +59,23 @@ def node_pod_patch(ctx: BuildContext) -> dict[str, Any]:
 def trainjob(ctx: BuildContext) -> dict[str, Any]:
     """The TrainJob of iteration k: numNodes pods running `torchrun -m spin_runtime.cli train`
     (rendezvous from the PET_* variables the torch plugin sets), owned by the SpinRun."""
-    tr = ctx.spec.training
+    training = ctx.spec.training
     _, image, _ = step_images(ctx)
     step_argv = Step(ctx.iteration, "train").argv(run_dir(ctx.run.name, ctx.spec))
-    env = env_vars(ctx) + rendezvous_env(tr)
+    env = env_vars(ctx) + rendezvous_env(training)
     return {
         "apiVersion": TRAINJOB_API_VERSION,
         "kind": TRAINJOB_KIND,
         "metadata": ctx.workload_metadata("train"),
         "spec": {
-            "runtimeRef": {"name": tr.training_runtime.name, "apiGroup": RUNTIME_API_GROUP, "kind": tr.training_runtime.kind},
+            "runtimeRef": {"name": training.training_runtime.name, "apiGroup": RUNTIME_API_GROUP, "kind": training.training_runtime.kind},
             "trainer": {
                 "image": image,
                 "command": torchrun_from_env_argv(step_argv),
                 "env": env,
-                "numNodes": tr.nodes,
-                "numProcPerNode": procs_per_node(tr),
-                "resourcesPerNode": container_resources(tr.resources.requests, tr.resources.limits, tr.gpus_per_node),
+                "numNodes": training.nodes,
+                "numProcPerNode": procs_per_node(training),
+                "resourcesPerNode": container_resources(training.resources.requests, training.resources.limits, training.gpus_per_node),
             },
             "runtimePatches": [
                 {

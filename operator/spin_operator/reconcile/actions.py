@@ -1,5 +1,5 @@
 """What a decision asks the cluster to do: create an object, delete a child, suspend or resume a
-workload (directly, or through its Kueue Workload). Plain values; kube/client.py executes them."""
+workload (directly, or through its Kueue Workload). Plain values; executor.py carries them out."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 from spin_operator import launchers
 from spin_operator.builders.meta import suspended_by_annotation
+from spin_runtime.api.status import EventType, Reason
 
 
 @dataclass(frozen=True)
@@ -64,5 +65,5 @@ class SetWorkloadActive:
 
 
 Action = Create | Delete | PatchJob | SetWorkloadActive
-#: (Normal|Warning, CamelCase reason, message)
-Event = tuple[str, str, str]
+#: (Normal|Warning, reason, message)
+Event = tuple[EventType, Reason, str]

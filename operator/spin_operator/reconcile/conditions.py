@@ -4,11 +4,11 @@ rules), terminal state, and the status document written to the API server."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from spin_runtime.api.status import Condition, SpinRunStatus
+from spin_runtime.api.status import Condition, ConditionType, Reason, SpinRunStatus
 
 
 def _max_length(field: str) -> int:
@@ -72,43 +72,43 @@ def status_patch(old: Mapping[str, Any], new: Mapping[str, Any], keep: frozenset
     return patch
 
 
-def condition(status: SpinRunStatus, ctype: str) -> Condition | None:
+def condition(status: SpinRunStatus, ctype: ConditionType) -> Condition | None:
     """The condition of that type, if any."""
     return next((c for c in status.conditions if c.type == ctype), None)
 
 
-def is_true(status: SpinRunStatus, ctype: str) -> bool:
+def is_true(status: SpinRunStatus, ctype: ConditionType) -> bool:
     c = condition(status, ctype)
     return bool(c and c.status == "True")
 
 
 #: The Failed reason that is not final: fixing the spec resumes the run.
-RECOVERABLE_FAILURE = "ValidationFailed"
+RECOVERABLE_FAILURE = Reason.VALIDATION_FAILED
 
 
 def is_terminal(status: SpinRunStatus | Mapping[str, Any]) -> bool:
     """Complete or Failed (sticky: the run never creates children again), except a failure
     for an invalid spec, which ends when the spec is fixed."""
     typed = status if isinstance(status, SpinRunStatus) else read_status(status)
-    failed = condition(typed, "Failed")
-    return is_true(typed, "Complete") or (
+    failed = condition(typed, ConditionType.FAILED)
+    return is_true(typed, ConditionType.COMPLETE) or (
         failed is not None and failed.status == "True" and failed.reason != RECOVERABLE_FAILURE
     )
 
 
 def set_condition(
-    status: SpinRunStatus, ctype: str, value: bool, reason: str, message: str, now: str, generation: int
+    status: SpinRunStatus, ctype: ConditionType, value: bool, reason: Reason, message: str, now: str, generation: int
 ) -> bool:
     """Set a condition; lastTransitionTime moves only when the status flips. True if it flipped."""
-    sval = "True" if value else "False"
-    reason, message = reason[:MAX_REASON], message[:MAX_MESSAGE]
+    sval: Literal["True", "False"] = "True" if value else "False"
+    reason_text, message = str(reason)[:MAX_REASON], message[:MAX_MESSAGE]
     c = condition(status, ctype)
     if c is None:
         status.conditions.append(
             Condition(
-                type=ctype,  # type: ignore[arg-type]
+                type=ctype,
                 status=sval,
-                reason=reason,
+                reason=reason_text,
                 message=message,
                 last_transition_time=now,
                 observed_generation=generation,
@@ -118,5 +118,5 @@ def set_condition(
     flipped = c.status != sval
     if flipped:
         c.last_transition_time = now
-    c.status, c.reason, c.message, c.observed_generation = sval, reason, message, generation  # type: ignore[assignment]
+    c.status, c.reason, c.message, c.observed_generation = sval, reason_text, message, generation
     return flipped

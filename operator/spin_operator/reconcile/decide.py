@@ -40,7 +40,6 @@ from spin_operator.builders.context import BuildContext
 from spin_operator.builders.gang import gang_enabled
 from spin_operator.builders.meta import RunRef, job_name, spec_configmap_name
 from spin_operator.builders.pod import run_dir
-from spin_operator.builders.steps import step_objects
 from spin_operator.builders.storage import persistent_volume_claim, spec_config_map, spec_from_config_map
 from spin_operator.kube.objects import JobState, Observed, PodState
 from spin_operator.kube.timestamps import parse_time, rfc3339
@@ -54,11 +53,23 @@ from spin_operator.reconcile.conditions import (
     set_condition,
     status_document,
 )
-from spin_operator.reconcile.progress import step_progress
+from spin_operator.reconcile.step_progress import step_progress
 from spin_operator.settings import DeploymentSettings
 from spin_runtime.api.load import SpecError, validate_data
 from spin_runtime.api.spec import API_VERSION, KIND, SpinRun, SpinRunSpec
-from spin_runtime.api.status import STEP_PHASE, Checkpoint, IterationStatus, Phase, SpinRunStatus, StepStatus
+from spin_runtime.api.status import (
+    MODEL_STEP,
+    STEP_PHASE,
+    Checkpoint,
+    ConditionType,
+    EventType,
+    IterationStatus,
+    Phase,
+    Reason,
+    SpinRunStatus,
+    StepName,
+    StepStatus,
+)
 from spin_runtime.errors import EXIT_BAD_DATA, EXIT_BAD_MODEL, EXIT_BAD_SPEC
 from spin_runtime.plan import layout, stages
 
@@ -71,18 +82,18 @@ WAIT_RECHECK_SECONDS = 5.0
 #: How soon a retry looks again whether the failed attempt's Job and pods are gone.
 RETRY_WAIT_SECONDS = 2.0
 GANG_DISABLED = Unavailable(
-    "GangSchedulingDisabled",
+    Reason.GANG_SCHEDULING_DISABLED,
     "training.gangScheduling.enabled is true but this operator may not create PodGroups (Helm value "
     "gangScheduling.enabled=false, env SPIN_GANG_SCHEDULING_ENABLED=false): ask the cluster admin to install the "
     "scheduler-plugins Coscheduling plugin and enable it, or set training.gangScheduling.enabled: false",
 )
 #: What to do about each reason a pod cannot start.
-POD_TROUBLE_HINTS = {
-    "ImagePullBackOff": "check spec.images (or the operator's image settings) and spec.imagePullSecrets",
-    "CreateContainerConfigError": "a Secret or ConfigMap the pod needs is missing (spec.hfTokenSecret?): create it",
-    "CreateContainerError": "the container runtime refused the container: see `kubectl describe pod`",
-    "Unschedulable": "no node fits: check the step's resources, spec.nodeSelector, spec.tolerations and GPU quota",
-    "ClaimPending": "the run's PersistentVolumeClaim is not bound: check its StorageClass and capacity",
+POD_TROUBLE_HINTS: dict[Reason, str] = {
+    Reason.IMAGE_PULL_BACK_OFF: "check spec.images (or the operator's image settings) and spec.imagePullSecrets",
+    Reason.CREATE_CONTAINER_CONFIG_ERROR: "a Secret or ConfigMap the pod needs is missing (spec.hfTokenSecret?): create it",
+    Reason.CREATE_CONTAINER_ERROR: "the container runtime refused the container: see `kubectl describe pod`",
+    Reason.UNSCHEDULABLE: "no node fits: check the step's resources, spec.nodeSelector, spec.tolerations and GPU quota",
+    Reason.CLAIM_PENDING: "the run's PersistentVolumeClaim is not bound: check its StorageClass and capacity",
 }
 
 
@@ -120,6 +131,19 @@ def spec_of(body: Mapping[str, Any]) -> SpinRunSpec:
     ).spec
 
 
+#: A SpinRun's spec as its reconcile reads it: the typed spec, or why it is invalid.
+ParsedSpec = SpinRunSpec | SpecError
+
+
+def parse_spec(body: Mapping[str, Any]) -> ParsedSpec:
+    """The spec of a SpinRun object parsed once per reconcile (spec_of), the SpecError in place of
+    the spec when it is invalid: the driver and the decision read this one result."""
+    try:
+        return spec_of(body)
+    except SpecError as e:
+        return e
+
+
 def validation_message(e: SpecError) -> str:
     """The condition message of an invalid spec: its first five problems."""
     shown = e.problems[:5]
@@ -154,13 +178,13 @@ class ReconcilePass:
         self.decision = Decision()
 
     # -- small helpers
-    def event(self, etype: str, reason: str, message: str) -> None:
+    def event(self, etype: EventType, reason: Reason, message: str) -> None:
         self.decision.events.append((etype, reason, message))
 
     def act(self, action: Action) -> None:
         self.decision.actions.append(action)
 
-    def cond(self, ctype: str, value: bool, reason: str, message: str) -> bool:
+    def cond(self, ctype: ConditionType, value: bool, reason: Reason, message: str) -> bool:
         return set_condition(self.status, ctype, value, reason, message, self.now_s, self.generation)
 
     def requeue(self, seconds: float) -> None:
@@ -168,42 +192,42 @@ class ReconcilePass:
         current = self.decision.requeue_after
         self.decision.requeue_after = seconds if current is None else min(current, seconds)
 
-    def phase(self, phase: Phase, reason: str, message: str) -> None:
+    def phase(self, phase: Phase, reason: Reason, message: str) -> None:
         self.status.phase, self.status.reason, self.status.message = phase, reason, message
 
-    def delete_job(self, js: JobState) -> None:
-        self.act(Delete(js.kind, js.name, js.api_version))
+    def delete_job(self, job: JobState) -> None:
+        self.act(Delete(job.kind, job.name, job.api_version))
 
-    def queued_by_kueue(self, js: JobState) -> bool:
+    def queued_by_kueue(self, job: JobState) -> bool:
         """Whether Kueue owns this workload's suspension (queued, and the deployment lets the
         operator patch Kueue's Workloads)."""
-        return bool(js.queue_name) and self.settings.kueue
+        return bool(job.queue_name) and self.settings.kueue
 
-    def stop(self, js: JobState) -> None:
+    def stop(self, job: JobState) -> None:
         """Suspend a workload: through its Kueue Workload when queued (Kueue unsuspends an admitted
         Job whose suspend flag someone else set), else its own suspend flag."""
-        if self.queued_by_kueue(js):
-            if js.uid:  # a Job created in this pass has no uid yet: next pass
-                self.act(SetWorkloadActive(js.name, js.uid, False, js.kind))
+        if self.queued_by_kueue(job):
+            if job.uid:  # a Job created in this pass has no uid yet: next pass
+                self.act(SetWorkloadActive(job.name, job.uid, False, job.kind))
         else:
-            self.act(PatchJob(js.name, True, js.kind))
+            self.act(PatchJob(job.name, True, job.kind))
 
-    def resume(self, js: JobState) -> None:
-        if self.queued_by_kueue(js):
-            if js.uid:
-                self.act(SetWorkloadActive(js.name, js.uid, True, js.kind))
+    def resume(self, job: JobState) -> None:
+        if self.queued_by_kueue(job):
+            if job.uid:
+                self.act(SetWorkloadActive(job.name, job.uid, True, job.kind))
         else:
-            self.act(PatchJob(js.name, False, js.kind))
+            self.act(PatchJob(job.name, False, job.kind))
 
     def delete_unfinished(self) -> None:
-        for js in sorted(self.observed.jobs.values(), key=lambda j: j.name):
-            if not js.finished:
-                self.delete_job(js)
+        for job in self.observed.jobs_sorted():
+            if not job.finished:
+                self.delete_job(job)
 
-    def fail(self, reason: str, message: str) -> None:
+    def fail(self, reason: Reason, message: str) -> None:
         self.phase("Failed", reason, message)
-        self.cond("Failed", True, reason, message)
-        self.cond("Progressing", False, reason, message)
+        self.cond(ConditionType.FAILED, True, reason, message)
+        self.cond(ConditionType.PROGRESSING, False, reason, message)
         self.status.completion_time = self.now_s
         self.event("Warning", reason, message)
         self.delete_unfinished()
@@ -223,91 +247,94 @@ def reconcile(
     observed: Observed,
     now: datetime,
     settings: DeploymentSettings | None = None,
+    *,
+    spec: ParsedSpec | None = None,
 ) -> Decision:
-    """Decide the next actions and the new status of one SpinRun. Pure."""
-    rec = ReconcilePass(_as_body(run), observed, now, settings or DeploymentSettings())
-    if is_terminal(rec.status):
-        _terminal(rec)
-        return rec.finish()
+    """Decide the next actions and the new status of one SpinRun. Pure. `spec`: the run's spec as
+    the caller already parsed it (parse_spec); parsed here when not given."""
+    run_pass = ReconcilePass(_as_body(run), observed, now, settings or DeploymentSettings())
+    if is_terminal(run_pass.status):
+        _terminal(run_pass)
+        return run_pass.finish()
 
-    try:
-        spec = spec_of(rec.body)
-    except SpecError as e:
-        _invalid_spec(rec, validation_message(e))
-        return rec.finish()
-    if condition(rec.status, "ValidationFailed") is not None:
-        rec.cond("ValidationFailed", False, "Valid", "spec is valid")
-        if is_true(rec.status, "Failed"):
-            rec.cond("Failed", False, "Valid", "spec is valid again")
+    if spec is None:
+        spec = parse_spec(run_pass.body)
+    if isinstance(spec, SpecError):
+        _invalid_spec(run_pass, validation_message(spec))
+        return run_pass.finish()
+    if condition(run_pass.status, ConditionType.VALIDATION_FAILED) is not None:
+        run_pass.cond(ConditionType.VALIDATION_FAILED, False, Reason.VALID, "spec is valid")
+        if is_true(run_pass.status, ConditionType.FAILED):
+            run_pass.cond(ConditionType.FAILED, False, Reason.VALID, "spec is valid again")
 
-    if not rec.status.start_time:
-        rec.status.start_time = rec.now_s
-        rec.event("Normal", "Started", f"run started: iterations {spec.start_iteration}..{spec.iterations - 1}")
+    if not run_pass.status.start_time:
+        run_pass.status.start_time = run_pass.now_s
+        run_pass.event("Normal", Reason.STARTED, f"run started: iterations {spec.start_iteration}..{spec.iterations - 1}")
 
-    if _deadline(rec, spec):
-        return rec.finish()
+    if _deadline(run_pass, spec):
+        return run_pass.finish()
 
-    _suspension(rec, spec)
-    _queue_management(rec, spec)
+    _suspension(run_pass, spec)
+    _queue_management(run_pass, spec)
     if observed.foreign:
-        _wait_for_foreign(rec)
-        return rec.finish()
-    _claim(rec, spec)
+        _wait_for_foreign(run_pass)
+        return run_pass.finish()
+    _claim(run_pass, spec)
 
-    _walk_plan(rec, spec)
-    return rec.finish()
+    _walk_plan(run_pass, spec)
+    return run_pass.finish()
 
 
-def _invalid_spec(rec: ReconcilePass, msg: str) -> None:
+def _invalid_spec(run_pass: ReconcilePass, msg: str) -> None:
     """ValidationFailed: Failed (not sticky: fixing the spec resumes the run), Jobs suspended so
     they hold no GPUs while nobody can say what the run should do."""
-    if rec.cond("ValidationFailed", True, "ValidationFailed", msg):
-        rec.event("Warning", "ValidationFailed", msg)
-    rec.phase("Failed", "ValidationFailed", msg)
-    rec.cond("Failed", True, "ValidationFailed", msg)
-    rec.cond("Progressing", False, "ValidationFailed", msg)
-    for js in sorted(rec.observed.jobs.values(), key=lambda j: j.name):
-        if not js.finished and not js.suspended_by_us and not (js.suspended and not rec.queued_by_kueue(js)):
-            rec.stop(js)
+    if run_pass.cond(ConditionType.VALIDATION_FAILED, True, Reason.VALIDATION_FAILED, msg):
+        run_pass.event("Warning", Reason.VALIDATION_FAILED, msg)
+    run_pass.phase("Failed", Reason.VALIDATION_FAILED, msg)
+    run_pass.cond(ConditionType.FAILED, True, Reason.VALIDATION_FAILED, msg)
+    run_pass.cond(ConditionType.PROGRESSING, False, Reason.VALIDATION_FAILED, msg)
+    for job in run_pass.observed.jobs_sorted():
+        if not job.finished and not job.suspended_by_us and not (job.suspended and not run_pass.queued_by_kueue(job)):
+            run_pass.stop(job)
 
 
-def _wait_for_foreign(rec: ReconcilePass) -> None:
+def _wait_for_foreign(run_pass: ReconcilePass) -> None:
     """Objects with this run's names belong to another (deleted) SpinRun: create nothing until
     the garbage collector has removed them, and say which ones when they stay (orphans)."""
-    shown = ", ".join(f"{f.kind} {f.name}" for f in rec.observed.foreign[:5])
-    more = f" (+{len(rec.observed.foreign) - 5} more)" if len(rec.observed.foreign) > 5 else ""
-    owners = {f.owner_uid for f in rec.observed.foreign}
+    shown = ", ".join(f"{f.kind} {f.name}" for f in run_pass.observed.foreign[:5])
+    more = f" (+{len(run_pass.observed.foreign) - 5} more)" if len(run_pass.observed.foreign) > 5 else ""
+    owners = {f.owner_uid for f in run_pass.observed.foreign}
     whose = "no owner (orphaned)" if owners == {None} else "another SpinRun of this name (a deleted one)"
     msg = (
         f"waiting for {shown}{more} to go: they belong to {whose}, and this run adopts only its own children; "
-        f"the garbage collector removes a deleted run's objects, or delete them: kubectl delete -n {rec.ref.namespace} "
-        + " ".join(f"{f.kind.lower()}/{f.name}" for f in rec.observed.foreign[:5])
+        f"the garbage collector removes a deleted run's objects, or delete them: kubectl delete -n {run_pass.ref.namespace} "
+        + " ".join(f"{f.kind.lower()}/{f.name}" for f in run_pass.observed.foreign[:5])
     )
-    rec.status.reason, rec.status.message = "WaitingForOldObjects", msg
-    if rec.cond("Progressing", False, "WaitingForOldObjects", msg):
-        rec.event("Warning", "WaitingForOldObjects", msg)
-    rec.requeue(WAIT_RECHECK_SECONDS)
+    run_pass.status.reason, run_pass.status.message = Reason.WAITING_FOR_OLD_OBJECTS, msg
+    if run_pass.cond(ConditionType.PROGRESSING, False, Reason.WAITING_FOR_OLD_OBJECTS, msg):
+        run_pass.event("Warning", Reason.WAITING_FOR_OLD_OBJECTS, msg)
+    run_pass.requeue(WAIT_RECHECK_SECONDS)
 
 
-def _claim(rec: ReconcilePass, spec: SpinRunSpec) -> None:
+def _claim(run_pass: ReconcilePass, spec: SpinRunSpec) -> None:
     """Create the new claim (once), saying what happens to its data when the run is deleted."""
     claim = spec.storage.new_claim
     if claim is None:
         return
-    pvc = persistent_volume_claim(rec.ref, spec)
+    pvc = persistent_volume_claim(run_pass.ref, spec)
     assert pvc is not None
-    name, ns = pvc["metadata"]["name"], rec.ref.namespace
-    if rec.observed.pvc_exists:
-        created_by = rec.observed.pvc_created_by
-        if created_by and created_by != rec.ref.uid and not rec.status.iterations:
-            rec.event(
+    name, ns = pvc["metadata"]["name"], run_pass.ref.namespace
+    if run_pass.observed.pvc_exists:
+        created_by = run_pass.observed.pvc_created_by
+        if created_by and created_by != run_pass.ref.uid and not run_pass.status.iterations:
+            run_pass.event(
                 "Normal",
-                "ClaimReused",
+                Reason.CLAIM_REUSED,
                 f"PVC {name} exists from an earlier SpinRun of this name (uid {created_by}): this run uses it "
                 "and the results already on it",
             )
         return
-    rec.act(Create(pvc))
+    run_pass.act(Create(pvc))
     if claim.delete_with_run:
         fate = "it is deleted with the SpinRun, checkpoints and results included (storage.newClaim.deleteWithRun: true)"
     else:
@@ -315,55 +342,55 @@ def _claim(rec: ReconcilePass, spec: SpinRunSpec) -> None:
             "it is kept when the SpinRun is deleted, with every checkpoint and result "
             f"(storage.newClaim.deleteWithRun: false); remove it with `kubectl delete pvc -n {ns} {name}`"
         )
-    rec.event("Normal", "ClaimCreated", f"created PVC {name} ({claim.size}): {fate}")
+    run_pass.event("Normal", Reason.CLAIM_CREATED, f"created PVC {name} ({claim.size}): {fate}")
 
 
-def _terminal(rec: ReconcilePass) -> None:
+def _terminal(run_pass: ReconcilePass) -> None:
     """Finished runs: never create; clean up leftovers; apply ttlSecondsAfterFinished."""
-    if is_true(rec.status, "Failed"):
-        rec.delete_unfinished()
-    ttl = (rec.body.get("spec") or {}).get("ttlSecondsAfterFinished")
-    done_at = parse_time(rec.status.completion_time)
+    if is_true(run_pass.status, ConditionType.FAILED):
+        run_pass.delete_unfinished()
+    ttl = (run_pass.body.get("spec") or {}).get("ttlSecondsAfterFinished")
+    done_at = parse_time(run_pass.status.completion_time)
     if ttl is None or done_at is None:
         return
     due = done_at + timedelta(seconds=int(ttl))
-    if rec.now < due:
-        rec.requeue((due - rec.now).total_seconds())
+    if run_pass.now < due:
+        run_pass.requeue((due - run_pass.now).total_seconds())
         return
-    doomed = [Delete(js.kind, js.name, js.api_version) for js in sorted(rec.observed.jobs.values(), key=lambda j: j.name)]
-    doomed += [Delete("Service", s, "v1") for s in sorted(rec.observed.services)]
-    if doomed:
-        for d in doomed:
-            rec.act(d)
-        rec.event(
+    deletions = [Delete(job.kind, job.name, job.api_version) for job in run_pass.observed.jobs_sorted()]
+    deletions += [Delete("Service", s, "v1") for s in sorted(run_pass.observed.services)]
+    if deletions:
+        for deletion in deletions:
+            run_pass.act(deletion)
+        run_pass.event(
             "Normal",
-            "TTLExpired",
-            f"ttlSecondsAfterFinished ({ttl}s) passed: deleting {len(doomed)} Job(s)/Service(s); results stay on the volume",
+            Reason.TTL_EXPIRED,
+            f"ttlSecondsAfterFinished ({ttl}s) passed: deleting {len(deletions)} Job(s)/Service(s); results stay on the volume",
         )
 
 
-def _deadline(rec: ReconcilePass, spec: SpinRunSpec) -> bool:
+def _deadline(run_pass: ReconcilePass, spec: SpinRunSpec) -> bool:
     """activeDeadlineSeconds: fail the run and stop its Jobs once it passed. Suspended time does
     not count (the clock stops while spec.suspend is true). True if failed."""
-    ads = spec.active_deadline_seconds
-    started = parse_time(rec.status.start_time)
-    if ads is None or started is None or spec.suspend:
+    deadline_seconds = spec.active_deadline_seconds
+    started = parse_time(run_pass.status.start_time)
+    if deadline_seconds is None or started is None or spec.suspend:
         return False
-    due = started + timedelta(seconds=ads + _suspended_seconds(rec))
-    if rec.now >= due:
-        rec.fail("DeadlineExceeded", f"run exceeded activeDeadlineSeconds ({ads}s){_where(rec.status)}; its Jobs were stopped")
+    due = started + timedelta(seconds=deadline_seconds + _suspended_seconds(run_pass))
+    if run_pass.now >= due:
+        run_pass.fail(Reason.DEADLINE_EXCEEDED, f"run exceeded activeDeadlineSeconds ({deadline_seconds}s){_where(run_pass.status)}; its Jobs were stopped")
         return True
-    rec.requeue((due - rec.now).total_seconds())
+    run_pass.requeue((due - run_pass.now).total_seconds())
     return False
 
 
-def _suspended_seconds(rec: ReconcilePass) -> int:
+def _suspended_seconds(run_pass: ReconcilePass) -> int:
     """Seconds spent suspended so far: the finished suspensions plus the current one."""
-    total = rec.status.suspended_seconds
-    c = condition(rec.status, "Suspended")
+    total = run_pass.status.suspended_seconds
+    c = condition(run_pass.status, ConditionType.SUSPENDED)
     since = parse_time(c.last_transition_time) if c is not None and c.status == "True" else None
     if since is not None:
-        total += max(int((rec.now - since).total_seconds()), 0)
+        total += max(int((run_pass.now - since).total_seconds()), 0)
     return total
 
 
@@ -377,27 +404,27 @@ def _where(status: SpinRunStatus) -> str:
     return f" in iteration {it.iteration}{step}"
 
 
-def _suspension(rec: ReconcilePass, spec: SpinRunSpec) -> None:
+def _suspension(run_pass: ReconcilePass, spec: SpinRunSpec) -> None:
     """spec.suspend: suspend unfinished Jobs; on resume unsuspend the ones we suspended."""
-    for js in sorted(rec.observed.jobs.values(), key=lambda j: j.name):
-        if js.finished:
+    for job in run_pass.observed.jobs_sorted():
+        if job.finished:
             continue
-        if rec.queued_by_kueue(js):  # Kueue sets the flag; we (de)activate its Workload
-            if spec.suspend and not js.suspended_by_us:
-                rec.stop(js)
-            elif not spec.suspend and js.suspended_by_us:
-                rec.resume(js)
-        elif spec.suspend and not js.suspended:
-            rec.stop(js)
-        elif not spec.suspend and js.suspended and js.suspended_by_us:
-            rec.resume(js)
+        if run_pass.queued_by_kueue(job):  # Kueue sets the flag; we (de)activate its Workload
+            if spec.suspend and not job.suspended_by_us:
+                run_pass.stop(job)
+            elif not spec.suspend and job.suspended_by_us:
+                run_pass.resume(job)
+        elif spec.suspend and not job.suspended:
+            run_pass.stop(job)
+        elif not spec.suspend and job.suspended and job.suspended_by_us:
+            run_pass.resume(job)
     if spec.suspend:
-        if rec.cond("Suspended", True, "Suspended", "spec.suspend is true: Jobs are suspended; set it to false to resume"):
-            rec.event("Normal", "Suspended", "run suspended: active Jobs suspended")
-    elif is_true(rec.status, "Suspended"):
-        rec.status.suspended_seconds = _suspended_seconds(rec)
-        rec.cond("Suspended", False, "Resumed", "spec.suspend is false")
-        rec.event("Normal", "Resumed", "run resumed: suspended Jobs continue")
+        if run_pass.cond(ConditionType.SUSPENDED, True, Reason.SUSPENDED, "spec.suspend is true: Jobs are suspended; set it to false to resume"):
+            run_pass.event("Normal", Reason.SUSPENDED, "run suspended: active Jobs suspended")
+    elif is_true(run_pass.status, ConditionType.SUSPENDED):
+        run_pass.status.suspended_seconds = _suspended_seconds(run_pass)
+        run_pass.cond(ConditionType.SUSPENDED, False, Reason.RESUMED, "spec.suspend is false")
+        run_pass.event("Normal", Reason.RESUMED, "run resumed: suspended Jobs continue")
 
 
 #: What a queued run on an operator installed without Kueue support is told.
@@ -408,313 +435,327 @@ QUEUE_UNMANAGED = (
 )
 
 
-def _queue_management(rec: ReconcilePass, spec: SpinRunSpec) -> None:
+def _queue_management(run_pass: ReconcilePass, spec: SpinRunSpec) -> None:
     """A queueName on an operator that does not manage Kueue's Workloads: a condition that says so
     and one Warning event, instead of a silent fight over the Jobs' suspend flag."""
-    if spec.queue_name and not rec.settings.kueue:
-        if rec.cond("QueueUnmanaged", True, "KueueDisabled", QUEUE_UNMANAGED):
-            rec.event("Warning", "KueueDisabled", QUEUE_UNMANAGED)
-    elif condition(rec.status, "QueueUnmanaged") is not None:
+    if spec.queue_name and not run_pass.settings.kueue:
+        if run_pass.cond(ConditionType.QUEUE_UNMANAGED, True, Reason.KUEUE_DISABLED, QUEUE_UNMANAGED):
+            run_pass.event("Warning", Reason.KUEUE_DISABLED, QUEUE_UNMANAGED)
+    elif condition(run_pass.status, ConditionType.QUEUE_UNMANAGED) is not None:
         why = "the operator manages Kueue's Workloads" if spec.queue_name else "spec.queueName is not set"
-        rec.cond("QueueUnmanaged", False, "KueueEnabled" if spec.queue_name else "NotQueued", why)
+        run_pass.cond(ConditionType.QUEUE_UNMANAGED, False, Reason.KUEUE_ENABLED if spec.queue_name else Reason.NOT_QUEUED, why)
 
 
 def _iteration_entry(status: SpinRunStatus, k: int) -> IterationStatus | None:
     return next((it for it in status.iterations if it.iteration == k), None)
 
 
-def _step_entry(it: IterationStatus, step: str) -> StepStatus | None:
+def _step_entry(it: IterationStatus, step: StepName) -> StepStatus | None:
     return next((s for s in it.steps if s.step == step), None)
 
 
-def _pinned_spec(rec: ReconcilePass, spec: SpinRunSpec, k: int, it: IterationStatus) -> SpinRunSpec:
+def _pinned_spec(run_pass: ReconcilePass, spec: SpinRunSpec, k: int, it: IterationStatus) -> SpinRunSpec:
     """The spec iteration k started under (its ConfigMap); recreated from the current spec
     if someone deleted it."""
-    name = spec_configmap_name(rec.ref.name, k)
-    cm = rec.observed.config_maps.get(name)
+    name = spec_configmap_name(run_pass.ref.name, k)
+    cm = run_pass.observed.config_maps.get(name)
     if cm is not None:
         try:
             return spec_from_config_map(cm)
         except (KeyError, ValueError, SpecError):
-            rec.event("Warning", "SpecConfigMapInvalid", f"ConfigMap {name} is unreadable: using the current spec")
-    ref = RunRef(rec.ref.name, rec.ref.namespace, rec.ref.uid, int(it.generation or rec.generation))
-    rec.act(Create(spec_config_map(ref, spec, k)))
+            run_pass.event("Warning", Reason.SPEC_CONFIG_MAP_INVALID, f"ConfigMap {name} is unreadable: using the current spec")
+    ref = RunRef(run_pass.ref.name, run_pass.ref.namespace, run_pass.ref.uid, int(it.generation or run_pass.generation))
+    run_pass.act(Create(spec_config_map(ref, spec, k)))
     return spec
 
 
-def _walk_plan(rec: ReconcilePass, spec: SpinRunSpec) -> None:
+def _walk_plan(run_pass: ReconcilePass, spec: SpinRunSpec) -> None:
     """Find the earliest unfinished stage and drive it; finish the run when none is left."""
-    current = rec.status.current_iteration
+    current = run_pass.status.current_iteration
     for k in stages.iterations(spec):
         if current is not None and k < current:
             continue
-        it = _iteration_entry(rec.status, k)
+        it = _iteration_entry(run_pass.status, k)
         if it is None:
-            it = IterationStatus(iteration=k, generation=rec.generation, steps=[])
-            rec.status.iterations.append(it)
-            rec.status.current_iteration = k
-            rec.event("Normal", "IterationStarted", f"iteration {k} started with spec generation {rec.generation}")
-            rec.act(Create(spec_config_map(rec.ref, spec, k)))
-            spec_k = spec
+            it = IterationStatus(iteration=k, generation=run_pass.generation, steps=[])
+            run_pass.status.iterations.append(it)
+            run_pass.status.current_iteration = k
+            run_pass.event("Normal", Reason.ITERATION_STARTED, f"iteration {k} started with spec generation {run_pass.generation}")
+            run_pass.act(Create(spec_config_map(run_pass.ref, spec, k)))
+            pinned_spec = spec
         else:
-            rec.status.current_iteration = k
-            spec_k = _pinned_spec(rec, spec, k, it)
-        if not _drive_iteration(rec, spec, spec_k, k, it):
+            run_pass.status.current_iteration = k
+            pinned_spec = _pinned_spec(run_pass, spec, k, it)
+        if not _drive_iteration(run_pass, spec, pinned_spec, k, it):
             return  # a stage is in flight (or the run failed)
         done = k - spec.start_iteration + 1
-        if rec.status.completed_iterations < done:
-            rec.status.completed_iterations = done
-            rec.event("Normal", "IterationCompleted", f"iteration {k} completed")
-            rec.cond("Progressing", True, "IterationCompleted", f"iteration {k} completed")
-    if _stop_iterations_beyond(rec, spec):
+        if run_pass.status.completed_iterations < done:
+            run_pass.status.completed_iterations = done
+            run_pass.event("Normal", Reason.ITERATION_COMPLETED, f"iteration {k} completed")
+            run_pass.cond(ConditionType.PROGRESSING, True, Reason.ITERATION_COMPLETED, f"iteration {k} completed")
+    if _stop_iterations_beyond(run_pass, spec):
         return
-    _complete(rec, spec)
+    _complete(run_pass, spec)
 
 
-def _stop_iterations_beyond(rec: ReconcilePass, spec: SpinRunSpec) -> bool:
+def _stop_iterations_beyond(run_pass: ReconcilePass, spec: SpinRunSpec) -> bool:
     """spec.iterations lowered below an iteration that already started: delete its unfinished
     Jobs and complete only once none of them (nor their pods) holds resources. True while stopping."""
-    stale = [js for js in sorted(rec.observed.jobs.values(), key=lambda j: j.name)
-             if js.iteration is not None and js.iteration >= spec.iterations and not js.finished]
-    pods = [p for p in rec.observed.pods if p.iteration is not None and p.iteration >= spec.iterations and not p.finished]
+    stale = [job for job in run_pass.observed.jobs_sorted()
+             if job.iteration is not None and job.iteration >= spec.iterations and not job.finished]
+    pods = [p for p in run_pass.observed.pods if p.iteration is not None and p.iteration >= spec.iterations and not p.finished]
     if not stale and not pods:
         return False
-    for js in stale:
-        rec.delete_job(js)
-    what = ", ".join(f"job {js.name}" for js in stale) or "their Jobs are deleted"
+    for job in stale:
+        run_pass.delete_job(job)
+    what = ", ".join(f"job {job.name}" for job in stale) or "their Jobs are deleted"
     msg = (
         f"spec.iterations lowered to {spec.iterations}: stopping iteration(s) {spec.iterations} and later ({what}; "
         f"{len(pods)} pod(s) still running); the run completes once they are gone"
     )
-    before = _progressing(rec)
-    rec.status.reason, rec.status.message = "StoppingIterations", msg
-    rec.cond("Progressing", True, "StoppingIterations", msg)
-    if before != ("True", "StoppingIterations"):
-        rec.event("Normal", "StoppingIterations", msg)
+    before = _progressing(run_pass)
+    run_pass.status.reason, run_pass.status.message = Reason.STOPPING_ITERATIONS, msg
+    run_pass.cond(ConditionType.PROGRESSING, True, Reason.STOPPING_ITERATIONS, msg)
+    if before != ("True", Reason.STOPPING_ITERATIONS):
+        run_pass.event("Normal", Reason.STOPPING_ITERATIONS, msg)
     return True
 
 
-def _complete(rec: ReconcilePass, spec: SpinRunSpec) -> None:
-    ckpt = rec.status.last_checkpoint.path if rec.status.last_checkpoint else ""
-    n = rec.status.completed_iterations
+def _complete(run_pass: ReconcilePass, spec: SpinRunSpec) -> None:
+    ckpt = run_pass.status.last_checkpoint.path if run_pass.status.last_checkpoint else ""
+    n = run_pass.status.completed_iterations
     msg = f"{n} iteration(s) completed; last checkpoint {ckpt}" if ckpt else f"{n} iteration(s) completed"
-    rec.phase("Complete", "RunCompleted", msg)
-    rec.cond("Complete", True, "RunCompleted", msg)
-    rec.cond("Progressing", False, "RunCompleted", msg)
-    rec.status.completion_time = rec.now_s
-    rec.event("Normal", "RunCompleted", msg)
+    run_pass.phase("Complete", Reason.RUN_COMPLETED, msg)
+    run_pass.cond(ConditionType.COMPLETE, True, Reason.RUN_COMPLETED, msg)
+    run_pass.cond(ConditionType.PROGRESSING, False, Reason.RUN_COMPLETED, msg)
+    run_pass.status.completion_time = run_pass.now_s
+    run_pass.event("Normal", Reason.RUN_COMPLETED, msg)
     if spec.ttl_seconds_after_finished is not None:
-        rec.requeue(spec.ttl_seconds_after_finished)
+        run_pass.requeue(spec.ttl_seconds_after_finished)
 
 
-def _drive_iteration(rec: ReconcilePass, spec: SpinRunSpec, spec_k: SpinRunSpec, k: int, it: IterationStatus) -> bool:
-    """Advance iteration k's stages; True when all of them are done."""
-    generation = int(it.generation or rec.generation)
-    for stage in stages.stages_for_iteration(spec_k, k):
+def _drive_iteration(
+    run_pass: ReconcilePass, spec: SpinRunSpec, pinned_spec: SpinRunSpec, k: int, it: IterationStatus
+) -> bool:
+    """Advance iteration k's stages; True when all of them are done. `pinned_spec`: the spec the
+    iteration started under (what its objects are built from); `spec`: the run's current spec
+    (suspension, timeouts)."""
+    generation = int(it.generation or run_pass.generation)
+    for stage in stages.stages_for_iteration(pinned_spec, k):
         step = stage.name
         entry = _step_entry(it, step)
         if entry is not None and entry.completion_time:
             continue
-        name = job_name(rec.ref.name, k, step)
+        name = job_name(run_pass.ref.name, k, step)
         if entry is None:
             entry = StepStatus(step=step, job_name=name, retries=0)
             it.steps.append(entry)
-        js = rec.observed.jobs.get(name)
+        job = run_pass.observed.jobs.get(name)
         ctx = BuildContext(
-            run=RunRef(rec.ref.name, rec.ref.namespace, rec.ref.uid, generation),
-            spec=spec_k,
+            run=RunRef(run_pass.ref.name, run_pass.ref.namespace, run_pass.ref.uid, generation),
+            spec=pinned_spec,
             iteration=k,
             attempt=entry.retries,
             suspend=spec.suspend,
-            settings=rec.settings,
+            settings=run_pass.settings,
         )
-        if js is not None and js.attempt > entry.retries:
-            entry.retries = js.attempt  # status lagged behind the Job we created
-        if js is not None and js.attempt < entry.retries:
+        if job is not None and job.attempt > entry.retries:
+            entry.retries = job.attempt  # status lagged behind the Job we created
+        if job is not None and job.attempt < entry.retries:
             # A previous attempt's Job still exists: remove it; the attempt starts once it is gone.
-            rec.delete_job(js)
-            _wait_for_previous_attempt(rec, k, step, entry, f"job {js.name} of attempt {js.attempt + 1} is being deleted")
+            run_pass.delete_job(job)
+            _wait_for_previous_attempt(run_pass, k, step, entry, f"job {job.name} of attempt {job.attempt + 1} is being deleted")
             return False
-        if js is not None and js.complete:
-            _step_done(rec, spec_k, k, step, entry, js)
+        if job is not None and job.complete:
+            _step_done(run_pass, pinned_spec, k, step, entry, job)
             continue
-        if js is not None and js.failed_condition:
-            _step_failed(rec, ctx, stage, entry, js)
+        if job is not None and job.failed_condition:
+            _step_failed(run_pass, ctx, stage, entry, job)
             return False
-        if js is not None:
-            _running(rec, spec, spec_k, k, step, js)
-            if step == "train":
-                _ensure_companions(rec, ctx)
+        if job is not None:
+            _running(run_pass, spec, pinned_spec, k, step, job)
+            _ensure_companions(run_pass, ctx, step)
             return False
-        leftover = rec.observed.pods_of(k, step)
+        leftover = run_pass.observed.pods_of(k, step)
         if leftover:  # the previous attempt's pods still run (Terminating): same hostnames, same Service
             names = sorted(p.name for p in leftover)
-            _wait_for_previous_attempt(rec, k, step, entry, f"{len(names)} pod(s) of the previous attempt still stopping; "
-                                       f"a pod on a lost node stops only when deleted: kubectl delete pod -n {rec.ref.namespace} "
+            _wait_for_previous_attempt(run_pass, k, step, entry, f"{len(names)} pod(s) of the previous attempt still stopping; "
+                                       f"a pod on a lost node stops only when deleted: kubectl delete pod -n {run_pass.ref.namespace} "
                                        f"--force {' '.join(names[:3])}")
             return False
-        _start(rec, ctx, stage, entry, restart=entry.retries > 0 and entry.start_time is not None)
+        _start(run_pass, ctx, stage, entry, restart=entry.retries > 0 and entry.start_time is not None)
         return False
     return True
 
 
-def _wait_for_previous_attempt(rec: ReconcilePass, k: int, step: str, entry: StepStatus, why: str) -> None:
+def _wait_for_previous_attempt(run_pass: ReconcilePass, k: int, step: StepName, entry: StepStatus, why: str) -> None:
     """A retry starts only once the failed attempt's Job and pods are gone: a new pod with the same
     hostname beside a dying one would share its Service name (the master address of multi-node
     training could resolve to the dying pod), and a create would meet the old Job's name."""
     msg = f"iteration {k}: {step} attempt {entry.retries + 1} waits: {why}"
-    rec.phase(STEP_PHASE[step], "WaitingForPreviousAttempt", msg)  # type: ignore[index]
-    rec.cond("Progressing", True, "WaitingForPreviousAttempt", msg)
-    rec.requeue(RETRY_WAIT_SECONDS)
+    run_pass.phase(STEP_PHASE[step], Reason.WAITING_FOR_PREVIOUS_ATTEMPT, msg)
+    run_pass.cond(ConditionType.PROGRESSING, True, Reason.WAITING_FOR_PREVIOUS_ATTEMPT, msg)
+    run_pass.requeue(RETRY_WAIT_SECONDS)
 
 
-def _running(rec: ReconcilePass, spec: SpinRunSpec, spec_k: SpinRunSpec, k: int, step: str, js: JobState) -> None:
+def _running(
+    run_pass: ReconcilePass, spec: SpinRunSpec, pinned_spec: SpinRunSpec, k: int, step: StepName, job: JobState
+) -> None:
     """The stage's workload exists and is unfinished: say what it is doing (running, waiting for
     its pods, or unable to start)."""
     if spec.suspend:
-        rec.phase("Suspended", "Suspended", f"suspended during iteration {k}, step {step}")
+        run_pass.phase("Suspended", Reason.SUSPENDED, f"suspended during iteration {k}, step {step}")
         return
-    if js.suspended and not js.suspended_by_us and js.queue_name:  # Kueue holds it until admitted
-        msg = f"iteration {k}: {step} waiting for quota in queue {js.queue_name} (Kueue admits job {js.name})"
-        rec.phase(STEP_PHASE[step], "WaitingForQuota", msg)  # type: ignore[index]
-        rec.cond("Progressing", True, "WaitingForQuota", msg)
+    if job.suspended and not job.suspended_by_us and job.queue_name:  # Kueue holds it until admitted
+        msg = f"iteration {k}: {step} waiting for quota in queue {job.queue_name} (Kueue admits job {job.name})"
+        run_pass.phase(STEP_PHASE[step], Reason.WAITING_FOR_QUOTA, msg)
+        run_pass.cond(ConditionType.PROGRESSING, True, Reason.WAITING_FOR_QUOTA, msg)
         return
     # a Job's own pods only (a pod of an earlier attempt is not this attempt's progress or trouble)
-    pods = [p for p in rec.observed.pods_of(k, step) if js.kind != "Job" or not js.uid or p.owner_uid in (None, js.uid)]
-    troubled = next((p for p in pods if p.trouble), None)
-    if troubled is not None:
-        _pod_trouble(rec, spec, k, step, troubled)
+    pods = [p for p in run_pass.observed.pods_of(k, step) if job.kind != "Job" or not job.uid or p.owner_uid in (None, job.uid)]
+    troubled = next((p for p in pods if p.trouble is not None), None)
+    if troubled is not None and troubled.trouble is not None:
+        _pod_trouble(run_pass, spec, k, step, troubled, troubled.trouble)
         return
-    msg = f"iteration {k}: {step} running (job {js.name})"
-    reason = "StepRunning"
-    expected = spec_k.training.nodes
+    msg = f"iteration {k}: {step} running (job {job.name})"
+    reason = Reason.STEP_RUNNING
+    expected = pinned_spec.training.nodes
     running = sum(p.phase == "Running" for p in pods)
-    if step == "train" and pods and running < expected:  # all nodes must run before training starts
-        msg = f"iteration {k}: {step} waiting for {expected - running} of {expected} pods to run (job {js.name})"
-        reason = "WaitingForPods"
-    rec.phase(STEP_PHASE[step], reason, msg)  # type: ignore[index]
-    rec.cond("Progressing", True, reason, msg)
-    progress = step_progress(k, step, js, pods, rec.observed.progress, shards=spec_k.generation.shards, now=rec.now)  # type: ignore[arg-type]
+    training = launchers.runs_as_training(step)
+    if training and pods and running < expected:  # all nodes must run before training starts
+        msg = f"iteration {k}: {step} waiting for {expected - running} of {expected} pods to run (job {job.name})"
+        reason = Reason.WAITING_FOR_PODS
+    run_pass.phase(STEP_PHASE[step], reason, msg)
+    run_pass.cond(ConditionType.PROGRESSING, True, reason, msg)
+    progress = step_progress(k, step, job, pods, run_pass.observed.progress, shards=pinned_spec.generation.shards, now=run_pass.now)
     if progress is not None:  # an unset field stays out of the status document
-        rec.status.progress = progress
+        run_pass.status.progress = progress
 
 
-def _pod_trouble(rec: ReconcilePass, spec: SpinRunSpec, k: int, step: str, pod: PodState) -> None:
-    """A pod of the running step cannot start: Progressing False with the pod's reason, an Event
-    when the reason appears, and the run failed once podStartupTimeoutSeconds passed."""
-    hint = POD_TROUBLE_HINTS.get(pod.trouble, "see `kubectl describe pod`")
-    msg = f"iteration {k}: {step} cannot start: pod {pod.name}: {pod.trouble_message or pod.trouble}; {hint}"
-    capacity = pod.trouble == "Unschedulable"  # waiting for room heals by itself; the other reasons do not
+def _pod_trouble(
+    run_pass: ReconcilePass, spec: SpinRunSpec, k: int, step: StepName, pod: PodState, trouble: Reason
+) -> None:
+    """A pod of the running step cannot start (`trouble`: why): Progressing False with the pod's
+    reason, an Event when the reason appears, and the run failed once podStartupTimeoutSeconds passed."""
+    hint = POD_TROUBLE_HINTS.get(trouble, "see `kubectl describe pod`")
+    msg = f"iteration {k}: {step} cannot start: pod {pod.name}: {pod.trouble_message or trouble}; {hint}"
+    capacity = trouble == Reason.UNSCHEDULABLE  # waiting for room heals by itself; the other reasons do not
     timeout, field_name = ((spec.unschedulable_timeout_seconds, "unschedulableTimeoutSeconds") if capacity
                            else (spec.pod_startup_timeout_seconds, "podStartupTimeoutSeconds"))
     if capacity:
         msg += ("; the run waits for capacity" + (f" up to unschedulableTimeoutSeconds ({timeout}s)" if timeout
                                                   else " (spec.unschedulableTimeoutSeconds sets a limit)"))
     since = parse_time(pod.trouble_since)
-    if timeout and since is not None and rec.now >= since + timedelta(seconds=timeout):
-        rec.fail(pod.trouble, f"{msg}; it could not start for more than {field_name} ({timeout}s)")
+    if timeout and since is not None and run_pass.now >= since + timedelta(seconds=timeout):
+        run_pass.fail(trouble, f"{msg}; it could not start for more than {field_name} ({timeout}s)")
         return
     if timeout and since is not None:
-        rec.requeue((since + timedelta(seconds=timeout) - rec.now).total_seconds())
-    before = _progressing(rec)
-    rec.phase(STEP_PHASE[step], pod.trouble, msg)  # type: ignore[index]
-    rec.cond("Progressing", False, pod.trouble, msg)
-    if before != ("False", pod.trouble):
-        rec.event("Warning", pod.trouble, msg)
+        run_pass.requeue((since + timedelta(seconds=timeout) - run_pass.now).total_seconds())
+    before = _progressing(run_pass)
+    run_pass.phase(STEP_PHASE[step], trouble, msg)
+    run_pass.cond(ConditionType.PROGRESSING, False, trouble, msg)
+    if before != ("False", trouble):
+        run_pass.event("Warning", trouble, msg)
 
 
-def _progressing(rec: ReconcilePass) -> tuple[str, str] | None:
+def _progressing(run_pass: ReconcilePass) -> tuple[str, str] | None:
     """(status, reason) of the Progressing condition before this pass changes it."""
-    c = condition(rec.status, "Progressing")
+    c = condition(run_pass.status, ConditionType.PROGRESSING)
     return (c.status, c.reason) if c is not None else None
 
 
-def _ensure_companions(rec: ReconcilePass, ctx: BuildContext) -> None:
-    """Recreate what the training launcher needs beside its workload (a deleted Service)."""
-    for obj in launchers.for_spec(ctx.spec).companions(ctx):
-        if obj["kind"] == "Service" and obj["metadata"]["name"] not in rec.observed.services:
-            rec.act(Create(obj))
+def _ensure_companions(run_pass: ReconcilePass, ctx: BuildContext, step: StepName) -> None:
+    """Recreate what the launcher of a training step needs beside its workload (a deleted Service)."""
+    launcher = launchers.for_step(ctx.spec, step)
+    if launcher is None:
+        return
+    for obj in launcher.companions(ctx):
+        if obj["kind"] == "Service" and obj["metadata"]["name"] not in run_pass.observed.services:
+            run_pass.act(Create(obj))
 
 
-def _start(rec: ReconcilePass, ctx: BuildContext, stage: stages.Stage, entry: StepStatus, *, restart: bool) -> None:
-    """Create the stage's objects (the Job; for training whatever the launcher makes)."""
+def _start(run_pass: ReconcilePass, ctx: BuildContext, stage: stages.Stage, entry: StepStatus, *, restart: bool) -> None:
+    """Create the stage's objects (the Job; for a training step whatever the launcher makes)."""
     k, step = ctx.iteration, stage.name
-    if step == "train":
-        blocked = launchers.for_spec(ctx.spec).availability(rec.settings, rec.observed.launcher_served)
-        if blocked is None and gang_enabled(ctx) and not rec.settings.gang_scheduling:
+    launcher = launchers.for_step(ctx.spec, step)
+    if launcher is not None:
+        blocked = launcher.availability(run_pass.settings, run_pass.observed.launcher_served)
+        if blocked is None and gang_enabled(ctx) and not run_pass.settings.gang_scheduling:
             blocked = GANG_DISABLED
         if blocked is not None:
-            rec.phase(STEP_PHASE["train"], blocked.reason, blocked.message)
-            if rec.cond("Progressing", False, blocked.reason, blocked.message):
-                rec.event("Warning", blocked.reason, blocked.message)
+            run_pass.phase(STEP_PHASE[step], blocked.reason, blocked.message)
+            if run_pass.cond(ConditionType.PROGRESSING, False, blocked.reason, blocked.message):
+                run_pass.event("Warning", blocked.reason, blocked.message)
             return
-    if ctx.suspend and ctx.spec.queue_name and rec.settings.kueue:
+    if ctx.suspend and ctx.spec.queue_name and run_pass.settings.kueue:
         # Kueue would admit and unsuspend a Job created suspended: queue nothing until resumed
-        rec.phase("Suspended", "Suspended", f"suspended before iteration {k}, step {step} (queue {ctx.spec.queue_name})")
+        run_pass.phase("Suspended", Reason.SUSPENDED, f"suspended before iteration {k}, step {step} (queue {ctx.spec.queue_name})")
         return
-    for obj in step_objects(ctx, stage):
-        if obj["kind"] == "Service" and obj["metadata"]["name"] in rec.observed.services:
+    for obj in launchers.step_objects(ctx, stage):
+        if obj["kind"] == "Service" and obj["metadata"]["name"] in run_pass.observed.services:
             continue
-        rec.act(Create(obj))
-    name = job_name(rec.ref.name, k, step)
+        run_pass.act(Create(obj))
+    name = job_name(run_pass.ref.name, k, step)
     if not entry.start_time or restart:
-        entry.start_time = rec.now_s
+        entry.start_time = run_pass.now_s
     entry.job_name = name
     if not restart:
-        rec.event("Normal", "StepStarted", f"iteration {k}: {step} started (job {name})")
+        run_pass.event("Normal", Reason.STEP_STARTED, f"iteration {k}: {step} started (job {name})")
     if ctx.suspend:
-        rec.phase("Suspended", "Suspended", f"suspended during iteration {k}, step {step}")
+        run_pass.phase("Suspended", Reason.SUSPENDED, f"suspended during iteration {k}, step {step}")
     else:
         msg = f"iteration {k}: {step} running (job {name})"
-        rec.phase(STEP_PHASE[step], "StepRunning", msg)
-        rec.cond("Progressing", True, "StepRunning", msg)
+        run_pass.phase(STEP_PHASE[step], Reason.STEP_RUNNING, msg)
+        run_pass.cond(ConditionType.PROGRESSING, True, Reason.STEP_RUNNING, msg)
 
 
-def _step_done(rec: ReconcilePass, spec_k: SpinRunSpec, k: int, step: str, entry: StepStatus, js: JobState) -> None:
-    entry.completion_time = js.completion_time or rec.now_s
-    entry.retries = max(entry.retries, js.attempt)
+def _step_done(
+    run_pass: ReconcilePass, pinned_spec: SpinRunSpec, k: int, step: StepName, entry: StepStatus, job: JobState
+) -> None:
+    entry.completion_time = job.completion_time or run_pass.now_s
+    entry.retries = max(entry.retries, job.attempt)
     if not entry.start_time:
-        entry.start_time = js.start_time or rec.now_s
-    rec.event("Normal", "StepSucceeded", f"iteration {k}: {step} succeeded (job {js.name})")
-    if step == "train":
-        path = f"{run_dir(rec.ref.name, spec_k)}/{layout.model_dir(k)}"
-        rec.status.last_checkpoint = Checkpoint(iteration=k, path=path, time=entry.completion_time)
+        entry.start_time = job.start_time or run_pass.now_s
+    run_pass.event("Normal", Reason.STEP_SUCCEEDED, f"iteration {k}: {step} succeeded (job {job.name})")
+    if step == MODEL_STEP:
+        path = f"{run_dir(run_pass.ref.name, pinned_spec)}/{layout.model_dir(k)}"
+        run_pass.status.last_checkpoint = Checkpoint(iteration=k, path=path, time=entry.completion_time)
 
 
-def _step_failed(rec: ReconcilePass, ctx: BuildContext, stage: stages.Stage, entry: StepStatus, js: JobState) -> None:
+def _step_failed(run_pass: ReconcilePass, ctx: BuildContext, stage: stages.Stage, entry: StepStatus, job: JobState) -> None:
     k, step = ctx.iteration, stage.name
     limit = ctx.spec.backoff_limit
-    why = ": ".join(x for x in (js.reason, js.message) if x) or "Job failed"
+    why = ": ".join(x for x in (job.reason, job.message) if x) or "Job failed"
     if step == "generate":
-        shards = js.failed_indexes or "?"
-        rec.fail(
-            "StepFailed",
+        shards = job.failed_indexes or "?"
+        run_pass.fail(
+            Reason.STEP_FAILED,
             f"generate of iteration {k} failed: shard {shards} failed more than backoffLimit ({limit}) "
-            f"times (job {js.name}: {why}); see `kubectl logs job/{js.name}`",
+            f"times (job {job.name}: {why}); see `kubectl logs job/{job.name}`",
         )
         return
-    if js.reason == "PodFailurePolicy":
-        rec.fail(
-            "StepFailed",
+    if job.reason == "PodFailurePolicy":
+        run_pass.fail(
+            Reason.STEP_FAILED,
             f"{step} of iteration {k} failed with an exit code a retry cannot fix ({EXIT_BAD_DATA}: bad data, "
-            f"{EXIT_BAD_MODEL}: bad model, {EXIT_BAD_SPEC}: bad spec) (job {js.name}: {why}); see `kubectl logs job/{js.name}`, fix the cause and "
+            f"{EXIT_BAD_MODEL}: bad model, {EXIT_BAD_SPEC}: bad spec) (job {job.name}: {why}); see `kubectl logs job/{job.name}`, fix the cause and "
             "create a new SpinRun (finished steps are kept on the volume)",
         )
         return
-    attempt = js.attempt
+    attempt = job.attempt
     if attempt < limit:
         entry.retries = attempt + 1
-        rec.event(
+        run_pass.event(
             "Warning",
-            "StepRetrying",
-            f"iteration {k}: {step} failed (attempt {attempt + 1} of {limit + 1}, job {js.name}: {why}); retrying",
+            Reason.STEP_RETRYING,
+            f"iteration {k}: {step} failed (attempt {attempt + 1} of {limit + 1}, job {job.name}: {why}); retrying",
         )
-        rec.delete_job(js)
-        _wait_for_previous_attempt(rec, k, step, entry, f"job {js.name} of attempt {attempt + 1} is being deleted")
+        run_pass.delete_job(job)
+        _wait_for_previous_attempt(run_pass, k, step, entry, f"job {job.name} of attempt {attempt + 1} is being deleted")
         return
     entry.retries = attempt
-    rec.fail(
-        "StepFailed",
+    run_pass.fail(
+        Reason.STEP_FAILED,
         f"{step} of iteration {k} failed {attempt + 1} time(s), more than backoffLimit ({limit}) allows "
-        f"(job {js.name}: {why}); fix the cause and create a new SpinRun (finished steps are kept on the volume)",
+        f"(job {job.name}: {why}); fix the cause and create a new SpinRun (finished steps are kept on the volume)",
     )

@@ -13,13 +13,14 @@ from typing import Any
 from spin_operator.reconcile.actions import Action, Create
 from spin_operator.reconcile.conditions import MAX_MESSAGE, condition, read_status, set_condition
 from spin_operator.reconcile.decide import Decision
+from spin_runtime.api.status import ConditionType, Reason
 
 #: Events that announce what a failed action would have done (posted once it succeeds).
-ANNOUNCING = frozenset({"StepStarted", "ClaimCreated"})
-REFUSED = "CreateRefused"
-RETRYING = "CreateRetrying"
+ANNOUNCING = frozenset({Reason.STEP_STARTED, Reason.CLAIM_CREATED})
+REFUSED = Reason.CREATE_REFUSED
+RETRYING = Reason.CREATE_RETRYING
 #: The reason of any other request (suspend, resume, delete) that waits to be tried again.
-REQUEST_RETRYING = "RequestRetrying"
+REQUEST_RETRYING = Reason.REQUEST_RETRYING
 
 
 @dataclass(frozen=True)
@@ -72,19 +73,19 @@ def after_refusal(
             "(finished steps are kept on the volume)"
         )
         status.phase, status.reason, status.message = "Failed", REFUSED, msg
-        set_condition(status, "Failed", True, REFUSED, msg, now, generation)
-        set_condition(status, "Progressing", False, REFUSED, msg, now, generation)
+        set_condition(status, ConditionType.FAILED, True, REFUSED, msg, now, generation)
+        set_condition(status, ConditionType.PROGRESSING, False, REFUSED, msg, now, generation)
         status.completion_time = now
         events.append(("Warning", REFUSED, msg))
         return Decision(actions=[], status=status, events=events, requeue_after=None)
     msg = f"waiting: the API server refused to {_what(action)} ({said}); trying again"
     reason = RETRYING if isinstance(action, Create) else REQUEST_RETRYING
     old = read_status(old_status)
-    before = condition(old, "Progressing")
+    before = condition(old, ConditionType.PROGRESSING)
     if not isinstance(action, Create) and old_status:
         status.phase = old.phase  # a suspend that did not happen does not make the run Suspended
     status.reason, status.message = reason, msg
-    set_condition(status, "Progressing", False, reason, msg, now, generation)
+    set_condition(status, ConditionType.PROGRESSING, False, reason, msg, now, generation)
     if before is None or (before.status, before.reason, before.message) != ("False", reason, msg[:MAX_MESSAGE]):
         events.append(("Warning", reason, msg))
     return Decision(actions=[], status=status, events=events, requeue_after=decision.requeue_after)

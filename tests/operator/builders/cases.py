@@ -10,8 +10,8 @@ from typing import Any
 
 from spin_operator.builders.context import BuildContext
 from spin_operator.builders.meta import RunRef
-from spin_operator.builders.steps import step_objects
 from spin_operator.builders.storage import persistent_volume_claim, spec_config_map
+from spin_operator.launchers import step_objects
 from spin_operator.render import dump_all
 from spin_operator.settings import DeploymentSettings
 from spin_runtime.api.spec import SpinRun

@@ -25,3 +25,18 @@ def test_custom_resources_are_found_by_kind() -> None:
     for launcher in launchers.LAUNCHERS.values():
         if launcher.custom_resource:
             assert launchers.by_kind(launcher.kind) is launcher
+
+
+def test_the_training_steps_run_through_the_specs_launcher_and_the_others_as_jobs() -> None:
+    """Which steps a launcher runs is one declaration (TRAINING_STEPS), read through for_step by
+    the decision (availability, companions, the all-nodes wait) and the stage builder."""
+    from spin_runtime.api.spec import SpinRunSpec
+    from spin_runtime.api.status import STEP_ORDER
+    from tests.operator.fixtures import make_body
+
+    assert {"train"} == launchers.TRAINING_STEPS
+    for name in launchers.LAUNCHERS:
+        spec = SpinRunSpec.model_validate({**make_body()["spec"], "training": {"launcher": name}})
+        for step in STEP_ORDER:
+            expected = launchers.LAUNCHERS[name] if step in launchers.TRAINING_STEPS else None
+            assert launchers.for_step(spec, step) is expected

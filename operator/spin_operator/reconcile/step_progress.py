@@ -58,45 +58,45 @@ def _records_of(k: int, pods: Sequence[PodState], records: Mapping[str, Mapping[
     serving an older step's record is ignored), cleaned."""
     out = []
     for pod in sorted(pods, key=lambda p: p.name):
-        rec = records.get(pod.name)
-        if isinstance(rec, Mapping):
-            rec = clean_record(rec)
-            if rec["step"].startswith(f"it{k}/"):
-                out.append(rec)
+        record = records.get(pod.name)
+        if isinstance(record, Mapping):
+            record = clean_record(record)
+            if record["step"].startswith(f"it{k}/"):
+                out.append(record)
     return out
 
 
-def _generation(recs: list[dict[str, Any]], shards_done: int, shards: int, now: float) -> tuple[dict[str, Any], float | None]:
+def _generation(reported: list[dict[str, Any]], shards_done: int, shards: int, now: float) -> tuple[dict[str, Any], float | None]:
     """One combined record for the running shards, and the stage's ETA: the slowest running
     shard, plus as many more shard-lengths as waves of shards still wait for a pod."""
-    done = sum(_count(r.get("done")) or 0 for r in recs)
-    total = sum(_count(r.get("total")) or 0 for r in recs)
-    rate = sum(_number(r["metrics"].get("tok/s")) or 0.0 for r in recs)
-    etas = [eta_seconds(r) for r in recs]
+    done = sum(_count(r.get("done")) or 0 for r in reported)
+    total = sum(_count(r.get("total")) or 0 for r in reported)
+    rate = sum(_number(r["metrics"].get("tok/s")) or 0.0 for r in reported)
+    etas = [eta_seconds(r) for r in reported]
     eta: float | None = None
-    if recs and all(e is not None for e in etas):
+    if reported and all(e is not None for e in etas):
         eta = max(e for e in etas if e is not None)
-        waiting = max(0, shards - shards_done - len(recs))
+        waiting = max(0, shards - shards_done - len(reported))
         if waiting:
-            lengths = [(now - (r["started"] or now)) + (e or 0.0) for r, e in zip(recs, etas, strict=True)]
-            eta += math.ceil(waiting / len(recs)) * max(lengths)
+            lengths = [(now - (r["started"] or now)) + (e or 0.0) for r, e in zip(reported, etas, strict=True)]
+            eta += math.ceil(waiting / len(reported)) * max(lengths)
     combined: dict[str, Any] = {"state": "running", "unit": "prompts", "done": done if total else None, "total": total or None}
-    if len(recs) == 1:
-        combined = {**recs[0], "metrics": dict(recs[0].get("metrics") or {})}
+    if len(reported) == 1:
+        combined = {**reported[0], "metrics": dict(reported[0].get("metrics") or {})}
     elif rate:
         combined["metrics"] = {"tok/s": rate}
     return combined, eta
 
 
-def _describe(rec: Mapping[str, Any], now: float) -> str:
+def _describe(record: Mapping[str, Any], now: float) -> str:
     """The runtime's own one-line description, without its ETA (the stage's is a column)."""
-    return describe({**rec, "rate": None}, now)
+    return describe({**record, "rate": None}, now)
 
 
 def step_progress(
     k: int,
     step: StepName,
-    js: JobState,
+    job: JobState,
     pods: Sequence[PodState],
     records: Mapping[str, Mapping[str, Any]],
     *,
@@ -106,28 +106,28 @@ def step_progress(
     """What the running step reports, None when no pod of it has reported yet (and, for
     generation, no shard has finished)."""
     now_s = now.timestamp()
-    recs = _records_of(k, pods, records)
-    shards_done = min(js.succeeded, shards) if step == "generate" else None
-    if not recs and not shards_done:
+    reported = _records_of(k, pods, records)
+    shards_done = min(job.succeeded, shards) if step == "generate" else None
+    if not reported and not shards_done:
         return None
     eta: float | None
     if step == "generate":
-        rec, eta = _generation(recs, shards_done or 0, shards, now_s)
+        record, eta = _generation(reported, shards_done or 0, shards, now_s)
         head = f"shards {shards_done}/{shards}"
-        line = f"{head} · {_describe(rec, now_s)}" if recs else f"{head} · waiting for the next shard's pod"
+        line = f"{head} · {_describe(record, now_s)}" if reported else f"{head} · waiting for the next shard's pod"
     else:
-        rec = next((r for r in recs if r.get("total") is not None), recs[0])
-        eta = eta_seconds(rec) if not rec.get("phase") else None
-        line = _describe(rec, now_s)
-    metrics = rec.get("metrics") or {}
-    updated = [r["updated"] for r in recs if r["updated"] is not None]
+        record = next((r for r in reported if r.get("total") is not None), reported[0])
+        eta = eta_seconds(record) if not record.get("phase") else None
+        line = _describe(record, now_s)
+    metrics = record.get("metrics") or {}
+    updated = [r["updated"] for r in reported if r["updated"] is not None]
     eta_s = int(round(eta)) if eta is not None and math.isfinite(eta) else None
     return StepProgress(
         iteration=k,
         step=step,
-        unit=str(rec.get("unit") or "")[:32],
-        done=_count(rec.get("done")),
-        total=_count(rec.get("total")),
+        unit=str(record.get("unit") or "")[:32],
+        done=_count(record.get("done")),
+        total=_count(record.get("total")),
         shards_done=shards_done,
         shards_total=shards if step == "generate" else None,
         loss=_number(metrics.get("loss")) if step == "train" else None,

@@ -8,9 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,28 +17,17 @@ import aiohttp
 
 from spin_operator.kube.expectations import RunKey
 from spin_operator.kube.objects import PodState
+from spin_operator.settings import DEFAULT_PROGRESS_SECONDS
 from spin_runtime.launch import PROGRESS_HTTP_PATH
 
 log = logging.getLogger("spin_operator")
 
-#: Seconds between two polls of one run's pods (SPIN_PROGRESS_SECONDS); also how soon a run
-#: with a step reporting progress is looked at again.
-POLL_SECONDS = 15.0
 #: Seconds one poll of one pod may take.
 TIMEOUT_SECONDS = 2.0
 #: Seconds a pod's last record is shown when polls of it fail.
 KEEP_SECONDS = 120.0
 #: Largest record accepted (a record is a few hundred bytes).
 MAX_BYTES = 64 * 1024
-
-
-def poll_seconds(env: Mapping[str, str] | None = None) -> float:
-    """The poll interval, from SPIN_PROGRESS_SECONDS (0 or less turns polling off)."""
-    raw = (os.environ if env is None else env).get("SPIN_PROGRESS_SECONDS", "")
-    try:
-        return float(raw) if raw.strip() else POLL_SECONDS
-    except ValueError:
-        return POLL_SECONDS
 
 
 def url(pod: PodState) -> str:
@@ -69,9 +57,10 @@ async def fetch(session: aiohttp.ClientSession, pod: PodState) -> dict[str, Any]
 @dataclass
 class ProgressPoller:
     """The per-process cache of progress records: run → (monotonic time of the last poll,
-    pod name → (time of its last good record, record))."""
+    pod name → (time of its last good record, record)). `interval`: the deployment's
+    progress_seconds (0 or less turns polling off)."""
 
-    interval: float = field(default_factory=poll_seconds)
+    interval: float = DEFAULT_PROGRESS_SECONDS
     timeout: float = TIMEOUT_SECONDS
     keep: float = KEEP_SECONDS
     clock: Callable[[], float] = time.monotonic
