@@ -365,13 +365,14 @@ def test_real_steps_on_the_tiny_model_complete_an_iteration_showing_live_progres
     """The real `spin` steps in pods with the operator's restricted security context (non-root,
     read-only root) on the claim; each serves its progress on its pod's own address (port
     `progress`); the operator polls it into status.progress (and the -o wide columns) while the
-    step runs, and drops it after."""
+    step runs, and drops it after. With evaluation.sftBaseline the continued-SFT arm is one more
+    training Job (`<run>-it0-sft`, its own progress) and the report shows both arms."""
     monkeypatch.setenv("SPIN_PROGRESS_SECONDS", "0.2")
     spec = {
         "iterations": 1,
         "generation": {"shards": 2, "maxNewTokens": 8, "batchSize": 8},
         "training": {"maxLength": 64, "maxPromptLength": 32, "maxSteps": 3, "perDeviceBatchSize": 2, "reportTo": []},
-        "evaluation": {"maxSamples": 4},
+        "evaluation": {"maxSamples": 4, "sftBaseline": {"enabled": True}},
     }
     with StatusRecorder(c, "e2e") as seen:
         c.start_operator()
@@ -386,11 +387,13 @@ def test_real_steps_on_the_tiny_model_complete_an_iteration_showing_live_progres
         # what the user fetches after the pods and the run are gone: the report and every step's log
         summary = (run_dir / "report" / "summary.md").read_text()
         assert "# SPIN run `e2e`" in summary and "| iter0 |" in summary, summary
+        assert "| iter0 · SFT |" in summary and "After iteration 0, " in summary, summary
+        assert (run_dir / "iter-0" / "sft-model").is_dir()
         logs = run_dir / "iter-0" / "logs"
         assert sorted(p.name for p in logs.glob("*.log")) == [
-            "convert.log", "evaluate.log", "generate-0-of-2.log", "generate-1-of-2.log", "train.log"]
+            "convert.log", "evaluate.log", "generate-0-of-2.log", "generate-1-of-2.log", "sft.log", "train.log"]
         for step, says in (("generate-1-of-2", "spin generate"), ("train", "spin train: iteration 0: saved"),
-                           ("evaluate", "spin evaluate: iteration 0: margin")):
+                           ("sft", "spin sft: iteration 0: saved"), ("evaluate", "spin evaluate: iteration 0: margin")):
             text = (logs / f"{step}.log").read_text()
             assert text.startswith("# ") and says in text, f"{step}.log:\n{text[-2000:]}"
         assert "spin evaluate: iteration 0: margin" in c.kube.kubectl("logs", "-n", c.namespace,
@@ -406,7 +409,7 @@ def test_real_steps_on_the_tiny_model_complete_an_iteration_showing_live_progres
     by_step: dict[str, list[dict[str, Any]]] = {}
     for st in seen.seen:
         by_step.setdefault(st["progress"]["step"], []).append(st)
-    assert {"generate", "train"} <= set(by_step), [s["progress"] for s in seen.seen]
+    assert {"generate", "train", "sft"} <= set(by_step), [s["progress"] for s in seen.seen]
     gen = by_step["generate"]
     assert all(s["progress"]["shardsTotal"] == 2 and s["phase"] == "Generating" for s in gen)
     assert all(s["wide"]["Progress"].startswith("shards ") and s["wide"]["Step"] == "generate" for s in gen)
@@ -414,6 +417,9 @@ def test_real_steps_on_the_tiny_model_complete_an_iteration_showing_live_progres
     assert all(p["iteration"] == 0 and p["summary"] for p in train), train
     counted = [p for p in train if p.get("total") is not None]
     assert counted and all(p["unit"] == "steps" and p["total"] == 3 for p in counted), train
+    arm = [s["progress"] for s in by_step["sft"]]
+    assert all(s["phase"] == "Training" for s in by_step["sft"]), arm
+    assert [p for p in arm if p.get("total") == 3 and p["unit"] == "steps"], arm
 
 
 @pytest.mark.slow

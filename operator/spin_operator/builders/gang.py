@@ -8,6 +8,7 @@ from typing import Any
 
 from spin_operator.builders.context import BuildContext
 from spin_operator.builders.meta import job_name, metadata
+from spin_runtime.api.status import StepName
 
 PODGROUP_GROUP, PODGROUP_VERSION, PODGROUP_PLURAL = "scheduling.x-k8s.io", "v1alpha1", "podgroups"
 PODGROUP_API_VERSION = f"{PODGROUP_GROUP}/{PODGROUP_VERSION}"
@@ -21,17 +22,17 @@ def gang_enabled(ctx: BuildContext) -> bool:
     return ctx.spec.training.gang_scheduling.enabled and ctx.spec.training.nodes > 1
 
 
-def pod_group_name(ctx: BuildContext) -> str:
+def pod_group_name(ctx: BuildContext, step: StepName) -> str:
     """The training Job's PodGroup has the Job's name."""
-    return job_name(ctx.run.name, ctx.iteration, "train")
+    return job_name(ctx.run.name, ctx.iteration, step)
 
 
-def pod_group(ctx: BuildContext) -> dict[str, Any]:
+def pod_group(ctx: BuildContext, step: StepName) -> dict[str, Any]:
     """A PodGroup of `training.nodes` members: the scheduler binds none of them until all fit."""
     gang = ctx.spec.training.gang_scheduling
     return {
         "apiVersion": PODGROUP_API_VERSION,
         "kind": PODGROUP_KIND,
-        "metadata": metadata(ctx.run, pod_group_name(ctx), iteration=ctx.iteration, step="train"),
+        "metadata": metadata(ctx.run, pod_group_name(ctx, step), iteration=ctx.iteration, step=step),
         "spec": {"minMember": ctx.spec.training.nodes, "scheduleTimeoutSeconds": gang.schedule_timeout_seconds},
     }

@@ -28,7 +28,9 @@ ANNOTATION_CREATED_BY_RUN = "spin.dev/created-by-run-uid"
 PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
 
 #: Job-name suffix of each step.
-STEP_SUFFIX: dict[StepName, str] = {"generate": "gen", "convert": "convert", "train": "train", "evaluate": "eval"}
+STEP_SUFFIX: dict[StepName, str] = {
+    "generate": "gen", "convert": "convert", "train": "train", "sft": "sft", "evaluate": "eval",
+}
 
 
 @dataclass(frozen=True)

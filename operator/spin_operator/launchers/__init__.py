@@ -58,7 +58,7 @@ def step_objects(ctx: BuildContext, stage: Stage) -> list[dict[str, Any]]:
     """Every object one stage of one iteration needs, in creation order: for a training step
     whatever the spec's launcher makes (e.g. a Job plus its headless Service), else its one Job."""
     launcher = for_step(ctx.spec, stage.name)
-    return launcher.objects(ctx) if launcher is not None else [step_job(ctx, stage)]
+    return launcher.objects(ctx, stage.name) if launcher is not None else [step_job(ctx, stage)]
 
 
 def by_kind(kind: str) -> Launcher | None:

@@ -14,13 +14,10 @@ from spin_operator.builders.meta import suspended_by_annotation
 from spin_operator.kube.objects import JobState, true_conditions
 from spin_operator.settings import DeploymentSettings, launcher_switch_env
 from spin_runtime.api.spec import Training
-from spin_runtime.api.status import Reason, StepName
+from spin_runtime.api.status import TRAINING_STEPS, Reason, StepName
 
-#: The steps the spec's launcher runs as a multi-node training object (its Job, PyTorchJob or
-#: TrainJob, with its companions, availability check, gang and all-nodes-running wait); every
-#: other step runs as one batch Job. A second training-like step is declared here (its objects
-#: come from the launcher's `objects`, which builds `train`'s today).
-TRAINING_STEPS: frozenset[StepName] = frozenset({"train"})
+__all__ = ["TRAINING_STEPS"]  # the steps a launcher runs (status.py declares them; the local driver reads them too)
+
 #: The launcher a spec gets when it names none (the spec's default).
 DEFAULT_LAUNCHER: str = Training.model_fields["launcher"].default
 
@@ -46,11 +43,11 @@ class Launcher(Protocol):
     #: them at each reconcile), False for a batch/v1 Job (in the operator's watch index).
     custom_resource: bool
 
-    def objects(self, ctx: BuildContext) -> list[dict[str, Any]]:
-        """Every object of iteration k's training step, in creation order (companions first)."""
+    def objects(self, ctx: BuildContext, step: StepName) -> list[dict[str, Any]]:
+        """Every object of iteration k's training step `step`, in creation order (companions first)."""
         ...
 
-    def companions(self, ctx: BuildContext) -> list[dict[str, Any]]:
+    def companions(self, ctx: BuildContext, step: StepName) -> list[dict[str, Any]]:
         """Objects that must exist while the training runs (recreated when deleted)."""
         ...
 
@@ -124,13 +121,13 @@ class CustomResourceLauncher:
     #: what a cluster admin installs to serve the resource
     provider: str = ""
 
-    def build(self, ctx: BuildContext) -> dict[str, Any]:
+    def build(self, ctx: BuildContext, step: StepName) -> dict[str, Any]:
         raise NotImplementedError
 
-    def objects(self, ctx: BuildContext) -> list[dict[str, Any]]:
-        return [self.build(ctx)]
+    def objects(self, ctx: BuildContext, step: StepName) -> list[dict[str, Any]]:
+        return [self.build(ctx, step)]
 
-    def companions(self, ctx: BuildContext) -> list[dict[str, Any]]:
+    def companions(self, ctx: BuildContext, step: StepName) -> list[dict[str, Any]]:
         return []
 
     def read_state(self, obj: Mapping[str, Any]) -> JobState:

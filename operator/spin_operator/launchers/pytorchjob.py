@@ -8,6 +8,7 @@ from typing import Any
 from spin_operator.builders.context import BuildContext
 from spin_operator.builders.pod import container_resources, pod_template, rendezvous_env, run_dir, step_images
 from spin_operator.launchers.base import CustomResourceLauncher
+from spin_runtime.api.status import StepName
 from spin_runtime.launch import procs_per_node, torchrun_from_env_argv
 from spin_runtime.plan.stages import Step
 
@@ -18,15 +19,15 @@ PYTORCHJOB_PLURAL = "pytorchjobs"
 PROVIDER = "the Kubeflow training operator"
 
 
-def pytorchjob(ctx: BuildContext) -> dict[str, Any]:
+def pytorchjob(ctx: BuildContext, step: StepName) -> dict[str, Any]:
     """A PyTorchJob: one Master and nodes−1 Workers sharing one pod template, container `pytorch`
     (the name the training operator looks for)."""
     training = ctx.spec.training
     _, image, pull = step_images(ctx)
-    step_argv = Step(ctx.iteration, "train").argv(run_dir(ctx.run.name, ctx.spec))
+    step_argv = Step(ctx.iteration, step).argv(run_dir(ctx.run.name, ctx.spec))
     template = pod_template(
         ctx,
-        "train",
+        step,
         image=image,
         pull_policy=pull,
         command=torchrun_from_env_argv(step_argv),
@@ -41,7 +42,7 @@ def pytorchjob(ctx: BuildContext) -> dict[str, Any]:
     return {
         "apiVersion": PYTORCHJOB_API_VERSION,
         "kind": PYTORCHJOB_KIND,
-        "metadata": ctx.workload_metadata("train"),
+        "metadata": ctx.workload_metadata(step),
         "spec": {
             "nprocPerNode": str(procs_per_node(training)),
             "runPolicy": {"backoffLimit": 0, "suspend": ctx.suspend},
@@ -61,5 +62,5 @@ class PyTorchJobLauncher(CustomResourceLauncher):
     suspend_path = ("runPolicy", "suspend")
     provider = PROVIDER
 
-    def build(self, ctx: BuildContext) -> dict[str, Any]:
-        return pytorchjob(ctx)
+    def build(self, ctx: BuildContext, step: StepName) -> dict[str, Any]:
+        return pytorchjob(ctx, step)

@@ -24,6 +24,7 @@ from spin_operator.builders.pod import (
     volumes,
 )
 from spin_operator.launchers.base import CustomResourceLauncher
+from spin_runtime.api.status import StepName
 from spin_runtime.launch import procs_per_node, torchrun_from_env_argv
 from spin_runtime.plan.stages import Step
 
@@ -39,7 +40,7 @@ PATCH_MANAGER = "spin.dev/spin-operator"
 PROVIDER = "Kubeflow Trainer v2 (with a torch ClusterTrainingRuntime such as torch-distributed)"
 
 
-def node_pod_patch(ctx: BuildContext) -> dict[str, Any]:
+def node_pod_patch(ctx: BuildContext, step: StepName) -> dict[str, Any]:
     """The runtime's trainer pod template patched with what every spinrun pod has: the run's
     labels (the operator watches its pods by them), the run volume and spec ConfigMap, the
     restricted security contexts and the scheduling fields of the spec."""
@@ -53,20 +54,20 @@ def node_pod_patch(ctx: BuildContext) -> dict[str, Any]:
         ],
     }
     pod.update(scheduling_fields(spec, priority_class=False))  # the runtime's priority class applies
-    return {"metadata": {"labels": labels(ctx.run.name, ctx.iteration, "train")}, "spec": pod}
+    return {"metadata": {"labels": labels(ctx.run.name, ctx.iteration, step)}, "spec": pod}
 
 
-def trainjob(ctx: BuildContext) -> dict[str, Any]:
+def trainjob(ctx: BuildContext, step: StepName) -> dict[str, Any]:
     """The TrainJob of iteration k: numNodes pods running `torchrun -m spin_runtime.cli train`
     (rendezvous from the PET_* variables the torch plugin sets), owned by the SpinRun."""
     training = ctx.spec.training
     _, image, _ = step_images(ctx)
-    step_argv = Step(ctx.iteration, "train").argv(run_dir(ctx.run.name, ctx.spec))
+    step_argv = Step(ctx.iteration, step).argv(run_dir(ctx.run.name, ctx.spec))
     env = env_vars(ctx) + rendezvous_env(training)
     return {
         "apiVersion": TRAINJOB_API_VERSION,
         "kind": TRAINJOB_KIND,
-        "metadata": ctx.workload_metadata("train"),
+        "metadata": ctx.workload_metadata(step),
         "spec": {
             "runtimeRef": {"name": training.training_runtime.name, "apiGroup": RUNTIME_API_GROUP, "kind": training.training_runtime.kind},
             "trainer": {
@@ -84,7 +85,7 @@ def trainjob(ctx: BuildContext) -> dict[str, Any]:
                         "template": {
                             "spec": {
                                 "replicatedJobs": [
-                                    {"name": TRAINER_NODE, "template": {"spec": {"template": node_pod_patch(ctx)}}}
+                                    {"name": TRAINER_NODE, "template": {"spec": {"template": node_pod_patch(ctx, step)}}}
                                 ]
                             }
                         }
@@ -106,5 +107,5 @@ class TrainJobLauncher(CustomResourceLauncher):
     plural = TRAINJOB_PLURAL
     provider = PROVIDER
 
-    def build(self, ctx: BuildContext) -> dict[str, Any]:
-        return trainjob(ctx)
+    def build(self, ctx: BuildContext, step: StepName) -> dict[str, Any]:
+        return trainjob(ctx, step)

@@ -669,7 +669,7 @@ def _ensure_companions(run_pass: ReconcilePass, ctx: BuildContext, step: StepNam
     launcher = launchers.for_step(ctx.spec, step)
     if launcher is None:
         return
-    for obj in launcher.companions(ctx):
+    for obj in launcher.companions(ctx, step):
         if obj["kind"] == "Service" and obj["metadata"]["name"] not in run_pass.observed.services:
             run_pass.act(Create(obj))
 

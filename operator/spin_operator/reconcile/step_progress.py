@@ -11,7 +11,7 @@ from typing import Any
 
 from spin_operator.kube.objects import JobState, PodState
 from spin_operator.kube.timestamps import rfc3339
-from spin_runtime.api.status import StepName, StepProgress
+from spin_runtime.api.status import TRAINING_STEPS, StepName, StepProgress
 from spin_runtime.steps.step_progress import describe, eta_seconds, fmt_duration
 
 SUMMARY_MAX = 256
@@ -130,7 +130,7 @@ def step_progress(
         total=_count(record.get("total")),
         shards_done=shards_done,
         shards_total=shards if step == "generate" else None,
-        loss=_number(metrics.get("loss")) if step == "train" else None,
+        loss=_number(metrics.get("loss")) if step in TRAINING_STEPS else None,
         margin=_number(metrics.get("margin")) if step == "train" else None,
         eta_seconds=eta_s,
         eta=fmt_duration(eta_s) if eta_s is not None else None,

@@ -24,5 +24,5 @@ def test_children_are_owned_labelled_and_names_fit(case: str) -> None:
 
 
 def test_job_names_follow_the_step_suffixes() -> None:
-    assert [meta.job_name("r", 3, s) for s in meta.STEP_SUFFIX] == ["r-it3-gen", "r-it3-convert", "r-it3-train", "r-it3-eval"]
+    assert [meta.job_name("r", 3, s) for s in meta.STEP_SUFFIX] == ["r-it3-gen", "r-it3-convert", "r-it3-train", "r-it3-sft", "r-it3-eval"]
     assert meta.spec_configmap_name("r", 3) == "r-it3-spec" and meta.pvc_name("r") == "r-data"

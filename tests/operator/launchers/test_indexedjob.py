@@ -43,7 +43,7 @@ def test_multi_node_training_wires_torchrun_to_pod_zero() -> None:
 
 def test_single_cpu_node_trains_without_torchrun() -> None:
     run, ref = run_of("cpu-single-node")
-    assert train_command(BuildContext(ref, run.spec, 0)) == ["spin", "train", "--run-dir", "/data/runs/demo", "--iteration", "0"]
+    assert train_command(BuildContext(ref, run.spec, 0), "train") == ["spin", "train", "--run-dir", "/data/runs/demo", "--iteration", "0"]
 
 
 def test_gang_scheduled_training_gets_a_pod_group_of_all_its_nodes() -> None:
@@ -53,7 +53,7 @@ def test_gang_scheduled_training_gets_a_pod_group_of_all_its_nodes() -> None:
     run, ref = run_of("gpu-multi-node")
     spec = run.spec.model_copy(deep=True)
     spec.training.gang_scheduling.enabled = True
-    objs = IndexedJobLauncher().objects(BuildContext(ref, spec, 0))
+    objs = IndexedJobLauncher().objects(BuildContext(ref, spec, 0), "train")
     assert [o["kind"] for o in objs] == ["Service", "PodGroup", "Job"]
     pg, job = objs[1], objs[2]
     assert pg["apiVersion"] == "scheduling.x-k8s.io/v1alpha1"
@@ -64,4 +64,4 @@ def test_gang_scheduled_training_gets_a_pod_group_of_all_its_nodes() -> None:
     assert pod["spec"]["schedulerName"] == "scheduler-plugins-scheduler"
     single = spec.model_copy(deep=True)
     single.training.nodes = 1
-    assert [o["kind"] for o in IndexedJobLauncher().objects(BuildContext(ref, single, 0))] == ["Job"]  # nothing to gang
+    assert [o["kind"] for o in IndexedJobLauncher().objects(BuildContext(ref, single, 0), "train")] == ["Job"]  # nothing to gang

@@ -30,13 +30,37 @@ def test_custom_resources_are_found_by_kind() -> None:
 def test_the_training_steps_run_through_the_specs_launcher_and_the_others_as_jobs() -> None:
     """Which steps a launcher runs is one declaration (TRAINING_STEPS), read through for_step by
     the decision (availability, companions, the all-nodes wait) and the stage builder."""
+    from spin_runtime.api import status
     from spin_runtime.api.spec import SpinRunSpec
     from spin_runtime.api.status import STEP_ORDER
     from tests.operator.fixtures import make_body
 
-    assert {"train"} == launchers.TRAINING_STEPS
+    assert launchers.TRAINING_STEPS is status.TRAINING_STEPS == {"train", "sft"}
     for name in launchers.LAUNCHERS:
         spec = SpinRunSpec.model_validate({**make_body()["spec"], "training": {"launcher": name}})
         for step in STEP_ORDER:
             expected = launchers.LAUNCHERS[name] if step in launchers.TRAINING_STEPS else None
             assert launchers.for_step(spec, step) is expected
+
+
+def test_the_continued_sft_arm_runs_through_the_launcher_like_train_under_its_own_names() -> None:
+    """evaluation.sftBaseline's step is a training step: the spec's launcher builds it with the
+    training resources and torchrun, named `<run>-it<k>-sft`, running `spin sft`."""
+    from spin_operator.builders.context import BuildContext
+    from spin_operator.builders.meta import RunRef
+    from spin_runtime.api.spec import SpinRunSpec
+    from spin_runtime.plan.stages import Stage
+    from tests.operator.fixtures import make_body
+
+    for name in launchers.LAUNCHERS:
+        spec = SpinRunSpec.model_validate({**make_body()["spec"], "training": {"launcher": name, "nodes": 2},
+                                           "storage": {"newClaim": {"accessModes": ["ReadWriteMany"]}},
+                                           "evaluation": {"sftBaseline": {"enabled": True}}})  # fmt: skip
+        ctx = BuildContext(RunRef("demo", "ns1", "uid-1"), spec, 1)
+        train = launchers.step_objects(ctx, Stage(1, "train"))
+        arm = launchers.step_objects(ctx, Stage(1, "sft"))
+        assert [o["kind"] for o in arm] == [o["kind"] for o in train], name
+        text = str(arm)
+        assert "demo-it1-sft" in text and "demo-it1-train" not in text, name
+        assert "'sft', '--run-dir'" in text and "'train', '--run-dir'" not in text, name
+        assert str(train).replace("demo-it1-train", "demo-it1-sft").replace("'train'", "'sft'") == text, name
