@@ -215,3 +215,22 @@ def test_spin_plan_measures_the_tokens_of_a_run_directory(
     assert main(["plan", str(run_dir / "spec.json"), "--run-dir", str(run_dir), "--params", "7B"]) == 0
     out = capsys.readouterr().out
     assert f"{expected_gen:,}" in out and "given with --params" in out and "measured in" in out
+
+
+def test_the_continued_sft_arm_costs_6n_per_real_token_per_epoch_and_gets_its_own_column() -> None:
+    """evaluation.sftBaseline: the arm trains on every pair's real sequence (≤ maxLength) for as
+    many epochs as SPIN, without an opponent; `spin plan` shows its GPU-hours and counts them in
+    the wall-clock, and says nothing of it for a spec without the arm."""
+    a = est.Assumptions("H100", est.params_from_name("HuggingFaceH4/zephyr-7b-sft-full"))
+    base = _paper().dump()
+    without = est.estimate_run(spec(**base), a)
+    base["evaluation"] = {"sftBaseline": {"enabled": True}}
+    arm_spec = spec(**base)
+    with_arm = est.estimate_run(arm_spec, a)
+    it = with_arm.iterations[0]
+    flops = it.pairs * arm_spec.training.max_length * a.params.n * 6 * arm_spec.schedule[0].epochs
+    assert it.sft_gpu_hours == pytest.approx(flops / (a.peak_flops * a.mfu) / 3600)
+    assert it.train_gpu_hours == without.iterations[0].train_gpu_hours, "SPIN's own cost unchanged"
+    text = est.format_estimate(arm_spec, with_arm)
+    assert "SFT arm GPU-h" in text and "training and the SFT arm" in text and "continued-SFT arm" in text
+    assert "SFT arm" not in est.format_estimate(spec(**_paper().dump()), without)

@@ -212,6 +212,13 @@ def training_flops(tokens_per_epoch: float, n_params: int, epochs: float, precom
     return tokens_per_epoch * n_params * (policy * epochs + OPPONENT_FLOPS_PER_PARAM * opponent_passes)
 
 
+def sft_arm_flops(pairs: int, max_length: int, n_params: int, epochs: float, lora: bool) -> float:
+    """FLOPs of one iteration's continued-SFT arm (evaluation.sftBaseline): per epoch (policy
+    factor)·N per token of every pair's real sequence (≤ maxLength); no opponent."""
+    policy = LORA_POLICY_FLOPS_PER_PARAM if lora else POLICY_FLOPS_PER_PARAM
+    return pairs * max_length * n_params * policy * epochs
+
+
 def training_gpu_hours(flops: float, peak_flops: float, mfu: float) -> float:
     """GPU-hours to do `flops` at `mfu` of the peak (summed over GPUs: divide by GPUs for hours)."""
     return flops / (peak_flops * mfu) / 3600.0
@@ -270,6 +277,8 @@ class IterationEstimate:
     train_gpu_hours: float | None
     gen_basis: str = "bound"
     train_basis: str = "bound"
+    #: The continued-SFT arm's GPU-hours (None: no arm, or unknown).
+    sft_gpu_hours: float | None = None
 
 
 @dataclass(frozen=True)
@@ -327,6 +336,7 @@ def estimate_run(
                 train_gpu_hours=training.gpu_hours,
                 gen_basis="measured" if generation.tokens_measured is not None else "bound",
                 train_basis="measured" if held.train_tokens is not None else "bound",
+                sft_gpu_hours=training.sft_gpu_hours,
             )
         )
     return RunEstimate(iterations, assumptions, counts, _estimate_notes(spec, counts))
@@ -367,6 +377,7 @@ class _TrainingCost(NamedTuple):
     steps: int | None
     tokens_bound: int | None
     gpu_hours: float | None
+    sft_gpu_hours: float | None
 
 
 def _training_cost(
@@ -386,11 +397,14 @@ def _training_cost(
     bound = pairs * pair_tokens_bound(spec) if pairs is not None else None
     tokens = held.train_tokens if held.train_tokens is not None else bound
     n_params = assumptions.params.n
-    gpu_hours = None
+    gpu_hours = sft_hours = None
     if tokens is not None and n_params is not None:
         flops = training_flops(tokens, n_params, epochs_run, training.precompute_ref_log_probs, training.lora.enabled)
         gpu_hours = training_gpu_hours(flops, assumptions.peak_flops, assumptions.mfu)
-    return _TrainingCost(pairs, steps, bound, gpu_hours)
+    if spec.evaluation.sft_baseline.enabled and pairs is not None and n_params is not None:
+        arm = sft_arm_flops(pairs, training.max_length, n_params, epochs_run, training.lora.enabled)
+        sft_hours = training_gpu_hours(arm, assumptions.peak_flops, assumptions.mfu)
+    return _TrainingCost(pairs, steps, bound, gpu_hours, sft_hours)
 
 
 def _estimate_notes(spec: SpinRunSpec, counts: PromptCounts) -> list[str]:
@@ -435,7 +449,7 @@ def format_estimate(spec: SpinRunSpec, est: RunEstimate) -> str:
         "else from the bounds)",
         "",
     ]
-    lines += _table(_estimate_rows(est))
+    lines += _table(_estimate_rows(spec, est))
     lines += _wall_clock_lines(spec, est)
     lines += ["", "Assumptions:"]
     lines += _rate_assumptions(spec, est.assumptions)
@@ -443,11 +457,13 @@ def format_estimate(spec: SpinRunSpec, est: RunEstimate) -> str:
     return "\n".join(lines)
 
 
-def _estimate_rows(est: RunEstimate) -> list[list[str]]:
-    """The table's header, one row per iteration and the totals ('≤' marks bounds, 'm' measured hours)."""
+def _estimate_rows(spec: SpinRunSpec, est: RunEstimate) -> list[list[str]]:
+    """The table's header, one row per iteration and the totals ('≤' marks bounds, 'm' measured
+    hours); a column for the continued-SFT arm when the spec has one."""
     header = ["iter", "prompts", "gen tokens ≤", "gen measured", "pairs", "train tok/epoch ≤", "train measured",
               "opt steps", "gen GPU-h", "train GPU-h"]  # fmt: skip
     rows = [header]
+    arm = spec.evaluation.sft_baseline.enabled
     for it in est.iterations:
         rows.append(
             [
@@ -468,6 +484,11 @@ def _estimate_rows(est: RunEstimate) -> list[list[str]]:
     rows.append(["total", "", _int(gen_sum), "", "", _int(est.total("train_tokens_bound")), "",
                  _int(est.total("steps")), _hours(est.total("gen_gpu_hours")),
                  _hours(est.total("train_gpu_hours"))])  # fmt: skip
+    if arm:
+        rows[0].append("SFT arm GPU-h")
+        for row, it in zip(rows[1:-1], est.iterations, strict=True):
+            row.append(_hours(it.sft_gpu_hours))
+        rows[-1].append(_hours(est.total("sft_gpu_hours")))
     return rows
 
 
@@ -477,13 +498,17 @@ def _wall_clock_lines(spec: SpinRunSpec, est: RunEstimate) -> list[str]:
     gen_total, train_total = est.total("gen_gpu_hours"), est.total("train_gpu_hours")
     if gen_total is None or train_total is None:
         return []
+    arm = est.total("sft_gpu_hours") if spec.evaluation.sft_baseline.enabled else None
+    if arm is not None:
+        train_total += arm
     engines, gpus_per_engine = spec.generation.shards, spec.generation.tensor_parallel_size
     world = world_size(spec.training)
     gen_wall = gen_total / (engines * gpus_per_engine)
     return [
         "",
         f"wall-clock ≈ {gen_wall:.2f} h generating ({engines} engine(s) × {gpus_per_engine} GPU(s), all at once) "
-        f"+ {train_total / world:.2f} h training ({world} GPU(s)) = {gen_wall + train_total / world:.2f} h; "
+        f"+ {train_total / world:.2f} h training{' and the SFT arm' if arm is not None else ''} ({world} GPU(s)) "
+        f"= {gen_wall + train_total / world:.2f} h; "
         f"{gen_total + train_total:.2f} GPU-hours",
     ]
 
@@ -539,6 +564,11 @@ def _count_assumptions(spec: SpinRunSpec, est: RunEstimate) -> list[str]:
         f"× {world_size(training)} process(es))) / gradientAccumulationSteps {training.gradient_accumulation_steps}))"
         + (f"; training.maxSteps {training.max_steps} overrides" if training.max_steps is not None else ""),
     ]
+    if spec.evaluation.sft_baseline.enabled:
+        lines.append(
+            f"  continued-SFT arm (evaluation.sftBaseline): {POLICY_FLOPS_PER_PARAM}N per token per epoch on ≤ maxLength "
+            f"({training.max_length}) tokens per pair (prompt and real answer), the same optimizer steps, no opponent"
+        )
     if training.gpus_per_node == 0:
         gpu = est.assumptions.gpu
         lines.append(f"  training.gpusPerNode is 0 (CPU): the GPU-hours are those of the same steps on {gpu} GPUs")
