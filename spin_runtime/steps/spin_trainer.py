@@ -20,6 +20,10 @@ The SPIN loss itself is still TRL's `_compute_loss`, unchanged; only the log-pro
 from here (tests pin losses, metrics and gradients to TRL's on the same batch). The fast head is
 installed only on CPU models without logit scaling or soft-capping, outside DeepSpeed, and when
 no loss weighting needs `log_sum_sq_probs`; otherwise the trainer is TRL's as is.
+
+This is the one module that reaches into TRL's private parts (`_precompute_ref_logps`,
+`_prepare_dataset`, `_total_train_tokens`, `fused_lm_head`): pyproject bounds TRL to the release
+they were read from, and tests/runtime/test_spin_trainer.py fails loudly when they move.
 """
 
 from __future__ import annotations
@@ -407,3 +411,14 @@ class SpinDPOTrainer(DPOTrainer):
         self._install_fast_head()
         self.announce(f"opponent log-probs of {len(dataset)} {name} pairs")
         return super()._precompute_ref_logps(dataset, name, batch_size)
+
+    def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
+        # rows that are token ids already (collator original, built as the original code did) stay as they are
+        if "prompt_ids" in (dataset.column_names or []):
+            return dataset
+        return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
+    @property
+    def trained_tokens(self) -> float:
+        """Non-padding tokens of the policy batches so far, over all ranks (the Trainer's count)."""
+        return float(getattr(self, "_total_train_tokens", 0))

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, TrainerCallback
     from trl import DPOTrainer
 
+    from spin_runtime.steps.spin_trainer import SpinDPOTrainer
+
 SCRATCH = ".train-scratch"
 DEEPSPEED_FILE = "deepspeed.json"
 #: Files the Trainer writes next to the weights that a checkpoint must not carry (pickles).
@@ -110,17 +112,9 @@ def training_rows(rows: Sequence[dict[str, Any]], tok: PreTrainedTokenizerBase, 
 
 
 def _trainer_class() -> Any:
-    """TRL's DPOTrainer with spinrun's cheaper log-probs on CPU (`spin_trainer`), taking rows that
-    are already token ids as they are (collator original)."""
-    from spin_runtime.steps.spin_trainer import SpinDPOTrainer as FastDPOTrainer
-
-    class SpinDPOTrainer(FastDPOTrainer):
-        """The fast-path trainer whose dataset preparation leaves pre-tokenised rows alone."""
-
-        def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
-            if "prompt_ids" in (dataset.column_names or []):
-                return dataset
-            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+    """TRL's DPOTrainer as spinrun uses it (`spin_trainer`, the one module that touches TRL's
+    private parts): cheaper log-probs on CPU, rows that are token ids already taken as they are."""
+    from spin_runtime.steps.spin_trainer import SpinDPOTrainer
 
     return SpinDPOTrainer
 
@@ -399,12 +393,12 @@ def select_epoch(setup: TrainSetup, final: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- metrics
 
 
-def train_metrics(trainer: DPOTrainer, setup: TrainSetup) -> dict[str, Any]:
+def train_metrics(trainer: SpinDPOTrainer, setup: TrainSetup) -> dict[str, Any]:
     """metrics.json "train" section: per-logging-step history and the run summary."""
     spec = setup.ctx.spec
     iter_hparams = setup.ctx.hparams
     history = history_from_log(trainer.state.log_history)
-    summary = train_summary(trainer.state.log_history, history, tokens=float(getattr(trainer, "_total_train_tokens", 0)))
+    summary = train_summary(trainer.state.log_history, history, tokens=trainer.trained_tokens)
     summary.update(
         {
             "samples": setup.samples,
