@@ -5,12 +5,13 @@ with certificates and tokens made fresh in the cluster's state folder."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import ssl
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,6 +198,45 @@ def _http_ok(url: str) -> bool:
         return False
 
 
+def healthy(state: State, name: str) -> Callable[[], bool]:
+    """Whether the control-plane process `name` answers its health endpoint."""
+    p = state.ports
+    checks: dict[str, Callable[[], bool]] = {
+        "etcd": lambda: _http_ok(f"http://127.0.0.1:{p['etcd']}/health"),
+        "kube-apiserver": lambda: _https_ok(f"{state.server}/readyz", state.token(ADMIN_USER), state.pki.ca),
+        "kube-controller-manager": lambda: _https_ok(f"https://127.0.0.1:{p['controller_manager']}/healthz"),
+        "kube-scheduler": lambda: _https_ok(f"https://127.0.0.1:{p['scheduler']}/healthz"),
+    }
+    if name not in checks:
+        raise ClusterError(f"no control-plane process named {name!r}: one of {sorted(checks)}")
+    return checks[name]
+
+
+@contextlib.contextmanager
+def crashed(state: State, name: str, timeout: float = 120) -> Iterator[None]:
+    """The control-plane process `name` SIGKILLed (a crash: no shutdown) for the body of the
+    `with`, then started again with the same command line, its log appended to, and awaited
+    until healthy (etcd keeps its data folder). For tests of what a component's crash costs."""
+    check = healthy(state, name)
+    old = next((p for p in state.procs if p.name == name and p.alive()), None)
+    if old is None or not old.argv:
+        raise ClusterError(f"{name} is not running (or was started without its command line recorded)")
+    procs.kill([old])
+    try:
+        yield
+    finally:
+        new, _ = procs.spawn(name, old.argv, state.log(name))
+        state.procs[state.procs.index(old)] = new
+        state.save()
+        wait_until(check, timeout, f"{name} healthy again", [state.log(name)], new)
+
+
+def restart(state: State, name: str, timeout: float = 120) -> None:
+    """SIGKILL the control-plane process `name` and start it again at once (see `crashed`)."""
+    with crashed(state, name, timeout):
+        pass
+
+
 def start(state: State, binaries: dict[str, Path]) -> None:
     """Start etcd, the apiserver, the controller manager and the scheduler (in that order, each
     ready before the next), recording each process in `state` as soon as it runs."""
@@ -228,7 +268,7 @@ def start(state: State, binaries: dict[str, Path]) -> None:
         "--unsafe-no-fsync",  # a test cluster: speed over durability across power loss
         "--quota-backend-bytes", str(2 * 1024**3), "--log-level", "warn",
     ])
-    wait_until(lambda: _http_ok(f"http://127.0.0.1:{p['etcd']}/health"), 30, "etcd", [state.log("etcd")], etcd)
+    wait_until(healthy(state, "etcd"), 30, "etcd", [state.log("etcd")], etcd)
     apiserver = launch("kube-apiserver", [
         str(binaries["kube-apiserver"]), f"--etcd-servers=http://127.0.0.1:{p['etcd']}",
         "--bind-address=127.0.0.1", f"--secure-port={p['apiserver']}",
@@ -250,8 +290,7 @@ def start(state: State, binaries: dict[str, Path]) -> None:
         "--audit-log-maxsize=200", "--audit-log-maxbackup=1",
         "--profiling=false", "--v=1",
     ])
-    admin = state.token(ADMIN_USER)
-    wait_until(lambda: _https_ok(f"{state.server}/readyz", admin, pki.ca), 90, "kube-apiserver /readyz",
+    wait_until(healthy(state, "kube-apiserver"), 90, "kube-apiserver /readyz",
                [state.log("kube-apiserver"), state.log("etcd")], apiserver)
     bootstrap(state.client())
     kcm = launch("kube-controller-manager", [
@@ -269,9 +308,9 @@ def start(state: State, binaries: dict[str, Path]) -> None:
         "--bind-address=127.0.0.1", f"--secure-port={p['scheduler']}", "--leader-elect=false",
         "--profiling=false", "--v=1",
     ])
-    wait_until(lambda: _https_ok(f"https://127.0.0.1:{p['controller_manager']}/healthz"), 60,
+    wait_until(healthy(state, "kube-controller-manager"), 60,
                "kube-controller-manager /healthz", [state.log("kube-controller-manager")], kcm)
-    wait_until(lambda: _https_ok(f"https://127.0.0.1:{p['scheduler']}/healthz"), 60, "kube-scheduler /healthz",
+    wait_until(healthy(state, "kube-scheduler"), 60, "kube-scheduler /healthz",
                [state.log("kube-scheduler")], scheduler)
 
 

@@ -17,11 +17,16 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Proc:
-    """A started process: its name, pid, and start time in clock ticks since boot (/proc/PID/stat)."""
+    """A started process: its name, pid, start time in clock ticks since boot (/proc/PID/stat), and
+    the command line it was started with (to start it again: `controlplane.crashed`)."""
 
     name: str
     pid: int
     started: int
+    argv: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "argv", tuple(self.argv))  # a list when read back from JSON
 
     def alive(self) -> bool:
         return start_ticks(self.pid) == self.started
@@ -61,7 +66,7 @@ def spawn(name: str, argv: Sequence[str], log: Path, env: Mapping[str, str] | No
         if ticks is not None or proc.poll() is not None:
             break
         time.sleep(0.01)
-    return Proc(name, proc.pid, ticks or 0), proc
+    return Proc(name, proc.pid, ticks or 0, tuple(argv)), proc
 
 
 def sessions_members(sids: set[int]) -> list[int]:
@@ -85,6 +90,17 @@ def stop(procs: Sequence[Proc], grace: float = 10.0) -> None:
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and sessions_members(sids):
         time.sleep(0.05)
+    for pid in sessions_members(sids):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and sessions_members(sids):
+        time.sleep(0.05)
+
+
+def kill(procs: Sequence[Proc]) -> None:
+    """SIGKILL every process of each one's session at once (a crash: no shutdown of any kind)."""
+    sids = {p.pid for p in procs if p.alive()}
     for pid in sessions_members(sids):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
