@@ -23,6 +23,16 @@ class ApiError(Exception):
         super().__init__(f"{status} {reason}: {message}")
         self.status, self.message, self.reason = status, message, reason
 
+    @property
+    def passing(self) -> bool:
+        """An answer that asks to try again (5xx: e.g. the apiserver starting or etcd gone; 429)."""
+        return self.status >= 500 or self.status == 429
+
+
+class Unreachable(ConnectionError):
+    """No answer from the apiserver at all (refused, reset, timed out): it is restarting or gone.
+    An OSError, so that callers that already survive a broken socket survive this too."""
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -64,7 +74,10 @@ class Client:
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = content_type
-        resp = self.pool.request(method, url, body=data, headers=headers, timeout=self.timeout)
+        try:
+            resp = self.pool.request(method, url, body=data, headers=headers, timeout=self.timeout)
+        except urllib3.exceptions.HTTPError as e:
+            raise Unreachable(f"{method} {url_path}: no answer from {self.endpoint.server}: {e}") from e
         return _decode(resp.status, resp.data)
 
     def get(self, url_path: str, **params: Any) -> Any:
@@ -86,8 +99,11 @@ class Client:
         """The events of one watch request (until the server ends it after `timeout_seconds`)."""
         query = {"watch": "true", "timeoutSeconds": timeout_seconds, "allowWatchBookmarks": "true", **params}
         url = f"{self.endpoint.server}{url_path}?{urlencode(query)}"
-        resp = self.pool.request("GET", url, headers=self.headers, preload_content=False,
-                                 timeout=urllib3.Timeout(connect=10, read=timeout_seconds + 30))
+        try:
+            resp = self.pool.request("GET", url, headers=self.headers, preload_content=False,
+                                     timeout=urllib3.Timeout(connect=10, read=timeout_seconds + 30))
+        except urllib3.exceptions.HTTPError as e:
+            raise Unreachable(f"watch {url_path}: no answer from {self.endpoint.server}: {e}") from e
         try:
             if resp.status >= 300:
                 _decode(resp.status, resp.read())

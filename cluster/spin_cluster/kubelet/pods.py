@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spin_cluster.api import STRATEGIC, ApiError, Client, path
+from spin_cluster.api import STRATEGIC, ApiError, Client, Unreachable, path
 from spin_cluster.kubelet import env as env_mod
 from spin_cluster.kubelet import status as st
 from spin_cluster.kubelet.config import KubeletConfig
@@ -107,6 +107,8 @@ class PodWorker:
     start_time: str = ""
     errors: list[str] = field(default_factory=list)
     _last_status: dict[str, Any] | None = None
+    #: the last status computed has not reached the API yet (it was unreachable)
+    _unwritten: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -183,7 +185,7 @@ class PodWorker:
             try:
                 self.host_paths = self.volumes.prepare()
                 return True
-            except (VolumeNotReady, env_mod.ConfigError) as e:
+            except (VolumeNotReady, env_mod.ConfigError, Unreachable) as e:
                 if str(e) != warned:
                     warned = str(e)
                     self.event(self.pod, "Warning", "FailedMount", f"MountVolume.SetUp failed: {e}")
@@ -260,7 +262,7 @@ class PodWorker:
             before = [c.get("status") for c in self.conditions]
             self.conditions = st.conditions(self.conditions, sandbox=True, initialized=True, ready=ready)
             changed |= before != [c.get("status") for c in self.conditions]
-            if changed:
+            if changed or self._unwritten:
                 self._write_status()
             if self._phase() in ("Succeeded", "Failed"):
                 return
@@ -274,15 +276,27 @@ class PodWorker:
         """Write the final status; on deletion, remove the pod object; free the sandbox."""
         with contextlib.suppress(Exception):
             self._kill_all(0)
-        if not self.gone:
-            with contextlib.suppress(Exception):
+        while not self.gone and not self.keep_object:  # a pod that ended while the apiserver was down
+            try:  # is reported once it is back
                 self._write_status(final=True)
-        if self._deleting() and not self.gone and not self.keep_object:
+            except Exception:
+                break
+            if not self._unwritten:
+                break
+            time.sleep(1.0)
+        while self._deleting() and not self.gone and not self.keep_object:
             meta = self.pod["metadata"]
-            with contextlib.suppress(ApiError):
+            try:
                 self.api.delete(path("", "v1", "pods", meta["namespace"], meta["name"]),
                                 {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
                                  "preconditions": {"uid": meta["uid"]}})
+                break
+            except Unreachable:
+                time.sleep(1.0)
+            except ApiError as e:
+                if not e.passing:
+                    break
+                time.sleep(1.0)
         self.network.remove_pod(self.uid)
         if self.volumes is not None:
             self.volumes.teardown()
@@ -331,7 +345,7 @@ class PodWorker:
                 pod_ip=self.pod_ip, host_ip=self.services.host_ip, node_allocatable=self.allocatable)
             environment.setdefault("HOME", "/root" if uid == 0 else "/")
             argv = env_mod.command_line(spec, environment)
-        except (env_mod.ConfigError, ApiError) as e:
+        except (env_mod.ConfigError, ApiError, Unreachable) as e:
             run.state.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}}
             run.next_start = time.monotonic() + 2.0
             self._write_status()
@@ -530,15 +544,22 @@ class PodWorker:
         if self.init:
             status["initContainerStatuses"] = [r.state.to_status() for r in self.init]
         if status == self._last_status:
+            self._unwritten = False
             return
         meta = self.pod["metadata"]
         try:
             self.api.patch(path("", "v1", "pods", meta["namespace"], meta["name"], "status"),
                            {"metadata": {"uid": meta["uid"]}, "status": status}, content_type=STRATEGIC)
             self._last_status = status
+            self._unwritten = False
+        except Unreachable:
+            self._unwritten = True  # the apiserver restarts: written on a later pass, as a kubelet's status manager does
         except ApiError as e:
+            self._unwritten = False
             if e.status == 404:
                 self.gone = True
+            elif e.passing:
+                self._unwritten = True
             elif e.status != 409:
                 raise
 
