@@ -102,19 +102,8 @@ def up(root: Path, options: Options | None = None) -> State:
                    for n in names],
             images=list(options.images))
         config.save(root / CONFIG_FILE)
-        kubelet, _ = procs.spawn("spin-kubelet", [sys.executable, "-m", "spin_cluster.kubelet", str(root)],
-                                 state.log("spin-kubelet"), env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        state.procs.append(kubelet)
-        state.save()
+        start_kubelet(state)
         api = state.client()
-
-        def nodes_ready() -> bool:
-            items = api.get("/api/v1/nodes").get("items") or []
-            ready = {n["metadata"]["name"] for n in items
-                     if any(c["type"] == "Ready" and c["status"] == "True" for c in (n.get("status") or {}).get("conditions") or [])}
-            return set(names) <= ready
-
-        controlplane.wait_until(nodes_ready, 60, "the nodes to be Ready", [state.log("spin-kubelet")], kubelet)
         if options.kwok_nodes:
             kwok.start(state, binaries, options.kwok_nodes, capacity)
 
@@ -132,6 +121,31 @@ def up(root: Path, options: Options | None = None) -> State:
     (root / "timings.json").write_text(json.dumps({"build_seconds": round(built - started, 1),
                                                    "start_seconds": round(time.monotonic() - built, 1)}) + "\n")
     return state
+
+
+def start_kubelet(state: State) -> procs.Proc:
+    """Start the process kubelet (it registers its nodes); returns once they are Ready."""
+    kubelet, _ = procs.spawn("spin-kubelet", [sys.executable, "-m", "spin_cluster.kubelet", str(state.root)],
+                             state.log("spin-kubelet"), env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    state.procs = [p for p in state.procs if p.name != "spin-kubelet"] + [kubelet]
+    state.save()
+    api = state.client()
+
+    def nodes_ready() -> bool:
+        items = api.get("/api/v1/nodes").get("items") or []
+        ready = {n["metadata"]["name"] for n in items
+                 if any(c["type"] == "Ready" and c["status"] == "True" for c in (n.get("status") or {}).get("conditions") or [])}
+        return set(state.nodes) <= ready
+
+    controlplane.wait_until(nodes_ready, 60, "the nodes to be Ready", [state.log("spin-kubelet")], kubelet)
+    return kubelet
+
+
+def restart_kubelet(state: State) -> procs.Proc:
+    """Stop the kubelet (its containers first) and start it again: as on a real node, this is how a
+    Node object deleted by hand comes back (a kubelet registers its node only when it starts)."""
+    procs.stop([p for p in state.procs if p.name == "spin-kubelet"], grace=30)
+    return start_kubelet(state)
 
 
 def down(root: Path, remove: bool = True) -> list[str]:
