@@ -5,7 +5,8 @@ otherwise. The pods themselves are real: scheduled, run by the process kubelet, 
 real Job controller.
 
 The control folder (mounted at /spin-instant by the kubelet's image configuration) holds
-`control.json`: {"hold": ["it0-train", ...]: run until removed from the list,
+`control.json`: {"hold": ["it0-train", "it0-gen/1", ...]: run until removed from the list (a step, or
+one index of it),
 "fail": {"it0-gen/1": n}: fail the first n runs of that index (exit 1),
 "exit": {"it0-train/0": 78}: exit with that code every time,
 "real": ["it0-train"]: run that step for real, through the same command line (`spin torchrun` included)},
@@ -58,7 +59,7 @@ def step(argv: list[str]) -> int:
     with open(CONTROL / "starts.jsonl", "a") as starts:
         starts.write(json.dumps({"job": f"{run_dir.name}-{suffix}", "index": index, "pid": os.getpid()}) + "\n")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    while suffix in _control().get("hold", []):
+    while {suffix, key} & set(_control().get("hold", [])):
         time.sleep(0.1)
     code = _control().get("exit", {}).get(key)
     if code is not None:

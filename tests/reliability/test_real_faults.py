@@ -289,3 +289,148 @@ def test_a_training_pod_evicted_costs_no_retry(c: E2E, tally: Tally) -> None:
     tally.add("observed.step_retries_spent_on_eviction", retries(run))
     tally.add("observed.seconds_eviction_to_replacement_running", round(replaced))
     print(f"eviction: replacement running {replaced:.1f}s after the Eviction")
+
+
+# --------------------------------------------------------------------------- a node deleted
+
+
+def test_a_node_deleted_under_a_running_shard_reruns_that_shard_alone(c: E2E, tally: Tally) -> None:
+    """`kubectl delete node` under generation shard 1 (shard 0 has finished; the claim is
+    ReadWriteMany, so no affinity keeps the shards together): the controller-manager's pod GC fails
+    and removes the orphaned pod (DisruptionTarget, DeletionByPodGC), the kubelet stops its process,
+    the Job controller reruns shard 1 on the other node. Shard 0 does not run again, the Job is not
+    recreated, no retry is spent. Afterwards the kubelet is restarted, which registers the node again
+    (as a real kubelet does)."""
+    from spin_cluster.cluster import restart_kubelet
+
+    c.hold("it0-gen/1")
+    c.start_operator()
+    c.create_run(run_body(spec={**ONE_ITERATION, "storage": {"newClaim": {"accessModes": ["ReadWriteMany"]}}}))
+    c.wait(lambda: sorted(c.starts("e2e-it0-gen")) == [0, 1] and job_done_index(c, "e2e-it0-gen", 0), 120,
+           "shard 0 done and shard 1 running (held)")
+    (pod,) = [p for p in running(c, "e2e-it0-gen") or [] if p["metadata"]["annotations"].get(INDEX) == "1"]
+    node = pod["spec"]["nodeName"]
+    with PodHistory(c.kube, c.namespace) as history:
+        t0 = time.monotonic()
+        try:
+            c.kube.kubectl("delete", "node", node)
+            rerun = c.wait(lambda: [p for p in running(c, "e2e-it0-gen") or [] if p["metadata"]["name"] != pod["metadata"]["name"]
+                                    and sorted(c.starts("e2e-it0-gen")) == [0, 1, 1]], 180, "shard 1 running again")
+            recovered = time.monotonic() - t0
+            c.release()
+            run = complete(c)
+        finally:
+            restart_kubelet(c.kube.state)
+    assert [p["spec"]["nodeName"] for p in rerun] != [node], "shard 1 reran on the deleted node"
+    lost = history.versions[pod["metadata"]["name"]]
+    assert condition(lost[-1], "DisruptionTarget").get("reason") == "DeletionByPodGC", lost[-1]["status"]
+    assert sorted(c.starts("e2e-it0-gen")) == [0, 1, 1]
+    assert c.job_creations().count("e2e-it0-gen") == 1
+    assert retries(run) == 0, run["status"]["iterations"]
+    tally.add("faults.node_deleted", 1)
+    tally.add("observed.shards_rerun_besides_the_lost_one", 0)
+    tally.add("observed.seconds_node_deleted_to_shard_rerunning", round(recovered))
+    print(f"node deleted: shard 1 running again {recovered:.1f}s later")
+
+
+INDEX = "batch.kubernetes.io/job-completion-index"
+
+
+def job_done_index(c: E2E, job: str, index: int) -> bool:
+    """Whether the Job controller counts `index` of `job` as completed."""
+    done = ((c.jobs().get(job) or {}).get("status") or {}).get("completedIndexes") or ""
+    return str(index) in done.replace("-", ",").split(",")
+
+
+# --------------------------------------------------------------------------- the CRD deleted
+
+
+def test_the_crd_deleted_with_runs_present_takes_them_and_their_children(
+    c: E2E, caplog: pytest.LogCaptureFixture, tally: Tally
+) -> None:
+    """`kubectl delete crd spinruns.spin.dev` with a run in flight: the apiserver deletes the
+    SpinRuns; the operator stays alive and logs no traceback. Whether the garbage collector takes
+    the run's Jobs, pods and ConfigMaps while the CRD is gone is a race of upstream's (its monitor
+    of the deleted kind can go before it has seen the SpinRuns' deletions; then the owner's kind
+    cannot be resolved and the dependents are kept): observed here, not asserted. Once the CRD is
+    applied again the collector resolves the owner, finds it gone, and takes them (asserted); the
+    claim stays (no deleteWithRun)."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    c.hold("it0-convert")
+    c.start_operator()
+    c.create_run(run_body(spec=ONE_ITERATION))
+    c.wait(lambda: running(c, "e2e-it0-convert"), 120, "convert running")
+    t0 = time.monotonic()
+    with crd_deleted(c.kube):
+        with contextlib.suppress(AssertionError):
+            wait(lambda: not c.jobs() and not c.pods(), CRD_GONE_SECONDS, "the children collected while the CRD is gone")
+        left = sorted(c.jobs())
+        assert c.operator.thread.is_alive()
+    c.wait(lambda: not c.jobs() and not c.pods(), 180, "the garbage collector to remove the Jobs and their pods")
+    collected = time.monotonic() - t0
+    configmaps = c.core.list_namespaced_config_map(c.namespace, label_selector="spin.dev/run=e2e").items
+    assert not configmaps, [m.metadata.name for m in configmaps]
+    assert "e2e-data" in c.pvcs(), "the claim outlives the run unless deleteWithRun"
+    tracebacks = [r.getMessage() for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
+    assert not tracebacks, tracebacks
+    tally.add("faults.crd_deleted", 1)
+    tally.add("observed.operator_tracebacks_on_crd_deletion", len(tracebacks))
+    tally.add("observed.jobs_left_while_the_crd_was_gone", len(left))
+    tally.add("observed.seconds_crd_deleted_to_children_collected", round(collected))
+    print(f"crd deleted: Jobs left after {CRD_GONE_SECONDS:.0f}s without the CRD: {left}; all collected {collected:.1f}s "
+          f"after the deletion")
+
+
+#: How long the CRD stays deleted in the test above (the collector's discovery resync is 30 s).
+CRD_GONE_SECONDS = 45.0
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "defect, a race (seen 2 times of 3; 60 s and 180 s waited): once the CRD is deleted, kopf marks spinruns unresolved; "
+    "it rescans the API group on each CRD watch event, and the re-created CRD's last event comes before "
+    "the apiserver's discovery lists spinruns again, so the running operator never watches SpinRuns "
+    "again until it restarts. Needs handlers.py (not ours to edit here): e.g. a liveness probe "
+    "(@kopf.on.probe) that fails while the SpinRun resource is unresolved, so the Deployment restarts it"))
+def test_a_run_created_after_the_crd_is_applied_again_is_reconciled(c: E2E, tally: Tally) -> None:
+    c.start_operator()
+    with crd_deleted(c.kube):
+        pass
+    c.create_run(run_body("again", spec=ONE_ITERATION))
+    tally.add("faults.crd_recreated", 1)
+    again = c.wait_phase("again", ("Complete", "Failed"), 60)
+    assert again["status"]["phase"] == "Complete", again["status"]
+
+
+@contextlib.contextmanager
+def crd_deleted(kube: Kube) -> Iterator[None]:
+    """The SpinRun CRD deleted (`kubectl delete crd`, waiting for its objects to go) for the body of
+    the `with`, then applied again and Established."""
+    try:
+        kube.kubectl("delete", "crd", "spinruns.spin.dev", "--wait=true", "--timeout=120s")
+        kube._crd = False
+        yield
+    finally:
+        kube._crd = False
+        kube.ensure_crd()
+
+
+# --------------------------------------------------------------------------- deleting a run with no operator
+
+
+def test_a_spinrun_is_deleted_with_the_operator_gone(c: E2E, tally: Tally) -> None:
+    """The operator stopped while a step runs; `kubectl delete spinrun` returns (no finalizer waits
+    for an operator) and the garbage collector takes its Jobs and pods."""
+    c.hold("it0-gen")
+    c.start_operator()
+    c.create_run(run_body(spec=ONE_ITERATION))
+    c.wait(lambda: running(c, "e2e-it0-gen"), 120, "generation running")
+    c.stop_operator()
+    assert not c.get_run("e2e")["metadata"].get("finalizers")
+    deleted = c.kube.kubectl("delete", "spinrun", "e2e", "-n", c.namespace, "--wait=true", "--timeout=30s", check=False)
+    assert deleted.returncode == 0, deleted.stderr
+    assert not c.run_exists("e2e")
+    c.wait(lambda: not c.jobs() and not c.pods(), 120, "the garbage collector to remove the Jobs and their pods")
+    tally.add("faults.deleted_with_operator_gone", 1)
+    tally.add("observed.deletions_hung", 0)
