@@ -38,7 +38,11 @@ def first_sentence(doc: str) -> str:
 
 def usable(name: str, sentence: str) -> bool:
     """A prose sentence of MIN..MAX words ending with a period (not a signature line like `f(x)`)."""
-    return MIN_WORDS <= len(sentence.split()) <= MAX_WORDS and sentence.endswith(".") and not sentence.startswith(f"{name}(")
+    return (
+        MIN_WORDS <= len(sentence.split()) <= MAX_WORDS
+        and sentence.endswith(".")
+        and not sentence.startswith(f"{name}(")
+    )
 
 
 def stdlib_items(modules: tuple[str, ...] | list[str] = MODULES) -> list[tuple[str, str]]:

@@ -53,13 +53,19 @@ def task_rows(task: str, seed: int, n_train: int, n_val: int, n_test: int, work:
     """(spec dataset, train rows, validation rows) for a task and seed; test rows are the spec's."""
     if task == "docstrings":
         splits = freeform.write_dataset(work / "data", seed, {"train": n_train, "val": n_val, "test": n_test})
-        rows = {s: [{"prompt": r["prompt"], "real": r["response"], "generated": r["response"]} for r in v] for s, v in splits.items()}
+        rows = {
+            s: [{"prompt": r["prompt"], "real": r["response"], "generated": r["response"]} for r in v]
+            for s, v in splits.items()
+        }
         dataset = {"path": str(work / "data"), "split": "train", "testSplit": "test", "maxSamples": n_train,
                    "testSize": n_test, "seed": seed}  # fmt: skip
         return dataset, rows["train"], rows["val"]
     # Built-in: the spec's train/test are the generator's first n_train + n_test; validation follows.
     train, rest = tasks.make_examples(BuiltinTask(name=task, train_size=n_train, test_size=n_test + n_val, seed=seed))
-    as_rows = [[{"prompt": e.prompt, "real": e.response, "generated": e.response} for e in part] for part in (train, rest[n_test:])]
+    as_rows = [
+        [{"prompt": e.prompt, "real": e.response, "generated": e.response} for e in part]
+        for part in (train, rest[n_test:])
+    ]
     dataset = {"builtin": {"name": task, "trainSize": n_train, "testSize": n_test, "seed": seed}}
     return dataset, as_rows[0], as_rows[1]
 
@@ -134,7 +140,11 @@ def iteration_rows(metrics: dict[int, dict[str, Any]], metric: str) -> list[dict
             "iteration": k,
             "spin_steps": int(summary.get("steps", 0)),
             "sft_steps": int(((m.get("sft") or {}).get("summary") or {}).get("steps", 0)),
-            "spin": {"metric": ev.get(metric), "logp_real": ev.get("logp_real"), "reward_accuracy": ev.get("reward_accuracy")},
+            "spin": {
+                "metric": ev.get(metric),
+                "logp_real": ev.get("logp_real"),
+                "reward_accuracy": ev.get("reward_accuracy"),
+            },
             "sft": {"metric": ev.get(f"sft_{metric}"), "logp_real": ev.get("sft_logp_real")},
         }
         if k == 0:
@@ -189,7 +199,9 @@ def verdict(task: str, results: list[dict[str, Any]]) -> str:
     gaps = [it["spin"]["metric"] - it["sft"]["metric"] for it in last]
     wins = sum(g > 0 for g in gaps)
     ties = sum(g == 0 for g in gaps)
-    vs_start = [it["spin"]["metric"] - r["iterations"][0]["start"]["metric"] for it, r in zip(last, results, strict=True)]
+    vs_start = [
+        it["spin"]["metric"] - r["iterations"][0]["start"]["metric"] for it, r in zip(last, results, strict=True)
+    ]
     name = TASKS[task]["metric_name"]
     return (f"After the last iteration SPIN is ahead of continued SFT on {name} in {wins} of {len(gaps)} seeds "
             f"({ties} level), mean gap {sum(gaps) / len(gaps):+.3f}; SPIN vs its SFT start: mean "

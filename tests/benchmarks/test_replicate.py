@@ -62,9 +62,12 @@ def test_both_tasks_make_specs_the_runtime_accepts_with_the_arm_on(tmp_path: Pat
         assert len(spec_test) == 5 and len(val) == 4
         held_out = {r.prompt for r in spec_test} | {r["prompt"] for r in val}
         assert len(held_out) == 9 and not held_out & {r["prompt"] for r in train}
-    assert SpinRunSpec.model_validate(
-        replicate.spin_spec(_args(arm_lr=1e-5), "docstrings", 0, dataset, tmp_path)["spec"]
-    ).evaluation.scorer == "freeform:token_f1"
+    assert (
+        SpinRunSpec.model_validate(
+            replicate.spin_spec(_args(arm_lr=1e-5), "docstrings", 0, dataset, tmp_path)["spec"]
+        ).evaluation.scorer
+        == "freeform:token_f1"
+    )
 
 
 def _result(seed: int, start: float, spin: list[float], sft: list[float]) -> dict:
