@@ -135,6 +135,8 @@ def iteration_rows(metrics: dict[int, dict[str, Any]], metric: str) -> list[dict
     out = []
     for k in sorted(metrics):
         m = metrics[k]
+        if not (m.get("eval") or {}).get("sft_logp_real"):
+            continue  # not evaluated yet (a run stopped early): no row
         ev, summary = m.get("eval") or {}, (m.get("train") or {}).get("summary") or m.get("train") or {}
         row = {
             "iteration": k,
@@ -171,6 +173,12 @@ def task_table(task: str, results: list[dict[str, Any]]) -> list[str]:
     name = TASKS[task]["metric_name"]
     seeds = ", ".join(str(r["seed"]) for r in results)
     epochs = ", ".join(f"{r['sft']['epoch']}/{r['sft']['epochs_run']}" for r in results)
+    stopped = [
+        f"seed {r['seed']} stopped after iteration {r['iterations'][-1]['iteration']}"
+        for r in results
+        if r.get("partial")
+    ]
+    epochs += f" ({'; '.join(stopped)})" if stopped else ""
     lines = [
         f"**{task}** — seeds {seeds}; SFT start = best epoch / epochs run per seed: {epochs}",
         "",
@@ -208,8 +216,28 @@ def verdict(task: str, results: list[dict[str, Any]]) -> str:
             f"{sum(vs_start) / len(vs_start):+.3f}.")  # fmt: skip
 
 
+def collect(work: Path) -> list[dict[str, Any]]:
+    """The result of every task and seed under `work`: result.json when the run finished, else
+    what its run directory holds so far (the iterations evaluated; `partial`)."""
+    out = []
+    for d in sorted(p for p in work.iterdir() if (p / "sft.json").exists()):
+        if (d / "result.json").exists():
+            out.append(json.loads((d / "result.json").read_text()))
+            continue
+        task, _, seed = d.name.rpartition("-s")
+        its = iteration_rows(report.load_metrics(d / "spin"), TASKS[task]["metric"]) if (d / "spin").exists() else []
+        if its:
+            sft = json.loads((d / "sft.json").read_text())
+            out.append({"task": task, "seed": int(seed), "sft": sft, "spin_seconds": None, "iterations": its,
+                        "partial": True})  # fmt: skip
+    return out
+
+
 def aggregate(args: argparse.Namespace, out: Path) -> None:
-    results = [json.loads(p.read_text()) for p in sorted(Path(args.work).glob("*/result.json"))]
+    results = collect(Path(args.work))
+    if not results:
+        print(f"no evaluated iteration under {args.work} yet")
+        return
     by_task: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         by_task.setdefault(r["task"], []).append(r)
@@ -217,7 +245,7 @@ def aggregate(args: argparse.Namespace, out: Path) -> None:
     lines: list[str] = []
     for task, rs in by_task.items():
         lines += task_table(task, rs) + ["", verdict(task, rs), ""]
-    minutes = sum(r["sft"]["seconds"] + r["spin_seconds"] for r in results) / 60
+    minutes = sum(r["sft"]["seconds"] + (r["spin_seconds"] or 0) for r in results) / 60
     a = args
     lines.append(
         f"SFT: TRL SFTTrainer, {a.train} examples, lr {a.sft_lr} AdamW constant, batch 8, early stop on the held-out "
