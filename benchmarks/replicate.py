@@ -168,19 +168,14 @@ def spread(values: list[float], fmt: str) -> str:
 
 
 def task_table(task: str, results: list[dict[str, Any]]) -> list[str]:
-    """One markdown table of a task over its seeds: the SFT start, then per iteration SPIN and
-    continued SFT at equal optimizer steps (cumulative), mean (min–max)."""
+    """Markdown tables of a task: over its seeds (the SFT start, then per iteration SPIN and
+    continued SFT at equal optimizer steps, cumulative; mean (min–max) over the seeds that ran
+    that iteration), then seed by seed."""
     name = TASKS[task]["metric_name"]
+    n_iter = max(len(r["iterations"]) for r in results)
     seeds = ", ".join(str(r["seed"]) for r in results)
-    epochs = ", ".join(f"{r['sft']['epoch']}/{r['sft']['epochs_run']}" for r in results)
-    stopped = [
-        f"seed {r['seed']} stopped after iteration {r['iterations'][-1]['iteration']}"
-        for r in results
-        if r.get("partial")
-    ]
-    epochs += f" ({'; '.join(stopped)})" if stopped else ""
     lines = [
-        f"**{task}** — seeds {seeds}; SFT start = best epoch / epochs run per seed: {epochs}",
+        f"**{task}** — seeds {seeds}",
         "",
         f"| model | optimizer steps (cumulative) | held-out {name} | mean log p(real) | held-out reward accuracy |",
         "|---|---|---|---|---|",
@@ -188,32 +183,42 @@ def task_table(task: str, results: list[dict[str, Any]]) -> list[str]:
     starts = [r["iterations"][0]["start"] for r in results]
     lines.append(f"| SFT start | 0 | {spread([s['metric'] for s in starts], '{:.3f}')} | "
                  f"{spread([s['logp_real'] for s in starts], '{:.2f}')} | – |")  # fmt: skip
-    n_iter = min(len(r["iterations"]) for r in results)
-    cum = [0] * len(results)
     for k in range(n_iter):
-        its = [r["iterations"][k] for r in results]
-        cum = [c + it["spin_steps"] for c, it in zip(cum, its, strict=True)]
-        steps = spread([float(c) for c in cum], "{:.0f}")
-        for arm, label in (("spin", f"SPIN iter{k}"), ("sft", "continued SFT (same steps)")):
+        ran = [r for r in results if len(r["iterations"]) > k]
+        its = [r["iterations"][k] for r in ran]
+        cum = [float(sum(it["spin_steps"] for it in r["iterations"][: k + 1])) for r in ran]
+        only = "" if len(ran) == len(results) else f" (seed {', '.join(str(r['seed']) for r in ran)} only)"
+        for arm, label in (("spin", f"SPIN iter{k}{only}"), ("sft", "continued SFT (same steps)")):
             acc = spread([it["spin"]["reward_accuracy"] for it in its], "{:.2f}") if arm == "spin" else "–"
-            lines.append(f"| {label} | {steps} | {spread([it[arm]['metric'] for it in its], '{:.3f}')} | "
+            lines.append(f"| {label} | {spread(cum, '{:.0f}')} | {spread([it[arm]['metric'] for it in its], '{:.3f}')} | "
                          f"{spread([it[arm]['logp_real'] for it in its], '{:.2f}')} | {acc} |")  # fmt: skip
+    head = " | ".join(f"iter{k} SPIN / SFT" for k in range(n_iter))
+    lines += ["", f"| seed | SFT epoch chosen (of run) | held-out loss by epoch | start | {head} |",
+              "|---" * (4 + n_iter) + "|"]  # fmt: skip
+    for r in results:
+        cells = [f"{it['spin']['metric']:.3f} / {it['sft']['metric']:.3f}" for it in r["iterations"]]
+        cells += ["–"] * (n_iter - len(cells))
+        losses = ", ".join(f"{x:.3f}" for x in r["sft"]["eval_loss_by_epoch"])
+        lines.append(f"| {r['seed']} | {r['sft']['epoch']} ({r['sft']['epochs_run']}) | {losses} | "
+                     f"{r['iterations'][0]['start']['metric']:.3f} | {' | '.join(cells)} |")  # fmt: skip
     return lines
 
 
 def verdict(task: str, results: list[dict[str, Any]]) -> str:
-    """Per seed, who is ahead on the answer metric after the last iteration, and the mean gap."""
-    last = [r["iterations"][-1] for r in results]
-    gaps = [it["spin"]["metric"] - it["sft"]["metric"] for it in last]
-    wins = sum(g > 0 for g in gaps)
-    ties = sum(g == 0 for g in gaps)
-    vs_start = [
-        it["spin"]["metric"] - r["iterations"][0]["start"]["metric"] for it, r in zip(last, results, strict=True)
-    ]
+    """Per iteration, in how many seeds SPIN is ahead of continued SFT on the answer metric, the
+    mean gap, and SPIN against its SFT start."""
     name = TASKS[task]["metric_name"]
-    return (f"After the last iteration SPIN is ahead of continued SFT on {name} in {wins} of {len(gaps)} seeds "
-            f"({ties} level), mean gap {sum(gaps) / len(gaps):+.3f}; SPIN vs its SFT start: mean "
-            f"{sum(vs_start) / len(vs_start):+.3f}.")  # fmt: skip
+    parts = []
+    for k in range(max(len(r["iterations"]) for r in results)):
+        ran = [r for r in results if len(r["iterations"]) > k]
+        gaps = [r["iterations"][k]["spin"]["metric"] - r["iterations"][k]["sft"]["metric"] for r in ran]
+        vs_start = [r["iterations"][k]["spin"]["metric"] - r["iterations"][0]["start"]["metric"] for r in ran]
+        parts.append(
+            f"iter{k}: SPIN ahead of continued SFT on {name} in {sum(g > 0 for g in gaps)} of {len(gaps)} seeds "
+            f"({sum(g == 0 for g in gaps)} level), mean gap {round(sum(gaps) / len(gaps), 3) + 0.0:+.3f}, SPIN vs SFT start "
+            f"{round(sum(vs_start) / len(vs_start), 3) + 0.0:+.3f}"
+        )
+    return "; ".join(parts) + "."
 
 
 def collect(work: Path) -> list[dict[str, Any]]:
@@ -252,7 +257,7 @@ def aggregate(args: argparse.Namespace, out: Path) -> None:
         f"loss of {a.val} validation examples (patience {a.patience}, cap {a.max_epochs} epochs). SPIN: lr {a.lr}, "
         f"β {a.beta}, 1 epoch, {a.optimizer}, data window 2; continued SFT: lr "
         f"{a.arm_lr if a.arm_lr is not None else f'{a.lr} (= SPIN lr, the default)'}, same optimizer, steps and "
-        f"examples; {a.test} test examples; mean (min–max) over seeds; {minutes:.0f} min of compute in all."
+        f"examples; {a.test} test examples; mean (min–max) over seeds; {minutes:.0f} min of run time summed over the task and seed runs."
     )
     (out / "replicate.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -267,18 +272,19 @@ def plot(by_task: dict[str, list[dict[str, Any]]], path: Path) -> None:
 
     fig, axes = plt.subplots(len(by_task), 2, figsize=(10, 3.6 * len(by_task)), squeeze=False)
     for row, (task, rs) in enumerate(by_task.items()):
-        n_iter = min(len(r["iterations"]) for r in rs)
+        n_iter = max(len(r["iterations"]) for r in rs)
         xs = ["SFT start"] + [f"iter{k}" for k in range(n_iter)]
         for col, (key, title) in enumerate((("metric", TASKS[task]["metric_name"]), ("logp_real", "mean log p(real)"))):
             ax = axes[row][col]
-            for arm, label, marker in (("spin", "SPIN", "o"), ("sft", "continued SFT", "s")):
-                for r in rs:
-                    ys = [r["iterations"][0]["start"][key]] + [r["iterations"][k][arm][key] for k in range(n_iter)]
-                    ax.plot(xs, ys, marker=marker, alpha=0.35, color="C0" if arm == "spin" else "C1")
-                mean = [sum(r["iterations"][0]["start"][key] for r in rs) / len(rs)] + [
-                    sum(r["iterations"][k][arm][key] for r in rs) / len(rs) for k in range(n_iter)
+            for arm, label, marker, color in (("spin", "SPIN", "o", "C0"), ("sft", "continued SFT", "s", "C1")):
+                series = [[r["iterations"][0]["start"][key]] + [it[arm][key] for it in r["iterations"]] for r in rs]
+                for ys in series:
+                    ax.plot(xs[: len(ys)], ys, marker=marker, alpha=0.3, color=color)
+                mean = [
+                    sum(ys[i] for ys in series if len(ys) > i) / sum(len(ys) > i for ys in series)
+                    for i in range(len(xs))
                 ]
-                ax.plot(xs, mean, marker=marker, lw=2.5, color="C0" if arm == "spin" else "C1", label=f"{label} (mean)")
+                ax.plot(xs, mean, marker=marker, lw=2.5, color=color, label=f"{label} (mean over seeds)")
             ax.set(title=f"{task}: held-out {title}")
             ax.grid(alpha=0.3)
             ax.legend()

@@ -77,16 +77,21 @@ def _result(seed: int, start: float, spin: list[float], sft: list[float]) -> dic
         for k, (s, c) in enumerate(zip(spin, sft, strict=True))
     ]  # fmt: skip
     its[0]["start"] = {"metric": start, "logp_real": -1.5}
-    return {"task": "addition-3digit", "seed": seed, "sft": {"epoch": 3, "epochs_run": 4}, "iterations": its}
+    sft = {"epoch": 3, "epochs_run": 4, "eval_loss_by_epoch": [0.9, 0.8]}
+    return {"task": "addition-3digit", "seed": seed, "sft": sft, "iterations": its}
 
 
-def test_the_table_shows_mean_and_range_over_seeds_with_cumulative_steps() -> None:
+def test_the_table_shows_mean_and_range_over_the_seeds_that_ran_each_iteration() -> None:
     results = [_result(0, 0.5, [0.6, 0.7], [0.5, 0.6]), _result(1, 0.4, [0.4, 0.5], [0.5, 0.5])]
+    results.append({**_result(2, 0.3, [0.3], [0.2]), "seed": 2})
     table = "\n".join(replicate.task_table("addition-3digit", results))
-    assert "best epoch / epochs run per seed: 3/4, 3/4" in table
-    assert "| SFT start | 0 | 0.450 (0.400–0.500) | -1.50 (-1.50–-1.50) | – |" in table
-    assert "| SPIN iter1 | 24 (24–24) | 0.600 (0.500–0.700) |" in table
+    assert "| SFT start | 0 | 0.400 (0.300–0.500) | -1.50 (-1.50–-1.50) | – |" in table
+    assert "| SPIN iter0 | 8 (8–8) | 0.433 (0.300–0.600) |" in table
+    assert "| SPIN iter1 (seed 0, 1 only) | 24 (24–24) | 0.600 (0.500–0.700) |" in table
     assert "| continued SFT (same steps) | 24 (24–24) | 0.550 (0.500–0.600) |" in table
-    assert replicate.verdict("addition-3digit", results).startswith(
-        "After the last iteration SPIN is ahead of continued SFT on exact match in 1 of 2 seeds (1 level), mean gap +0.050"
+    assert "| 2 | 3 (4) | 0.900, 0.800 | 0.300 | 0.300 / 0.200 | – |" in table
+    assert replicate.verdict("addition-3digit", results) == (
+        "iter0: SPIN ahead of continued SFT on exact match in 2 of 3 seeds (0 level), mean gap +0.033, SPIN vs SFT "
+        "start +0.033; iter1: SPIN ahead of continued SFT on exact match in 1 of 2 seeds (1 level), mean gap +0.050, "
+        "SPIN vs SFT start +0.150."
     )
