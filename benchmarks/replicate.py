@@ -250,14 +250,13 @@ def aggregate(args: argparse.Namespace, out: Path) -> None:
     lines: list[str] = []
     for task, rs in by_task.items():
         lines += task_table(task, rs) + ["", verdict(task, rs), ""]
-    minutes = sum(r["sft"]["seconds"] + (r["spin_seconds"] or 0) for r in results) / 60
     a = args
     lines.append(
         f"SFT: TRL SFTTrainer, {a.train} examples, lr {a.sft_lr} AdamW constant, batch 8, early stop on the held-out "
         f"loss of {a.val} validation examples (patience {a.patience}, cap {a.max_epochs} epochs). SPIN: lr {a.lr}, "
         f"β {a.beta}, 1 epoch, {a.optimizer}, data window 2; continued SFT: lr "
         f"{a.arm_lr if a.arm_lr is not None else f'{a.lr} (= SPIN lr, the default)'}, same optimizer, steps and "
-        f"examples; {a.test} test examples; mean (min–max) over seeds; {minutes:.0f} min of run time summed over the task and seed runs."
+        f"examples; {a.test} test examples; mean (min–max) over seeds."
     )
     (out / "replicate.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
