@@ -1,89 +1,124 @@
-"""Plain supervised fine-tuning (loss on the answer tokens only), used by the replication
-benchmark to make an imperfect SFT start model and the equal-compute continued-SFT baseline.
+"""The replication's initial SFT, trained to convergence with TRL's `SFTTrainer` (no SFT loop of
+our own): epoch by epoch, the held-out loss on a validation split after each epoch, stopped by
+transformers' `EarlyStoppingCallback` at the first epoch that does not improve, and the best
+epoch's model kept (`load_best_model_at_end`).
 
-Same chat-template formatting as SPIN's training data, so both start from the same text.
+Rows and arguments come from the runtime's continued-SFT arm (`spin_runtime.steps.sft.sft_rows`,
+`trl_args.sft_config_kwargs` over the spec's DPOConfig arguments), so the start model is trained on
+the same chat-formatted text, with the loss on the answer only, as the arm that continues it.
 """
 
 from __future__ import annotations
 
 import math
-import random
+import shutil
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-import torch
-
+from spin_runtime.api.spec import SpinRunSpec
 from spin_runtime.modeling import models
+from spin_runtime.plan import hparams
+from spin_runtime.steps import trl_args as tc
+from spin_runtime.steps.sft import sft_rows
 from spin_runtime.store.atomic import atomic_dir
 
 
-def encode_pair(tok, prompt: str, answer: str, max_length: int = 128) -> tuple[list[int], list[int]]:
-    """Token ids of the chat-formatted pair and labels with the prompt masked (-100)."""
-    prefix = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
-    full = tok.apply_chat_template(
-        [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}], tokenize=False
+def chosen_epoch(eval_losses: Sequence[float], patience: int = 1) -> tuple[int, int]:
+    """(best epoch, epochs run) under the stopping rule: stop after `patience` epochs in a row
+    that do not improve on the best held-out loss; epochs count from 1. Mirrors
+    EarlyStoppingCallback (which does the stopping); used to check and report it."""
+    best, best_at, worse = math.inf, 0, 0
+    for epoch, loss in enumerate(eval_losses, start=1):
+        if loss < best:
+            best, best_at, worse = loss, epoch, 0
+        else:
+            worse += 1
+            if worse >= patience:
+                return best_at, epoch
+    return best_at, len(eval_losses)
+
+
+def sft_config_kwargs(spec: SpinRunSpec, work: Path, lr: float, max_epochs: int, optimizer: str) -> dict[str, Any]:
+    """SFTConfig arguments: the arm's (the spec's training settings through `trl_args`), with the
+    initial SFT's lr, optimizer and constant schedule, evaluated, saved and judged every epoch."""
+    dpo = tc.dpo_config_kwargs(
+        spec, hparams.hparams(spec, 0), on_gpu=False, output_dir=str(work), attn_implementation="eager"
     )
-    p_ids = tok(prefix, add_special_tokens=False)["input_ids"]
-    f_ids = tok(full, add_special_tokens=False)["input_ids"][:max_length]
-    labels = [-100] * min(len(p_ids), len(f_ids)) + f_ids[len(p_ids) :]
-    return f_ids, labels
+    kwargs = tc.sft_config_kwargs(dpo, lr)
+    kwargs.update(
+        {
+            "optim": optimizer,
+            "lr_scheduler_type": "constant",
+            "warmup_steps": 0,
+            "num_train_epochs": max_epochs,
+            "max_steps": -1,
+            "eval_strategy": "epoch",
+            "save_strategy": "epoch",
+            "save_only_model": True,
+            "save_total_limit": 2,  # the best and the latest
+            "load_best_model_at_end": True,
+            "metric_for_best_model": "eval_loss",
+            "greater_is_better": False,
+            "per_device_eval_batch_size": 16,
+            "logging_steps": 1,
+        }
+    )
+    return kwargs
 
 
-def sft(
-    model_path: str,
-    pairs: list[tuple[str, str]],
+def converge(
+    spec: SpinRunSpec,
+    start: str,
+    train: Sequence[Mapping[str, Any]],
+    val: Sequence[Mapping[str, Any]],
     out_dir: Path,
     *,
-    epochs: float = 1.0,
-    max_steps: int | None = None,
-    lr: float = 5e-5,
-    batch_size: int = 8,
-    seed: int = 0,
-    threads: int | None = None,
-) -> dict:
-    """Fine-tune `model_path` on (prompt, answer) pairs and save the result to `out_dir`."""
-    if threads:
-        torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    tok = models.load_tokenizer(model_path, padding_side="right")
-    model = models.load_model(model_path)
-    model.train()
-    model.config.use_cache = False
-    encoded = [encode_pair(tok, p, a) for p, a in pairs]
-    steps_per_epoch = math.ceil(len(encoded) / batch_size)
-    total = max_steps or max(1, int(round(steps_per_epoch * epochs)))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, total // 10)) * max(0.0, 1 - s / total))
-    rng = random.Random(seed)
-    order: list[int] = []
-    losses: list[float] = []
+    lr: float = 1e-4,
+    max_epochs: int = 8,
+    patience: int = 1,
+    optimizer: str = "adamw_torch",
+) -> dict[str, Any]:
+    """SFT `start` on `train` rows ({prompt, real}) until the held-out loss on `val` stops
+    improving; saves the best epoch's model to `out_dir` and returns the epoch-by-epoch record."""
+    from datasets import Dataset
+    from transformers import EarlyStoppingCallback
+    from trl import SFTConfig, SFTTrainer
+
     t0 = time.time()
-    tokens = 0
-    for _ in range(total):
-        if len(order) < batch_size:
-            fresh = list(range(len(encoded)))
-            rng.shuffle(fresh)
-            order += fresh
-        batch = [encoded[i] for i in order[:batch_size]]
-        del order[:batch_size]
-        width = max(len(ids) for ids, _ in batch)
-        ids = torch.full((len(batch), width), tok.pad_token_id)
-        lab = torch.full((len(batch), width), -100)
-        att = torch.zeros((len(batch), width), dtype=torch.long)
-        for r, (i_, l_) in enumerate(batch):
-            ids[r, : len(i_)] = torch.tensor(i_)
-            lab[r, : len(l_)] = torch.tensor(l_)
-            att[r, : len(i_)] = 1
-        loss = model(input_ids=ids, attention_mask=att, labels=lab).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
-        tokens += int(att.sum())
-    model.eval()
-    with atomic_dir(Path(out_dir)) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+    work = out_dir.with_name(out_dir.name + ".work")
+    tok = models.load_tokenizer(start, padding_side="right")
+    prepared = [{k: r[k] for k in ("prompt", "completion")} for r in sft_rows(train, tok, spec)]
+    held = [{k: r[k] for k in ("prompt", "completion")} for r in sft_rows(val, tok, spec)]
+    args = SFTConfig(**sft_config_kwargs(spec, work, lr, max_epochs, optimizer))
+    trainer = SFTTrainer(
+        model=start, args=args, train_dataset=Dataset.from_list(prepared), eval_dataset=Dataset.from_list(held),
+        processing_class=tok, callbacks=[EarlyStoppingCallback(early_stopping_patience=patience)],
+    )  # fmt: skip
+    trainer.train()
+    logs = trainer.state.log_history
+    eval_losses = [e["eval_loss"] for e in logs if "eval_loss" in e]
+    train_losses = [e["loss"] for e in logs if "loss" in e]
+    best, ran = chosen_epoch(eval_losses, patience)
+    steps_per_epoch = trainer.state.global_step // max(1, ran)
+    with atomic_dir(out_dir) as tmp:
+        trainer.model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-    return {"steps": total, "final_loss": losses[-1], "losses": losses, "seconds": time.time() - t0, "tokens": tokens}
+    shutil.rmtree(work, ignore_errors=True)
+    return {
+        "epoch": best,
+        "epochs_run": ran,
+        "max_epochs": max_epochs,
+        "patience": patience,
+        "eval_loss_by_epoch": eval_losses,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "steps_per_epoch": steps_per_epoch,
+        "steps": trainer.state.global_step,
+        "final_train_loss": train_losses[-1] if train_losses else None,
+        "learning_rate": lr,
+        "optimizer": optimizer,
+        "examples": len(prepared),
+        "validation_examples": len(held),
+        "seconds": time.time() - t0,
+    }
