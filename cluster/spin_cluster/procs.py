@@ -90,17 +90,16 @@ def stop(procs: Sequence[Proc], grace: float = 10.0) -> None:
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and sessions_members(sids):
         time.sleep(0.05)
-    for pid in sessions_members(sids):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and sessions_members(sids):
-        time.sleep(0.05)
+    _kill_sessions(sids)
 
 
 def kill(procs: Sequence[Proc]) -> None:
     """SIGKILL every process of each one's session at once (a crash: no shutdown of any kind)."""
-    sids = {p.pid for p in procs if p.alive()}
+    _kill_sessions({p.pid for p in procs if p.alive()})
+
+
+def _kill_sessions(sids: set[int]) -> None:
+    """SIGKILL every member of these sessions and wait (up to 5 s) until none is left."""
     for pid in sessions_members(sids):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

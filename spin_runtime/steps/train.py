@@ -202,8 +202,7 @@ def make_config(config_class: Any, kwargs: dict[str, Any]) -> Any:
     """A TRL config from its arguments (under torchrun this sets up torch.distributed)."""
     if "activation_checkpointing" in {f.name for f in dataclasses.fields(config_class)}:
         # transformers 5 renamed it; passing the old name only warns
-        kwargs = {**kwargs, "activation_checkpointing": kwargs["gradient_checkpointing"]}
-        del kwargs["gradient_checkpointing"]
+        kwargs = {("activation_checkpointing" if k == "gradient_checkpointing" else k): v for k, v in kwargs.items()}
     return config_class(**kwargs)
 
 
