@@ -6,6 +6,7 @@ deployment's settings are read once, when the operator starts, and kept in the m
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -15,6 +16,7 @@ import kopf
 from spin_operator import metrics
 from spin_operator.builders.meta import LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY
 from spin_operator.driver import Indexes, OperatorState, reconcile_run
+from spin_operator.kube import crd_identity
 from spin_operator.kube.expectations import attempt_of
 from spin_operator.kube.objects import PodState
 from spin_operator.settings import DeploymentSettings
@@ -55,12 +57,34 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
             settings.watching.label_selectors[resource] = MANAGED_SELECTOR
 
 
+@kopf.on.startup()
+async def watch_the_crd(memo: kopf.Memo, logger: Any, **_: Any) -> None:
+    """Look at the SpinRun CRD's identity in the background (crd_identity.py): once it was applied
+    again, ask for a restart through the memo's `restart` (the `spin-operator` command starts kopf
+    again in the same process); without one (an operator embedded elsewhere) say what to do."""
+    interval = _state(memo).deployment.crd_check_seconds
+    if interval <= 0:
+        return
+
+    def recreated(old: str | None, new: str) -> None:
+        restart = getattr(memo, "restart", None)
+        logger.warning(f"The SpinRun CRD was applied again (uid {old} → {new}); kopf may no longer watch "
+                       f"SpinRuns: {'restarting it' if restart else 'restart the operator'}.")
+        if restart is not None:
+            restart()
+
+    memo.crd_watch = asyncio.create_task(crd_identity.watch(interval, recreated))
+
+
 @kopf.on.cleanup()
 def stop_timers(memo: kopf.Memo, **_: Any) -> None:
-    """The operator stops: no scheduled look outlives it."""
+    """The operator stops: no scheduled look and no CRD watch outlives it."""
     state = getattr(memo, "state", None)
     if state is not None:
         state.cancel_all()
+    crd_watch = getattr(memo, "crd_watch", None)
+    if crd_watch is not None:
+        crd_watch.cancel()
 
 
 def _state(memo: Any) -> OperatorState:

@@ -1,13 +1,15 @@
 """`spin-operator`: the kopf operator standalone (one replica, no peering) with a liveness
 endpoint and Prometheus metrics, or `spin-operator render FILE`. Namespaces come from
 --namespace/--all-namespaces or the deployment's WATCH_NAMESPACES (comma-separated; empty = all);
-every environment variable is read by `DeploymentSettings.from_env`."""
+every environment variable is read by `DeploymentSettings.from_env`. kopf is started again in the
+same process when a handler asks for it (the SpinRun CRD applied again: kube/crd_identity.py)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+import threading
 
 import kopf
 
@@ -60,14 +62,25 @@ def main(argv: list[str] | None = None) -> int:
 
     client.api_client()  # fail fast with a clear error if no cluster config is found
     metrics.serve(args.metrics_port)
-    kopf.run(
-        standalone=True,
-        clusterwide=clusterwide,
-        namespaces=namespaces,
-        liveness_endpoint=args.liveness or None,
-        identity=own_identity(),
-    )
-    return 0
+    while True:
+        stop, restart = threading.Event(), threading.Event()
+
+        def request_restart(stop: threading.Event = stop, restart: threading.Event = restart) -> None:
+            restart.set()
+            stop.set()
+
+        kopf.run(
+            standalone=True,
+            clusterwide=clusterwide,
+            namespaces=namespaces,
+            liveness_endpoint=args.liveness or None,
+            identity=own_identity(),
+            stop_flag=stop,
+            memo=kopf.Memo(restart=request_restart),
+        )
+        if not restart.is_set():  # SIGTERM/SIGINT: the process ends
+            return 0
+        logging.getLogger("spin_operator").warning("kopf stopped for a restart; starting it again")
 
 
 def own_identity() -> str:

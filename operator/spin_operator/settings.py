@@ -23,6 +23,8 @@ DEFAULT_RESYNC_SECONDS = 20.0
 DEFAULT_PROGRESS_SECONDS = 15.0
 #: Seconds a watch request asks the API server to keep the stream open (whole seconds).
 DEFAULT_WATCH_TIMEOUT_SECONDS = 300
+#: Seconds between two looks at the SpinRun CRD's identity (a CRD applied again restarts kopf).
+DEFAULT_CRD_CHECK_SECONDS = 10.0
 DEFAULT_METRICS_PORT = 8080
 DEFAULT_LIVENESS = "http://0.0.0.0:8081/healthz"
 #: Every value of `spec.training.launcher`, as the spec declares them.
@@ -66,6 +68,9 @@ class DeploymentSettings:
     #: Whether list/watch of children carry the managed-by label selector (SPIN_SERVER_SIDE_FILTER=false
     #: turns it off, for the benchmark that measures what it saves).
     server_side_filter: bool = True
+    #: Seconds between looks at the SpinRun CRD's uid (SPIN_CRD_CHECK_SECONDS; 0 or less: never):
+    #: a CRD deleted and applied again restarts kopf, which may otherwise stop watching SpinRuns.
+    crd_check_seconds: float = DEFAULT_CRD_CHECK_SECONDS
 
     def launcher_enabled(self, launcher: str) -> bool | None:
         """True/False as configured; None when the deployment does not say."""
@@ -76,8 +81,8 @@ class DeploymentSettings:
         """Read SPIN_GENERATOR_IMAGE, SPIN_TRAINER_IMAGE, SPIN_IMAGE_PULL_POLICY,
         SPIN_<LAUNCHER>_ENABLED, SPIN_KUEUE_ENABLED and SPIN_GANG_SCHEDULING_ENABLED (true/false;
         unset or empty = not configured), WATCH_NAMESPACES, SPIN_METRICS_PORT, SPIN_LIVENESS,
-        SPIN_RESYNC_SECONDS, SPIN_PROGRESS_SECONDS (unreadable = the default), SPIN_WATCH_TIMEOUT
-        and SPIN_SERVER_SIDE_FILTER (anything but false = on)."""
+        SPIN_RESYNC_SECONDS, SPIN_PROGRESS_SECONDS and SPIN_CRD_CHECK_SECONDS (unreadable = the
+        default), SPIN_WATCH_TIMEOUT and SPIN_SERVER_SIDE_FILTER (anything but false = on)."""
         env = os.environ if env is None else env
         switches = {}
         for name in LAUNCHER_NAMES:
@@ -99,6 +104,7 @@ class DeploymentSettings:
             # whole seconds: the apiserver parses timeoutSeconds as an integer (300.0 is a 400 Bad Request)
             watch_timeout_seconds=int(env.get("SPIN_WATCH_TIMEOUT", str(DEFAULT_WATCH_TIMEOUT_SECONDS))),
             server_side_filter=env.get("SPIN_SERVER_SIDE_FILTER", "true").strip().lower() != "false",
+            crd_check_seconds=_lenient_seconds(env.get("SPIN_CRD_CHECK_SECONDS", ""), DEFAULT_CRD_CHECK_SECONDS),
         )
 
 

@@ -18,6 +18,7 @@ from spin_operator import main as main_mod
 from spin_operator import metrics
 from spin_operator.builders import meta
 from spin_operator.kube import client as kube_client
+from spin_operator.kube.crd_identity import CrdIdentity, Seen
 from spin_operator.kube.expectations import EXPECTATION_TTL_SECONDS, Expectations
 from spin_operator.reconcile.actions import Create
 from spin_operator.reconcile.decide import reconcile
@@ -91,6 +92,7 @@ def test_main_wires_flags_into_kopf(monkeypatch: pytest.MonkeyPatch) -> None:
     assert calls["metrics_port"] == 0
     identity = calls["kopf"].pop("identity")
     assert identity.startswith("spin-operator@")
+    assert callable(calls["kopf"].pop("memo").restart) and not calls["kopf"].pop("stop_flag").is_set()
     assert calls["kopf"] == {"standalone": True, "clusterwide": False, "namespaces": ["team-a"], "liveness_endpoint": None}
 
     calls.clear()
@@ -98,6 +100,42 @@ def test_main_wires_flags_into_kopf(monkeypatch: pytest.MonkeyPatch) -> None:
     assert calls["metrics_port"] == 9101
     assert calls["kopf"]["clusterwide"] is True and calls["kopf"]["namespaces"] == []
     assert calls["kopf"]["liveness_endpoint"] == "http://0.0.0.0:8081/healthz"
+
+
+def test_a_restart_a_handler_asks_for_starts_kopf_again_in_the_same_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The memo's `restart` (asked for when the SpinRun CRD was applied again) stops kopf and
+    main runs it again; a stop without it (SIGTERM) ends the process."""
+    runs: list[Any] = []
+
+    def run(**kw: Any) -> None:
+        runs.append(kw)
+        if len(runs) == 1:
+            kw["memo"].restart()
+            assert kw["stop_flag"].is_set(), "asking for a restart stops this kopf"
+
+    monkeypatch.setattr(kube_client, "api_client", lambda: None)
+    monkeypatch.setattr(metrics, "serve", lambda port: None)
+    monkeypatch.setattr(kopf, "run", run)
+    assert main_mod.main(["--namespace", "team-a", "--metrics-port", "0"]) == 0
+    assert len(runs) == 2 and runs[0]["stop_flag"] is not runs[1]["stop_flag"]
+
+
+@pytest.mark.parametrize(("started_with", "now", "restart"), [
+    ("a", Seen("a", True), False),  # the same CRD
+    ("a", Seen(None, False), False),  # deleted: nothing to watch yet
+    ("a", Seen("b", False), False),  # applied again, not served yet: a restart now could miss it too
+    ("a", Seen("b", True), True),
+    (None, Seen("b", True), True),  # absent at start, applied since
+    (None, Seen(None, False), False),
+])
+def test_the_operator_restarts_only_for_a_new_crd_that_is_served(started_with: str | None, now: Seen, restart: bool) -> None:
+    assert CrdIdentity(started_with).recreated(now) is restart
+
+
+def test_the_crd_check_interval_is_a_setting() -> None:
+    assert DeploymentSettings.from_env({}).crd_check_seconds == 10.0
+    assert DeploymentSettings.from_env({"SPIN_CRD_CHECK_SECONDS": "0"}).crd_check_seconds == 0.0
+    assert DeploymentSettings.from_env({"SPIN_CRD_CHECK_SECONDS": "soon"}).crd_check_seconds == 10.0
 
 
 # --------------------------------------------------------------------------- metrics
