@@ -16,7 +16,7 @@ import kopf
 from spin_operator import metrics
 from spin_operator.builders.meta import LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY
 from spin_operator.driver import Indexes, OperatorState, reconcile_run
-from spin_operator.kube import crd_identity
+from spin_operator.kube import crd_identity, index_audit
 from spin_operator.kube.expectations import attempt_of
 from spin_operator.kube.objects import PodState
 from spin_operator.settings import DeploymentSettings
@@ -58,33 +58,42 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
 
 
 @kopf.on.startup()
-async def watch_the_crd(memo: kopf.Memo, logger: Any, **_: Any) -> None:
-    """Look at the SpinRun CRD's identity in the background (crd_identity.py): once it was applied
-    again, ask for a restart through the memo's `restart` (the `spin-operator` command starts kopf
-    again in the same process); without one (an operator embedded elsewhere) say what to do."""
-    interval = _state(memo).deployment.crd_check_seconds
-    if interval <= 0:
-        return
+async def start_watchdogs(memo: kopf.Memo, logger: Any, **_: Any) -> None:
+    """Two looks in the background that ask for a restart through the memo's `restart` (the
+    `spin-operator` command starts kopf again in the same process; an operator embedded elsewhere
+    only says what to do): the SpinRun CRD applied again (kube/crd_identity.py), and children kopf
+    still indexes that the API no longer has (kube/index_audit.py)."""
+    deployment = _state(memo).deployment
 
-    def recreated(old: str | None, new: str) -> None:
+    def restart_for(why: str) -> None:
         restart = getattr(memo, "restart", None)
-        logger.warning(f"The SpinRun CRD was applied again (uid {old} → {new}); kopf may no longer watch "
-                       f"SpinRuns: {'restarting it' if restart else 'restart the operator'}.")
+        logger.warning(f"{why}: {'restarting kopf' if restart else 'restart the operator'}.")
         if restart is not None:
             restart()
 
-    memo.crd_watch = asyncio.create_task(crd_identity.watch(interval, recreated))
+    def recreated(old: str | None, new: str) -> None:
+        restart_for(f"The SpinRun CRD was applied again (uid {old} → {new}); kopf may no longer watch SpinRuns")
+
+    def ghosts(found: frozenset[index_audit.Child]) -> None:
+        listed = ", ".join(sorted(f"{resource} {namespace}/{uid}" for resource, namespace, uid in found))
+        restart_for(f"kopf's indexes hold {len(found)} children the API no longer lists (deleted during a watch gap: {listed})")
+
+    memo.watchdogs = []
+    if deployment.crd_check_seconds > 0:
+        memo.watchdogs.append(asyncio.create_task(crd_identity.watch(deployment.crd_check_seconds, recreated)))
+    if deployment.index_audit_seconds > 0:
+        memo.watchdogs.append(asyncio.create_task(index_audit.watch(
+            deployment.index_audit_seconds, lambda: _state(memo).indexes, MANAGED_SELECTOR, ghosts)))
 
 
 @kopf.on.cleanup()
 def stop_timers(memo: kopf.Memo, **_: Any) -> None:
-    """The operator stops: no scheduled look and no CRD watch outlives it."""
+    """The operator stops: no scheduled look and no watchdog outlives it."""
     state = getattr(memo, "state", None)
     if state is not None:
         state.cancel_all()
-    crd_watch = getattr(memo, "crd_watch", None)
-    if crd_watch is not None:
-        crd_watch.cancel()
+    for task in getattr(memo, "watchdogs", ()):
+        task.cancel()
 
 
 def _state(memo: Any) -> OperatorState:
@@ -97,9 +106,10 @@ def _owner_key(namespace: str | None, labels: Mapping[str, str]) -> tuple[str, s
 
 
 def _brief(body: Mapping[str, Any], *status_keys: str) -> dict[str, Any]:
-    """The part of an object the decision reads: name, labels, annotations, owners (+ status keys)."""
+    """The part of an object the decision reads: name, labels, annotations, owners (+ status keys),
+    and its uid (for the index audit)."""
     meta = body.get("metadata") or {}
-    out: dict[str, Any] = {"metadata": {k: meta[k] for k in ("name", "labels", "annotations", "ownerReferences") if k in meta}}
+    out: dict[str, Any] = {"metadata": {k: meta[k] for k in ("name", "uid", "labels", "annotations", "ownerReferences") if k in meta}}
     status = body.get("status") or {}
     if status_keys:
         out["status"] = {k: status[k] for k in status_keys if k in status}

@@ -25,6 +25,8 @@ DEFAULT_PROGRESS_SECONDS = 15.0
 DEFAULT_WATCH_TIMEOUT_SECONDS = 300
 #: Seconds between two looks at the SpinRun CRD's identity (a CRD applied again restarts kopf).
 DEFAULT_CRD_CHECK_SECONDS = 10.0
+#: Seconds between two audits of kopf's indexes against the API (children lost in a watch gap).
+DEFAULT_INDEX_AUDIT_SECONDS = 60.0
 DEFAULT_METRICS_PORT = 8080
 DEFAULT_LIVENESS = "http://0.0.0.0:8081/healthz"
 #: Every value of `spec.training.launcher`, as the spec declares them.
@@ -71,6 +73,9 @@ class DeploymentSettings:
     #: Seconds between looks at the SpinRun CRD's uid (SPIN_CRD_CHECK_SECONDS; 0 or less: never):
     #: a CRD deleted and applied again restarts kopf, which may otherwise stop watching SpinRuns.
     crd_check_seconds: float = DEFAULT_CRD_CHECK_SECONDS
+    #: Seconds between audits of kopf's indexes against the API (SPIN_INDEX_AUDIT_SECONDS; 0 or
+    #: less: never): a child deleted during a watch gap stays indexed; found twice, kopf restarts.
+    index_audit_seconds: float = DEFAULT_INDEX_AUDIT_SECONDS
 
     def launcher_enabled(self, launcher: str) -> bool | None:
         """True/False as configured; None when the deployment does not say."""
@@ -81,8 +86,8 @@ class DeploymentSettings:
         """Read SPIN_GENERATOR_IMAGE, SPIN_TRAINER_IMAGE, SPIN_IMAGE_PULL_POLICY,
         SPIN_<LAUNCHER>_ENABLED, SPIN_KUEUE_ENABLED and SPIN_GANG_SCHEDULING_ENABLED (true/false;
         unset or empty = not configured), WATCH_NAMESPACES, SPIN_METRICS_PORT, SPIN_LIVENESS,
-        SPIN_RESYNC_SECONDS, SPIN_PROGRESS_SECONDS and SPIN_CRD_CHECK_SECONDS (unreadable = the
-        default), SPIN_WATCH_TIMEOUT and SPIN_SERVER_SIDE_FILTER (anything but false = on)."""
+        SPIN_RESYNC_SECONDS, SPIN_PROGRESS_SECONDS, SPIN_CRD_CHECK_SECONDS and
+        SPIN_INDEX_AUDIT_SECONDS (unreadable = the default), SPIN_WATCH_TIMEOUT and SPIN_SERVER_SIDE_FILTER (anything but false = on)."""
         env = os.environ if env is None else env
         switches = {}
         for name in LAUNCHER_NAMES:
@@ -105,6 +110,7 @@ class DeploymentSettings:
             watch_timeout_seconds=int(env.get("SPIN_WATCH_TIMEOUT", str(DEFAULT_WATCH_TIMEOUT_SECONDS))),
             server_side_filter=env.get("SPIN_SERVER_SIDE_FILTER", "true").strip().lower() != "false",
             crd_check_seconds=_lenient_seconds(env.get("SPIN_CRD_CHECK_SECONDS", ""), DEFAULT_CRD_CHECK_SECONDS),
+            index_audit_seconds=_lenient_seconds(env.get("SPIN_INDEX_AUDIT_SECONDS", ""), DEFAULT_INDEX_AUDIT_SECONDS),
         )
 
 

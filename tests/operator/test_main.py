@@ -20,6 +20,7 @@ from spin_operator.builders import meta
 from spin_operator.kube import client as kube_client
 from spin_operator.kube.crd_identity import CrdIdentity, Seen
 from spin_operator.kube.expectations import EXPECTATION_TTL_SECONDS, Expectations
+from spin_operator.kube.index_audit import Audit, indexed_children
 from spin_operator.reconcile.actions import Create
 from spin_operator.reconcile.decide import reconcile
 from spin_operator.settings import DeploymentSettings
@@ -132,10 +133,36 @@ def test_the_operator_restarts_only_for_a_new_crd_that_is_served(started_with: s
     assert CrdIdentity(started_with).recreated(now) is restart
 
 
+def test_an_indexed_child_missing_from_two_lists_in_a_row_is_a_ghost() -> None:
+    job, svc = ("jobs", "ns", "u-job"), ("services", "ns", "u-svc")
+    listed = {("jobs", "ns"): {"u-job"}, ("services", "ns"): set()}
+    first, ghosts = Audit().after([job, svc], listed)
+    assert ghosts == frozenset() and first.suspects == {svc}, "one miss is only a suspect"
+    _, ghosts = first.after([job, svc], listed)
+    assert ghosts == {svc}
+    _, ghosts = first.after([job], listed)
+    assert ghosts == frozenset(), "its DELETED event came: the index dropped it"
+    _, ghosts = first.after([job, svc], {**listed, ("services", "ns"): {"u-svc"}})
+    assert ghosts == frozenset(), "listed again: it was only indexed before it was listed"
+
+
+def test_the_index_audit_reads_every_childs_uid_from_the_indexes() -> None:
+    from spin_operator.driver import Indexes
+    from spin_operator.kube.objects import PodState
+
+    key = ("ns", "run")
+    body = {"metadata": {"name": "x", "uid": "u1"}}
+    indexes = Indexes(jobs={key: [body]}, config_maps={key: [{"metadata": {"uid": "u2"}}]}, services={key: []},
+                      pvcs={key: [{"metadata": {}}]}, pods={key: [PodState(name="p", uid="u3")]})
+    assert indexed_children(indexes) == {("jobs", "ns", "u1"), ("configmaps", "ns", "u2"), ("pods", "ns", "u3")}
+
+
 def test_the_crd_check_interval_is_a_setting() -> None:
     assert DeploymentSettings.from_env({}).crd_check_seconds == 10.0
     assert DeploymentSettings.from_env({"SPIN_CRD_CHECK_SECONDS": "0"}).crd_check_seconds == 0.0
     assert DeploymentSettings.from_env({"SPIN_CRD_CHECK_SECONDS": "soon"}).crd_check_seconds == 10.0
+    assert DeploymentSettings.from_env({}).index_audit_seconds == 60.0
+    assert DeploymentSettings.from_env({"SPIN_INDEX_AUDIT_SECONDS": "2"}).index_audit_seconds == 2.0
 
 
 # --------------------------------------------------------------------------- metrics

@@ -155,6 +155,8 @@ class PodState:
     #: the port the step serves its progress on (the container port named `progress`, else
     #: SPIN_PROGRESS_PORT of its env), None on pods that do not serve it
     progress_port: int | None = None
+    #: the pod's own uid (the index audit compares it with what the API lists)
+    uid: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -204,6 +206,7 @@ class PodState:
             disrupted=disrupted,
             ip=status.get("podIP") or None,
             progress_port=progress_port(containers),
+            uid=meta.get("uid"),
         )
 
 
