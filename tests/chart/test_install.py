@@ -7,6 +7,7 @@ step logs from it; `helm uninstall` removes the operator."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,13 +26,13 @@ RELEASE = "spin-operator"
 REGISTRY, TAG = "localhost/spinrun", "test"
 
 
-def helm(kube: Kube, *args: str) -> str:
+def helm(kube: Kube, *args: str, check: bool = True) -> str:
     import subprocess
 
     assert HELM is not None
     proc = subprocess.run([HELM, "--kubeconfig", str(kube.kubeconfig), *args], capture_output=True, text=True,
                           timeout=180)
-    assert proc.returncode == 0, f"helm {' '.join(args)}: {proc.stderr}"
+    assert proc.returncode == 0 or not check, f"helm {' '.join(args)}: {proc.stderr}"
     return proc.stdout
 
 
@@ -96,3 +97,43 @@ def test_helm_install_runs_a_spinrun_to_complete_under_the_charts_rbac(
         assert not [p for p in kube.api.get(path("", "v1", "pods", ns))["items"] if "-fetch-" in p["metadata"]["name"]]
     log = kube.kubectl("logs", "-n", OPERATOR_NAMESPACE, f"deploy/{RELEASE}").stdout
     assert "Forbidden" not in log and " 403" not in log, log[-3000:]
+
+
+def test_helm_uninstall_with_a_run_in_flight_loses_nothing(kube: Kube) -> None:
+    """`helm uninstall` while a run trains: it returns at once (no finalizer on SpinRuns, and Helm
+    keeps the CRD of crds/, so the run and its status stay), the running step finishes with no
+    operator, and `helm install` again takes the run on from there: each Job created once, no step
+    run twice, Complete."""
+    from tests.operator.e2e import e2e
+    from tests.reliability.test_real_faults import JOBS_OF_ONE_ITERATION, job_done, reran, running
+
+    install = ("install", RELEASE, str(CHART), "-n", OPERATOR_NAMESPACE, "--create-namespace", "--wait", "--timeout",
+               "120s", "--set", f"images.registry={REGISTRY}", "--set", f"images.tag={TAG}")
+    with e2e(kube) as c:
+        c.hold("it0-train")
+        helm(kube, *install)
+        try:
+            c.create_run(run_body(spec={"iterations": 1}))
+            c.wait(lambda: running(c, "e2e-it0-train"), 120, "training running under the installed operator")
+            t0 = time.monotonic()
+            helm(kube, "uninstall", RELEASE, "-n", OPERATOR_NAMESPACE, "--wait", "--timeout", "60s")
+            uninstalled = time.monotonic() - t0
+            # the Deployment is gone at once; its pod goes with the collector and the grace period
+            wait(lambda: not kube.api.get(path("", "v1", "pods", OPERATOR_NAMESPACE),
+                                          labelSelector="app.kubernetes.io/name=spin-operator")["items"], 90,
+                 "the operator's pod gone")
+            assert c.get_run("e2e")["status"]["phase"] == "Training", "the run and its status stay"
+            c.release()
+            c.wait(lambda: job_done(c.jobs().get("e2e-it0-train")), 60, "training done with no operator installed")
+            time.sleep(2.0)
+            assert "e2e-it0-eval" not in c.jobs(), "no operator: nothing new starts"
+            t0 = time.monotonic()
+            helm(kube, *install)
+            run = c.wait_phase("e2e", ("Complete", "Failed"), 180)
+            assert run["status"]["phase"] == "Complete", run["status"]
+            creations = c.job_creations()
+            assert sorted(creations) == JOBS_OF_ONE_ITERATION, creations
+            assert not reran(kube), reran(kube)
+            print(f"helm uninstall took {uninstalled:.1f}s; install again to Complete {time.monotonic() - t0:.1f}s")
+        finally:
+            helm(kube, "uninstall", RELEASE, "-n", OPERATOR_NAMESPACE, "--wait", "--timeout", "60s", check=False)

@@ -61,13 +61,16 @@ class Fault:
     forwards, then answers `status` (the write happened, the client is told it did not); `slow`
     waits `delay` seconds first; `cut` ends a watch stream after `after` seconds; `gap` holds each
     watch that starts (no event) until `release()`, then answers it 410 Gone, so the client lists
-    again. `times` bounds how often it fires (None: until removed), `probability` fires it on a
-    share of the matches."""
+    again; `hang` holds the request unanswered and unforwarded until `release()` (then 503): a
+    write that never lands, e.g. while the operator is killed. `agent` matches a part of the
+    User-Agent (kopf's own requests say "kopf", the operator's client "spin-operator"). `times`
+    bounds how often it fires (None: until removed), `probability` fires it on a share of the matches."""
 
     kind: str
     verbs: tuple[str, ...] = ()
     resource: str | None = None
     subresource: str | None = None
+    agent: str | None = None
     status: int = 503
     times: int | None = 1
     probability: float = 1.0
@@ -76,9 +79,10 @@ class Fault:
     fired: int = 0
     released: threading.Event = field(default_factory=threading.Event)
 
-    def matches(self, call: Call) -> bool:
+    def matches(self, call: Call, agent: str = "") -> bool:
         return ((not self.verbs or call.verb in self.verbs) and (self.resource is None or call.resource == self.resource)
-                and (self.subresource is None or call.subresource == self.subresource))
+                and (self.subresource is None or call.subresource == self.subresource)
+                and (self.agent is None or self.agent in agent))
 
     def release(self) -> None:
         self.released.set()
@@ -121,12 +125,12 @@ class FaultProxy:
             if fault in self.faults:
                 self.faults.remove(fault)
 
-    def _pick(self, call: Call) -> Fault | None:
+    def _pick(self, call: Call, agent: str) -> Fault | None:
         with self._lock:
             for fault in self.faults:
-                if fault.kind == "gap" and fault.released.is_set():
-                    continue  # the gap is over: watches go through again
-                if fault.matches(call) and (fault.times is None or fault.fired < fault.times):
+                if fault.kind in ("gap", "hang") and fault.released.is_set():
+                    continue  # over: requests go through again
+                if fault.matches(call, agent) and (fault.times is None or fault.fired < fault.times):
                     if fault.probability < 1.0 and self.random.random() >= fault.probability:
                         continue
                     fault.fired += 1
@@ -210,12 +214,17 @@ class FaultProxy:
         from aiohttp import web
 
         call = Call.of(request.method, str(request.rel_url))
-        fault = self._pick(call)
+        fault = self._pick(call, request.headers.get("User-Agent", ""))
         reasons = {500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout", 429: "TooManyRequests", 409: "Conflict"}
         if fault is not None and fault.kind == "error":
             self._record(call, fault.status, fault)
             return web.json_response(self._status(fault.status, reasons.get(fault.status, "InternalError"),
                                                   f"fault proxy: {fault.status} injected"), status=fault.status)
+        if fault is not None and fault.kind == "hang":
+            await asyncio.to_thread(fault.released.wait)
+            self._record(call, 503, fault)
+            return web.json_response(self._status(503, "ServiceUnavailable", "fault proxy: held, never forwarded"),
+                                     status=503)
         if fault is not None and fault.kind == "slow":
             await asyncio.sleep(fault.delay)
         if fault is not None and fault.kind == "gap" and call.verb == "watch":
