@@ -61,7 +61,7 @@ class Fault:
     forwards, then answers `status` (the write happened, the client is told it did not); `slow`
     waits `delay` seconds first; `cut` ends a watch stream after `after` seconds; `gap` holds each
     watch that starts (no event) until `release()`, then answers it 410 Gone, so the client lists
-    again; `hang` holds the request unanswered and unforwarded until `release()` (then 503): a
+    again; `expire` answers a watch 410 Gone at once; `hang` holds the request unanswered and unforwarded until `release()` (then 503): a
     write that never lands, e.g. while the operator is killed. `agent` matches a part of the
     User-Agent (kopf's own requests say "kopf", the operator's client "spin-operator"). `times`
     bounds how often it fires (None: until removed), `probability` fires it on a share of the matches."""
@@ -227,8 +227,9 @@ class FaultProxy:
                                      status=503)
         if fault is not None and fault.kind == "slow":
             await asyncio.sleep(fault.delay)
-        if fault is not None and fault.kind == "gap" and call.verb == "watch":
-            await asyncio.to_thread(fault.released.wait)
+        if fault is not None and fault.kind in ("gap", "expire") and call.verb == "watch":
+            if fault.kind == "gap":
+                await asyncio.to_thread(fault.released.wait)
             return await self._expired(request, call, fault)
         import aiohttp
 

@@ -124,3 +124,95 @@ def test_a_service_deleted_during_a_watch_gap_is_recreated(c: E2E, proxy: FaultP
 def services(c: E2E) -> dict[str, dict[str, Any]]:
     """The namespace's Services by name: {"metadata": {"uid": ...}}."""
     return {s.metadata.name: {"metadata": {"uid": s.metadata.uid}} for s in c.core.list_namespaced_service(c.namespace).items}
+
+
+# --------------------------------------------------------------------------- moved from the emulator suite
+
+TWO_ITERATIONS = {"iterations": 2}
+JOBS_OF_TWO_ITERATIONS = sorted(f"e2e-it{k}-{s}" for k in range(2) for s in ("gen", "convert", "train", "eval"))
+
+
+def api_faults() -> list[Fault]:
+    """Bursts of errors on every kind of request the operator makes, and broken watches (the
+    emulator suite's plan, now between the operator and the real apiserver)."""
+    return [
+        Fault("error", verbs=("create",), resource="jobs", status=500, times=2),  # refused, not created
+        Fault("error-after", verbs=("create",), resource="jobs", status=504, times=2),  # created, client told 504
+        Fault("error", verbs=("create",), resource="configmaps", status=503),
+        Fault("error", verbs=("create",), resource="persistentvolumeclaims", status=500),
+        Fault("error", verbs=("patch",), resource="spinruns", subresource="status", status=409, times=3),
+        Fault("error", verbs=("patch",), resource="spinruns", subresource="status", status=500, times=2),
+        Fault("error", verbs=("patch",), resource="spinruns", status=500, times=2, agent="kopf"),
+        Fault("error", verbs=("list",), resource="jobs", status=500, times=2, agent="kopf"),
+        Fault("error", verbs=("list",), resource="spinruns", status=502, agent="kopf"),
+        Fault("error", verbs=("create",), resource="events", status=500),
+        Fault("expire", verbs=("watch",), resource="spinruns", times=2),
+        Fault("expire", verbs=("watch",), resource="jobs"),
+        Fault("cut", verbs=("watch",), resource="jobs", times=3, after=1.0),
+        Fault("cut", verbs=("watch",), resource="spinruns", times=2, after=1.5),
+        Fault("cut", verbs=("watch",), resource="configmaps", times=2, after=1.0),
+    ]
+
+
+def test_api_errors_and_broken_watches_do_not_stop_the_run_or_duplicate_jobs(c: E2E, proxy: FaultProxy, tmp_path: Path,
+                                                                             tally: Tally) -> None:
+    """Every fault of `api_faults` fires while a 2-iteration run goes; it completes, the apiserver
+    stored each of its 8 Jobs once (the audit log), every step ran once, no retry was spent."""
+    faults = [proxy.add(f) for f in api_faults()]
+    op = through(OperatorProcess(c, tmp_path / "operator.log", {"SPIN_RESYNC_SECONDS": "2"}), proxy, tmp_path)
+    try:
+        op.start(timeout=120)
+        c.create_run(run_body(spec=TWO_ITERATIONS))
+        try:
+            run = complete(c, 240)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\nfaults: {[(f.kind, f.verbs, f.resource, f.fired) for f in faults]}\n"
+                                 f"failed pods: {failed_pod_logs(c)}\n{op.tail()}") from e
+        creations = c.job_creations()
+        assert sorted(creations) == JOBS_OF_TWO_ITERATIONS, duplicates(creations) or creations
+        assert not reran(c.kube), reran(c.kube)
+        assert retries(run) == 0
+        assert op.proc is not None and op.proc.poll() is None, op.tail()
+        unused = [(f.kind, f.verbs, f.resource, f.subresource, f.agent) for f in faults if f.fired < (f.times or 1)]
+        assert not unused, f"faults never triggered: {unused}"
+    finally:
+        op.kill()
+    by_kind = Counter(a.fault for a in proxy.answers if a.fault)
+    for kind, n in by_kind.items():
+        tally.add(f"faults.proxy_{kind.replace('-', '_')}", n)
+    tally.add("observed.duplicate_job_creations", len(creations) - len(set(creations)))
+
+
+def test_one_503_on_reading_the_spinrun_is_retried_within_seconds(c: E2E, proxy: FaultProxy, tmp_path: Path,
+                                                                  tally: Tally) -> None:
+    """The operator's first read of the SpinRun is answered 503: the run starts within seconds
+    (the operator's own retry), not after kopf's 60 s back-off of a failed handler."""
+    fault = proxy.add(Fault("error", verbs=("get",), resource="spinruns", status=503, agent="spin-operator"))
+    op = through(OperatorProcess(c, tmp_path / "operator.log"), proxy, tmp_path)
+    try:
+        op.start()
+        c.create_run(run_body(spec=ONE_ITERATION))
+        backoff = "will try again in 60 seconds"
+
+        def outcome() -> str | None:
+            if backoff in op.log.read_text(errors="replace"):
+                return "backed off"
+            phase = (c.get_run("e2e").get("status") or {}).get("phase")
+            return phase if phase in ("Generating", "Converting", "Training", "Evaluating", "Complete") else None
+
+        seen = c.wait(outcome, 30, "the run to start or the operator to back off")
+    finally:
+        op.kill()
+    assert fault.fired == 1, "the fault was injected once"
+    assert seen != "backed off", "a 503 on GET spinrun is retried only after kopf's 60 s default backoff"
+    tally.add("faults.api_503_on_read", 1)
+
+
+def failed_pod_logs(c: E2E) -> dict[str, str]:
+    """The last lines of each failed pod's log (what a user reads first)."""
+    out = {}
+    for pod in c.core.list_namespaced_pod(c.namespace).items:
+        if pod.status.phase == "Failed":
+            log = c.kube.kubectl("logs", "-n", c.namespace, pod.metadata.name, check=False)
+            out[pod.metadata.name] = (log.stdout + log.stderr)[-1500:]
+    return out
