@@ -286,10 +286,18 @@ def test_trainjob_launcher_the_chart_does_not_enable_says_which_value(c: E2E) ->
     assert "Helm value trainjob.enabled=false" in st["message"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _kueue_leaves_with_the_module(kube: Kube) -> Iterator[None]:
+    """Whatever installed Kueue, no other module's tests meet it."""
+    yield
+    kube.kueue_down()
+
+
 @pytest.fixture()
 def kueue(kube: Kube) -> Iterator[None]:
     """The real Kueue (v0.17, built from its Go module, running on loopback beside the apiserver:
-    spin_cluster.kueue), installed on first use and left for the next Kueue test."""
+    spin_cluster.kueue), installed on first use and left for the next Kueue test (the test after
+    them, without Kueue's API, removes it)."""
     kube.kueue_up()
     yield
 
@@ -451,6 +459,24 @@ def test_a_higher_priority_workload_preempts_a_queued_run_which_waits_and_comple
     run = c.wait_phase("e2e", ("Complete", "Failed"), 120)
     assert run["status"]["phase"] == "Complete", run["status"]
     assert c.job_creations().count(job) == 1
+
+
+def test_suspending_a_queued_run_without_kueues_workload_api_says_so(no_kueue: None, c: E2E) -> None:
+    """The chart says Kueue runs (kueue.enabled) but the cluster serves no Workload API. Before,
+    the Workload list at v1beta1 got a 404 that counted as done: the run said Suspended while its
+    Job ran on. Now the missing API is a condition, the phase stays, and the request is retried."""
+    c.hold("it0-gen")
+    c.start_operator({"kueue": {"enabled": True}})
+    c.create_run(run_body(spec={"iterations": 1, "queueName": "gpu-queue"}))
+    c.wait(lambda: (c.jobs().get("e2e-it0-gen") or {}).get("metadata", {}).get("uid")
+           and c.get_run("e2e").get("status", {}).get("phase") == "Generating", 60, "the generation Job")
+    c.patch_spec("e2e", {"suspend": True})
+    st = c.wait_reason("e2e", "RequestRetrying", 60)
+    assert "Kueue's Workload API is not served" in st["message"] and "kueue.enabled=false" in st["message"], st
+    assert st["phase"] == "Generating", st
+    progressing = next(x for x in st["conditions"] if x["type"] == "Progressing")
+    assert (progressing["status"], progressing["reason"]) == ("False", "RequestRetrying")
+    c.release()
 
 
 class StatusRecorder(Player):
@@ -703,22 +729,3 @@ def test_a_bad_data_exit_under_torchrun_fails_the_step_without_a_retry(c: E2E) -
              if p["metadata"]["labels"].get("spin.dev/step") == "train"
              for cs in p["status"].get("containerStatuses", []) if (cs.get("state") or {}).get("terminated")]
     assert 65 in codes, codes
-
-
-def test_suspending_a_queued_run_without_kueues_workload_api_says_so(no_kueue: None, c: E2E) -> None:
-    """The chart says Kueue runs (kueue.enabled) but the cluster serves no Workload API. Before,
-    the Workload list at v1beta1 got a 404 that counted as done: the run said Suspended while its
-    Job ran on. Now the missing API is a condition, the phase stays, and the request is retried."""
-    c.hold("it0-gen")
-    c.start_operator({"kueue": {"enabled": True}})
-    c.create_run(run_body(spec={"iterations": 1, "queueName": "gpu-queue"}))
-    c.wait(lambda: (c.jobs().get("e2e-it0-gen") or {}).get("metadata", {}).get("uid")
-           and c.get_run("e2e").get("status", {}).get("phase") == "Generating", 60, "the generation Job")
-    c.patch_spec("e2e", {"suspend": True})
-    st = c.wait_reason("e2e", "RequestRetrying", 60)
-    assert "Kueue's Workload API is not served" in st["message"] and "kueue.enabled=false" in st["message"], st
-    assert st["phase"] == "Generating", st
-    progressing = next(x for x in st["conditions"] if x["type"] == "Progressing")
-    assert (progressing["status"], progressing["reason"]) == ("False", "RequestRetrying")
-    c.release()
-
