@@ -414,12 +414,13 @@ def test_an_operator_without_kueue_support_fights_real_kueue_over_the_suspend_fl
     before = kueue_unsuspends(c, job)
     c.patch_spec("e2e", {"suspend": True})
 
-    def fighting() -> tuple[int, int] | None:
+    def fighting() -> dict[str, Any] | None:
         ours, theirs = len(operator_patches(c, "jobs", job)), kueue_unsuspends(c, job) - before
-        return (ours, theirs) if ours >= 3 and theirs >= 3 else None
+        conds = {x["type"]: x for x in (c.get_run("e2e").get("status") or {}).get("conditions") or []}
+        return conds if ours >= 3 and theirs >= 3 else None
 
-    c.wait(fighting, 60, "the operator and Kueue flipping the Job's suspend flag in turn")
-    cond = next(x for x in c.get_run("e2e")["status"]["conditions"] if x["type"] == "QueueUnmanaged")
+    conds = c.wait(fighting, 60, "the operator and Kueue flipping the Job's suspend flag in turn")
+    cond = conds["QueueUnmanaged"]
     assert (cond["status"], cond["reason"]) == ("True", "KueueDisabled"), cond
 
 
@@ -459,6 +460,9 @@ def test_a_higher_priority_workload_preempts_a_queued_run_which_waits_and_comple
     run = c.wait_phase("e2e", ("Complete", "Failed"), 120)
     assert run["status"]["phase"] == "Complete", run["status"]
     assert c.job_creations().count(job) == 1
+    convert = next(s for s in run["status"]["iterations"][0]["steps"] if s["step"] == "convert")
+    assert convert["retries"] == 0, convert  # a preemption is not a failure of the step
+    assert c.starts(job) == [0, 0]  # the step ran again from the start after its re-admission
 
 
 def test_suspending_a_queued_run_without_kueues_workload_api_says_so(no_kueue: None, c: E2E) -> None:
