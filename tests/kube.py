@@ -49,6 +49,7 @@ class Kube:
     control_dir: Path
     _crd: bool = False
     _identities: dict[str, tuple[Path, dict[str, str]]] = field(default_factory=dict)
+    _kueue: Any = None
 
     @property
     def api(self) -> Client:
@@ -121,6 +122,25 @@ class Kube:
             wait(lambda: not self.api.get(path("", "v1", "pods", name)).get("items"), 60, f"the pods of {name} to go")
         with contextlib.suppress(ApiError):
             self.api.delete(path("", "v1", "namespaces", name=name))
+
+    # ------------------------------------------------------------------ Kueue
+
+    def kueue_up(self) -> Any:
+        """The real Kueue (spin_cluster.kueue: built from its Go module, on loopback), installed on
+        first use and kept for the following tests until `kueue_down`."""
+        from spin_cluster import kueue
+
+        if self._kueue is None:
+            self._kueue = kueue.install(self.state)
+        return self._kueue
+
+    def kueue_down(self) -> None:
+        """No Kueue: its webhooks, process, objects and CRDs removed (none are served any more)."""
+        from spin_cluster import kueue
+
+        if self._kueue is not None:
+            kueue.uninstall(self.state, self._kueue)
+            self._kueue = None
 
     # ------------------------------------------------------------------ the operator's identity
 

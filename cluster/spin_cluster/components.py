@@ -55,7 +55,10 @@ ETCD = Component("etcd", "go.etcd.io/etcd/server/v3", (("etcd", "go.etcd.io/etcd
 KWOK = Component("kwok", "sigs.k8s.io/kwok", (("kwok", "sigs.k8s.io/kwok/cmd/kwok"),
                                               ("kwok-stages", "spinrun.dev/cluster/kwok/stages")))
 
-COMPONENTS = (ETCD, KUBERNETES, KWOK)
+#: Kueue's controller manager, run only by the tests that need a real Kueue (tests/kueue.py).
+KUEUE = Component("kueue", "sigs.k8s.io/kueue", (("kueue", "sigs.k8s.io/kueue/cmd/kueue"),))
+
+COMPONENTS = (ETCD, KUBERNETES, KWOK, KUEUE)
 
 
 @cache

@@ -158,3 +158,14 @@ def create(root: Path, apiserver_names: list[str], kubelet_names: list[str]) -> 
     pki.sa_pub.write_bytes(sa.public_key().public_bytes(serialization.Encoding.PEM,
                                                          serialization.PublicFormat.SubjectPublicKeyInfo))
     return pki
+
+
+def issue_serving(pki: Pki, cert_path: Path, key_path: Path, cn: str, names: list[str]) -> None:
+    """A serving certificate for another server the apiserver calls (a webhook on loopback), signed
+    by the cluster's CA, so that the CA bundle of its client config is the cluster's own ca.crt."""
+    ca_cert = x509.load_pem_x509_certificate(pki.ca.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"{pki.ca_key}: not the EC key of a cluster CA")
+    cert_path.parent.mkdir(parents=True, exist_ok=True)
+    _issue(cert_path, key_path, _name(cn), (ca_cert, ca_key), server=True, names=names)

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from spin_cluster.components import COMPONENTS, ETCD, KUBERNETES, KWOK, required_version, version_ldflags
+from spin_cluster.components import COMPONENTS, ETCD, KUBERNETES, KUEUE, KWOK, required_version, version_ldflags
 
 
 def test_versions_are_read_from_the_committed_go_mod_files() -> None:
     assert KUBERNETES.version.startswith("v1.3")
     assert ETCD.version.startswith("v3.")
-    assert KWOK.version.startswith("v0.")
+    assert KWOK.version.startswith("v0.") and KUEUE.version.startswith("v0.")
     for component in COMPONENTS:
         assert (component.go_dir / "go.sum").is_file(), f"{component.name}: go.sum must be committed (pinned build)"
 

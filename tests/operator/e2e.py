@@ -214,14 +214,18 @@ def e2e(kube: Kube, **control: Any) -> Iterator[E2E]:
 
 
 # --------------------------------------------------------------------------- other projects' controllers
-# Kueue and Kubeflow Trainer do not run on this cluster yet: their CRDs are installed (permissive
-# schemas) and the tests play their controllers on the real API, as the emulator's harness did.
+# Kueue runs for real on this cluster (spin_cluster.kueue, installed by the tests that need it).
+# Kubeflow Trainer does not yet: its CRD is installed (permissive schema) and the tests play its
+# controller on the real API, as the emulator's harness did.
 
 TRAINJOBS = ("trainer.kubeflow.org", "v1alpha1", "trainjobs")
-#: Kueue's Workload API as current Kueue serves it (v1beta2 only once v1beta1 is removed).
-WORKLOADS = ("kueue.x-k8s.io", "v1beta2", "workloads")
+#: Kueue's Workload API as Kueue v0.17 serves it (v1beta2 stored, v1beta1 converted).
+KUEUE = ("kueue.x-k8s.io", "v1beta2")
+WORKLOADS = (*KUEUE, "workloads")
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
+KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
+FLAVOR = "spin-tests"
 
 
 def permissive_crd(group: str, version: str, plural: str, kind: str) -> dict[str, Any]:
@@ -236,21 +240,59 @@ def permissive_crd(group: str, version: str, plural: str, kind: str) -> dict[str
     }
 
 
-#: Kueue's mutating webhook for batch Jobs, as a MutatingAdmissionPolicy: a Job created with the
-#: queue-name label is stored suspended (Kueue unsuspends it once its Workload is admitted).
-KUEUE_WEBHOOK = [
-    {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingAdmissionPolicy",
-     "metadata": {"name": "spin-tests-kueue-suspend"},
-     "spec": {"matchConstraints": {"resourceRules": [{"apiGroups": ["batch"], "apiVersions": ["v1"],
-                                                      "operations": ["CREATE"], "resources": ["jobs"]}]},
-              "matchConditions": [{"name": "queued", "expression":
-                                   f"has(object.metadata.labels) && '{KUEUE_QUEUE_LABEL}' in object.metadata.labels"}],
-              "failurePolicy": "Fail", "reinvocationPolicy": "Never",
-              "mutations": [{"patchType": "ApplyConfiguration", "applyConfiguration": {
-                  "expression": "Object{spec: Object.spec{suspend: true}}"}}]}},
-    {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingAdmissionPolicyBinding",
-     "metadata": {"name": "spin-tests-kueue-suspend"}, "spec": {"policyName": "spin-tests-kueue-suspend"}},
-]
+def true_condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
+    """The condition `kind` of an object when its status is True, else None."""
+    return next((c for c in ((obj or {}).get("status") or {}).get("conditions") or []
+                 if c.get("type") == kind and c.get("status") == "True"), None)
+
+
+class KueueQueues:
+    """Kueue's queues for one test: a ResourceFlavor, a ClusterQueue of the test's own that admits
+    the test's namespace with a quota counted in pods (Kueue counts `pods` when a ClusterQueue
+    covers it; cpu, memory and GPUs are covered generously, so only pods bind), and the LocalQueue
+    `name` in the namespace (a SpinRun's spec.queueName)."""
+
+    def __init__(self, e2e: E2E, name: str, pods: int, preemption: dict[str, str] | None = None) -> None:
+        self.e2e, self.name = e2e, name
+        self.cluster_queue = f"spin-tests-{e2e.namespace}"
+        self.preemption = preemption
+        custom = e2e.custom
+        with contextlib.suppress(ApiException):  # one flavor for every test; a 409 is a second test
+            custom.create_cluster_custom_object(*KUEUE, "resourceflavors", {
+                "apiVersion": "/".join(KUEUE), "kind": "ResourceFlavor", "metadata": {"name": FLAVOR}})
+        custom.create_cluster_custom_object(*KUEUE, "clusterqueues", {
+            "apiVersion": "/".join(KUEUE), "kind": "ClusterQueue", "metadata": {"name": self.cluster_queue},
+            "spec": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": e2e.namespace}},
+                     **({"preemption": preemption} if preemption else {}), **self._groups(pods)}})
+        custom.create_namespaced_custom_object(*KUEUE, e2e.namespace, "localqueues", {
+            "apiVersion": "/".join(KUEUE), "kind": "LocalQueue", "metadata": {"name": name},
+            "spec": {"clusterQueue": self.cluster_queue}})
+
+    @staticmethod
+    def _groups(pods: int) -> dict[str, Any]:
+        quota = {"cpu": "1000", "memory": "1000Gi", "nvidia.com/gpu": "64", "pods": str(pods)}
+        return {"resourceGroups": [{"coveredResources": list(quota), "flavors": [
+            {"name": FLAVOR, "resources": [{"name": k, "nominalQuota": v} for k, v in quota.items()]}]}]}
+
+    def set_quota(self, pods: int) -> None:
+        """The ClusterQueue's pod quota (a merge patch replaces the resource groups whole)."""
+        self.e2e.custom.patch_cluster_custom_object(*KUEUE, "clusterqueues", self.cluster_queue,
+                                                    {"spec": self._groups(pods)}, _content_type=MERGE)
+
+    def workload(self, job: str) -> dict[str, Any] | None:
+        """The Workload Kueue made for the Job `job` of the namespace (found by the Job's uid)."""
+        uid = (self.e2e.jobs().get(job) or {}).get("metadata", {}).get("uid")
+        if not uid:
+            return None
+        items = self.e2e.custom.list_namespaced_custom_object(*WORKLOADS[:2], self.e2e.namespace, WORKLOADS[2],
+                                                              label_selector=f"{KUEUE_JOB_UID_LABEL}={uid}")["items"]
+        return items[0] if items else None
+
+    def close(self) -> None:
+        """The ClusterQueue goes (Kueue keeps it while Workloads use it; the namespace's cleanup
+        deletes those); the flavor stays for the next test."""
+        with contextlib.suppress(ApiException):
+            self.e2e.custom.delete_cluster_custom_object(*KUEUE, "clusterqueues", self.cluster_queue)
 
 
 class Player:
@@ -323,60 +365,3 @@ class TrainerPlayer(Player):
             rundir.mark_done(run_dir, run, stages.Step(k, "train"), {"by": "trainer-player"})
             self._status(name, "Complete", "JobsCompleted")
             self.completed.append(name)
-
-
-class KueuePlayer(Player):
-    """Kueue (v0.19's jobframework reconciler for batch Jobs) in the test's namespace, with the
-    webhook installed as KUEUE_WEBHOOK: a Workload per queued Job, admission while `quota` allows
-    (Kueue unsuspends the Job), an admitted Job someone else suspended is unsuspended again (counted
-    in `unsuspended_behind`), a Workload with spec.active false is evicted (its Job suspended)."""
-
-    def __init__(self, e2e: E2E, quota: int) -> None:
-        super().__init__(e2e)
-        self.quota = quota
-        self.admitted: set[str] = set()
-        self.evictions = 0
-        self.unsuspended_behind = 0
-
-    def _suspend(self, job: str, value: bool) -> None:
-        self.e2e.batch.patch_namespaced_job(job, self.e2e.namespace, {"spec": {"suspend": value}}, _content_type=MERGE,
-                                            _preload_content=False)
-
-    def step(self) -> None:
-        ns, custom = self.e2e.namespace, self.e2e.custom
-        jobs = json.loads(self.e2e.batch.list_namespaced_job(ns, label_selector=KUEUE_QUEUE_LABEL,
-                                                             _preload_content=False).data)["items"]
-        workloads = {w["metadata"]["labels"][KUEUE_JOB_UID_LABEL]: w
-                     for w in custom.list_namespaced_custom_object(*WORKLOADS[:2], ns, WORKLOADS[2])["items"]}
-        for job in jobs:
-            meta, uid = job["metadata"], job["metadata"]["uid"]
-            done = any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-                       for c in (job.get("status") or {}).get("conditions") or [])
-            wl = workloads.get(uid)
-            if wl is None:
-                if done:
-                    continue
-                wl = custom.create_namespaced_custom_object(*WORKLOADS[:2], ns, WORKLOADS[2], {
-                    "apiVersion": "/".join(WORKLOADS[:2]), "kind": "Workload",
-                    "metadata": {"name": f"job-{meta['name']}-{uid[:5]}", "labels": {KUEUE_JOB_UID_LABEL: uid}},
-                    "spec": {"active": True, "queueName": meta["labels"][KUEUE_QUEUE_LABEL]}})
-            name = wl["metadata"]["name"]
-            if done:
-                self.admitted.discard(name)
-                continue
-            active = wl["spec"].get("active", True)
-            suspended = bool(job["spec"].get("suspend"))
-            if name in self.admitted and not active:
-                self.admitted.discard(name)
-                self.evictions += 1
-                if not suspended:
-                    self._suspend(meta["name"], True)
-            elif name in self.admitted and suspended:
-                self.unsuspended_behind += 1
-                self._suspend(meta["name"], False)
-            elif name not in self.admitted and active and len(self.admitted) < self.quota:
-                self.admitted.add(name)
-                if suspended:
-                    self._suspend(meta["name"], False)
-            elif name not in self.admitted and not suspended:
-                self._suspend(meta["name"], True)

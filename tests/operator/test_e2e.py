@@ -20,19 +20,21 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from spin_runtime.cli import main as spin_cli
-from tests.kube import OPERATOR_NAMESPACE, Kube
+from tests.kube import INSTANT_IMAGE, OPERATOR_NAMESPACE, Kube
 from tests.operator.e2e import (
     E2E,
-    KUEUE_WEBHOOK,
+    KUEUE,
+    KUEUE_PRIORITY_LABEL,
+    KUEUE_QUEUE_LABEL,
     TRAINJOBS,
-    WORKLOADS,
-    KueuePlayer,
+    KueueQueues,
     Player,
     TrainerPlayer,
     e2e,
     job_done,
     permissive_crd,
     run_body,
+    true_condition,
 )
 
 pytestmark = pytest.mark.e2e
@@ -284,46 +286,201 @@ def test_trainjob_launcher_the_chart_does_not_enable_says_which_value(c: E2E) ->
     assert "Helm value trainjob.enabled=false" in st["message"]
 
 
-@pytest.fixture()
-def kueue_api(kube: Kube) -> Iterator[None]:
-    """Kueue's Workload CRD (permissive) and its Job webhook (a MutatingAdmissionPolicy), for one test."""
-    kube.apply([permissive_crd(*WORKLOADS, "Workload"), *KUEUE_WEBHOOK])
-    kube.wait_established(f"{WORKLOADS[2]}.{WORKLOADS[0]}")
+@pytest.fixture(scope="module", autouse=True)
+def _kueue_leaves_with_the_module(kube: Kube) -> Iterator[None]:
+    """Whatever installed Kueue, no other module's tests meet it."""
     yield
-    kube.kubectl("delete", "mutatingadmissionpolicybinding,mutatingadmissionpolicy", "spin-tests-kueue-suspend",
-                 "--wait=true", check=False)
-    kube.kubectl("delete", "crd", f"{WORKLOADS[2]}.{WORKLOADS[0]}", "--wait=true", "--timeout=60s")
+    kube.kueue_down()
 
 
-@pytest.mark.parametrize("kueue_rules", [True, False], ids=["workload-active", "suspend-flag-as-before"])
-def test_suspend_and_resume_under_kueue(kueue_rules: bool, c: E2E, kueue_api: None) -> None:
-    """Kueue (its webhook as an admission policy, its reconciler played by the test) suspends queued
-    Jobs until admitted and unsuspends an admitted Job someone else suspended. The operator, with
-    the chart's kueue.enabled, stops and resumes a queued run through the Workload's spec.active; without
-    it (as before #13) it flips the Job's suspend flag, and Kueue flips it back: a patch loop."""
-    with KueuePlayer(c, quota=0) as kueue:
-        c.hold("it0-convert")
-        c.start_operator({"kueue": {"enabled": True}} if kueue_rules else None)
-        c.create_run(run_body(spec={"iterations": 1, "queueName": "gpu-queue"}))
-        st = c.wait_reason("e2e", "WaitingForQuota", 60)
-        assert "waiting for quota in queue gpu-queue" in st["message"]
-        kueue.quota = 1
-        c.wait(lambda: "e2e-it0-convert" in c.jobs() and not c.jobs()["e2e-it0-convert"]["spec"]["suspend"], 60,
-               "convert admitted and running")
-        c.patch_spec("e2e", {"suspend": True})
-        c.wait_phase("e2e", "Suspended", 30)
-        time.sleep(2.0)
-        if not kueue_rules:
-            assert kueue.unsuspended_behind > 3, "expected the suspend-flag fight with Kueue"
-            return
-        assert kueue.unsuspended_behind == 0 and kueue.evictions == 1, kueue.errors
-        assert c.jobs()["e2e-it0-convert"]["spec"]["suspend"] is True  # Kueue evicted it
-        c.release()
-        c.patch_spec("e2e", {"suspend": False})
-        run = c.wait_phase("e2e", ("Complete", "Failed"), 120)
-        assert run["status"]["phase"] == "Complete", run["status"]
-        assert kueue.unsuspended_behind == 0
-        assert c.job_creations().count("e2e-it0-convert") == 1
+@pytest.fixture()
+def kueue(kube: Kube) -> Iterator[None]:
+    """The real Kueue (v0.17, built from its Go module, running on loopback beside the apiserver:
+    spin_cluster.kueue), installed on first use and left for the next Kueue test (the test after
+    them, without Kueue's API, removes it)."""
+    kube.kueue_up()
+    yield
+
+
+@pytest.fixture()
+def no_kueue(kube: Kube) -> None:
+    """A cluster that serves no Kueue API (a Kueue an earlier test installed is removed first)."""
+    kube.kueue_down()
+    groups = kube.api.get("/apis")["groups"]
+    assert not any(g["name"] == KUEUE[0] for g in groups), groups
+
+
+@pytest.fixture()
+def queues(c: E2E, kueue: None) -> Iterator[KueueQueues]:
+    """The LocalQueue gpu-queue of the test's namespace, its ClusterQueue out of pod quota."""
+    q = KueueQueues(c, "gpu-queue", pods=0, preemption={"withinClusterQueue": "LowerPriority"})
+    yield q
+    q.close()
+
+
+def operator_patches(c: E2E, resource: str, name: str | None = None) -> list[str]:
+    """The operator's PATCHes of `resource` (of the object `name`), as `apiVersion name` (the
+    apiserver's audit log)."""
+    return [f"{e['objectRef'].get('apiVersion')} {e['objectRef'].get('name')}" for e in c.kube.audit(c.namespace)
+            if e["verb"] == "patch" and e["user"]["username"].startswith(OPERATOR_USERS)
+            and e["objectRef"].get("resource") == resource and name in (None, e["objectRef"].get("name"))
+            and not e["objectRef"].get("subresource")]
+
+
+def kueue_unsuspends(c: E2E, job: str) -> int:
+    """Updates of the Job `job` by Kueue (it starts an admitted Job by an update of the Job)."""
+    return sum(1 for e in c.kube.audit(c.namespace) if e["verb"] in ("update", "patch")
+               and e.get("userAgent", "").startswith("kueue") and e["objectRef"].get("resource") == "jobs"
+               and e["objectRef"].get("name") == job and not e["objectRef"].get("subresource"))
+
+
+def wait_for_quota_then_raise_it(c: E2E, queues: KueueQueues, job: str) -> None:
+    """The run says WaitingForQuota while Kueue finds no quota for the Job's Workload (its
+    QuotaReserved condition False, in Kueue's words); then the ClusterQueue gets 2 pods."""
+    def waiting() -> dict[str, Any] | None:
+        st = c.get_run("e2e").get("status") or {}
+        wl = queues.workload(job)
+        pending = next((x for x in (wl or {}).get("status", {}).get("conditions") or [] if x["type"] == "QuotaReserved"), None)
+        if st.get("reason") == "WaitingForQuota" and pending and pending["status"] == "False":
+            return {"status": st, "pending": pending}
+        return None
+
+    seen = c.wait(waiting, 60, "WaitingForQuota and Kueue's Workload pending")
+    assert f"waiting for quota in queue {queues.name}" in seen["status"]["message"], seen
+    assert f"Kueue admits job {job}" in seen["status"]["message"], seen
+    assert "insufficient quota" in seen["pending"]["message"], seen
+    queues.set_quota(2)
+
+
+def wait_admitted(c: E2E, queues: KueueQueues, job: str) -> dict[str, Any]:
+    """The Workload of `job` once Kueue admitted it and unsuspended the Job."""
+    def admitted() -> dict[str, Any] | None:
+        wl, j = queues.workload(job), c.jobs().get(job)
+        return wl if true_condition(wl, "Admitted") and j and not j["spec"].get("suspend") else None
+
+    return c.wait(admitted, 60, f"{job} admitted by Kueue and unsuspended")
+
+
+def test_suspend_and_resume_under_kueue_deactivates_its_workload(c: E2E, queues: KueueQueues) -> None:
+    """Real Kueue (its Job webhook stores the queued Job suspended; its scheduler admits it once
+    the ClusterQueue has quota). The operator with the chart's kueue.enabled suspends the run by
+    deactivating the Workload (spec.active false): Kueue evicts it and suspends the Job itself, and
+    nobody fights over the flag; resuming reactivates it, and the run completes with its Job
+    created once."""
+    c.hold("it0-convert")
+    c.start_operator({"kueue": {"enabled": True}})
+    c.create_run(run_body(spec={"iterations": 1, "queueName": "gpu-queue"}))
+    job = "e2e-it0-convert"
+    first = c.wait(lambda: c.jobs().get("e2e-it0-gen"), 60, "the generation Job")
+    assert first["spec"]["suspend"] is True, first["spec"]  # Kueue's webhook, at create
+    wait_for_quota_then_raise_it(c, queues, "e2e-it0-gen")
+    wait_admitted(c, queues, job)
+    c.patch_spec("e2e", {"suspend": True})
+
+    def evicted() -> dict[str, Any] | None:
+        run, wl, j = c.get_run("e2e"), queues.workload(job), c.jobs().get(job)
+        ev = true_condition(wl, "Evicted")
+        # each deactivation is a Workload patch, then an annotation of the Job: as many of each
+        # (a patch of the Job's suspend flag would be one Job patch more)
+        workloads, jobs = operator_patches(c, "workloads"), operator_patches(c, "jobs", job)
+        if (run.get("status") or {}).get("phase") == "Suspended" and wl and wl["spec"].get("active") is False \
+                and ev and not true_condition(wl, "QuotaReserved") and j and j["spec"].get("suspend") \
+                and workloads and len(jobs) == len(workloads):
+            return {"evicted": ev, "workload_patches": workloads}
+        return None
+
+    seen = c.wait(evicted, 60, "the Workload deactivated, evicted and its Job suspended by Kueue, the Job's flag untouched")
+    assert seen["evicted"]["reason"] == "Deactivated", seen["evicted"]
+    # v1beta2: the version that stays when Kueue drops v1beta1
+    assert {p.split()[0] for p in seen["workload_patches"]} == {"v1beta2"}, seen["workload_patches"]
+    c.release()
+    c.patch_spec("e2e", {"suspend": False})
+    run = c.wait_phase("e2e", ("Complete", "Failed"), 120)
+    assert run["status"]["phase"] == "Complete", run["status"]
+    assert c.job_creations().count(job) == 1
+
+
+def test_an_operator_without_kueue_support_fights_real_kueue_over_the_suspend_flag(c: E2E, queues: KueueQueues) -> None:
+    """As before #13 (the chart's kueue.enabled off): suspending the run flips the admitted Job's
+    suspend flag, and real Kueue flips it back (jobframework: an admitted Workload's suspended Job
+    is started again): a patch loop, which kueue.enabled exists to avoid; the run says so with
+    QueueUnmanaged."""
+    c.hold("it0-convert")
+    c.start_operator()
+    c.create_run(run_body(spec={"iterations": 1, "queueName": "gpu-queue"}))
+    job = "e2e-it0-convert"
+    wait_for_quota_then_raise_it(c, queues, "e2e-it0-gen")
+    wait_admitted(c, queues, job)
+    before = kueue_unsuspends(c, job)
+    c.patch_spec("e2e", {"suspend": True})
+
+    def fighting() -> dict[str, Any] | None:
+        ours, theirs = len(operator_patches(c, "jobs", job)), kueue_unsuspends(c, job) - before
+        conds = {x["type"]: x for x in (c.get_run("e2e").get("status") or {}).get("conditions") or []}
+        return conds if ours >= 3 and theirs >= 3 else None
+
+    conds = c.wait(fighting, 60, "the operator and Kueue flipping the Job's suspend flag in turn")
+    cond = conds["QueueUnmanaged"]
+    assert (cond["status"], cond["reason"]) == ("True", "KueueDisabled"), cond
+
+
+def test_a_higher_priority_workload_preempts_a_queued_run_which_waits_and_completes(c: E2E, queues: KueueQueues) -> None:
+    """Kueue preempts the run's admitted Job for a higher-priority Job of the same ClusterQueue
+    (withinClusterQueue: LowerPriority): the Workload is evicted (Preempted), Kueue suspends the
+    Job, the run says WaitingForQuota (not a failure, nothing recreated); when the preemptor
+    finishes, Kueue admits the Job again and the run completes with that Job created once."""
+    c.kube.apply([{"apiVersion": "/".join(KUEUE), "kind": "WorkloadPriorityClass",
+                   "metadata": {"name": "spin-tests-high"}, "value": 1000}])
+    c.hold("it0-convert")
+    c.start_operator({"kueue": {"enabled": True}})
+    c.create_run(run_body(spec={"iterations": 1, "queueName": "gpu-queue"}))
+    job = "e2e-it0-convert"
+    wait_for_quota_then_raise_it(c, queues, "e2e-it0-gen")
+    wait_admitted(c, queues, job)
+    c.wait(lambda: c.starts(job), 60, "the convert step started")
+    c.batch.create_namespaced_job(c.namespace, {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "urgent", "labels": {KUEUE_QUEUE_LABEL: "gpu-queue", KUEUE_PRIORITY_LABEL: "spin-tests-high"}},
+        "spec": {"parallelism": 2, "completions": 2, "backoffLimit": 0, "template": {"spec": {
+            "restartPolicy": "Never", "containers": [{"name": "main", "image": INSTANT_IMAGE,
+                                                      "command": ["sh", "-c", "sleep 2"]}]}}}})
+
+    def preempted() -> dict[str, Any] | None:
+        st, wl, j = c.get_run("e2e").get("status") or {}, queues.workload(job), c.jobs().get(job)
+        ev = true_condition(wl, "Evicted")
+        if st.get("reason") == "WaitingForQuota" and ev and j and j["spec"].get("suspend"):
+            return {"status": st, "evicted": ev}
+        return None
+
+    seen = c.wait(preempted, 60, "the run's Workload preempted, its Job suspended, the run waiting for quota")
+    assert seen["evicted"]["reason"] == "Preempted", seen["evicted"]
+    assert seen["status"]["phase"] == "Converting", seen["status"]
+    c.wait(lambda: job_done(c.jobs().get("urgent")), 90, "the preemptor completed")
+    c.release()
+    run = c.wait_phase("e2e", ("Complete", "Failed"), 120)
+    assert run["status"]["phase"] == "Complete", run["status"]
+    assert c.job_creations().count(job) == 1
+    convert = next(s for s in run["status"]["iterations"][0]["steps"] if s["step"] == "convert")
+    assert convert["retries"] == 0, convert  # a preemption is not a failure of the step
+    assert c.starts(job) == [0, 0]  # the step ran again from the start after its re-admission
+
+
+def test_suspending_a_queued_run_without_kueues_workload_api_says_so(no_kueue: None, c: E2E) -> None:
+    """The chart says Kueue runs (kueue.enabled) but the cluster serves no Workload API. Before,
+    the Workload list at v1beta1 got a 404 that counted as done: the run said Suspended while its
+    Job ran on. Now the missing API is a condition, the phase stays, and the request is retried."""
+    c.hold("it0-gen")
+    c.start_operator({"kueue": {"enabled": True}})
+    c.create_run(run_body(spec={"iterations": 1, "queueName": "gpu-queue"}))
+    c.wait(lambda: (c.jobs().get("e2e-it0-gen") or {}).get("metadata", {}).get("uid")
+           and c.get_run("e2e").get("status", {}).get("phase") == "Generating", 60, "the generation Job")
+    c.patch_spec("e2e", {"suspend": True})
+    st = c.wait_reason("e2e", "RequestRetrying", 60)
+    assert "Kueue's Workload API is not served" in st["message"] and "kueue.enabled=false" in st["message"], st
+    assert st["phase"] == "Generating", st
+    progressing = next(x for x in st["conditions"] if x["type"] == "Progressing")
+    assert (progressing["status"], progressing["reason"]) == ("False", "RequestRetrying")
+    c.release()
 
 
 class StatusRecorder(Player):
@@ -576,22 +733,3 @@ def test_a_bad_data_exit_under_torchrun_fails_the_step_without_a_retry(c: E2E) -
              if p["metadata"]["labels"].get("spin.dev/step") == "train"
              for cs in p["status"].get("containerStatuses", []) if (cs.get("state") or {}).get("terminated")]
     assert 65 in codes, codes
-
-
-def test_suspending_a_queued_run_without_kueues_workload_api_says_so(c: E2E) -> None:
-    """The chart says Kueue runs (kueue.enabled) but the cluster serves no Workload API. Before,
-    the Workload list at v1beta1 got a 404 that counted as done: the run said Suspended while its
-    Job ran on. Now the missing API is a condition, the phase stays, and the request is retried."""
-    c.hold("it0-gen")
-    c.start_operator({"kueue": {"enabled": True}})
-    c.create_run(run_body(spec={"iterations": 1, "queueName": "gpu-queue"}))
-    c.wait(lambda: (c.jobs().get("e2e-it0-gen") or {}).get("metadata", {}).get("uid")
-           and c.get_run("e2e").get("status", {}).get("phase") == "Generating", 60, "the generation Job")
-    c.patch_spec("e2e", {"suspend": True})
-    st = c.wait_reason("e2e", "RequestRetrying", 60)
-    assert "Kueue's Workload API is not served" in st["message"] and "kueue.enabled=false" in st["message"], st
-    assert st["phase"] == "Generating", st
-    progressing = next(x for x in st["conditions"] if x["type"] == "Progressing")
-    assert (progressing["status"], progressing["reason"]) == ("False", "RequestRetrying")
-    c.release()
-
