@@ -208,11 +208,25 @@ def test_one_503_on_reading_the_spinrun_is_retried_within_seconds(c: E2E, proxy:
     tally.add("faults.api_503_on_read", 1)
 
 
-def failed_pod_logs(c: E2E) -> dict[str, str]:
-    """The last lines of each failed pod's log (what a user reads first)."""
-    out = {}
+def failed_pod_logs(c: E2E) -> dict[str, Any]:
+    """Each failed pod's container states and the end of its containers' logs (the kubelet's files)."""
+    out: dict[str, Any] = {}
     for pod in c.core.list_namespaced_pod(c.namespace).items:
-        if pod.status.phase == "Failed":
-            log = c.kube.kubectl("logs", "-n", c.namespace, pod.metadata.name, check=False)
-            out[pod.metadata.name] = (log.stdout + log.stderr)[-1500:]
+        if pod.status.phase != "Failed":
+            continue
+        states = [(s.name, s.state.terminated.exit_code, s.state.terminated.reason, s.state.terminated.message)
+                  for s in [*(pod.status.init_container_statuses or []), *(pod.status.container_statuses or [])]
+                  if s.state and s.state.terminated]
+        logs = {str(f.relative_to(c.kube.state.root)): f.read_text(errors="replace")[-800:]
+                for f in c.kube.state.root.rglob("*.log") if pod.metadata.uid in str(f) or pod.metadata.name in str(f)}
+        said = [line for f in (c.kube.state.root / "logs").glob("*.log") if "audit" not in f.name
+                for line in f.read_text(errors="replace").splitlines() if pod.metadata.name in line][-5:]
+        out[pod.metadata.name] = {"states": states, "logs": logs, "components said": said}
+    out["who changed pods and Jobs"] = [
+        (e["stageTimestamp"][11:23], e["user"]["username"], e["verb"], e["objectRef"].get("resource"),
+         e["objectRef"].get("name"), e["objectRef"].get("subresource"), (e.get("responseStatus") or {}).get("code"))
+        for e in c.kube.audit(c.namespace)
+        if (e["objectRef"].get("resource") == "pods" and e["verb"] in ("delete", "deletecollection"))
+        or (e["objectRef"].get("resource") == "jobs" and e["verb"] in ("patch", "update", "delete", "create")
+            and not e["user"]["username"].startswith("system:serviceaccount:kube-system"))]
     return out

@@ -432,6 +432,36 @@ def crd_deleted(kube: Kube) -> Iterator[None]:
         kube.ensure_crd()
 
 
+# --------------------------------------------------------------------------- Jobs deleted by hand
+
+
+def test_a_child_job_deleted_by_hand_is_recreated_only_when_its_step_is_not_done(c: E2E, tally: Tally) -> None:
+    """`kubectl delete job` of a finished step's Job and of the running step's Job: the running one
+    comes back once (its step is not done; a deletion is not a failed attempt, so no retry is
+    spent), the finished one stays deleted, nothing finished runs again; after the run is Complete
+    a deleted Job stays deleted."""
+    c.hold("it0-convert")
+    c.start_operator()
+    c.create_run(run_body(spec=ONE_ITERATION))
+    c.wait(lambda: running(c, "e2e-it0-convert"), 120, "convert running")
+    c.kube.kubectl("delete", "job", "e2e-it0-gen", "e2e-it0-convert", "-n", c.namespace, "--wait=false")
+    c.wait(lambda: c.job_creations().count("e2e-it0-convert") == 2, 60, "the running step's Job created again")
+    assert "e2e-it0-gen" not in c.jobs(), "a finished step's Job was recreated"
+    c.release()
+    run = complete(c)
+    c.kube.kubectl("delete", "job", "e2e-it0-train", "-n", c.namespace, "--wait=true")
+    time.sleep(2.0)  # a recreation would follow the deletion's event at once
+    assert "e2e-it0-train" not in c.jobs(), "Complete is final: a deleted Job is not recreated"
+    creations = Counter(c.job_creations())
+    assert creations == Counter({**dict.fromkeys(JOBS_OF_ONE_ITERATION, 1), "e2e-it0-convert": 2}), creations
+    starts = Counter(c.kube.starts())
+    assert all(n == 1 for (job, _), n in starts.items() if job != "e2e-it0-convert"), starts
+    convert = next(s for s in run["status"]["iterations"][0]["steps"] if s["step"] == "convert")
+    assert convert["retries"] == 0, "a deleted Job is not a failed attempt"
+    tally.add("faults.job_deleted_by_hand", 3)
+    tally.add("observed.duplicate_job_creations", 0)
+
+
 # --------------------------------------------------------------------------- deleting a run with no operator
 
 
