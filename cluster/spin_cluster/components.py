@@ -55,7 +55,12 @@ ETCD = Component("etcd", "go.etcd.io/etcd/server/v3", (("etcd", "go.etcd.io/etcd
 KWOK = Component("kwok", "sigs.k8s.io/kwok", (("kwok", "sigs.k8s.io/kwok/cmd/kwok"),
                                               ("kwok-stages", "spinrun.dev/cluster/kwok/stages")))
 
-COMPONENTS = (ETCD, KUBERNETES, KWOK)
+#: JobSet at the version Trainer's go.mod requires (tests/cluster checks that the two pins agree).
+JOBSET = Component("jobset", "sigs.k8s.io/jobset", (("jobset", "sigs.k8s.io/jobset"),))
+TRAINER = Component("trainer", "github.com/kubeflow/trainer/v2",
+                    (("trainer-controller-manager", "github.com/kubeflow/trainer/v2/cmd/trainer-controller-manager"),))
+
+COMPONENTS = (ETCD, KUBERNETES, KWOK, JOBSET, TRAINER)
 
 
 @cache

@@ -158,3 +158,14 @@ def create(root: Path, apiserver_names: list[str], kubelet_names: list[str]) -> 
     pki.sa_pub.write_bytes(sa.public_key().public_bytes(serialization.Encoding.PEM,
                                                          serialization.PublicFormat.SubjectPublicKeyInfo))
     return pki
+
+
+def issue_serving(pki: Pki, cert: Path, key: Path, cn: str, names: list[str]) -> None:
+    """A serving certificate for `names` signed by the cluster's CA: what a webhook server on
+    loopback presents (its webhook configurations carry the cluster CA as caBundle)."""
+    ca_cert = x509.load_pem_x509_certificate(pki.ca.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"{pki.ca_key}: not the cluster's EC key")
+    cert.parent.mkdir(parents=True, exist_ok=True)
+    _issue(cert, key, _name(cn), (ca_cert, ca_key), server=True, names=names)
