@@ -21,6 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     p_up = sub.add_parser("up", help="start a cluster (building the binaries first if the cache lacks them)")
     p_up.add_argument("--nodes", type=int, default=2, help="process-kubelet nodes (default %(default)s)")
     p_up.add_argument("--gpus-per-node", type=int, default=8, help="allocatable nvidia.com/gpu per node (default %(default)s)")
+    p_up.add_argument("--trainer", action="store_true",
+                      help="also run Kubeflow Trainer v2 and JobSet (their controllers, CRDs and webhooks; "
+                           "the torch-distributed ClusterTrainingRuntime)")
     sub.add_parser("down", help="stop the cluster and remove its state and claims")
     sub.add_parser("status", help="say whether the cluster runs, and where")
     sub.add_parser("build", help="build (or find in the cache) every binary; print where they are")
@@ -34,6 +37,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "up":
             state = up(state_dir, Options(nodes=args.nodes, gpus_per_node=args.gpus_per_node))
+            if args.trainer:
+                from spin_cluster import trainer
+
+                try:
+                    trainer.start(state)
+                except BaseException:
+                    down(state_dir, remove=False)
+                    raise
             timings = json.loads((state.root / "timings.json").read_text())
             print(f"spin-cluster: Kubernetes {state.version} up in {timings['start_seconds']:.0f} s "
                   f"(nodes {', '.join(state.nodes)}; logs in {state.root / 'logs'})", file=sys.stderr)
