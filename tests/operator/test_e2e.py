@@ -315,6 +315,29 @@ def test_training_as_a_kubeflow_trainjob_run_by_trainer_and_jobset(
     assert (c.run_dir() / "iter-0" / "DONE").exists()
 
 
+def test_a_bad_data_exit_in_a_trainjob_pod_fails_the_run_at_once(
+    kubeflow_trainer: None, c: E2E, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found running the real Trainer: its torch-distributed runtime gives the node pods
+    restartPolicy OnFailure and their Job backoffLimit 6, and a TrainJob's runtimePatches cannot
+    set a podFailurePolicy. Before, a training step exiting 65 (bad data) was restarted in place
+    with the kubelet's back-off (10 s doubling) for about ten minutes while the run said `train
+    running`; then the TrainJob failed and the operator retried it backoffLimit times. Now the
+    operator reads the exit code in the pod's container status: the run fails at once saying
+    why, with no retry, and its TrainJob is deleted."""
+    monkeypatch.setenv("SPIN_RESYNC_SECONDS", "0.3")
+    c.kube.control(exit={"it0-train/0": 65})
+    c.start_operator({"trainjob": {"enabled": True}})
+    c.create_run(run_body(spec={"iterations": 1, "backoffLimit": 2, "training": {"launcher": "trainjob"}}))
+    run = c.wait_phase("e2e", ("Complete", "Failed"), 60)
+    st = run["status"]
+    assert (st["phase"], st["reason"]) == ("Failed", "StepFailed"), st
+    assert "an exit code a retry cannot fix" in st["message"] and "exited 65" in st["message"], st["message"]
+    c.wait(lambda: not c.custom.list_namespaced_custom_object(*TRAINJOBS[:2], c.namespace, TRAINJOBS[2])["items"], 30,
+           "the TrainJob deleted")
+    assert c.kube.creations(c.namespace, "trainjobs") == ["e2e-it0-train"], "no retry"
+
+
 def test_trainjob_launcher_without_the_crd_says_what_to_install(c: E2E) -> None:
     """The chart enables TrainJobs (RBAC to list them), the cluster does not serve them: 404."""
     c.start_operator({"trainjob": {"enabled": True}})
