@@ -290,7 +290,7 @@ def stop(state: State) -> None:
     """Remove Trainer's runtime (while Trainer runs: it holds a finalizer while TrainJobs use it),
     stop both managers, remove their webhook configurations, CRDs and RBAC."""
     api = state.client()
-    with contextlib.suppress(ApiError, OSError, ClusterError):
+    with contextlib.suppress(ApiError, OSError, ClusterError, build.BuildError):
         runtime = torch_runtime()
         remove(api, [runtime])
         deadline = time.monotonic() + 30
@@ -305,7 +305,7 @@ def stop(state: State) -> None:
     state.procs = [p for p in state.procs if p not in managers]
     state.save()
     for controller in reversed(CONTROLLERS):
-        with contextlib.suppress(OSError, ClusterError):
+        with contextlib.suppress(OSError, ClusterError, build.BuildError):
             source = build.module_source(controller.component)
             remove(api, webhook_configurations(controller, source, "https://127.0.0.1", b""))
             (role,) = load(source / controller.role)
@@ -322,7 +322,7 @@ def stop(state: State) -> None:
 def _safe_load(controller: Controller, file: str) -> list[dict[str, Any]]:
     try:
         return load(build.module_source(controller.component) / file)
-    except (OSError, ClusterError):
+    except (OSError, ClusterError, build.BuildError):
         return []
 
 

@@ -288,6 +288,8 @@ def test_training_as_a_kubeflow_trainjob_run_by_trainer_and_jobset(
     assert [p["status"]["phase"] for p in running.values()] == ["Running"], running.keys()
     (pod,) = running.values()
     assert pod["metadata"]["labels"]["spin.dev/run"] == "e2e"
+    assert pod["spec"]["subdomain"] == "e2e-it0-train", "JobSet's headless Service names the nodes"
+    assert c.core.read_namespaced_service("e2e-it0-train", c.namespace).spec.cluster_ip == "None"
     assert {"PET_NNODES", "PET_NODE_RANK", "PET_MASTER_ADDR"} <= {e["name"] for e in pod["spec"]["containers"][0]["env"]}
 
     c.patch_spec("e2e", {"suspend": True})
