@@ -340,6 +340,28 @@ def test_a_bad_data_exit_in_a_trainjob_pod_fails_the_run_at_once(
     assert c.kube.creations(c.namespace, "trainjobs") == ["e2e-it0-train"], "no retry"
 
 
+def test_two_trainjob_nodes_rendezvous_through_the_master_address_trainer_sets(
+    kubeflow_trainer: None, c: E2E, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """training.nodes 2 as a TrainJob, the training step for real (`spin torchrun`, real torchrun)
+    on an iteration whose instant steps wrote no data: torchrun starts its workers only once both
+    nodes met at the master address Trainer's torch plugin sets (`PET_MASTER_ADDR`
+    <trainjob>-node-0-0.<trainjob>, JobSet's headless Service, resolved by the cluster DNS); the
+    workers then exit 65 (bad data), which `spin torchrun` relays and the run reports at once."""
+    monkeypatch.setenv("SPIN_RESYNC_SECONDS", "0.3")
+    c.kube.control(real=["it0-train"])
+    c.start_operator({"trainjob": {"enabled": True}})
+    c.create_run(run_body(spec={"iterations": 1, "training": {"launcher": "trainjob", "nodes": 2},
+                                "storage": {"newClaim": {"size": "1Gi", "accessModes": ["ReadWriteMany"]}}}))
+    run = c.wait_phase("e2e", ("Complete", "Failed"), 180)
+    st = run["status"]
+    assert (st["phase"], st["reason"]) == ("Failed", "StepFailed"), st
+    assert "exited 65" in st["message"], st["message"]
+    ranks = sorted(e["value"] for p in _jobset_pods(c, "e2e-it0-train").values() for e in p["spec"]["containers"][0]["env"]
+                   if e["name"] == "PET_MASTER_ADDR")
+    assert ranks == ["e2e-it0-train-node-0-0.e2e-it0-train"] * 2, ranks
+
+
 def test_trainjob_launcher_without_the_crd_says_what_to_install(c: E2E) -> None:
     """The chart enables TrainJobs (RBAC to list them), the cluster does not serve them: 404."""
     c.start_operator({"trainjob": {"enabled": True}})
