@@ -74,6 +74,20 @@ def ensure_all(components: Iterable[Component] = COMPONENTS, log: Path | None = 
     return out
 
 
+def module_source(component: Component) -> Path:
+    """The upstream module's source at the pinned version in Go's module cache (its manifests:
+    CRDs, RBAC, webhook configurations), downloaded through the proxy when the cache lacks it."""
+    escaped = "".join(f"!{c.lower()}" if c.isupper() else c for c in component.module)
+    folder = Path(paths.go_env()["GOMODCACHE"]) / f"{escaped}@{component.version}"
+    if not folder.is_dir():
+        env = {**os.environ, **paths.go_env(), "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=readonly"}
+        proc = subprocess.run([go_binary(), "mod", "download", f"{component.module}@{component.version}"],
+                              cwd=component.go_dir, env=env, capture_output=True, text=True)
+        if proc.returncode != 0 or not folder.is_dir():
+            raise BuildError(f"downloading {component.module}@{component.version} failed: {proc.stderr[-2000:]}")
+    return folder
+
+
 def _build(component: Component, target: Path, log: Path | None) -> None:
     started = time.monotonic()
     print(f"spin-cluster: building {component.name} {component.version} from the Go module proxy "

@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--gpus-per-node", type=int, default=8, help="allocatable nvidia.com/gpu per node (default %(default)s)")
     p_up.add_argument("--kueue", action="store_true",
                       help="also run Kueue (built from its Go module; cluster/README.md, Kueue)")
+    p_up.add_argument("--trainer", action="store_true",
+                      help="also run Kubeflow Trainer v2 and JobSet (their controllers, CRDs and webhooks; "
+                           "the torch-distributed ClusterTrainingRuntime)")
     sub.add_parser("down", help="stop the cluster and remove its state and claims")
     sub.add_parser("status", help="say whether the cluster runs, and where")
     sub.add_parser("build", help="build (or find in the cache) every binary; print where they are")
@@ -40,6 +43,14 @@ def main(argv: list[str] | None = None) -> int:
                 from spin_cluster import kueue
 
                 kueue.install(state)
+            if args.trainer:
+                from spin_cluster import trainer
+
+                try:
+                    trainer.start(state)
+                except BaseException:
+                    down(state_dir, remove=False)
+                    raise
             timings = json.loads((state.root / "timings.json").read_text())
             print(f"spin-cluster: Kubernetes {state.version} up in {timings['start_seconds']:.0f} s "
                   f"(nodes {', '.join(state.nodes)}; logs in {state.root / 'logs'})", file=sys.stderr)

@@ -58,7 +58,12 @@ KWOK = Component("kwok", "sigs.k8s.io/kwok", (("kwok", "sigs.k8s.io/kwok/cmd/kwo
 #: Kueue's controller manager, run only by the tests that need a real Kueue (tests/kueue.py).
 KUEUE = Component("kueue", "sigs.k8s.io/kueue", (("kueue", "sigs.k8s.io/kueue/cmd/kueue"),))
 
-COMPONENTS = (ETCD, KUBERNETES, KWOK, KUEUE)
+#: JobSet at the version Trainer's go.mod requires (tests/cluster checks that the two pins agree).
+JOBSET = Component("jobset", "sigs.k8s.io/jobset", (("jobset", "sigs.k8s.io/jobset"),))
+TRAINER = Component("trainer", "github.com/kubeflow/trainer/v2",
+                    (("trainer-controller-manager", "github.com/kubeflow/trainer/v2/cmd/trainer-controller-manager"),))
+
+COMPONENTS = (ETCD, KUBERNETES, KWOK, KUEUE, JOBSET, TRAINER)
 
 
 @cache

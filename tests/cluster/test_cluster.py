@@ -236,3 +236,20 @@ def test_a_volume_over_the_projects_folder_does_not_hide_the_image(kube: Kube) -
         kube.api.create(path("", "v1", "pods", ns), body)
         pod = wait_phase(kube, ns, "spin", ("Succeeded", "Failed"))
         assert pod["status"]["phase"] == "Succeeded", kube.kubectl("logs", "-n", ns, "spin").stdout
+
+
+def test_a_left_over_veth_of_the_clusters_index_is_removed_before_pods_need_its_name() -> None:
+    """A pod namespace deleted while a process still held it kept its veth pair; the next cluster
+    on that index failed every pod given that address number (`RTNETLINK answers: File exists`)."""
+    from spin_cluster.addresses import MAX_CLUSTERS, Addresses
+    from spin_cluster.kubelet.network import PodNetwork, host_veth, stale_veths
+
+    addrs = Addresses(MAX_CLUSTERS - 1)  # the last index: not used by a running cluster here
+    link = host_veth(addrs, 2)
+    subprocess.run(["ip", "link", "add", link, "type", "veth", "peer", "name", f"{link}x"], check=True)
+    try:
+        assert stale_veths(addrs) == [link]
+        PodNetwork(addrs).teardown()
+        assert stale_veths(addrs) == []
+    finally:
+        subprocess.run(["ip", "link", "del", link], check=False, capture_output=True)

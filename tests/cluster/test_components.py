@@ -66,3 +66,39 @@ def test_the_go_build_cache_is_emptied_after_a_build(monkeypatch: pytest.MonkeyP
     binaries = build.ensure_all([KWOK])
     assert binaries == {"kwok": tmp_path / "kwok", "kwok-stages": tmp_path / "kwok-stages"}
     assert calls == ([["go", "clean", "-cache"]] if cleaned else [])
+
+
+def test_jobset_is_pinned_to_the_version_trainer_requires() -> None:
+    from spin_cluster.components import JOBSET, TRAINER
+
+    assert JOBSET.version == required_version(TRAINER.go_dir / "go.mod", JOBSET.module)
+
+
+def test_json_patches_add_replace_and_remove_as_kustomize_does() -> None:
+    from spin_cluster.trainer import json_patch
+
+    doc = {"metadata": {"name": "a"}, "webhooks": [{"name": "x"}, {"name": "y"}]}
+    out = json_patch(doc, [{"op": "replace", "path": "/metadata/name", "value": "b"},
+                           {"op": "add", "path": "/webhooks/1/objectSelector", "value": {"k": 1}},
+                           {"op": "add", "path": "/webhooks/-", "value": {"name": "z"}},
+                           {"op": "remove", "path": "/webhooks/0"}])
+    assert out == {"metadata": {"name": "b"}, "webhooks": [{"name": "y", "objectSelector": {"k": 1}}, {"name": "z"}]}
+    assert doc["metadata"]["name"] == "a", "the input is left as it was"
+
+
+def test_webhooks_call_a_url_on_loopback_and_jobsets_pod_webhooks_see_only_jobset_pods() -> None:
+    """Read from the pinned modules' manifests (Go's module cache; downloaded when absent)."""
+    from spin_cluster import build
+    from spin_cluster.trainer import CONTROLLERS, JOBSET_MANAGER, webhook_configurations
+
+    for controller in CONTROLLERS:
+        docs = webhook_configurations(
+            controller, build.module_source(controller.component), "https://127.0.0.1:9443", b"CA")
+        assert docs, controller.name
+        hooks = [h for d in docs for h in d["webhooks"]]
+        assert all(set(h["clientConfig"]) == {"url", "caBundle"} and h["clientConfig"]["url"].startswith("https://127.0.0.1:9443/")
+                   for h in hooks)
+        if controller is JOBSET_MANAGER:
+            pods = [h for h in hooks if h["rules"][0]["resources"] == ["pods"]]
+            assert len(pods) == 2 and all(h["objectSelector"]["matchExpressions"][0]["key"] == "jobset.sigs.k8s.io/jobset-name"
+                                          for h in pods)

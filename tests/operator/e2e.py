@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -214,11 +213,13 @@ def e2e(kube: Kube, **control: Any) -> Iterator[E2E]:
 
 
 # --------------------------------------------------------------------------- other projects' controllers
-# Kueue runs for real on this cluster (spin_cluster.kueue, installed by the tests that need it).
-# Kubeflow Trainer does not yet: its CRD is installed (permissive schema) and the tests play its
-# controller on the real API, as the emulator's harness did.
+# Kueue (spin_cluster.kueue, installed by the tests that need it) and Kubeflow Trainer v2 with
+# JobSet (spin_cluster.trainer) run as their own controllers on this cluster.
 
 TRAINJOBS = ("trainer.kubeflow.org", "v1alpha1", "trainjobs")
+JOBSETS = ("jobset.x-k8s.io", "v1alpha2", "jobsets")
+#: The label JobSet puts on its Jobs' pods.
+JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
 #: Kueue's Workload API as Kueue v0.17 serves it (v1beta2 stored, v1beta1 converted).
 KUEUE = ("kueue.x-k8s.io", "v1beta2")
 WORKLOADS = (*KUEUE, "workloads")
@@ -226,18 +227,6 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
 KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 FLAVOR = "spin-tests"
-
-
-def permissive_crd(group: str, version: str, plural: str, kind: str) -> dict[str, Any]:
-    """A CRD that stores any object of the kind (no schema of the real project's)."""
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.{group}"},
-        "spec": {"group": group, "scope": "Namespaced",
-                 "names": {"plural": plural, "singular": kind.lower(), "kind": kind, "listKind": f"{kind}List"},
-                 "versions": [{"name": version, "served": True, "storage": True, "subresources": {"status": {}},
-                               "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]},
-    }
 
 
 def true_condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
@@ -325,43 +314,3 @@ class Player:
         raise NotImplementedError
 
 
-class TrainerPlayer(Player):
-    """Kubeflow Trainer v2's TrainJob controller, instant: an unsuspended TrainJob writes the training
-    step's marker on the claim (as its node pods would) and gets condition Complete; a suspended
-    one gets condition Suspended (the names of trainjob_types.go)."""
-
-    def __init__(self, e2e: E2E) -> None:
-        super().__init__(e2e)
-        self.completed: list[str] = []
-        self.hold: set[str] = set()
-
-    def _status(self, name: str, kind: str, reason: str) -> None:
-        self.e2e.custom.patch_namespaced_custom_object_status(
-            *TRAINJOBS[:2], self.e2e.namespace, TRAINJOBS[2], name,
-            {"status": {"conditions": [{"type": kind, "status": "True", "reason": reason, "message": "",
-                                        "lastTransitionTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]}},
-            _content_type=MERGE)
-
-    def step(self) -> None:
-        from spin_runtime.plan import stages
-        from spin_runtime.store import rundir
-
-        items = self.e2e.custom.list_namespaced_custom_object(*TRAINJOBS[:2], self.e2e.namespace, TRAINJOBS[2])["items"]
-        for tj in items:
-            name = tj["metadata"]["name"]
-            conds = {c["type"]: c for c in (tj.get("status") or {}).get("conditions") or []}
-            if any(conds.get(t, {}).get("status") == "True" for t in ("Complete", "Failed")):
-                continue
-            if tj["spec"].get("suspend"):
-                if conds.get("Suspended", {}).get("status") != "True":
-                    self._status(name, "Suspended", "Suspended")
-                continue
-            if "-".join(name.split("-")[-2:]) in self.hold:
-                continue
-            run_name = tj["metadata"]["labels"]["spin.dev/run"]
-            k = int(tj["metadata"]["labels"]["spin.dev/iteration"])
-            run_dir = self.e2e.run_dir(run_name)
-            run = rundir.load_run(run_dir)
-            rundir.mark_done(run_dir, run, stages.Step(k, "train"), {"by": "trainer-player"})
-            self._status(name, "Complete", "JobsCompleted")
-            self.completed.append(name)

@@ -9,6 +9,7 @@ Set SPIN_E2E_KUBECONFIG to also run the main scenario against another cluster.""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import warnings
@@ -20,19 +21,20 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from spin_runtime.cli import main as spin_cli
+from spin_runtime.plan import stages
 from tests.kube import INSTANT_IMAGE, OPERATOR_NAMESPACE, Kube
 from tests.operator.e2e import (
     E2E,
+    JOBSET_NAME_LABEL,
+    JOBSETS,
     KUEUE,
     KUEUE_PRIORITY_LABEL,
     KUEUE_QUEUE_LABEL,
     TRAINJOBS,
     KueueQueues,
     Player,
-    TrainerPlayer,
     e2e,
     job_done,
-    permissive_crd,
     run_body,
     true_condition,
 )
@@ -235,38 +237,130 @@ def test_deleting_the_spinrun_stops_its_work_cleanly(c: E2E) -> None:
 
 
 @pytest.fixture()
-def trainjob_crd(kube: Kube) -> Iterator[None]:
-    """Kubeflow Trainer's TrainJob CRD (permissive schema) for one test; removed after it."""
-    kube.apply([permissive_crd(*TRAINJOBS, "TrainJob")])
-    kube.wait_established(f"{TRAINJOBS[2]}.{TRAINJOBS[0]}")
-    yield
-    kube.kubectl("delete", "crd", f"{TRAINJOBS[2]}.{TRAINJOBS[0]}", "--wait=true", "--timeout=60s")
+def kubeflow_trainer(kube: Kube) -> Iterator[None]:
+    """Kubeflow Trainer v2 and JobSet on the session's cluster for one test (spin_cluster.trainer:
+    their managers built from their Go modules, their CRDs, RBAC and webhooks from their manifests,
+    Trainer's torch-distributed ClusterTrainingRuntime); all removed after it. Request it before `c`
+    so that the test's namespace goes while they still run."""
+    from spin_cluster import trainer
+
+    trainer.start(kube.state)
+    try:
+        yield
+    finally:
+        trainer.stop(kube.state)
 
 
-def test_training_as_a_kubeflow_trainjob_with_the_crd_installed(
-    c: E2E, trainjob_crd: None, monkeypatch: pytest.MonkeyPatch
+def _trainjob(c: E2E, name: str) -> dict[str, Any]:
+    return c.custom.get_namespaced_custom_object(*TRAINJOBS[:2], c.namespace, TRAINJOBS[2], name)
+
+
+def _jobset(c: E2E, name: str) -> dict[str, Any]:
+    return c.custom.get_namespaced_custom_object(*JOBSETS[:2], c.namespace, JOBSETS[2], name)
+
+
+def _true(obj: dict[str, Any]) -> set[str]:
+    return {x["type"] for x in (obj.get("status") or {}).get("conditions") or [] if x.get("status") == "True"}
+
+
+def _jobset_pods(c: E2E, name: str) -> dict[str, dict[str, Any]]:
+    return {n: p for n, p in c.pods().items() if p["metadata"]["labels"].get(JOBSET_NAME_LABEL) == name}
+
+
+def test_training_as_a_kubeflow_trainjob_run_by_trainer_and_jobset(
+    kubeflow_trainer: None, c: E2E, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """launcher: trainjob; the test plays Trainer's controller. TrainJobs are listed at each
-    reconcile (no watch), so the resync sets the pace: short here. The operator holds the chart's
-    RBAC with trainjob.enabled."""
+    """launcher: trainjob against the real Kubeflow Trainer and JobSet controllers: the operator's
+    TrainJob passes Trainer's webhooks; Trainer makes a JobSet, JobSet its Jobs and headless
+    Service, the Job controller the node pod, which runs the training step in the process kubelet
+    and writes its marker. Suspending the SpinRun suspends the TrainJob, Trainer suspends the
+    JobSet, JobSet its Jobs, and the pod goes; resuming runs it again to Complete. TrainJobs are
+    listed at each reconcile (no watch): the resync sets the pace, short here."""
     monkeypatch.setenv("SPIN_RESYNC_SECONDS", "0.3")  # read when the operator starts
-    with TrainerPlayer(c) as trainer:
-        trainer.hold.add("it0-train")
-        c.start_operator({"trainjob": {"enabled": True}})
-        c.create_run(run_body(spec={"iterations": 1, "training": {"launcher": "trainjob"}}))
-        tj = c.wait(lambda: next(iter(c.custom.list_namespaced_custom_object(*TRAINJOBS[:2], c.namespace,
-                                                                           TRAINJOBS[2])["items"]), None), 60, "the TrainJob")
-        assert tj["metadata"]["ownerReferences"][0]["uid"] == c.get_run("e2e")["metadata"]["uid"]
-        c.patch_spec("e2e", {"suspend": True})
-        c.wait(lambda: c.custom.get_namespaced_custom_object(*TRAINJOBS[:2], c.namespace, TRAINJOBS[2],
-                                                             "e2e-it0-train")["spec"]["suspend"] is True, 30, "suspended")
-        trainer.hold.clear()
-        c.patch_spec("e2e", {"suspend": False})
-        run = c.wait_phase("e2e", ("Complete", "Failed"), 120)
-        assert run["status"]["phase"] == "Complete", run["status"]
-        assert trainer.completed == ["e2e-it0-train"], trainer.errors
-        assert "e2e-it0-train" not in c.jobs(), "training ran as a TrainJob, not a Job"
-        assert (c.run_dir() / "iter-0" / "DONE").exists()
+    c.hold("it0-train")
+    c.start_operator({"trainjob": {"enabled": True}})
+    c.create_run(run_body(spec={"iterations": 1, "training": {"launcher": "trainjob"}}))
+    c.wait(lambda: c.starts("e2e-it0-train"), 120, "the training step to start in a TrainJob pod")
+    tj = _trainjob(c, "e2e-it0-train")
+    assert tj["metadata"]["ownerReferences"][0]["uid"] == c.get_run("e2e")["metadata"]["uid"]
+    js = _jobset(c, "e2e-it0-train")
+    assert js["metadata"]["ownerReferences"][0]["kind"] == "TrainJob"
+    running = _jobset_pods(c, "e2e-it0-train")
+    assert [p["status"]["phase"] for p in running.values()] == ["Running"], running.keys()
+    (pod,) = running.values()
+    assert pod["metadata"]["labels"]["spin.dev/run"] == "e2e"
+    assert pod["spec"]["subdomain"] == "e2e-it0-train", "JobSet's headless Service names the nodes"
+    assert c.core.read_namespaced_service("e2e-it0-train", c.namespace).spec.cluster_ip == "None"
+    assert {"PET_NNODES", "PET_NODE_RANK", "PET_MASTER_ADDR"} <= {e["name"] for e in pod["spec"]["containers"][0]["env"]}
+
+    c.patch_spec("e2e", {"suspend": True})
+
+    def suspended() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]] | None:
+        tj, js = _trainjob(c, "e2e-it0-train"), _jobset(c, "e2e-it0-train")
+        jobs = {n: j for n, j in c.jobs().items() if n.startswith("e2e-it0-train-")}
+        done = (tj["spec"].get("suspend") is True and "Suspended" in _true(tj) and js["spec"].get("suspend") is True and jobs
+                and all(j["spec"].get("suspend") is True for j in jobs.values()) and not _jobset_pods(c, "e2e-it0-train"))
+        return (tj, js, jobs) if done else None
+
+    tj, js, jobs = c.wait(suspended, 60, "Trainer and JobSet to suspend the training and its pod to go")
+    assert "Suspended" in _true(tj)
+    assert all(j["metadata"]["ownerReferences"][0]["kind"] == "JobSet" for j in jobs.values())
+    c.release()
+    c.patch_spec("e2e", {"suspend": False})
+    run = c.wait_phase("e2e", ("Complete", "Failed"), 120)
+    assert run["status"]["phase"] == "Complete", run["status"]
+    tj = c.wait(lambda: "Complete" in _true(t := _trainjob(c, "e2e-it0-train")) and t, 30, "the TrainJob Complete")
+    assert tj["spec"]["suspend"] is False
+    assert c.starts("e2e-it0-train") == [0, 0], "started, stopped by the suspension, started again"
+    assert "e2e-it0-train" not in c.job_creations(), "training ran as a TrainJob, not an operator Job"
+    marker = json.loads((c.run_dir() / stages.Step(0, "train").marker).read_text())
+    assert marker["by"] == "instant", "the node pod wrote the training marker"
+    assert (c.run_dir() / "iter-0" / "DONE").exists()
+
+
+def test_a_bad_data_exit_in_a_trainjob_pod_fails_the_run_at_once(
+    kubeflow_trainer: None, c: E2E, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found running the real Trainer: its torch-distributed runtime gives the node pods
+    restartPolicy OnFailure and their Job backoffLimit 6, and a TrainJob's runtimePatches cannot
+    set a podFailurePolicy. Before, a training step exiting 65 (bad data) was restarted in place
+    with the kubelet's back-off (10 s doubling) for about ten minutes while the run said `train
+    running`; then the TrainJob failed and the operator retried it backoffLimit times. Now the
+    operator reads the exit code in the pod's container status: the run fails at once saying
+    why, with no retry, and its TrainJob is deleted."""
+    monkeypatch.setenv("SPIN_RESYNC_SECONDS", "0.3")
+    c.kube.control(exit={"it0-train/0": 65})
+    c.start_operator({"trainjob": {"enabled": True}})
+    c.create_run(run_body(spec={"iterations": 1, "backoffLimit": 2, "training": {"launcher": "trainjob"}}))
+    run = c.wait_phase("e2e", ("Complete", "Failed"), 60)
+    st = run["status"]
+    assert (st["phase"], st["reason"]) == ("Failed", "StepFailed"), st
+    assert "an exit code a retry cannot fix" in st["message"] and "exited 65" in st["message"], st["message"]
+    c.wait(lambda: not c.custom.list_namespaced_custom_object(*TRAINJOBS[:2], c.namespace, TRAINJOBS[2])["items"], 30,
+           "the TrainJob deleted")
+    assert c.kube.creations(c.namespace, "trainjobs") == ["e2e-it0-train"], "no retry"
+
+
+def test_two_trainjob_nodes_rendezvous_through_the_master_address_trainer_sets(
+    kubeflow_trainer: None, c: E2E, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """training.nodes 2 as a TrainJob, the training step for real (`spin torchrun`, real torchrun)
+    on an iteration whose instant steps wrote no data: torchrun starts its workers only once both
+    nodes met at the master address Trainer's torch plugin sets (`PET_MASTER_ADDR`
+    <trainjob>-node-0-0.<trainjob>, JobSet's headless Service, resolved by the cluster DNS); the
+    workers then exit 65 (bad data), which `spin torchrun` relays and the run reports at once."""
+    monkeypatch.setenv("SPIN_RESYNC_SECONDS", "0.3")
+    c.kube.control(real=["it0-train"])
+    c.start_operator({"trainjob": {"enabled": True}})
+    c.create_run(run_body(spec={"iterations": 1, "training": {"launcher": "trainjob", "nodes": 2},
+                                "storage": {"newClaim": {"size": "1Gi", "accessModes": ["ReadWriteMany"]}}}))
+    run = c.wait_phase("e2e", ("Complete", "Failed"), 180)
+    st = run["status"]
+    assert (st["phase"], st["reason"]) == ("Failed", "StepFailed"), st
+    assert "exited 65" in st["message"], st["message"]
+    ranks = sorted(e["value"] for p in _jobset_pods(c, "e2e-it0-train").values() for e in p["spec"]["containers"][0]["env"]
+                   if e["name"] == "PET_MASTER_ADDR")
+    assert ranks == ["e2e-it0-train-node-0-0.e2e-it0-train"] * 2, ranks
 
 
 def test_trainjob_launcher_without_the_crd_says_what_to_install(c: E2E) -> None:

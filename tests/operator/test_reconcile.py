@@ -800,6 +800,40 @@ def test_a_trainjob_is_followed_suspended_and_retried_like_a_job() -> None:
     assert sim.status["lastCheckpoint"]["iteration"] == 0 and sim.status["phase"] == "Evaluating"
 
 
+def _trainjob_pod(sim: Sim, last_exit: int) -> dict:
+    """A node pod of the TrainJob as JobSet's Job and the kubelet report it under restartPolicy
+    OnFailure: Running, its container restarted after exiting `last_exit` and in back-off."""
+    tj = sim.objects[("TrainJob", "demo-it0-train")]
+    labels = tj["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0][
+        "template"]["spec"]["template"]["metadata"]["labels"]
+    pod = {"apiVersion": "v1", "kind": "Pod", "spec": {"containers": [{"name": "node", "env": tj["spec"]["trainer"]["env"]}]},
+           "metadata": {"name": "demo-it0-train-node-0-0-abcde", "labels": dict(labels),
+                        "ownerReferences": [{"kind": "Job", "name": "demo-it0-train-node-0", "uid": "jobset-job", "controller": True}]},
+           "status": {"phase": "Running", "containerStatuses": [{
+               "name": "node", "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+               "lastState": {"terminated": {"exitCode": last_exit, "reason": "Error"}}}]}}
+    sim.objects[("Pod", pod["metadata"]["name"])] = pod
+    return pod
+
+
+def test_a_trainjob_pod_exiting_with_a_deterministic_code_fails_the_run_at_once() -> None:
+    """Trainer's runtime restarts the node container in place (OnFailure) and sets no
+    podFailurePolicy: the operator reads the exit code in the pod's status (found against the real
+    Trainer, tests/operator/test_e2e.py)."""
+    sim = Sim(make_body(spec={"backoffLimit": 3, "training": {"launcher": "trainjob"}}))
+    sim.launcher_served = True
+    _to_train(sim)
+    _trainjob_pod(sim, 1)
+    sim.tick()
+    assert sim.status["phase"] == "Training", "an ordinary failure is the runtime's to retry"
+    _trainjob_pod(sim, 65)
+    d = sim.tick()
+    st = sim.status
+    assert (st["phase"], st["reason"]) == ("Failed", "StepFailed")
+    assert "exit code a retry cannot fix" in st["message"] and "exited 65" in st["message"]
+    assert d.deletes() == ["demo-it0-train"] and d.creates() == []
+
+
 # --------------------------------------------------------------------------- Kueue by Kueue's rules (issue #13)
 
 

@@ -6,6 +6,7 @@ its own, as on a cluster."""
 from __future__ import annotations
 
 import ipaddress
+import re
 import subprocess
 import threading
 from pathlib import Path
@@ -62,7 +63,7 @@ class PodNetwork:
         a = self.addresses
         ip = a.pod_ip(n)
         ns = self.netns_name(uid)
-        host_if = f"vs{a.index}p{n}"
+        host_if = host_veth(a, n)
         try:
             _ip(batch=[
                 f"netns add {ns}",
@@ -94,10 +95,26 @@ class PodNetwork:
             for ns in NETNS_DIR.iterdir():
                 if ns.name.startswith(prefix):
                     _ip("netns", "del", ns.name, check=False)
+        # A namespace deleted while a process still holds it lives on with its veth pair: the host
+        # end (named after this cluster's index) would refuse the next pod of that number.
+        for link in stale_veths(self.addresses):
+            _ip("link", "del", link, check=False)
         if Path(f"/sys/class/net/{self.addresses.bridge}").exists():
             _ip("link", "del", self.addresses.bridge, check=False)
         with self._lock:
             self._used.clear()
+
+
+def host_veth(addresses: Addresses, n: int) -> str:
+    """The host end of pod address number `n`'s veth pair."""
+    return f"vs{addresses.index}p{n}"
+
+
+def stale_veths(addresses: Addresses) -> list[str]:
+    """The host ends of this cluster index's veth pairs that exist on the host."""
+    net = Path("/sys/class/net")
+    pattern = re.compile(rf"vs{addresses.index}p\d+")
+    return sorted(d.name for d in net.iterdir() if pattern.fullmatch(d.name)) if net.is_dir() else []
 
 
 def bridge_exists(addresses: Addresses) -> bool:

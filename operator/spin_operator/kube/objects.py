@@ -22,6 +22,7 @@ from spin_operator.builders.meta import (
     pvc_name,
 )
 from spin_runtime.api.status import Reason
+from spin_runtime.errors import DETERMINISTIC_EXIT_CODES
 from spin_runtime.launch import PROGRESS_PORT_ENV, PROGRESS_PORT_NAME, RUN_UID_ENV
 
 #: Container waiting reasons that mean the pod cannot start until someone fixes something.
@@ -150,6 +151,9 @@ class PodState:
     trouble_since: str | None = None
     #: evicted or preempted (condition DisruptionTarget True)
     disrupted: bool = False
+    #: an exit code a retry cannot fix (spin_runtime.errors) that a container of the pod ended
+    #: with, now or before a restart in place (restartPolicy OnFailure: the pod keeps Running)
+    deterministic_exit: int | None = None
     #: status.podIP, once the pod has one
     ip: str | None = None
     #: the port the step serves its progress on (the container port named `progress`, else
@@ -191,6 +195,9 @@ class PodState:
                     since = meta.get("creationTimestamp") or status.get("startTime")
                     break
         disrupted = (conds.get("DisruptionTarget") or {}).get("status") == "True"
+        deterministic_exit = next(
+            (code for c in status.get("containerStatuses") or [] for st in (c.get("state"), c.get("lastState"))
+             if (code := ((st or {}).get("terminated") or {}).get("exitCode")) in DETERMINISTIC_EXIT_CODES), None)
         containers = (obj.get("spec") or {}).get("containers") or []
         run_uid = next((e.get("value") for c in containers for e in c.get("env") or [] if e.get("name") == RUN_UID_ENV), None)
         return cls(
@@ -204,6 +211,7 @@ class PodState:
             trouble_message=message,
             trouble_since=since,
             disrupted=disrupted,
+            deterministic_exit=deterministic_exit,
             ip=status.get("podIP") or None,
             progress_port=progress_port(containers),
             uid=meta.get("uid"),

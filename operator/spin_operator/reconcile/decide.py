@@ -613,6 +613,13 @@ def _running(
         return
     # a Job's own pods only (a pod of an earlier attempt is not this attempt's progress or trouble)
     pods = [p for p in run_pass.observed.pods_of(k, step) if job.kind != "Job" or not job.uid or p.owner_uid in (None, job.uid)]
+    # A launcher object of another project (TrainJob, PyTorchJob) runs its pods under that
+    # project's runtime: no podFailurePolicy of ours, and a restartPolicy (OnFailure) that
+    # restarts a container in place up to its Job's backoffLimit. Its pod's exit code says it.
+    ended = next((p for p in pods if p.deterministic_exit is not None), None)
+    if ended is not None and job.kind != "Job":
+        _deterministic_failure(run_pass, k, step, job, f"pod {ended.name} exited {ended.deterministic_exit}")
+        return
     troubled = next((p for p in pods if p.trouble is not None), None)
     if troubled is not None and troubled.trouble is not None:
         _pod_trouble(run_pass, spec, k, step, troubled, troubled.trouble)
@@ -722,6 +729,16 @@ def _step_done(
         run_pass.status.last_checkpoint = Checkpoint(iteration=k, path=path, time=entry.completion_time)
 
 
+def _deterministic_failure(run_pass: ReconcilePass, k: int, step: StepName, job: JobState, why: str) -> None:
+    """The step ended with an exit code a retry cannot fix: the run fails at once, saying so."""
+    run_pass.fail(
+        Reason.STEP_FAILED,
+        f"{step} of iteration {k} failed with an exit code a retry cannot fix ({EXIT_BAD_DATA}: bad data, "
+        f"{EXIT_BAD_MODEL}: bad model, {EXIT_BAD_SPEC}: bad spec) (job {job.name}: {why}); see `kubectl logs job/{job.name}`, fix the cause and "
+        "create a new SpinRun (finished steps are kept on the volume)",
+    )
+
+
 def _step_failed(run_pass: ReconcilePass, ctx: BuildContext, stage: stages.Stage, entry: StepStatus, job: JobState) -> None:
     k, step = ctx.iteration, stage.name
     limit = ctx.spec.backoff_limit
@@ -735,12 +752,7 @@ def _step_failed(run_pass: ReconcilePass, ctx: BuildContext, stage: stages.Stage
         )
         return
     if job.reason == "PodFailurePolicy":
-        run_pass.fail(
-            Reason.STEP_FAILED,
-            f"{step} of iteration {k} failed with an exit code a retry cannot fix ({EXIT_BAD_DATA}: bad data, "
-            f"{EXIT_BAD_MODEL}: bad model, {EXIT_BAD_SPEC}: bad spec) (job {job.name}: {why}); see `kubectl logs job/{job.name}`, fix the cause and "
-            "create a new SpinRun (finished steps are kept on the volume)",
-        )
+        _deterministic_failure(run_pass, k, step, job, why)
         return
     attempt = job.attempt
     if attempt < limit:
