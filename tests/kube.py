@@ -50,6 +50,7 @@ class Kube:
     _crd: bool = False
     _identities: dict[str, tuple[Path, dict[str, str]]] = field(default_factory=dict)
     _kueue: Any = None
+    _trainer: bool = False
 
     @property
     def api(self) -> Client:
@@ -141,6 +142,24 @@ class Kube:
         if self._kueue is not None:
             kueue.uninstall(self.state, self._kueue)
             self._kueue = None
+
+    def trainer_up(self) -> None:
+        """Kubeflow Trainer v2 and JobSet (spin_cluster.trainer: their managers built from their Go
+        modules, CRDs, RBAC, webhooks and the torch-distributed runtime from their manifests),
+        started on first use and kept for the following tests until `trainer_down`."""
+        from spin_cluster import trainer
+
+        if not self._trainer:
+            trainer.start(self.state)
+            self._trainer = True
+
+    def trainer_down(self) -> None:
+        """No Trainer or JobSet: the runtime, managers, webhooks, RBAC and CRDs removed."""
+        from spin_cluster import trainer
+
+        if self._trainer:
+            trainer.stop(self.state)
+            self._trainer = False
 
     # ------------------------------------------------------------------ the operator's identity
 

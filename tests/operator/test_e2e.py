@@ -238,17 +238,26 @@ def test_deleting_the_spinrun_stops_its_work_cleanly(c: E2E) -> None:
 
 @pytest.fixture()
 def kubeflow_trainer(kube: Kube) -> Iterator[None]:
-    """Kubeflow Trainer v2 and JobSet on the session's cluster for one test (spin_cluster.trainer:
-    their managers built from their Go modules, their CRDs, RBAC and webhooks from their manifests,
-    Trainer's torch-distributed ClusterTrainingRuntime); all removed after it. Request it before `c`
-    so that the test's namespace goes while they still run."""
-    from spin_cluster import trainer
+    """Kubeflow Trainer v2 and JobSet on the session's cluster (`Kube.trainer_up`), started on first
+    use and kept for the next TrainJob test; the tests without the CRD, and the module's end,
+    remove them. Request it before `c` so that the test's namespace goes while they still run."""
+    kube.trainer_up()
+    yield
 
-    trainer.start(kube.state)
-    try:
-        yield
-    finally:
-        trainer.stop(kube.state)
+
+@pytest.fixture(scope="module", autouse=True)
+def _trainer_leaves_with_the_module(kube: Kube) -> Iterator[None]:
+    """Whatever started Trainer and JobSet, no other module's tests meet them."""
+    yield
+    kube.trainer_down()
+
+
+@pytest.fixture()
+def no_trainer(kube: Kube) -> None:
+    """A cluster that serves no TrainJob API (Trainer started by an earlier test is removed first)."""
+    kube.trainer_down()
+    groups = kube.api.get("/apis")["groups"]
+    assert not any(g["name"] == TRAINJOBS[0] for g in groups), groups
 
 
 def _trainjob(c: E2E, name: str) -> dict[str, Any]:
@@ -363,7 +372,7 @@ def test_two_trainjob_nodes_rendezvous_through_the_master_address_trainer_sets(
     assert ranks == ["e2e-it0-train-node-0-0.e2e-it0-train"] * 2, ranks
 
 
-def test_trainjob_launcher_without_the_crd_says_what_to_install(c: E2E) -> None:
+def test_trainjob_launcher_without_the_crd_says_what_to_install(no_trainer: None, c: E2E) -> None:
     """The chart enables TrainJobs (RBAC to list them), the cluster does not serve them: 404."""
     c.start_operator({"trainjob": {"enabled": True}})
     c.create_run(run_body(spec={"iterations": 1, "training": {"launcher": "trainjob"}}))
@@ -371,7 +380,7 @@ def test_trainjob_launcher_without_the_crd_says_what_to_install(c: E2E) -> None:
     assert "install Kubeflow Trainer v2" in st["message"]
 
 
-def test_trainjob_launcher_the_chart_does_not_enable_says_which_value(c: E2E) -> None:
+def test_trainjob_launcher_the_chart_does_not_enable_says_which_value(no_trainer: None, c: E2E) -> None:
     """The chart's defaults: no TrainJob RBAC, SPIN_TRAINJOB_ENABLED=false; the operator never
     lists TrainJobs (the apiserver would refuse it) and names the Helm value."""
     c.start_operator()
