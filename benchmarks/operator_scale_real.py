@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -233,6 +234,24 @@ def operator_requests(kube: Kube, since: str) -> tuple[Counter[str], Counter[str
     return by_kind, codes
 
 
+def failed_pods(api: Client, ns: str, limit: int = 6) -> list[dict[str, Any]]:
+    """What the failed pods of the operator's Jobs said (terminated state, log tail): why runs failed."""
+    out = []
+    pods = api.get(path("", "v1", "pods", ns), labelSelector=MANAGED).get("items") or []
+    for pod in [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"][:limit]:
+        name = pod["metadata"]["name"]
+        states = [{"container": c["name"], **(c.get("state") or {}).get("terminated", {})}
+                  for c in (pod["status"].get("initContainerStatuses") or []) + (pod["status"].get("containerStatuses") or [])]
+        log = ""
+        with contextlib.suppress(Exception):
+            resp = api.pool.request("GET", f"{api.endpoint.server}/api/v1/namespaces/{ns}/pods/{name}/log?tailLines=15",
+                                    headers=api.headers, timeout=10)
+            log = resp.data.decode(errors="replace")[-1500:]
+        out.append({"pod": name, "reason": pod["status"].get("reason"), "message": pod["status"].get("message"),
+                    "terminated": states, "log_tail": log})
+    return out
+
+
 def bench_once(kube: Kube, args: argparse.Namespace, tmp: Path, *, unrelated: int = 0,
                filtered: bool = True) -> dict[str, Any]:
     api = kube.state.client(agent="spin-bench")
@@ -247,7 +266,7 @@ def bench_once(kube: Kube, args: argparse.Namespace, tmp: Path, *, unrelated: in
     op.start()
     assert op.proc is not None
     live_s = time.monotonic() - t_start
-    startup_s = live_s + idle(op.proc.pid)
+    startup_s = live_s + idle(op.proc.pid, min(600.0, args.timeout))
     startup_cpu, startup_rss = cpu_seconds(op.proc.pid), peak_rss_mb(op.proc.pid)
     phases: Counter[str] = Counter()
     try:
@@ -266,6 +285,7 @@ def bench_once(kube: Kube, args: argparse.Namespace, tmp: Path, *, unrelated: in
         rss, op_cpu = peak_rss_mb(op.proc.pid), cpu_seconds(op.proc.pid)
         harness_cpu = cpu_seconds(os.getpid())
         cp1 = control_plane_cpu(kube)
+        failures = failed_pods(api, ns) if phases.get("Complete", 0) < args.runs else []
     finally:
         op.stop()
         jobs.close()
@@ -304,6 +324,7 @@ def bench_once(kube: Kube, args: argparse.Namespace, tmp: Path, *, unrelated: in
         "operator_response_codes": dict(codes),
         "operator_env": op.env,
         "watch_errors": jobs.errors[:5],
+        "failed_pods_sample": failures,
     }
 
 
@@ -385,6 +406,21 @@ def write_filter(args: argparse.Namespace, results: list[dict[str, Any]], doc: d
     (args.out / "operator_filter_real.md").write_text("\n".join(md) + "\n")
 
 
+def write(args: argparse.Namespace, results: list[dict[str, Any]], load_start: list[float], cluster_s: float) -> None:
+    doc = {"machine": MACHINE, "cluster_start_s": round(cluster_s, 1), "loadavg_start": load_start,
+           "loadavg_end": load(), "command": "sudo .venv/bin/python " + " ".join(["benchmarks/operator_scale_real.py", *sys.argv[1:]]),
+           "results": results}
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.unrelated:
+        write_filter(args, results, doc)
+    elif results:
+        write_scale(args, results[0], doc)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # SIGTERM (`timeout`) unwinds: the cluster is stopped
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=50)
@@ -394,6 +430,7 @@ def main() -> int:
     ap.add_argument("--unrelated", type=int, default=0, help="unrelated suspended Jobs and ConfigMaps (each)")
     ap.add_argument("--filter", choices=["on", "off", "both"], default="both", help="with --unrelated")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, _terminate)
     load_start = load()
     tmp = Path(tempfile.mkdtemp(prefix="spin-scale-real-"))
     t0 = time.monotonic()
@@ -410,18 +447,12 @@ def main() -> int:
                 results.append(bench_once(kube, args, tmp, unrelated=args.unrelated, filtered=filtered))
                 print(json.dumps({k: v for k, v in results[-1].items() if k != "operator_requests_by_kind"}, indent=2),
                       flush=True)
+                write(args, results, load_start, cluster_s)  # what is measured so far, should a later column not end
         else:
             results.append(bench_once(kube, args, tmp))
     finally:
         stop(tmp / "cluster")
-    doc = {"machine": MACHINE, "cluster_start_s": round(cluster_s, 1), "loadavg_start": load_start,
-           "loadavg_end": load(), "command": "sudo .venv/bin/python " + " ".join(["benchmarks/operator_scale_real.py", *sys.argv[1:]]),
-           "results": results}
-    args.out.mkdir(parents=True, exist_ok=True)
-    if args.unrelated:
-        write_filter(args, results, doc)
-    else:
-        write_scale(args, results[0], doc)
+    write(args, results, load_start, cluster_s)
     print(json.dumps({k: v for k, v in results[-1].items() if k != "operator_requests_by_kind"}, indent=2))
     return 0 if all(r["phases"].get("Complete", 0) == args.runs for r in results) else 1
 
