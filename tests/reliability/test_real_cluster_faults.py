@@ -1,14 +1,15 @@
 """The cluster faults of the old emulator suite (test_operator_cluster_faults.py, test_operator_kill.py;
 issue #20) made by the real control plane of tests/kube.py: the real garbage collector takes a
-deleted run's children (a finalizer of the test's holds one back where a test needs it to stay),
+deleted run's children (late where a test needs it: kube-controller-manager SIGKILLed meanwhile),
 the real scheduler reports Unschedulable (both nodes cordoned) or an unbound claim (a StorageClass
 that does not exist yet), the process kubelet reports CreateContainerConfigError (a Secret that
 does not exist yet), the instant image exits with the code a test asks for, the operator process
-is SIGKILLed at every phase boundary, its status write held by the fault proxy. Each test waits
+is SIGKILLed at every phase boundary, its status writes lost through the fault proxy. Each test waits
 for a state and asserts on the object it waited for; each tallies what the user loses."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -51,10 +52,11 @@ OPERATOR_USERS = f"system:serviceaccount:{OPERATOR_NAMESPACE}:"
 def _failed_pods_logs(c: E2E) -> Iterator[None]:
     """After the test, the logs of its failed pods (shown with a failing test's output)."""
     yield
-    for name, pod in list(c.pods().items())[:8]:
-        if (pod.get("status") or {}).get("phase") == "Failed":
-            out = c.kube.kubectl("logs", "-n", c.namespace, name, "--all-containers", check=False)
-            print(f"--- failed pod {name}:\n{out.stdout[-1500:]}{out.stderr[-300:]}")
+    with contextlib.suppress(Exception):  # a diagnosis only: never an error of the test's
+        for name, pod in list(c.pods().items())[:8]:
+            if (pod.get("status") or {}).get("phase") == "Failed":
+                out = c.kube.kubectl("logs", "-n", c.namespace, name, "--all-containers", check=False)
+                print(f"--- failed pod {name}:\n{out.stdout[-1500:]}{out.stderr[-300:]}")
 
 
 def cond(status: dict[str, Any], kind: str) -> dict[str, Any]:
