@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,12 +77,18 @@ def test_helm_install_runs_a_spinrun_to_complete_under_the_charts_rbac(
         body["metadata"]["namespace"] = ns
         kube.apply([body])
 
-        def phase() -> str | None:
+        def finished() -> dict[str, Any] | None:
             status = kube.api.get(path("spin.dev", "v1alpha1", "spinruns", ns, "demo")).get("status") or {}
-            return status.get("phase") if status.get("phase") in ("Complete", "Failed") else None
+            return status if status.get("phase") in ("Complete", "Failed") else None
 
-        assert wait(phase, 400, "the SpinRun to finish") == "Complete", kube.kubectl("logs", "-n", OPERATOR_NAMESPACE,
-                                                                                      f"deploy/{RELEASE}").stdout[-3000:]
+        status = wait(finished, 400, "the SpinRun to finish")
+        assert status["phase"] == "Complete", kube.kubectl("logs", "-n", OPERATOR_NAMESPACE,
+                                                           f"deploy/{RELEASE}").stdout[-3000:]
+        assert status["lastCheckpoint"]["path"] == "/data/runs/demo/iter-0/model", status["lastCheckpoint"]
+        # the step images are the chart's (the operator read its container's environment), none the run named
+        jobs = kube.api.get(path("batch", "v1", "jobs", ns))["items"]
+        used = {c["image"] for j in jobs for c in j["spec"]["template"]["spec"]["containers"]}
+        assert used == {f"{REGISTRY}/spinrun-generator:{TAG}", f"{REGISTRY}/spinrun-trainer:{TAG}"}, used
         table = kube.kubectl("get", "spinruns", "-n", ns).stdout.splitlines()
         assert table[1].split()[:3] == ["demo", "Complete", "0"], table
         kube.kubectl("delete", "spinrun", "demo", "-n", ns)
