@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +27,6 @@ class Tally:
     def add(self, key: str, n: int = 1) -> None:
         """Add n to a count; n = 0 still records the key (e.g. "duplicates seen: 0")."""
         self.counter[key] += int(n)
-
-
-@pytest.fixture(scope="session")
-def zygote() -> Iterator[Any]:
-    """Forks warmed-up operator processes (tests/reliability/zygote.py)."""
-    from tests.reliability.faulty import Zygote
-
-    z = Zygote()
-    yield z
-    z.close()
 
 
 @pytest.fixture()
