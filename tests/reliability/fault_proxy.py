@@ -62,7 +62,9 @@ class Fault:
     waits `delay` seconds first; `cut` ends a watch stream after `after` seconds; `gap` holds each
     watch that starts (no event) until `release()`, then answers it 410 Gone, so the client lists
     again; `expire` answers a watch 410 Gone at once; `hang` holds the request unanswered and unforwarded until `release()` (then 503): a
-    write that never lands, e.g. while the operator is killed. `agent` matches a part of the
+    write that never lands, e.g. while the operator is killed (it also blocks the operator's pass that
+    sent it, so it cannot stand for a lost write that comes after a create in the same pass: answer
+    such writes `error` instead). `agent` matches a part of the
     User-Agent (kopf's own requests say "kopf", the operator's client "spin-operator"). `times`
     bounds how often it fires (None: until removed), `probability` fires it on a share of the matches."""
 
