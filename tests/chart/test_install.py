@@ -140,7 +140,10 @@ def test_helm_uninstall_with_a_run_in_flight_loses_nothing(kube: Kube) -> None:
             t0 = time.monotonic()
             helm(kube, *install)
             run = c.wait_phase("e2e", ("Complete", "Failed"), 180)
-            assert run["status"]["phase"] == "Complete", run["status"]
+            if run["status"]["phase"] != "Complete":
+                from tests.reliability.test_proxy_faults import failed_pod_logs
+
+                raise AssertionError(f"{run['status']['message']}\n{failed_pod_logs(c)}")
             creations = c.job_creations()
             assert sorted(creations) == JOBS_OF_ONE_ITERATION, creations
             assert not reran(kube), reran(kube)

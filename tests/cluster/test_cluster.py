@@ -253,3 +253,22 @@ def test_a_left_over_veth_of_the_clusters_index_is_removed_before_pods_need_its_
         assert stale_veths(addrs) == []
     finally:
         subprocess.run(["ip", "link", "del", link], check=False, capture_output=True)
+
+
+def test_a_removed_pods_veth_goes_even_while_a_process_holds_its_namespace() -> None:
+    """Found with `helm uninstall` then a new run in one cluster: the operator pod's namespace was
+    still held when it was deleted, its veth pair lived on, and the next pod given its address number
+    failed at once (exit 137, `RTNETLINK answers: File exists`). The host end now goes by name."""
+    from spin_cluster.addresses import MAX_CLUSTERS, Addresses
+    from spin_cluster.kubelet.network import PodNetwork, host_veth, stale_veths
+
+    addrs = Addresses(MAX_CLUSTERS - 1)  # the last index: not used by a running cluster here
+    link = host_veth(addrs, 3)
+    subprocess.run(["ip", "link", "add", link, "type", "veth", "peer", "name", f"{link}x"], check=True)
+    try:
+        net = PodNetwork(addrs)
+        net._used[3] = "a-pod-uid"  # the number the pod held (its namespace is gone or still held)
+        net.remove_pod("a-pod-uid")
+        assert stale_veths(addrs) == [] and 3 not in net._used
+    finally:
+        subprocess.run(["ip", "link", "del", link], check=False, capture_output=True)

@@ -64,6 +64,8 @@ class PodNetwork:
         ip = a.pod_ip(n)
         ns = self.netns_name(uid)
         host_if = host_veth(a, n)
+        if Path(f"/sys/class/net/{host_if}").exists():  # left by a pod whose namespace a process still held
+            _ip("link", "del", host_if, check=False)
         try:
             _ip(batch=[
                 f"netns add {ns}",
@@ -82,10 +84,18 @@ class PodNetwork:
         return ip
 
     def remove_pod(self, uid: str) -> None:
-        _ip("netns", "del", self.netns_name(uid), check=False)  # takes its veth pair along
+        """The pod's namespace and its veth pair. Deleting the namespace takes the pair along only
+        if no process still holds the namespace; the host end is deleted by name too, or the next
+        pod given this address number would fail with `RTNETLINK answers: File exists`."""
+        _ip("netns", "del", self.netns_name(uid), check=False)
         with self._lock:
-            for n, owner in list(self._used.items()):
-                if owner == uid:
+            numbers = [n for n, owner in self._used.items() if owner == uid]
+        for n in numbers:
+            if Path(f"/sys/class/net/{host_veth(self.addresses, n)}").exists():
+                _ip("link", "del", host_veth(self.addresses, n), check=False)
+        with self._lock:
+            for n in numbers:
+                if self._used.get(n) == uid:
                     del self._used[n]
 
     def teardown(self) -> None:
