@@ -7,6 +7,7 @@ same process when a handler asks for it (the SpinRun CRD applied again: kube/crd
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 import threading
@@ -63,9 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     client.api_client()  # fail fast with a clear error if no cluster config is found
     metrics.serve(args.metrics_port)
     while True:
-        stop, restart = threading.Event(), threading.Event()
+        # an asyncio.Event (bound to kopf's loop when kopf first waits on it), set from a handler in
+        # that loop: kopf waits for a threading.Event or a concurrent Future in an executor thread
+        # that nothing releases on SIGTERM, and the stopped loop then waits for that thread for ever
+        stop, restart = asyncio.Event(), threading.Event()
 
-        def request_restart(stop: threading.Event = stop, restart: threading.Event = restart) -> None:
+        def request_restart(stop: asyncio.Event = stop, restart: threading.Event = restart) -> None:
             restart.set()
             stop.set()
 

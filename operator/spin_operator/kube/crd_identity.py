@@ -8,9 +8,12 @@ scan. The decision (`CrdIdentity.recreated`) is pure; the reads are blocking (ru
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from kubernetes import client
 
@@ -18,8 +21,37 @@ from spin_operator.kube.client import api_client, count
 from spin_runtime.api.spec import GROUP, PLURAL, VERSION
 
 CRD_NAME = f"{PLURAL}.{GROUP}"
+#: Seconds a look may take (connect, read): a look runs in a thread the event loop waits for when
+#: the operator stops, so it must not hang on a server that does not answer.
+REQUEST_TIMEOUT = (5, 10)
 
 log = logging.getLogger("spin_operator")
+
+T = TypeVar("T")
+
+
+async def in_daemon_thread(fn: Callable[[], T]) -> T:
+    """`fn()` in a daemon thread of its own, awaited. Not the loop's executor: kopf and asyncio wait
+    for the executor's threads when the operator stops, and a look must never delay a stop."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Any] = loop.create_future()
+
+    def settle(setter: Callable[[Any], None], value: Any) -> None:
+        if not done.done():
+            setter(value)
+
+    def run() -> None:
+        try:
+            result: Any = fn()
+        except BaseException as e:  # handed to the awaiting task
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+                loop.call_soon_threadsafe(settle, done.set_exception, e)
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, done.set_result, result)
+
+    threading.Thread(target=run, name="spin-watchdog-look", daemon=True).start()
+    return await done  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -48,7 +80,8 @@ def look() -> Seen:
     Established, whether discovery lists SpinRuns in the group's version."""
     api = api_client()
     count("list", "customresourcedefinitions")
-    items = client.ApiextensionsV1Api(api).list_custom_resource_definition(field_selector=f"metadata.name={CRD_NAME}").items
+    items = client.ApiextensionsV1Api(api).list_custom_resource_definition(
+        field_selector=f"metadata.name={CRD_NAME}", _request_timeout=REQUEST_TIMEOUT).items
     if not items:
         return Seen(None, False)
     crd = items[0]
@@ -56,7 +89,7 @@ def look() -> Seen:
     served = False
     if established:
         count("get", "discovery")
-        resources = client.CustomObjectsApi(api).get_api_resources(GROUP, VERSION)
+        resources = client.CustomObjectsApi(api).get_api_resources(GROUP, VERSION, _request_timeout=REQUEST_TIMEOUT)
         served = any(r.name == PLURAL for r in (resources.resources if resources else []) or [])
     return Seen(crd.metadata.uid, served)
 
@@ -65,7 +98,7 @@ async def watch(interval: float, restart: Callable[[str | None, str], None]) -> 
     """Look every `interval` seconds until a re-created CRD is served, then call `restart(old, new)`
     once and return. A failed look (API unreachable, 404 discovery) is tried again next time."""
     try:
-        first = await asyncio.to_thread(look)
+        first = await in_daemon_thread(look)
     except Exception as e:  # the API may be briefly unreachable at start
         log.debug("SpinRun CRD look failed at start: %r", e)
         first = None
@@ -73,7 +106,7 @@ async def watch(interval: float, restart: Callable[[str | None, str], None]) -> 
     while True:
         await asyncio.sleep(interval)
         try:
-            now = await asyncio.to_thread(look)
+            now = await in_daemon_thread(look)
         except Exception as e:
             log.debug("SpinRun CRD look failed: %r", e)
             continue

@@ -10,6 +10,7 @@ first listing is then the truth). The decision (`Audit.after`) is pure; the list
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
@@ -19,6 +20,7 @@ from typing import Any
 from kubernetes import client
 
 from spin_operator.kube.client import api_client, count
+from spin_operator.kube.crd_identity import REQUEST_TIMEOUT, in_daemon_thread
 
 log = logging.getLogger("spin_operator")
 
@@ -67,7 +69,8 @@ def list_uids(resources: Iterable[tuple[str, str]], selector: str) -> dict[tuple
     out: dict[tuple[str, str], set[str]] = {}
     for resource, namespace in resources:
         count("list", resource)
-        answer = listers[resource](namespace, label_selector=selector, _preload_content=False)
+        answer = listers[resource](namespace, label_selector=selector, _preload_content=False,
+                                   _request_timeout=REQUEST_TIMEOUT)
         out[(resource, namespace)] = {i["metadata"]["uid"] for i in json.loads(answer.data)["items"]}
     return out
 
@@ -82,9 +85,9 @@ async def watch(interval: float, indexes: Callable[[], Any], selector: str,
         if current is None:  # no reconcile yet: nothing indexed to doubt
             continue
         children = indexed_children(current)
-        places = {(resource, namespace) for resource, namespace, _ in children}
+        places = sorted({(resource, namespace) for resource, namespace, _ in children})
         try:
-            listed = await asyncio.to_thread(list_uids, sorted(places), selector)
+            listed = await in_daemon_thread(functools.partial(list_uids, places, selector))
         except Exception as e:  # unreachable, 5xx: look again next time (and keep the suspects)
             log.debug("index audit: a list failed: %r", e)
             continue
