@@ -131,5 +131,11 @@ class Container:
             target.touch()
 
     def run(self, command: Sequence[str], *, timeout: float = 600, **kw: Any) -> subprocess.CompletedProcess[str]:
-        """Run `command` in the container (see `argv`); output captured, never raises on failure."""
-        return subprocess.run(self.argv(command, **kw), capture_output=True, text=True, timeout=timeout)
+        """Run `command` in the container (see `argv`); output captured, never raises on failure.
+        buildah's chroot runner can fail to start the command at all on a loaded machine (`Close_Fd
+        sealing memfd copy: Device or resource busy`, seen once in a CI run): nothing ran, so that
+        start is tried again, once."""
+        done = subprocess.run(self.argv(command, **kw), capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0 and "sealing memfd copy" in done.stderr:
+            done = subprocess.run(self.argv(command, **kw), capture_output=True, text=True, timeout=timeout)
+        return done
