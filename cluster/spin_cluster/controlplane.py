@@ -190,7 +190,7 @@ def _https_ok(url: str, token: str | None = None, ca: Path | None = None) -> boo
         return False
 
 
-def _http_ok(url: str) -> bool:
+def http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:
             return bool(resp.status == 200)
@@ -202,7 +202,7 @@ def healthy(state: State, name: str) -> Callable[[], bool]:
     """Whether the control-plane process `name` answers its health endpoint."""
     p = state.ports
     checks: dict[str, Callable[[], bool]] = {
-        "etcd": lambda: _http_ok(f"http://127.0.0.1:{p['etcd']}/health"),
+        "etcd": lambda: http_ok(f"http://127.0.0.1:{p['etcd']}/health"),
         "kube-apiserver": lambda: _https_ok(f"{state.server}/readyz", state.token(ADMIN_USER), state.pki.ca),
         "kube-controller-manager": lambda: _https_ok(f"https://127.0.0.1:{p['controller_manager']}/healthz"),
         "kube-scheduler": lambda: _https_ok(f"https://127.0.0.1:{p['scheduler']}/healthz"),

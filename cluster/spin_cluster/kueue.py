@@ -27,7 +27,6 @@ import base64
 import contextlib
 import os
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +34,10 @@ from typing import Any
 
 import yaml
 
-from spin_cluster import build, paths, pki, procs
-from spin_cluster.api import ApiError, Client, path
+from spin_cluster import build, manifests, pki, procs
+from spin_cluster.api import ApiError, path
 from spin_cluster.components import KUEUE
-from spin_cluster.controlplane import ClusterError, State, _http_ok, wait_until
+from spin_cluster.controlplane import ClusterError, State, http_ok, wait_until
 
 GROUP = "kueue.x-k8s.io"
 #: Kueue's Workload version (its storage version in v0.17: v1beta1 is served and converted).
@@ -50,7 +49,6 @@ MUTATING = "kueue-mutating-webhook-configuration"
 VALIDATING = "kueue-validating-webhook-configuration"
 #: The API groups whose webhooks are registered (see the module docstring).
 WEBHOOK_GROUPS = {GROUP, "batch"}
-APPLY = "application/apply-patch+yaml"
 FIELD_MANAGER = "spin-cluster-kueue"
 
 
@@ -68,16 +66,6 @@ class Kueue:
     @property
     def log(self) -> Path:
         return self.root.parent / "logs" / f"{PROC_NAME}.log"
-
-
-def module_dir() -> Path:
-    """Kueue's module source in Go's module cache (downloaded if the cache lost it)."""
-    folder = Path(paths.go_env()["GOMODCACHE"]) / "sigs.k8s.io" / f"kueue@{KUEUE.version}"
-    if not (folder / "config" / "components" / "crd" / "bases").is_dir():
-        env = {**os.environ, **paths.go_env(), "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=readonly"}
-        subprocess.run([build.go_binary(), "mod", "download", f"sigs.k8s.io/kueue@{KUEUE.version}"], cwd=KUEUE.go_dir,
-                       env=env, check=True, capture_output=True)
-    return folder
 
 
 def _conversion_patched(module: Path) -> set[str]:
@@ -144,15 +132,11 @@ def configuration(webhook_port: int, health_port: int, metrics_port: int, cert_d
     }
 
 
-def _apply(api: Client, url: str, body: dict[str, Any]) -> None:
-    api.request("PATCH", url, body, params={"fieldManager": FIELD_MANAGER, "force": "true"}, content_type=APPLY)
-
-
 def install(state: State, timeout: float = 120) -> Kueue:
     """Kueue's namespace, CRDs and process, then its webhooks; returns once a dry-run create of a
     ResourceFlavor passed through them (the apiserver reaches Kueue over TLS)."""
     binary = build.ensure_all([KUEUE])["kueue"]
-    module = module_dir()
+    module = build.module_source(KUEUE)
     root = state.root / "kueue"
     if root.exists():
         shutil.rmtree(root)
@@ -172,12 +156,11 @@ def install(state: State, timeout: float = 120) -> Kueue:
     api = state.client(agent="spin-cluster-kueue")
     with contextlib.suppress(ApiError):
         api.create(path("", "v1", "namespaces"), {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
-    names = []
-    for crd in crds(module, url, ca_bundle):
-        _apply(api, path("apiextensions.k8s.io", "v1", "customresourcedefinitions", name=crd["metadata"]["name"]), crd)
-        names.append(crd["metadata"]["name"])
+    applied = crds(module, url, ca_bundle)
+    manifests.apply(api, applied, FIELD_MANAGER)
+    names = [crd["metadata"]["name"] for crd in applied]
     for name in names:
-        wait_until(lambda n=name: _established(api, n), 60, f"crd/{name} Established")
+        wait_until(lambda n=name: manifests.established(api, n), 60, f"crd/{name} Established")
     argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
             'mount -t overlay spin-kueue-etc -o "lowerdir=/etc,upperdir=$1,workdir=$2" /etc && shift 2 && exec "$@"',
             "sh", str(root / "etc-upper"), str(root / "etc-work"),
@@ -187,11 +170,9 @@ def install(state: State, timeout: float = 120) -> Kueue:
     state.save()
     kueue = Kueue(proc, ports["webhook"], ports["health"], ports["metrics"], root, tuple(names))
     try:
-        wait_until(lambda: _http_ok(f"http://127.0.0.1:{ports['health']}/readyz"), timeout, "Kueue /readyz",
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{ports['health']}/readyz"), timeout, "Kueue /readyz",
                    [kueue.log], proc)
-        for doc in webhook_configurations(module, url, ca_bundle):
-            plural = "mutatingwebhookconfigurations" if doc["kind"].startswith("Mutating") else "validatingwebhookconfigurations"
-            _apply(api, path("admissionregistration.k8s.io", "v1", plural, name=doc["metadata"]["name"]), doc)
+        manifests.apply(api, webhook_configurations(module, url, ca_bundle), FIELD_MANAGER)
         probe = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ResourceFlavor", "metadata": {"name": "spin-kueue-probe"}}
 
         def webhooks_answer() -> bool:
@@ -213,11 +194,6 @@ def _passes(check: Any) -> Any:
             return False
 
     return run
-
-
-def _established(api: Client, name: str) -> bool:
-    crd = api.get(path("apiextensions.k8s.io", "v1", "customresourcedefinitions", name=name))
-    return any(c["type"] == "Established" and c["status"] == "True" for c in (crd.get("status") or {}).get("conditions") or [])
 
 
 def uninstall(state: State, kueue: Kueue | None = None, timeout: float = 60) -> None:
@@ -255,7 +231,7 @@ def uninstall(state: State, kueue: Kueue | None = None, timeout: float = 60) -> 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         groups = api.get("/apis")["groups"]
-        left = [n for n in names if _exists(api, n)]
+        left = [n for n in names if manifests.crd_exists(api, n)]
         if not left and not any(g["name"] == GROUP for g in groups):
             break
         time.sleep(0.2)
@@ -277,11 +253,3 @@ def _retrying(call: Any, timeout: float = 30) -> Any:
         time.sleep(0.2)
 
 
-def _exists(api: Client, crd: str) -> bool:
-    try:
-        api.get(path("apiextensions.k8s.io", "v1", "customresourcedefinitions", name=crd))
-        return True
-    except ApiError as e:
-        if e.status == 404:
-            return False
-        raise

@@ -16,35 +16,22 @@ import contextlib
 import copy
 import os
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from spin_cluster import build, procs
+from spin_cluster import build, manifests, procs
 from spin_cluster import pki as pki_mod
 from spin_cluster.api import ApiError, Client, path
 from spin_cluster.components import JOBSET, TRAINER, Component
-from spin_cluster.controlplane import ClusterError, State, kubeconfig, wait_until
+from spin_cluster.controlplane import ClusterError, State, http_ok, kubeconfig, wait_until
+from spin_cluster.manifests import crd_exists, established, remove, url_of
 
-APPLY = "application/apply-patch+yaml"
 FIELD_MANAGER = "spin-cluster"
 #: The runtime Trainer's manifests ship for torchrun (the SpinRun default of training.trainingRuntime).
 TORCH_RUNTIME = "manifests/base/runtimes/torch_distributed.yaml"
-#: kind → (group, version, plural, namespaced) of what is applied here.
-RESOURCES = {
-    "CustomResourceDefinition": ("apiextensions.k8s.io", "v1", "customresourcedefinitions", False),
-    "MutatingWebhookConfiguration": ("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations", False),
-    "ValidatingWebhookConfiguration": ("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations", False),
-    "ClusterRole": ("rbac.authorization.k8s.io", "v1", "clusterroles", False),
-    "ClusterRoleBinding": ("rbac.authorization.k8s.io", "v1", "clusterrolebindings", False),
-    "Namespace": ("", "v1", "namespaces", False),
-    "ServiceAccount": ("", "v1", "serviceaccounts", True),
-    "ClusterTrainingRuntime": ("trainer.kubeflow.org", "v1alpha1", "clustertrainingruntimes", False),
-    "JobSet": ("jobset.x-k8s.io", "v1alpha2", "jobsets", True),
-}
 
 
 @dataclass(frozen=True)
@@ -148,44 +135,20 @@ def torch_runtime() -> dict[str, Any]:
 # --------------------------------------------------------------------------- the API
 
 
-def url_of(doc: dict[str, Any], name: bool = True) -> str:
-    group, version, plural, namespaced = RESOURCES[doc["kind"]]
-    meta = doc["metadata"]
-    return path(group, version, plural, meta.get("namespace") if namespaced else None, meta["name"] if name else None)
-
-
-def apply(api: Client, docs: list[dict[str, Any]]) -> None:
-    """Server-side apply, as `kubectl apply --server-side --force-conflicts` does."""
-    for doc in docs:
-        api.request("PATCH", url_of(doc), doc, params={"fieldManager": FIELD_MANAGER, "force": "true"},
-                    content_type=APPLY)
-
-
-def remove(api: Client, docs: list[dict[str, Any]]) -> None:
-    for doc in docs:
-        with contextlib.suppress(ApiError):
-            api.delete(url_of(doc))
-
-
-def established(api: Client, name: str) -> bool:
-    crd = api.get(path("apiextensions.k8s.io", "v1", "customresourcedefinitions", name=name))
-    return any(c["type"] == "Established" and c["status"] == "True" for c in (crd.get("status") or {}).get("conditions") or [])
-
-
 def identity(state: State, controller: Controller, source: Path) -> Path:
     """A kubeconfig of the controller's own ServiceAccount, bound to its upstream ClusterRole."""
     api = state.client()
     (role,) = load(source / controller.role)
     role["metadata"] = {"name": controller.name_prefix + role["metadata"]["name"]}
     ns, account = controller.namespace, controller.name
-    apply(api, [
+    manifests.apply(api, [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": account, "namespace": ns}},
         role,
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": role["metadata"]["name"]},
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role["metadata"]["name"]},
          "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": ns}]},
-    ])
+    ], FIELD_MANAGER)
     token = api.create(path("", "v1", "serviceaccounts", ns, account, "token"),
                        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
                         "spec": {"expirationSeconds": 86400}})["status"]["token"]
@@ -213,20 +176,12 @@ def _config(controller: Controller, folder: Path, health: int, webhook: int) -> 
             "certManagement": {"enable": False}}
 
 
-def _ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
-
-
 def start_manager(state: State, controller: Controller, binary: Path) -> procs.Proc:
     """Install the controller's CRDs, RBAC and webhooks and run its manager; returns once it is ready."""
     api = state.client()
     source = build.module_source(controller.component)
     crds = [d for f in controller.crds for d in load(source / f)]
-    apply(api, crds)
+    manifests.apply(api, crds, FIELD_MANAGER)
     for crd in crds:
         wait_until(lambda name=crd["metadata"]["name"]: established(api, name), 60, f"crd/{crd['metadata']['name']} Established")
     config_path = identity(state, controller, source)
@@ -243,8 +198,9 @@ def start_manager(state: State, controller: Controller, binary: Path) -> procs.P
     proc, _ = procs.spawn(controller.name, argv, log, env={**os.environ, "TMPDIR": str(folder / "tmp")})
     state.procs.append(proc)
     state.save()
-    wait_until(lambda: _ready(health), 120, f"{controller.name} /readyz", [log], proc)
-    apply(api, webhook_configurations(controller, source, f"https://127.0.0.1:{webhook}", state.pki.ca.read_bytes()))
+    wait_until(lambda: http_ok(f"http://127.0.0.1:{health}/readyz"), 120, f"{controller.name} /readyz", [log], proc)
+    manifests.apply(api, webhook_configurations(controller, source, f"https://127.0.0.1:{webhook}", state.pki.ca.read_bytes()),
+                    FIELD_MANAGER)
     return proc
 
 
@@ -279,7 +235,7 @@ def start(state: State) -> list[procs.Proc]:
         runtime = torch_runtime()
         wait_until(lambda: _admitted(api, runtime), 60, "the apiserver to reach Trainer's webhooks",
                    [state.log(TRAINER_MANAGER.name)])
-        apply(api, [runtime])
+        manifests.apply(api, [runtime], FIELD_MANAGER)
     except BaseException:
         stop(state)
         raise
@@ -327,8 +283,6 @@ def _safe_load(controller: Controller, file: str) -> list[dict[str, Any]]:
 
 
 def _gone(api: Client, crd: str) -> bool:
-    try:
-        api.get(path("apiextensions.k8s.io", "v1", "customresourcedefinitions", name=crd))
-    except ApiError as e:
-        return e.status == 404
+    with contextlib.suppress(ApiError):
+        return not crd_exists(api, crd)
     return False

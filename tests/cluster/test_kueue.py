@@ -11,7 +11,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from spin_cluster import kueue, pki
+from spin_cluster import build, kueue, pki
 from spin_cluster.components import KUEUE
 
 URL, CA = "https://127.0.0.1:9443", "Q0E="
@@ -19,13 +19,13 @@ URL, CA = "https://127.0.0.1:9443", "Q0E="
 
 def test_kueue_is_pinned_and_its_module_carries_crds_and_webhooks() -> None:
     assert KUEUE.version.startswith("v0.")
-    module = kueue.module_dir()
+    module = build.module_source(KUEUE)
     assert module.name == f"kueue@{KUEUE.version}"
     assert (module / "config" / "components" / "webhook" / "manifests.yaml").is_file()
 
 
 def test_crds_convert_through_the_loopback_webhook_where_kueue_enables_conversion() -> None:
-    crds = {c["spec"]["names"]["plural"]: c for c in kueue.crds(kueue.module_dir(), URL, CA)}
+    crds = {c["spec"]["names"]["plural"]: c for c in kueue.crds(build.module_source(KUEUE), URL, CA)}
     assert {"workloads", "clusterqueues", "localqueues", "resourceflavors", "workloadpriorityclasses"} <= set(crds)
     converted = {name for name, c in crds.items() if c["spec"].get("conversion")}
     assert {"workloads", "clusterqueues", "localqueues"} <= converted
@@ -38,7 +38,7 @@ def test_crds_convert_through_the_loopback_webhook_where_kueue_enables_conversio
 
 
 def test_webhooks_are_kueues_own_and_batch_jobs_at_loopback_urls() -> None:
-    docs = kueue.webhook_configurations(kueue.module_dir(), URL, CA)
+    docs = kueue.webhook_configurations(build.module_source(KUEUE), URL, CA)
     assert [d["metadata"]["name"] for d in docs] == [kueue.MUTATING, kueue.VALIDATING]
     hooks = [h for d in docs for h in d["webhooks"]]
     names = {h["name"] for h in hooks}
