@@ -5,8 +5,12 @@ carried out by executor.py over this client."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from typing import Any
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -104,3 +108,34 @@ def forget_workload_version() -> None:
     """Discover the Workload version again at the next use (Kueue upgraded or removed)."""
     global _workload_version
     _workload_version = None
+
+
+#: Seconds (connect, read) a background look of the operator's watchdogs may take: it must never
+#: hang on a server that does not answer.
+REQUEST_TIMEOUT = (5, 10)
+
+T = TypeVar("T")
+
+
+async def in_daemon_thread(fn: Callable[[], T]) -> T:
+    """`fn()` in a daemon thread of its own, awaited. Not the loop's executor: kopf and asyncio wait
+    for the executor's threads when the operator stops, and a background look must never delay a stop."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Any] = loop.create_future()
+
+    def settle(setter: Callable[[Any], None], value: Any) -> None:
+        if not done.done():
+            setter(value)
+
+    def run() -> None:
+        try:
+            result: Any = fn()
+        except BaseException as e:  # handed to the awaiting task
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+                loop.call_soon_threadsafe(settle, done.set_exception, e)
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, done.set_result, result)
+
+    threading.Thread(target=run, name="spin-watchdog-look", daemon=True).start()
+    return await done  # type: ignore[no-any-return]

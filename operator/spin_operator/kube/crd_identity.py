@@ -8,50 +8,19 @@ scan. The decision (`CrdIdentity.recreated`) is pure; the reads are blocking (ru
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 from kubernetes import client
 
-from spin_operator.kube.client import api_client, count
+from spin_operator.kube.client import REQUEST_TIMEOUT, api_client, count, in_daemon_thread
 from spin_runtime.api.spec import GROUP, PLURAL, VERSION
 
 CRD_NAME = f"{PLURAL}.{GROUP}"
-#: Seconds a look may take (connect, read): a look runs in a thread the event loop waits for when
-#: the operator stops, so it must not hang on a server that does not answer.
-REQUEST_TIMEOUT = (5, 10)
 
 log = logging.getLogger("spin_operator")
 
-T = TypeVar("T")
-
-
-async def in_daemon_thread(fn: Callable[[], T]) -> T:
-    """`fn()` in a daemon thread of its own, awaited. Not the loop's executor: kopf and asyncio wait
-    for the executor's threads when the operator stops, and a look must never delay a stop."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[Any] = loop.create_future()
-
-    def settle(setter: Callable[[Any], None], value: Any) -> None:
-        if not done.done():
-            setter(value)
-
-    def run() -> None:
-        try:
-            result: Any = fn()
-        except BaseException as e:  # handed to the awaiting task
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
-                loop.call_soon_threadsafe(settle, done.set_exception, e)
-            return
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(settle, done.set_result, result)
-
-    threading.Thread(target=run, name="spin-watchdog-look", daemon=True).start()
-    return await done  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -96,24 +65,18 @@ def look() -> Seen:
 
 async def watch(interval: float, restart: Callable[[str | None, str], None]) -> None:
     """Look every `interval` seconds until a re-created CRD is served, then call `restart(old, new)`
-    once and return. A failed look (API unreachable, 404 discovery) is tried again next time."""
-    try:
-        first = await in_daemon_thread(look)
-    except Exception as e:  # the API may be briefly unreachable at start
-        log.debug("SpinRun CRD look failed at start: %r", e)
-        first = None
-    identity = CrdIdentity(first.uid if first else None)
+    once and return. The first successful look is the CRD the process started with; a failed look
+    (API unreachable, 404 discovery) is tried again next time."""
+    identity: CrdIdentity | None = None
     while True:
-        await asyncio.sleep(interval)
         try:
             now = await in_daemon_thread(look)
         except Exception as e:
             log.debug("SpinRun CRD look failed: %r", e)
-            continue
-        if first is None:  # the first look failed: this one is the baseline
-            first, identity = now, CrdIdentity(now.uid)
-            continue
-        if identity.recreated(now):
-            assert now.uid is not None
-            restart(identity.started_with, now.uid)
-            return
+        else:
+            if identity is None:
+                identity = CrdIdentity(now.uid)
+            elif identity.recreated(now) and now.uid is not None:
+                restart(identity.started_with, now.uid)
+                return
+        await asyncio.sleep(interval)

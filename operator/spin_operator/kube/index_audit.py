@@ -19,8 +19,7 @@ from typing import Any
 
 from kubernetes import client
 
-from spin_operator.kube.client import api_client, count
-from spin_operator.kube.crd_identity import REQUEST_TIMEOUT, in_daemon_thread
+from spin_operator.kube.client import REQUEST_TIMEOUT, api_client, count, in_daemon_thread
 
 log = logging.getLogger("spin_operator")
 
