@@ -61,6 +61,23 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(10)
 
 
+def idle(pid: int, limit: float = 600) -> float:
+    """Seconds until the process's CPU stops rising (under 0.05 s per second, for 2 s)."""
+    t0 = time.monotonic()
+    last, idle_since = -1.0, None
+    while time.monotonic() - t0 < limit:
+        time.sleep(1.0)
+        now_cpu = cpu_seconds(pid)
+        if now_cpu - last < 0.05:
+            idle_since = idle_since or time.monotonic()
+            if time.monotonic() - idle_since >= 2:
+                break
+        else:
+            idle_since = None
+        last = now_cpu
+    return time.monotonic() - t0
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -252,19 +269,8 @@ def _filter_once(args: argparse.Namespace, filtered: bool) -> dict:
     churn = _Churn(emu.url, ns, args.unrelated, args.churn)
     try:
         # start-up: until the operator has listed everything and sits idle (CPU stops rising)
-        t0 = time.monotonic()
-        last, idle_since = -1.0, None
-        while time.monotonic() - t0 < 600:
-            time.sleep(1.0)
-            now_cpu = cpu_seconds(op.pid)
-            if now_cpu - last < 0.05:
-                idle_since = idle_since or time.monotonic()
-                if time.monotonic() - idle_since >= 2:
-                    break
-            else:
-                idle_since = None
-            last = now_cpu
-        startup_s, startup_cpu, startup_rss = time.monotonic() - t0, cpu_seconds(op.pid), peak_rss_mb(op.pid)
+        startup_s = idle(op.pid)
+        startup_cpu, startup_rss = cpu_seconds(op.pid), peak_rss_mb(op.pid)
         churn.start()
         t1 = time.monotonic()
         for i in range(args.runs):

@@ -31,12 +31,10 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -46,19 +44,15 @@ REPO = Path(__file__).resolve().parents[1]
 for p in (REPO, REPO / "operator", REPO / "cluster"):
     sys.path.insert(0, str(p))
 
-from benchmarks.operator_scale import cpu_seconds, pct, peak_rss_mb, stop_process  # noqa: E402
+from benchmarks.operator_scale import cpu_seconds, idle, pct, peak_rss_mb  # noqa: E402
 from spin_cluster.api import Client, path  # noqa: E402
-from spin_cluster.procs import free_port  # noqa: E402
 from tests.kube import OPERATOR_NAMESPACE, Kube, start, stop, wait  # noqa: E402
 from tests.operator.e2e import run_body  # noqa: E402
+from tests.reliability.real_cluster import OperatorProcess, iso  # noqa: E402
 
 ORDER = ["gen", "convert", "train", "eval"]
 MANAGED = "app.kubernetes.io/managed-by=spinrun"
 SPINRUNS = ("spin.dev", "v1alpha1", "spinruns")
-
-
-def iso_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
 
 
 def load() -> list[float]:
@@ -128,39 +122,6 @@ class JobWatch:
         return out
 
 
-class Operator:
-    """`python -m spin_operator.main -n <ns>` as the chart's ServiceAccount with the chart's environment."""
-
-    def __init__(self, kube: Kube, ns: str, log: Path, env: dict[str, str]) -> None:
-        self.kubeconfig, chart_env = kube.operator_identity({"watchNamespaces": [ns]})
-        self.env = {**chart_env, **env}
-        self.ns, self.log = ns, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 180) -> None:
-        port = free_port()
-        env = {**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1",
-               "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO)])}
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "spin_operator.main", "-n", self.ns,
-                                          "--metrics-port", "0", "--liveness", f"http://127.0.0.1:{port}/healthz"],
-                                         stdout=out, stderr=subprocess.STDOUT, env=env)
-
-        def live() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, f"the operator exited: {self.tail()}"
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
-                return bool(resp.status == 200)
-
-        wait(live, timeout, "the operator's liveness endpoint", errors=(OSError,))
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            stop_process(self.proc)
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
-
-
 def make_namespace(kube: Kube, prefix: str) -> str:
     name = f"{prefix}-{int(time.time() * 1000) % 10_000_000}"
     kube.api.create(path("", "v1", "namespaces"), {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
@@ -198,23 +159,6 @@ def control_plane_cpu(kube: Kube) -> dict[str, float]:
         with contextlib.suppress(OSError):
             out[p.name] = out.get(p.name, 0.0) + cpu_seconds(p.pid)
     return out
-
-
-def idle(pid: int, limit: float = 600) -> float:
-    """Seconds until the process's CPU stops rising (under 0.05 s per second, for 2 s)."""
-    t0 = time.monotonic()
-    last, idle_since = -1.0, None
-    while time.monotonic() - t0 < limit:
-        time.sleep(1.0)
-        now_cpu = cpu_seconds(pid)
-        if now_cpu - last < 0.05:
-            idle_since = idle_since or time.monotonic()
-            if time.monotonic() - idle_since >= 2:
-                break
-        else:
-            idle_since = None
-        last = now_cpu
-    return time.monotonic() - t0
 
 
 def operator_requests(kube: Kube, since: str) -> tuple[Counter[str], Counter[str]]:
@@ -258,12 +202,12 @@ def bench_once(kube: Kube, args: argparse.Namespace, tmp: Path, *, unrelated: in
     ns = make_namespace(kube, "bench" if not unrelated else ("busy-on" if filtered else "busy-off"))
     created_unrelated_s = unrelated_objects(kube, ns, unrelated) if unrelated else 0.0
     env = {"SPIN_SERVER_SIDE_FILTER": "true" if filtered else "false"}
-    op = Operator(kube, ns, tmp / f"operator-{ns}.log", env)
-    since = iso_now()
+    op = OperatorProcess(kube, ns, tmp / f"operator-{ns}.log", env)
+    since = iso()
     cp0 = control_plane_cpu(kube)
     jobs = JobWatch(api, ns).start()
     t_start = time.monotonic()
-    op.start()
+    op.start(timeout=180)
     assert op.proc is not None
     live_s = time.monotonic() - t_start
     startup_s = live_s + idle(op.proc.pid, min(600.0, args.timeout))

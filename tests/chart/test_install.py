@@ -114,8 +114,8 @@ def test_helm_uninstall_with_a_run_in_flight_loses_nothing(kube: Kube) -> None:
     keeps the CRD of crds/, so the run and its status stay), the running step finishes with no
     operator, and `helm install` again takes the run on from there: each Job created once, no step
     run twice, Complete."""
-    from tests.operator.e2e import e2e
-    from tests.reliability.test_real_faults import JOBS_OF_ONE_ITERATION, job_done, reran, running
+    from tests.operator.e2e import e2e, job_done
+    from tests.reliability.real_cluster import JOBS_OF_ONE_ITERATION, failed_pod_logs, reran, running
 
     install = ("install", RELEASE, str(CHART), "-n", OPERATOR_NAMESPACE, "--create-namespace", "--wait", "--timeout",
                INSTALL_TIMEOUT, "--set", f"images.registry={REGISTRY}", "--set", f"images.tag={TAG}")
@@ -141,8 +141,6 @@ def test_helm_uninstall_with_a_run_in_flight_loses_nothing(kube: Kube) -> None:
             helm(kube, *install)
             run = c.wait_phase("e2e", ("Complete", "Failed"), 180)
             if run["status"]["phase"] != "Complete":
-                from tests.reliability.test_proxy_faults import failed_pod_logs
-
                 raise AssertionError(f"{run['status']['message']}\n{failed_pod_logs(c)}")
             creations = c.job_creations()
             assert sorted(creations) == JOBS_OF_ONE_ITERATION, creations

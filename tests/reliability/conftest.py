@@ -2,16 +2,23 @@
 (`tally.add("faults.operator_kill", 1)`, `tally.add("observed.duplicate_job_creations", 0)`);
 at the end of the session the totals and the per-test numbers are written to
 tests/reliability/counts.json, which `python -m tests.reliability.report` turns into the
-table of docs/reliability.md."""
+table of docs/reliability.md. Also the fixtures of the tests on the real control plane: a namespace
+of the test's own whose operator the chart's RBAC never refused (`c`), and the fault proxy (`proxy`)."""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.kube import Kube
+from tests.operator.e2e import E2E, e2e
+from tests.reliability.fault_proxy import FaultProxy, fault_proxy
+from tests.reliability.real_cluster import OPERATOR_USERS, iso
 
 COUNTS_FILE = Path(__file__).parent / "counts.json"
 
@@ -58,3 +65,34 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "tests": {t: {"outcome": _outcomes.get(t, "?"), "counts": dict(sorted(c.items()))} for t, c in sorted(_by_test.items())},
     }
     COUNTS_FILE.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------- the real control plane
+
+
+@pytest.fixture()
+def outages() -> list[tuple[str, str]]:
+    """(from, to) of the test's control-plane crashes: a restarted apiserver serves requests before
+    its RBAC authorizer's caches are filled and answers them 403 for a moment (seen here: kopf's CRD
+    watch re-sent at once after the restart), which is no fault of the chart's rules."""
+    return []
+
+
+@pytest.fixture()
+def c(kube: Kube, outages: list[tuple[str, str]]) -> Iterator[E2E]:
+    """A namespace of the test's own, the instant image's control reset; afterwards no request of
+    the operator's was refused by the chart's RBAC (outside `outages`)."""
+    started = iso()
+    with e2e(kube) as run:
+        yield run
+    refused = [(e["stageTimestamp"], e["objectRef"]) for e in kube.audit()
+               if e["user"]["username"].startswith(OPERATOR_USERS) and e["stageTimestamp"] >= started
+               and not any(a <= e["stageTimestamp"][:19] <= b for a, b in outages)
+               and (e.get("annotations") or {}).get("authorization.k8s.io/decision") == "forbid"]
+    assert not refused, f"the chart's RBAC refused the operator: {refused}"
+
+
+@pytest.fixture()
+def proxy(kube: Kube) -> Iterator[FaultProxy]:
+    with fault_proxy(kube.state) as p:
+        yield p

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import aiohttp
 import yaml
+from aiohttp import web
 
 #: /api/v1/[namespaces/NS/]RESOURCE[/NAME[/SUB]] and /apis/GROUP/VERSION/[namespaces/NS/]RESOURCE[/NAME[/SUB]]
 _PATH = re.compile(r"^/(?:api/v1|apis/[^/]+/[^/]+)(?:/namespaces/(?P<ns>[^/]+))?(?:/(?P<rest>.*))?$")
@@ -152,9 +154,6 @@ class FaultProxy:
     # ------------------------------------------------------------------ serving
 
     def start(self) -> FaultProxy:
-        import aiohttp
-        from aiohttp import web
-
         self._thread.start()
 
         async def setup() -> int:
@@ -213,8 +212,6 @@ class FaultProxy:
                 "reason": reason, "code": code}
 
     async def _handle(self, request: Any) -> Any:
-        from aiohttp import web
-
         call = Call.of(request.method, str(request.rel_url))
         fault = self._pick(call, request.headers.get("User-Agent", ""))
         reasons = {500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout", 429: "TooManyRequests", 409: "Conflict"}
@@ -233,8 +230,6 @@ class FaultProxy:
             if fault.kind == "gap":
                 await asyncio.to_thread(fault.released.wait)
             return await self._expired(request, call, fault)
-        import aiohttp
-
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP | {"content-type"}}
         # a bytes body would go out as application/octet-stream (the apiserver answers 415)
@@ -283,8 +278,6 @@ class FaultProxy:
 
     async def _expired(self, request: Any, call: Call, fault: Fault) -> Any:
         """What the apiserver answers a watch from a compacted resourceVersion: one ERROR event, 410."""
-        from aiohttp import web
-
         response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         await response.prepare(request)
         event = {"type": "ERROR", "object": self._status(410, "Expired", "too old resource version (fault proxy)")}

@@ -8,43 +8,24 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.kube import Kube
 from tests.operator.e2e import E2E, run_body
-from tests.reliability import test_real_faults as real
 from tests.reliability.conftest import Tally
-from tests.reliability.fault_proxy import Fault, FaultProxy, fault_proxy
-from tests.reliability.test_real_faults import (
+from tests.reliability.fault_proxy import Fault, FaultProxy
+from tests.reliability.real_cluster import (
     JOBS_OF_ONE_ITERATION,
     ONE_ITERATION,
     OperatorProcess,
     complete,
     duplicates,
+    failed_pod_logs,
     reran,
     retries,
     running,
+    through,
 )
-
-#: The fixtures of the real-fault tests: a namespace of the test's own, and afterwards no request
-#: of the operator's refused by the chart's RBAC.
-c, outages = real.c, real.outages
-
-
-@pytest.fixture()
-def proxy(kube: Kube) -> Iterator[FaultProxy]:
-    with fault_proxy(kube.state) as p:
-        yield p
-
-
-def through(op: OperatorProcess, proxy: FaultProxy, tmp_path: Path) -> OperatorProcess:
-    """The operator's requests go through the proxy (same token, same RBAC)."""
-    op.kubeconfig = proxy.kubeconfig(op.kubeconfig, tmp_path / "operator-via-proxy.yaml")
-    return op
 
 
 def test_503_storms_and_slow_answers_cost_a_delay_not_a_duplicate(c: E2E, proxy: FaultProxy, tmp_path: Path,
@@ -52,7 +33,7 @@ def test_503_storms_and_slow_answers_cost_a_delay_not_a_duplicate(c: E2E, proxy:
     """For 30 s, a third of the operator's requests (reads, writes, watches) are answered 503 and a
     fifth of the rest wait 2 s; the first two Job creates are stored and answered 504. The run
     completes; each Job was created once (the audit log), no step ran twice, no retry was spent."""
-    op = through(OperatorProcess(c, tmp_path / "operator.log", {"SPIN_RESYNC_SECONDS": "3"}), proxy, tmp_path)
+    op = through(OperatorProcess(c.kube, c.namespace, tmp_path / "operator.log", {"SPIN_RESYNC_SECONDS": "3"}), proxy, tmp_path)
     lost = proxy.add(Fault("error-after", verbs=("create",), resource="jobs", status=504, times=2))
     try:
         op.start()
@@ -89,7 +70,7 @@ def test_a_service_deleted_during_a_watch_gap_is_recreated(c: E2E, proxy: FaultP
     ghost twice and kopf restarts; the Service is back and the run completes."""
     spec = {**ONE_ITERATION, "training": {"nodes": 2}, "storage": {"newClaim": {"size": "1Gi", "accessModes": ["ReadWriteMany"]}}}
     c.hold("it0-train")
-    op = through(OperatorProcess(c, tmp_path / "operator.log", {"SPIN_INDEX_AUDIT_SECONDS": "2"}), proxy, tmp_path)
+    op = through(OperatorProcess(c.kube, c.namespace, tmp_path / "operator.log", {"SPIN_INDEX_AUDIT_SECONDS": "2"}), proxy, tmp_path)
     try:
         op.start()
         c.create_run(run_body(spec=spec))
@@ -159,7 +140,7 @@ def test_api_errors_and_broken_watches_do_not_stop_the_run_or_duplicate_jobs(c: 
     """Every fault of `api_faults` fires while a 2-iteration run goes; it completes, the apiserver
     stored each of its 8 Jobs once (the audit log), every step ran once, no retry was spent."""
     faults = [proxy.add(f) for f in api_faults()]
-    op = through(OperatorProcess(c, tmp_path / "operator.log", {"SPIN_RESYNC_SECONDS": "2"}), proxy, tmp_path)
+    op = through(OperatorProcess(c.kube, c.namespace, tmp_path / "operator.log", {"SPIN_RESYNC_SECONDS": "2"}), proxy, tmp_path)
     try:
         op.start(timeout=120)
         c.create_run(run_body(spec=TWO_ITERATIONS))
@@ -188,7 +169,7 @@ def test_one_503_on_reading_the_spinrun_is_retried_within_seconds(c: E2E, proxy:
     """The operator's first read of the SpinRun is answered 503: the run starts within seconds
     (the operator's own retry), not after kopf's 60 s back-off of a failed handler."""
     fault = proxy.add(Fault("error", verbs=("get",), resource="spinruns", status=503, agent="spin-operator"))
-    op = through(OperatorProcess(c, tmp_path / "operator.log"), proxy, tmp_path)
+    op = through(OperatorProcess(c.kube, c.namespace, tmp_path / "operator.log"), proxy, tmp_path)
     try:
         op.start()
         c.create_run(run_body(spec=ONE_ITERATION))
@@ -206,27 +187,3 @@ def test_one_503_on_reading_the_spinrun_is_retried_within_seconds(c: E2E, proxy:
     assert fault.fired == 1, "the fault was injected once"
     assert seen != "backed off", "a 503 on GET spinrun is retried only after kopf's 60 s default backoff"
     tally.add("faults.api_503_on_read", 1)
-
-
-def failed_pod_logs(c: E2E) -> dict[str, Any]:
-    """Each failed pod's container states and the end of its containers' logs (the kubelet's files)."""
-    out: dict[str, Any] = {}
-    for pod in c.core.list_namespaced_pod(c.namespace).items:
-        if pod.status.phase != "Failed":
-            continue
-        states = [(s.name, s.state.terminated.exit_code, s.state.terminated.reason, s.state.terminated.message)
-                  for s in [*(pod.status.init_container_statuses or []), *(pod.status.container_statuses or [])]
-                  if s.state and s.state.terminated]
-        logs = {str(f.relative_to(c.kube.state.root)): f.read_text(errors="replace")[-800:]
-                for f in c.kube.state.root.rglob("*.log") if pod.metadata.uid in str(f) or pod.metadata.name in str(f)}
-        said = [line for f in (c.kube.state.root / "logs").glob("*.log") if "audit" not in f.name
-                for line in f.read_text(errors="replace").splitlines() if pod.metadata.name in line][-5:]
-        out[pod.metadata.name] = {"states": states, "logs": logs, "components said": said}
-    out["who changed pods and Jobs"] = [
-        (e["stageTimestamp"][11:23], e["user"]["username"], e["verb"], e["objectRef"].get("resource"),
-         e["objectRef"].get("name"), e["objectRef"].get("subresource"), (e.get("responseStatus") or {}).get("code"))
-        for e in c.kube.audit(c.namespace)
-        if (e["objectRef"].get("resource") == "pods" and e["verb"] in ("delete", "deletecollection"))
-        or (e["objectRef"].get("resource") == "jobs" and e["verb"] in ("patch", "update", "delete", "create")
-            and not e["user"]["username"].startswith("system:serviceaccount:kube-system"))]
-    return out

@@ -25,25 +25,22 @@ from spin_cluster.api import path
 from spin_runtime import errors
 from tests.kube import OPERATOR_NAMESPACE, Kube
 from tests.operator.e2e import E2E, job_done, run_body
-from tests.reliability import test_proxy_faults as proxied
-from tests.reliability import test_real_faults as real
 from tests.reliability.conftest import Tally
 from tests.reliability.fault_proxy import Fault, FaultProxy
-from tests.reliability.test_real_faults import (
+from tests.reliability.real_cluster import (
     ONE_ITERATION,
     OperatorProcess,
     complete,
     duplicates,
+    iso,
+    pods_of,
     reran,
     retries,
     running,
+    through,
 )
 
 pytestmark = pytest.mark.e2e
-
-#: The fixtures of the real-fault tests (a namespace of the test's own; afterwards no request of the
-#: operator's refused by the chart's RBAC) and the fault proxy's.
-c, outages, proxy, through = real.c, real.outages, proxied.proxy, proxied.through
 
 OPERATOR_USERS = f"system:serviceaccount:{OPERATOR_NAMESPACE}:"
 
@@ -296,7 +293,7 @@ def test_multi_node_training_reports_how_many_pods_it_waits_for(c: E2E, tally: T
     node = next(n["metadata"]["name"] for n in kube.api.get(path("", "v1", "nodes"))["items"])
     with controlplane.crashed(kube.state, "kube-scheduler"):
         c.release("it0-convert")
-        pods = c.wait(lambda: len(ps := real.pods_of(c, "e2e-it0-train")) == 2 and ps, 120, "the two training pods")
+        pods = c.wait(lambda: len(ps := pods_of(c, "e2e-it0-train")) == 2 and ps, 120, "the two training pods")
         name = sorted(p["metadata"]["name"] for p in pods)[0]
         kube.api.create(path("", "v1", "pods", c.namespace, name, "binding"),
                         {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": c.namespace},
@@ -387,7 +384,7 @@ def spinrun_gets(c: E2E, since: str) -> int:
 
 def restart_and_settle(c: E2E, op: OperatorProcess) -> None:
     """Start the operator and wait until it has read the run (a reconcile), and a moment for its writes."""
-    since = real.iso()
+    since = iso()
     op.start()
     c.wait(lambda: spinrun_gets(c, since) > 0, 60, "the restarted operator to reconcile")
     time.sleep(1.0)
@@ -406,7 +403,7 @@ def test_the_operator_killed_mid_step_and_at_the_boundary_of_every_phase(
     operator is down. The run completes; each Job created once (audit log), no step ran twice, no
     retry spent, every file on the claim written before a kill is unchanged at the end."""
     suffix = PHASES[phase]
-    op = through(OperatorProcess(c, tmp_path / "operator.log"), proxy, tmp_path)
+    op = through(OperatorProcess(c.kube, c.namespace, tmp_path / "operator.log"), proxy, tmp_path)
     snapshots: list[dict[str, tuple[str, int]]] = []
     lost_writes = 0
     c.hold(f"it0-{suffix}", f"it1-{suffix}")

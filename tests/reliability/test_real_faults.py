@@ -9,10 +9,6 @@ tallies what the user loses (tests/reliability/conftest.py)."""
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -24,78 +20,29 @@ import pytest
 
 from spin_cluster import controlplane
 from spin_cluster.api import path
-from spin_cluster.procs import free_port
 from spin_runtime.plan import stages
-from tests.kube import OPERATOR_NAMESPACE, REPO, Kube, wait
-from tests.operator.e2e import E2E, e2e, job_done, run_body
+from tests.kube import Kube, wait
+from tests.operator.e2e import E2E, job_done, run_body
 from tests.reliability.conftest import Tally
+from tests.reliability.real_cluster import (
+    JOBS_OF_ONE_ITERATION,
+    ONE_ITERATION,
+    OperatorProcess,
+    complete,
+    duplicates,
+    iso,
+    reran,
+    retries,
+    running,
+)
 
 pytestmark = pytest.mark.e2e
 
-OPERATOR_USERS = f"system:serviceaccount:{OPERATOR_NAMESPACE}:"
-ONE_ITERATION = {"iterations": 1}
 #: How long a crashed component stays down (longer than the kubelet's lease renewal period).
 OUTAGE_SECONDS = 12.0
-JOBS_OF_ONE_ITERATION = sorted(f"e2e-it0-{s}" for s in ("gen", "convert", "train", "eval"))
-
-
-def iso(t: float | None = None) -> str:
-    """Wall-clock time as the audit log writes it (to the second, comparable as text)."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t))
-
-
-@pytest.fixture()
-def outages() -> list[tuple[str, str]]:
-    """(from, to) of the test's control-plane crashes: a restarted apiserver serves requests before
-    its RBAC authorizer's caches are filled and answers them 403 for a moment (seen here: kopf's CRD
-    watch re-sent at once after the restart), which is no fault of the chart's rules."""
-    return []
-
-
-@pytest.fixture()
-def c(kube: Kube, outages: list[tuple[str, str]]) -> Iterator[E2E]:
-    """A namespace of the test's own, the instant image's control reset; afterwards no request of
-    the operator's was refused by the chart's RBAC (outside `outages`)."""
-    started = iso()
-    with e2e(kube) as run:
-        yield run
-    refused = [(e["stageTimestamp"], e["objectRef"]) for e in kube.audit()
-               if e["user"]["username"].startswith(OPERATOR_USERS) and e["stageTimestamp"] >= started
-               and not any(a <= e["stageTimestamp"][:19] <= b for a, b in outages)
-               and (e.get("annotations") or {}).get("authorization.k8s.io/decision") == "forbid"]
-    assert not refused, f"the chart's RBAC refused the operator: {refused}"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def pods_of(c: E2E, job: str) -> list[dict[str, Any]]:
-    return [p for p in c.pods().values() if (p["metadata"].get("labels") or {}).get("job-name") == job]
-
-
-def running(c: E2E, job: str, n: int = 1) -> list[dict[str, Any]] | None:
-    """The pods of `job` once `n` of them run (their processes started: the instant step is held)."""
-    pods = [p for p in pods_of(c, job) if (p.get("status") or {}).get("phase") == "Running"]
-    return pods if len(pods) >= n else None
-
-
-def reran(kube: Kube) -> dict[tuple[str, int], int]:
-    """(job, index) of instant steps that started more than once."""
-    return {k: n for k, n in Counter(kube.starts()).items() if n > 1}
-
-
-def duplicates(creations: list[str]) -> dict[str, int]:
-    return {n: k for n, k in Counter(creations).items() if k > 1}
-
-
-def complete(c: E2E, timeout: float = 180) -> dict[str, Any]:
-    run = c.wait_phase("e2e", ("Complete", "Failed"), timeout)
-    assert run["status"]["phase"] == "Complete", run["status"]
-    return run
-
-
-def retries(run: dict[str, Any]) -> int:
-    return sum(s.get("retries", 0) for it in run["status"]["iterations"] for s in it["steps"])
 
 
 class PodHistory:
@@ -180,54 +127,12 @@ def test_a_control_plane_crash_mid_step_loses_nothing(component: str, c: E2E, ta
           f"{job_done_at - back:.1f}s later, run Complete {done - back:.1f}s later")
 
 
-# --------------------------------------------------------------------------- the operator process
-
-
-class OperatorProcess:
-    """`python -m spin_operator.main -n <namespace>` as the chart's ServiceAccount, with the chart's
-    environment, in a process of its own that a test SIGKILLs (no cleanup, no last write)."""
-
-    def __init__(self, c: E2E, log: Path, env: dict[str, str] | None = None) -> None:
-        self.kubeconfig, self.env = c.kube.operator_identity({"watchNamespaces": [c.namespace]})
-        self.env = {**self.env, **(env or {})}
-        self.namespace, self.log = c.namespace, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 90) -> None:
-        port = free_port()
-        env = {**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1",
-               "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO)])}
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "spin_operator.main", "-n", self.namespace,
-                                          "--metrics-port", "0", "--liveness", f"http://127.0.0.1:{port}/healthz"],
-                                         stdout=out, stderr=subprocess.STDOUT, env=env)
-        import urllib.request
-
-        def live() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, f"the operator exited: {self.tail()}"
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
-                return bool(resp.status == 200)
-
-        wait(live, timeout, "the operator's liveness endpoint", errors=(OSError,))
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
-
-    def tracebacks(self) -> list[str]:
-        return [line for line in self.tail().splitlines() if line.startswith("Traceback")]
-
-
 def test_the_operator_sigkilled_mid_step_and_restarted_duplicates_nothing(c: E2E, tmp_path: Path, tally: Tally) -> None:
     """Killed while training runs; the step completes while it is down (the boundary passes with
     no operator); started again, it creates the next Job once; killed and started again with
     evaluation in flight. Each Job created once, no step ran twice, the run completes."""
     c.hold("it0-train", "it0-eval")
-    op = OperatorProcess(c, tmp_path / "operator.log")
+    op = OperatorProcess(c.kube, c.namespace, tmp_path / "operator.log")
     try:
         op.start()
         c.create_run(run_body(spec=ONE_ITERATION))
@@ -398,7 +303,7 @@ def test_a_run_created_after_the_crd_is_applied_again_is_reconciled(c: E2E, tmp_
     `spinruns` again: the operator then never watched SpinRuns again (before the fix: 2 runs in 7
     never reconciled, 60 s and 180 s waited). Now the operator notices the new CRD's uid once it is
     served and starts kopf again in the same process; a run created afterwards completes."""
-    op = OperatorProcess(c, tmp_path / "operator.log", {"SPIN_CRD_CHECK_SECONDS": "1"})
+    op = OperatorProcess(c.kube, c.namespace, tmp_path / "operator.log", {"SPIN_CRD_CHECK_SECONDS": "1"})
     try:
         op.start()
         with crd_deleted(c.kube):

@@ -1,0 +1,135 @@
+"""What the fault tests on the real control plane share (test_real_faults.py, test_proxy_faults.py,
+test_real_cluster_faults.py, the chart's uninstall test and benchmarks/operator_scale_real.py): the
+operator as a process of its own, waiting for a step's pods, counting Jobs, reruns and retries, and
+what a failed run's pods said."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from spin_cluster.procs import free_port
+from tests.kube import OPERATOR_NAMESPACE, REPO, Kube, wait
+from tests.operator.e2e import E2E
+from tests.reliability.fault_proxy import FaultProxy
+
+OPERATOR_USERS = f"system:serviceaccount:{OPERATOR_NAMESPACE}:"
+ONE_ITERATION = {"iterations": 1}
+JOBS_OF_ONE_ITERATION = sorted(f"e2e-it0-{s}" for s in ("gen", "convert", "train", "eval"))
+
+
+def iso(t: float | None = None) -> str:
+    """Wall-clock time as the audit log writes it (to the second, comparable as text)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t))
+
+
+def pods_of(c: E2E, job: str) -> list[dict[str, Any]]:
+    return [p for p in c.pods().values() if (p["metadata"].get("labels") or {}).get("job-name") == job]
+
+
+def running(c: E2E, job: str, n: int = 1) -> list[dict[str, Any]] | None:
+    """The pods of `job` once `n` of them run (their processes started: the instant step is held)."""
+    pods = [p for p in pods_of(c, job) if (p.get("status") or {}).get("phase") == "Running"]
+    return pods if len(pods) >= n else None
+
+
+def reran(kube: Kube) -> dict[tuple[str, int], int]:
+    """(job, index) of instant steps that started more than once."""
+    return {k: n for k, n in Counter(kube.starts()).items() if n > 1}
+
+
+def duplicates(creations: list[str]) -> dict[str, int]:
+    return {n: k for n, k in Counter(creations).items() if k > 1}
+
+
+def complete(c: E2E, timeout: float = 180) -> dict[str, Any]:
+    run = c.wait_phase("e2e", ("Complete", "Failed"), timeout)
+    assert run["status"]["phase"] == "Complete", run["status"]
+    return run
+
+
+def retries(run: dict[str, Any]) -> int:
+    return sum(s.get("retries", 0) for it in run["status"]["iterations"] for s in it["steps"])
+
+
+class OperatorProcess:
+    """`python -m spin_operator.main -n <namespace>` as the chart's ServiceAccount, with the chart's
+    environment, in a process of its own that a test SIGKILLs (no cleanup, no last write) or stops."""
+
+    def __init__(self, kube: Kube, namespace: str, log: Path, env: dict[str, str] | None = None) -> None:
+        self.kubeconfig, self.env = kube.operator_identity({"watchNamespaces": [namespace]})
+        self.env = {**self.env, **(env or {})}
+        self.namespace, self.log = namespace, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 90) -> None:
+        port = free_port()
+        env = {**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO)])}
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "spin_operator.main", "-n", self.namespace,
+                                          "--metrics-port", "0", "--liveness", f"http://127.0.0.1:{port}/healthz"],
+                                         stdout=out, stderr=subprocess.STDOUT, env=env)
+        def live() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, f"the operator exited: {self.tail()}"
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+                return bool(resp.status == 200)
+
+        wait(live, timeout, "the operator's liveness endpoint", errors=(OSError,))
+
+    def stop(self, grace: float = 30) -> None:
+        """SIGTERM, as a kubelet stops a container; SIGKILL after `grace` seconds."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+    def tracebacks(self) -> list[str]:
+        return [line for line in self.tail().splitlines() if line.startswith("Traceback")]
+
+
+def through(op: OperatorProcess, proxy: FaultProxy, tmp_path: Path) -> OperatorProcess:
+    """The operator's requests go through the proxy (same token, same RBAC)."""
+    op.kubeconfig = proxy.kubeconfig(op.kubeconfig, tmp_path / "operator-via-proxy.yaml")
+    return op
+
+
+def failed_pod_logs(c: E2E) -> dict[str, Any]:
+    """Each failed pod's container states and the end of its containers' logs (the kubelet's files)."""
+    out: dict[str, Any] = {}
+    for pod in c.core.list_namespaced_pod(c.namespace).items:
+        if pod.status.phase != "Failed":
+            continue
+        states = [(s.name, s.state.terminated.exit_code, s.state.terminated.reason, s.state.terminated.message)
+                  for s in [*(pod.status.init_container_statuses or []), *(pod.status.container_statuses or [])]
+                  if s.state and s.state.terminated]
+        logs = {str(f.relative_to(c.kube.state.root)): f.read_text(errors="replace")[-800:]
+                for f in c.kube.state.root.rglob("*.log") if pod.metadata.uid in str(f) or pod.metadata.name in str(f)}
+        said = [line for f in (c.kube.state.root / "logs").glob("*.log") if "audit" not in f.name
+                for line in f.read_text(errors="replace").splitlines() if pod.metadata.name in line][-5:]
+        out[pod.metadata.name] = {"states": states, "logs": logs, "components said": said}
+    out["who changed pods and Jobs"] = [
+        (e["stageTimestamp"][11:23], e["user"]["username"], e["verb"], e["objectRef"].get("resource"),
+         e["objectRef"].get("name"), e["objectRef"].get("subresource"), (e.get("responseStatus") or {}).get("code"))
+        for e in c.kube.audit(c.namespace)
+        if (e["objectRef"].get("resource") == "pods" and e["verb"] in ("delete", "deletecollection"))
+        or (e["objectRef"].get("resource") == "jobs" and e["verb"] in ("patch", "update", "delete", "create")
+            and not e["user"]["username"].startswith("system:serviceaccount:kube-system"))]
+    return out
