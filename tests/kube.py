@@ -226,9 +226,12 @@ class Kube:
     # ------------------------------------------------------------------ audit
 
     def audit(self, namespace: str | None = None) -> list[dict[str, Any]]:
-        """The audit events (ResponseComplete) of users other than the control plane's own."""
+        """The audit events (ResponseComplete) of users other than the control plane's own. The
+        apiserver may be writing the last line as it is read: only whole lines count (an event cut
+        short is read whole on the next call)."""
         out = []
-        for line in self.state.audit_log.read_text().splitlines():
+        text = self.state.audit_log.read_text()
+        for line in text[: text.rfind("\n") + 1].splitlines():
             event = json.loads(line)
             if event.get("stage") != "ResponseComplete":
                 continue
