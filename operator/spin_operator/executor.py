@@ -15,11 +15,12 @@ from kubernetes.client.exceptions import ApiException
 
 from spin_operator import launchers
 from spin_operator.builders.gang import PODGROUP_GROUP, PODGROUP_KIND, PODGROUP_PLURAL, PODGROUP_VERSION
-from spin_operator.builders.meta import ANNOTATION_ATTEMPT, LABEL_RUN, controller_uid
+from spin_operator.builders.meta import LABEL_RUN
 from spin_operator.kube import client as kube
 from spin_operator.kube.client import KUEUE_GROUP, KUEUE_JOB_UID_LABEL, KUEUE_WORKLOADS, MERGE_PATCH
 from spin_operator.launchers.base import Launcher, api_group, api_version_only
 from spin_operator.reconcile.actions import Action, Create, Delete, PatchJob, SetWorkloadActive
+from spin_operator.reconcile.refusals import in_the_way
 
 #: Plurals of the core and batch kinds the operator creates or deletes.
 PLURALS = {"Job": "jobs", "ConfigMap": "configmaps", "Service": "services", "PersistentVolumeClaim": "persistentvolumeclaims",
@@ -49,38 +50,37 @@ def list_launched(namespace: str, run: str, launcher: Launcher) -> tuple[bool, l
 
 def execute(namespace: str, action: Action) -> None:
     """Run one action; 409 on create and 404 on delete/patch of a child count as done (a missing
-    Kueue Workload API does not: it is raised, and the run says so)."""
+    Kueue Workload API does not: it is raised, and the run says so). A step's workload whose name
+    is taken by another attempt's or run's object raises a 409 that says whose it is and what holds it."""
     try:
         _execute(namespace, action)
     except ApiException as e:
-        if isinstance(action, Create) and e.status == 409 and _already_made(namespace, action):
-            return
+        if isinstance(action, Create) and e.status == 409:
+            why = _in_the_way(namespace, action)
+            if why is None:
+                return
+            refused = ApiException(status=409, reason="AlreadyExists")
+            refused.body = json.dumps({"kind": "Status", "code": 409, "reason": "AlreadyExists", "message": why})
+            log.info(f"{action.kind} {namespace}/{action.name}: {why}")
+            raise refused from e
         if isinstance(action, Delete | PatchJob) and e.status == 404:
             return
         raise
 
 
-def _already_made(namespace: str, action: Create) -> bool:
-    """Whether the object in the way of a create is this one: for a step's workload, the same
-    attempt of the same run (an earlier attempt's Job still being deleted is not: the create is
-    tried again once it is gone); any other kind of child counts as made."""
+def _in_the_way(namespace: str, action: Create) -> str | None:
+    """None when the object in the way of a create is this one: for a step's workload, the same
+    attempt of the same run; any other kind of child counts as made. Else why it is not (another
+    attempt's or run's, and what keeps it)."""
     if action.kind != "Job" and launchers.by_kind(action.kind) is None:
-        return True
+        return None
     try:
         existing = _read(namespace, action)
     except ApiException as e:
         if e.status == 404:  # gone meanwhile: create it again on the next pass
-            return False
+            return f"{action.kind} {action.name} of another attempt or run was deleted meanwhile; creating it again"
         raise
-    same = _attempt_of(existing) == _attempt_of(action.obj) and not (existing.get("metadata") or {}).get("deletionTimestamp")
-    if not same:
-        log.info(f"{action.kind} {namespace}/{action.name} exists from another attempt or run; creating it once that is gone")
-    return same
-
-
-def _attempt_of(obj: dict[str, Any]) -> tuple[str | None, str | None]:
-    """(attempt annotation, controller uid): which attempt of which run a workload is."""
-    return ((obj.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_ATTEMPT), controller_uid(obj)
+    return in_the_way(existing, action, namespace)
 
 
 def _read(namespace: str, action: Create) -> dict[str, Any]:

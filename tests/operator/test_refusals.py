@@ -7,9 +7,18 @@ import json
 
 import pytest
 
+from spin_operator.builders.meta import ANNOTATION_ATTEMPT
 from spin_operator.reconcile.actions import Create
 from spin_operator.reconcile.conditions import is_terminal
-from spin_operator.reconcile.refusals import REFUSED, RETRYING, Refusal, after_refusal, refusal_of
+from spin_operator.reconcile.refusals import (
+    IN_THE_WAY,
+    REFUSED,
+    RETRYING,
+    Refusal,
+    after_refusal,
+    in_the_way,
+    refusal_of,
+)
 from tests.operator.fixtures import make_body
 from tests.operator.sim import Sim
 
@@ -91,3 +100,44 @@ def test_a_refused_suspension_keeps_the_phase_and_says_why() -> None:
     refused = after_refusal(decision, stop, gone, before, NOW, 2).status_document()
     assert refused["phase"] == "Generating" and refused["reason"] == REQUEST_RETRYING
     assert "setworkloadactive Job demo-it0-gen (404" in refused["message"]
+
+
+def _taken_by(job: Create, *, owner: str | None, attempt: str | None, deleting: bool = False,
+              finalizers: tuple[str, ...] = ()) -> dict[str, object]:
+    """The object a create of `job` met: `job`'s own, with another owner, attempt or deletion state."""
+    meta = json.loads(json.dumps(job.obj["metadata"]))
+    meta["ownerReferences"] = [{"kind": "SpinRun", "uid": owner, "controller": True}] if owner else []
+    meta.setdefault("annotations", {})[ANNOTATION_ATTEMPT] = attempt
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T11:59:00Z"
+    meta["finalizers"] = list(finalizers)
+    return {"kind": job.kind, "metadata": meta}
+
+
+def test_a_create_meeting_its_own_object_counts_as_done_and_any_other_says_whose_it_is() -> None:
+    _, job = _first_pass()
+    ours = job.obj["metadata"]["ownerReferences"][0]["uid"]
+    attempt = job.obj["metadata"]["annotations"][ANNOTATION_ATTEMPT]
+    assert in_the_way(_taken_by(job, owner=ours, attempt=attempt), job, "ns1") is None
+    earlier = in_the_way(_taken_by(job, owner=ours, attempt=f"{attempt}-earlier", deleting=True), job, "ns1")
+    assert earlier is not None and "an earlier attempt of this run" in earlier and "being deleted since 2026-01-01T11:59:00Z" in earlier
+    held = in_the_way(_taken_by(job, owner="old-uid", attempt=attempt, deleting=True, finalizers=("example.com/hold",)), job, "ns1")
+    assert held is not None
+    assert held.startswith("Job demo-it0-gen in the way belongs to another SpinRun of this name (a deleted one)"), held
+    assert "held by finalizer(s) example.com/hold" in held
+    assert "kubectl patch job demo-it0-gen -n ns1 --type=json" in held and '"path":"/metadata/finalizers"' in held
+    orphan = in_the_way(_taken_by(job, owner=None, attempt=attempt), job, "ns1")
+    assert orphan is not None and "no SpinRun (orphaned)" in orphan and "kubectl delete job demo-it0-gen -n ns1" in orphan
+
+
+def test_a_create_whose_name_is_taken_waits_for_the_old_object_and_says_so_once() -> None:
+    sim, job = _first_pass()
+    why = "Job demo-it0-gen in the way belongs to another SpinRun of this name (a deleted one): it is being deleted"
+    first = after_refusal(sim.decisions[-1], job, Refusal(409, "AlreadyExists", why), {}, NOW, 1)
+    st = first.status_document()
+    assert (st["phase"], st["reason"], st["message"]) == ("Generating", IN_THE_WAY, f"waiting: {why}")
+    progressing = next(c for c in st["conditions"] if c["type"] == "Progressing")
+    assert (progressing["status"], progressing["reason"]) == ("False", IN_THE_WAY)
+    assert not is_terminal(first.status) and [r for _, r, _ in first.events].count(IN_THE_WAY) == 1
+    again = after_refusal(sim.decisions[-1], job, Refusal(409, "AlreadyExists", why), st, NOW, 1)
+    assert IN_THE_WAY not in [r for _, r, _ in again.events]  # said once

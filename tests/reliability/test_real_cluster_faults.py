@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
+import shlex
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -151,6 +153,54 @@ def test_a_run_recreated_under_the_same_name_adopts_nothing_of_the_old_one(c: E2
     assert retries(run) == 0
     tally.add("faults.run_recreated_same_name", 1)
     tally.add("observed.children_adopted_from_old_run", 0)
+
+
+def test_a_recreated_run_blocked_by_its_namesakes_job_held_by_a_finalizer_says_so_and_starts_once_it_goes(
+    c: E2E, tally: Tally
+) -> None:
+    """#20.6's 409 on the real control plane: the deleted run's generation Job is held by a
+    finalizer (another controller's, a backup tool's) when the run is created again at once, so
+    the new run's create of that name meets it. Before: any 409 counted as done, the run said
+    "generate running" for the deleted run's Job (and once the finalizer went, the 300 s
+    expectation would hide the missing Job). Now: the run says whose Job is in the way, what holds it and
+    how to release it (the command is run as given), creates nothing meanwhile, and creates its
+    own Job at its next look after the old one is gone."""
+    hold = "example.com/backup-in-progress"
+    c.hold("it0-gen")
+    c.start_operator()
+    c.create_run(run_body(spec=ONE_ITERATION))
+    c.wait(lambda: running(c, "e2e-it0-gen"), 120, "the old run's generation running")
+    c.kube.kubectl("patch", "job", "e2e-it0-gen", "-n", c.namespace, "--type=merge", "-p", json.dumps({"metadata": {"finalizers": [hold]}}))
+    c.delete_run("e2e")
+    c.wait(lambda: not c.run_exists("e2e") and c.jobs()["e2e-it0-gen"]["metadata"].get("deletionTimestamp"), 60,
+           "the collector to mark the old run's Job deleted (its finalizer keeps it)")
+    new_uid = c.create_run(run_body(spec=ONE_ITERATION))["metadata"]["uid"]
+    st = c.wait_reason("e2e", "WaitingForOldObjects", 60)
+    message = st["message"]
+    assert message.startswith("waiting: Job e2e-it0-gen in the way belongs to another SpinRun of this name"), message
+    assert f"held by finalizer(s) {hold}" in message, message
+    progressing = cond(st, "Progressing")
+    assert (progressing["status"], progressing["reason"]) == ("False", "WaitingForOldObjects"), progressing
+    event_reasons(c, "WaitingForOldObjects")
+    assert c.job_creations().count("e2e-it0-gen") == 1, "nothing created while the old Job is in the way"
+    command = shlex.split(re.search(r"or: (kubectl patch [^)]*)\)", message).group(1))  # type: ignore[union-attr]
+    c.kube.kubectl(*command[1:])
+    released = time.monotonic()
+
+    def own_job() -> dict[str, Any] | None:
+        job = c.jobs().get("e2e-it0-gen")
+        refs = (job or {}).get("metadata", {}).get("ownerReferences") or []
+        return job if [r["uid"] for r in refs] == [new_uid] else None
+
+    c.wait(own_job, 30, "the new run's own generation Job")
+    waited = time.monotonic() - released
+    c.release()
+    run = complete(c)
+    assert retries(run) == 0
+    owners = {n: [r["uid"] for r in j["metadata"]["ownerReferences"]] for n, j in c.jobs().items()}
+    assert all(o == [new_uid] for o in owners.values()), owners
+    print(f"the new run's generation Job created {waited:.1f}s after the old one's finalizer was removed")
+    tally.add("faults.old_job_held_by_finalizer", 1)
 
 
 def test_an_older_operators_finalizer_is_removed_at_start(c: E2E, tally: Tally) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from spin_operator.builders.meta import ANNOTATION_ATTEMPT, controller_uid
 from spin_operator.reconcile.actions import Action, Create
 from spin_operator.reconcile.conditions import MAX_MESSAGE, condition, read_status, set_condition
 from spin_operator.reconcile.decide import Decision
@@ -21,6 +22,8 @@ REFUSED = Reason.CREATE_REFUSED
 RETRYING = Reason.CREATE_RETRYING
 #: The reason of any other request (suspend, resume, delete) that waits to be tried again.
 REQUEST_RETRYING = Reason.REQUEST_RETRYING
+#: The reason of a create that meets another object of its name (another attempt's or run's).
+IN_THE_WAY = Reason.WAITING_FOR_OLD_OBJECTS
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,35 @@ def refusal_of(code: int, reason: str, body: str | None) -> Refusal:
     return Refusal(code, reason or "", message or reason or f"HTTP {code}")
 
 
+def in_the_way(existing: Mapping[str, Any], create: Create, namespace: str) -> str | None:
+    """Why the object a create met (409) is not the one it makes: whose it is (an earlier attempt of
+    this run, a deleted SpinRun of this name, nobody's) and what keeps it (being deleted since when,
+    held by which finalizers), with the command that releases a held one; None when it is the same
+    attempt of the same run (the create was done before)."""
+    meta = existing.get("metadata") or {}
+
+    def attempt_of(obj: Mapping[str, Any]) -> tuple[str | None, str | None]:
+        return ((obj.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_ATTEMPT), controller_uid(obj)
+
+    deleting = meta.get("deletionTimestamp")
+    if attempt_of(existing) == attempt_of(create.obj) and not deleting:
+        return None
+    owner, ours = controller_uid(existing), controller_uid(create.obj)
+    whose = ("an earlier attempt of this run" if owner == ours
+             else "another SpinRun of this name (a deleted one)" if owner else "no SpinRun (orphaned)")
+    finalizers = [str(f) for f in meta.get("finalizers") or []]
+    kind, name = create.kind.lower(), create.name
+    if deleting and finalizers:
+        state = (f"it is being deleted since {deleting} but held by finalizer(s) {', '.join(finalizers)}; the run creates "
+                 f"its own once it is gone (whoever added the finalizer removes it, or: kubectl patch {kind} {name} -n "
+                 f"{namespace} --type=json -p '[{{\"op\":\"remove\",\"path\":\"/metadata/finalizers\"}}]')")
+    elif deleting:
+        state = f"it is being deleted since {deleting}; the run creates its own once it is gone"
+    else:
+        state = f"the run creates its own once it is gone (kubectl delete {kind} {name} -n {namespace})"
+    return f"{create.kind} {name} in the way belongs to {whose}: {state}"
+
+
 def _what(action: Action) -> str:
     verb = "create" if isinstance(action, Create) else type(action).__name__.lower()
     return f"{verb} {action.kind} {action.name}"
@@ -80,6 +112,8 @@ def after_refusal(
         return Decision(actions=[], status=status, events=events, requeue_after=None)
     msg = f"waiting: the API server refused to {_what(action)} ({said}); trying again"
     reason = RETRYING if isinstance(action, Create) else REQUEST_RETRYING
+    if isinstance(action, Create) and refusal.code == 409:
+        msg, reason = f"waiting: {refusal.message}", IN_THE_WAY
     old = read_status(old_status)
     before = condition(old, ConditionType.PROGRESSING)
     if not isinstance(action, Create) and old_status:
