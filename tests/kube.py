@@ -20,7 +20,7 @@ import yaml
 from spin_cluster.api import ApiError, Client, path
 from spin_cluster.cluster import Options, down, up
 from spin_cluster.controlplane import State
-from spin_cluster.kubelet.config import ImageConfig
+from spin_cluster.kubelet.config import REGISTRY_FILE, ImageConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CRD_FILE = REPO / "charts" / "spin-operator" / "crds" / "spinruns.spin.dev.yaml"
@@ -198,6 +198,16 @@ class Kube:
         target.write_text(yaml.safe_dump(config))
         self._identities[key] = (target, env)
         return target, env
+
+    # ------------------------------------------------------------------ the registry
+
+    def set_unpushed(self, *images: str) -> None:
+        """The image tags the registry lacks now: the kubelet's pulls of them fail (ErrImagePull,
+        ImagePullBackOff) until they leave the list; none given: every image is pushed."""
+        file = self.state.root / REGISTRY_FILE
+        tmp = file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(sorted(images)))
+        tmp.rename(file)
 
     # ------------------------------------------------------------------ the instant image
 

@@ -19,7 +19,7 @@ from spin_cluster import build, controlplane, kwok, procs
 from spin_cluster.addresses import MAX_CLUSTERS, Addresses
 from spin_cluster.components import ETCD, KUBERNETES, KWOK
 from spin_cluster.controlplane import STATE_FILE, ClusterError, State
-from spin_cluster.kubelet.config import ImageConfig, KubeletConfig, NodeConfig
+from spin_cluster.kubelet.config import REGISTRY_FILE, ImageConfig, KubeletConfig, NodeConfig
 from spin_cluster.kubelet.main import CONFIG_FILE
 from spin_cluster.kubelet.network import NETNS_DIR, bridge_exists
 
@@ -100,7 +100,7 @@ def up(root: Path, options: Options | None = None) -> State:
             nodes=[NodeConfig(n, capacity=dict(capacity), port=procs.free_port(),
                               labels={"nvidia.com/gpu.present": "true"} if options.gpus_per_node else {})
                    for n in names],
-            images=list(options.images))
+            images=list(options.images), registry=str(root / REGISTRY_FILE))
         config.save(root / CONFIG_FILE)
         start_kubelet(state)
         api = state.client()

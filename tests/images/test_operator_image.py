@@ -1,31 +1,25 @@
 """The operator image as the chart runs it: `spin-operator` inside the image, as uid 65532 with a
-read-only root, drives a two-iteration SpinRun on the tiny model to Complete against the
-emulated API server while the host harness plays kubelet (tests/operator/harness.py, `real`
-mode: the Jobs' commands run on the host); and the image holds no compiler or sources."""
+read-only root, drives a two-iteration SpinRun to Complete on the session's real control plane
+(tests/kube.py; its process kubelet runs the Jobs' pods, here the instant steps); and the image
+holds no compiler or sources."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-from tests.images.buildah import UID, Container, Volume, image_config
-from tests.operator.fixtures import make_body
-from tests.operator.harness import OperatorCommand, cluster
+from tests.images.buildah import Container, image_config
+from tests.kube import INSTANT_IMAGE, Kube
+from tests.operator.e2e import E2E, e2e, run_body
+from tests.reliability.real_cluster import OperatorProcess
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-KUBECONFIG = "/etc/spin-operator/kubeconfig"
-
-
-def run_body(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    body = make_body(name, spec)
-    for k in ("uid", "generation", "resourceVersion"):
-        body["metadata"].pop(k)
-    return body
+INSTANT_REPOSITORY = INSTANT_IMAGE.rsplit(":", 1)[0]
 
 
 def test_operator_image_config_matches_the_chart(images: dict[str, str]) -> None:
@@ -50,38 +44,34 @@ def test_operator_image_has_no_compiler_no_sources_and_no_build_leftovers(images
         assert "torch" not in ctr.run(["python", "-m", "pip", "list"]).stdout, "the operator image has no ML library"
 
 
-def test_operator_in_its_image_drives_a_two_iteration_run_to_complete(images: dict[str, str], tmp_path: Path) -> None:
-    spec = {
-        "iterations": 2,
-        "generation": {"shards": 2, "maxNewTokens": 8, "batchSize": 8},
-        "training": {"maxLength": 64, "maxPromptLength": 32, "maxSteps": 1, "perDeviceBatchSize": 2, "reportTo": []},
-        "evaluation": {"maxSamples": 4},
-    }
-    with cluster(tmp_path, mode="real") as c, Container(images["operator"]) as ctr:
-        prefix = ctr.argv(
-            [],
-            network_host=True,  # the emulator listens on the host's loopback
-            volumes=[Volume(c.kubeconfig, KUBECONFIG, read_only=True)],
-            env={"KUBECONFIG": KUBECONFIG, "SPIN_TRAINER_IMAGE": images["trainer"],
-                 "SPIN_GENERATOR_IMAGE": images["generator"]},
-        )
-        assert prefix[-1] == "--" and f"{UID}:{UID}" in prefix
-        operator = c.start_operator(prefix)
-        assert isinstance(operator, OperatorCommand)
-        c.create_run(run_body("img", spec))
+@pytest.fixture()
+def c(kube: Kube) -> Iterator[E2E]:
+    """A namespace of the test's own on the session's real control plane."""
+    with e2e(kube) as run:
+        yield run
+
+
+def test_operator_in_its_image_drives_a_two_iteration_run_to_complete(images: dict[str, str], c: E2E, tmp_path: Path) -> None:
+    """`spin-operator` from the operator image's own files (buildah, uid 65532, read-only root),
+    as the chart's ServiceAccount with the chart's environment, drives a two-iteration run to
+    Complete on the real control plane; the step images it gives the Jobs come from its
+    container's environment (two tags of the instant image, whose steps the process kubelet runs)."""
+    step_images = {"SPIN_GENERATOR_IMAGE": f"{INSTANT_REPOSITORY}:generator", "SPIN_TRAINER_IMAGE": f"{INSTANT_REPOSITORY}:trainer"}
+    with Container(images["operator"]) as ctr:
+        operator = OperatorProcess(c.kube, c.namespace, tmp_path / "operator.log", env=step_images, container=ctr)
+        operator.start(timeout=180)
         try:
-            run = c.wait_phase("img", ("Complete", "Failed"), timeout=600)
-        except AssertionError as e:
-            raise AssertionError(f"{e}\noperator log:\n{operator.tail()}") from e
-        assert run["status"]["phase"] == "Complete", (run["status"], c.kubelet.errors[-2:], operator.tail())
-        assert run["status"]["completedIterations"] == 2
-        assert run["status"]["lastCheckpoint"]["path"] == "/data/runs/img/iter-1/model"
-        jobs = c.jobs()
-        assert sorted(jobs) == sorted(f"img-it{k}-{s}" for k in range(2) for s in ("gen", "convert", "train", "eval"))
-        images_used = {ctr_["image"] for j in jobs.values() for ctr_ in j["spec"]["template"]["spec"]["containers"]}
-        assert images_used == {images["generator"], images["trainer"]}, "the operator read its env inside the image"
-        assert (tmp_path / "data" / "runs" / "img" / "iter-1" / "DONE").exists()
-        agents = {r["agent"] for r in c.emulator.requests()}
-        assert agents & {"kopf", "spin-operator"}, agents
-        c.stop_operator()
+            c.create_run(run_body("img", {"iterations": 2}, instant=False))
+            run = c.wait_phase("img", ("Complete", "Failed"), timeout=300)
+            assert run["status"]["phase"] == "Complete", (run["status"], operator.tail())
+        finally:
+            operator.stop()
         assert operator.proc is not None and operator.proc.returncode == 0, (operator.proc.returncode, operator.tail())
+    assert run["status"]["completedIterations"] == 2
+    assert run["status"]["lastCheckpoint"]["path"] == "/data/runs/img/iter-1/model"
+    jobs = c.jobs()
+    assert sorted(jobs) == sorted(f"img-it{k}-{s}" for k in range(2) for s in ("gen", "convert", "train", "eval"))
+    used = {ctr_["image"] for j in jobs.values() for ctr_ in j["spec"]["template"]["spec"]["containers"]}
+    assert used == set(step_images.values()), "the operator read its environment inside the image"
+    assert sorted(c.job_creations()) == sorted(jobs), "each Job created once, by the chart's ServiceAccount"
+    assert "Traceback" not in operator.tail()

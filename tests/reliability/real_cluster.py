@@ -5,6 +5,8 @@ what a failed run's pods said."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,12 +17,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from spin_cluster.procs import free_port
+from tests.images.buildah import Container, Volume
 from tests.kube import OPERATOR_NAMESPACE, REPO, Kube, wait
 from tests.operator.e2e import E2E
 from tests.reliability.fault_proxy import FaultProxy
 
 OPERATOR_USERS = f"system:serviceaccount:{OPERATOR_NAMESPACE}:"
+#: Where the operator's kubeconfig is mounted in its image (as the chart would mount a Secret).
+CONTAINER_KUBECONFIG = "/etc/spin-operator/kubeconfig"
 ONE_ITERATION = {"iterations": 1}
 JOBS_OF_ONE_ITERATION = sorted(f"e2e-it0-{s}" for s in ("gen", "convert", "train", "eval"))
 
@@ -61,22 +68,40 @@ def retries(run: dict[str, Any]) -> int:
 
 class OperatorProcess:
     """`python -m spin_operator.main -n <namespace>` as the chart's ServiceAccount, with the chart's
-    environment, in a process of its own that a test SIGKILLs (no cleanup, no last write) or stops."""
+    environment, in a process of its own that a test SIGKILLs (no cleanup, no last write) or stops.
+    With a `container` (tests/images/buildah.py), `spin-operator` runs from that image's own files
+    instead (`buildah run`, its user, a read-only root, the host's network to reach the apiserver on
+    loopback), given the same identity (a kubeconfig with the CA inside, mounted) and environment."""
 
-    def __init__(self, kube: Kube, namespace: str, log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, kube: Kube, namespace: str, log: Path, env: dict[str, str] | None = None,
+                 container: Container | None = None) -> None:
         self.kubeconfig, self.env = kube.operator_identity({"watchNamespaces": [namespace]})
         self.env = {**self.env, **(env or {})}
-        self.namespace, self.log = namespace, log
+        self.namespace, self.log, self.container = namespace, log, container
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def _argv(self, port: int) -> tuple[list[str], dict[str, str]]:
+        """The command line and the environment of the process to start."""
+        args = ["-n", self.namespace, "--metrics-port", "0", "--liveness", f"http://127.0.0.1:{port}/healthz"]
+        if self.container is None:
+            env = {**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1",
+                   "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO)])}
+            return [sys.executable, "-m", "spin_operator.main", *args], env
+        inside = self.log.with_name(f"{self.log.stem}-kubeconfig.yaml")
+        config = yaml.safe_load(Path(self.kubeconfig).read_text())
+        for cluster in config["clusters"]:
+            ca = Path(cluster["cluster"].pop("certificate-authority"))
+            cluster["cluster"]["certificate-authority-data"] = base64.b64encode(ca.read_bytes()).decode()
+        inside.write_text(yaml.safe_dump(config))
+        prefix = self.container.argv([], network_host=True, volumes=[Volume(inside, CONTAINER_KUBECONFIG, read_only=True)],
+                                     env={**self.env, "KUBECONFIG": CONTAINER_KUBECONFIG, "PYTHONUNBUFFERED": "1"})
+        return [*prefix, "spin-operator", *args], dict(os.environ)
 
     def start(self, timeout: float = 90) -> None:
         port = free_port()
-        env = {**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1",
-               "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO)])}
+        argv, env = self._argv(port)
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "spin_operator.main", "-n", self.namespace,
-                                          "--metrics-port", "0", "--liveness", f"http://127.0.0.1:{port}/healthz"],
-                                         stdout=out, stderr=subprocess.STDOUT, env=env)
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         def live() -> bool:
             assert self.proc is not None and self.proc.poll() is None, f"the operator exited: {self.tail()}"
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
@@ -85,17 +110,22 @@ class OperatorProcess:
         wait(live, timeout, "the operator's liveness endpoint", errors=(OSError,))
 
     def stop(self, grace: float = 30) -> None:
-        """SIGTERM, as a kubelet stops a container; SIGKILL after `grace` seconds."""
+        """SIGTERM, as a kubelet stops a container, to the operator itself (not to a wrapper such
+        as `buildah run`, which would SIGKILL it); SIGKILL after `grace` seconds."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
+            for pid in leaf_processes(self.proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
             try:
                 self.proc.wait(grace)
             except subprocess.TimeoutExpired:
                 self.kill()
 
     def kill(self) -> None:
+        """SIGKILL to the operator and whatever runs it (its process group)."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
 
     def tail(self) -> str:
@@ -103,6 +133,22 @@ class OperatorProcess:
 
     def tracebacks(self) -> list[str]:
         return [line for line in self.tail().splitlines() if line.startswith("Traceback")]
+
+
+def leaf_processes(root: int) -> list[int]:
+    """The processes under `root` (itself included) that have no children of their own (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    leaves, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        if not children.get(pid):
+            leaves.append(pid)
+    return leaves
 
 
 def through(op: OperatorProcess, proxy: FaultProxy, tmp_path: Path) -> OperatorProcess:

@@ -1,9 +1,9 @@
-"""The cluster faults of the old emulator suite (test_operator_cluster_faults.py, test_operator_kill.py;
+"""The cluster faults of the old emulator suite (test_operator_cluster_faults.py, test_operator_kill.py, both gone;
 issue #20) made by the real control plane of tests/kube.py: the real garbage collector takes a
 deleted run's children (late where a test needs it: kube-controller-manager SIGKILLed meanwhile),
 the real scheduler reports Unschedulable (both nodes cordoned) or an unbound claim (a StorageClass
 that does not exist yet), the process kubelet reports CreateContainerConfigError (a Secret that
-does not exist yet), the instant image exits with the code a test asks for, the operator process
+does not exist yet) and ErrImagePull/ImagePullBackOff (a tag its registry lacks), the instant image exits with the code a test asks for, the operator process
 is SIGKILLed at every phase boundary, its status writes lost through the fault proxy. Each test waits
 for a state and asserts on the object it waited for; each tallies what the user loses."""
 
@@ -218,6 +218,57 @@ def test_an_older_operators_finalizer_is_removed_at_start(c: E2E, tally: Tally) 
     tally.add("observed.old_finalizers_left", 0)
 
 
+# --------------------------------------------------------------------------- image pulls
+
+#: A tag of the instant image the process kubelet's registry lacks while a test says so.
+UNPUSHED = "localhost/spin-instant:not-pushed-yet"
+
+
+@pytest.fixture()
+def unpushed(c: E2E) -> Iterator[str]:
+    """UNPUSHED missing from the registry for the test; every tag pushed again afterwards."""
+    c.kube.set_unpushed(UNPUSHED)
+    yield UNPUSHED
+    c.kube.set_unpushed()
+
+
+def test_a_step_whose_image_is_not_pushed_yet_is_reported_and_runs_once_pushed(c: E2E, tally: Tally, unpushed: str) -> None:
+    """The generation image's tag is not in the registry: the kubelet reports ErrImagePull, then
+    ImagePullBackOff; the run says so (Progressing False, reason ImagePullBackOff, the pod named,
+    one Warning) and waits. The tag pushed, the kubelet's next pull finds it and the run completes,
+    with no retry spent and the Job created once."""
+    c.start_operator()
+    c.create_run(run_body(spec={**ONE_ITERATION, "images": {"generator": unpushed}}))
+    st = c.wait_reason("e2e", "ImagePullBackOff", 60)
+    progressing = cond(st, "Progressing")
+    assert progressing["status"] == "False" and "e2e-it0-gen-" in progressing["message"], progressing
+    assert f'Back-off pulling image "{unpushed}"' in progressing["message"], progressing
+    assert event_reasons(c, "ImagePullBackOff").count("ImagePullBackOff") == 1
+    c.kube.set_unpushed()  # the tag pushed
+    pushed = time.monotonic()
+    run = complete(c)
+    print(f"Complete {time.monotonic() - pushed:.1f}s after the push; the kubelet pulls again after its back-off")
+    assert retries(run) == 0 and c.job_creations().count("e2e-it0-gen") == 1, run["status"]
+    tally.add("faults.pod_ImagePullBackOff", 1)
+    tally.add("observed.step_retries_spent.image_pull", retries(run))
+
+
+def test_a_step_whose_image_never_comes_fails_the_run_after_the_startup_timeout(c: E2E, tally: Tally, unpushed: str) -> None:
+    """The tag never comes: the run fails with reason ImagePullBackOff once podStartupTimeoutSeconds
+    passed, saying so, and its Job is deleted so the waiting pods hold no node."""
+    c.start_operator()
+    t0 = time.monotonic()
+    c.create_run(run_body(spec={**ONE_ITERATION, "podStartupTimeoutSeconds": 5, "images": {"generator": unpushed}}))
+    run = c.wait_phase("e2e", ("Complete", "Failed"), 90)
+    waited = time.monotonic() - t0
+    st = run["status"]
+    assert (st["phase"], st["reason"]) == ("Failed", "ImagePullBackOff"), st
+    assert "podStartupTimeoutSeconds (5s)" in st["message"] and "e2e-it0-gen-" in st["message"], st["message"]
+    c.wait(lambda: not pods_of(c, "e2e-it0-gen") and "e2e-it0-gen" not in c.jobs(), 60, "the stuck Job and its pods gone")
+    print(f"failed {waited:.1f}s after the run was created")
+    tally.add("observed.seconds_until_a_stuck_step_failed", int(waited))
+
+
 # --------------------------------------------------------------------------- exit codes
 
 
@@ -289,8 +340,7 @@ def test_a_pod_that_cannot_start_is_reported_and_the_run_continues_once_fixed(
     """Unschedulable: both nodes cordoned (the scheduler's PodScheduled False). CreateContainerConfigError:
     hfTokenSecret names a Secret not created yet (the kubelet cannot make the container's env).
     ClaimPending: the new claim's StorageClass does not exist yet (the scheduler: unbound immediate
-    PersistentVolumeClaims). ImagePullBackOff cannot be made here (the process kubelet runs every
-    image from the host's root): test_operator_cluster_faults.py keeps it on the emulator."""
+    PersistentVolumeClaims). ImagePullBackOff has its own tests (the registry lacks a tag) below."""
     _make_trouble(c, trouble, cordoned)
     try:
         c.start_operator()

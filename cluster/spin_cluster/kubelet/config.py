@@ -1,7 +1,8 @@
 """The process kubelet's configuration (state/kubelet.json): its nodes, and how an image runs here.
 There are no image files: every image runs on the host's root (an overlay of it), its command found
 on the image's PATH, which starts with the project's environment (and, for an image matched by a
-pattern, folders of the test's own)."""
+pattern, folders of the test's own). The registry has every image except those its `registry` file
+lists as not pushed (yet): pulling one fails as a registry's missing tag does."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: The file (in the cluster's state folder) listing the image tags the registry lacks.
+REGISTRY_FILE = "registry-unpushed.json"
 #: Label and value of the nodes whose pods the process kubelet runs (kwok fakes the others).
 NODE_LABEL = "spin.dev/kubelet"
 
@@ -50,6 +53,18 @@ class KubeletConfig:
     #: checkout under /tmp, where pods mount an emptyDir)
     image_paths: list[str] = field(default_factory=lambda: sorted(
         {sys.prefix, sys.base_prefix, str(Path(__file__).resolve().parents[3])}))
+    #: a JSON file listing image references the registry does not have (yet); read at each pull,
+    #: so writing it "pushes" or "deletes" a tag while the kubelet runs ("" = every image is there)
+    registry: str = ""
+
+    def unpushed(self) -> set[str]:
+        """The image references a pull cannot find now."""
+        if not self.registry:
+            return set()
+        try:
+            return {str(ref) for ref in json.loads(Path(self.registry).read_text())}
+        except (OSError, ValueError, TypeError):
+            return set()
 
     def image(self, image: str) -> ImageConfig | None:
         """The first image configuration whose pattern matches `image`."""
@@ -77,4 +92,4 @@ class KubeletConfig:
     def load(cls, path: Path) -> KubeletConfig:
         doc: dict[str, Any] = json.loads(path.read_text())
         return cls(nodes=[NodeConfig(**n) for n in doc["nodes"]], images=[ImageConfig(**i) for i in doc["images"]],
-                   venv_bin=doc["venv_bin"], image_paths=doc["image_paths"])
+                   venv_bin=doc["venv_bin"], image_paths=doc["image_paths"], registry=doc.get("registry", ""))

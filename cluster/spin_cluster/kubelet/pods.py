@@ -1,6 +1,7 @@
 """One pod's life on the process kubelet, in a thread of its own: the sandbox (a network namespace
 and an address), the volumes, the init containers one after the other, then the containers as
-local processes (enter.py), restarts by the restart policy with back-off, readiness and liveness
+local processes (enter.py) once their images are pulled (ErrImagePull and ImagePullBackOff for a
+tag the registry lacks), restarts by the restart policy with back-off, readiness and liveness
 probes, the status written back to the API, and deletion with the grace period (SIGTERM, then
 SIGKILL), after which the kubelet removes the pod object, as a kubelet does."""
 
@@ -78,6 +79,8 @@ class Running:
     readiness: Probe | None = None
     liveness: Probe | None = None
     killed_reason: str | None = None
+    #: the image pull's back-off (0: the image was pulled, or no pull failed yet)
+    pull_backoff: float = 0.0
 
 
 @dataclass
@@ -333,9 +336,33 @@ class PodWorker:
             raise
         return env_mod.secret_data(obj) if kind == "secret" else dict(obj.get("data") or {})
 
+    def _pulled(self, run: Running) -> bool:
+        """Pull the container's image, as a kubelet does before creating the container. A tag the
+        registry lacks leaves it waiting: ErrImagePull, then ImagePullBackOff, tried again with the
+        kubelet's image back-off (10 s doubling to 5 min) until the tag is pushed."""
+        image = str(run.spec.get("image", ""))
+        if image not in self.config.unpushed():
+            run.pull_backoff = 0.0
+            return True
+        first = not run.pull_backoff
+        run.pull_backoff = BACKOFF_START if first else min(run.pull_backoff * 2, BACKOFF_MAX)
+        run.next_start = time.monotonic() + run.pull_backoff
+        if first:
+            failed = f'Failed to pull image "{image}": {image}: not found'
+            self.event(self.pod, "Warning", "Failed", failed)
+            run.state.state = {"waiting": {"reason": "ErrImagePull", "message": failed}}
+            self._write_status()
+        backoff = f'Back-off pulling image "{image}"'
+        self.event(self.pod, "Normal", "BackOff", backoff)
+        run.state.state = {"waiting": {"reason": "ImagePullBackOff", "message": backoff}}
+        self._write_status()
+        return False
+
     def _start(self, run: Running) -> None:
         spec = run.spec
         folder = self.root / "containers" / spec["name"]
+        if not self._pulled(run):
+            return
         try:
             uid, gid, groups, readonly, no_new_privs = self._security(spec)
             image = spec.get("image", "")
