@@ -18,9 +18,10 @@ with the unrelated objects made again there. Writes operator_filter_real.{json,m
 
     sudo .venv/bin/python benchmarks/operator_scale_real.py --runs 50 --iterations 1 --unrelated 5000
 
-A separate script rather than a flag of operator_scale.py: it needs the test cluster (root, the
-built binaries, the process kubelet) and measures through the apiserver (a watch, the audit log)
-instead of the emulator's request record and harness kubelet; only the /proc helpers are shared.
+The emulator's version of this benchmark (benchmarks/operator_scale.py, against kmock with a
+harness kubelet and Job controller) is gone with the emulator; its figures stay in
+benchmarks/results/ and docs/benchmarks.md, and `git show 4bf3ada:benchmarks/operator_scale.py`
+is the script that made them.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 for p in (REPO, REPO / "operator", REPO / "cluster"):
     sys.path.insert(0, str(p))
 
-from benchmarks.operator_scale import cpu_seconds, idle, pct, peak_rss_mb  # noqa: E402
+from benchmarks.process_stats import cpu_seconds, idle, pct, peak_rss_mb  # noqa: E402
 from spin_cluster.api import Client, path  # noqa: E402
 from tests.kube import OPERATOR_NAMESPACE, Kube, start, stop, wait  # noqa: E402
 from tests.operator.e2e import run_body  # noqa: E402

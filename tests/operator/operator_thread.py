@@ -1,5 +1,5 @@
 """The real operator (kopf + the handlers) in a thread of the test process, against any cluster a
-kubeconfig names (the session's real control plane, the emulator, or another cluster)."""
+kubeconfig names (the session's real control plane, or another cluster)."""
 
 from __future__ import annotations
 

@@ -365,53 +365,6 @@ def test_job_events_that_change_nothing_read_by_the_reconcile_are_dropped() -> N
     assert seen.is_news("ns", "ADDED", done)  # ... and forgets the Job
 
 
-# --------------------------------------------------------------------------- the harness's emulator
-
-
-def test_emulator_fast_matching_agrees_with_kmocks_scan() -> None:
-    """tests/operator/kmock_internals.py decides reaction membership from the filter chain (O(1)) instead
-    of kmock's scan of the request log (O(log)); both must agree, including for test-added
-    reactions, and a history-dependent one (a slice) must still fire only as often as it says."""
-    import json as _json
-
-    from kubernetes import client
-
-    from tests.operator.harness import Emulator, harness_client
-    from tests.operator.kmock_internals import filter_chain_contains, reaction_sources, request_log
-
-    emu = Emulator().start()
-    try:
-        assert emu.mock is not None
-        emu.mock["get", "/api/v1/namespaces/x/configmaps/teapot"][:1] << 418  # history-dependent: fires once
-        core = client.CoreV1Api(harness_client(emu.url))
-        cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "teapot", "namespace": "x"}, "data": {"a": "1"}}
-        core.create_namespaced_config_map("x", cm, _preload_content=False)
-        statuses = []
-        for _ in range(3):
-            try:
-                statuses.append(core.read_namespaced_config_map("teapot", "x", _preload_content=False).status)
-            except client.ApiException as e:
-                statuses.append(e.status)
-        assert statuses == [418, 200, 200]
-        got = _json.loads(core.read_namespaced_config_map("teapot", "x", _preload_content=False).data)
-        assert got["data"] == {"a": "1"}
-        core.patch_namespaced_config_map("teapot", "x", {"data": {"a": "2"}}, _preload_content=False)
-        core.delete_namespaced_config_map("teapot", "x", _preload_content=False)
-        with pytest.raises(client.ApiException) as gone:
-            core.read_namespaced_config_map("teapot", "x", _preload_content=False)
-        assert gone.value.status == 404
-        decided = 0
-        for request in request_log(emu.mock):
-            for source in reaction_sources(emu.mock):
-                fast = filter_chain_contains(source, request)
-                if fast is not None:
-                    decided += 1
-                    assert fast == (request in source), (request, source)
-        assert decided > 0
-    finally:
-        emu.stop()
-
-
 def test_created_jobs_count_as_observed_until_the_index_shows_them():
     key = ("ns", "run")
     expected = Expectations()
@@ -502,21 +455,19 @@ def test_no_handler_needs_a_finalizer() -> None:
 
 
 def test_the_private_api_adapters_pin_what_pyproject_pins() -> None:
-    """kopf's and kmock's private parts are read in one adapter each; each checks the installed
-    version against its pin, which must be the dev extra's in pyproject.toml."""
+    """kopf's private parts are read in one adapter (tests/operator/kopf_internals.py), which checks
+    the installed version against its pin, which must be the dev extra's in pyproject.toml."""
     import re
     from pathlib import Path
 
     from packaging.specifiers import SpecifierSet
 
-    from tests.operator.kmock_internals import KMOCK_VERSIONS
     from tests.operator.kopf_internals import KOPF_VERSIONS
 
     pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
     dev = pyproject.split("dev = [", 1)[1].split("]", 1)[0]
-    for name, pinned in (("kmock", KMOCK_VERSIONS), ("kopf", KOPF_VERSIONS)):
-        found = re.search(rf'"{name}([^"]+)"', dev)
-        assert found and SpecifierSet(found.group(1)) == pinned, f"pyproject's dev extra must pin {name}{pinned}"
+    found = re.search(r'"kopf([^"]+)"', dev)
+    assert found and SpecifierSet(found.group(1)) == KOPF_VERSIONS, f"pyproject's dev extra must pin kopf{KOPF_VERSIONS}"
 
 
 def test_the_next_look_follows_the_decision() -> None:

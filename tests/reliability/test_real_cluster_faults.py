@@ -242,7 +242,8 @@ def test_a_step_whose_image_is_not_pushed_yet_is_reported_and_runs_once_pushed(c
     st = c.wait_reason("e2e", "ImagePullBackOff", 60)
     progressing = cond(st, "Progressing")
     assert progressing["status"] == "False" and "e2e-it0-gen-" in progressing["message"], progressing
-    assert f'Back-off pulling image "{unpushed}"' in progressing["message"], progressing
+    # the kubelet's first word (ErrImagePull: "Failed to pull image") or its back-off, naming the image
+    assert f'pull image "{unpushed}"' in progressing["message"] or f'pulling image "{unpushed}"' in progressing["message"], progressing
     assert event_reasons(c, "ImagePullBackOff").count("ImagePullBackOff") == 1
     c.kube.set_unpushed()  # the tag pushed
     pushed = time.monotonic()
@@ -367,7 +368,7 @@ def test_a_pod_that_cannot_start_is_reported_and_the_run_continues_once_fixed(
 
 def test_a_pod_that_never_starts_fails_the_run_after_the_grace_period(c: E2E, tally: Tally) -> None:
     """The Secret never comes: after podStartupTimeoutSeconds the run fails with the pod's reason and
-    its Job stops (the emulator made this with ImagePullBackOff, which the process kubelet cannot)."""
+    its Job stops (the image that never comes is the next test's)."""
     c.start_operator()
     t0 = time.monotonic()
     c.create_run(run_body(spec={**_trouble_spec("CreateContainerConfigError"), "podStartupTimeoutSeconds": 3}))
