@@ -80,7 +80,7 @@ cluster: venv tools
 cluster-down: venv
 	$(VENV)/bin/spin-cluster down
 
-bench: venv
+bench: venv tools cluster-bin
 	$(PY) benchmarks/run_all.py --quick
 
 clean:

@@ -77,8 +77,8 @@ def _in_the_way(namespace: str, action: Create) -> str | None:
     try:
         existing = _read(namespace, action)
     except ApiException as e:
-        if e.status == 404:  # gone meanwhile: create it again on the next pass
-            return f"{action.kind} {action.name} of another attempt or run was deleted meanwhile; creating it again"
+        if e.status == 404:  # gone meanwhile: the next pass creates it
+            return f"{action.kind} {action.name} was in the way and is gone now; creating it again"
         raise
     return in_the_way(existing, action, namespace)
 

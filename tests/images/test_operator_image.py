@@ -74,4 +74,4 @@ def test_operator_in_its_image_drives_a_two_iteration_run_to_complete(images: di
     used = {ctr_["image"] for j in jobs.values() for ctr_ in j["spec"]["template"]["spec"]["containers"]}
     assert used == set(step_images.values()), "the operator read its environment inside the image"
     assert sorted(c.job_creations()) == sorted(jobs), "each Job created once, by the chart's ServiceAccount"
-    assert "Traceback" not in operator.tail()
+    assert "Traceback" not in operator.log.read_text(errors="replace")

@@ -128,6 +128,15 @@ def test_a_create_meeting_its_own_object_counts_as_done_and_any_other_says_whose
     assert "kubectl patch job demo-it0-gen -n ns1 --type=json" in held and '"path":"/metadata/finalizers"' in held
     orphan = in_the_way(_taken_by(job, owner=None, attempt=attempt), job, "ns1")
     assert orphan is not None and "no SpinRun (orphaned)" in orphan and "kubectl delete job demo-it0-gen -n ns1" in orphan
+    dying = in_the_way(_taken_by(job, owner=ours, attempt=attempt, deleting=True, finalizers=("foregroundDeletion",)), job, "ns1")
+    assert dying is not None and "this attempt of this run" in dying and "garbage collector" in dying and "patch" not in dying
+    cron = _taken_by(job, owner="cron-uid", attempt=None)
+    cron["metadata"]["ownerReferences"][0]["kind"] = "CronJob"  # type: ignore[index]
+    theirs = in_the_way(cron, job, "ns1")
+    assert theirs is not None and "not made by spinrun (it belongs to a CronJob)" in theirs and "rename the SpinRun" in theirs
+    unlabelled = _taken_by(job, owner=None, attempt=None)
+    unlabelled["metadata"]["labels"] = {}  # type: ignore[index]
+    assert "not made by spinrun (it belongs to someone else)" in (in_the_way(unlabelled, job, "ns1") or "")
 
 
 def test_a_create_whose_name_is_taken_waits_for_the_old_object_and_says_so_once() -> None:

@@ -107,13 +107,18 @@ class OperatorProcess:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
                 return bool(resp.status == 200)
 
-        wait(live, timeout, "the operator's liveness endpoint", errors=(OSError,))
+        try:
+            wait(live, timeout, "the operator's liveness endpoint", errors=(OSError,))
+        except BaseException:  # never leave an operator (or its container) behind a failed start
+            self.kill()
+            raise
 
     def stop(self, grace: float = 30) -> None:
-        """SIGTERM, as a kubelet stops a container, to the operator itself (not to a wrapper such
-        as `buildah run`, which would SIGKILL it); SIGKILL after `grace` seconds."""
+        """SIGTERM, as a kubelet stops a container: to the operator itself, which in a container is
+        the innermost process (not `buildah run`, which would SIGKILL it); SIGKILL after `grace` seconds."""
         if self.proc is not None and self.proc.poll() is None:
-            for pid in leaf_processes(self.proc.pid):
+            targets = leaf_processes(self.proc.pid) if self.container is not None else [self.proc.pid]
+            for pid in targets:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
             try:

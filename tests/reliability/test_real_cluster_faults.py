@@ -175,13 +175,23 @@ def test_a_recreated_run_blocked_by_its_namesakes_job_held_by_a_finalizer_says_s
     c.wait(lambda: not c.run_exists("e2e") and c.jobs()["e2e-it0-gen"]["metadata"].get("deletionTimestamp"), 60,
            "the collector to mark the old run's Job deleted (its finalizer keeps it)")
     new_uid = c.create_run(run_body(spec=ONE_ITERATION))["metadata"]["uid"]
-    st = c.wait_reason("e2e", "WaitingForOldObjects", 60)
+
+    def blocked_by_the_job() -> dict[str, Any] | None:  # not by the old ConfigMap the collector may not have taken yet
+        st = c.get_run("e2e").get("status") or {}
+        return st if st.get("reason") == "WaitingForOldObjects" and "Job e2e-it0-gen in the way" in st.get("message", "") else None
+
+    st = c.wait(blocked_by_the_job, 60, "the run to say the old Job is in the way")
     message = st["message"]
     assert message.startswith("waiting: Job e2e-it0-gen in the way belongs to another SpinRun of this name"), message
     assert f"held by finalizer(s) {hold}" in message, message
     progressing = cond(st, "Progressing")
     assert (progressing["status"], progressing["reason"]) == ("False", "WaitingForOldObjects"), progressing
-    event_reasons(c, "WaitingForOldObjects")
+
+    def warned() -> list[str] | None:
+        said = [m for _, r, m in c.events("e2e") if r == "WaitingForOldObjects" and "Job e2e-it0-gen in the way" in m]
+        return said or None
+
+    c.wait(warned, 30, "the Warning")
     assert c.job_creations().count("e2e-it0-gen") == 1, "nothing created while the old Job is in the way"
     command = shlex.split(re.search(r"or: (kubectl patch [^)]*)\)", message).group(1))  # type: ignore[union-attr]
     c.kube.kubectl(*command[1:])
@@ -199,6 +209,7 @@ def test_a_recreated_run_blocked_by_its_namesakes_job_held_by_a_finalizer_says_s
     assert retries(run) == 0
     owners = {n: [r["uid"] for r in j["metadata"]["ownerReferences"]] for n, j in c.jobs().items()}
     assert all(o == [new_uid] for o in owners.values()), owners
+    assert len(warned() or []) == 1, "warned once, though the create was refused at every look while blocked"
     print(f"the new run's generation Job created {waited:.1f}s after the old one's finalizer was removed")
     tally.add("faults.old_job_held_by_finalizer", 1)
 

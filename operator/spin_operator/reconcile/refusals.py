@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from spin_operator.builders.meta import ANNOTATION_ATTEMPT, controller_uid
+from spin_operator.builders.meta import ANNOTATION_ATTEMPT, LABEL_MANAGED_BY, MANAGED_BY, controller_uid
 from spin_operator.reconcile.actions import Action, Create
 from spin_operator.reconcile.conditions import MAX_MESSAGE, condition, read_status, set_condition
 from spin_operator.reconcile.decide import Decision
@@ -56,30 +56,40 @@ def refusal_of(code: int, reason: str, body: str | None) -> Refusal:
     return Refusal(code, reason or "", message or reason or f"HTTP {code}")
 
 
+#: Finalizers of the garbage collector's own cascading deletion: a normal, passing state.
+GC_FINALIZERS = frozenset({"foregroundDeletion", "orphan"})
+
+
 def in_the_way(existing: Mapping[str, Any], create: Create, namespace: str) -> str | None:
-    """Why the object a create met (409) is not the one it makes: whose it is (an earlier attempt of
-    this run, a deleted SpinRun of this name, nobody's) and what keeps it (being deleted since when,
-    held by which finalizers), with the command that releases a held one; None when it is the same
-    attempt of the same run (the create was done before)."""
+    """Why the object a create met (409) is not the one it makes: whose it is (this run's, an
+    earlier attempt's, a deleted SpinRun of this name, or not made by spinrun at all) and what keeps
+    it (being deleted since when, held by which finalizers), with the command that releases a held
+    one; None when it is the same attempt of the same run, not being deleted (the create was done before)."""
     meta = existing.get("metadata") or {}
 
-    def attempt_of(obj: Mapping[str, Any]) -> tuple[str | None, str | None]:
-        return ((obj.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_ATTEMPT), controller_uid(obj)
+    def attempt(obj: Mapping[str, Any]) -> str | None:
+        return ((obj.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_ATTEMPT)
 
-    deleting = meta.get("deletionTimestamp")
-    if attempt_of(existing) == attempt_of(create.obj) and not deleting:
-        return None
     owner, ours = controller_uid(existing), controller_uid(create.obj)
-    whose = ("an earlier attempt of this run" if owner == ours
-             else "another SpinRun of this name (a deleted one)" if owner else "no SpinRun (orphaned)")
-    finalizers = [str(f) for f in meta.get("finalizers") or []]
+    deleting = meta.get("deletionTimestamp")
+    if owner == ours and attempt(existing) == attempt(create.obj) and not deleting:
+        return None
+    kinds = [str(r.get("kind")) for r in meta.get("ownerReferences") or [] if r.get("controller")]
     kind, name = create.kind.lower(), create.name
-    if deleting and finalizers:
-        state = (f"it is being deleted since {deleting} but held by finalizer(s) {', '.join(finalizers)}; the run creates "
+    if (meta.get("labels") or {}).get(LABEL_MANAGED_BY) != MANAGED_BY or (owner and kinds != ["SpinRun"]):
+        made_by = f"a {kinds[0]}" if kinds and kinds != ["SpinRun"] else "someone else"
+        return (f"{create.kind} {name} in the way was not made by spinrun (it belongs to {made_by}): this run cannot "
+                f"create its own under that name until it is gone; rename the SpinRun or remove that {kind}")
+    whose = ("this attempt of this run" if owner == ours and attempt(existing) == attempt(create.obj)
+             else "an earlier attempt of this run" if owner == ours
+             else "another SpinRun of this name (a deleted one)" if owner else "no SpinRun (orphaned)")
+    held = [str(f) for f in meta.get("finalizers") or [] if f not in GC_FINALIZERS]
+    if deleting and held:
+        state = (f"it is being deleted since {deleting} but held by finalizer(s) {', '.join(held)}; the run creates "
                  f"its own once it is gone (whoever added the finalizer removes it, or: kubectl patch {kind} {name} -n "
                  f"{namespace} --type=json -p '[{{\"op\":\"remove\",\"path\":\"/metadata/finalizers\"}}]')")
     elif deleting:
-        state = f"it is being deleted since {deleting}; the run creates its own once it is gone"
+        state = f"it is being deleted since {deleting} (the garbage collector removes its pods first); the run creates its own once it is gone"
     else:
         state = f"the run creates its own once it is gone (kubectl delete {kind} {name} -n {namespace})"
     return f"{create.kind} {name} in the way belongs to {whose}: {state}"
