@@ -47,7 +47,7 @@ for p in (REPO, REPO / "operator", REPO / "cluster"):
 
 from benchmarks.process_stats import cpu_seconds, idle, pct, peak_rss_mb  # noqa: E402
 from spin_cluster.api import Client, path  # noqa: E402
-from tests.kube import OPERATOR_NAMESPACE, Kube, start, stop, wait  # noqa: E402
+from tests.kube import OPERATOR_USERS, Kube, start, stop, wait  # noqa: E402
 from tests.operator.e2e import run_body  # noqa: E402
 from tests.reliability.real_cluster import OperatorProcess, iso  # noqa: E402
 
@@ -164,11 +164,10 @@ def control_plane_cpu(kube: Kube) -> dict[str, float]:
 
 def operator_requests(kube: Kube, since: str) -> tuple[Counter[str], Counter[str]]:
     """(the operator's requests by verb and resource, by answer code) from the audit log since `since`."""
-    prefix = f"system:serviceaccount:{OPERATOR_NAMESPACE}:"
     by_kind: Counter[str] = Counter()
     codes: Counter[str] = Counter()
     for e in kube.audit():
-        if not e["user"]["username"].startswith(prefix) or e["stageTimestamp"][:19] < since:
+        if not e["user"]["username"].startswith(OPERATOR_USERS) or e["stageTimestamp"][:19] < since:
             continue
         ref = e.get("objectRef") or {}
         res = ref.get("resource") or e.get("requestURI", "")

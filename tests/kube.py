@@ -10,7 +10,7 @@ import itertools
 import json
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,8 @@ CRD_FILE = REPO / "charts" / "spin-operator" / "crds" / "spinruns.spin.dev.yaml"
 INSTANT_IMAGE = "localhost/spin-instant:test"
 #: The namespace the chart's operator identity lives in (as after `helm install -n spinrun-system`).
 OPERATOR_NAMESPACE = "spinrun-system"
+#: The audit log's user names of the operator's ServiceAccounts (one per rendering of the chart).
+OPERATOR_USERS = f"system:serviceaccount:{OPERATOR_NAMESPACE}:"
 _names = itertools.count()
 
 
@@ -256,6 +258,13 @@ class Kube:
                 if e["verb"] == "create" and e["objectRef"].get("resource") == resource
                 and not e["objectRef"].get("subresource") and e["user"]["username"].startswith(user_prefix)
                 and (e.get("responseStatus") or {}).get("code") == 201]
+
+    def rbac_refused(self, since: str, outages: Sequence[tuple[str, str]] = ()) -> list[dict[str, Any]]:
+        """The operator's requests since `since` (audit time, to the second) that RBAC refused (the
+        authorizer's decision: a 403 of admission, e.g. quota, is not RBAC's), outside `outages`."""
+        return [e for e in self.audit() if e["user"]["username"].startswith(OPERATOR_USERS) and e["stageTimestamp"] >= since
+                and not any(a <= e["stageTimestamp"][:19] <= b for a, b in outages)
+                and (e.get("annotations") or {}).get("authorization.k8s.io/decision") == "forbid"]
 
     def claim_dir(self, namespace: str, claim: str) -> Path:
         """The host folder of a claim (its PersistentVolume's hostPath)."""

@@ -22,7 +22,7 @@ from kubernetes.client.exceptions import ApiException
 
 from spin_runtime.cli import main as spin_cli
 from spin_runtime.plan import stages
-from tests.kube import INSTANT_IMAGE, OPERATOR_NAMESPACE, Kube
+from tests.kube import INSTANT_IMAGE, OPERATOR_USERS, Kube
 from tests.operator.e2e import (
     E2E,
     JOBSET_NAME_LABEL,
@@ -41,7 +41,6 @@ from tests.operator.e2e import (
 
 pytestmark = pytest.mark.e2e
 
-OPERATOR_USERS = f"system:serviceaccount:{OPERATOR_NAMESPACE}:"
 
 
 @pytest.fixture()
@@ -54,9 +53,7 @@ def c(kube: Kube) -> Iterator[E2E]:
         yield run
     refused = [f"{e['verb']} {e['objectRef'].get('apiGroup') or 'core'}/{e['objectRef'].get('resource')}"
                f"{'/' + e['objectRef']['subresource'] if e['objectRef'].get('subresource') else ''}"
-               for e in kube.audit() if e["user"]["username"].startswith(OPERATOR_USERS)
-               and e["stageTimestamp"] >= started
-               and (e.get("annotations") or {}).get("authorization.k8s.io/decision") == "forbid"]
+               for e in kube.rbac_refused(started)]
     assert not refused, f"the chart's RBAC refused the operator: {sorted(set(refused))}"
 
 

@@ -18,7 +18,7 @@ import pytest
 from tests.kube import Kube
 from tests.operator.e2e import E2E, e2e
 from tests.reliability.fault_proxy import FaultProxy, fault_proxy
-from tests.reliability.real_cluster import OPERATOR_USERS, iso
+from tests.reliability.real_cluster import iso
 
 COUNTS_FILE = Path(__file__).parent / "counts.json"
 
@@ -85,10 +85,7 @@ def c(kube: Kube, outages: list[tuple[str, str]]) -> Iterator[E2E]:
     started = iso()
     with e2e(kube) as run:
         yield run
-    refused = [(e["stageTimestamp"], e["objectRef"]) for e in kube.audit()
-               if e["user"]["username"].startswith(OPERATOR_USERS) and e["stageTimestamp"] >= started
-               and not any(a <= e["stageTimestamp"][:19] <= b for a, b in outages)
-               and (e.get("annotations") or {}).get("authorization.k8s.io/decision") == "forbid"]
+    refused = [(e["stageTimestamp"], e["objectRef"]) for e in kube.rbac_refused(started, outages)]
     assert not refused, f"the chart's RBAC refused the operator: {refused}"
 
 

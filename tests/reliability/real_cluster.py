@@ -21,11 +21,10 @@ import yaml
 
 from spin_cluster.procs import free_port
 from tests.images.buildah import Container, Volume
-from tests.kube import OPERATOR_NAMESPACE, REPO, Kube, wait
+from tests.kube import REPO, Kube, wait
 from tests.operator.e2e import E2E
 from tests.reliability.fault_proxy import FaultProxy
 
-OPERATOR_USERS = f"system:serviceaccount:{OPERATOR_NAMESPACE}:"
 #: Where the operator's kubeconfig is mounted in its image (as the chart would mount a Secret).
 CONTAINER_KUBECONFIG = "/etc/spin-operator/kubeconfig"
 ONE_ITERATION = {"iterations": 1}

@@ -442,8 +442,8 @@ def test_the_operator_never_requests_a_secret_on_a_real_cluster(kube: Any, tally
     """A run whose pods take the Hugging Face token from a Secret completes on the real cluster,
     the kubelet handing the token to the pods; the apiserver's audit log shows every request the
     operator made, and none touched a Secret (the chart grants none: RBAC would refuse it too)."""
+    from tests.kube import OPERATOR_USERS
     from tests.operator.e2e import e2e, run_body
-    from tests.operator.test_e2e import OPERATOR_USERS
 
     with e2e(kube) as c:
         c.core.create_namespaced_secret(c.namespace, {"metadata": {"name": "hf"}, "stringData": {"token": "hf_x"}})

@@ -25,7 +25,7 @@ from kubernetes.client.exceptions import ApiException
 from spin_cluster import controlplane
 from spin_cluster.api import path
 from spin_runtime import errors
-from tests.kube import OPERATOR_NAMESPACE, Kube
+from tests.kube import OPERATOR_USERS, Kube
 from tests.operator.e2e import E2E, job_done, run_body
 from tests.reliability.conftest import Tally
 from tests.reliability.fault_proxy import Fault, FaultProxy
@@ -44,7 +44,6 @@ from tests.reliability.real_cluster import (
 
 pytestmark = pytest.mark.e2e
 
-OPERATOR_USERS = f"system:serviceaccount:{OPERATOR_NAMESPACE}:"
 
 
 @pytest.fixture(autouse=True)
